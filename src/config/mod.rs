@@ -1,0 +1,492 @@
+//! Configuration: RON text → validated [`Settings`].
+//!
+//! Pure apart from [`Settings::resolve`], which asks the system resolver for
+//! tunnel servers given by name. Every error carries the file, line and
+//! column and says what to change.
+
+mod raw;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ron::extensions::Extensions;
+
+use crate::route::{Cidr, RouteTable};
+pub use raw::TcpIntercept;
+use raw::{RawConfig, RawDefault, RawTunnel};
+
+/// The demo topology's config (scripts/demo.sh, `egressd run` with no --config).
+pub const DEMO_CONFIG: &str = include_str!("demo.ron");
+
+/// Index of a tunnel in [`Settings::tunnels`].
+pub type TunnelId = u16;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: Vec<SocketAddr>,
+    pub tunnels: Vec<Tunnel>,
+    pub routes: RouteTable<TunnelId>,
+    /// The tunnel for sources no route matches; `None` rejects them.
+    pub default: Option<TunnelId>,
+    pub intercept: Intercept,
+    pub tcp: TcpSettings,
+    pub udp: UdpSettings,
+    /// Front loops and tunnel workers, each; never 0 once validated.
+    pub threads: usize,
+    pub control: ControlSettings,
+    pub bypass: Vec<Cidr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tunnel {
+    pub name: String,
+    pub kind: TunnelKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum TunnelKind {
+    Socks5 { server: Server, auth: Option<Credentials>, udp: bool, udp_relay: Option<SocketAddr> },
+    HttpConnect { server: Server, auth: Option<Credentials> },
+    Direct { interface: Option<String>, mark: Option<u32>, bind: Option<IpAddr> },
+}
+
+impl TunnelKind {
+    pub fn label(&self) -> &'static str {
+        match self {
+            TunnelKind::Socks5 { .. } => "Socks5",
+            TunnelKind::HttpConnect { .. } => "HttpConnect",
+            TunnelKind::Direct { .. } => "Direct",
+        }
+    }
+
+    pub fn server(&self) -> Option<&Server> {
+        match self {
+            TunnelKind::Socks5 { server, .. } | TunnelKind::HttpConnect { server, .. } => Some(server),
+            TunnelKind::Direct { .. } => None,
+        }
+    }
+}
+
+/// A tunnel server: `ip:port`, or `host:port` resolved at start and reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub host: String,
+    pub port: u16,
+    /// Known at parse time for an IP; filled by [`Settings::resolve`] for a name.
+    pub addr: Option<SocketAddr>,
+}
+
+impl fmt::Display for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.addr {
+            Some(a) if a.ip().to_string() == self.host.trim_matches(['[', ']']) => write!(f, "{a}"),
+            Some(a) => write!(f, "{}:{} ({a})", self.host, self.port),
+            None => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// RFC 1929 / Basic credentials. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credentials {{ username: {:?}, password: <hidden> }}", self.username)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Intercept {
+    pub tcp: TcpIntercept,
+    pub mark: u32,
+    pub table: u32,
+    /// Sources `rules` sends to egressd (and kill-switches). Empty in the
+    /// file means: every route source, or everything when `default` is a tunnel.
+    pub sources: Vec<Cidr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TcpSettings {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub splice: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct UdpSettings {
+    pub idle_timeout: Duration,
+    pub dns_idle_timeout: Duration,
+    pub max_sessions: usize,
+    pub max_reply_sockets: usize,
+    pub pending_datagrams: usize,
+    pub dns_over_tcp: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    pub socket: PathBuf,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// A config error: where it is and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based; 0 when the error is not about one place in the file.
+    pub line: usize,
+    pub col: usize,
+    pub msg: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.msg)
+        } else {
+            write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.msg)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Settings {
+    /// Parses and validates config text. `file` only names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Settings, ConfigError> {
+        let opts = ron::Options::default().with_default_extension(Extensions::IMPLICIT_SOME);
+        let raw: RawConfig = opts.from_str(text).map_err(|e| ConfigError {
+            file: file.to_string(),
+            line: e.span.start.line,
+            col: e.span.start.col,
+            msg: explain(&e.code),
+        })?;
+        validate(raw, &Locator { file, text })
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &std::path::Path) -> Result<Settings, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            col: 0,
+            msg: format!("cannot read the config file: {e}"),
+        })?;
+        Settings::parse(&file, &text)
+    }
+
+    /// Resolves tunnel servers given by host name (the system resolver).
+    /// A name that does not resolve is an error naming the tunnel.
+    pub fn resolve(&mut self, file: &str) -> Result<(), ConfigError> {
+        for t in &mut self.tunnels {
+            let server = match &mut t.kind {
+                TunnelKind::Socks5 { server, .. } | TunnelKind::HttpConnect { server, .. } => server,
+                TunnelKind::Direct { .. } => continue,
+            };
+            if server.host.parse::<IpAddr>().is_ok() {
+                continue;
+            }
+            let found =
+                (server.host.as_str(), server.port).to_socket_addrs().ok().and_then(|mut it| it.next());
+            match found {
+                Some(a) => server.addr = Some(a),
+                None => {
+                    return Err(ConfigError {
+                        file: file.to_string(),
+                        line: 0,
+                        col: 0,
+                        msg: format!(
+                            "tunnel \"{}\": server name \"{}\" does not resolve; fix the name or write the address as ip:port",
+                            t.name, server.host
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn tunnel_id(&self, name: &str) -> Option<TunnelId> {
+        self.tunnels.iter().position(|t| t.name == name).map(|i| i as TunnelId)
+    }
+
+    /// The sources whose traffic `rules` intercepts (see [`Intercept::sources`]).
+    pub fn intercepted_sources(&self) -> Vec<Cidr> {
+        if !self.intercept.sources.is_empty() {
+            return self.intercept.sources.clone();
+        }
+        if self.default.is_some() {
+            return vec!["0.0.0.0/0".parse().expect("literal"), "::/0".parse().expect("literal")];
+        }
+        let mut v: Vec<Cidr> = self.routes.iter().map(|(c, _)| c).collect();
+        v.sort_by_key(|c| (!c.is_ipv4(), c.addr(), c.len()));
+        v
+    }
+}
+
+/// Finds where a string literal stands in the config text, for errors found
+/// after parsing (cross references), which ron cannot place for us.
+struct Locator<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    /// An error at the `nth` (0-based) occurrence of `"literal"` after `key`.
+    fn err_at(&self, key: &str, literal: &str, nth: usize, msg: String) -> ConfigError {
+        let quoted = format!("\"{literal}\"");
+        let from = self.text.find(key).unwrap_or(0);
+        let pos = self.text[from..].match_indices(&quoted).nth(nth).map(|(i, _)| from + i);
+        let (line, col) = match pos {
+            Some(p) => {
+                let before = &self.text[..p];
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                (line, col)
+            }
+            None => (0, 0),
+        };
+        ConfigError { file: self.file.to_string(), line, col, msg }
+    }
+
+    fn err(&self, msg: String) -> ConfigError {
+        ConfigError { file: self.file.to_string(), line: 0, col: 0, msg }
+    }
+}
+
+fn explain(code: &ron::Error) -> String {
+    match code {
+        ron::Error::NoSuchStructField { found: field, expected, outer } => {
+            let within = outer.as_deref().map(|o| format!(" in {o}")).unwrap_or_default();
+            format!("unknown key `{field}`{within}; expected one of: {}", expected.join(", "))
+        }
+        ron::Error::MissingStructField { field, outer } => {
+            let within = outer.as_deref().map(|o| format!(" in {o}")).unwrap_or_default();
+            format!("missing key `{field}`{within}; it is required")
+        }
+        ron::Error::NoSuchEnumVariant { found, expected, .. } => {
+            format!("unknown kind `{found}`; expected one of: {}", expected.join(", "))
+        }
+        other => format!("{other}"),
+    }
+}
+
+fn secs(loc: &Locator, key: &str, v: u64) -> Result<Duration, ConfigError> {
+    if v == 0 || v > 30 * 24 * 3600 {
+        return Err(loc.err(format!("{key} must be between 1 and 2592000 seconds (30 days), not {v}")));
+    }
+    Ok(Duration::from_secs(v))
+}
+
+fn server(loc: &Locator, tunnel: &str, s: &str) -> Result<Server, ConfigError> {
+    let bad = || {
+        loc.err_at(
+            "tunnels",
+            s,
+            0,
+            format!(
+                "tunnel \"{tunnel}\": server \"{s}\" must be ip:port or host:port, e.g. \"100.64.0.2:1080\""
+            ),
+        )
+    };
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        if a.port() == 0 {
+            return Err(bad());
+        }
+        return Ok(Server { host: a.ip().to_string(), port: a.port(), addr: Some(a) });
+    }
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if port == 0 || !host_ok {
+        return Err(bad());
+    }
+    Ok(Server { host: host.to_string(), port, addr: None })
+}
+
+fn credentials(
+    loc: &Locator,
+    tunnel: &str,
+    username: Option<String>,
+    password: Option<String>,
+) -> Result<Option<Credentials>, ConfigError> {
+    match (username, password) {
+        (None, None) => Ok(None),
+        (Some(u), Some(p)) => {
+            if u.is_empty() || u.len() > 255 || p.is_empty() || p.len() > 255 {
+                return Err(loc.err(format!(
+                    "tunnel \"{tunnel}\": username and password must each be 1-255 bytes (RFC 1929)"
+                )));
+            }
+            Ok(Some(Credentials { username: u, password: p }))
+        }
+        _ => Err(loc.err(format!("tunnel \"{tunnel}\": give both username and password, or neither"))),
+    }
+}
+
+fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
+    if raw.listen.is_empty() {
+        return Err(
+            loc.err("listen is empty: give at least one address, e.g. listen: [\"10.8.0.1:10900\"]".into())
+        );
+    }
+    let mut listen: Vec<SocketAddr> = Vec::new();
+    for a in &raw.listen {
+        if a.0.port() == 0 || a.0.ip().is_unspecified() {
+            return Err(loc.err(format!(
+                "listen address {} needs a specific IP and a non-zero port (the bridge's address, e.g. 10.8.0.1:10900)",
+                a.0
+            )));
+        }
+        if listen.contains(&a.0) {
+            return Err(loc.err(format!("listen address {} is given twice", a.0)));
+        }
+        listen.push(a.0);
+    }
+
+    let mut tunnels = Vec::with_capacity(raw.tunnels.0.len());
+    for (name, t) in raw.tunnels.0 {
+        let kind = match t {
+            RawTunnel::Socks5 { server: s, username, password, udp, udp_relay } => TunnelKind::Socks5 {
+                server: server(loc, &name, &s)?,
+                auth: credentials(loc, &name, username, password)?,
+                udp,
+                udp_relay: udp_relay.map(|a| a.0),
+            },
+            RawTunnel::HttpConnect { server: s, username, password } => TunnelKind::HttpConnect {
+                server: server(loc, &name, &s)?,
+                auth: credentials(loc, &name, username, password)?,
+            },
+            RawTunnel::Direct { interface, mark, bind } => {
+                if let Some(i) = &interface
+                    && (i.is_empty() || i.len() > 15 || i.contains(['/', ' ']))
+                {
+                    return Err(loc.err(format!(
+                        "tunnel \"{name}\": interface \"{i}\" is not a valid interface name (1-15 characters)"
+                    )));
+                }
+                TunnelKind::Direct { interface, mark, bind: bind.map(|b| b.0) }
+            }
+        };
+        tunnels.push(Tunnel { name, kind });
+    }
+    if tunnels.len() > usize::from(TunnelId::MAX) {
+        return Err(loc.err(format!("too many tunnels ({}); at most {}", tunnels.len(), TunnelId::MAX)));
+    }
+    let id_of = |name: &str| tunnels.iter().position(|t| t.name == name).map(|i| i as TunnelId);
+
+    let mut routes = RouteTable::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let Some(id) = id_of(&r.tunnel) else {
+            return Err(loc.err_at(
+                "routes",
+                &r.tunnel,
+                0,
+                format!(
+                    "route for {} names tunnel \"{}\", which is not defined in tunnels",
+                    r.source.text, r.tunnel
+                ),
+            ));
+        };
+        if routes.insert(r.source.cidr, id).is_some() {
+            // Same literal earlier? Then this is its next occurrence.
+            let nth = raw.routes[..i].iter().filter(|p| p.source.text == r.source.text).count();
+            return Err(loc.err_at(
+                "routes",
+                &r.source.text,
+                nth,
+                format!(
+                    "route source {} is the same prefix as an earlier route ({}); each prefix may be routed once",
+                    r.source.text, r.source.cidr
+                ),
+            ));
+        }
+    }
+
+    let default = match &raw.default {
+        RawDefault::Reject => None,
+        RawDefault::Tunnel(name) => Some(id_of(name).ok_or_else(|| {
+            loc.err_at(
+                "default",
+                name,
+                0,
+                format!("default names tunnel \"{name}\", which is not defined in tunnels"),
+            )
+        })?),
+    };
+    if routes.is_empty() && default.is_none() {
+        return Err(loc.err(
+            "routes is empty and default is Reject: every container would be rejected; add a route or set default: Tunnel(\"name\")".into(),
+        ));
+    }
+
+    let ri = &raw.intercept;
+    if ri.mark == 0 || ri.table == 0 || ri.table >= 253 && ri.table <= 255 {
+        return Err(loc.err(format!(
+            "intercept: mark ({}) must be non-zero and table ({}) must be non-zero and not a reserved table (253-255)",
+            ri.mark, ri.table
+        )));
+    }
+    let u = &raw.udp;
+    if u.max_sessions == 0 || u.max_reply_sockets == 0 || u.pending_datagrams == 0 {
+        return Err(
+            loc.err("udp: max_sessions, max_reply_sockets and pending_datagrams must be at least 1".into())
+        );
+    }
+    if raw.threads > 256 {
+        return Err(loc.err(format!("threads is {}; at most 256 (0 means one per core)", raw.threads)));
+    }
+    let threads = if raw.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        raw.threads
+    };
+    if raw.control.socket.is_empty() {
+        return Err(loc.err("control.socket must be a path, e.g. \"/run/egressd.sock\"".into()));
+    }
+
+    Ok(Settings {
+        listen,
+        tunnels,
+        routes,
+        default,
+        intercept: Intercept {
+            tcp: ri.tcp,
+            mark: ri.mark,
+            table: ri.table,
+            sources: ri.sources.iter().map(|c| c.cidr).collect(),
+        },
+        tcp: TcpSettings {
+            connect_timeout: secs(loc, "tcp.connect_timeout_secs", raw.tcp.connect_timeout_secs)?,
+            idle_timeout: secs(loc, "tcp.idle_timeout_secs", raw.tcp.idle_timeout_secs)?,
+            splice: raw.tcp.splice,
+        },
+        udp: UdpSettings {
+            idle_timeout: secs(loc, "udp.idle_timeout_secs", u.idle_timeout_secs)?,
+            dns_idle_timeout: secs(loc, "udp.dns_idle_timeout_secs", u.dns_idle_timeout_secs)?,
+            max_sessions: u.max_sessions,
+            max_reply_sockets: u.max_reply_sockets,
+            pending_datagrams: u.pending_datagrams,
+            dns_over_tcp: u.dns_over_tcp,
+        },
+        threads,
+        control: ControlSettings {
+            socket: PathBuf::from(&raw.control.socket),
+            metrics_listen: raw.control.metrics_listen.map(|a| a.0),
+        },
+        bypass: raw.bypass.iter().map(|c| c.cidr).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,253 @@
+//! The config file as written: serde structs that mirror SPEC §3 key for key.
+//!
+//! Values that can be checked on their own (addresses, prefixes, duplicate
+//! tunnel names) are checked here, inside deserialisation, so that ron
+//! reports the line and column of the offending token. Checks across keys
+//! (routes naming tunnels, duplicate prefixes) happen in `validate`.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+
+use crate::route::Cidr;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[serde(rename = "config")]
+pub struct RawConfig {
+    pub listen: Vec<Addr>,
+    pub tunnels: Tunnels,
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub default: RawDefault,
+    #[serde(default)]
+    pub intercept: RawIntercept,
+    #[serde(default)]
+    pub tcp: RawTcp,
+    #[serde(default)]
+    pub udp: RawUdp,
+    #[serde(default)]
+    pub threads: usize,
+    #[serde(default)]
+    pub control: RawControl,
+    #[serde(default)]
+    pub bypass: Vec<CidrField>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[serde(rename = "tunnel")]
+pub enum RawTunnel {
+    Socks5 {
+        server: String,
+        #[serde(default)]
+        username: Option<String>,
+        #[serde(default)]
+        password: Option<String>,
+        #[serde(default = "yes")]
+        udp: bool,
+        #[serde(default)]
+        udp_relay: Option<Addr>,
+    },
+    HttpConnect {
+        server: String,
+        #[serde(default)]
+        username: Option<String>,
+        #[serde(default)]
+        password: Option<String>,
+    },
+    Direct {
+        #[serde(default)]
+        interface: Option<String>,
+        #[serde(default)]
+        mark: Option<u32>,
+        #[serde(default)]
+        bind: Option<IpField>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[serde(rename = "route")]
+pub struct RawRoute {
+    pub source: CidrField,
+    pub tunnel: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub enum RawDefault {
+    #[default]
+    Reject,
+    Tunnel(String),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum TcpIntercept {
+    /// nat REDIRECT, original destination from conntrack (the article's way).
+    #[default]
+    Redirect,
+    /// mangle TPROXY, original destination is the accepted socket's address.
+    Tproxy,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[serde(rename = "intercept")]
+pub struct RawIntercept {
+    pub tcp: TcpIntercept,
+    pub mark: u32,
+    pub table: u32,
+    pub sources: Vec<CidrField>,
+}
+
+impl Default for RawIntercept {
+    fn default() -> Self {
+        RawIntercept { tcp: TcpIntercept::Redirect, mark: 10900, table: 10900, sources: Vec::new() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[serde(rename = "tcp")]
+pub struct RawTcp {
+    pub connect_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub splice: bool,
+}
+
+impl Default for RawTcp {
+    fn default() -> Self {
+        RawTcp { connect_timeout_secs: 10, idle_timeout_secs: 3600, splice: true }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[serde(rename = "udp")]
+pub struct RawUdp {
+    pub idle_timeout_secs: u64,
+    pub dns_idle_timeout_secs: u64,
+    pub max_sessions: usize,
+    pub max_reply_sockets: usize,
+    pub pending_datagrams: usize,
+    pub dns_over_tcp: bool,
+}
+
+impl Default for RawUdp {
+    fn default() -> Self {
+        RawUdp {
+            idle_timeout_secs: 300,
+            dns_idle_timeout_secs: 20,
+            max_sessions: 65536,
+            max_reply_sockets: 4096,
+            pending_datagrams: 16,
+            dns_over_tcp: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[serde(rename = "control")]
+pub struct RawControl {
+    pub socket: String,
+    pub metrics_listen: Option<Addr>,
+}
+
+impl Default for RawControl {
+    fn default() -> Self {
+        RawControl { socket: "/run/egressd.sock".into(), metrics_listen: None }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A socket address (`10.8.0.1:10900`, `[fd08::1]:10900`), checked in place.
+#[derive(Debug, Clone, Copy)]
+pub struct Addr(pub SocketAddr);
+
+/// A source or destination prefix, checked in place; keeps the text as written.
+#[derive(Debug, Clone)]
+pub struct CidrField {
+    pub cidr: Cidr,
+    pub text: String,
+}
+
+/// A bare IP address, checked in place.
+#[derive(Debug, Clone, Copy)]
+pub struct IpField(pub IpAddr);
+
+/// The `tunnels` map in file order; a repeated name is an error at its line.
+#[derive(Debug, Default)]
+pub struct Tunnels(pub Vec<(String, RawTunnel)>);
+
+impl<'de> Deserialize<'de> for Addr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(Addr).map_err(|_| {
+            de::Error::custom(format!(
+                "\"{s}\" is not a socket address: write ip:port, e.g. \"10.8.0.1:10900\" or \"[fd08::1]:10900\""
+            ))
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for CidrField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.parse::<Cidr>() {
+            Ok(cidr) => Ok(CidrField { cidr, text }),
+            Err(e) => Err(de::Error::custom(format!("\"{text}\": {e}"))),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for IpField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(IpField).map_err(|_| {
+            de::Error::custom(format!(
+                "\"{s}\" is not an IP address (e.g. \"198.51.100.7\" or \"2001:db8::7\")"
+            ))
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Tunnels {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Tunnels;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "a map of tunnel name to tunnel, e.g. { \"hk0\": Socks5(server: \"100.64.0.2:1080\") }",
+                )
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tunnels, A::Error> {
+                let mut out: Vec<(String, RawTunnel)> = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if out.iter().any(|(n, _)| *n == name) {
+                        return Err(de::Error::custom(format!(
+                            "duplicate tunnel name \"{name}\": each tunnel needs its own name"
+                        )));
+                    }
+                    if name.is_empty()
+                        || name.len() > 64
+                        || name.chars().any(|c| c.is_control() || c.is_whitespace())
+                    {
+                        return Err(de::Error::custom(format!(
+                            "tunnel name \"{name}\" must be 1-64 characters with no spaces or control characters"
+                        )));
+                    }
+                    out.push((name, map.next_value()?));
+                }
+                Ok(Tunnels(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}

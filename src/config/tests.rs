@@ -1,0 +1,228 @@
+use super::*;
+
+const MINIMAL: &str = r#"(
+    listen: ["10.8.0.1:10900", "[fd08::1]:10900"],
+    tunnels: {
+        "hk0": Socks5(server: "100.64.0.2:1080"),
+        "hk1": Socks5(server: "100.64.1.2:1080", username: "u", password: "p"),
+    },
+    routes: [
+        (source: "10.8.0.10/32", tunnel: "hk0"),
+        (source: "10.8.0.11/32", tunnel: "hk1"),
+    ],
+    udp: (idle_timeout_secs: 300),
+)"#;
+
+fn parse(text: &str) -> Result<Settings, ConfigError> {
+    Settings::parse("test.ron", text)
+}
+
+fn err(text: &str) -> ConfigError {
+    parse(text).expect_err("config should be rejected")
+}
+
+fn with(replace: &str, by: &str) -> String {
+    assert!(MINIMAL.contains(replace), "fixture lacks {replace}");
+    MINIMAL.replacen(replace, by, 1)
+}
+
+#[test]
+fn spec_minimal_example_parses_exactly_as_written() {
+    let s = parse(MINIMAL).unwrap();
+    assert_eq!(s.listen, vec!["10.8.0.1:10900".parse().unwrap(), "[fd08::1]:10900".parse().unwrap()]);
+    assert_eq!(s.tunnels.len(), 2);
+    assert_eq!(s.tunnels[0].name, "hk0");
+    match &s.tunnels[1].kind {
+        TunnelKind::Socks5 { server, auth, udp, udp_relay } => {
+            assert_eq!(server.addr, Some("100.64.1.2:1080".parse().unwrap()));
+            assert_eq!(auth.as_ref().unwrap().username, "u");
+            assert!(*udp, "udp defaults to true");
+            assert_eq!(*udp_relay, None);
+        }
+        other => panic!("wrong kind {other:?}"),
+    }
+    assert_eq!(s.routes.lookup("10.8.0.10".parse().unwrap()), Some(0));
+    assert_eq!(s.routes.lookup("10.8.0.11".parse().unwrap()), Some(1));
+    assert_eq!(s.routes.lookup("10.8.0.12".parse().unwrap()), None);
+}
+
+#[test]
+fn defaults_match_the_spec() {
+    let s = parse(MINIMAL).unwrap();
+    assert!(s.default.is_none());
+    assert_eq!(s.intercept.tcp, TcpIntercept::Redirect);
+    assert_eq!((s.intercept.mark, s.intercept.table), (10900, 10900));
+    assert_eq!(s.tcp.connect_timeout, Duration::from_secs(10));
+    assert_eq!(s.tcp.idle_timeout, Duration::from_secs(3600));
+    assert!(s.tcp.splice);
+    assert_eq!(s.udp.idle_timeout, Duration::from_secs(300));
+    assert_eq!(s.udp.dns_idle_timeout, Duration::from_secs(20));
+    assert_eq!(s.udp.max_sessions, 65536);
+    assert_eq!(s.udp.max_reply_sockets, 4096);
+    assert_eq!(s.udp.pending_datagrams, 16);
+    assert!(s.udp.dns_over_tcp);
+    assert!(s.threads >= 1);
+    assert_eq!(s.control.socket, PathBuf::from("/run/egressd.sock"));
+    assert_eq!(s.control.metrics_listen, None);
+    assert!(s.bypass.is_empty());
+}
+
+#[test]
+fn every_key_can_be_set() {
+    let text = r#"(
+        listen: ["10.8.0.1:10900"],
+        tunnels: {
+            "a": Socks5(server: "exit0.example:1080", udp: false, udp_relay: "100.64.0.3:1081"),
+            "b": HttpConnect(server: "100.64.1.2:3128", username: "u", password: "p"),
+            "c": Direct(interface: "wg0", mark: 51820, bind: "198.51.100.7"),
+        },
+        routes: [(source: "10.8.0.0/24", tunnel: "a"), (source: "fd08::10", tunnel: "c")],
+        default: Tunnel("b"),
+        intercept: (tcp: Tproxy, mark: 7, table: 70, sources: ["10.8.0.0/24"]),
+        tcp: (connect_timeout_secs: 3, idle_timeout_secs: 60, splice: false),
+        udp: (idle_timeout_secs: 30, dns_idle_timeout_secs: 5, max_sessions: 100,
+              max_reply_sockets: 10, pending_datagrams: 4, dns_over_tcp: false),
+        threads: 2,
+        control: (socket: "/tmp/e.sock", metrics_listen: "127.0.0.1:9100"),
+        bypass: ["203.0.113.0/24"],
+    )"#;
+    let s = parse(text).unwrap();
+    assert_eq!(s.default, Some(1));
+    assert_eq!(s.intercept.tcp, TcpIntercept::Tproxy);
+    assert_eq!(s.threads, 2);
+    assert!(!s.tcp.splice);
+    assert_eq!(s.udp.max_sessions, 100);
+    assert_eq!(s.control.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
+    assert_eq!(s.bypass[0].to_string(), "203.0.113.0/24");
+    match &s.tunnels[0].kind {
+        TunnelKind::Socks5 { server, udp, udp_relay, .. } => {
+            assert_eq!(server.host, "exit0.example");
+            assert_eq!(server.addr, None, "names are resolved later, not while parsing");
+            assert!(!udp);
+            assert_eq!(*udp_relay, Some("100.64.0.3:1081".parse().unwrap()));
+        }
+        other => panic!("{other:?}"),
+    }
+    match &s.tunnels[2].kind {
+        TunnelKind::Direct { interface, mark, bind } => {
+            assert_eq!(interface.as_deref(), Some("wg0"));
+            assert_eq!(*mark, Some(51820));
+            assert_eq!(*bind, Some("198.51.100.7".parse().unwrap()));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let e = err(&with("udp: (idle_timeout_secs: 300)", "udp: (idle_timeout: 300)"));
+    assert_eq!(e.line, 11, "{e}");
+    assert!(e.msg.contains("unknown key `idle_timeout`"), "{e}");
+    let e = err(&with("routes:", "route:"));
+    assert_eq!(e.line, 7, "{e}");
+    assert!(e.msg.contains("`route`"), "{e}");
+}
+
+#[test]
+fn bad_listen_address_points_at_it() {
+    let e = err(&with("\"10.8.0.1:10900\"", "\"10.8.0.1\""));
+    assert_eq!((e.line, e.col), (2, 15), "{e}");
+    assert!(e.msg.contains("not a socket address"), "{e}");
+    assert!(e.to_string().starts_with("test.ron:2:15: "), "{e}");
+}
+
+#[test]
+fn bad_cidr_points_at_it() {
+    let e = err(&with("\"10.8.0.11/32\"", "\"10.8.0.11/33\""));
+    assert_eq!(e.line, 9, "{e}");
+    assert!(e.msg.contains("prefix length"), "{e}");
+    let e = err(&with("\"10.8.0.11/32\"", "\"10.8.0/24\""));
+    assert_eq!(e.line, 9, "{e}");
+    assert!(e.msg.contains("not an IP address"), "{e}");
+}
+
+#[test]
+fn duplicate_tunnel_is_an_error_at_the_second() {
+    let e = err(&with("\"hk1\": Socks5", "\"hk0\": Socks5"));
+    assert_eq!(e.line, 5, "{e}");
+    assert!(e.msg.contains("duplicate tunnel name \"hk0\""), "{e}");
+}
+
+#[test]
+fn route_to_unknown_tunnel_is_placed() {
+    let e = err(&with("tunnel: \"hk1\"", "tunnel: \"hk9\""));
+    assert_eq!((e.line, e.col), (9, 42), "{e}");
+    assert!(e.msg.contains("\"hk9\", which is not defined"), "{e}");
+}
+
+#[test]
+fn duplicate_prefix_is_placed_at_the_second_route() {
+    let e = err(&with("\"10.8.0.11/32\"", "\"10.8.0.10/32\""));
+    assert_eq!(e.line, 9, "{e}");
+    assert!(e.msg.contains("same prefix"), "{e}");
+    // Different spelling, same prefix.
+    let e = err(&with("\"10.8.0.11/32\"", "\"10.8.0.10\""));
+    assert_eq!(e.line, 9, "{e}");
+}
+
+#[test]
+fn empty_listen_is_an_error() {
+    let e = err(&with("listen: [\"10.8.0.1:10900\", \"[fd08::1]:10900\"]", "listen: []"));
+    assert!(e.msg.contains("listen is empty"), "{e}");
+}
+
+#[test]
+fn missing_required_key() {
+    let e = err("(listen: [\"10.8.0.1:1\"], tunnels: {})");
+    assert!(e.msg.contains("missing key `routes`"), "{e}");
+}
+
+#[test]
+fn credentials_must_come_in_pairs() {
+    let e = err(&with(", password: \"p\"", ""));
+    assert!(e.msg.contains("both username and password"), "{e}");
+}
+
+#[test]
+fn bad_server_and_kind() {
+    let e = err(&with("\"100.64.0.2:1080\"", "\"100.64.0.2\""));
+    assert_eq!(e.line, 4, "{e}");
+    assert!(e.msg.contains("ip:port or host:port"), "{e}");
+    let e = err(&with("Socks5(server: \"100.64.0.2:1080\")", "Socks4(server: \"100.64.0.2:1080\")"));
+    assert!(e.msg.contains("unknown kind `Socks4`"), "{e}");
+}
+
+#[test]
+fn zero_timeouts_and_limits_are_rejected() {
+    assert!(
+        err(&with("idle_timeout_secs: 300", "idle_timeout_secs: 0")).msg.contains("udp.idle_timeout_secs")
+    );
+    assert!(
+        err(&with("udp: (idle_timeout_secs: 300)", "udp: (max_sessions: 0)")).msg.contains("max_sessions")
+    );
+}
+
+#[test]
+fn intercepted_sources_follow_routes_or_default() {
+    let s = parse(MINIMAL).unwrap();
+    let v: Vec<String> = s.intercepted_sources().iter().map(|c| c.to_string()).collect();
+    assert_eq!(v, ["10.8.0.10/32", "10.8.0.11/32"]);
+    let s = parse(&with("udp:", "default: Tunnel(\"hk0\"), udp:")).unwrap();
+    let v: Vec<String> = s.intercepted_sources().iter().map(|c| c.to_string()).collect();
+    assert_eq!(v, ["0.0.0.0/0", "::/0"]);
+}
+
+#[test]
+fn demo_config_is_valid() {
+    let s = parse(DEMO_CONFIG).unwrap();
+    assert_eq!(s.tunnels.len(), 3);
+    assert_eq!(s.routes.len(), 6);
+}
+
+#[test]
+fn credentials_never_show_in_debug() {
+    let s = parse(MINIMAL).unwrap();
+    let dump = format!("{s:?}");
+    assert!(dump.contains("<hidden>"));
+    assert!(!dump.contains("password: \"p\""), "{dump}");
+}

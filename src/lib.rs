@@ -1,0 +1,22 @@
+//! egressd: per-container egress tunnels.
+//!
+//! The module list is the map of the data path:
+//! a container's connection arrives at a [`front`] loop, which finds its
+//! original destination and its [`route`], and hands it to a [`worker`];
+//! the worker opens the tunnel through an [`upstream`] handshake (bytes
+//! framed by [`wire`]) and then [`relay`]s both directions. [`sys`] holds
+//! the only `unsafe` code. [`config`], [`rules`] and [`cli`] are the
+//! operator's side.
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod front;
+pub mod relay;
+pub mod route;
+pub mod rules;
+pub mod stats;
+pub mod sys;
+pub mod upstream;
+pub mod wire;
+pub mod worker;
