@@ -1,0 +1,210 @@
+//! One-way byte pumps between two sockets, half-close aware.
+//!
+//! A [`Pump`] moves bytes from `src` to `dst` until `src` would block,
+//! `dst` would block, or `src` ends. It reads into the worker's shared
+//! scratch buffer and writes straight on; only bytes that `dst` cannot take
+//! yet are kept, in a buffer of the flow's own that exists only while
+//! `dst` is backed up. An idle flow holds no buffer.
+//!
+//! ```text
+//!   Open ──src EOF, all written──► shutdown(dst, Write) ──► Done
+//!    │ └─ dst would block ─► (keep the rest; wait for dst writable)
+//!    └──── read/write error ──► Err (the flow resets both sides)
+//! ```
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::Shutdown;
+
+/// Where a pump stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pumped {
+    /// `src` has nothing more for now: wait for it to be readable.
+    WaitRead,
+    /// `dst` is full: wait for it to be writable.
+    WaitWrite,
+    /// `src` ended and `dst`'s write side is shut: this direction is over.
+    Done,
+}
+
+#[derive(Debug)]
+pub enum PumpError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// A socket whose write side can be shut (half-close).
+pub trait HalfClose {
+    fn shutdown_write(&self) -> io::Result<()>;
+}
+
+impl HalfClose for mio::net::TcpStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Pump {
+    held: Vec<u8>,
+    held_pos: usize,
+    eof: bool,
+    done: bool,
+    /// Bytes written to `dst` so far.
+    pub bytes: u64,
+}
+
+impl Pump {
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Queues bytes that arrived before the relay started (after a handshake).
+    pub fn preload(&mut self, bytes: &[u8]) {
+        self.held.extend_from_slice(bytes);
+    }
+
+    /// Moves bytes until something would block or `src` ends.
+    pub fn pump<S, D>(&mut self, src: &mut S, dst: &mut D, scratch: &mut [u8]) -> Result<Pumped, PumpError>
+    where
+        S: Read,
+        D: Write + HalfClose,
+    {
+        if self.done {
+            return Ok(Pumped::Done);
+        }
+        loop {
+            if self.held_pos < self.held.len() {
+                let (pos, total) = (self.held_pos, self.held.len());
+                match write_some(dst, &self.held[pos..total], &mut self.bytes)? {
+                    n if pos + n < total => {
+                        self.held_pos += n;
+                        return Ok(Pumped::WaitWrite);
+                    }
+                    _ => {
+                        // Drained: give the memory back; the flow may go idle now.
+                        self.held = Vec::new();
+                        self.held_pos = 0;
+                    }
+                }
+            }
+            if self.eof {
+                // Peer may already be gone; the flow ends either way.
+                let _ = dst.shutdown_write();
+                self.done = true;
+                return Ok(Pumped::Done);
+            }
+            let n = match src.read(scratch) {
+                Ok(0) => {
+                    self.eof = true;
+                    continue;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Pumped::WaitRead),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(PumpError::Read(e)),
+            };
+            let w = write_some(dst, &scratch[..n], &mut self.bytes)?;
+            if w < n {
+                self.held.extend_from_slice(&scratch[w..n]);
+                return Ok(Pumped::WaitWrite);
+            }
+        }
+    }
+}
+
+/// Writes as much of `buf` as `dst` takes now; counts it.
+fn write_some<D: Write>(dst: &mut D, buf: &[u8], bytes: &mut u64) -> Result<usize, PumpError> {
+    let mut off = 0;
+    while off < buf.len() {
+        match dst.write(&buf[off..]) {
+            Ok(0) => return Err(PumpError::Write(ErrorKind::WriteZero.into())),
+            Ok(n) => {
+                off += n;
+                *bytes += n as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(PumpError::Write(e)),
+        }
+    }
+    Ok(off)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::collections::VecDeque;
+
+    /// A scripted source: chunks, then WouldBlock or EOF.
+    struct Src {
+        chunks: VecDeque<Vec<u8>>,
+        eof: bool,
+    }
+    impl Read for Src {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.chunks.pop_front() {
+                Some(c) => {
+                    buf[..c.len()].copy_from_slice(&c);
+                    Ok(c.len())
+                }
+                None if self.eof => Ok(0),
+                None => Err(ErrorKind::WouldBlock.into()),
+            }
+        }
+    }
+    /// A destination that takes at most `room` bytes, then blocks.
+    struct Dst {
+        got: Vec<u8>,
+        room: usize,
+        shut: Cell<bool>,
+    }
+    impl Write for Dst {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    impl HalfClose for Dst {
+        fn shutdown_write(&self) -> io::Result<()> {
+            self.shut.set(true);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn backpressure_keeps_bytes_and_half_close_waits_for_them() {
+        let mut src = Src { chunks: vec![b"hello".to_vec(), b"world".to_vec()].into(), eof: true };
+        let mut dst = Dst { got: vec![], room: 7, shut: Cell::new(false) };
+        let mut p = Pump::default();
+        let mut scratch = [0u8; 16];
+        assert_eq!(p.pump(&mut src, &mut dst, &mut scratch).unwrap(), Pumped::WaitWrite);
+        assert_eq!(dst.got, b"hellowo");
+        assert!(!dst.shut.get(), "must not half-close while bytes are held");
+        dst.room = 100;
+        assert_eq!(p.pump(&mut src, &mut dst, &mut scratch).unwrap(), Pumped::Done);
+        assert_eq!(dst.got, b"helloworld");
+        assert!(dst.shut.get());
+        assert_eq!(p.bytes, 10);
+        assert!(p.held.capacity() == 0, "no buffer kept after draining");
+    }
+
+    #[test]
+    fn preload_goes_first_and_idle_waits_for_read() {
+        let mut src = Src { chunks: vec![b"B".to_vec()].into(), eof: false };
+        let mut dst = Dst { got: vec![], room: 100, shut: Cell::new(false) };
+        let mut p = Pump::default();
+        p.preload(b"A");
+        assert_eq!(p.pump(&mut src, &mut dst, &mut [0u8; 4]).unwrap(), Pumped::WaitRead);
+        assert_eq!(dst.got, b"AB");
+        assert!(!p.is_done());
+    }
+}
