@@ -1,0 +1,294 @@
+//! FrontLoop: one per core. Accepts the containers' redirected connections,
+//! finds each one's original destination and route, and hands it to the
+//! worker picked by the client's source address.
+//!
+//! Each front loop has its own SO_REUSEPORT listener per listen address (the
+//! kernel spreads connections across them) and its own `mio::Poll`.
+//! Listeners are IP_TRANSPARENT so TPROXY'd TCP arrives as well as
+//! REDIRECTed TCP; the two are told apart per connection:
+//!
+//! ```text
+//!   accepted socket's local address != listener's  → TPROXY:   orig_dst = local address
+//!   equal                                          → REDIRECT: orig_dst = SO_ORIGINAL_DST
+//!   orig_dst is one of our listeners (or unknown)  → closed (loop guard)
+//! ```
+
+use std::io::{self, ErrorKind};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use socket2::{Domain, SockRef, Socket, Type};
+
+use crate::config::{Settings, Tunnel};
+use crate::stats::Counters;
+use crate::worker::{Handoff, TcpHandoff, WorkerHandle, reset};
+
+/// How long accepting pauses when the process is out of file descriptors.
+const EMFILE_PAUSE: Duration = Duration::from_millis(100);
+
+/// The routing view a front loop needs, shared read-only by all of them.
+pub struct Shared {
+    pub settings: Arc<Settings>,
+    pub tunnels: Vec<Arc<Tunnel>>,
+}
+
+impl Shared {
+    pub fn new(settings: Arc<Settings>) -> Shared {
+        let tunnels = settings.tunnels.iter().cloned().map(Arc::new).collect();
+        Shared { settings, tunnels }
+    }
+
+    /// The tunnel for a client, or `None` to reject it.
+    pub fn route(&self, client: IpAddr) -> Option<&Arc<Tunnel>> {
+        let id = self.settings.routes.lookup(client).or(self.settings.default)?;
+        self.tunnels.get(usize::from(id))
+    }
+}
+
+pub struct FrontLoop {
+    id: usize,
+    poll: Poll,
+    listeners: Vec<(TcpListener, SocketAddr)>,
+    workers: Vec<WorkerHandle>,
+    shared: Arc<Shared>,
+    counters: Arc<Counters>,
+    /// Workers that got a hand-off since the last wake.
+    to_wake: Vec<bool>,
+    paused_until: Option<Instant>,
+}
+
+/// A listening socket for `addr`, as every front loop opens it.
+pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    // Without CAP_NET_ADMIN this fails; REDIRECT still works, TPROXY won't.
+    let transparent =
+        if addr.is_ipv4() { s.set_ip_transparent_v4(true) } else { s.set_ip_transparent_v6(true) };
+    if let Err(e) = transparent {
+        debug!(target: "egressd::front", "IP_TRANSPARENT on {addr}: {e} (TPROXY'd TCP will not arrive)");
+    }
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(TcpListener::from_std(s.into()))
+}
+
+impl FrontLoop {
+    pub fn new(
+        id: usize,
+        shared: Arc<Shared>,
+        workers: Vec<WorkerHandle>,
+        counters: Arc<Counters>,
+    ) -> io::Result<FrontLoop> {
+        let poll = Poll::new()?;
+        let mut listeners = Vec::new();
+        for (i, addr) in shared.settings.listen.iter().enumerate() {
+            let mut l = tcp_listener(*addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} (TCP): {e}")))?;
+            poll.registry().register(&mut l, Token(i), Interest::READABLE)?;
+            listeners.push((l, *addr));
+        }
+        let to_wake = vec![false; workers.len()];
+        Ok(FrontLoop { id, poll, listeners, workers, shared, counters, to_wake, paused_until: None })
+    }
+
+    pub fn run(mut self, stop: &AtomicBool) -> io::Result<()> {
+        let mut events = Events::with_capacity(256);
+        while !stop.load(Ordering::Relaxed) {
+            let timeout = match self.paused_until {
+                Some(t) => t.saturating_duration_since(Instant::now()),
+                None => Duration::from_millis(500),
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+                && e.kind() != ErrorKind::Interrupted
+            {
+                return Err(e);
+            }
+            if let Some(t) = self.paused_until {
+                if Instant::now() < t {
+                    continue;
+                }
+                // Resume: the backlog may hold connections that raised no new event.
+                self.paused_until = None;
+                for i in 0..self.listeners.len() {
+                    self.accept_all(i);
+                }
+            }
+            for ev in events.iter() {
+                if self.paused_until.is_none() {
+                    self.accept_all(ev.token().0);
+                }
+            }
+            self.wake_workers();
+        }
+        debug!(target: "egressd::front", "front {} stopped accepting", self.id);
+        Ok(())
+    }
+
+    fn wake_workers(&mut self) {
+        for (i, w) in self.to_wake.iter_mut().enumerate() {
+            if std::mem::take(w) {
+                self.workers[i].wake();
+            }
+        }
+    }
+
+    /// Accepts until the backlog is empty (edge-triggered).
+    fn accept_all(&mut self, i: usize) {
+        if i >= self.listeners.len() {
+            return;
+        }
+        loop {
+            match self.listeners[i].0.accept() {
+                Ok((stream, peer)) => {
+                    Counters::inc(&self.counters.tcp_accepted);
+                    // mio hands out its own type; workers take a std stream.
+                    let std_stream = std::net::TcpStream::from(std::os::fd::OwnedFd::from(stream));
+                    self.dispatch(std_stream, normalize(peer), i);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
+                    Counters::inc(&self.counters.accept_paused);
+                    warn!(target: "egressd::front", "accept: {e}; pausing accepts for {EMFILE_PAUSE:?} (raise the fd limit?)");
+                    self.paused_until = Some(Instant::now() + EMFILE_PAUSE);
+                    return;
+                }
+                // ECONNABORTED and friends concern one connection only.
+                Err(e) => debug!(target: "egressd::front", "accept: {e}"),
+            }
+        }
+    }
+
+    fn dispatch(&mut self, stream: std::net::TcpStream, client: SocketAddr, listener: usize) {
+        let sock = SockRef::from(&stream);
+        let listen_addr = self.listeners[listener].1;
+        let orig_dst = match orig_dst(&sock, listen_addr) {
+            Some(d) if !self.is_own_listener(d) => d,
+            other => {
+                Counters::inc(&self.counters.drop_loop_guard);
+                debug!(target: "egressd::front", "{client}: connection straight to the listener (orig_dst {other:?}); closed");
+                reset(&sock);
+                return;
+            }
+        };
+        let Some(tunnel) = self.shared.route(client.ip()) else {
+            Counters::inc(&self.counters.drop_no_route);
+            debug!(target: "egressd::front", "{client} -> tcp {orig_dst}: no route for this source; reset");
+            reset(&sock);
+            return;
+        };
+        let w = worker_for(client.ip(), self.workers.len());
+        let h = Handoff::Tcp(TcpHandoff { stream, client, orig_dst, tunnel: Arc::clone(tunnel) });
+        match self.workers[w].try_send(h) {
+            Ok(()) => self.to_wake[w] = true,
+            Err(Handoff::Tcp(h)) => {
+                Counters::inc(&self.counters.drop_queue_full);
+                warn!(target: "egressd::front", "{client} -> tcp {orig_dst}: worker {w} queue full; reset");
+                reset(&SockRef::from(&h.stream));
+            }
+        }
+    }
+
+    fn is_own_listener(&self, d: SocketAddr) -> bool {
+        self.listeners.iter().any(|(_, a)| *a == d)
+    }
+}
+
+/// The connection's original destination (see the module doc).
+fn orig_dst(sock: &SockRef, listen_addr: SocketAddr) -> Option<SocketAddr> {
+    let local = normalize(sock.local_addr().ok()?.as_socket()?);
+    if local != listen_addr {
+        return Some(local);
+    }
+    let orig = if listen_addr.is_ipv4() { sock.original_dst_v4() } else { sock.original_dst_v6() };
+    orig.ok().and_then(|a| a.as_socket()).map(normalize)
+}
+
+/// IPv4-mapped IPv6 addresses as plain IPv4.
+fn normalize(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+/// The worker for a client: stable per source address, spread evenly.
+pub fn worker_for(ip: IpAddr, n: usize) -> usize {
+    let h = match ip {
+        IpAddr::V4(a) => u64::from(u32::from(a)),
+        IpAddr::V6(a) => {
+            let v = u128::from(a);
+            (v as u64) ^ ((v >> 64) as u64)
+        }
+    };
+    // Fibonacci hashing: multiply, take the high bits.
+    ((h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % n.max(1) as u64) as usize
+}
+
+/// Logs what the daemon will do, once at start.
+pub fn log_summary(s: &Settings) {
+    for a in &s.listen {
+        info!(target: "egressd", "listening on {a} (TCP)");
+    }
+    for t in &s.tunnels {
+        match t.kind.server() {
+            Some(srv) => info!(target: "egressd", "tunnel {}: {} via {srv}", t.name, t.kind.label()),
+            None => info!(target: "egressd", "tunnel {}: {}", t.name, t.kind.label()),
+        }
+    }
+    let mut routes: Vec<_> = s.routes.iter().collect();
+    routes.sort_by_key(|(c, _)| (!c.is_ipv4(), c.addr(), c.len()));
+    for (c, id) in routes {
+        info!(target: "egressd", "route {c} -> {}", s.tunnels[usize::from(id)].name);
+    }
+    match s.default {
+        Some(id) => info!(target: "egressd", "other sources -> {}", s.tunnels[usize::from(id)].name),
+        None => info!(target: "egressd", "other sources -> reject"),
+    }
+    info!(target: "egressd", "{} front loops, {} tunnel workers", s.threads, s.threads);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_choice_is_stable_and_in_range() {
+        for n in 1..8 {
+            for i in 0..=255u8 {
+                let ip = IpAddr::from([10, 8, 0, i]);
+                let w = worker_for(ip, n);
+                assert!(w < n);
+                assert_eq!(w, worker_for(ip, n));
+            }
+        }
+        // Consecutive container addresses spread over two workers.
+        let hits = (0..=255u8).filter(|i| worker_for(IpAddr::from([10, 8, 0, *i]), 2) == 0).count();
+        assert!((64..=192).contains(&hits), "{hits}");
+    }
+
+    #[test]
+    fn mapped_addresses_are_normalized() {
+        let a: SocketAddr = "[::ffff:10.8.0.10]:5000".parse().unwrap();
+        assert_eq!(normalize(a), "10.8.0.10:5000".parse::<SocketAddr>().unwrap());
+        let b: SocketAddr = "[fd08::10]:5000".parse().unwrap();
+        assert_eq!(normalize(b), b);
+    }
+}

@@ -1,0 +1,253 @@
+//! Privileged tests: the generated scripts, run for real with `sh -e` in
+//! throwaway network namespaces (created here, deleted on drop; nothing
+//! runs in the caller's namespace). Skipped unless root with iproute2,
+//! iptables and nft installed.
+//!
+//! Each case: install twice (the second run changes nothing, no rule
+//! appears twice), delete twice (back to the state before install), and
+//! delete on a namespace where nothing was installed.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::tests::{DUAL, MINIMAL, V6_NO_LISTENER};
+use super::{Action, Backend, script};
+use crate::config::{DEMO_CONFIG, Settings};
+
+const BRIDGE_SYSCTL: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+
+fn privileged() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")));
+    let tools = Command::new("sh")
+        .args([
+            "-c",
+            "command -v ip && command -v iptables-restore && command -v ip6tables-restore && command -v nft",
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !(root && tools) {
+        eprintln!("skipped: needs root, iproute2, iptables and nft");
+    }
+    root && tools
+}
+
+/// A network namespace of our own, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Netns {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("egt-rules-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let ok = Command::new("ip").args(["netns", "add", &name]).status().is_ok_and(|s| s.success());
+        assert!(ok, "ip netns add {name} failed");
+        let ns = Netns(name);
+        // A real host's lo is up; `ip -6 route ... dev lo` needs it.
+        ns.sh("ip link set lo up\n");
+        // Make the tables and hook chains iptables-nft creates on first use
+        // (and keeps when empty), so "before" compares with "after delete".
+        ns.sh(
+            "for t in iptables ip6tables; do for c in 'nat PREROUTING' 'mangle PREROUTING' 'filter FORWARD'; do \
+             set -- $c; $t -w -t $1 -A $2 -j RETURN; $t -w -t $1 -D $2 -j RETURN; done; done\n",
+        );
+        ns
+    }
+
+    /// Runs a script with `sh -e` inside the namespace; panics on failure.
+    fn sh(&self, text: &str) -> String {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.0, "sh", "-e"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ip netns exec");
+        child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write script");
+        let out = child.wait_with_output().expect("wait");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "script failed in {}: {}\n--- stderr:\n{}\n--- script:\n{text}",
+            self.0,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// Everything the scripts may change but the bridge sysctl (which
+    /// Delete leaves alone): netfilter, ip rules, routes.
+    fn state(&self) -> String {
+        self.sh("iptables-save | grep -v '^#'; ip6tables-save | grep -v '^#'; nft list ruleset\n\
+             ip rule; ip -6 rule; ip route show table all; ip -6 route show table all\n")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// The lines only in `a` and only in `b`, for assertion messages.
+fn diff(a: &str, b: &str) -> String {
+    let only =
+        |x: &str, y: &str| x.lines().filter(|l| !y.lines().any(|m| m == *l)).collect::<Vec<_>>().join("\n");
+    format!("--- only before:\n{}\n--- only after:\n{}", only(a, b), only(b, a))
+}
+
+fn root_sysctl() -> Option<String> {
+    std::fs::read_to_string(BRIDGE_SYSCTL).ok()
+}
+
+/// No rule (`-A` line of iptables-save, rule line of nft) appears twice.
+#[track_caller]
+fn assert_no_duplicates(state: &str) {
+    let mut seen = HashSet::new();
+    // (section number, header): iptables-save and ip6tables-save both have a *filter.
+    let mut table = (0, "");
+    for l in state.lines() {
+        if l.starts_with('*') || l.starts_with("table ") {
+            table = (table.0 + 1, l);
+        }
+        let rule =
+            l.starts_with("-A ") || l.contains(" drop") || l.contains(" tproxy ") || l.contains(" redirect ");
+        if rule {
+            assert!(seen.insert((table, l)), "{l:?} twice in {}:\n{state}", table.1);
+        }
+    }
+}
+
+fn check(config: &str, backend: Backend, expect: &[&str]) {
+    let settings = Settings::parse("t.ron", config).expect("config parses");
+    let install = script(&settings, backend, Action::Install);
+    let delete = script(&settings, backend, Action::Delete);
+    let root_before = root_sysctl();
+
+    // Delete with nothing installed, twice: nothing changes.
+    let ns = Netns::new();
+    let pristine = ns.state();
+    ns.sh(&delete);
+    ns.sh(&delete);
+    assert_eq!(ns.state(), pristine, "{backend:?}: delete on a clean namespace changed it");
+
+    if backend == Backend::Nft {
+        let program = install.split("nft -f - <<'EOF'\n").nth(1).unwrap().split("\nEOF\n").next().unwrap();
+        ns.sh(&format!("nft -c -f - <<'EOF'\n{program}\nEOF\n"));
+    }
+    ns.sh(&install);
+    let once = ns.state();
+    ns.sh(&install);
+    let twice = ns.state();
+    assert_eq!(once, twice, "{backend:?}: a second install changed the state");
+    assert_no_duplicates(&twice);
+    let bridge = ns.sh(&format!("cat {BRIDGE_SYSCTL} 2>/dev/null || echo absent\n"));
+    assert!(bridge == "0\n" || bridge == "absent\n", "{backend:?}: {BRIDGE_SYSCTL} is {bridge}");
+    for line in expect {
+        assert!(twice.lines().any(|l| l.trim() == *line), "{backend:?}: {line:?} not installed:\n{twice}");
+    }
+    ns.sh(&delete);
+    let after = ns.state();
+    assert!(after == pristine, "{backend:?}: delete left something:\n{}", diff(&pristine, &after));
+    ns.sh(&delete);
+    assert_eq!(ns.state(), pristine, "{backend:?}: a second delete changed the state");
+    assert_eq!(root_sysctl(), root_before, "the caller's namespace sysctl changed");
+}
+
+#[test]
+fn iptables_scripts_in_a_netns() {
+    if !privileged() {
+        return;
+    }
+    check(
+        MINIMAL,
+        Backend::Iptables,
+        &[
+            "-A PREROUTING -s 10.8.0.10/32 -p tcp -m addrtype ! --dst-type LOCAL -j EGRESSD",
+            "-A PREROUTING -s 10.8.0.11/32 -p udp -m addrtype ! --dst-type LOCAL -j EGRESSD_UDP",
+            "-A FORWARD -s 10.8.0.10/32 -j EGRESSD_KILL",
+            "-A EGRESSD -d 192.168.0.0/16 -j RETURN",
+            "-A EGRESSD -p tcp -j REDIRECT --to-ports 10900",
+            "-A EGRESSD_UDP -p udp -j TPROXY --on-port 10900 --on-ip 10.8.0.1 --tproxy-mark 0x2a94/0x2a94",
+            "-A EGRESSD_KILL -j DROP",
+            "32765:	from all fwmark 0x2a94/0x2a94 lookup 10900",
+            "local default dev lo table 10900 scope host",
+        ],
+    );
+    check(
+        DEMO_CONFIG,
+        Backend::Iptables,
+        &[
+            "-A PREROUTING -s fd08::/64 -p tcp -m addrtype ! --dst-type LOCAL -j EGRESSD",
+            "-A EGRESSD_UDP -p udp -j TPROXY --on-port 10900 --on-ip fd08::1 --tproxy-mark 0x2a94/0x2a94",
+            "-A EGRESSD_KILL -d ff00::/8 -j RETURN",
+            "-A FORWARD -s fd08::/64 -j EGRESSD_KILL",
+            "local default dev lo table 10900 metric 1024 pref medium",
+        ],
+    );
+    check(
+        DUAL,
+        Backend::Iptables,
+        &[
+            "-A PREROUTING -s 10.8.0.0/24 -p tcp -m addrtype ! --dst-type LOCAL -j EGRESSD",
+            "-A EGRESSD -p tcp -j TPROXY --on-port 10901 --on-ip fd08::1 --tproxy-mark 0x7/0x7",
+            "-A EGRESSD_KILL -d 2001:db8:abc::/48 -j RETURN",
+        ],
+    );
+    check(V6_NO_LISTENER, Backend::Iptables, &["-A FORWARD -s fd08::10/128 -j EGRESSD_KILL"]);
+}
+
+#[test]
+fn nft_scripts_in_a_netns() {
+    if !privileged() {
+        return;
+    }
+    check(
+        MINIMAL,
+        Backend::Nft,
+        &[
+            "ip saddr @sources_v4 ip daddr != @pass_v4 fib daddr type != local meta l4proto tcp redirect to :10900",
+            "ip saddr @sources_v4 ip daddr != @pass_v4 fib daddr type != local meta l4proto udp meta mark set 0x00002a94 tproxy ip to 10.8.0.1:10900 accept",
+            "ip saddr @sources_v4 ip daddr != @pass_v4 drop",
+            "32765:	from all fwmark 0x2a94/0x2a94 lookup 10900",
+        ],
+    );
+    check(
+        DEMO_CONFIG,
+        Backend::Nft,
+        &[
+            "ip6 saddr @sources_v6 ip6 daddr != @pass_v6 fib daddr type != local meta l4proto tcp redirect to :10900",
+        ],
+    );
+    check(
+        DUAL,
+        Backend::Nft,
+        &[
+            "ip6 saddr @sources_v6 ip6 daddr != @pass_v6 fib daddr type != local meta l4proto tcp meta mark set 0x00000007 tproxy ip6 to [fd08::1]:10901 accept",
+        ],
+    );
+    check(V6_NO_LISTENER, Backend::Nft, &["ip6 saddr @sources_v6 ip6 daddr != @pass_v6 drop"]);
+}
+
+/// A config change between install and delete (other sources, other TCP
+/// way): delete still removes every jump.
+#[test]
+fn delete_after_config_change_in_a_netns() {
+    if !privileged() {
+        return;
+    }
+    let old = Settings::parse("t.ron", DUAL).expect("parses");
+    let new_text =
+        DUAL.replace("tcp: Tproxy", "tcp: Redirect").replace("\"10.8.0.0/24\", ", "\"10.8.1.0/24\", ");
+    let new = Settings::parse("t.ron", &new_text).expect("parses");
+    let ns = Netns::new();
+    let pristine = ns.state();
+    ns.sh(&script(&old, Backend::Iptables, Action::Install));
+    ns.sh(&script(&new, Backend::Iptables, Action::Install));
+    ns.sh(&script(&new, Backend::Iptables, Action::Delete));
+    let after = ns.state();
+    assert!(after == pristine, "left after a config change:\n{}", diff(&pristine, &after));
+}

@@ -1,0 +1,507 @@
+//! WorkerLoop: one thread, one `mio::Poll`, many flows.
+//!
+//! A front loop hands a client connection over (bounded channel + waker).
+//! The worker opens the tunnel — a non-blocking connect to the tunnel's
+//! server (or to the destination, for `Direct`), then the upstream
+//! handshake — and relays both directions until both have ended.
+//!
+//! ```text
+//!  handed over ─► Connecting ──writable, no error──► Handshaking ──Connected──► Relaying ──both Done──► closed
+//!                     │   (Direct: straight to Relaying) │                          │
+//!                     └──── error / timeout ─────────────┴──► client reset          └─ error/idle ─► both reset
+//! ```
+//!
+//! Flows live by value in a slab; a token carries slot, generation and side,
+//! so a stale event for a reused slot is ignored. Each flow has exactly one
+//! entry in the timer heap; when it comes due and the flow has been active
+//! since, it is pushed again with the new deadline.
+
+mod slab;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use log::{debug, warn};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
+
+use crate::config::{Settings, Tunnel, TunnelKind};
+use crate::relay::{Pump, PumpError, Pumped};
+use crate::stats::Counters;
+use crate::upstream::{Handshake, HandshakeError, Progress, Socks5Connect};
+use slab::{Side, Slab};
+
+const WAKER: Token = Token(usize::MAX);
+/// Scratch buffer shared by every flow of a worker.
+const SCRATCH: usize = 64 * 1024;
+/// Hand-off queue length per worker.
+pub const QUEUE: usize = 4096;
+
+/// A client connection the front loop accepted and routed.
+pub struct TcpHandoff {
+    pub stream: std::net::TcpStream,
+    pub client: SocketAddr,
+    pub orig_dst: SocketAddr,
+    pub tunnel: Arc<Tunnel>,
+}
+
+pub enum Handoff {
+    Tcp(TcpHandoff),
+}
+
+/// The sending side of a worker, held by every front loop.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    tx: Sender<Handoff>,
+    waker: Arc<Waker>,
+}
+
+impl WorkerHandle {
+    /// Queues without blocking; gives the hand-off back if the queue is full.
+    pub fn try_send(&self, h: Handoff) -> Result<(), Handoff> {
+        self.tx.try_send(h).map_err(|e| match e {
+            TrySendError::Full(h) | TrySendError::Disconnected(h) => h,
+        })
+    }
+
+    pub fn wake(&self) {
+        let _ = self.waker.wake();
+    }
+}
+
+enum Stage {
+    /// Waiting for the upstream connect; the handshake to run after (none for Direct).
+    Connecting(Option<Box<Handshake>>),
+    Handshaking(Box<Handshake>),
+    Relaying,
+}
+
+struct Flow {
+    client: TcpStream,
+    upstream: TcpStream,
+    client_addr: SocketAddr,
+    orig_dst: SocketAddr,
+    tunnel: Arc<Tunnel>,
+    stage: Stage,
+    /// client → upstream
+    up: Pump,
+    /// upstream → client
+    down: Pump,
+    started: Instant,
+    last_active: Instant,
+}
+
+/// Why a flow ends.
+enum End {
+    /// Both directions finished cleanly.
+    Closed,
+    /// The tunnel could not be opened: reset the client.
+    Failed(&'static str, String),
+    /// An error mid-relay, or the idle timeout: reset both sides.
+    Reset(&'static str),
+}
+
+pub struct WorkerLoop {
+    id: usize,
+    poll: Poll,
+    rx: Receiver<Handoff>,
+    flows: Slab<Flow>,
+    timers: BinaryHeap<Reverse<(Instant, Token)>>,
+    scratch: Box<[u8]>,
+    settings: Arc<Settings>,
+    counters: Arc<Counters>,
+    fail_log: Vec<(String, Instant)>,
+    now: Instant,
+}
+
+impl WorkerLoop {
+    /// A worker and the handle front loops use to reach it.
+    pub fn new(
+        id: usize,
+        settings: Arc<Settings>,
+        counters: Arc<Counters>,
+    ) -> io::Result<(WorkerLoop, WorkerHandle)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let w = WorkerLoop {
+            id,
+            poll,
+            rx,
+            flows: Slab::default(),
+            timers: BinaryHeap::new(),
+            scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+            settings,
+            counters,
+            fail_log: Vec::new(),
+            now: Instant::now(),
+        };
+        Ok((w, WorkerHandle { tx, waker }))
+    }
+
+    /// Runs until `stop` is set and every flow has ended (or `grace` passed).
+    pub fn run(mut self, stop: &AtomicBool, grace: Duration) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut stopping_since: Option<Instant> = None;
+        loop {
+            let timeout = self
+                .timers
+                .peek()
+                .map(|Reverse((t, _))| t.saturating_duration_since(Instant::now()))
+                .map_or(Duration::from_millis(500), |d| d.min(Duration::from_millis(500)));
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+                && e.kind() != ErrorKind::Interrupted
+            {
+                return Err(e);
+            }
+            self.now = Instant::now();
+            for ev in events.iter() {
+                if ev.token() == WAKER {
+                    self.take_handoffs();
+                } else {
+                    self.on_event(ev);
+                }
+            }
+            self.expire();
+            if stop.load(Ordering::Relaxed) {
+                let since = *stopping_since.get_or_insert(self.now);
+                // Take what is still queued, so nothing handed over is lost.
+                self.take_handoffs();
+                if self.flows.is_empty() || self.now.duration_since(since) >= grace {
+                    debug!(target: "egressd::worker", "worker {} stopping with {} flows", self.id, self.flows.len());
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn take_handoffs(&mut self) {
+        while let Ok(h) = self.rx.try_recv() {
+            match h {
+                Handoff::Tcp(t) => self.start_flow(t),
+            }
+        }
+    }
+
+    fn start_flow(&mut self, h: TcpHandoff) {
+        let TcpHandoff { stream, client, orig_dst, tunnel } = h;
+        Counters::inc(&self.counters.tcp_flows_total);
+        debug!(target: "egressd::worker", "{client} -> tcp {orig_dst} via {}", tunnel.name);
+        let _ = keepalive(&SockRef::from(&stream));
+        let (target, handshake) = match &tunnel.kind {
+            TunnelKind::Socks5 { server, auth, .. } => match server.addr {
+                Some(a) => {
+                    (a, Some(Box::new(Handshake::Socks5(Socks5Connect::new(orig_dst, auth.is_some())))))
+                }
+                None => return self.refuse(&stream, client, orig_dst, &tunnel, "server address unresolved"),
+            },
+            TunnelKind::Direct { .. } => (orig_dst, None),
+            TunnelKind::HttpConnect { .. } => {
+                return self.refuse(
+                    &stream,
+                    client,
+                    orig_dst,
+                    &tunnel,
+                    "HttpConnect tunnels are not supported yet",
+                );
+            }
+        };
+        let upstream = match connect(target, &tunnel.kind) {
+            Ok(s) => s,
+            Err(e) => {
+                let why = format!("cannot open a socket to {target}: {e}");
+                return self.refuse(&stream, client, orig_dst, &tunnel, &why);
+            }
+        };
+        if let Err(e) = stream.set_nonblocking(true) {
+            return self.refuse(&stream, client, orig_dst, &tunnel, &e.to_string());
+        }
+        let flow = Flow {
+            client: TcpStream::from_std(stream),
+            upstream,
+            client_addr: client,
+            orig_dst,
+            tunnel,
+            stage: Stage::Connecting(handshake),
+            up: Pump::default(),
+            down: Pump::default(),
+            started: self.now,
+            last_active: self.now,
+        };
+        let (slot, generation) = self.flows.insert(flow);
+        let f = self.flows.get_mut(slot).expect("just inserted");
+        let both = Interest::READABLE | Interest::WRITABLE;
+        let reg = self.poll.registry();
+        let ok = reg.register(&mut f.client, slab::token(slot, generation, Side::Client), both).is_ok()
+            && reg.register(&mut f.upstream, slab::token(slot, generation, Side::Upstream), both).is_ok();
+        Counters::inc(&self.counters.tcp_flows_active);
+        if !ok {
+            self.end(slot, End::Failed("register", "cannot register sockets with epoll".into()));
+            return;
+        }
+        let deadline = self.now + self.settings.tcp.connect_timeout;
+        self.timers.push(Reverse((deadline, slab::token(slot, generation, Side::Client))));
+    }
+
+    /// Resets a client whose flow never started.
+    fn refuse(
+        &mut self,
+        s: &std::net::TcpStream,
+        client: SocketAddr,
+        dst: SocketAddr,
+        t: &Tunnel,
+        why: &str,
+    ) {
+        Counters::inc(&self.counters.tcp_upstream_failed);
+        self.log_failure(client, dst, t, why);
+        reset(&SockRef::from(s));
+    }
+
+    fn log_failure(&mut self, client: SocketAddr, dst: SocketAddr, t: &Tunnel, why: &str) {
+        // At most one warning per tunnel per 10 s; the rest at debug.
+        let now = self.now;
+        let due = match self.fail_log.iter_mut().find(|(n, _)| *n == t.name) {
+            Some((_, last)) if now.duration_since(*last) < Duration::from_secs(10) => false,
+            Some((_, last)) => {
+                *last = now;
+                true
+            }
+            None => {
+                self.fail_log.push((t.name.clone(), now));
+                true
+            }
+        };
+        if due {
+            warn!(target: "egressd::worker", "{client} -> tcp {dst} via {}: {why}; client reset", t.name);
+        } else {
+            debug!(target: "egressd::worker", "{client} -> tcp {dst} via {}: {why}; client reset", t.name);
+        }
+    }
+
+    fn on_event(&mut self, ev: &mio::event::Event) {
+        let Some((slot, side)) = self.flows.resolve(ev.token()) else { return };
+        let result = self.advance(slot, side, ev);
+        if let Some(end) = result {
+            self.end(slot, end);
+        }
+    }
+
+    /// Moves a flow on after an event; `Some` when the flow is over.
+    fn advance(&mut self, slot: usize, side: Side, ev: &mio::event::Event) -> Option<End> {
+        let now = self.now;
+        let scratch = &mut self.scratch;
+        let f = self.flows.get_mut(slot)?;
+        loop {
+            match &mut f.stage {
+                Stage::Connecting(hs) => {
+                    if side != Side::Upstream || !(ev.is_writable() || ev.is_error() || ev.is_write_closed())
+                    {
+                        return None;
+                    }
+                    match f.upstream.take_error() {
+                        Ok(None) => {}
+                        Ok(Some(e)) | Err(e) => {
+                            return Some(End::Failed("connect", connect_error(&f.tunnel, e)));
+                        }
+                    }
+                    match f.upstream.peer_addr() {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == ErrorKind::NotConnected => return None,
+                        Err(e) => return Some(End::Failed("connect", connect_error(&f.tunnel, e))),
+                    }
+                    let _ = keepalive(&SockRef::from(&f.upstream));
+                    let _ = f.upstream.set_nodelay(true);
+                    f.stage = match hs.take() {
+                        Some(h) => Stage::Handshaking(h),
+                        None => Stage::Relaying,
+                    };
+                    f.last_active = now;
+                    // Fall through: send the greeting / start relaying now.
+                }
+                Stage::Handshaking(hs) => {
+                    if side != Side::Upstream {
+                        return None;
+                    }
+                    let auth = match &f.tunnel.kind {
+                        TunnelKind::Socks5 { auth, .. } => auth.as_ref(),
+                        _ => None,
+                    };
+                    loop {
+                        // Send what the handshake holds.
+                        while !hs.transmit().is_empty() {
+                            match f.upstream.write(hs.transmit()) {
+                                Ok(n) => hs.sent(n),
+                                Err(e) if e.kind() == ErrorKind::WouldBlock => return None,
+                                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                                Err(e) => {
+                                    return Some(End::Failed("handshake", format!("write to server: {e}")));
+                                }
+                            }
+                        }
+                        let n = match f.upstream.read(scratch) {
+                            Ok(n) => n,
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => return None,
+                            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                            Err(e) => {
+                                return Some(End::Failed("handshake", format!("read from server: {e}")));
+                            }
+                        };
+                        match hs.on_input(&scratch[..n], auth) {
+                            Ok(Progress::Continue) => {}
+                            Ok(Progress::Connected { consumed }) => {
+                                f.down.preload(&scratch[consumed..n]);
+                                break;
+                            }
+                            Err(e) => return Some(End::Failed("handshake", handshake_error(&f.tunnel, e))),
+                        }
+                    }
+                    debug!(target: "egressd::worker", "{} -> tcp {} via {}: open", f.client_addr, f.orig_dst, f.tunnel.name);
+                    f.stage = Stage::Relaying;
+                    f.last_active = now;
+                }
+                Stage::Relaying => {
+                    // Events are hints: pump both ways; each stops at WouldBlock.
+                    let (up0, down0) = (f.up.bytes, f.down.bytes);
+                    let r = pump_both(f, scratch);
+                    if f.up.bytes != up0 || f.down.bytes != down0 {
+                        f.last_active = now;
+                        Counters::add(&self.counters.tcp_bytes_up, f.up.bytes - up0);
+                        Counters::add(&self.counters.tcp_bytes_down, f.down.bytes - down0);
+                    }
+                    return r;
+                }
+            }
+        }
+    }
+
+    /// Handles timers that came due: connect/handshake timeouts, idle flows.
+    fn expire(&mut self) {
+        while let Some(Reverse((at, token))) = self.timers.peek().copied() {
+            if at > self.now {
+                return;
+            }
+            self.timers.pop();
+            let Some((slot, _)) = self.flows.resolve(token) else { continue };
+            let f = self.flows.get_mut(slot).expect("resolved");
+            let (due, end) = match f.stage {
+                Stage::Relaying => {
+                    (f.last_active + self.settings.tcp.idle_timeout, End::Reset("idle timeout"))
+                }
+                _ => {
+                    let why = format!(
+                        "no answer from the tunnel within {}s (connect_timeout_secs)",
+                        self.settings.tcp.connect_timeout.as_secs()
+                    );
+                    (f.started + self.settings.tcp.connect_timeout, End::Failed("timeout", why))
+                }
+            };
+            if due > self.now {
+                self.timers.push(Reverse((due, token)));
+            } else {
+                self.end(slot, end);
+            }
+        }
+    }
+
+    fn end(&mut self, slot: usize, end: End) {
+        let Some(f) = self.flows.remove(slot) else { return };
+        Counters::dec(&self.counters.tcp_flows_active);
+        match end {
+            End::Closed => {
+                debug!(target: "egressd::worker", "{} -> tcp {} via {}: closed, {} bytes up, {} down",
+                    f.client_addr, f.orig_dst, f.tunnel.name, f.up.bytes, f.down.bytes);
+            }
+            End::Failed(kind, why) => {
+                Counters::inc(&self.counters.tcp_upstream_failed);
+                if kind == "timeout" {
+                    Counters::inc(&self.counters.tcp_connect_timeout);
+                }
+                self.log_failure(f.client_addr, f.orig_dst, &f.tunnel, &why);
+                reset(&SockRef::from(&f.client));
+            }
+            End::Reset(why) => {
+                if why == "idle timeout" {
+                    Counters::inc(&self.counters.tcp_idle_closed);
+                }
+                debug!(target: "egressd::worker", "{} -> tcp {} via {}: {why}; both sides reset",
+                    f.client_addr, f.orig_dst, f.tunnel.name);
+                reset(&SockRef::from(&f.client));
+                reset(&SockRef::from(&f.upstream));
+            }
+        }
+        // Dropping the streams closes them (and removes them from epoll).
+    }
+}
+
+/// Relays both directions; `Some` when the flow is over.
+fn pump_both(f: &mut Flow, scratch: &mut [u8]) -> Option<End> {
+    let up = f.up.pump(&mut f.client, &mut f.upstream, scratch);
+    let down = f.down.pump(&mut f.upstream, &mut f.client, scratch);
+    match (up, down) {
+        (Err(e), _) | (_, Err(e)) => {
+            let why = match e {
+                PumpError::Read(_) => "read error",
+                PumpError::Write(_) => "write error",
+            };
+            Some(End::Reset(why))
+        }
+        (Ok(Pumped::Done), Ok(Pumped::Done)) => Some(End::Closed),
+        _ => None,
+    }
+}
+
+fn connect_error(t: &Tunnel, e: io::Error) -> String {
+    match t.kind.server() {
+        Some(s) => format!("cannot connect to the tunnel server {s}: {e}"),
+        None => format!("cannot connect: {e}"),
+    }
+}
+
+fn handshake_error(t: &Tunnel, e: HandshakeError) -> String {
+    match t.kind.server() {
+        Some(s) => format!("{e} (server {s})"),
+        None => e.to_string(),
+    }
+}
+
+/// A non-blocking connect to `target` with the tunnel's socket options.
+fn connect(target: SocketAddr, kind: &TunnelKind) -> io::Result<TcpStream> {
+    let s = Socket::new(Domain::for_address(target), Type::STREAM.nonblocking().cloexec(), None)?;
+    if let TunnelKind::Direct { interface, mark, bind } = kind {
+        if let Some(i) = interface {
+            s.bind_device(Some(i.as_bytes()))?;
+        }
+        if let Some(m) = mark {
+            s.set_mark(*m)?;
+        }
+        if let Some(ip) = bind {
+            s.bind(&SocketAddr::new(*ip, 0).into())?;
+        }
+    }
+    match s.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(s.into()))
+}
+
+fn keepalive(s: &SockRef) -> io::Result<()> {
+    let ka = TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    s.set_tcp_keepalive(&ka)
+}
+
+/// Closes with RST instead of FIN (SO_LINGER 0) once the socket is dropped.
+pub fn reset(s: &SockRef) {
+    let _ = s.set_linger(Some(Duration::ZERO));
+}
