@@ -1,0 +1,365 @@
+# shellcheck shell=bash
+# netns-tests/topology.sh — build and tear down the egressd test topology
+# (SPEC §1/§5). Sourced after lib.sh. Every name below is a namespace of this
+# run ("${EG_ID}-<role>"); none is linked to the root namespace.
+#
+#  c0 10.8.0.10 fd08::10 ─┐
+#  c1 10.8.0.11 fd08::11 ─┤  gw: br0 10.8.0.1/24 fd08::1/64
+#  c2 10.8.0.12 fd08::12 ─┼─ egressd on 10.8.0.1:10900, [fd08::1]:10900
+#  c3 10.8.0.13 fd08::13 ─┘  (c3: no route in egressd's config)
+#                             │ exit0..2: 100.64.N.1/24 ── 100.64.N.2/24 exitN
+#                             │                          (SOCKS5 on 100.64.N.2:1080:
+#                             │                           exit0 microsocks,
+#                             │                           exit1/2 danted)
+#                             │ uplink 198.51.100.200/24 2001:db8:100::c8/64
+#                             │ (MASQUERADE v4+v6, "as a Docker host has")
+#                             ▼
+#  inet: bridge 198.51.100.254/24 2001:db8:100::fe/64 joining gw's uplink and
+#        exitN's egress 198.51.100.(N+1)/24 2001:db8:100::(N+1)/64;
+#        services (tools/egtool.py serve) on 203.0.113.10 and 2001:db8:203::10 (on lo);
+#        192.0.2.53 reserved for the 'public DNS'; an nft counter of whatever
+#        arrives from gw's uplink (the leak detector).
+#
+# Functions:
+#   topo_up                build namespaces, links, addresses, routes, NAT
+#   topo_start_services    target services in inet + SOCKS servers in exits
+#   socks_start N / socks_stop N / socks_kill N
+#   topo_write_config FILE [CONTROL_SOCKET]   egressd config for this topology
+#   egressd_start CONFIG LOG / egressd_stop / egressd_rules_apply CONFIG
+#   leak_count             packets seen in inet from gw's uplink (v4+v6, no ND)
+#   socks_syn_count N      connections opened to exit N's SOCKS port so far
+#   curl_whoami NS [-6]    who-am-i as seen by the target, from namespace NS
+#   topo_down              stop everything, delete the namespaces
+
+TARGET4=203.0.113.10
+TARGET6=2001:db8:203::10
+PUBDNS4=192.0.2.53
+GW_UPLINK4=198.51.100.200
+GW_UPLINK6=2001:db8:100::c8
+LISTEN_PORT=10900
+NEXITS=3
+NCONT=4
+
+topo_names() {
+	NS_INET=$(ns_name inet)
+	NS_GW=$(ns_name gw)
+	NS_EXIT=()
+	NS_C=()
+	local i
+	for i in $(seq 0 $((NEXITS - 1))); do NS_EXIT[i]=$(ns_name "exit$i"); done
+	for i in $(seq 0 $((NCONT - 1))); do NS_C[i]=$(ns_name "c$i"); done
+}
+
+# exit_egress4 N / exit_egress6 N — the address exit N's traffic leaves from.
+exit_egress4() { printf '198.51.100.%d\n' $(($1 + 1)); }
+exit_egress6() { printf '2001:db8:100::%x\n' $(($1 + 1)); }
+cont_addr4() { printf '10.8.0.%d\n' $((10 + $1)); }
+cont_addr6() { printf 'fd08::%d\n' $((10 + $1)); }
+
+nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+topo_up() {
+	topo_names
+	local i ns
+	ns_add "$NS_INET"
+	ns_add "$NS_GW"
+	for ns in "${NS_EXIT[@]}" "${NS_C[@]}"; do ns_add "$ns"; done
+
+	# ---- inet: a bridge for the 'internet' side, services on a dummy.
+	ip -n "$NS_INET" link add br-inet type bridge forward_delay 0
+	ip -n "$NS_INET" addr add 198.51.100.254/24 dev br-inet
+	ip -n "$NS_INET" addr add 2001:db8:100::fe/64 dev br-inet nodad
+	ip -n "$NS_INET" link set br-inet up
+	# Service addresses on lo (a dummy device needs a module not every
+	# kernel has).
+	ip -n "$NS_INET" addr add "$TARGET4/32" dev lo
+	ip -n "$NS_INET" addr add "$PUBDNS4/32" dev lo
+	ip -n "$NS_INET" addr add "$TARGET6/128" dev lo nodad
+
+	# ---- gw: the 'Docker host'.
+	nsx "$NS_GW" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 >/dev/null
+	ip -n "$NS_GW" link add br0 type bridge forward_delay 0
+	# The article's lesson: bridge netfilter would clear TPROXY's skb->sk.
+	if nsx "$NS_GW" test -e /proc/sys/net/bridge/bridge-nf-call-iptables; then
+		nsx "$NS_GW" sysctl -qw net.bridge.bridge-nf-call-iptables=0 \
+			net.bridge.bridge-nf-call-ip6tables=0 >/dev/null
+	fi
+	ip -n "$NS_GW" addr add 10.8.0.1/24 dev br0
+	ip -n "$NS_GW" addr add fd08::1/64 dev br0 nodad
+	ip -n "$NS_GW" link set br0 up
+	# uplink gw <-> inet
+	ip -n "$NS_GW" link add uplink type veth peer name to-gw netns "$NS_INET"
+	ip -n "$NS_INET" link set to-gw master br-inet up
+	ip -n "$NS_GW" addr add "$GW_UPLINK4/24" dev uplink
+	ip -n "$NS_GW" addr add "$GW_UPLINK6/64" dev uplink nodad
+	ip -n "$NS_GW" link set uplink up
+	ip -n "$NS_GW" route add default via 198.51.100.254
+	ip -n "$NS_GW" -6 route add default via 2001:db8:100::fe
+	nsx "$NS_GW" iptables -w -t nat -A POSTROUTING -o uplink -j MASQUERADE
+	nsx "$NS_GW" ip6tables -w -t nat -A POSTROUTING -o uplink -j MASQUERADE
+
+	# ---- exits
+	for i in $(seq 0 $((NEXITS - 1))); do
+		ns=${NS_EXIT[i]}
+		ip -n "$NS_GW" link add "exit$i" type veth peer name gw netns "$ns"
+		ip -n "$NS_GW" addr add "100.64.$i.1/24" dev "exit$i"
+		ip -n "$NS_GW" link set "exit$i" up
+		ip -n "$ns" addr add "100.64.$i.2/24" dev gw
+		ip -n "$ns" link set gw up
+		ip -n "$ns" link add egress type veth peer name "to-exit$i" netns "$NS_INET"
+		ip -n "$NS_INET" link set "to-exit$i" master br-inet up
+		ip -n "$ns" addr add "$(exit_egress4 "$i")/24" dev egress
+		ip -n "$ns" addr add "$(exit_egress6 "$i")/64" dev egress nodad
+		ip -n "$ns" link set egress up
+		ip -n "$ns" route add default via 198.51.100.254
+		ip -n "$ns" -6 route add default via 2001:db8:100::fe
+		# Count connections opened to this exit's SOCKS server, so a test
+		# can tell whether egressd went upstream at all.
+		nsx "$ns" nft -f - <<-'EOF'
+		table inet egsocks {
+			counter syn { }
+			chain in {
+				type filter hook input priority 0; policy accept;
+				tcp dport 1080 tcp flags & (syn | ack) == syn counter name syn
+			}
+		}
+		EOF
+	done
+
+	# ---- containers: plain namespaces with a veth into br0, as Docker builds.
+	for i in $(seq 0 $((NCONT - 1))); do
+		ns=${NS_C[i]}
+		ip -n "$NS_GW" link add "veth-c$i" type veth peer name eth0 netns "$ns"
+		ip -n "$NS_GW" link set "veth-c$i" master br0 up
+		ip -n "$ns" addr add "$(cont_addr4 "$i")/24" dev eth0
+		ip -n "$ns" addr add "$(cont_addr6 "$i")/64" dev eth0 nodad
+		ip -n "$ns" link set eth0 up
+		ip -n "$ns" route add default via 10.8.0.1
+		ip -n "$ns" -6 route add default via fd08::1
+	done
+
+	# ---- the leak detector: count what arrives in inet from gw's own uplink
+	# (i.e. traffic that went around egressd and got MASQUERADEd), and
+	# anything carrying a container source address. Neighbour discovery is
+	# the only traffic gw's uplink may legitimately send on its own.
+	nsx "$NS_INET" nft -f - <<-'EOF'
+	table inet egleak {
+		counter leak4 { }
+		counter leak6 { }
+		counter leakc { }
+		chain pre {
+			type filter hook prerouting priority -300; policy accept;
+			ip saddr 198.51.100.200 counter name leak4
+			ip6 saddr 2001:db8:100::c8 icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert, nd-redirect } return
+			ip6 saddr 2001:db8:100::c8 counter name leak6
+			ip saddr 10.8.0.0/24 counter name leakc
+			ip6 saddr fd08::/64 counter name leakc
+		}
+	}
+	EOF
+}
+
+# leak_count — total packets counted by the leak detector so far.
+leak_count() {
+	local c total=0 n
+	for c in leak4 leak6 leakc; do
+		n=$(nsx "$NS_INET" nft list counter inet egleak "$c" 2>/dev/null |
+			sed -n 's/.*packets \([0-9]*\).*/\1/p' | head -n1)
+		total=$((total + ${n:-0}))
+	done
+	printf '%s\n' "$total"
+}
+
+# socks_syn_count N — connections opened so far to exit N's SOCKS port.
+socks_syn_count() {
+	local n
+	n=$(nsx "${NS_EXIT[$1]}" nft list counter inet egsocks syn 2>/dev/null |
+		sed -n 's/.*packets \([0-9]*\).*/\1/p' | head -n1)
+	printf '%s\n' "${n:-0}"
+}
+
+# ---------------------------------------------------------------- services
+
+topo_start_services() {
+	local py i
+	py=$(python_bin)
+	rm -f "$EG_TMP/inet.ready"
+	eg_spawn "$NS_INET" "$EG_TMP/inet.log" "$py" "$EG_TOOLS/egtool.py" serve \
+		"$TARGET4" "$TARGET6" --ready "$EG_TMP/inet.ready"
+	# shellcheck disable=SC2034  # for scripts that want to stop the services
+	INET_PID=$EG_LAST_PID
+	wait_until 15 test -e "$EG_TMP/inet.ready" || die "inet services did not start: $(tail -n 5 "$EG_TMP/inet.log")"
+	for i in $(seq 0 $((NEXITS - 1))); do
+		socks_start "$i"
+	done
+}
+
+# danted config for exit N: no auth, CONNECT and UDP ASSOCIATE, v4 and v6.
+danted_conf() {
+	local i=$1
+	cat <<-EOF
+	logoutput: stderr
+	internal: 100.64.$i.2 port = 1080
+	external: egress
+	external.rotation: route
+	socksmethod: none
+	clientmethod: none
+	user.privileged: root
+	user.unprivileged: nobody
+	client pass {
+	    from: 0/0 to: 0/0
+	    log: error
+	}
+	socks pass {
+	    from: 0/0 to: 0/0
+	    command: connect udpassociate bindreply udpreply
+	    log: error
+	}
+	EOF
+}
+
+# socks_start N — start exit N's SOCKS server (exit0: microsocks, others:
+# danted), wait until it listens. PID in SOCKS_PID[N].
+socks_start() {
+	local i=$1 ns=${NS_EXIT[$1]}
+	if [ "$i" -eq 0 ]; then
+		eg_spawn "$ns" "$EG_TMP/socks$i.log" microsocks -i "100.64.$i.2" -p 1080
+	else
+		danted_conf "$i" >"$EG_TMP/danted$i.conf"
+		eg_spawn "$ns" "$EG_TMP/socks$i.log" danted -f "$EG_TMP/danted$i.conf" -p "$EG_TMP/danted$i.pid"
+	fi
+	SOCKS_PID[i]=$EG_LAST_PID
+	wait_tcp_listen "$ns" 1080 "100.64.$i.2" 15 || die "SOCKS server in exit$i did not start: $(tail -n 5 "$EG_TMP/socks$i.log")"
+}
+
+# socks_kill N — crash exit N's SOCKS server: SIGKILL every process of it,
+# by PID (danted forks helpers: take them from `ip netns pids`; the exit
+# namespace holds nothing else of ours).
+socks_kill() {
+	local i=$1 ns=${NS_EXIT[$1]}
+	pid_alive "${SOCKS_PID[i]}" && kill -s KILL "${SOCKS_PID[i]}" 2>/dev/null
+	kill_ns_pids "$ns" KILL
+	wait "${SOCKS_PID[i]}" 2>/dev/null
+	wait_until 5 ns_empty "$ns"
+}
+
+socks_stop() {
+	local i=$1 ns=${NS_EXIT[$1]}
+	stop_pid "${SOCKS_PID[i]}" TERM
+	kill_ns_pids "$ns" KILL
+	wait_until 5 ns_empty "$ns"
+}
+
+# ---------------------------------------------------------------- egressd
+
+# topo_write_config FILE [CONTROL_SOCKET] — the tests' egressd config.
+topo_write_config() {
+	local f=$1 sock=${2:-}
+	{
+		cat <<-'EOF'
+		(
+		    listen: ["10.8.0.1:10900", "[fd08::1]:10900"],
+		    tunnels: {
+		        "exit0": Socks5(server: "100.64.0.2:1080"),
+		        "exit1": Socks5(server: "100.64.1.2:1080"),
+		        "exit2": Socks5(server: "100.64.2.2:1080"),
+		    },
+		    routes: [
+		        (source: "10.8.0.10", tunnel: "exit0"), (source: "fd08::10", tunnel: "exit0"),
+		        (source: "10.8.0.11", tunnel: "exit1"), (source: "fd08::11", tunnel: "exit1"),
+		        (source: "10.8.0.12", tunnel: "exit2"), (source: "fd08::12", tunnel: "exit2"),
+		    ],
+		    intercept: (sources: ["10.8.0.0/24", "fd08::/64"]),
+		EOF
+		[ -n "$sock" ] && printf '    control: (socket: "%s"),\n' "$sock"
+		printf ')\n'
+	} >"$f"
+}
+
+egressd_bin() { printf '%s\n' "${EGRESSD:-$EG_REPO/target/release/egressd}"; }
+
+# ensure_egressd — build the release binary if it is missing.
+ensure_egressd() {
+	local bin
+	bin=$(egressd_bin)
+	if [ ! -x "$bin" ]; then
+		log "building egressd (cargo build --release)"
+		(cd "$EG_REPO" && cargo build --release --quiet) >&2 || return 1
+	fi
+	[ -x "$bin" ]
+}
+
+egressd_listening() {
+	tcp_listening "$NS_GW" "$LISTEN_PORT" 10.8.0.1 && tcp_listening "$NS_GW" "$LISTEN_PORT" '[fd08::1]'
+}
+
+egressd_up_or_dead() { egressd_listening || ! pid_alive "$EGRESSD_PID"; }
+
+# egressd_start [ARGS...] — run `egressd run ARGS` in gw (log: $EGRESSD_LOG),
+# wait for both listeners. PID in EGRESSD_PID.
+egressd_start() {
+	EGRESSD_LOG=${EGRESSD_LOG:-$EG_TMP/egressd.log}
+	eg_spawn "$NS_GW" "$EGRESSD_LOG" env RUST_LOG="${RUST_LOG:-debug}" \
+		"$(egressd_bin)" run "$@"
+	EGRESSD_PID=$EG_LAST_PID
+	if ! wait_until 15 egressd_up_or_dead || ! egressd_listening; then
+		log "egressd did not start listening; its log:"
+		tail -n 20 "$EGRESSD_LOG" >&2
+		return 1
+	fi
+}
+
+egressd_stop() {
+	[ -n "${EGRESSD_PID:-}" ] && stop_pid "$EGRESSD_PID" TERM
+	EGRESSD_PID=""
+}
+
+# egressd_rules_apply [ARGS...] — `egressd rules ARGS | sh -e` inside gw.
+egressd_rules_apply() {
+	"$(egressd_bin)" rules "$@" >"$EG_TMP/rules.sh" || return 1
+	nsx "$NS_GW" sh -e "$EG_TMP/rules.sh"
+}
+
+# curl_whoami NS [-6] — what the who-am-i service saw as our address.
+curl_whoami() {
+	local ns=$1 url="http://$TARGET4/"
+	[ "${2:-}" = -6 ] && url="http://[$TARGET6]/"
+	nsx "$ns" curl -sS --max-time 5 "$url" 2>&1 | tr -d '\r' | tail -n 1
+}
+
+# egtool NS ARGS... — run the test client inside NS (fd limit raised, and
+# a hard time bound on top of the client's own timeouts).
+egtool() {
+	local ns=$1; shift
+	(
+		ulimit -n 65536 2>/dev/null || true
+		exec timeout -k 5 "${EG_TOOL_TIMEOUT:-180}" ip netns exec "$ns" \
+			"$(python_bin)" "$EG_TOOLS/egtool.py" "$@"
+	)
+}
+
+# egtool_bg NS OUTFILE ARGS... — the test client in the background, tracked
+# by PID (EG_LAST_PID is `timeout`, which passes a TERM on to the client).
+egtool_bg() {
+	local ns=$1 outf=$2; shift 2
+	(
+		ulimit -n 65536 2>/dev/null || true
+		exec timeout -k 5 "${EG_TOOL_TIMEOUT:-180}" ip netns exec "$ns" \
+			"$(python_bin)" "$EG_TOOLS/egtool.py" "$@"
+	) >"$outf" 2>&1 </dev/null &
+	EG_LAST_PID=$!
+	EG_PIDS+=("$EG_LAST_PID")
+	disown "$EG_LAST_PID" 2>/dev/null || true
+}
+
+topo_down() {
+	local pid ns
+	for pid in "${EG_PIDS[@]}"; do stop_pid "$pid" TERM; done
+	EG_PIDS=()
+	for ns in "${EG_NETNS[@]}"; do kill_ns_pids "$ns" KILL; done
+	for ns in "${EG_NETNS[@]}"; do
+		wait_until 3 ns_empty "$ns"
+		ip netns del "$ns" 2>/dev/null || true
+	done
+	EG_NETNS=()
+}

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The test command (README): installs what a fresh Debian 12 machine lacks,
+# then runs format and lint checks, the unit and loopback tests, the fuzz
+# targets briefly, and the network-namespace end-to-end tests.
+#
+#   scripts/test.sh            everything (root needed for the netns tests)
+#   QUICK=1 scripts/test.sh    skip the slow netns checks (long idle waits)
+#
+# Ends with one line `total: N passed, N failed`; exits non-zero on any failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+log() { printf '\n== %s\n' "$*"; }
+failed_stages=()
+stage() { # stage NAME CMD...: run, remember failure, keep going
+    local name=$1; shift
+    log "$name"
+    if "$@"; then echo "-- $name: ok"; else echo "-- $name: FAILED"; failed_stages+=("$name"); fi
+}
+
+# --- 1. What the tests need, installed idempotently -----------------------
+apt_pkgs=(iptables nftables iproute2 dante-server microsocks iperf3 dnsutils socat curl
+          python3 tcpdump procps netcat-openbsd binutils libcap2-bin)
+install_deps() {
+    local missing=()
+    for p in "${apt_pkgs[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        if [ "$(id -u)" -ne 0 ]; then
+            echo "missing packages (${missing[*]}) and not root: install them first" >&2
+            return 1
+        fi
+        echo "installing: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || return 1
+        # dante-server's package starts a system danted; the tests run their own.
+    fi
+    rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+    rustup target list --installed | grep -qx x86_64-unknown-linux-musl \
+        || rustup target add x86_64-unknown-linux-musl
+    if [ -d fuzz ]; then
+        rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+        command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+    fi
+}
+stage "install dependencies" install_deps
+
+# --- 2. Static checks and unit/loopback tests ---------------------------------
+stage "cargo fmt --check" cargo fmt --all -- --check
+stage "cargo clippy" cargo clippy --all-targets --locked -- -D warnings
+unit_log=$(mktemp)
+stage "cargo test" bash -c "cargo test --locked 2>&1 | tee '$unit_log'; exit \${PIPESTATUS[0]}"
+unit_passed=$(grep -o 'test result: [a-zA-Z]*\. [0-9]* passed' "$unit_log" | awk '{s+=$4} END {print s+0}')
+unit_failed=$(grep -o '[0-9]* failed;' "$unit_log" | awk '{s+=$1} END {print s+0}')
+rm -f "$unit_log"
+
+# --- 3. Fuzz targets, briefly (scripts/fuzz.sh runs them for longer) ----------
+if [ -x scripts/fuzz.sh ]; then
+    stage "fuzz (brief)" env FUZZ_SECONDS="${FUZZ_SECONDS:-20}" scripts/fuzz.sh
+fi
+
+# --- 4. Network-namespace end-to-end tests ------------------------------------
+stage "cargo build --release" cargo build --release --locked
+netns_passed=0 netns_failed=0
+if [ "$(id -u)" -ne 0 ]; then
+    echo "netns tests skipped: they need root (network namespaces, iptables)"
+else
+    netns_log=$(mktemp)
+    log "netns tests"
+    EGRESSD="$repo/target/release/egressd" bash netns-tests/run-all.sh 2>&1 | tee "$netns_log"
+    rc=${PIPESTATUS[0]}
+    line=$(grep -E '^[a-z]*:? ?[0-9]+ passed, [0-9]+ failed' "$netns_log" | tail -n 1)
+    netns_passed=$(echo "$line" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' || echo 0)
+    netns_failed=$(echo "$line" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+' || echo 0)
+    if [ "$rc" -ne 0 ] || [ -z "$line" ]; then
+        failed_stages+=("netns tests")
+        [ "${netns_failed:-0}" -gt 0 ] || netns_failed=1
+    fi
+    rm -f "$netns_log"
+fi
+
+echo
+echo "unit tests: ${unit_passed} passed, ${unit_failed} failed"
+echo "netns checks: ${netns_passed} passed, ${netns_failed} failed"
+if [ ${#failed_stages[@]} -gt 0 ]; then
+    echo "failed stages: ${failed_stages[*]}"
+fi
+total_failed=$(( unit_failed + netns_failed + ${#failed_stages[@]} ))
+echo "total: $(( unit_passed + netns_passed )) passed, ${total_failed} failed"
+[ "$total_failed" -eq 0 ]
