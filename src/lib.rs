@@ -17,6 +17,7 @@ pub mod route;
 pub mod rules;
 pub mod stats;
 pub mod sys;
+pub mod udp;
 pub mod upstream;
 pub mod wire;
 pub mod worker;

@@ -13,6 +13,8 @@
 //!   orig_dst is one of our listeners (or unknown)  → closed (loop guard)
 //! ```
 
+mod udp;
+
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -30,6 +32,8 @@ use crate::worker::{Handoff, TcpHandoff, WorkerHandle, reset};
 
 /// How long accepting pauses when the process is out of file descriptors.
 const EMFILE_PAUSE: Duration = Duration::from_millis(100);
+/// Tokens from here on name UDP sockets; below, TCP listeners.
+const UDP_TOKEN: usize = 1 << 16;
 
 /// The routing view a front loop needs, shared read-only by all of them.
 pub struct Shared {
@@ -54,6 +58,10 @@ pub struct FrontLoop {
     id: usize,
     poll: Poll,
     listeners: Vec<(TcpListener, SocketAddr)>,
+    udp: Vec<(mio::net::UdpSocket, SocketAddr)>,
+    rbuf: Box<[u8]>,
+    name: crate::sys::NameBuf,
+    ctrl: crate::sys::CmsgBuf,
     workers: Vec<WorkerHandle>,
     shared: Arc<Shared>,
     counters: Arc<Counters>,
@@ -96,8 +104,29 @@ impl FrontLoop {
             poll.registry().register(&mut l, Token(i), Interest::READABLE)?;
             listeners.push((l, *addr));
         }
+        let mut udp = Vec::new();
+        for (i, addr) in shared.settings.listen.iter().enumerate() {
+            let mut u = udp::udp_socket(*addr).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {addr} (UDP, TPROXY): {e}"))
+            })?;
+            poll.registry().register(&mut u, Token(UDP_TOKEN + i), Interest::READABLE)?;
+            udp.push((u, *addr));
+        }
         let to_wake = vec![false; workers.len()];
-        Ok(FrontLoop { id, poll, listeners, workers, shared, counters, to_wake, paused_until: None })
+        Ok(FrontLoop {
+            id,
+            poll,
+            listeners,
+            udp,
+            rbuf: vec![0u8; udp::MAX_DATAGRAM].into_boxed_slice(),
+            name: Default::default(),
+            ctrl: Default::default(),
+            workers,
+            shared,
+            counters,
+            to_wake,
+            paused_until: None,
+        })
     }
 
     pub fn run(mut self, stop: &AtomicBool) -> io::Result<()> {
@@ -123,8 +152,11 @@ impl FrontLoop {
                 }
             }
             for ev in events.iter() {
-                if self.paused_until.is_none() {
-                    self.accept_all(ev.token().0);
+                let t = ev.token().0;
+                if t >= UDP_TOKEN {
+                    self.recv_all(t - UDP_TOKEN);
+                } else if self.paused_until.is_none() {
+                    self.accept_all(t);
                 }
             }
             self.wake_workers();
@@ -200,6 +232,7 @@ impl FrontLoop {
                 warn!(target: "egressd::front", "{client} -> tcp {orig_dst}: worker {w} queue full; reset");
                 reset(&SockRef::from(&h.stream));
             }
+            Err(Handoff::Udp(_)) => unreachable!("a TCP hand-off comes back as TCP"),
         }
     }
 
@@ -245,7 +278,7 @@ pub fn worker_for(ip: IpAddr, n: usize) -> usize {
 /// Logs what the daemon will do, once at start.
 pub fn log_summary(s: &Settings) {
     for a in &s.listen {
-        info!(target: "egressd", "listening on {a} (TCP)");
+        info!(target: "egressd", "listening on {a} (TCP, and UDP by TPROXY)");
     }
     for t in &s.tunnels {
         match t.kind.server() {

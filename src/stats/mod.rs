@@ -53,6 +53,44 @@ counters! {
     tcp_bytes_down,
     /// Flows currently open (incremented and decremented by the owner).
     tcp_flows_active,
+    /// Datagrams from clients accepted for a tunnel, and their bytes.
+    udp_dgrams_up,
+    udp_bytes_up,
+    /// Datagrams delivered to clients, and their bytes.
+    udp_dgrams_down,
+    udp_bytes_down,
+    /// UDP sessions created; currently open.
+    udp_sessions_total,
+    udp_sessions_active,
+    /// Dropped: no route for the source and default is Reject.
+    udp_drop_no_route,
+    /// Dropped: sent straight to the listener, not TPROXY'd (no original destination).
+    udp_drop_not_tproxied,
+    /// Dropped: longer than the receive buffer, or control data truncated.
+    udp_drop_truncated,
+    /// Dropped: the worker's hand-off queue was full.
+    udp_drop_queue_full,
+    /// Dropped: queued while the association was set up, past pending_datagrams.
+    udp_drop_pending,
+    /// Sessions evicted to stay within max_sessions.
+    udp_sessions_evicted,
+    /// Sessions that ended because the association failed or closed.
+    udp_assoc_failed,
+    /// Dropped: the tunnel carries no UDP (and it was not DNS to carry over TCP).
+    udp_drop_no_udp,
+    /// Dropped: a relay datagram with FRAG != 0.
+    udp_drop_frag,
+    /// Dropped: a relay datagram with a bad header.
+    udp_drop_bad_header,
+    /// Dropped: sending failed (socket buffer full or an error).
+    udp_drop_send,
+    /// Replies not delivered because the reply socket could not bind.
+    udp_reply_bind_failed,
+    /// Reply sockets currently open.
+    udp_reply_sockets,
+    /// DNS queries carried over TCP, and their answers.
+    dns_tcp_queries,
+    dns_tcp_answers,
 }
 
 impl Counters {
@@ -64,6 +102,12 @@ impl Counters {
     #[inline]
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Relaxed);
+    }
+
+    /// For gauges owned by one thread.
+    #[inline]
+    pub fn set(c: &AtomicU64, v: u64) {
+        c.store(v, Relaxed);
     }
 
     #[inline]

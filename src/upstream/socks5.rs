@@ -1,9 +1,10 @@
-//! SOCKS5 CONNECT from the client side, with optional RFC 1929 auth.
+//! SOCKS5 CONNECT and UDP ASSOCIATE from the client side, with optional
+//! RFC 1929 auth.
 //!
 //! ```text
 //!            send greeting
 //!   new ───────────────────► Method ──00──────────────────────┐
-//!                              │                              │ send CONNECT
+//!                              │                              │ send CONNECT / UDP ASSOCIATE
 //!                              02 (send user/pass; never      ▼
 //!                              │   pipelined: microsocks   Reply ──rep=0──► Connected
 //!                              ▼   drops early bytes)         ▲
@@ -31,8 +32,9 @@ enum State {
 }
 
 #[derive(Debug)]
-pub struct Socks5Connect {
+pub struct Socks5Handshake {
     state: State,
+    cmd: u8,
     target: SocketAddr,
     offered_auth: bool,
     out: [u8; w::AUTH_MAX],
@@ -40,14 +42,27 @@ pub struct Socks5Connect {
     out_pos: usize,
     acc: [u8; w::REPLY_MAX],
     acc_len: usize,
-    /// The address the server bound for us (from the CONNECT reply).
+    /// The address the server bound for us: for UDP ASSOCIATE, the relay.
     bound: Option<Bound>,
 }
 
-impl Socks5Connect {
-    pub fn new(target: SocketAddr, with_auth: bool) -> Self {
-        let mut h = Socks5Connect {
+impl Socks5Handshake {
+    /// CONNECT to `target`.
+    pub fn connect(target: SocketAddr, with_auth: bool) -> Self {
+        Self::new(w::CMD_CONNECT, target, with_auth)
+    }
+
+    /// UDP ASSOCIATE. `from` is where our datagrams will come from; all
+    /// zeros (unknown) is what strict servers such as danted expect — never
+    /// a datagram's destination, which makes them drop every datagram.
+    pub fn associate(from: SocketAddr, with_auth: bool) -> Self {
+        Self::new(w::CMD_UDP_ASSOCIATE, from, with_auth)
+    }
+
+    fn new(cmd: u8, target: SocketAddr, with_auth: bool) -> Self {
+        let mut h = Socks5Handshake {
             state: State::Method,
+            cmd,
             target,
             offered_auth: with_auth,
             out: [0; w::AUTH_MAX],
@@ -171,7 +186,7 @@ impl Socks5Connect {
 
     fn send_request(&mut self) {
         let mut b = [0; w::REQUEST_MAX];
-        let n = w::encode_request(w::CMD_CONNECT, self.target, &mut b);
+        let n = w::encode_request(self.cmd, self.target, &mut b);
         self.queue(&b[..n]);
         self.state = State::Reply;
     }
@@ -186,7 +201,7 @@ mod tests {
         Credentials { username: "user".into(), password: "secret".into() }
     }
 
-    fn drain(h: &mut Socks5Connect) -> Vec<u8> {
+    fn drain(h: &mut Socks5Handshake) -> Vec<u8> {
         let v = h.transmit().to_vec();
         h.sent(v.len());
         v
@@ -197,7 +212,7 @@ mod tests {
 
     #[test]
     fn no_auth_transcript() {
-        let mut h = Socks5Connect::new(TARGET.parse().unwrap(), false);
+        let mut h = Socks5Handshake::connect(TARGET.parse().unwrap(), false);
         assert_eq!(drain(&mut h), [5, 1, 0]);
         assert_eq!(h.on_input(&[5, 0], None), Ok(Progress::Continue));
         assert_eq!(drain(&mut h), [5, 1, 0, 1, 203, 0, 113, 10, 0, 80]);
@@ -210,7 +225,7 @@ mod tests {
     #[test]
     fn auth_transcript_waits_for_method_before_credentials() {
         let c = creds();
-        let mut h = Socks5Connect::new("[2001:db8:203::10]:443".parse().unwrap(), true);
+        let mut h = Socks5Handshake::connect("[2001:db8:203::10]:443".parse().unwrap(), true);
         assert_eq!(drain(&mut h), [5, 2, 0, 2]);
         assert!(h.transmit().is_empty(), "credentials must not be pipelined with the greeting");
         assert_eq!(h.on_input(&[5, 2], Some(&c)), Ok(Progress::Continue));
@@ -224,7 +239,7 @@ mod tests {
     #[test]
     fn server_may_choose_no_auth_even_when_we_offer_it() {
         let c = creds();
-        let mut h = Socks5Connect::new(TARGET.parse().unwrap(), true);
+        let mut h = Socks5Handshake::connect(TARGET.parse().unwrap(), true);
         drain(&mut h);
         h.on_input(&[5, 0], Some(&c)).unwrap();
         assert_eq!(drain(&mut h)[1], w::CMD_CONNECT);
@@ -232,7 +247,7 @@ mod tests {
 
     #[test]
     fn one_byte_at_a_time() {
-        let mut h = Socks5Connect::new(TARGET.parse().unwrap(), false);
+        let mut h = Socks5Handshake::connect(TARGET.parse().unwrap(), false);
         drain(&mut h);
         assert_eq!(h.on_input(&[5], None), Ok(Progress::Continue));
         assert_eq!(h.on_input(&[0], None), Ok(Progress::Continue));
@@ -245,7 +260,7 @@ mod tests {
 
     #[test]
     fn split_reply_with_trailing_data_counts_only_its_own_bytes() {
-        let mut h = Socks5Connect::new(TARGET.parse().unwrap(), false);
+        let mut h = Socks5Handshake::connect(TARGET.parse().unwrap(), false);
         drain(&mut h);
         h.on_input(&[5, 0], None).unwrap();
         drain(&mut h);
@@ -256,15 +271,26 @@ mod tests {
     }
 
     #[test]
+    fn associate_sends_all_zero_address() {
+        let mut h = Socks5Handshake::associate("0.0.0.0:0".parse().unwrap(), false);
+        drain(&mut h);
+        h.on_input(&[5, 0], None).unwrap();
+        assert_eq!(drain(&mut h), [5, 3, 0, 1, 0, 0, 0, 0, 0, 0]);
+        let reply = [5, 0, 0, 1, 0, 0, 0, 0, 0x9c, 0x41];
+        assert_eq!(h.on_input(&reply, None), Ok(Progress::Connected { consumed: 10 }));
+        assert_eq!(h.bound(), Some(Bound::Addr("0.0.0.0:40001".parse().unwrap())));
+    }
+
+    #[test]
     fn failures() {
         let c = creds();
-        let mut h = Socks5Connect::new(TARGET.parse().unwrap(), true);
+        let mut h = Socks5Handshake::connect(TARGET.parse().unwrap(), true);
         drain(&mut h);
         h.on_input(&[5, 2], Some(&c)).unwrap();
         drain(&mut h);
         assert_eq!(h.on_input(&[1, 1], Some(&c)), Err(HandshakeError::Socks5(Socks5Error::AuthRejected(1))));
 
-        let mut h = Socks5Connect::new(TARGET.parse().unwrap(), false);
+        let mut h = Socks5Handshake::connect(TARGET.parse().unwrap(), false);
         drain(&mut h);
         h.on_input(&[5, 0], None).unwrap();
         drain(&mut h);
@@ -273,16 +299,16 @@ mod tests {
             Err(HandshakeError::Socks5(Socks5Error::Refused(5)))
         );
 
-        let mut h = Socks5Connect::new(TARGET.parse().unwrap(), false);
+        let mut h = Socks5Handshake::connect(TARGET.parse().unwrap(), false);
         drain(&mut h);
         assert_eq!(h.on_input(b"HTTP/1.0 400 Bad", None), Err(Socks5Error::BadVersion(b'H').into()));
-        let mut h = Socks5Connect::new(TARGET.parse().unwrap(), false);
+        let mut h = Socks5Handshake::connect(TARGET.parse().unwrap(), false);
         assert_eq!(h.on_input(&[], None), Err(HandshakeError::Closed));
         // The server talks before our greeting is out.
-        let mut h = Socks5Connect::new(TARGET.parse().unwrap(), false);
+        let mut h = Socks5Handshake::connect(TARGET.parse().unwrap(), false);
         assert_eq!(h.on_input(&[5, 0], None), Err(HandshakeError::Unexpected));
         // The server sends its method and the reply before we sent CONNECT.
-        let mut h = Socks5Connect::new(TARGET.parse().unwrap(), false);
+        let mut h = Socks5Handshake::connect(TARGET.parse().unwrap(), false);
         drain(&mut h);
         let mut both = vec![5, 0];
         both.extend_from_slice(&REPLY);

@@ -10,6 +10,10 @@
 //!
 //! Encoders write into a caller's buffer and return the length written.
 
+pub mod cmsg;
+pub mod dns;
+pub mod http;
+pub mod sockaddr;
 pub mod socks5;
 
 /// The outcome of a parser that may need more bytes.

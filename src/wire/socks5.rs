@@ -212,6 +212,60 @@ pub fn parse_reply(buf: &[u8]) -> Result<Parse<Bound>, Socks5Error> {
     }
 }
 
+/// Longest RFC 1928 §7 UDP header we write (IPv6 destination).
+pub const UDP_HEADER_MAX: usize = 3 + 1 + 16 + 2;
+
+/// What was wrong with a datagram from a SOCKS5 UDP relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpHeaderError {
+    /// Shorter than its header.
+    Truncated,
+    /// RSV must be zero.
+    Reserved,
+    /// FRAG != 0: fragmentation is optional in RFC 1928 and we do not reassemble.
+    Fragmented(u8),
+    BadAddressType(u8),
+    /// A domain name as the source: we cannot send a reply from a name.
+    DomainSource,
+}
+
+impl fmt::Display for UdpHeaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            UdpHeaderError::Truncated => f.write_str("datagram shorter than its SOCKS5 UDP header"),
+            UdpHeaderError::Reserved => f.write_str("non-zero RSV in SOCKS5 UDP header"),
+            UdpHeaderError::Fragmented(n) => write!(f, "SOCKS5 UDP fragment {n} (fragments are dropped)"),
+            UdpHeaderError::BadAddressType(t) => write!(f, "bad address type {t:#04x} in SOCKS5 UDP header"),
+            UdpHeaderError::DomainSource => f.write_str("domain name as SOCKS5 UDP source"),
+        }
+    }
+}
+
+/// The RFC 1928 §7 header for a datagram to `dst`; returns its length.
+pub fn encode_udp_header(dst: SocketAddr, out: &mut [u8; UDP_HEADER_MAX]) -> usize {
+    out[..3].copy_from_slice(&[0, 0, 0]);
+    3 + encode_addr(dst, &mut out[3..])
+}
+
+/// A whole datagram from the relay: the remote it came from and where the
+/// payload starts.
+pub fn parse_udp_header(d: &[u8]) -> Result<(SocketAddr, usize), UdpHeaderError> {
+    let [r0, r1, frag, ..] = *d else { return Err(UdpHeaderError::Truncated) };
+    if r0 != 0 || r1 != 0 {
+        return Err(UdpHeaderError::Reserved);
+    }
+    if frag != 0 {
+        return Err(UdpHeaderError::Fragmented(frag));
+    }
+    match parse_addr(&d[3..]) {
+        Ok(Parse::Done(Bound::Addr(a), n)) => Ok((a, 3 + n)),
+        Ok(Parse::Done(Bound::Domain(_), _)) => Err(UdpHeaderError::DomainSource),
+        Ok(Parse::Incomplete) => Err(UdpHeaderError::Truncated),
+        Err(Socks5Error::BadAddressType(t)) => Err(UdpHeaderError::BadAddressType(t)),
+        Err(_) => Err(UdpHeaderError::Truncated),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,5 +354,28 @@ mod tests {
             assert_eq!(parse_reply(&dom[..cut]), Ok(Parse::Incomplete));
         }
         assert_eq!(parse_reply(&dom), Ok(Parse::Done(Bound::Domain(1), REPLY_MAX)));
+    }
+
+    #[test]
+    fn udp_header_round_trip_and_errors() {
+        let mut h = [0u8; UDP_HEADER_MAX];
+        let n = encode_udp_header("203.0.113.10:53".parse().unwrap(), &mut h);
+        assert_eq!(&h[..n], &[0, 0, 0, 1, 203, 0, 113, 10, 0, 53]);
+        let mut d = h[..n].to_vec();
+        d.extend_from_slice(b"payload");
+        assert_eq!(parse_udp_header(&d), Ok(("203.0.113.10:53".parse().unwrap(), 10)));
+        let n6 = encode_udp_header("[2001:db8:203::10]:5353".parse().unwrap(), &mut h);
+        assert_eq!(n6, UDP_HEADER_MAX);
+        assert_eq!(
+            parse_udp_header(&h[..n6]),
+            Ok(("[2001:db8:203::10]:5353".parse().unwrap(), UDP_HEADER_MAX))
+        );
+        for cut in 0..10 {
+            assert_eq!(parse_udp_header(&d[..cut]), Err(UdpHeaderError::Truncated), "cut {cut}");
+        }
+        assert_eq!(parse_udp_header(&[0, 0, 1, 1, 1, 2, 3, 4, 0, 1]), Err(UdpHeaderError::Fragmented(1)));
+        assert_eq!(parse_udp_header(&[0, 1, 0, 1, 1, 2, 3, 4, 0, 1]), Err(UdpHeaderError::Reserved));
+        assert_eq!(parse_udp_header(&[0, 0, 0, 7, 1, 2, 3, 4, 0, 1]), Err(UdpHeaderError::BadAddressType(7)));
+        assert_eq!(parse_udp_header(&[0, 0, 0, 3, 1, b'a', 0, 1]), Err(UdpHeaderError::DomainSource));
     }
 }

@@ -16,7 +16,9 @@
 //! entry in the timer heap; when it comes due and the flow has been active
 //! since, it is pushed again with the new deadline.
 
+mod dns;
 mod slab;
+mod udp;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -32,11 +34,12 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 
-use crate::config::{Settings, Tunnel, TunnelKind};
+use crate::config::{Credentials, Settings, Tunnel, TunnelKind};
 use crate::relay::{Pump, PumpError, Pumped};
 use crate::stats::Counters;
-use crate::upstream::{Handshake, HandshakeError, Progress, Socks5Connect};
-use slab::{Side, Slab};
+use crate::upstream::{self, Handshake, Progress};
+use slab::{Kind, Slab};
+pub use udp::UdpDatagram;
 
 const WAKER: Token = Token(usize::MAX);
 /// Scratch buffer shared by every flow of a worker.
@@ -54,6 +57,7 @@ pub struct TcpHandoff {
 
 pub enum Handoff {
     Tcp(TcpHandoff),
+    Udp(UdpDatagram),
 }
 
 /// The sending side of a worker, held by every front loop.
@@ -118,6 +122,7 @@ pub struct WorkerLoop {
     settings: Arc<Settings>,
     counters: Arc<Counters>,
     fail_log: Vec<(String, Instant)>,
+    udp: udp::Udp,
     now: Instant,
 }
 
@@ -138,9 +143,10 @@ impl WorkerLoop {
             flows: Slab::default(),
             timers: BinaryHeap::new(),
             scratch: vec![0u8; SCRATCH].into_boxed_slice(),
-            settings,
+            settings: Arc::clone(&settings),
             counters,
             fail_log: Vec::new(),
+            udp: udp::Udp::new(&settings.udp, settings.threads),
             now: Instant::now(),
         };
         Ok((w, WorkerHandle { tx, waker }))
@@ -151,10 +157,12 @@ impl WorkerLoop {
         let mut events = Events::with_capacity(1024);
         let mut stopping_since: Option<Instant> = None;
         loop {
-            let timeout = self
-                .timers
-                .peek()
-                .map(|Reverse((t, _))| t.saturating_duration_since(Instant::now()))
+            let next = match (self.timers.peek().map(|Reverse((t, _))| *t), self.udp.next_deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = next
+                .map(|t| t.saturating_duration_since(Instant::now()))
                 .map_or(Duration::from_millis(500), |d| d.min(Duration::from_millis(500)));
             if let Err(e) = self.poll.poll(&mut events, Some(timeout))
                 && e.kind() != ErrorKind::Interrupted
@@ -170,6 +178,7 @@ impl WorkerLoop {
                 }
             }
             self.expire();
+            self.expire_udp_idle();
             if stop.load(Ordering::Relaxed) {
                 let since = *stopping_since.get_or_insert(self.now);
                 // Take what is still queued, so nothing handed over is lost.
@@ -186,6 +195,7 @@ impl WorkerLoop {
         while let Ok(h) = self.rx.try_recv() {
             match h {
                 Handoff::Tcp(t) => self.start_flow(t),
+                Handoff::Udp(d) => self.on_datagram(d),
             }
         }
     }
@@ -195,24 +205,14 @@ impl WorkerLoop {
         Counters::inc(&self.counters.tcp_flows_total);
         debug!(target: "egressd::worker", "{client} -> tcp {orig_dst} via {}", tunnel.name);
         let _ = keepalive(&SockRef::from(&stream));
-        let (target, handshake) = match &tunnel.kind {
-            TunnelKind::Socks5 { server, auth, .. } => match server.addr {
-                Some(a) => {
-                    (a, Some(Box::new(Handshake::Socks5(Socks5Connect::new(orig_dst, auth.is_some())))))
-                }
+        let target = match tunnel.kind.server() {
+            None => orig_dst,
+            Some(server) => match server.addr {
+                Some(a) => a,
                 None => return self.refuse(&stream, client, orig_dst, &tunnel, "server address unresolved"),
             },
-            TunnelKind::Direct { .. } => (orig_dst, None),
-            TunnelKind::HttpConnect { .. } => {
-                return self.refuse(
-                    &stream,
-                    client,
-                    orig_dst,
-                    &tunnel,
-                    "HttpConnect tunnels are not supported yet",
-                );
-            }
         };
+        let handshake = upstream::for_tcp(&tunnel.kind, orig_dst).map(Box::new);
         let upstream = match connect(target, &tunnel.kind) {
             Ok(s) => s,
             Err(e) => {
@@ -239,15 +239,15 @@ impl WorkerLoop {
         let f = self.flows.get_mut(slot).expect("just inserted");
         let both = Interest::READABLE | Interest::WRITABLE;
         let reg = self.poll.registry();
-        let ok = reg.register(&mut f.client, slab::token(slot, generation, Side::Client), both).is_ok()
-            && reg.register(&mut f.upstream, slab::token(slot, generation, Side::Upstream), both).is_ok();
+        let ok = reg.register(&mut f.client, slab::token(slot, generation, Kind::Client), both).is_ok()
+            && reg.register(&mut f.upstream, slab::token(slot, generation, Kind::Upstream), both).is_ok();
         Counters::inc(&self.counters.tcp_flows_active);
         if !ok {
             self.end(slot, End::Failed("register", "cannot register sockets with epoll".into()));
             return;
         }
         let deadline = self.now + self.settings.tcp.connect_timeout;
-        self.timers.push(Reverse((deadline, slab::token(slot, generation, Side::Client))));
+        self.timers.push(Reverse((deadline, slab::token(slot, generation, Kind::Client))));
     }
 
     /// Resets a client whose flow never started.
@@ -264,21 +264,24 @@ impl WorkerLoop {
         reset(&SockRef::from(s));
     }
 
-    fn log_failure(&mut self, client: SocketAddr, dst: SocketAddr, t: &Tunnel, why: &str) {
-        // At most one warning per tunnel per 10 s; the rest at debug.
+    /// At most one warning per tunnel per minute; the rest go to debug.
+    fn should_warn(&mut self, tunnel: &str) -> bool {
         let now = self.now;
-        let due = match self.fail_log.iter_mut().find(|(n, _)| *n == t.name) {
-            Some((_, last)) if now.duration_since(*last) < Duration::from_secs(10) => false,
+        match self.fail_log.iter_mut().find(|(n, _)| n == tunnel) {
+            Some((_, last)) if now.duration_since(*last) < Duration::from_secs(60) => false,
             Some((_, last)) => {
                 *last = now;
                 true
             }
             None => {
-                self.fail_log.push((t.name.clone(), now));
+                self.fail_log.push((tunnel.to_string(), now));
                 true
             }
-        };
-        if due {
+        }
+    }
+
+    fn log_failure(&mut self, client: SocketAddr, dst: SocketAddr, t: &Tunnel, why: &str) {
+        if self.should_warn(&t.name) {
             warn!(target: "egressd::worker", "{client} -> tcp {dst} via {}: {why}; client reset", t.name);
         } else {
             debug!(target: "egressd::worker", "{client} -> tcp {dst} via {}: {why}; client reset", t.name);
@@ -286,22 +289,29 @@ impl WorkerLoop {
     }
 
     fn on_event(&mut self, ev: &mio::event::Event) {
-        let Some((slot, side)) = self.flows.resolve(ev.token()) else { return };
-        let result = self.advance(slot, side, ev);
-        if let Some(end) = result {
-            self.end(slot, end);
+        let Some((kind, slot, generation)) = slab::decode(ev.token()) else { return };
+        match kind {
+            Kind::Client | Kind::Upstream => {
+                if !self.flows.is_live(slot, generation) {
+                    return;
+                }
+                if let Some(end) = self.advance(slot, kind, ev) {
+                    self.end(slot, end);
+                }
+            }
+            Kind::UdpControl | Kind::UdpData | Kind::DnsTcp => self.on_udp_event(kind, slot, generation, ev),
         }
     }
 
     /// Moves a flow on after an event; `Some` when the flow is over.
-    fn advance(&mut self, slot: usize, side: Side, ev: &mio::event::Event) -> Option<End> {
+    fn advance(&mut self, slot: usize, side: Kind, ev: &mio::event::Event) -> Option<End> {
         let now = self.now;
         let scratch = &mut self.scratch;
         let f = self.flows.get_mut(slot)?;
         loop {
             match &mut f.stage {
                 Stage::Connecting(hs) => {
-                    if side != Side::Upstream || !(ev.is_writable() || ev.is_error() || ev.is_write_closed())
+                    if side != Kind::Upstream || !(ev.is_writable() || ev.is_error() || ev.is_write_closed())
                     {
                         return None;
                     }
@@ -326,41 +336,15 @@ impl WorkerLoop {
                     // Fall through: send the greeting / start relaying now.
                 }
                 Stage::Handshaking(hs) => {
-                    if side != Side::Upstream {
+                    if side != Kind::Upstream {
                         return None;
                     }
-                    let auth = match &f.tunnel.kind {
-                        TunnelKind::Socks5 { auth, .. } => auth.as_ref(),
-                        _ => None,
-                    };
-                    loop {
-                        // Send what the handshake holds.
-                        while !hs.transmit().is_empty() {
-                            match f.upstream.write(hs.transmit()) {
-                                Ok(n) => hs.sent(n),
-                                Err(e) if e.kind() == ErrorKind::WouldBlock => return None,
-                                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                                Err(e) => {
-                                    return Some(End::Failed("handshake", format!("write to server: {e}")));
-                                }
-                            }
+                    match drive_handshake(&mut f.upstream, hs, auth_of(&f.tunnel), scratch) {
+                        Drive::Pending => return None,
+                        Drive::Failed(why) => {
+                            return Some(End::Failed("handshake", handshake_error(&f.tunnel, why)));
                         }
-                        let n = match f.upstream.read(scratch) {
-                            Ok(n) => n,
-                            Err(e) if e.kind() == ErrorKind::WouldBlock => return None,
-                            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                            Err(e) => {
-                                return Some(End::Failed("handshake", format!("read from server: {e}")));
-                            }
-                        };
-                        match hs.on_input(&scratch[..n], auth) {
-                            Ok(Progress::Continue) => {}
-                            Ok(Progress::Connected { consumed }) => {
-                                f.down.preload(&scratch[consumed..n]);
-                                break;
-                            }
-                            Err(e) => return Some(End::Failed("handshake", handshake_error(&f.tunnel, e))),
-                        }
+                        Drive::Done(extra) => f.down.preload(&scratch[extra]),
                     }
                     debug!(target: "egressd::worker", "{} -> tcp {} via {}: open", f.client_addr, f.orig_dst, f.tunnel.name);
                     f.stage = Stage::Relaying;
@@ -388,8 +372,15 @@ impl WorkerLoop {
                 return;
             }
             self.timers.pop();
-            let Some((slot, _)) = self.flows.resolve(token) else { continue };
-            let f = self.flows.get_mut(slot).expect("resolved");
+            let Some((kind, slot, generation)) = slab::decode(token) else { continue };
+            if kind != Kind::Client {
+                self.expire_udp(kind, slot, generation);
+                continue;
+            }
+            if !self.flows.is_live(slot, generation) {
+                continue;
+            }
+            let f = self.flows.get_mut(slot).expect("live");
             let (due, end) = match f.stage {
                 Stage::Relaying => {
                     (f.last_active + self.settings.tcp.idle_timeout, End::Reset("idle timeout"))
@@ -464,10 +455,58 @@ fn connect_error(t: &Tunnel, e: io::Error) -> String {
     }
 }
 
-fn handshake_error(t: &Tunnel, e: HandshakeError) -> String {
+fn handshake_error(t: &Tunnel, e: String) -> String {
     match t.kind.server() {
         Some(s) => format!("{e} (server {s})"),
-        None => e.to_string(),
+        None => e,
+    }
+}
+
+/// The credentials a tunnel's handshake offers.
+fn auth_of(t: &Tunnel) -> Option<&Credentials> {
+    match &t.kind {
+        TunnelKind::Socks5 { auth, .. } | TunnelKind::HttpConnect { auth, .. } => auth.as_ref(),
+        TunnelKind::Direct { .. } => None,
+    }
+}
+
+/// How far a handshake got on this readiness event.
+enum Drive {
+    /// Waiting for the server (or for room to write).
+    Pending,
+    /// Open; bytes of `scratch` in this range arrived after the handshake.
+    Done(std::ops::Range<usize>),
+    Failed(String),
+}
+
+/// Sends what the handshake holds and feeds it what the server sent, until
+/// either would block or the handshake ends.
+fn drive_handshake(
+    s: &mut TcpStream,
+    hs: &mut Handshake,
+    auth: Option<&Credentials>,
+    scratch: &mut [u8],
+) -> Drive {
+    loop {
+        while !hs.transmit().is_empty() {
+            match s.write(hs.transmit()) {
+                Ok(n) => hs.sent(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Drive::Pending,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Drive::Failed(format!("write to server: {e}")),
+            }
+        }
+        let n = match s.read(scratch) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Drive::Pending,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Drive::Failed(format!("read from server: {e}")),
+        };
+        match hs.on_input(&scratch[..n], auth) {
+            Ok(Progress::Continue) => {}
+            Ok(Progress::Connected { consumed }) => return Drive::Done(consumed..n),
+            Err(e) => return Drive::Failed(e.to_string()),
+        }
     }
 }
 

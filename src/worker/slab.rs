@@ -1,17 +1,44 @@
-//! Flows by value in a vector, with a generation per slot so that a token
-//! for a flow that has ended (and whose slot was reused) is ignored.
+//! Values by value in a vector, with a generation per slot so that a token
+//! for a flow or session that has ended (and whose slot was reused) is
+//! ignored.
 
 use mio::Token;
 
+/// Which socket of which kind of entry a token names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub enum Kind {
+    /// A TCP flow's client (container) side.
     Client = 0,
+    /// A TCP flow's upstream (tunnel) side.
     Upstream = 1,
+    /// A UDP session's control connection (SOCKS5 UDP ASSOCIATE).
+    UdpControl = 2,
+    /// A UDP session's datagram socket (relay, or Direct).
+    UdpData = 3,
+    /// A DNS-over-TCP connection.
+    DnsTcp = 4,
 }
 
-/// `generation << 32 | slot << 1 | side`.
-pub fn token(slot: usize, generation: u32, side: Side) -> Token {
-    Token(((generation as usize) << 32) | (slot << 1) | side as usize)
+const KIND_BITS: u32 = 3;
+const KIND_MASK: usize = (1 << KIND_BITS) - 1;
+const SLOT_MASK: usize = 0xffff_ffff;
+
+/// `generation << 32 | slot << 3 | kind`.
+pub fn token(slot: usize, generation: u32, kind: Kind) -> Token {
+    Token(((generation as usize) << 32) | (slot << KIND_BITS) | kind as usize)
+}
+
+/// The kind, slot and generation in a token (`None` for foreign tokens).
+pub fn decode(t: Token) -> Option<(Kind, usize, u32)> {
+    let kind = match t.0 & KIND_MASK {
+        0 => Kind::Client,
+        1 => Kind::Upstream,
+        2 => Kind::UdpControl,
+        3 => Kind::UdpData,
+        4 => Kind::DnsTcp,
+        _ => return None,
+    };
+    Some((kind, (t.0 & SLOT_MASK) >> KIND_BITS, (t.0 >> 32) as u32))
 }
 
 struct Entry<T> {
@@ -41,18 +68,18 @@ impl<T> Slab<T> {
             e.value = Some(value);
             return (slot, e.generation);
         }
-        assert!(self.entries.len() < (1 << 31), "slab full");
+        assert!(self.entries.len() < (SLOT_MASK >> KIND_BITS), "slab full");
         self.entries.push(Entry { generation: 0, value: Some(value) });
         (self.entries.len() - 1, 0)
     }
 
-    /// The slot and side a token names, if it is still the same flow.
-    pub fn resolve(&self, t: Token) -> Option<(usize, Side)> {
-        let slot = (t.0 & 0xffff_ffff) >> 1;
-        let generation = (t.0 >> 32) as u32;
-        let side = if t.0 & 1 == 0 { Side::Client } else { Side::Upstream };
-        let e = self.entries.get(slot)?;
-        (e.generation == generation && e.value.is_some()).then_some((slot, side))
+    /// Whether `slot` still holds the entry of this generation.
+    pub fn is_live(&self, slot: usize, generation: u32) -> bool {
+        self.entries.get(slot).is_some_and(|e| e.generation == generation && e.value.is_some())
+    }
+
+    pub fn get(&self, slot: usize) -> Option<&T> {
+        self.entries.get(slot)?.value.as_ref()
     }
 
     pub fn get_mut(&mut self, slot: usize) -> Option<&mut T> {
@@ -83,15 +110,25 @@ mod tests {
     fn stale_tokens_are_ignored_after_reuse() {
         let mut s = Slab::default();
         let (a, gen_a) = s.insert("a");
-        let ta = token(a, gen_a, Side::Upstream);
-        assert_eq!(s.resolve(ta), Some((a, Side::Upstream)));
+        let ta = token(a, gen_a, Kind::Upstream);
+        assert_eq!(decode(ta), Some((Kind::Upstream, a, gen_a)));
+        assert!(s.is_live(a, gen_a));
         assert_eq!(s.remove(a), Some("a"));
-        assert_eq!(s.resolve(ta), None);
+        assert!(!s.is_live(a, gen_a));
         let (b, gen_b) = s.insert("b");
         assert_eq!(b, a, "slot reused");
         assert_ne!(gen_b, gen_a);
-        assert_eq!(s.resolve(ta), None, "old generation must not reach the new flow");
-        assert_eq!(s.resolve(token(b, gen_b, Side::Client)), Some((b, Side::Client)));
+        assert!(!s.is_live(a, gen_a), "old generation must not reach the new entry");
+        assert!(s.is_live(b, gen_b));
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        for kind in [Kind::Client, Kind::Upstream, Kind::UdpControl, Kind::UdpData, Kind::DnsTcp] {
+            let t = token(12345, 0xdead_beef, kind);
+            assert_eq!(decode(t), Some((kind, 12345, 0xdead_beef)));
+        }
+        assert_eq!(decode(Token(7)), None);
     }
 }
