@@ -3,9 +3,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        if let Err(e) = egressd::config::Settings::parse("fuzz.ron", text) {
-            let _ = e.to_string();
-        }
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Err(e) = egressd::config::Settings::parse("fuzz.ron", text)
+    {
+        let _ = e.to_string();
     }
 });
