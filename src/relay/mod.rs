@@ -1,10 +1,15 @@
 //! One-way byte pumps between two sockets, half-close aware.
 //!
 //! A [`Pump`] moves bytes from `src` to `dst` until `src` would block,
-//! `dst` would block, or `src` ends. It reads into the worker's shared
-//! scratch buffer and writes straight on; only bytes that `dst` cannot take
-//! yet are kept, in a buffer of the flow's own that exists only while
-//! `dst` is backed up. An idle flow holds no buffer.
+//! `dst` would block, or `src` ends. Two ways, same states:
+//! - **splice** (default): socket → pipe → socket with splice(2), the bytes
+//!   never enter user space. A pipe is taken from the worker's pool when data
+//!   arrives and given back as soon as it is empty again, so an idle flow
+//!   holds no pipe; a pipe still holding bytes stays with its pump.
+//! - **copy** (`tcp.splice: false`, or when splice is refused): read into the
+//!   worker's shared scratch buffer and write straight on; only bytes `dst`
+//!   cannot take yet are kept, in a buffer that exists only while `dst` is
+//!   backed up.
 //!
 //! ```text
 //!   Open ──src EOF, all written──► shutdown(dst, Write) ──► Done
@@ -12,8 +17,12 @@
 //!    └──── read/write error ──► Err (the flow resets both sides)
 //! ```
 
+mod splice;
+
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::Shutdown;
+
+pub use splice::{Pipe, PipePool};
 
 /// Where a pump stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +39,8 @@ pub enum Pumped {
 pub enum PumpError {
     Read(io::Error),
     Write(io::Error),
+    /// splice(2) is not possible here; the pump falls back to copying.
+    Unsupported,
 }
 
 /// A socket whose write side can be shut (half-close).
@@ -51,6 +62,18 @@ pub struct Pump {
     done: bool,
     /// Bytes written to `dst` so far.
     pub bytes: u64,
+    /// The pipe while it holds bytes (splice mode), and how many.
+    pipe: Option<Pipe>,
+    in_pipe: usize,
+    /// splice was refused for these sockets: copy from now on.
+    no_splice: bool,
+}
+
+/// What a worker lends its pumps: the scratch buffer and the pipe pool.
+pub struct RelayCtx {
+    pub scratch: Box<[u8]>,
+    pub pipes: PipePool,
+    pub splice: bool,
 }
 
 impl Pump {
@@ -63,8 +86,39 @@ impl Pump {
         self.held.extend_from_slice(bytes);
     }
 
-    /// Moves bytes until something would block or `src` ends.
-    pub fn pump<S, D>(&mut self, src: &mut S, dst: &mut D, scratch: &mut [u8]) -> Result<Pumped, PumpError>
+    /// Moves bytes between two sockets until something would block or
+    /// `src` ends, by splice when enabled, else by copy.
+    pub fn pump(
+        &mut self,
+        src: &mut mio::net::TcpStream,
+        dst: &mut mio::net::TcpStream,
+        ctx: &mut RelayCtx,
+    ) -> Result<Pumped, PumpError> {
+        if ctx.splice && !self.no_splice {
+            match self.pump_splice(src, dst, &mut ctx.pipes) {
+                Err(PumpError::Unsupported) => self.no_splice = true,
+                r => return r,
+            }
+        }
+        self.pump_copy(src, dst, &mut ctx.scratch)
+    }
+
+    /// Gives the pipe back to the pool if it is empty (the flow is ending).
+    pub fn release(&mut self, pool: &mut PipePool) {
+        if let Some(p) = self.pipe.take()
+            && self.in_pipe == 0
+        {
+            pool.put(p);
+        }
+    }
+
+    /// Moves bytes until something would block or `src` ends (copy mode).
+    pub fn pump_copy<S, D>(
+        &mut self,
+        src: &mut S,
+        dst: &mut D,
+        scratch: &mut [u8],
+    ) -> Result<Pumped, PumpError>
     where
         S: Read,
         D: Write + HalfClose,
@@ -186,11 +240,11 @@ mod tests {
         let mut dst = Dst { got: vec![], room: 7, shut: Cell::new(false) };
         let mut p = Pump::default();
         let mut scratch = [0u8; 16];
-        assert_eq!(p.pump(&mut src, &mut dst, &mut scratch).unwrap(), Pumped::WaitWrite);
+        assert_eq!(p.pump_copy(&mut src, &mut dst, &mut scratch).unwrap(), Pumped::WaitWrite);
         assert_eq!(dst.got, b"hellowo");
         assert!(!dst.shut.get(), "must not half-close while bytes are held");
         dst.room = 100;
-        assert_eq!(p.pump(&mut src, &mut dst, &mut scratch).unwrap(), Pumped::Done);
+        assert_eq!(p.pump_copy(&mut src, &mut dst, &mut scratch).unwrap(), Pumped::Done);
         assert_eq!(dst.got, b"helloworld");
         assert!(dst.shut.get());
         assert_eq!(p.bytes, 10);
@@ -203,7 +257,7 @@ mod tests {
         let mut dst = Dst { got: vec![], room: 100, shut: Cell::new(false) };
         let mut p = Pump::default();
         p.preload(b"A");
-        assert_eq!(p.pump(&mut src, &mut dst, &mut [0u8; 4]).unwrap(), Pumped::WaitRead);
+        assert_eq!(p.pump_copy(&mut src, &mut dst, &mut [0u8; 4]).unwrap(), Pumped::WaitRead);
         assert_eq!(dst.got, b"AB");
         assert!(!p.is_done());
     }

@@ -151,7 +151,7 @@ impl WorkerLoop {
     }
 
     pub(super) fn on_dns_event(&mut self, slot: usize, ev: &mio::event::Event) {
-        let scratch = &mut self.scratch;
+        let scratch = &mut self.relay.scratch;
         let Some(c) = self.udp.dns.get_mut(slot) else { return };
         loop {
             match c.stage {
@@ -218,7 +218,7 @@ impl WorkerLoop {
         let now = self.now;
         loop {
             let Some(c) = self.udp.dns.get_mut(slot) else { return };
-            let n = match c.stream.read(&mut self.scratch) {
+            let n = match c.stream.read(&mut self.relay.scratch) {
                 Ok(0) => return self.close_dns(slot, "closed by the server"),
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -228,7 +228,7 @@ impl WorkerLoop {
                     return self.close_dns(slot, &why);
                 }
             };
-            c.inbuf.extend_from_slice(&self.scratch[..n]);
+            c.inbuf.extend_from_slice(&self.relay.scratch[..n]);
             let (client, dst) = (c.client, c.dst);
             let mut used = 0;
             loop {

@@ -35,7 +35,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 
 use crate::config::{Credentials, Settings, Tunnel, TunnelKind};
-use crate::relay::{Pump, PumpError, Pumped};
+use crate::relay::{PipePool, Pump, PumpError, Pumped, RelayCtx};
 use crate::stats::Counters;
 use crate::upstream::{self, Handshake, Progress};
 use slab::{Kind, Slab};
@@ -118,7 +118,7 @@ pub struct WorkerLoop {
     rx: Receiver<Handoff>,
     flows: Slab<Flow>,
     timers: BinaryHeap<Reverse<(Instant, Token)>>,
-    scratch: Box<[u8]>,
+    relay: RelayCtx,
     settings: Arc<Settings>,
     counters: Arc<Counters>,
     fail_log: Vec<(String, Instant)>,
@@ -142,7 +142,11 @@ impl WorkerLoop {
             rx,
             flows: Slab::default(),
             timers: BinaryHeap::new(),
-            scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+            relay: RelayCtx {
+                scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+                pipes: PipePool::default(),
+                splice: settings.tcp.splice,
+            },
             settings: Arc::clone(&settings),
             counters,
             fail_log: Vec::new(),
@@ -306,7 +310,7 @@ impl WorkerLoop {
     /// Moves a flow on after an event; `Some` when the flow is over.
     fn advance(&mut self, slot: usize, side: Kind, ev: &mio::event::Event) -> Option<End> {
         let now = self.now;
-        let scratch = &mut self.scratch;
+        let relay = &mut self.relay;
         let f = self.flows.get_mut(slot)?;
         loop {
             match &mut f.stage {
@@ -339,12 +343,12 @@ impl WorkerLoop {
                     if side != Kind::Upstream {
                         return None;
                     }
-                    match drive_handshake(&mut f.upstream, hs, auth_of(&f.tunnel), scratch) {
+                    match drive_handshake(&mut f.upstream, hs, auth_of(&f.tunnel), &mut relay.scratch) {
                         Drive::Pending => return None,
                         Drive::Failed(why) => {
                             return Some(End::Failed("handshake", handshake_error(&f.tunnel, why)));
                         }
-                        Drive::Done(extra) => f.down.preload(&scratch[extra]),
+                        Drive::Done(extra) => f.down.preload(&relay.scratch[extra]),
                     }
                     debug!(target: "egressd::worker", "{} -> tcp {} via {}: open", f.client_addr, f.orig_dst, f.tunnel.name);
                     f.stage = Stage::Relaying;
@@ -353,7 +357,7 @@ impl WorkerLoop {
                 Stage::Relaying => {
                     // Events are hints: pump both ways; each stops at WouldBlock.
                     let (up0, down0) = (f.up.bytes, f.down.bytes);
-                    let r = pump_both(f, scratch);
+                    let r = pump_both(f, relay);
                     if f.up.bytes != up0 || f.down.bytes != down0 {
                         f.last_active = now;
                         Counters::add(&self.counters.tcp_bytes_up, f.up.bytes - up0);
@@ -402,8 +406,10 @@ impl WorkerLoop {
     }
 
     fn end(&mut self, slot: usize, end: End) {
-        let Some(f) = self.flows.remove(slot) else { return };
+        let Some(mut f) = self.flows.remove(slot) else { return };
         Counters::dec(&self.counters.tcp_flows_active);
+        f.up.release(&mut self.relay.pipes);
+        f.down.release(&mut self.relay.pipes);
         match end {
             End::Closed => {
                 debug!(target: "egressd::worker", "{} -> tcp {} via {}: closed, {} bytes up, {} down",
@@ -432,14 +438,14 @@ impl WorkerLoop {
 }
 
 /// Relays both directions; `Some` when the flow is over.
-fn pump_both(f: &mut Flow, scratch: &mut [u8]) -> Option<End> {
-    let up = f.up.pump(&mut f.client, &mut f.upstream, scratch);
-    let down = f.down.pump(&mut f.upstream, &mut f.client, scratch);
+fn pump_both(f: &mut Flow, relay: &mut RelayCtx) -> Option<End> {
+    let up = f.up.pump(&mut f.client, &mut f.upstream, relay);
+    let down = f.down.pump(&mut f.upstream, &mut f.client, relay);
     match (up, down) {
         (Err(e), _) | (_, Err(e)) => {
             let why = match e {
                 PumpError::Read(_) => "read error",
-                PumpError::Write(_) => "write error",
+                PumpError::Write(_) | PumpError::Unsupported => "write error",
             };
             Some(End::Reset(why))
         }

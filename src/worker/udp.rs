@@ -319,7 +319,7 @@ impl WorkerLoop {
 
     /// The control connection: the ASSOCIATE handshake, then only its end.
     fn on_control(&mut self, slot: usize, generation: u32, ev: &mio::event::Event) {
-        let scratch = &mut self.scratch;
+        let scratch = &mut self.relay.scratch;
         let s = self.udp.sessions.get_mut(slot).expect("live");
         let (ready, why) = match &mut s.link {
             Link::Associating { ctrl, hs, connected, .. } => {
@@ -397,7 +397,7 @@ impl WorkerLoop {
         loop {
             let Some(s) = self.udp.sessions.get_mut(slot) else { return };
             let client = s.client;
-            let scratch = &mut self.scratch[..];
+            let scratch = &mut self.relay.scratch[..];
             let (remote, payload) = match &mut s.link {
                 Link::Relay { data, .. } => match data.recv(scratch) {
                     Ok(n) => match socks5::parse_udp_header(&scratch[..n]) {
@@ -426,7 +426,7 @@ impl WorkerLoop {
                 Link::Associating { .. } | Link::DnsOverTcp { .. } | Link::Empty => return,
             };
             self.udp.table.touch_inbound(&client, now);
-            let bytes = &self.scratch[payload];
+            let bytes = &self.relay.scratch[payload];
             let r = self.udp.replies.send(remote, client, bytes);
             let n = bytes.len() as u64;
             self.count_reply(r, remote, client, n);

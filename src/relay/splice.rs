@@ -1,0 +1,207 @@
+//! The splice(2) pump and the per-worker pool of pipes it borrows.
+
+use std::io::ErrorKind;
+use std::net::Shutdown;
+use std::os::fd::{AsFd, OwnedFd};
+
+use socket2::SockRef;
+
+use super::{PumpError, Pumped, write_some};
+use crate::sys;
+
+/// Bytes a pipe is asked to hold (F_SETPIPE_SZ); the kernel may give less.
+const PIPE_SIZE: usize = 512 * 1024;
+/// Empty pipes kept for reuse per worker; more are closed.
+const POOL_MAX: usize = 128;
+
+#[derive(Debug)]
+pub struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+    size: usize,
+}
+
+/// Empty pipes, reused so that a burst of data costs no pipe2 call.
+#[derive(Debug, Default)]
+pub struct PipePool {
+    free: Vec<Pipe>,
+}
+
+impl PipePool {
+    fn get(&mut self) -> std::io::Result<Pipe> {
+        if let Some(p) = self.free.pop() {
+            return Ok(p);
+        }
+        let (r, w) = sys::pipe()?;
+        let size = sys::set_pipe_size(w.as_fd(), PIPE_SIZE).unwrap_or(64 * 1024);
+        Ok(Pipe { r, w, size })
+    }
+
+    /// Takes back an EMPTY pipe.
+    pub fn put(&mut self, p: Pipe) {
+        if self.free.len() < POOL_MAX {
+            self.free.push(p);
+        }
+    }
+
+    pub fn idle(&self) -> usize {
+        self.free.len()
+    }
+}
+
+impl super::Pump {
+    pub(super) fn pump_splice(
+        &mut self,
+        src: &mut mio::net::TcpStream,
+        dst: &mut mio::net::TcpStream,
+        pool: &mut PipePool,
+    ) -> Result<Pumped, PumpError> {
+        if self.done {
+            return Ok(Pumped::Done);
+        }
+        // Bytes that came with the handshake reply go first, by plain write.
+        if self.held_pos < self.held.len() {
+            let n = write_some(dst, &self.held[self.held_pos..], &mut self.bytes)?;
+            self.held_pos += n;
+            if self.held_pos < self.held.len() {
+                return Ok(Pumped::WaitWrite);
+            }
+            self.held = Vec::new();
+            self.held_pos = 0;
+        }
+        loop {
+            if self.in_pipe > 0 {
+                let pipe = self.pipe.as_ref().expect("bytes are in a pipe");
+                match sys::splice(pipe.r.as_fd(), dst.as_fd(), self.in_pipe) {
+                    Ok(0) => return Err(PumpError::Write(ErrorKind::WriteZero.into())),
+                    Ok(n) => {
+                        self.in_pipe -= n;
+                        self.bytes += n as u64;
+                        continue;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Pumped::WaitWrite),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(PumpError::Write(e)),
+                }
+            }
+            if self.eof {
+                if let Some(p) = self.pipe.take() {
+                    pool.put(p);
+                }
+                let _ = SockRef::from(&*dst).shutdown(Shutdown::Write);
+                self.done = true;
+                return Ok(Pumped::Done);
+            }
+            let pipe = match self.pipe.take() {
+                Some(p) => p,
+                None => pool.get().map_err(|_| PumpError::Unsupported)?,
+            };
+            let r = sys::splice(src.as_fd(), pipe.w.as_fd(), pipe.size);
+            match r {
+                Ok(0) => {
+                    self.eof = true;
+                    self.pipe = Some(pipe);
+                }
+                Ok(n) => {
+                    self.in_pipe = n;
+                    self.pipe = Some(pipe);
+                }
+                // The pipe is empty, so this means the socket is: idle again,
+                // and the pipe goes back to the pool.
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    pool.put(pipe);
+                    return Ok(Pumped::WaitRead);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => self.pipe = Some(pipe),
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) && self.bytes == 0 =>
+                {
+                    pool.put(pipe);
+                    return Err(PumpError::Unsupported);
+                }
+                Err(e) => {
+                    pool.put(pipe);
+                    return Err(PumpError::Read(e));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Pump, Pumped, RelayCtx};
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::time::{Duration, Instant};
+
+    /// A connected pair of non-blocking mio streams over loopback.
+    fn pair() -> (mio::net::TcpStream, mio::net::TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        (mio::net::TcpStream::from_std(a), mio::net::TcpStream::from_std(b))
+    }
+
+    fn ctx(splice: bool) -> RelayCtx {
+        RelayCtx { scratch: vec![0u8; 16 * 1024].into_boxed_slice(), pipes: PipePool::default(), splice }
+    }
+
+    /// client_w → [src … pump … dst] → server_r, with half-close at the end.
+    fn relay(splice: bool) {
+        let (mut client_w, mut src) = pair();
+        let (mut dst, mut server_r) = pair();
+        let mut ctx = ctx(splice);
+        let mut p = Pump::default();
+        p.preload(b"head:");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let (mut sent, mut got) = (0usize, Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut buf = vec![0u8; 65536];
+        loop {
+            assert!(Instant::now() < deadline, "relay stalled");
+            if sent < data.len() {
+                match client_w.write(&data[sent..]) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
+                }
+                if sent == data.len() {
+                    client_w.shutdown(Shutdown::Write).unwrap();
+                }
+            }
+            let r = p.pump(&mut src, &mut dst, &mut ctx).unwrap();
+            match server_r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            if r == Pumped::Done && got.len() == data.len() + 5 {
+                // EOF must follow.
+                continue;
+            }
+        }
+        assert_eq!(&got[..5], b"head:");
+        assert!(got[5..] == data[..], "bytes differ");
+        assert!(p.is_done());
+        assert_eq!(p.bytes as usize, data.len() + 5);
+        p.release(&mut ctx.pipes);
+        if splice {
+            assert!(ctx.pipes.idle() >= 1, "the pipe went back to the pool");
+        }
+    }
+
+    #[test]
+    fn splice_relays_everything_then_half_closes() {
+        relay(true);
+    }
+
+    #[test]
+    fn copy_relays_everything_then_half_closes() {
+        relay(false);
+    }
+}
