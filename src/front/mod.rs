@@ -38,7 +38,7 @@ const UDP_TOKEN: usize = 1 << 16;
 /// The routing view a front loop needs, shared read-only by all of them.
 pub struct Shared {
     pub settings: Arc<Settings>,
-    pub tunnels: Vec<Arc<Tunnel>>,
+    pub tunnels: Arc<[Arc<Tunnel>]>,
 }
 
 impl Shared {
@@ -49,8 +49,12 @@ impl Shared {
 
     /// The tunnel for a client, or `None` to reject it.
     pub fn route(&self, client: IpAddr) -> Option<&Arc<Tunnel>> {
-        let id = self.settings.routes.lookup(client).or(self.settings.default)?;
-        self.tunnels.get(usize::from(id))
+        self.tunnels.get(usize::from(self.route_id(client)?))
+    }
+
+    /// The index of the client's tunnel in `tunnels`, or `None` to reject it.
+    pub fn route_id(&self, client: IpAddr) -> Option<u16> {
+        self.settings.routes.lookup(client).or(self.settings.default)
     }
 }
 
@@ -59,9 +63,9 @@ pub struct FrontLoop {
     poll: Poll,
     listeners: Vec<(TcpListener, SocketAddr)>,
     udp: Vec<(mio::net::UdpSocket, SocketAddr)>,
-    rbuf: Box<[u8]>,
-    name: crate::sys::NameBuf,
-    ctrl: crate::sys::CmsgBuf,
+    slots: Vec<crate::sys::RecvSlot>,
+    /// The UDP batch being filled for each worker.
+    batches: Vec<Option<crate::worker::UdpBatch>>,
     workers: Vec<WorkerHandle>,
     shared: Arc<Shared>,
     counters: Arc<Counters>,
@@ -118,9 +122,8 @@ impl FrontLoop {
             poll,
             listeners,
             udp,
-            rbuf: vec![0u8; udp::MAX_DATAGRAM].into_boxed_slice(),
-            name: Default::default(),
-            ctrl: Default::default(),
+            slots: udp::recv_slots(),
+            batches: (0..workers.len()).map(|_| None).collect(),
             workers,
             shared,
             counters,

@@ -4,8 +4,10 @@
 //! IP_TRANSPARENT (TPROXY only hands datagrams to transparent sockets),
 //! IP(V6)_RECVORIGDSTADDR (the destination the container sent to, which
 //! TPROXY leaves in the packet), SO_REUSEPORT and a large receive buffer.
-//! A datagram without an original destination reached the listener
-//! directly, not through TPROXY: it is dropped and counted.
+//! Datagrams are read with recvmmsg, routed, and packed into one batch per
+//! worker; each batch is handed over (one wake) when the socket is drained
+//! or the batch is full. A datagram without an original destination reached
+//! the listener directly, not through TPROXY: it is dropped and counted.
 
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
@@ -18,13 +20,15 @@ use socket2::{Domain, Socket, Type};
 
 use super::{FrontLoop, normalize, worker_for};
 use crate::stats::Counters;
-use crate::sys;
+use crate::sys::{self, RecvSlot};
 use crate::wire::cmsg::{CmsgError, orig_dst_from_cmsgs};
 use crate::wire::sockaddr;
-use crate::worker::{Handoff, UdpDatagram};
+use crate::worker::{Handoff, UdpBatch};
 
 /// Largest datagram payload we accept (IPv4's maximum); longer is truncated and dropped.
 pub const MAX_DATAGRAM: usize = 65_535;
+/// Datagrams per recvmmsg call.
+pub const BATCH: usize = 16;
 
 /// A TPROXY receive socket for `addr`.
 pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
@@ -43,15 +47,20 @@ pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     Ok(UdpSocket::from_std(s.into()))
 }
 
+pub fn recv_slots() -> Vec<RecvSlot> {
+    (0..BATCH).map(|_| RecvSlot::new(MAX_DATAGRAM)).collect()
+}
+
 impl FrontLoop {
-    /// Receives until the socket is empty (edge-triggered).
+    /// Receives until the socket is empty (edge-triggered), then hands the
+    /// batches over.
     pub(super) fn recv_all(&mut self, i: usize) {
-        let Some((sock, listen_addr)) = self.udp.get(i) else { return };
+        let Some((_, listen_addr)) = self.udp.get(i) else { return };
         let listen_addr = *listen_addr;
         loop {
-            let meta = match sys::recv_msg(sock.as_fd(), &mut self.rbuf, &mut self.name, &mut self.ctrl) {
-                Ok(m) => m,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            let got = match sys::recv_mmsg(self.udp[i].0.as_fd(), &mut self.slots) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 // ICMP errors queued on the socket concern nobody here.
                 Err(e) => {
@@ -59,43 +68,72 @@ impl FrontLoop {
                     continue;
                 }
             };
-            let Some(client) = sockaddr::parse(&self.name.0[..meta.name_len]).map(normalize) else {
-                continue;
-            };
-            if meta.truncated {
+            for k in 0..got {
+                self.route_datagram(k, listen_addr);
+            }
+            if got < self.slots.len() {
+                break;
+            }
+        }
+        self.flush_batches();
+    }
+
+    fn route_datagram(&mut self, k: usize, listen_addr: SocketAddr) {
+        let slot = &self.slots[k];
+        let meta = slot.meta;
+        let Some(client) = sockaddr::parse(&slot.name.0[..meta.name_len]).map(normalize) else { return };
+        if meta.truncated {
+            Counters::inc(&self.counters.udp_drop_truncated);
+            return;
+        }
+        let orig = if meta.ctrl_truncated {
+            Err(CmsgError::Truncated)
+        } else {
+            orig_dst_from_cmsgs(&slot.ctrl.0[..meta.ctrl_len])
+        };
+        let orig_dst = match orig.map(normalize) {
+            Ok(d) if d != listen_addr && !self.is_own_listener(d) => d,
+            Ok(_) | Err(CmsgError::Missing) => {
+                Counters::inc(&self.counters.udp_drop_not_tproxied);
+                debug!(target: "egressd::front", "{client}: datagram straight to the listener; dropped");
+                return;
+            }
+            Err(e) => {
                 Counters::inc(&self.counters.udp_drop_truncated);
-                continue;
+                debug!(target: "egressd::front", "{client}: {e}; dropped");
+                return;
             }
-            let orig = if meta.ctrl_truncated {
-                Err(CmsgError::Truncated)
-            } else {
-                orig_dst_from_cmsgs(&self.ctrl.0[..meta.ctrl_len])
-            };
-            let orig_dst = match orig.map(normalize) {
-                Ok(d) if d != listen_addr && !self.is_own_listener(d) => d,
-                Ok(_) | Err(CmsgError::Missing) => {
-                    Counters::inc(&self.counters.udp_drop_not_tproxied);
-                    debug!(target: "egressd::front", "{client}: datagram straight to the listener; dropped");
-                    continue;
-                }
-                Err(e) => {
-                    Counters::inc(&self.counters.udp_drop_truncated);
-                    debug!(target: "egressd::front", "{client}: {e}; dropped");
-                    continue;
-                }
-            };
-            let Some(tunnel) = self.shared.route(client.ip()) else {
-                Counters::inc(&self.counters.udp_drop_no_route);
-                debug!(target: "egressd::front", "{client} -> udp {orig_dst}: no route for this source; dropped");
-                continue;
-            };
-            let tunnel = Arc::clone(tunnel);
-            let data: Box<[u8]> = self.rbuf[..meta.len].into();
-            let w = worker_for(client.ip(), self.workers.len());
-            match self.workers[w].try_send(Handoff::Udp(UdpDatagram { client, orig_dst, tunnel, data })) {
-                Ok(()) => self.to_wake[w] = true,
-                Err(_) => Counters::inc(&self.counters.udp_drop_queue_full),
-            }
+        };
+        let Some(tunnel) = self.shared.route_id(client.ip()) else {
+            Counters::inc(&self.counters.udp_drop_no_route);
+            debug!(target: "egressd::front", "{client} -> udp {orig_dst}: no route for this source; dropped");
+            return;
+        };
+        let w = worker_for(client.ip(), self.workers.len());
+        let batch = self.batches[w].get_or_insert_with(|| {
+            let mut b =
+                self.workers[w].recycled().unwrap_or_else(|| UdpBatch::new(Arc::clone(&self.shared.tunnels)));
+            b.tunnels = Arc::clone(&self.shared.tunnels);
+            b
+        });
+        batch.push(client, orig_dst, tunnel, &self.slots[k].buf[..meta.len]);
+        if batch.is_full() {
+            self.send_batch(w);
+        }
+    }
+
+    fn flush_batches(&mut self) {
+        for w in 0..self.batches.len() {
+            self.send_batch(w);
+        }
+    }
+
+    fn send_batch(&mut self, w: usize) {
+        let Some(b) = self.batches[w].take() else { return };
+        match self.workers[w].try_send(Handoff::Udp(b)) {
+            Ok(()) => self.to_wake[w] = true,
+            Err(Handoff::Udp(b)) => Counters::add(&self.counters.udp_drop_queue_full, b.items.len() as u64),
+            Err(Handoff::Tcp(_)) => unreachable!("a UDP hand-off comes back as UDP"),
         }
     }
 }

@@ -203,6 +203,75 @@ pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Resul
     Ok(n as usize)
 }
 
+/// Most datagrams one [`recv_mmsg`] call takes.
+pub const MMSG_MAX: usize = 32;
+
+/// Buffers for one datagram of a [`recv_mmsg`] batch.
+pub struct RecvSlot {
+    pub buf: Box<[u8]>,
+    pub name: NameBuf,
+    pub ctrl: CmsgBuf,
+    pub meta: RecvMeta,
+}
+
+impl RecvSlot {
+    pub fn new(size: usize) -> RecvSlot {
+        RecvSlot {
+            buf: vec![0u8; size].into_boxed_slice(),
+            name: NameBuf::default(),
+            ctrl: CmsgBuf::default(),
+            meta: RecvMeta { len: 0, name_len: 0, ctrl_len: 0, truncated: false, ctrl_truncated: false },
+        }
+    }
+}
+
+/// Up to `slots.len()` (at most [`MMSG_MAX`]) datagrams in one `recvmmsg`
+/// on a non-blocking socket; returns how many slots were filled.
+pub fn recv_mmsg(fd: BorrowedFd<'_>, slots: &mut [RecvSlot]) -> io::Result<usize> {
+    let n = slots.len().min(MMSG_MAX);
+    // SAFETY: iovec and mmsghdr are plain data; the used entries are set below.
+    let mut iov: [libc::iovec; MMSG_MAX] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut msgs: [libc::mmsghdr; MMSG_MAX] = unsafe { std::mem::zeroed() };
+    for (i, slot) in slots.iter_mut().take(n).enumerate() {
+        iov[i] = libc::iovec { iov_base: slot.buf.as_mut_ptr().cast(), iov_len: slot.buf.len() };
+        let h = &mut msgs[i].msg_hdr;
+        h.msg_name = slot.name.0.as_mut_ptr().cast();
+        h.msg_namelen = slot.name.0.len() as libc::socklen_t;
+        h.msg_iov = &mut iov[i];
+        h.msg_iovlen = 1;
+        h.msg_control = slot.ctrl.0.as_mut_ptr().cast();
+        h.msg_controllen = slot.ctrl.0.len() as _;
+    }
+    // SAFETY: `fd` is a live socket; the first `n` headers point at buffers
+    // owned by `slots` and `iov`, valid and writable for their stated
+    // lengths for the whole call; a null timeout is allowed.
+    let got = unsafe {
+        libc::recvmmsg(
+            fd.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let got = got as usize;
+    for (slot, m) in slots.iter_mut().zip(msgs.iter()).take(got) {
+        let h = &m.msg_hdr;
+        slot.meta = RecvMeta {
+            len: m.msg_len as usize,
+            name_len: (h.msg_namelen as usize).min(slot.name.0.len()),
+            ctrl_len: (h.msg_controllen as usize).min(slot.ctrl.0.len()),
+            truncated: h.msg_flags & libc::MSG_TRUNC != 0,
+            ctrl_truncated: h.msg_flags & libc::MSG_CTRUNC != 0,
+        };
+    }
+    Ok(got)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,7 +39,7 @@ use crate::relay::{PipePool, Pump, PumpError, Pumped, RelayCtx};
 use crate::stats::Counters;
 use crate::upstream::{self, Handshake, Progress};
 use slab::{Kind, Slab};
-pub use udp::UdpDatagram;
+pub use udp::{UdpBatch, UdpItem};
 
 const WAKER: Token = Token(usize::MAX);
 /// Scratch buffer shared by every flow of a worker.
@@ -57,7 +57,7 @@ pub struct TcpHandoff {
 
 pub enum Handoff {
     Tcp(TcpHandoff),
-    Udp(UdpDatagram),
+    Udp(UdpBatch),
 }
 
 /// The sending side of a worker, held by every front loop.
@@ -65,6 +65,8 @@ pub enum Handoff {
 pub struct WorkerHandle {
     tx: Sender<Handoff>,
     waker: Arc<Waker>,
+    /// Empty UDP batches the worker hands back for reuse.
+    recycled: Receiver<UdpBatch>,
 }
 
 impl WorkerHandle {
@@ -77,6 +79,11 @@ impl WorkerHandle {
 
     pub fn wake(&self) {
         let _ = self.waker.wake();
+    }
+
+    /// An empty batch to fill, if the worker has handed one back.
+    pub fn recycled(&self) -> Option<UdpBatch> {
+        self.recycled.try_recv().ok()
     }
 }
 
@@ -123,6 +130,7 @@ pub struct WorkerLoop {
     counters: Arc<Counters>,
     fail_log: Vec<(String, Instant)>,
     udp: udp::Udp,
+    recycle: Sender<UdpBatch>,
     now: Instant,
 }
 
@@ -136,6 +144,7 @@ impl WorkerLoop {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let (recycle, recycled) = crossbeam_channel::bounded(64);
         let w = WorkerLoop {
             id,
             poll,
@@ -151,9 +160,10 @@ impl WorkerLoop {
             counters,
             fail_log: Vec::new(),
             udp: udp::Udp::new(&settings.udp, settings.threads),
+            recycle,
             now: Instant::now(),
         };
-        Ok((w, WorkerHandle { tx, waker }))
+        Ok((w, WorkerHandle { tx, waker, recycled }))
     }
 
     /// Runs until `stop` is set and every flow has ended (or `grace` passed).
@@ -199,7 +209,7 @@ impl WorkerLoop {
         while let Ok(h) = self.rx.try_recv() {
             match h {
                 Handoff::Tcp(t) => self.start_flow(t),
-                Handoff::Udp(d) => self.on_datagram(d),
+                Handoff::Udp(b) => self.on_batch(b),
             }
         }
     }

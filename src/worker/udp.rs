@@ -35,12 +35,50 @@ use crate::udp::{Insert, Limits, Lru, SessionTable};
 use crate::upstream::{Handshake, Socks5Handshake};
 use crate::wire::socks5::{self, Bound};
 
-/// A datagram a front loop received and routed.
-pub struct UdpDatagram {
+/// Datagrams a front loop received and routed for one worker, packed into
+/// one buffer: one hand-off (and one wake) per batch, and the batch comes
+/// back to the fronts empty through the worker's recycle channel, so the
+/// steady path allocates nothing per datagram.
+pub struct UdpBatch {
+    /// The tunnels `UdpItem::tunnel` indexes (one Arc clone per batch).
+    pub tunnels: Arc<[Arc<Tunnel>]>,
+    pub items: Vec<UdpItem>,
+    pub data: Vec<u8>,
+}
+
+/// One datagram of a batch; its payload is `data[start..start + len]`.
+#[derive(Debug, Clone, Copy)]
+pub struct UdpItem {
     pub client: SocketAddr,
     pub orig_dst: SocketAddr,
-    pub tunnel: Arc<Tunnel>,
-    pub data: Box<[u8]>,
+    pub tunnel: u16,
+    pub start: u32,
+    pub len: u32,
+}
+
+impl UdpBatch {
+    pub fn new(tunnels: Arc<[Arc<Tunnel>]>) -> UdpBatch {
+        UdpBatch { tunnels, items: Vec::with_capacity(64), data: Vec::with_capacity(64 * 1024) }
+    }
+
+    pub fn push(&mut self, client: SocketAddr, orig_dst: SocketAddr, tunnel: u16, payload: &[u8]) {
+        let start = self.data.len() as u32;
+        self.data.extend_from_slice(payload);
+        self.items.push(UdpItem { client, orig_dst, tunnel, start, len: payload.len() as u32 });
+    }
+
+    /// Whether the batch should go now rather than grow further.
+    pub fn is_full(&self) -> bool {
+        self.items.len() >= 256 || self.data.len() >= 512 * 1024
+    }
+}
+
+/// One datagram as the worker handles it.
+struct Datagram<'a> {
+    client: SocketAddr,
+    orig_dst: SocketAddr,
+    tunnel: &'a Arc<Tunnel>,
+    data: &'a [u8],
 }
 
 enum Link {
@@ -150,11 +188,26 @@ fn reply_socket(from: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 }
 
 impl WorkerLoop {
-    pub(super) fn on_datagram(&mut self, d: UdpDatagram) {
+    /// Handles a batch, then sends it back empty for the fronts to reuse.
+    pub(super) fn on_batch(&mut self, mut b: UdpBatch) {
+        for it in &b.items {
+            let Some(tunnel) = b.tunnels.get(usize::from(it.tunnel)) else { continue };
+            let (start, end) = (it.start as usize, it.start as usize + it.len as usize);
+            let Some(data) = b.data.get(start..end) else { continue };
+            self.on_datagram(Datagram { client: it.client, orig_dst: it.orig_dst, tunnel, data });
+        }
+        b.items.clear();
+        b.data.clear();
+        if b.data.capacity() <= 1 << 20 {
+            let _ = self.recycle.try_send(b);
+        }
+    }
+
+    fn on_datagram(&mut self, d: Datagram<'_>) {
         let now = self.now;
         let existing = self.udp.table.get_mut(&d.client).copied();
         if let Some(slot) = existing {
-            let same = self.udp.sessions.get(slot).is_some_and(|s| Arc::ptr_eq(&s.tunnel, &d.tunnel));
+            let same = self.udp.sessions.get(slot).is_some_and(|s| Arc::ptr_eq(&s.tunnel, d.tunnel));
             if same {
                 self.udp.table.touch_outbound(&d.client, d.orig_dst.port(), now);
                 self.send_on(slot, d.orig_dst, d.data);
@@ -164,7 +217,7 @@ impl WorkerLoop {
             self.end_session(slot, "route changed");
         }
         let Some(link) = self.open_link(&d) else { return };
-        let session = Session { client: d.client, tunnel: Arc::clone(&d.tunnel), link };
+        let session = Session { client: d.client, tunnel: Arc::clone(d.tunnel), link };
         let (slot, generation) = self.udp.sessions.insert(session);
         Counters::inc(&self.counters.udp_sessions_total);
         Counters::inc(&self.counters.udp_sessions_active);
@@ -187,7 +240,7 @@ impl WorkerLoop {
     }
 
     /// The upstream side of a new session, or `None` (dropped and counted).
-    fn open_link(&mut self, d: &UdpDatagram) -> Option<Link> {
+    fn open_link(&mut self, d: &Datagram<'_>) -> Option<Link> {
         match &d.tunnel.kind {
             TunnelKind::Socks5 { server, auth, udp: true, .. } => {
                 let Some(addr) = server.addr else {
@@ -202,7 +255,7 @@ impl WorkerLoop {
                         Some(Link::Associating { ctrl, hs, connected: false, pending: VecDeque::new() })
                     }
                     Err(e) => {
-                        self.log_udp_failure(&d.tunnel, &format!("cannot open a socket to {addr}: {e}"));
+                        self.log_udp_failure(d.tunnel, &format!("cannot open a socket to {addr}: {e}"));
                         Counters::inc(&self.counters.udp_assoc_failed);
                         None
                     }
@@ -231,7 +284,7 @@ impl WorkerLoop {
                 match r {
                     Ok(data) => Some(Link::Direct { data }),
                     Err(e) => {
-                        self.log_udp_failure(&d.tunnel, &format!("cannot open a UDP socket: {e}"));
+                        self.log_udp_failure(d.tunnel, &format!("cannot open a UDP socket: {e}"));
                         Counters::inc(&self.counters.udp_drop_send);
                         None
                     }
@@ -270,23 +323,24 @@ impl WorkerLoop {
     }
 
     /// Sends (or queues) one datagram of a session.
-    fn send_on(&mut self, slot: usize, dst: SocketAddr, data: Box<[u8]>) {
+    fn send_on(&mut self, slot: usize, dst: SocketAddr, data: &[u8]) {
         let Some(s) = self.udp.sessions.get_mut(slot) else { return };
         let sent = match &mut s.link {
             Link::Associating { pending, .. } => {
                 if pending.len() < self.udp.pending_max {
-                    pending.push_back((dst, data));
+                    // Only while the association is set up: copied once.
+                    pending.push_back((dst, data.into()));
                 } else {
                     Counters::inc(&self.counters.udp_drop_pending);
                 }
                 return;
             }
-            Link::Relay { data: sock, .. } => send_to_relay(sock, dst, &data),
-            Link::Direct { data: sock } => sock.send_to(&data, dst).map(|_| ()),
+            Link::Relay { data: sock, .. } => send_to_relay(sock, dst, data),
+            Link::Direct { data: sock } => sock.send_to(data, dst).map(|_| ()),
             Link::DnsOverTcp { .. } => {
                 if dst.port() == 53 {
                     let (client, tunnel) = (s.client, Arc::clone(&s.tunnel));
-                    self.dns_query(slot, client, dst, &tunnel, &data);
+                    self.dns_query(slot, client, dst, &tunnel, data);
                 } else {
                     Counters::inc(&self.counters.udp_drop_no_udp);
                 }
@@ -387,7 +441,7 @@ impl WorkerLoop {
         debug!(target: "egressd::udp", "{}: associated via {} (relay {relay})", s.client, s.tunnel.name);
         s.link = Link::Relay { ctrl, data };
         for (dst, d) in pending {
-            self.send_on(slot, dst, d);
+            self.send_on(slot, dst, &d);
         }
     }
 
