@@ -131,6 +131,8 @@ pub struct RecvMeta {
 }
 
 /// One `recvmsg` on a non-blocking datagram socket.
+// msg_controllen is size_t on glibc, socklen_t on musl: the casts are needed on one of them.
+#[allow(clippy::unnecessary_cast)]
 pub fn recv_msg(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
@@ -227,6 +229,7 @@ impl RecvSlot {
 
 /// Up to `slots.len()` (at most [`MMSG_MAX`]) datagrams in one `recvmmsg`
 /// on a non-blocking socket; returns how many slots were filled.
+#[allow(clippy::unnecessary_cast)] // see recv_msg
 pub fn recv_mmsg(fd: BorrowedFd<'_>, slots: &mut [RecvSlot]) -> io::Result<usize> {
     let n = slots.len().min(MMSG_MAX);
     // SAFETY: iovec and mmsghdr are plain data; the used entries are set below.
