@@ -254,7 +254,7 @@ pub fn recv_mmsg(fd: BorrowedFd<'_>, slots: &mut [RecvSlot]) -> io::Result<usize
             fd.as_raw_fd(),
             msgs.as_mut_ptr(),
             n as libc::c_uint,
-            libc::MSG_DONTWAIT,
+            libc::MSG_DONTWAIT as _,
             std::ptr::null_mut(),
         )
     };
