@@ -59,10 +59,11 @@ rm -f "$unit_log"
 
 # --- 3. Fuzz targets, briefly (scripts/fuzz.sh runs them for longer) ----------
 if [ -x scripts/fuzz.sh ]; then
-    stage "fuzz (brief)" env FUZZ_SECONDS="${FUZZ_SECONDS:-20}" scripts/fuzz.sh
+    stage "fuzz (brief)" env FUZZ_SECONDS="${FUZZ_SECONDS:-15}" scripts/fuzz.sh
 fi
 
-# --- 4. Network-namespace end-to-end tests ------------------------------------
+# --- 4. The static binary, then the network-namespace end-to-end tests ---------
+stage "static musl build" scripts/build-static.sh
 stage "cargo build --release" cargo build --release --locked
 netns_passed=0 netns_failed=0
 if [ "$(id -u)" -ne 0 ]; then
