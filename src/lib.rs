@@ -11,6 +11,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod doctor;
 pub mod front;
 pub mod relay;
 pub mod route;

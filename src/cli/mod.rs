@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use argh::FromArgs;
 
 use crate::config::{ConfigError, DEMO_CONFIG, Settings, TunnelKind};
+use crate::control::Request;
 use crate::rules::{self, Action, Backend};
 
 /// egressd: each container's TCP, UDP and DNS leave through its own tunnel.
@@ -25,6 +26,88 @@ enum Command {
     Run(RunArgs),
     Check(CheckArgs),
     Rules(RulesArgs),
+    Doctor(DoctorArgs),
+    Stats(StatsArgs),
+    Route(RouteArgs),
+}
+
+/// Inspect this host (network namespace) and say what is wrong, check by check.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "doctor")]
+struct DoctorArgs {
+    /// the config file (RON); without it, the embedded demo config
+    #[argh(option, short = 'c')]
+    config: Option<PathBuf>,
+}
+
+/// Print the running daemon's counters, per tunnel.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "stats")]
+struct StatsArgs {
+    /// the control socket (default /run/egressd.sock)
+    #[argh(option)]
+    socket: Option<PathBuf>,
+    /// print Prometheus text instead of the table
+    #[argh(switch)]
+    prometheus: bool,
+}
+
+/// Show or change the live route table (until the next restart or reload).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "route")]
+struct RouteArgs {
+    #[argh(subcommand)]
+    cmd: RouteCmd,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum RouteCmd {
+    List(RouteList),
+    Set(RouteSet),
+    Del(RouteDel),
+}
+
+/// List the live routes.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list")]
+struct RouteList {
+    /// the control socket (default /run/egressd.sock)
+    #[argh(option)]
+    socket: Option<PathBuf>,
+}
+
+/// Route a source prefix to a tunnel.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "set")]
+struct RouteSet {
+    /// source prefix, e.g. 10.8.0.12 or 10.8.0.0/24
+    #[argh(option)]
+    source: String,
+    /// tunnel name
+    #[argh(option)]
+    tunnel: String,
+    /// reset the source's open TCP flows and end its UDP sessions, so it moves at once
+    #[argh(switch)]
+    reset_flows: bool,
+    /// the control socket (default /run/egressd.sock)
+    #[argh(option)]
+    socket: Option<PathBuf>,
+}
+
+/// Delete the route of exactly this source prefix.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "del")]
+struct RouteDel {
+    /// source prefix
+    #[argh(option)]
+    source: String,
+    /// reset the source's open TCP flows and end its UDP sessions
+    #[argh(switch)]
+    reset_flows: bool,
+    /// the control socket (default /run/egressd.sock)
+    #[argh(option)]
+    socket: Option<PathBuf>,
 }
 
 /// Run the daemon in the foreground (logs to stderr; RUST_LOG or -v).
@@ -93,6 +176,30 @@ pub fn main() -> ExitCode {
         }
     };
     match args.cmd {
+        Command::Doctor(a) => match load(a.config.as_deref()) {
+            Ok(s) => {
+                let ok = crate::doctor::run_with(&s, a.config.as_deref(), &mut std::io::stdout());
+                if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+            }
+            Err(e) => config_failed(&e),
+        },
+        Command::Stats(a) => {
+            let req = if a.prometheus { Request::Metrics } else { Request::Stats };
+            ask(a.socket, req)
+        }
+        Command::Route(r) => match r.cmd {
+            RouteCmd::List(a) => ask(a.socket, Request::RouteList),
+            RouteCmd::Set(a) => match a.source.parse() {
+                Ok(source) => {
+                    ask(a.socket, Request::RouteSet { source, tunnel: a.tunnel, reset: a.reset_flows })
+                }
+                Err(e) => usage(&format!("--source {}: {e}", a.source)),
+            },
+            RouteCmd::Del(a) => match a.source.parse() {
+                Ok(source) => ask(a.socket, Request::RouteDel { source, reset: a.reset_flows }),
+                Err(e) => usage(&format!("--source {}: {e}", a.source)),
+            },
+        },
         Command::Run(a) => run::run(a.config.as_deref(), a.verbose),
         Command::Check(a) => check(a.config.as_deref()),
         Command::Rules(a) => {
@@ -122,6 +229,25 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
     Ok(s)
 }
 
+fn ask(socket: Option<PathBuf>, req: Request) -> ExitCode {
+    let path = socket.unwrap_or_else(crate::control::default_socket);
+    match crate::control::ask(&path, &req) {
+        Ok(body) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("egressd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("egressd: {msg}");
+    ExitCode::from(2)
+}
+
 fn config_failed(e: &ConfigError) -> ExitCode {
     eprintln!("egressd: config error: {e}");
     ExitCode::from(1)
@@ -133,7 +259,30 @@ fn check(path: Option<&Path>) -> ExitCode {
         Err(e) => return config_failed(&e),
     };
     print!("{}", summary(&s));
+    if let Some(w) = path.and_then(|p| secrets_exposed(p, &s)) {
+        println!("warning: {w}");
+    }
     ExitCode::SUCCESS
+}
+
+/// A warning when the config holds passwords and others can read it.
+pub fn secrets_exposed(path: &Path, s: &Settings) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let has_secrets = s.tunnels.iter().any(|t| {
+        matches!(
+            &t.kind,
+            TunnelKind::Socks5 { auth: Some(_), .. } | TunnelKind::HttpConnect { auth: Some(_), .. }
+        )
+    });
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (has_secrets && mode & 0o004 != 0).then(|| {
+        format!(
+            "{} holds tunnel passwords and is readable by every user (mode {:o}); run: chmod o-r {}",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        )
+    })
 }
 
 /// What `check` prints: listeners, tunnels, routes. Never credentials.

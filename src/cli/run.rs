@@ -1,4 +1,5 @@
-//! `egressd run`: start the front loops and workers, wait for signals.
+//! `egressd run`: start the front loops and workers, then wait for signals:
+//! SIGHUP reloads the config, SIGTERM/SIGINT drain and stop.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -9,10 +10,12 @@ use std::time::Duration;
 
 use log::{error, info, warn};
 
-use crate::front::{self, FrontLoop, Shared};
-use crate::stats::{self, Counters};
+use crate::config::Settings;
+use crate::control::Control;
+use crate::front::{self, FrontLoop, Live, Shared};
+use crate::stats::Registry;
 use crate::sys;
-use crate::worker::WorkerLoop;
+use crate::worker::{FailLog, Handoff, WorkerHandle, WorkerLoop};
 
 /// How long flows may drain after SIGTERM/SIGINT.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -39,6 +42,9 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     if config.is_none() {
         info!(target: "egressd", "no --config given: running the embedded demo config");
     }
+    if let Some(w) = config.and_then(|p| super::secrets_exposed(p, &settings)) {
+        warn!(target: "egressd", "{w}");
+    }
     match sys::raise_fd_limit() {
         Ok(n) => info!(target: "egressd", "open file limit {n}"),
         Err(e) => warn!(target: "egressd", "cannot raise the open file limit: {e}"),
@@ -50,30 +56,28 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     }
     front::log_summary(&settings);
 
-    let shared = Arc::new(Shared::new(Arc::clone(&settings)));
+    let registry = Arc::new(Registry::default());
+    let fail_log = Arc::new(FailLog::default());
+    let live = Arc::new(Live::new(Shared::new(Arc::clone(&settings))));
     let n = settings.threads;
     let stop = Arc::new(AtomicBool::new(false));
-    let mut all_counters = Vec::new();
     let mut workers = Vec::new();
     let mut handles = Vec::new();
     for i in 0..n {
-        let c = Arc::new(Counters::default());
-        all_counters.push(Arc::clone(&c));
-        let (w, h) = match WorkerLoop::new(i, Arc::clone(&settings), c) {
-            Ok(x) => x,
+        match WorkerLoop::new(i, Arc::clone(&settings), Arc::clone(&registry), Arc::clone(&fail_log)) {
+            Ok((w, h)) => {
+                workers.push(w);
+                handles.push(h);
+            }
             Err(e) => {
                 error!(target: "egressd", "cannot start worker {i}: {e}");
                 return ExitCode::from(1);
             }
-        };
-        handles.push(h);
-        workers.push(w);
+        }
     }
     let mut fronts = Vec::new();
     for i in 0..n {
-        let c = Arc::new(Counters::default());
-        all_counters.push(Arc::clone(&c));
-        match FrontLoop::new(i, Arc::clone(&shared), handles.clone(), c) {
+        match FrontLoop::new(i, Arc::clone(&live), handles.clone(), registry.thread()) {
             Ok(f) => fronts.push(f),
             Err(e) => {
                 error!(target: "egressd", "{e}; is the address assigned to a local interface (the bridge) and the port free?");
@@ -81,13 +85,26 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
             }
         }
     }
-    drop(handles);
+
+    let ctl = Control { live: Arc::clone(&live), workers: handles.clone(), registry: Arc::clone(&registry) };
+    let socket = settings.control.socket.clone();
+    match ctl.spawn(&socket) {
+        Ok(_) => info!(target: "egressd", "control socket {}", socket.display()),
+        Err(e) => {
+            warn!(target: "egressd", "no control socket at {}: {e} (stats and route changes unavailable)", socket.display())
+        }
+    }
+    if let Some(addr) = settings.control.metrics_listen {
+        match crate::control::spawn_metrics(addr, Arc::clone(&registry)) {
+            Ok(_) => info!(target: "egressd", "Prometheus metrics on http://{addr}/metrics"),
+            Err(e) => warn!(target: "egressd", "cannot serve metrics on {addr}: {e}"),
+        }
+    }
 
     let mut threads = Vec::new();
     for (i, w) in workers.into_iter().enumerate() {
         let stop = Arc::clone(&stop);
-        let t = thread::Builder::new().name(format!("egressd-w{i}")).spawn(move || w.run(&stop, DRAIN));
-        threads.push(t);
+        threads.push(thread::Builder::new().name(format!("egressd-w{i}")).spawn(move || w.run(&stop, DRAIN)));
     }
     for (i, f) in fronts.into_iter().enumerate() {
         let stop = Arc::clone(&stop);
@@ -98,9 +115,7 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     loop {
         match sys::wait_signal() {
             Ok(sys::Signal::Stop) => break,
-            Ok(sys::Signal::Reload) => {
-                warn!(target: "egressd", "SIGHUP: live reload is not implemented yet; keeping the running config")
-            }
+            Ok(sys::Signal::Reload) => reload(config, &live, &handles),
             Err(e) => {
                 error!(target: "egressd", "waiting for signals: {e}");
                 break;
@@ -109,6 +124,9 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     }
     info!(target: "egressd", "stopping: no new connections; flows drain for up to {DRAIN:?}");
     stop.store(true, Ordering::Relaxed);
+    for h in &handles {
+        h.wake();
+    }
     let mut ok = true;
     for t in threads {
         match t.map(|h| h.join()) {
@@ -120,11 +138,37 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
             _ => ok = false,
         }
     }
-    let s = stats::snapshot(all_counters.iter().map(|c| c.as_ref()));
+    let _ = std::fs::remove_file(&socket);
+    let s = registry.total();
     info!(
         target: "egressd",
-        "stopped: {} TCP flows, {} bytes up, {} bytes down, {} no-route resets",
-        s.tcp_flows_total, s.tcp_bytes_up, s.tcp_bytes_down, s.drop_no_route
+        "stopped: {} TCP flows, {} bytes up, {} bytes down; {} UDP sessions, {} datagrams up, {} down",
+        s.tcp_flows_total, s.tcp_bytes_up, s.tcp_bytes_down, s.udp_sessions_total, s.udp_dgrams_up, s.udp_dgrams_down
     );
     if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+/// SIGHUP: new flows get the new routes, tunnels and timeouts; existing
+/// flows and sessions keep going; a bad config changes nothing.
+fn reload(config: Option<&Path>, live: &Live, workers: &[WorkerHandle]) {
+    let new: Settings = match super::load(config) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(target: "egressd", "reload failed, keeping the running config: {e}");
+            return;
+        }
+    };
+    let new = Arc::new(new);
+    let cur = live.load();
+    if cur.settings.listen != new.listen || cur.settings.threads != new.threads {
+        warn!(target: "egressd", "reload: listen addresses and threads change only on restart; the rest applies now");
+    }
+    let _ = live.update(|cur| Ok::<_, ()>(cur.reloaded(Arc::clone(&new))));
+    for w in workers {
+        if w.try_send(Handoff::Settings(Arc::clone(&new))).is_err() {
+            warn!(target: "egressd", "reload: a worker's queue is full; it keeps the old timeouts for now");
+        }
+        w.wake();
+    }
+    info!(target: "egressd", "reloaded: {} tunnels, {} routes", new.tunnels.len(), new.routes.len());
 }

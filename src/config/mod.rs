@@ -39,13 +39,13 @@ pub struct Settings {
     pub bypass: Vec<Cidr>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tunnel {
     pub name: String,
     pub kind: TunnelKind,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TunnelKind {
     Socks5 { server: Server, auth: Option<Credentials>, udp: bool, udp_relay: Option<SocketAddr> },
     HttpConnect { server: Server, auth: Option<Credentials> },

@@ -18,7 +18,8 @@ mod udp;
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -35,6 +36,37 @@ const EMFILE_PAUSE: Duration = Duration::from_millis(100);
 /// Tokens from here on name UDP sockets; below, TCP listeners.
 const UDP_TOKEN: usize = 1 << 16;
 
+/// The current [`Shared`], replaced whole by a reload or a route change.
+/// Front loops check the generation once per wake-up and take the new
+/// snapshot only when it moved: no lock per connection or datagram.
+pub struct Live {
+    generation: AtomicU64,
+    current: Mutex<Arc<Shared>>,
+}
+
+impl Live {
+    pub fn new(s: Shared) -> Live {
+        Live { generation: AtomicU64::new(0), current: Mutex::new(Arc::new(s)) }
+    }
+
+    pub fn load(&self) -> Arc<Shared> {
+        Arc::clone(&self.current.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces the snapshot; `f` builds the new one from the current one.
+    pub fn update<E>(&self, f: impl FnOnce(&Shared) -> Result<Shared, E>) -> Result<(), E> {
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let next = f(&cur)?;
+        *cur = Arc::new(next);
+        self.generation.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
 /// The routing view a front loop needs, shared read-only by all of them.
 pub struct Shared {
     pub settings: Arc<Settings>,
@@ -44,6 +76,20 @@ pub struct Shared {
 impl Shared {
     pub fn new(settings: Arc<Settings>) -> Shared {
         let tunnels = settings.tunnels.iter().cloned().map(Arc::new).collect();
+        Shared { settings, tunnels }
+    }
+
+    /// New settings, keeping the `Arc` of every tunnel that did not change,
+    /// so sessions on it see the same tunnel.
+    pub fn reloaded(&self, settings: Arc<Settings>) -> Shared {
+        let tunnels = settings
+            .tunnels
+            .iter()
+            .map(|t| match self.tunnels.iter().find(|old| ***old == *t) {
+                Some(old) => Arc::clone(old),
+                None => Arc::new(t.clone()),
+            })
+            .collect();
         Shared { settings, tunnels }
     }
 
@@ -67,6 +113,8 @@ pub struct FrontLoop {
     /// The UDP batch being filled for each worker.
     batches: Vec<Option<crate::worker::UdpBatch>>,
     workers: Vec<WorkerHandle>,
+    live: Arc<Live>,
+    seen: u64,
     shared: Arc<Shared>,
     counters: Arc<Counters>,
     /// Workers that got a hand-off since the last wake.
@@ -96,10 +144,12 @@ pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 impl FrontLoop {
     pub fn new(
         id: usize,
-        shared: Arc<Shared>,
+        live: Arc<Live>,
         workers: Vec<WorkerHandle>,
         counters: Arc<Counters>,
     ) -> io::Result<FrontLoop> {
+        let seen = live.generation();
+        let shared = live.load();
         let poll = Poll::new()?;
         let mut listeners = Vec::new();
         for (i, addr) in shared.settings.listen.iter().enumerate() {
@@ -125,6 +175,8 @@ impl FrontLoop {
             slots: udp::recv_slots(),
             batches: (0..workers.len()).map(|_| None).collect(),
             workers,
+            live,
+            seen,
             shared,
             counters,
             to_wake,
@@ -143,6 +195,11 @@ impl FrontLoop {
                 && e.kind() != ErrorKind::Interrupted
             {
                 return Err(e);
+            }
+            let generation = self.live.generation();
+            if generation != self.seen {
+                self.seen = generation;
+                self.shared = self.live.load();
             }
             if let Some(t) = self.paused_until {
                 if Instant::now() < t {
@@ -235,7 +292,7 @@ impl FrontLoop {
                 warn!(target: "egressd::front", "{client} -> tcp {orig_dst}: worker {w} queue full; reset");
                 reset(&SockRef::from(&h.stream));
             }
-            Err(Handoff::Udp(_)) => unreachable!("a TCP hand-off comes back as TCP"),
+            Err(_) => unreachable!("a TCP hand-off comes back as TCP"),
         }
     }
 

@@ -133,7 +133,7 @@ impl FrontLoop {
         match self.workers[w].try_send(Handoff::Udp(b)) {
             Ok(()) => self.to_wake[w] = true,
             Err(Handoff::Udp(b)) => Counters::add(&self.counters.udp_drop_queue_full, b.items.len() as u64),
-            Err(Handoff::Tcp(_)) => unreachable!("a UDP hand-off comes back as UDP"),
+            Err(_) => unreachable!("a UDP hand-off comes back as UDP"),
         }
     }
 }

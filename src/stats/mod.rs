@@ -116,6 +116,130 @@ impl Counters {
     }
 }
 
+/// Every thread's counters, and every worker's per-tunnel counters, for
+/// summing on read. Threads register once; the hot path never locks.
+#[derive(Debug, Default)]
+pub struct Registry {
+    threads: std::sync::Mutex<Vec<std::sync::Arc<Counters>>>,
+    tunnels: std::sync::Mutex<Vec<(String, std::sync::Arc<Counters>)>>,
+}
+
+impl Registry {
+    /// Counters for a new thread.
+    pub fn thread(&self) -> std::sync::Arc<Counters> {
+        let c = std::sync::Arc::new(Counters::default());
+        self.threads.lock().unwrap_or_else(|e| e.into_inner()).push(std::sync::Arc::clone(&c));
+        c
+    }
+
+    /// Counters for one worker's flows through the tunnel `name`.
+    pub fn tunnel(&self, name: &str) -> std::sync::Arc<Counters> {
+        let c = std::sync::Arc::new(Counters::default());
+        self.tunnels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name.to_string(), std::sync::Arc::clone(&c)));
+        c
+    }
+
+    /// The sum over all threads.
+    pub fn total(&self) -> Snapshot {
+        let t = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        snapshot(t.iter().map(|c| c.as_ref()))
+    }
+
+    /// Per tunnel, summed over workers, sorted by name.
+    pub fn per_tunnel(&self) -> Vec<(String, Snapshot)> {
+        let t = self.tunnels.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(String, Snapshot)> = Vec::new();
+        for (name, c) in t.iter() {
+            match out.iter_mut().find(|(n, _)| n == name) {
+                Some((_, s)) => c.add_to(s),
+                None => {
+                    let mut s = Snapshot::default();
+                    c.add_to(&mut s);
+                    out.push((name.clone(), s));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+/// Whether a counter is a gauge (goes up and down) rather than a total.
+pub fn is_gauge(name: &str) -> bool {
+    name.ends_with("_active") || name == "udp_reply_sockets"
+}
+
+/// The counters as a readable table: per tunnel, then totals and drops.
+pub fn table(total: &Snapshot, tunnels: &[(String, Snapshot)]) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<14} {:>9} {:>7} {:>13} {:>13} {:>7} {:>9} {:>7} {:>11} {:>11}",
+        "tunnel",
+        "tcp flows",
+        "active",
+        "bytes up",
+        "bytes down",
+        "failed",
+        "udp sess",
+        "active",
+        "dgrams up",
+        "dgrams down"
+    );
+    let row = |o: &mut String, name: &str, s: &Snapshot| {
+        let _ = writeln!(
+            o,
+            "{:<14} {:>9} {:>7} {:>13} {:>13} {:>7} {:>9} {:>7} {:>11} {:>11}",
+            name,
+            s.tcp_flows_total,
+            s.tcp_flows_active,
+            s.tcp_bytes_up + s.udp_bytes_up,
+            s.tcp_bytes_down + s.udp_bytes_down,
+            s.tcp_upstream_failed + s.udp_assoc_failed,
+            s.udp_sessions_total,
+            s.udp_sessions_active,
+            s.udp_dgrams_up,
+            s.udp_dgrams_down
+        );
+    };
+    for (name, s) in tunnels {
+        row(&mut o, name, s);
+    }
+    row(&mut o, "(all)", total);
+    let _ = writeln!(o, "\ncounters (all threads):");
+    for (name, v) in total.fields() {
+        let _ = writeln!(o, "  {name:<24} {v}");
+    }
+    o
+}
+
+/// The counters in Prometheus text format (version 0.0.4).
+pub fn prometheus(total: &Snapshot, tunnels: &[(String, Snapshot)]) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    for (i, (name, v)) in total.fields().into_iter().enumerate() {
+        let (metric, kind) = if is_gauge(name) {
+            (format!("egressd_{name}"), "gauge")
+        } else if name.ends_with("_total") {
+            (format!("egressd_{name}"), "counter")
+        } else {
+            (format!("egressd_{name}_total"), "counter")
+        };
+        let _ = writeln!(o, "# TYPE {metric} {kind}");
+        let _ = writeln!(o, "{metric} {v}");
+        for (t, s) in tunnels {
+            let tv = s.fields()[i].1;
+            let label = t.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(o, "{metric}{{tunnel=\"{label}\"}} {tv}");
+        }
+    }
+    o
+}
+
 /// Sums every thread's counters.
 pub fn snapshot<'a>(all: impl IntoIterator<Item = &'a Counters>) -> Snapshot {
     let mut s = Snapshot::default();
@@ -128,6 +252,32 @@ pub fn snapshot<'a>(all: impl IntoIterator<Item = &'a Counters>) -> Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registry_sums_per_tunnel_and_formats() {
+        let r = Registry::default();
+        let t = r.thread();
+        Counters::add(&t.tcp_bytes_up, 5);
+        let a1 = r.tunnel("hk0");
+        let a2 = r.tunnel("hk0");
+        let b = r.tunnel("hk1");
+        Counters::inc(&a1.tcp_flows_total);
+        Counters::inc(&a2.tcp_flows_total);
+        Counters::inc(&b.udp_sessions_active);
+        let per = r.per_tunnel();
+        assert_eq!(per.len(), 2);
+        assert_eq!(per[0].0, "hk0");
+        assert_eq!(per[0].1.tcp_flows_total, 2);
+        assert_eq!(r.total().tcp_bytes_up, 5);
+        let prom = prometheus(&r.total(), &per);
+        assert!(prom.contains("# TYPE egressd_tcp_flows_total counter"), "{prom}");
+        assert!(prom.contains("egressd_tcp_flows_total{tunnel=\"hk0\"} 2"), "{prom}");
+        assert!(prom.contains("egressd_tcp_bytes_up_total 5"), "{prom}");
+        assert!(prom.contains("# TYPE egressd_udp_sessions_active gauge"));
+        assert!(prom.contains("egressd_udp_sessions_active{tunnel=\"hk1\"} 1"));
+        let tab = table(&r.total(), &per);
+        assert!(tab.lines().nth(1).unwrap().starts_with("hk0"), "{tab}");
+    }
 
     #[test]
     fn sums_threads() {

@@ -36,9 +36,10 @@ use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 
 use crate::config::{Credentials, Settings, Tunnel, TunnelKind};
 use crate::relay::{PipePool, Pump, PumpError, Pumped, RelayCtx};
-use crate::stats::Counters;
+use crate::stats::{Counters, Registry};
 use crate::upstream::{self, Handshake, Progress};
 use slab::{Kind, Slab};
+use std::collections::HashMap;
 pub use udp::{UdpBatch, UdpItem};
 
 const WAKER: Token = Token(usize::MAX);
@@ -58,6 +59,10 @@ pub struct TcpHandoff {
 pub enum Handoff {
     Tcp(TcpHandoff),
     Udp(UdpBatch),
+    /// Reloaded settings: timeouts for new flows.
+    Settings(Arc<Settings>),
+    /// Reset every TCP flow and end every UDP session of these sources.
+    ResetSource(crate::route::Cidr),
 }
 
 /// The sending side of a worker, held by every front loop.
@@ -100,6 +105,8 @@ struct Flow {
     client_addr: SocketAddr,
     orig_dst: SocketAddr,
     tunnel: Arc<Tunnel>,
+    /// This worker's counters for the tunnel.
+    tc: Arc<Counters>,
     stage: Stage,
     /// client → upstream
     up: Pump,
@@ -128,10 +135,37 @@ pub struct WorkerLoop {
     relay: RelayCtx,
     settings: Arc<Settings>,
     counters: Arc<Counters>,
-    fail_log: Vec<(String, Instant)>,
+    registry: Arc<Registry>,
+    /// This worker's counters per tunnel name.
+    per_tunnel: HashMap<String, Arc<Counters>>,
+    fail_log: Arc<FailLog>,
     udp: udp::Udp,
     recycle: Sender<UdpBatch>,
     now: Instant,
+}
+
+/// When each tunnel last had a failure logged at warn, shared by all
+/// workers so that a broken tunnel warns once a minute, not once per worker.
+/// Locked only on the failure path.
+#[derive(Debug, Default)]
+pub struct FailLog(std::sync::Mutex<Vec<(String, Instant)>>);
+
+impl FailLog {
+    /// True if a warning for `tunnel` is due at `now` (and records it).
+    pub fn due(&self, tunnel: &str, now: Instant) -> bool {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match v.iter_mut().find(|(n, _)| n == tunnel) {
+            Some((_, last)) if now.saturating_duration_since(*last) < Duration::from_secs(60) => false,
+            Some((_, last)) => {
+                *last = now;
+                true
+            }
+            None => {
+                v.push((tunnel.to_string(), now));
+                true
+            }
+        }
+    }
 }
 
 impl WorkerLoop {
@@ -139,8 +173,10 @@ impl WorkerLoop {
     pub fn new(
         id: usize,
         settings: Arc<Settings>,
-        counters: Arc<Counters>,
+        registry: Arc<Registry>,
+        fail_log: Arc<FailLog>,
     ) -> io::Result<(WorkerLoop, WorkerHandle)> {
+        let counters = registry.thread();
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
@@ -158,7 +194,9 @@ impl WorkerLoop {
             },
             settings: Arc::clone(&settings),
             counters,
-            fail_log: Vec::new(),
+            registry,
+            per_tunnel: HashMap::new(),
+            fail_log,
             udp: udp::Udp::new(&settings.udp, settings.threads),
             recycle,
             now: Instant::now(),
@@ -210,20 +248,26 @@ impl WorkerLoop {
             match h {
                 Handoff::Tcp(t) => self.start_flow(t),
                 Handoff::Udp(b) => self.on_batch(b),
+                Handoff::Settings(s) => self.settings = s,
+                Handoff::ResetSource(c) => self.reset_source(c),
             }
         }
     }
 
     fn start_flow(&mut self, h: TcpHandoff) {
         let TcpHandoff { stream, client, orig_dst, tunnel } = h;
+        let tc = self.tunnel_counters(&tunnel.name);
         Counters::inc(&self.counters.tcp_flows_total);
+        Counters::inc(&tc.tcp_flows_total);
         debug!(target: "egressd::worker", "{client} -> tcp {orig_dst} via {}", tunnel.name);
         let _ = keepalive(&SockRef::from(&stream));
         let target = match tunnel.kind.server() {
             None => orig_dst,
             Some(server) => match server.addr {
                 Some(a) => a,
-                None => return self.refuse(&stream, client, orig_dst, &tunnel, "server address unresolved"),
+                None => {
+                    return self.refuse(&stream, client, orig_dst, &tunnel, &tc, "server address unresolved");
+                }
             },
         };
         let handshake = upstream::for_tcp(&tunnel.kind, orig_dst).map(Box::new);
@@ -231,11 +275,11 @@ impl WorkerLoop {
             Ok(s) => s,
             Err(e) => {
                 let why = format!("cannot open a socket to {target}: {e}");
-                return self.refuse(&stream, client, orig_dst, &tunnel, &why);
+                return self.refuse(&stream, client, orig_dst, &tunnel, &tc, &why);
             }
         };
         if let Err(e) = stream.set_nonblocking(true) {
-            return self.refuse(&stream, client, orig_dst, &tunnel, &e.to_string());
+            return self.refuse(&stream, client, orig_dst, &tunnel, &tc, &e.to_string());
         }
         let flow = Flow {
             client: TcpStream::from_std(stream),
@@ -243,6 +287,7 @@ impl WorkerLoop {
             client_addr: client,
             orig_dst,
             tunnel,
+            tc,
             stage: Stage::Connecting(handshake),
             up: Pump::default(),
             down: Pump::default(),
@@ -256,12 +301,37 @@ impl WorkerLoop {
         let ok = reg.register(&mut f.client, slab::token(slot, generation, Kind::Client), both).is_ok()
             && reg.register(&mut f.upstream, slab::token(slot, generation, Kind::Upstream), both).is_ok();
         Counters::inc(&self.counters.tcp_flows_active);
+        Counters::inc(&f.tc.tcp_flows_active);
         if !ok {
             self.end(slot, End::Failed("register", "cannot register sockets with epoll".into()));
             return;
         }
         let deadline = self.now + self.settings.tcp.connect_timeout;
         self.timers.push(Reverse((deadline, slab::token(slot, generation, Kind::Client))));
+    }
+
+    /// Moves a source to its new route: its TCP flows are reset and its UDP
+    /// sessions end (the next datagram opens a session on the new route).
+    fn reset_source(&mut self, cidr: crate::route::Cidr) {
+        let slots = self.flows.slots_where(|f| cidr.contains(f.client_addr.ip()));
+        let n = slots.len();
+        for slot in slots {
+            self.end(slot, End::Reset("route changed (--reset-flows)"));
+        }
+        let m = self.end_sessions_of(cidr);
+        if n + m > 0 {
+            log::info!(target: "egressd::worker", "worker {}: reset {n} TCP flows, ended {m} UDP sessions of {cidr}", self.id);
+        }
+    }
+
+    /// Per-tunnel counters of this worker, created on first use.
+    fn tunnel_counters(&mut self, name: &str) -> Arc<Counters> {
+        if let Some(c) = self.per_tunnel.get(name) {
+            return Arc::clone(c);
+        }
+        let c = self.registry.tunnel(name);
+        self.per_tunnel.insert(name.to_string(), Arc::clone(&c));
+        c
     }
 
     /// Resets a client whose flow never started.
@@ -271,27 +341,18 @@ impl WorkerLoop {
         client: SocketAddr,
         dst: SocketAddr,
         t: &Tunnel,
+        tc: &Counters,
         why: &str,
     ) {
         Counters::inc(&self.counters.tcp_upstream_failed);
+        Counters::inc(&tc.tcp_upstream_failed);
         self.log_failure(client, dst, t, why);
         reset(&SockRef::from(s));
     }
 
     /// At most one warning per tunnel per minute; the rest go to debug.
     fn should_warn(&mut self, tunnel: &str) -> bool {
-        let now = self.now;
-        match self.fail_log.iter_mut().find(|(n, _)| n == tunnel) {
-            Some((_, last)) if now.duration_since(*last) < Duration::from_secs(60) => false,
-            Some((_, last)) => {
-                *last = now;
-                true
-            }
-            None => {
-                self.fail_log.push((tunnel.to_string(), now));
-                true
-            }
-        }
+        self.fail_log.due(tunnel, self.now)
     }
 
     fn log_failure(&mut self, client: SocketAddr, dst: SocketAddr, t: &Tunnel, why: &str) {
@@ -372,6 +433,8 @@ impl WorkerLoop {
                         f.last_active = now;
                         Counters::add(&self.counters.tcp_bytes_up, f.up.bytes - up0);
                         Counters::add(&self.counters.tcp_bytes_down, f.down.bytes - down0);
+                        Counters::add(&f.tc.tcp_bytes_up, f.up.bytes - up0);
+                        Counters::add(&f.tc.tcp_bytes_down, f.down.bytes - down0);
                     }
                     return r;
                 }
@@ -418,6 +481,7 @@ impl WorkerLoop {
     fn end(&mut self, slot: usize, end: End) {
         let Some(mut f) = self.flows.remove(slot) else { return };
         Counters::dec(&self.counters.tcp_flows_active);
+        Counters::dec(&f.tc.tcp_flows_active);
         f.up.release(&mut self.relay.pipes);
         f.down.release(&mut self.relay.pipes);
         match end {
@@ -427,6 +491,7 @@ impl WorkerLoop {
             }
             End::Failed(kind, why) => {
                 Counters::inc(&self.counters.tcp_upstream_failed);
+                Counters::inc(&f.tc.tcp_upstream_failed);
                 if kind == "timeout" {
                     Counters::inc(&self.counters.tcp_connect_timeout);
                 }

@@ -97,6 +97,12 @@ impl<T> Slab<T> {
         self.len
     }
 
+    /// The slots of every live value for which `f` holds.
+    pub fn slots_where(&self, mut f: impl FnMut(&T) -> bool) -> Vec<usize> {
+        let live = self.entries.iter().enumerate().filter_map(|(i, e)| e.value.as_ref().map(|v| (i, v)));
+        live.filter(|(_, v)| f(v)).map(|(i, _)| i).collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

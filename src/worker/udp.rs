@@ -103,6 +103,8 @@ enum Link {
 struct Session {
     client: SocketAddr,
     tunnel: Arc<Tunnel>,
+    /// This worker's counters for the tunnel.
+    tc: Arc<Counters>,
     link: Link,
 }
 
@@ -207,7 +209,11 @@ impl WorkerLoop {
         let now = self.now;
         let existing = self.udp.table.get_mut(&d.client).copied();
         if let Some(slot) = existing {
-            let same = self.udp.sessions.get(slot).is_some_and(|s| Arc::ptr_eq(&s.tunnel, d.tunnel));
+            let same = self
+                .udp
+                .sessions
+                .get(slot)
+                .is_some_and(|s| Arc::ptr_eq(&s.tunnel, d.tunnel) || *s.tunnel == **d.tunnel);
             if same {
                 self.udp.table.touch_outbound(&d.client, d.orig_dst.port(), now);
                 self.send_on(slot, d.orig_dst, d.data);
@@ -217,7 +223,10 @@ impl WorkerLoop {
             self.end_session(slot, "route changed");
         }
         let Some(link) = self.open_link(&d) else { return };
-        let session = Session { client: d.client, tunnel: Arc::clone(d.tunnel), link };
+        let tc = self.tunnel_counters(&d.tunnel.name);
+        Counters::inc(&tc.udp_sessions_total);
+        Counters::inc(&tc.udp_sessions_active);
+        let session = Session { client: d.client, tunnel: Arc::clone(d.tunnel), tc, link };
         let (slot, generation) = self.udp.sessions.insert(session);
         Counters::inc(&self.counters.udp_sessions_total);
         Counters::inc(&self.counters.udp_sessions_active);
@@ -352,6 +361,8 @@ impl WorkerLoop {
             Ok(()) => {
                 Counters::inc(&self.counters.udp_dgrams_up);
                 Counters::add(&self.counters.udp_bytes_up, data.len() as u64);
+                Counters::inc(&s.tc.udp_dgrams_up);
+                Counters::add(&s.tc.udp_bytes_up, data.len() as u64);
             }
             Err(e) => {
                 Counters::inc(&self.counters.udp_drop_send);
@@ -483,6 +494,12 @@ impl WorkerLoop {
             let bytes = &self.relay.scratch[payload];
             let r = self.udp.replies.send(remote, client, bytes);
             let n = bytes.len() as u64;
+            if r.is_ok()
+                && let Some(s) = self.udp.sessions.get(slot)
+            {
+                Counters::inc(&s.tc.udp_dgrams_down);
+                Counters::add(&s.tc.udp_bytes_down, n);
+            }
             self.count_reply(r, remote, client, n);
         }
     }
@@ -513,6 +530,16 @@ impl WorkerLoop {
             }
         }
         Counters::set(&self.counters.udp_reply_sockets, self.udp.replies.lru.len() as u64);
+    }
+
+    /// Ends every session of these sources; returns how many.
+    pub(super) fn end_sessions_of(&mut self, cidr: crate::route::Cidr) -> usize {
+        let slots = self.udp.sessions.slots_where(|s| cidr.contains(s.client.ip()));
+        let n = slots.len();
+        for slot in slots {
+            self.end_session(slot, "route changed (--reset-flows)");
+        }
+        n
     }
 
     /// Ends sessions whose idle time ran out.
@@ -572,6 +599,7 @@ impl WorkerLoop {
     fn drop_session(&mut self, slot: usize) {
         if let Some(s) = self.udp.sessions.remove(slot) {
             Counters::dec(&self.counters.udp_sessions_active);
+            Counters::dec(&s.tc.udp_sessions_active);
             match s.link {
                 Link::Associating { pending, .. } => {
                     Counters::add(&self.counters.udp_drop_pending, pending.len() as u64);
