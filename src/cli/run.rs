@@ -46,7 +46,19 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
         warn!(target: "egressd", "{w}");
     }
     match sys::raise_fd_limit() {
-        Ok(n) => info!(target: "egressd", "open file limit {n}"),
+        Ok(n) => {
+            info!(target: "egressd", "open file limit {n}");
+            // A UDP session holds up to two descriptors (control connection and relay socket).
+            let want = settings.udp.max_sessions as u64 * 2 + settings.udp.max_reply_sockets as u64;
+            if want > n {
+                warn!(
+                    target: "egressd",
+                    "udp.max_sessions {} and max_reply_sockets {} may need {want} file descriptors, more than the limit {n}: \
+                     raise LimitNOFILE / ulimit -n, or lower udp.max_sessions",
+                    settings.udp.max_sessions, settings.udp.max_reply_sockets
+                );
+            }
+        }
         Err(e) => warn!(target: "egressd", "cannot raise the open file limit: {e}"),
     }
     // Before any thread starts, so that every thread inherits the mask.
@@ -57,6 +69,10 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     front::log_summary(&settings);
 
     let registry = Arc::new(Registry::default());
+    // Every tunnel has its series from the start, not from its first flow.
+    for t in &settings.tunnels {
+        registry.tunnel(&t.name);
+    }
     let fail_log = Arc::new(FailLog::default());
     let live = Arc::new(Live::new(Shared::new(Arc::clone(&settings))));
     let n = settings.threads;
@@ -80,7 +96,16 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
         match FrontLoop::new(i, Arc::clone(&live), handles.clone(), registry.thread()) {
             Ok(f) => fronts.push(f),
             Err(e) => {
-                error!(target: "egressd", "{e}; is the address assigned to a local interface (the bridge) and the port free?");
+                let hint = match e.kind() {
+                    std::io::ErrorKind::AddrNotAvailable => {
+                        "; is the address assigned to a local interface (the bridge)?"
+                    }
+                    std::io::ErrorKind::AddrInUse => {
+                        "; is another egressd (or another program) using the port?"
+                    }
+                    _ => "",
+                };
+                error!(target: "egressd", "{e}{hint}");
                 return ExitCode::from(1);
             }
         }

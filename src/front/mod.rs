@@ -161,7 +161,14 @@ impl FrontLoop {
         let mut udp = Vec::new();
         for (i, addr) in shared.settings.listen.iter().enumerate() {
             let mut u = udp::udp_socket(*addr).map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot listen on {addr} (UDP, TPROXY): {e}"))
+                let why = if e.kind() == ErrorKind::PermissionDenied {
+                    "IP_TRANSPARENT needs CAP_NET_ADMIN: run as root or grant it (systemd \
+                     AmbientCapabilities=CAP_NET_ADMIN, or setcap cap_net_admin+ep on the binary)"
+                        .to_string()
+                } else {
+                    e.to_string()
+                };
+                io::Error::new(e.kind(), format!("cannot listen on {addr} (UDP, TPROXY): {why}"))
             })?;
             poll.registry().register(&mut u, Token(UDP_TOKEN + i), Interest::READABLE)?;
             udp.push((u, *addr));

@@ -9,8 +9,8 @@
 //! (so also those of an older config), then the chains.
 
 use super::{
-    FamilyPlan, Out, Plan, bridge_sysctl, bridge_sysctl_note, no_listener_note, nothing_to_intercept,
-    policy_routing, policy_routing_delete,
+    FamilyPlan, Out, Plan, bridge_sysctl, bridge_sysctl_note, forget_udp_conntrack, no_listener_note,
+    nothing_to_intercept, policy_routing, policy_routing_delete,
 };
 use crate::config::TcpIntercept;
 
@@ -43,6 +43,7 @@ pub(super) fn install(plan: &Plan, out: &mut Out) {
             bridge_sysctl(f, out);
             policy_routing(plan, f, out);
             intercept_jumps(plan, f, out);
+            forget_udp_conntrack(f, out);
         }
     }
 }

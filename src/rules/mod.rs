@@ -401,6 +401,26 @@ fn bridge_sysctl(f: &FamilyPlan, out: &mut Out) {
     out.line(format!("if [ -e {path} ]; then echo 0 > {path}; fi"));
 }
 
+/// Install, after the intercept is in place: UDP flows that began before it
+/// have conntrack entries (often NATed by the host's MASQUERADE) that would
+/// keep rewriting their datagrams past the intercept; forget them so their
+/// next datagram is intercepted like a new one.
+fn forget_udp_conntrack(f: &FamilyPlan, out: &mut Out) {
+    out.comment(
+        "",
+        "UDP flows that began before these rules keep their old (NATed) conntrack entries and would miss egressd: forget them (needs conntrack-tools; without it they recover when the entries expire).",
+    );
+    let fam = match f.family {
+        Family::V4 => "ipv4",
+        Family::V6 => "ipv6",
+    };
+    for src in &f.sources {
+        out.line(format!(
+            "if command -v conntrack >/dev/null 2>&1; then conntrack -D -f {fam} -p udp -s {src} >/dev/null 2>&1 || true; fi"
+        ));
+    }
+}
+
 /// Delete leaves the bridge sysctl alone; say so.
 fn bridge_sysctl_note(f: &FamilyPlan, out: &mut Out) {
     out.comment(

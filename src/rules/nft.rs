@@ -6,8 +6,8 @@
 //! definition. Written for nft 1.0.6 (Debian 12), which has no `destroy`.
 
 use super::{
-    FamilyPlan, Out, Plan, bridge_sysctl, bridge_sysctl_note, join, no_listener_note, nothing_to_intercept,
-    policy_routing, policy_routing_delete,
+    FamilyPlan, Out, Plan, bridge_sysctl, bridge_sysctl_note, forget_udp_conntrack, join, no_listener_note,
+    nothing_to_intercept, policy_routing, policy_routing_delete,
 };
 use crate::config::TcpIntercept;
 
@@ -91,6 +91,9 @@ pub(super) fn install(plan: &Plan, out: &mut Out) {
     }
     out.line("}");
     out.line("EOF");
+    for f in intercepting.iter() {
+        forget_udp_conntrack(f, out);
+    }
 }
 
 pub(super) fn delete(plan: &Plan, out: &mut Out) {

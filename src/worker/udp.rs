@@ -207,20 +207,12 @@ impl WorkerLoop {
 
     fn on_datagram(&mut self, d: Datagram<'_>) {
         let now = self.now;
-        let existing = self.udp.table.get_mut(&d.client).copied();
-        if let Some(slot) = existing {
-            let same = self
-                .udp
-                .sessions
-                .get(slot)
-                .is_some_and(|s| Arc::ptr_eq(&s.tunnel, d.tunnel) || *s.tunnel == **d.tunnel);
-            if same {
-                self.udp.table.touch_outbound(&d.client, d.orig_dst.port(), now);
-                self.send_on(slot, d.orig_dst, d.data);
-                return;
-            }
-            // The route changed (reload): the old association goes.
-            self.end_session(slot, "route changed");
+        // An existing session keeps its association even when a reload or a
+        // route change points its source elsewhere: existing flows keep going
+        // (SPEC §4); `route set --reset-flows` is how to move it now.
+        if let Some(&mut slot) = self.udp.table.touch_outbound(&d.client, d.orig_dst.port(), now) {
+            self.send_on(slot, d.orig_dst, d.data);
+            return;
         }
         let Some(link) = self.open_link(&d) else { return };
         let tc = self.tunnel_counters(&d.tunnel.name);
@@ -233,8 +225,12 @@ impl WorkerLoop {
         debug!(target: "egressd::udp", "{} -> udp {} via {}: new session", d.client, d.orig_dst, d.tunnel.name);
         match self.udp.table.insert(d.client, d.orig_dst.port(), slot, now) {
             Insert::Added => {}
-            Insert::Evicted(_, old) => {
+            Insert::Evicted(client, old) => {
                 Counters::inc(&self.counters.udp_sessions_evicted);
+                if let Some(s) = self.udp.sessions.get(old) {
+                    Counters::inc(&s.tc.udp_sessions_evicted);
+                }
+                debug!(target: "egressd::udp", "{client}: session evicted (max_sessions)");
                 self.drop_session(old);
             }
             Insert::Expired(_, old) | Insert::Replaced(old) => self.drop_session(old),
