@@ -6,25 +6,35 @@
 #  c0 10.8.0.10 fd08::10 ─┐
 #  c1 10.8.0.11 fd08::11 ─┤  gw: br0 10.8.0.1/24 fd08::1/64
 #  c2 10.8.0.12 fd08::12 ─┼─ egressd on 10.8.0.1:10900, [fd08::1]:10900
-#  c3 10.8.0.13 fd08::13 ─┘  (c3: no route in egressd's config)
+#  c3 10.8.0.13 fd08::13 ─┤  (c3: no route in egressd's config)
+#  c4 10.8.0.14 fd08::14 ─┘  (only with NCONT=5: routed to exit3)
 #                             │ exit0..2: 100.64.N.1/24 ── 100.64.N.2/24 exitN
 #                             │                          (SOCKS5 on 100.64.N.2:1080:
-#                             │                           exit0 microsocks,
-#                             │                           exit1/2 danted)
+#                             │                           exit0 microsocks (TCP only,
+#                             │                           `udp: false`), exit1/2 danted;
+#                             │                           exit3, only with NEXITS=4:
+#                             │                           tools/udptool.py socks5, a
+#                             │                           full-cone UDP relay)
 #                             │ uplink 198.51.100.200/24 2001:db8:100::c8/64
 #                             │ (MASQUERADE v4+v6, "as a Docker host has")
 #                             ▼
 #  inet: bridge 198.51.100.254/24 2001:db8:100::fe/64 joining gw's uplink and
 #        exitN's egress 198.51.100.(N+1)/24 2001:db8:100::(N+1)/64;
 #        services (tools/egtool.py serve) on 203.0.113.10 and 2001:db8:203::10 (on lo);
-#        192.0.2.53 reserved for the 'public DNS'; an nft counter of whatever
+#        UDP services (tools/udptool.py serve): who-am-i on 203.0.113.10:5000
+#        and [2001:db8:203::10]:5000 (and :5003), full-cone probe A 203.0.113.10:5002 /
+#        B 203.0.113.11:5001, the 'public DNS' (whoami.test TXT, UDP+TCP) on
+#        192.0.2.53:53 and [2001:db8:203::53]:53; an nft counter of whatever
 #        arrives from gw's uplink (the leak detector).
+#
+# A script may set NEXITS=4 NCONT=5 after sourcing this file (before topo_up)
+# for the extra full-cone exit and its container.
 #
 # Functions:
 #   topo_up                build namespaces, links, addresses, routes, NAT
 #   topo_start_services    target services in inet + SOCKS servers in exits
 #   socks_start N / socks_stop N / socks_kill N
-#   topo_write_config FILE [CONTROL_SOCKET]   egressd config for this topology
+#   topo_write_config FILE [CONTROL_SOCKET] [EXTRA_RON]   egressd config for this topology
 #   egressd_start CONFIG LOG / egressd_stop / egressd_rules_apply CONFIG
 #   leak_count             packets seen in inet from gw's uplink (v4+v6, no ND)
 #   socks_syn_count N      connections opened to exit N's SOCKS port so far
@@ -33,7 +43,16 @@
 
 TARGET4=203.0.113.10
 TARGET6=2001:db8:203::10
+TARGET4B=203.0.113.11
 PUBDNS4=192.0.2.53
+PUBDNS6=2001:db8:203::53
+# shellcheck disable=SC2034  # UDP service ports, for the test scripts
+{
+	UDP_WHO_PORT=5000
+	UDP_WHO_PORT2=5003
+	CONE_A_PORT=5002
+	CONE_B_PORT=5001
+}
 GW_UPLINK4=198.51.100.200
 GW_UPLINK6=2001:db8:100::c8
 LISTEN_PORT=10900
@@ -74,7 +93,9 @@ topo_up() {
 	# kernel has).
 	ip -n "$NS_INET" addr add "$TARGET4/32" dev lo
 	ip -n "$NS_INET" addr add "$PUBDNS4/32" dev lo
+	ip -n "$NS_INET" addr add "$TARGET4B/32" dev lo
 	ip -n "$NS_INET" addr add "$TARGET6/128" dev lo nodad
+	ip -n "$NS_INET" addr add "$PUBDNS6/128" dev lo nodad
 
 	# ---- gw: the 'Docker host'.
 	nsx "$NS_GW" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 >/dev/null
@@ -189,6 +210,15 @@ topo_start_services() {
 	# shellcheck disable=SC2034  # for scripts that want to stop the services
 	INET_PID=$EG_LAST_PID
 	wait_until 15 test -e "$EG_TMP/inet.ready" || die "inet services did not start: $(tail -n 5 "$EG_TMP/inet.log")"
+	# UDP services and the DNS server (each bound to its own address: a
+	# reply must leave from the address that was asked).
+	rm -f "$EG_TMP/udpsvc.ready"
+	eg_spawn "$NS_INET" "$EG_TMP/udpsvc.log" "$py" -u "$EG_TOOLS/udptool.py" serve \
+		--udp "$TARGET4" --udp "$TARGET6" --dns "$PUBDNS4" --dns "$PUBDNS6" \
+		--cone "$TARGET4" "$TARGET4B" --ready "$EG_TMP/udpsvc.ready"
+	# shellcheck disable=SC2034
+	UDPSVC_PID=$EG_LAST_PID
+	wait_until 15 test -e "$EG_TMP/udpsvc.ready" || die "inet UDP services did not start: $(tail -n 5 "$EG_TMP/udpsvc.log")"
 	for i in $(seq 0 $((NEXITS - 1))); do
 		socks_start "$i"
 	done
@@ -218,12 +248,16 @@ danted_conf() {
 	EOF
 }
 
-# socks_start N — start exit N's SOCKS server (exit0: microsocks, others:
+# socks_start N — start exit N's SOCKS server (exit0: microsocks, exit3:
+# udptool.py socks5 (full cone; status in $EG_TMP/socks3.status), others:
 # danted), wait until it listens. PID in SOCKS_PID[N].
 socks_start() {
 	local i=$1 ns=${NS_EXIT[$1]}
 	if [ "$i" -eq 0 ]; then
 		eg_spawn "$ns" "$EG_TMP/socks$i.log" microsocks -i "100.64.$i.2" -p 1080
+	elif [ "$i" -eq 3 ]; then
+		eg_spawn "$ns" "$EG_TMP/socks$i.log" "$(python_bin)" -u "$EG_TOOLS/udptool.py" socks5 \
+			"100.64.$i.2" 1080 --status "$EG_TMP/socks$i.status"
 	else
 		danted_conf "$i" >"$EG_TMP/danted$i.conf"
 		eg_spawn "$ns" "$EG_TMP/socks$i.log" danted -f "$EG_TMP/danted$i.conf" -p "$EG_TMP/danted$i.pid"
@@ -252,26 +286,37 @@ socks_stop() {
 
 # ---------------------------------------------------------------- egressd
 
-# topo_write_config FILE [CONTROL_SOCKET] — the tests' egressd config.
+# topo_write_config FILE [CONTROL_SOCKET] [EXTRA_RON] — the tests' egressd
+# config. exit0 (microsocks) has no UDP ASSOCIATE: `udp: false`. With
+# NEXITS=4 NCONT=5, exit3 and the route c4 -> exit3 are added. EXTRA_RON is
+# copied in as top-level fields, e.g. 'udp: (max_sessions: 100),'.
 topo_write_config() {
-	local f=$1 sock=${2:-}
+	local f=$1 sock=${2:-} extra=${3:-}
 	{
 		cat <<-'EOF'
 		(
 		    listen: ["10.8.0.1:10900", "[fd08::1]:10900"],
 		    tunnels: {
-		        "exit0": Socks5(server: "100.64.0.2:1080"),
+		        "exit0": Socks5(server: "100.64.0.2:1080", udp: false),
 		        "exit1": Socks5(server: "100.64.1.2:1080"),
 		        "exit2": Socks5(server: "100.64.2.2:1080"),
+		EOF
+		[ "$NEXITS" -gt 3 ] && printf '        "exit3": Socks5(server: "100.64.3.2:1080"),\n'
+		cat <<-'EOF'
 		    },
 		    routes: [
 		        (source: "10.8.0.10", tunnel: "exit0"), (source: "fd08::10", tunnel: "exit0"),
 		        (source: "10.8.0.11", tunnel: "exit1"), (source: "fd08::11", tunnel: "exit1"),
 		        (source: "10.8.0.12", tunnel: "exit2"), (source: "fd08::12", tunnel: "exit2"),
+		EOF
+		[ "$NEXITS" -gt 3 ] && [ "$NCONT" -gt 4 ] &&
+			printf '        (source: "10.8.0.14", tunnel: "exit3"), (source: "fd08::14", tunnel: "exit3"),\n'
+		cat <<-'EOF'
 		    ],
 		    intercept: (sources: ["10.8.0.0/24", "fd08::/64"]),
 		EOF
 		[ -n "$sock" ] && printf '    control: (socket: "%s"),\n' "$sock"
+		[ -n "$extra" ] && printf '    %s\n' "$extra"
 		printf ')\n'
 	} >"$f"
 }
@@ -350,6 +395,41 @@ egtool_bg() {
 	EG_LAST_PID=$!
 	EG_PIDS+=("$EG_LAST_PID")
 	disown "$EG_LAST_PID" 2>/dev/null || true
+}
+
+# udptool NS ARGS... — the UDP test client (tools/udptool.py) inside NS,
+# with a hard time bound on top of its own timeouts.
+udptool() {
+	local ns=$1; shift
+	(
+		ulimit -n 65536 2>/dev/null || true
+		exec timeout -k 5 "${EG_TOOL_TIMEOUT:-180}" ip netns exec "$ns" \
+			"$(python_bin)" "$EG_TOOLS/udptool.py" "$@"
+	)
+}
+
+# udptool_bg NS OUTFILE ARGS... — the same in the background, tracked by PID
+# (EG_LAST_PID).
+udptool_bg() {
+	local ns=$1 outf=$2; shift 2
+	(
+		ulimit -n 65536 2>/dev/null || true
+		exec timeout -k 5 "${EG_TOOL_TIMEOUT:-180}" ip netns exec "$ns" \
+			"$(python_bin)" "$EG_TOOLS/udptool.py" "$@"
+	) >"$outf" 2>&1 </dev/null &
+	EG_LAST_PID=$!
+	EG_PIDS+=("$EG_LAST_PID")
+	disown "$EG_LAST_PID" 2>/dev/null || true
+}
+
+# udp_noports NS [6] — the UDP (or UDP6) NoPorts counter in NS.
+udp_noports() {
+	# shellcheck disable=SC2016  # awk's own $ fields
+	if [ "${2:-}" = 6 ]; then
+		nsx "$1" awk '$1 == "Udp6NoPorts" { print $2 }' /proc/net/snmp6
+	else
+		nsx "$1" awk '$1 == "Udp:" { if (!h) { for (i = 2; i <= NF; i++) if ($i == "NoPorts") c = i; h = 1 } else print $c }' /proc/net/snmp
+	fi
 }
 
 topo_down() {

@@ -21,7 +21,7 @@ stage() { # stage NAME CMD...: run, remember failure, keep going
 
 # --- 1. What the tests need, installed idempotently -----------------------
 apt_pkgs=(iptables nftables iproute2 dante-server microsocks iperf3 dnsutils socat curl
-          python3 tcpdump procps netcat-openbsd binutils libcap2-bin)
+          python3 tcpdump procps netcat-openbsd binutils libcap2-bin v2ray tinyproxy util-linux conntrack)
 install_deps() {
     local missing=()
     for p in "${apt_pkgs[@]}"; do
