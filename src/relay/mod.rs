@@ -81,6 +81,11 @@ impl Pump {
         self.done
     }
 
+    /// Bytes of buffer this pump holds (0 when idle).
+    pub fn held_capacity(&self) -> usize {
+        self.held.capacity()
+    }
+
     /// Queues bytes that arrived before the relay started (after a handshake).
     pub fn preload(&mut self, bytes: &[u8]) {
         self.held.extend_from_slice(bytes);

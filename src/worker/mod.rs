@@ -625,3 +625,18 @@ fn keepalive(s: &SockRef) -> io::Result<()> {
 pub fn reset(s: &SockRef) {
     let _ = s.set_linger(Some(Duration::ZERO));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 5's budget: an idle TCP flow costs well under 1 KiB of user
+    /// space (its slab entry plus one timer entry), with no buffer or pipe.
+    #[test]
+    fn an_idle_flow_is_small() {
+        let per_flow = std::mem::size_of::<Flow>() + std::mem::size_of::<Reverse<(Instant, Token)>>();
+        assert!(per_flow < 512, "a flow takes {per_flow} bytes");
+        eprintln!("an idle TCP flow: {per_flow} bytes of user space");
+        assert_eq!(Pump::default().held_capacity(), 0);
+    }
+}
