@@ -110,6 +110,7 @@ pub struct FrontLoop {
     listeners: Vec<(TcpListener, SocketAddr)>,
     udp: Vec<(mio::net::UdpSocket, SocketAddr)>,
     slots: Vec<crate::sys::RecvSlot>,
+    rdata: Box<[u8]>,
     /// The UDP batch being filled for each worker.
     batches: Vec<Option<crate::worker::UdpBatch>>,
     workers: Vec<WorkerHandle>,
@@ -127,6 +128,8 @@ pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), None)?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
+    // Accepted sockets inherit keepalive: no setsockopt per connection.
+    crate::worker::keepalive(&SockRef::from(&s))?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
@@ -180,6 +183,7 @@ impl FrontLoop {
             listeners,
             udp,
             slots: udp::recv_slots(),
+            rdata: udp::recv_data(),
             batches: (0..workers.len()).map(|_| None).collect(),
             workers,
             live,

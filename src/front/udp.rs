@@ -48,7 +48,13 @@ pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 pub fn recv_slots() -> Vec<RecvSlot> {
-    (0..BATCH).map(|_| RecvSlot::new(MAX_DATAGRAM)).collect()
+    (0..BATCH).map(|_| RecvSlot::default()).collect()
+}
+
+/// One allocation for every slot's payload: large enough to be mapped on
+/// its own, so pages no datagram ever touched cost no memory.
+pub fn recv_data() -> Box<[u8]> {
+    vec![0u8; BATCH * MAX_DATAGRAM].into_boxed_slice()
 }
 
 impl FrontLoop {
@@ -58,16 +64,17 @@ impl FrontLoop {
         let Some((_, listen_addr)) = self.udp.get(i) else { return };
         let listen_addr = *listen_addr;
         loop {
-            let got = match sys::recv_mmsg(self.udp[i].0.as_fd(), &mut self.slots) {
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                // ICMP errors queued on the socket concern nobody here.
-                Err(e) => {
-                    debug!(target: "egressd::front", "udp recv on {listen_addr}: {e}");
-                    continue;
-                }
-            };
+            let got =
+                match sys::recv_mmsg(self.udp[i].0.as_fd(), &mut self.rdata, MAX_DATAGRAM, &mut self.slots) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    // ICMP errors queued on the socket concern nobody here.
+                    Err(e) => {
+                        debug!(target: "egressd::front", "udp recv on {listen_addr}: {e}");
+                        continue;
+                    }
+                };
             for k in 0..got {
                 self.route_datagram(k, listen_addr);
             }
@@ -116,7 +123,8 @@ impl FrontLoop {
             b.tunnels = Arc::clone(&self.shared.tunnels);
             b
         });
-        batch.push(client, orig_dst, tunnel, &self.slots[k].buf[..meta.len]);
+        let at = k * MAX_DATAGRAM;
+        batch.push(client, orig_dst, tunnel, &self.rdata[at..at + meta.len]);
         if batch.is_full() {
             self.send_batch(w);
         }

@@ -208,18 +208,17 @@ pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Resul
 /// Most datagrams one [`recv_mmsg`] call takes.
 pub const MMSG_MAX: usize = 32;
 
-/// Buffers for one datagram of a [`recv_mmsg`] batch.
+/// Address and control space for one datagram of a [`recv_mmsg`] batch;
+/// its payload goes to the slot's chunk of the caller's data buffer.
 pub struct RecvSlot {
-    pub buf: Box<[u8]>,
     pub name: NameBuf,
     pub ctrl: CmsgBuf,
     pub meta: RecvMeta,
 }
 
-impl RecvSlot {
-    pub fn new(size: usize) -> RecvSlot {
+impl Default for RecvSlot {
+    fn default() -> RecvSlot {
         RecvSlot {
-            buf: vec![0u8; size].into_boxed_slice(),
             name: NameBuf::default(),
             ctrl: CmsgBuf::default(),
             meta: RecvMeta { len: 0, name_len: 0, ctrl_len: 0, truncated: false, ctrl_truncated: false },
@@ -228,16 +227,22 @@ impl RecvSlot {
 }
 
 /// Up to `slots.len()` (at most [`MMSG_MAX`]) datagrams in one `recvmmsg`
-/// on a non-blocking socket; returns how many slots were filled.
+/// on a non-blocking socket; slot `i`'s payload lands in
+/// `data[i * chunk..(i + 1) * chunk]`. Returns how many slots were filled.
 #[allow(clippy::unnecessary_cast)] // see recv_msg
-pub fn recv_mmsg(fd: BorrowedFd<'_>, slots: &mut [RecvSlot]) -> io::Result<usize> {
-    let n = slots.len().min(MMSG_MAX);
+pub fn recv_mmsg(
+    fd: BorrowedFd<'_>,
+    data: &mut [u8],
+    chunk: usize,
+    slots: &mut [RecvSlot],
+) -> io::Result<usize> {
+    let n = slots.len().min(MMSG_MAX).min(data.len() / chunk.max(1));
     // SAFETY: iovec and mmsghdr are plain data; the used entries are set below.
     let mut iov: [libc::iovec; MMSG_MAX] = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     let mut msgs: [libc::mmsghdr; MMSG_MAX] = unsafe { std::mem::zeroed() };
-    for (i, slot) in slots.iter_mut().take(n).enumerate() {
-        iov[i] = libc::iovec { iov_base: slot.buf.as_mut_ptr().cast(), iov_len: slot.buf.len() };
+    for ((i, slot), buf) in slots.iter_mut().take(n).enumerate().zip(data.chunks_exact_mut(chunk)) {
+        iov[i] = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
         let h = &mut msgs[i].msg_hdr;
         h.msg_name = slot.name.0.as_mut_ptr().cast();
         h.msg_namelen = slot.name.0.len() as libc::socklen_t;
@@ -247,8 +252,8 @@ pub fn recv_mmsg(fd: BorrowedFd<'_>, slots: &mut [RecvSlot]) -> io::Result<usize
         h.msg_controllen = slot.ctrl.0.len() as _;
     }
     // SAFETY: `fd` is a live socket; the first `n` headers point at buffers
-    // owned by `slots` and `iov`, valid and writable for their stated
-    // lengths for the whole call; a null timeout is allowed.
+    // owned by `slots`, `data` and `iov`, valid and writable for their
+    // stated lengths for the whole call; a null timeout is allowed.
     let got = unsafe {
         libc::recvmmsg(
             fd.as_raw_fd(),

@@ -260,7 +260,6 @@ impl WorkerLoop {
         Counters::inc(&self.counters.tcp_flows_total);
         Counters::inc(&tc.tcp_flows_total);
         debug!(target: "egressd::worker", "{client} -> tcp {orig_dst} via {}", tunnel.name);
-        let _ = keepalive(&SockRef::from(&stream));
         let target = match tunnel.kind.server() {
             None => orig_dst,
             Some(server) => match server.addr {
@@ -278,9 +277,7 @@ impl WorkerLoop {
                 return self.refuse(&stream, client, orig_dst, &tunnel, &tc, &why);
             }
         };
-        if let Err(e) = stream.set_nonblocking(true) {
-            return self.refuse(&stream, client, orig_dst, &tunnel, &tc, &e.to_string());
-        }
+        // Accepted with SOCK_NONBLOCK by the front loop (mio's accept4).
         let flow = Flow {
             client: TcpStream::from_std(stream),
             upstream,
@@ -613,7 +610,9 @@ fn connect(target: SocketAddr, kind: &TunnelKind) -> io::Result<TcpStream> {
     Ok(TcpStream::from_std(s.into()))
 }
 
-fn keepalive(s: &SockRef) -> io::Result<()> {
+/// TCP keepalive as egressd sets it on both legs (accepted client sockets
+/// inherit it from the listener).
+pub fn keepalive(s: &SockRef) -> io::Result<()> {
     let ka = TcpKeepalive::new()
         .with_time(Duration::from_secs(60))
         .with_interval(Duration::from_secs(10))
