@@ -70,6 +70,10 @@ pub enum Handoff {
 pub struct WorkerHandle {
     tx: Sender<Handoff>,
     waker: Arc<Waker>,
+    /// Set while the worker is (about to be) blocked in epoll: only then is a
+    /// wake-up (an eventfd write) needed; a busy worker looks at its queue
+    /// on every turn of its loop anyway.
+    sleeping: Arc<AtomicBool>,
     /// Empty UDP batches the worker hands back for reuse.
     recycled: Receiver<UdpBatch>,
 }
@@ -82,8 +86,11 @@ impl WorkerHandle {
         })
     }
 
+    /// Wakes the worker if it sleeps; call after sending.
     pub fn wake(&self) {
-        let _ = self.waker.wake();
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            let _ = self.waker.wake();
+        }
     }
 
     /// An empty batch to fill, if the worker has handed one back.
@@ -141,6 +148,7 @@ pub struct WorkerLoop {
     fail_log: Arc<FailLog>,
     udp: udp::Udp,
     recycle: Sender<UdpBatch>,
+    sleeping: Arc<AtomicBool>,
     now: Instant,
 }
 
@@ -199,9 +207,11 @@ impl WorkerLoop {
             fail_log,
             udp: udp::Udp::new(&settings.udp, settings.threads),
             recycle,
+            sleeping: Arc::new(AtomicBool::new(false)),
             now: Instant::now(),
         };
-        Ok((w, WorkerHandle { tx, waker, recycled }))
+        let sleeping = Arc::clone(&w.sleeping);
+        Ok((w, WorkerHandle { tx, waker, sleeping, recycled }))
     }
 
     /// Runs until `stop` is set and every flow has ended (or `grace` passed).
@@ -213,22 +223,29 @@ impl WorkerLoop {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let timeout = next
+            let mut timeout = next
                 .map(|t| t.saturating_duration_since(Instant::now()))
                 .map_or(Duration::from_millis(500), |d| d.min(Duration::from_millis(500)));
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+            // Announce the sleep, then look once more: a hand-off sent before
+            // the announcement is seen here, one sent after it gets a wake-up.
+            self.sleeping.store(true, Ordering::SeqCst);
+            if !self.rx.is_empty() {
+                timeout = Duration::ZERO;
+            }
+            let polled = self.poll.poll(&mut events, Some(timeout));
+            self.sleeping.store(false, Ordering::SeqCst);
+            if let Err(e) = polled
                 && e.kind() != ErrorKind::Interrupted
             {
                 return Err(e);
             }
             self.now = Instant::now();
             for ev in events.iter() {
-                if ev.token() == WAKER {
-                    self.take_handoffs();
-                } else {
+                if ev.token() != WAKER {
                     self.on_event(ev);
                 }
             }
+            self.take_handoffs();
             self.expire();
             self.expire_udp_idle();
             if stop.load(Ordering::Relaxed) {
