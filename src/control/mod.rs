@@ -77,8 +77,16 @@ impl Control {
     /// Answers one request: `Ok(body)` or `Err(message)`.
     pub fn handle(&self, req: Request) -> Result<String, String> {
         match req {
-            Request::Stats => Ok(stats::table(&self.registry.total(), &self.registry.per_tunnel())),
-            Request::Metrics => Ok(stats::prometheus(&self.registry.total(), &self.registry.per_tunnel())),
+            Request::Stats => Ok(stats::table(
+                &self.registry.total(),
+                &self.registry.per_tunnel(),
+                &self.registry.per_source(),
+            )),
+            Request::Metrics => Ok(stats::prometheus(
+                &self.registry.total(),
+                &self.registry.per_tunnel(),
+                &self.registry.per_source(),
+            )),
             Request::RouteList => Ok(route_list(&self.live.load())),
             Request::RouteSet { source, tunnel, reset } => {
                 self.live.update(|cur| {
@@ -212,7 +220,7 @@ pub fn spawn_metrics(addr: SocketAddr, registry: Arc<Registry>) -> io::Result<st
             }
             let mut conn = conn;
             let _ = if first.starts_with("GET /metrics ") || first.starts_with("GET / ") {
-                let body = stats::prometheus(&registry.total(), &registry.per_tunnel());
+                let body = stats::prometheus(&registry.total(), &registry.per_tunnel(), &registry.per_source());
                 write!(
                     conn,
                     "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
@@ -276,7 +284,10 @@ mod tests {
             Request::RouteSet { source: "10.8.0.11".parse().unwrap(), tunnel: "b".into(), reset: false };
         ask(&path, &set).unwrap();
         assert_eq!(live.generation(), g0 + 1);
-        assert_eq!(live.load().route_id("10.8.0.11".parse().unwrap()), Some(1));
+        assert_eq!(
+            live.load().route_id("10.8.0.11".parse().unwrap()),
+            Some((Some("10.8.0.11/32".parse().unwrap()), 1))
+        );
         let list = ask(&path, &Request::RouteList).unwrap();
         assert!(list.contains("10.8.0.11/32 -> b"), "{list}");
         let bad =

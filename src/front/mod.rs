@@ -28,6 +28,7 @@ use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, SockRef, Socket, Type};
 
 use crate::config::{Settings, Tunnel};
+use crate::route::Cidr;
 use crate::stats::Counters;
 use crate::worker::{Handoff, TcpHandoff, WorkerHandle, reset};
 
@@ -93,14 +94,20 @@ impl Shared {
         Shared { settings, tunnels }
     }
 
-    /// The tunnel for a client, or `None` to reject it.
-    pub fn route(&self, client: IpAddr) -> Option<&Arc<Tunnel>> {
-        self.tunnels.get(usize::from(self.route_id(client)?))
+    /// The route that matched (`None` for the default) and the client's
+    /// tunnel, or `None` to reject it.
+    pub fn route(&self, client: IpAddr) -> Option<(Option<Cidr>, &Arc<Tunnel>)> {
+        let (source, id) = self.route_id(client)?;
+        Some((source, self.tunnels.get(usize::from(id))?))
     }
 
-    /// The index of the client's tunnel in `tunnels`, or `None` to reject it.
-    pub fn route_id(&self, client: IpAddr) -> Option<u16> {
-        self.settings.routes.lookup(client).or(self.settings.default)
+    /// The route that matched and the index of the client's tunnel in
+    /// `tunnels`, or `None` to reject it.
+    pub fn route_id(&self, client: IpAddr) -> Option<(Option<Cidr>, u16)> {
+        match self.settings.routes.lookup_route(client) {
+            Some((c, id)) => Some((Some(c), id)),
+            None => self.settings.default.map(|id| (None, id)),
+        }
     }
 }
 
@@ -288,14 +295,14 @@ impl FrontLoop {
                 return;
             }
         };
-        let Some(tunnel) = self.shared.route(client.ip()) else {
+        let Some((source, tunnel)) = self.shared.route(client.ip()) else {
             Counters::inc(&self.counters.drop_no_route);
             debug!(target: "egressd::front", "{client} -> tcp {orig_dst}: no route for this source; reset");
             reset(&sock);
             return;
         };
         let w = worker_for(client.ip(), self.workers.len());
-        let h = Handoff::Tcp(TcpHandoff { stream, client, orig_dst, tunnel: Arc::clone(tunnel) });
+        let h = Handoff::Tcp(TcpHandoff { stream, client, orig_dst, tunnel: Arc::clone(tunnel), source });
         match self.workers[w].try_send(h) {
             Ok(()) => self.to_wake[w] = true,
             Err(Handoff::Tcp(h)) => {

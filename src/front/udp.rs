@@ -111,7 +111,7 @@ impl FrontLoop {
                 return;
             }
         };
-        let Some(tunnel) = self.shared.route_id(client.ip()) else {
+        let Some(route) = self.shared.route_id(client.ip()) else {
             Counters::inc(&self.counters.udp_drop_no_route);
             debug!(target: "egressd::front", "{client} -> udp {orig_dst}: no route for this source; dropped");
             return;
@@ -124,7 +124,7 @@ impl FrontLoop {
             b
         });
         let at = k * MAX_DATAGRAM;
-        batch.push(client, orig_dst, tunnel, &self.rdata[at..at + meta.len]);
+        batch.push(client, orig_dst, route, &self.rdata[at..at + meta.len]);
         if batch.is_full() {
             self.send_batch(w);
         }

@@ -143,18 +143,29 @@ impl<T: Copy> RouteTable<T> {
 
     /// The value of the longest prefix containing `ip`.
     pub fn lookup(&self, ip: IpAddr) -> Option<T> {
+        self.lookup_route(ip).map(|(_, v)| v)
+    }
+
+    /// The longest prefix containing `ip`, and its value.
+    pub fn lookup_route(&self, ip: IpAddr) -> Option<(Cidr, T)> {
         match ip {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
-                self.v4.iter().find_map(|(len, m)| m.get(&mask_v4(a, *len)).copied())
+                self.v4.iter().find_map(|(len, m)| {
+                    let k = mask_v4(a, *len);
+                    m.get(&k).map(|v| (Cidr { addr: IpAddr::V4(Ipv4Addr::from(k)), len: *len }, *v))
+                })
             }
             IpAddr::V6(a) => {
                 // An IPv4-mapped client (dual-stack socket) is routed as IPv4.
                 if let Some(v4) = a.to_ipv4_mapped() {
-                    return self.lookup(IpAddr::V4(v4));
+                    return self.lookup_route(IpAddr::V4(v4));
                 }
                 let a = u128::from(a);
-                self.v6.iter().find_map(|(len, m)| m.get(&mask_v6(a, *len)).copied())
+                self.v6.iter().find_map(|(len, m)| {
+                    let k = mask_v6(a, *len);
+                    m.get(&k).map(|v| (Cidr { addr: IpAddr::V6(Ipv6Addr::from(k)), len: *len }, *v))
+                })
             }
         }
     }
@@ -247,6 +258,7 @@ mod tests {
         assert_eq!(t.lookup(ip("10.8.0.10")), Some(2));
         assert_eq!(t.lookup(ip("10.8.0.11")), Some(3));
         assert_eq!(t.lookup(ip("10.8.0.200")), Some(1));
+        assert_eq!(t.lookup_route(ip("10.8.0.11")), Some((c("10.8.0.0/25"), 3)));
         assert_eq!(t.lookup(ip("192.0.2.1")), Some(0));
         assert_eq!(t.lookup(ip("fd08::1")), None, "IPv4 /0 must not match IPv6");
     }

@@ -45,6 +45,10 @@ counters! {
     tcp_upstream_failed,
     /// Of those, connect or handshake timeouts.
     tcp_connect_timeout,
+    /// Of those, handshakes the server refused or broke (any reason).
+    tcp_handshake_failed,
+    /// Of those, credentials rejected (SOCKS5 auth status, HTTP 401/407).
+    tcp_auth_rejected,
     /// Flows closed by the idle timeout.
     tcp_idle_closed,
     /// Bytes from clients to upstreams.
@@ -122,6 +126,7 @@ impl Counters {
 pub struct Registry {
     threads: std::sync::Mutex<Vec<std::sync::Arc<Counters>>>,
     tunnels: std::sync::Mutex<Vec<(String, std::sync::Arc<Counters>)>>,
+    sources: std::sync::Mutex<Vec<(String, std::sync::Arc<Counters>)>>,
 }
 
 impl Registry {
@@ -142,6 +147,21 @@ impl Registry {
         c
     }
 
+    /// Counters for one worker's flows from the route source `label`.
+    pub fn source(&self, label: &str) -> std::sync::Arc<Counters> {
+        let c = std::sync::Arc::new(Counters::default());
+        self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((label.to_string(), std::sync::Arc::clone(&c)));
+        c
+    }
+
+    /// Per route source, summed over workers, sorted by label.
+    pub fn per_source(&self) -> Vec<(String, Snapshot)> {
+        sum_by_name(&self.sources.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// The sum over all threads.
     pub fn total(&self) -> Snapshot {
         let t = self.threads.lock().unwrap_or_else(|e| e.into_inner());
@@ -150,20 +170,51 @@ impl Registry {
 
     /// Per tunnel, summed over workers, sorted by name.
     pub fn per_tunnel(&self) -> Vec<(String, Snapshot)> {
-        let t = self.tunnels.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<(String, Snapshot)> = Vec::new();
-        for (name, c) in t.iter() {
-            match out.iter_mut().find(|(n, _)| n == name) {
-                Some((_, s)) => c.add_to(s),
-                None => {
-                    let mut s = Snapshot::default();
-                    c.add_to(&mut s);
-                    out.push((name.clone(), s));
-                }
+        sum_by_name(&self.tunnels.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+fn sum_by_name(list: &[(String, std::sync::Arc<Counters>)]) -> Vec<(String, Snapshot)> {
+    let mut out: Vec<(String, Snapshot)> = Vec::new();
+    for (name, c) in list {
+        match out.iter_mut().find(|(n, _)| n == name) {
+            Some((_, s)) => c.add_to(s),
+            None => {
+                let mut s = Snapshot::default();
+                c.add_to(&mut s);
+                out.push((name.clone(), s));
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// One flow's counters besides its thread's: its tunnel's and its route
+/// source's (both this worker's own, so never contended).
+#[derive(Debug, Clone)]
+pub struct Tally {
+    pub tunnel: std::sync::Arc<Counters>,
+    pub source: std::sync::Arc<Counters>,
+}
+
+impl Tally {
+    #[inline]
+    pub fn inc(&self, f: impl Fn(&Counters) -> &AtomicU64) {
+        Counters::inc(f(&self.tunnel));
+        Counters::inc(f(&self.source));
+    }
+
+    #[inline]
+    pub fn add(&self, f: impl Fn(&Counters) -> &AtomicU64, n: u64) {
+        Counters::add(f(&self.tunnel), n);
+        Counters::add(f(&self.source), n);
+    }
+
+    #[inline]
+    pub fn dec(&self, f: impl Fn(&Counters) -> &AtomicU64) {
+        Counters::dec(f(&self.tunnel));
+        Counters::dec(f(&self.source));
     }
 }
 
@@ -173,7 +224,7 @@ pub fn is_gauge(name: &str) -> bool {
 }
 
 /// The counters as a readable table: per tunnel, then totals and drops.
-pub fn table(total: &Snapshot, tunnels: &[(String, Snapshot)]) -> String {
+pub fn table(total: &Snapshot, tunnels: &[(String, Snapshot)], sources: &[(String, Snapshot)]) -> String {
     use std::fmt::Write;
     let mut o = String::new();
     let _ = writeln!(
@@ -210,6 +261,12 @@ pub fn table(total: &Snapshot, tunnels: &[(String, Snapshot)]) -> String {
         row(&mut o, name, s);
     }
     row(&mut o, "(all)", total);
+    if !sources.is_empty() {
+        let _ = writeln!(o, "\nper route source:");
+        for (name, s) in sources {
+            row(&mut o, name, s);
+        }
+    }
     let _ = writeln!(o, "\ncounters (all threads):");
     for (name, v) in total.fields() {
         let _ = writeln!(o, "  {name:<24} {v}");
@@ -218,7 +275,11 @@ pub fn table(total: &Snapshot, tunnels: &[(String, Snapshot)]) -> String {
 }
 
 /// The counters in Prometheus text format (version 0.0.4).
-pub fn prometheus(total: &Snapshot, tunnels: &[(String, Snapshot)]) -> String {
+pub fn prometheus(
+    total: &Snapshot,
+    tunnels: &[(String, Snapshot)],
+    sources: &[(String, Snapshot)],
+) -> String {
     use std::fmt::Write;
     let mut o = String::new();
     for (i, (name, v)) in total.fields().into_iter().enumerate() {
@@ -231,10 +292,12 @@ pub fn prometheus(total: &Snapshot, tunnels: &[(String, Snapshot)]) -> String {
         };
         let _ = writeln!(o, "# TYPE {metric} {kind}");
         let _ = writeln!(o, "{metric} {v}");
-        for (t, s) in tunnels {
-            let tv = s.fields()[i].1;
-            let label = t.replace('\\', "\\\\").replace('"', "\\\"");
-            let _ = writeln!(o, "{metric}{{tunnel=\"{label}\"}} {tv}");
+        for (key, list) in [("tunnel", tunnels), ("source", sources)] {
+            for (t, s) in list {
+                let tv = s.fields()[i].1;
+                let label = t.replace('\\', "\\\\").replace('"', "\\\"");
+                let _ = writeln!(o, "{metric}{{{key}=\"{label}\"}} {tv}");
+            }
         }
     }
     o
@@ -261,6 +324,8 @@ mod tests {
         let a1 = r.tunnel("hk0");
         let a2 = r.tunnel("hk0");
         let b = r.tunnel("hk1");
+        let s1 = r.source("10.8.0.10/32");
+        Counters::add(&s1.tcp_bytes_down, 7);
         Counters::inc(&a1.tcp_flows_total);
         Counters::inc(&a2.tcp_flows_total);
         Counters::inc(&b.udp_sessions_active);
@@ -269,13 +334,15 @@ mod tests {
         assert_eq!(per[0].0, "hk0");
         assert_eq!(per[0].1.tcp_flows_total, 2);
         assert_eq!(r.total().tcp_bytes_up, 5);
-        let prom = prometheus(&r.total(), &per);
+        let src = r.per_source();
+        let prom = prometheus(&r.total(), &per, &src);
         assert!(prom.contains("# TYPE egressd_tcp_flows_total counter"), "{prom}");
         assert!(prom.contains("egressd_tcp_flows_total{tunnel=\"hk0\"} 2"), "{prom}");
         assert!(prom.contains("egressd_tcp_bytes_up_total 5"), "{prom}");
         assert!(prom.contains("# TYPE egressd_udp_sessions_active gauge"));
         assert!(prom.contains("egressd_udp_sessions_active{tunnel=\"hk1\"} 1"));
-        let tab = table(&r.total(), &per);
+        assert!(prom.contains("egressd_tcp_bytes_down_total{source=\"10.8.0.10/32\"} 7"), "{prom}");
+        let tab = table(&r.total(), &per, &src);
         assert!(tab.lines().nth(1).unwrap().starts_with("hk0"), "{tab}");
     }
 

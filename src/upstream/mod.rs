@@ -47,6 +47,19 @@ impl fmt::Display for HandshakeError {
     }
 }
 
+impl HandshakeError {
+    /// The server rejected our credentials (SOCKS5 auth status, HTTP 401/407).
+    pub fn is_auth_rejected(&self) -> bool {
+        use crate::wire::http::HttpError;
+        use crate::wire::socks5::Socks5Error;
+        matches!(
+            self,
+            HandshakeError::Socks5(Socks5Error::AuthRejected(_))
+                | HandshakeError::Http(HttpError::Status(401 | 407))
+        )
+    }
+}
+
 impl From<crate::wire::socks5::Socks5Error> for HandshakeError {
     fn from(e: crate::wire::socks5::Socks5Error) -> Self {
         HandshakeError::Socks5(e)

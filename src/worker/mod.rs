@@ -36,7 +36,8 @@ use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 
 use crate::config::{Credentials, Settings, Tunnel, TunnelKind};
 use crate::relay::{PipePool, Pump, PumpError, Pumped, RelayCtx};
-use crate::stats::{Counters, Registry};
+use crate::route::Cidr;
+use crate::stats::{Counters, Registry, Tally};
 use crate::upstream::{self, Handshake, Progress};
 use slab::{Kind, Slab};
 use std::collections::HashMap;
@@ -54,6 +55,8 @@ pub struct TcpHandoff {
     pub client: SocketAddr,
     pub orig_dst: SocketAddr,
     pub tunnel: Arc<Tunnel>,
+    /// The route that matched (`None`: the default tunnel), for counters.
+    pub source: Option<Cidr>,
 }
 
 pub enum Handoff {
@@ -112,8 +115,8 @@ struct Flow {
     client_addr: SocketAddr,
     orig_dst: SocketAddr,
     tunnel: Arc<Tunnel>,
-    /// This worker's counters for the tunnel.
-    tc: Arc<Counters>,
+    /// This worker's counters for the tunnel and the route source.
+    tc: Tally,
     stage: Stage,
     /// client → upstream
     up: Pump,
@@ -143,8 +146,9 @@ pub struct WorkerLoop {
     settings: Arc<Settings>,
     counters: Arc<Counters>,
     registry: Arc<Registry>,
-    /// This worker's counters per tunnel name.
+    /// This worker's counters per tunnel name and per route source.
     per_tunnel: HashMap<String, Arc<Counters>>,
+    per_source: HashMap<Option<Cidr>, Arc<Counters>>,
     fail_log: Arc<FailLog>,
     udp: udp::Udp,
     recycle: Sender<UdpBatch>,
@@ -204,6 +208,7 @@ impl WorkerLoop {
             counters,
             registry,
             per_tunnel: HashMap::new(),
+            per_source: HashMap::new(),
             fail_log,
             udp: udp::Udp::new(&settings.udp, settings.threads),
             recycle,
@@ -272,10 +277,10 @@ impl WorkerLoop {
     }
 
     fn start_flow(&mut self, h: TcpHandoff) {
-        let TcpHandoff { stream, client, orig_dst, tunnel } = h;
-        let tc = self.tunnel_counters(&tunnel.name);
+        let TcpHandoff { stream, client, orig_dst, tunnel, source } = h;
+        let tc = self.tally(&tunnel.name, source);
         Counters::inc(&self.counters.tcp_flows_total);
-        Counters::inc(&tc.tcp_flows_total);
+        tc.inc(|c| &c.tcp_flows_total);
         debug!(target: "egressd::worker", "{client} -> tcp {orig_dst} via {}", tunnel.name);
         let target = match tunnel.kind.server() {
             None => orig_dst,
@@ -315,7 +320,7 @@ impl WorkerLoop {
         let ok = reg.register(&mut f.client, slab::token(slot, generation, Kind::Client), both).is_ok()
             && reg.register(&mut f.upstream, slab::token(slot, generation, Kind::Upstream), both).is_ok();
         Counters::inc(&self.counters.tcp_flows_active);
-        Counters::inc(&f.tc.tcp_flows_active);
+        f.tc.inc(|c| &c.tcp_flows_active);
         if !ok {
             self.end(slot, End::Failed("register", "cannot register sockets with epoll".into()));
             return;
@@ -339,13 +344,25 @@ impl WorkerLoop {
     }
 
     /// Per-tunnel counters of this worker, created on first use.
-    fn tunnel_counters(&mut self, name: &str) -> Arc<Counters> {
-        if let Some(c) = self.per_tunnel.get(name) {
-            return Arc::clone(c);
-        }
-        let c = self.registry.tunnel(name);
-        self.per_tunnel.insert(name.to_string(), Arc::clone(&c));
-        c
+    fn tally(&mut self, tunnel: &str, source: Option<Cidr>) -> Tally {
+        let t = match self.per_tunnel.get(tunnel) {
+            Some(c) => Arc::clone(c),
+            None => {
+                let c = self.registry.tunnel(tunnel);
+                self.per_tunnel.insert(tunnel.to_string(), Arc::clone(&c));
+                c
+            }
+        };
+        let s = match self.per_source.get(&source) {
+            Some(c) => Arc::clone(c),
+            None => {
+                let label = source.map_or_else(|| "(default)".to_string(), |c| c.to_string());
+                let c = self.registry.source(&label);
+                self.per_source.insert(source, Arc::clone(&c));
+                c
+            }
+        };
+        Tally { tunnel: t, source: s }
     }
 
     /// Resets a client whose flow never started.
@@ -355,11 +372,11 @@ impl WorkerLoop {
         client: SocketAddr,
         dst: SocketAddr,
         t: &Tunnel,
-        tc: &Counters,
+        tc: &Tally,
         why: &str,
     ) {
         Counters::inc(&self.counters.tcp_upstream_failed);
-        Counters::inc(&tc.tcp_upstream_failed);
+        tc.inc(|c| &c.tcp_upstream_failed);
         self.log_failure(client, dst, t, why);
         reset(&SockRef::from(s));
     }
@@ -430,8 +447,9 @@ impl WorkerLoop {
                     }
                     match drive_handshake(&mut f.upstream, hs, auth_of(&f.tunnel), &mut relay.scratch) {
                         Drive::Pending => return None,
-                        Drive::Failed(why) => {
-                            return Some(End::Failed("handshake", handshake_error(&f.tunnel, why)));
+                        Drive::Failed(why, auth) => {
+                            let kind = if auth { "auth" } else { "handshake" };
+                            return Some(End::Failed(kind, handshake_error(&f.tunnel, why)));
                         }
                         Drive::Done(extra) => f.down.preload(&relay.scratch[extra]),
                     }
@@ -447,8 +465,8 @@ impl WorkerLoop {
                         f.last_active = now;
                         Counters::add(&self.counters.tcp_bytes_up, f.up.bytes - up0);
                         Counters::add(&self.counters.tcp_bytes_down, f.down.bytes - down0);
-                        Counters::add(&f.tc.tcp_bytes_up, f.up.bytes - up0);
-                        Counters::add(&f.tc.tcp_bytes_down, f.down.bytes - down0);
+                        f.tc.add(|c| &c.tcp_bytes_up, f.up.bytes - up0);
+                        f.tc.add(|c| &c.tcp_bytes_down, f.down.bytes - down0);
                     }
                     return r;
                 }
@@ -495,7 +513,7 @@ impl WorkerLoop {
     fn end(&mut self, slot: usize, end: End) {
         let Some(mut f) = self.flows.remove(slot) else { return };
         Counters::dec(&self.counters.tcp_flows_active);
-        Counters::dec(&f.tc.tcp_flows_active);
+        f.tc.dec(|c| &c.tcp_flows_active);
         f.up.release(&mut self.relay.pipes);
         f.down.release(&mut self.relay.pipes);
         match end {
@@ -505,9 +523,16 @@ impl WorkerLoop {
             }
             End::Failed(kind, why) => {
                 Counters::inc(&self.counters.tcp_upstream_failed);
-                Counters::inc(&f.tc.tcp_upstream_failed);
-                if kind == "timeout" {
-                    Counters::inc(&self.counters.tcp_connect_timeout);
+                f.tc.inc(|c| &c.tcp_upstream_failed);
+                match kind {
+                    "timeout" => Counters::inc(&self.counters.tcp_connect_timeout),
+                    "handshake" => Counters::inc(&self.counters.tcp_handshake_failed),
+                    "auth" => {
+                        Counters::inc(&self.counters.tcp_handshake_failed);
+                        Counters::inc(&self.counters.tcp_auth_rejected);
+                        f.tc.inc(|c| &c.tcp_auth_rejected);
+                    }
+                    _ => {}
                 }
                 self.log_failure(f.client_addr, f.orig_dst, &f.tunnel, &why);
                 reset(&SockRef::from(&f.client));
@@ -571,7 +596,8 @@ enum Drive {
     Pending,
     /// Open; bytes of `scratch` in this range arrived after the handshake.
     Done(std::ops::Range<usize>),
-    Failed(String),
+    /// Why, and whether it was the credentials the server rejected.
+    Failed(String, bool),
 }
 
 /// Sends what the handshake holds and feeds it what the server sent, until
@@ -588,19 +614,19 @@ fn drive_handshake(
                 Ok(n) => hs.sent(n),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Drive::Pending,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Drive::Failed(format!("write to server: {e}")),
+                Err(e) => return Drive::Failed(format!("write to server: {e}"), false),
             }
         }
         let n = match s.read(scratch) {
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Drive::Pending,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Drive::Failed(format!("read from server: {e}")),
+            Err(e) => return Drive::Failed(format!("read from server: {e}"), false),
         };
         match hs.on_input(&scratch[..n], auth) {
             Ok(Progress::Continue) => {}
             Ok(Progress::Connected { consumed }) => return Drive::Done(consumed..n),
-            Err(e) => return Drive::Failed(e.to_string()),
+            Err(e) => return Drive::Failed(e.to_string(), e.is_auth_rejected()),
         }
     }
 }

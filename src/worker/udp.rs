@@ -30,7 +30,8 @@ use super::dns::DnsConn;
 use super::slab::{self, Kind, Slab};
 use super::{Drive, WorkerLoop, auth_of, connect, drive_handshake, keepalive};
 use crate::config::{Tunnel, TunnelKind, UdpSettings};
-use crate::stats::Counters;
+use crate::route::Cidr;
+use crate::stats::{Counters, Tally};
 use crate::udp::{Insert, Limits, Lru, SessionTable};
 use crate::upstream::{Handshake, Socks5Handshake};
 use crate::wire::socks5::{self, Bound};
@@ -52,6 +53,8 @@ pub struct UdpItem {
     pub client: SocketAddr,
     pub orig_dst: SocketAddr,
     pub tunnel: u16,
+    /// The route that matched (`None`: the default tunnel), for counters.
+    pub source: Option<Cidr>,
     pub start: u32,
     pub len: u32,
 }
@@ -61,10 +64,17 @@ impl UdpBatch {
         UdpBatch { tunnels, items: Vec::with_capacity(64), data: Vec::with_capacity(64 * 1024) }
     }
 
-    pub fn push(&mut self, client: SocketAddr, orig_dst: SocketAddr, tunnel: u16, payload: &[u8]) {
+    pub fn push(
+        &mut self,
+        client: SocketAddr,
+        orig_dst: SocketAddr,
+        route: (Option<Cidr>, u16),
+        payload: &[u8],
+    ) {
         let start = self.data.len() as u32;
         self.data.extend_from_slice(payload);
-        self.items.push(UdpItem { client, orig_dst, tunnel, start, len: payload.len() as u32 });
+        let (source, tunnel) = route;
+        self.items.push(UdpItem { client, orig_dst, tunnel, source, start, len: payload.len() as u32 });
     }
 
     /// Whether the batch should go now rather than grow further.
@@ -78,6 +88,7 @@ struct Datagram<'a> {
     client: SocketAddr,
     orig_dst: SocketAddr,
     tunnel: &'a Arc<Tunnel>,
+    source: Option<Cidr>,
     data: &'a [u8],
 }
 
@@ -103,8 +114,8 @@ enum Link {
 struct Session {
     client: SocketAddr,
     tunnel: Arc<Tunnel>,
-    /// This worker's counters for the tunnel.
-    tc: Arc<Counters>,
+    /// This worker's counters for the tunnel and the route source.
+    tc: Tally,
     link: Link,
 }
 
@@ -196,7 +207,13 @@ impl WorkerLoop {
             let Some(tunnel) = b.tunnels.get(usize::from(it.tunnel)) else { continue };
             let (start, end) = (it.start as usize, it.start as usize + it.len as usize);
             let Some(data) = b.data.get(start..end) else { continue };
-            self.on_datagram(Datagram { client: it.client, orig_dst: it.orig_dst, tunnel, data });
+            self.on_datagram(Datagram {
+                client: it.client,
+                orig_dst: it.orig_dst,
+                tunnel,
+                source: it.source,
+                data,
+            });
         }
         b.items.clear();
         b.data.clear();
@@ -215,9 +232,9 @@ impl WorkerLoop {
             return;
         }
         let Some(link) = self.open_link(&d) else { return };
-        let tc = self.tunnel_counters(&d.tunnel.name);
-        Counters::inc(&tc.udp_sessions_total);
-        Counters::inc(&tc.udp_sessions_active);
+        let tc = self.tally(&d.tunnel.name, d.source);
+        tc.inc(|c| &c.udp_sessions_total);
+        tc.inc(|c| &c.udp_sessions_active);
         let session = Session { client: d.client, tunnel: Arc::clone(d.tunnel), tc, link };
         let (slot, generation) = self.udp.sessions.insert(session);
         Counters::inc(&self.counters.udp_sessions_total);
@@ -228,7 +245,7 @@ impl WorkerLoop {
             Insert::Evicted(client, old) => {
                 Counters::inc(&self.counters.udp_sessions_evicted);
                 if let Some(s) = self.udp.sessions.get(old) {
-                    Counters::inc(&s.tc.udp_sessions_evicted);
+                    s.tc.inc(|c| &c.udp_sessions_evicted);
                 }
                 debug!(target: "egressd::udp", "{client}: session evicted (max_sessions)");
                 self.drop_session(old);
@@ -357,8 +374,8 @@ impl WorkerLoop {
             Ok(()) => {
                 Counters::inc(&self.counters.udp_dgrams_up);
                 Counters::add(&self.counters.udp_bytes_up, data.len() as u64);
-                Counters::inc(&s.tc.udp_dgrams_up);
-                Counters::add(&s.tc.udp_bytes_up, data.len() as u64);
+                s.tc.inc(|c| &c.udp_dgrams_up);
+                s.tc.add(|c| &c.udp_bytes_up, data.len() as u64);
             }
             Err(e) => {
                 Counters::inc(&self.counters.udp_drop_send);
@@ -404,7 +421,7 @@ impl WorkerLoop {
                 }
                 match drive_handshake(ctrl, hs, auth_of(&s.tunnel), scratch) {
                     Drive::Pending => return,
-                    Drive::Failed(why) => (None, why),
+                    Drive::Failed(why, _) => (None, why),
                     Drive::Done(_) => (hs.bound(), String::new()),
                 }
             }
@@ -493,8 +510,8 @@ impl WorkerLoop {
             if r.is_ok()
                 && let Some(s) = self.udp.sessions.get(slot)
             {
-                Counters::inc(&s.tc.udp_dgrams_down);
-                Counters::add(&s.tc.udp_bytes_down, n);
+                s.tc.inc(|c| &c.udp_dgrams_down);
+                s.tc.add(|c| &c.udp_bytes_down, n);
             }
             self.count_reply(r, remote, client, n);
         }
@@ -595,7 +612,7 @@ impl WorkerLoop {
     fn drop_session(&mut self, slot: usize) {
         if let Some(s) = self.udp.sessions.remove(slot) {
             Counters::dec(&self.counters.udp_sessions_active);
-            Counters::dec(&s.tc.udp_sessions_active);
+            s.tc.dec(|c| &c.udp_sessions_active);
             match s.link {
                 Link::Associating { pending, .. } => {
                     Counters::add(&self.counters.udp_drop_pending, pending.len() as u64);
