@@ -192,7 +192,7 @@ impl WorkerLoop {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-        let (recycle, recycled) = crossbeam_channel::bounded(64);
+        let (recycle, recycled) = crossbeam_channel::bounded(16);
         let w = WorkerLoop {
             id,
             poll,

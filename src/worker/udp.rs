@@ -79,7 +79,7 @@ impl UdpBatch {
 
     /// Whether the batch should go now rather than grow further.
     pub fn is_full(&self) -> bool {
-        self.items.len() >= 256 || self.data.len() >= 512 * 1024
+        self.items.len() >= 256 || self.data.len() >= 128 * 1024
     }
 }
 
@@ -217,7 +217,9 @@ impl WorkerLoop {
         }
         b.items.clear();
         b.data.clear();
-        if b.data.capacity() <= 1 << 20 {
+        // Keep only modest buffers for reuse (a flood of large datagrams
+        // must not leave megabytes parked in the recycle channel).
+        if b.data.capacity() <= 256 * 1024 {
             let _ = self.recycle.try_send(b);
         }
     }
@@ -430,11 +432,11 @@ impl WorkerLoop {
                 // the server says on it is ignored until it closes.
                 loop {
                     match ctrl.read(scratch) {
-                        Ok(0) => return self.end_session(slot, "control connection closed by the server"),
+                        Ok(0) => return self.fail_session(slot, "control connection closed by the server"),
                         Ok(_) => {}
                         Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                         Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                        Err(e) => return self.end_session(slot, &format!("control connection: {e}")),
+                        Err(e) => return self.fail_session(slot, &format!("control connection: {e}")),
                     }
                 }
             }
@@ -558,8 +560,15 @@ impl WorkerLoop {
     /// Ends sessions whose idle time ran out.
     pub(super) fn expire_udp_idle(&mut self) {
         while let Some((client, slot)) = self.udp.table.pop_expired(self.now) {
-            debug!(target: "egressd::udp", "{client}: session idle; closed");
-            self.drop_session(slot);
+            let associating =
+                self.udp.sessions.get(slot).is_some_and(|s| matches!(s.link, Link::Associating { .. }));
+            if associating {
+                // Idle out before the server answered: a failed association.
+                self.fail_session(slot, "no UDP ASSOCIATE answer before the session's idle timeout");
+            } else {
+                debug!(target: "egressd::udp", "{client}: session idle; closed");
+                self.drop_session(slot);
+            }
         }
     }
 
@@ -584,6 +593,7 @@ impl WorkerLoop {
     fn fail_session(&mut self, slot: usize, why: &str) {
         Counters::inc(&self.counters.udp_assoc_failed);
         if let Some(s) = self.udp.sessions.get(slot) {
+            s.tc.inc(|c| &c.udp_assoc_failed);
             let t = Arc::clone(&s.tunnel);
             self.log_udp_failure(&t, why);
         }
