@@ -17,6 +17,10 @@ use crate::stats::Registry;
 use crate::sys;
 use crate::worker::{FailLog, Handoff, WorkerHandle, WorkerLoop};
 
+/// Stack of each loop thread: they keep their state on the heap, and a
+/// small stack keeps the resident set small.
+const STACK: usize = 256 * 1024;
+
 /// How long flows may drain after SIGTERM/SIGINT.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -129,11 +133,21 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     let mut threads = Vec::new();
     for (i, w) in workers.into_iter().enumerate() {
         let stop = Arc::clone(&stop);
-        threads.push(thread::Builder::new().name(format!("egressd-w{i}")).spawn(move || w.run(&stop, DRAIN)));
+        threads.push(
+            thread::Builder::new()
+                .name(format!("egressd-w{i}"))
+                .stack_size(STACK)
+                .spawn(move || w.run(&stop, DRAIN)),
+        );
     }
     for (i, f) in fronts.into_iter().enumerate() {
         let stop = Arc::clone(&stop);
-        threads.push(thread::Builder::new().name(format!("egressd-f{i}")).spawn(move || f.run(&stop)));
+        threads.push(
+            thread::Builder::new()
+                .name(format!("egressd-f{i}"))
+                .stack_size(STACK)
+                .spawn(move || f.run(&stop)),
+        );
     }
     info!(target: "egressd", "running");
 

@@ -125,8 +125,6 @@ pub struct FrontLoop {
     seen: u64,
     shared: Arc<Shared>,
     counters: Arc<Counters>,
-    /// Workers that got a hand-off since the last wake.
-    to_wake: Vec<bool>,
     paused_until: Option<Instant>,
 }
 
@@ -183,7 +181,6 @@ impl FrontLoop {
             poll.registry().register(&mut u, Token(UDP_TOKEN + i), Interest::READABLE)?;
             udp.push((u, *addr));
         }
-        let to_wake = vec![false; workers.len()];
         Ok(FrontLoop {
             id,
             poll,
@@ -197,7 +194,6 @@ impl FrontLoop {
             seen,
             shared,
             counters,
-            to_wake,
             paused_until: None,
         })
     }
@@ -237,18 +233,9 @@ impl FrontLoop {
                     self.accept_all(t);
                 }
             }
-            self.wake_workers();
         }
         debug!(target: "egressd::front", "front {} stopped accepting", self.id);
         Ok(())
-    }
-
-    fn wake_workers(&mut self) {
-        for (i, w) in self.to_wake.iter_mut().enumerate() {
-            if std::mem::take(w) {
-                self.workers[i].wake();
-            }
-        }
     }
 
     /// Accepts until the backlog is empty (edge-triggered).
@@ -304,7 +291,8 @@ impl FrontLoop {
         let w = worker_for(client.ip(), self.workers.len());
         let h = Handoff::Tcp(TcpHandoff { stream, client, orig_dst, tunnel: Arc::clone(tunnel), source });
         match self.workers[w].try_send(h) {
-            Ok(()) => self.to_wake[w] = true,
+            // An atomic swap; an eventfd write only if the worker sleeps.
+            Ok(()) => self.workers[w].wake(),
             Err(Handoff::Tcp(h)) => {
                 Counters::inc(&self.counters.drop_queue_full);
                 warn!(target: "egressd::front", "{client} -> tcp {orig_dst}: worker {w} queue full; reset");

@@ -139,7 +139,7 @@ impl FrontLoop {
     fn send_batch(&mut self, w: usize) {
         let Some(b) = self.batches[w].take() else { return };
         match self.workers[w].try_send(Handoff::Udp(b)) {
-            Ok(()) => self.to_wake[w] = true,
+            Ok(()) => self.workers[w].wake(),
             Err(Handoff::Udp(b)) => Counters::add(&self.counters.udp_drop_queue_full, b.items.len() as u64),
             Err(_) => unreachable!("a UDP hand-off comes back as UDP"),
         }

@@ -44,10 +44,13 @@ use std::collections::HashMap;
 pub use udp::{UdpBatch, UdpItem};
 
 const WAKER: Token = Token(usize::MAX);
-/// Scratch buffer shared by every flow of a worker.
-const SCRATCH: usize = 64 * 1024;
-/// Hand-off queue length per worker.
-pub const QUEUE: usize = 4096;
+/// Scratch buffer shared by every flow of a worker. Large enough that the
+/// allocator maps it on its own: pages never used cost no memory.
+const SCRATCH: usize = 256 * 1024;
+/// Hand-off queue length per worker. The channel lays out every slot up
+/// front (about 110 bytes each), so this is resident memory: 1024 slots
+/// absorb any burst a front loop hands over between two worker turns.
+pub const QUEUE: usize = 1024;
 
 /// A client connection the front loop accepted and routed.
 pub struct TcpHandoff {
