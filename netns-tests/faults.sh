@@ -218,17 +218,7 @@ fi
 CONF=$EG_TMP/egressd.ron
 write_config "$CONF"
 EGRESSD_LOG=$EG_TMP/egressd.log
-if ! egressd_start --config "$CONF"; then
-	fail "egressd run" "did not listen within 15 s"
-	show_egressd_log
-	summary
-	exit 1
-fi
-if ! egressd_rules_apply --config "$CONF" >"$EG_TMP/rules.out" 2>&1; then
-	fail "egressd rules | sh" "$(tail -n 3 "$EG_TMP/rules.out" | oneline)"
-	summary
-	exit 1
-fi
+egressd_up_or_exit "$CONF"
 wait_until 5 test -S "$SOCK"
 
 # Warm up (pipes in the relay's pool, reply sockets, each worker's first

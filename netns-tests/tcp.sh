@@ -94,17 +94,7 @@ fi
 
 # ------------------------------------------------------------------ egressd up
 snap_rules >"$EG_TMP/rules.pristine"
-if ! egressd_start --config "$CONF"; then
-	fail "egressd run" "did not listen on 10.8.0.1:$LISTEN_PORT and [fd08::1]:$LISTEN_PORT within 15 s"
-	show_egressd_log
-	summary
-	exit 1
-fi
-if ! egressd_rules_apply --config "$CONF" >"$EG_TMP/rules.out" 2>&1; then
-	fail "egressd rules | sh" "$(tail -n 3 "$EG_TMP/rules.out" | tr '\n' ' ')"
-	summary
-	exit 1
-fi
+egressd_up_or_exit "$CONF"
 pass "egressd runs in gw and its rules apply"
 
 seen=$(curl_whoami "${NS_C[0]}")

@@ -365,6 +365,22 @@ egressd_rules_apply() {
 	nsx "$NS_GW" sh -e "$EG_TMP/rules.sh"
 }
 
+# egressd_up_or_exit CONFIG — egressd_start + egressd_rules_apply with CONFIG;
+# on failure print FAIL (with the log), the summary, and exit the script.
+egressd_up_or_exit() {
+	if ! egressd_start --config "$1"; then
+		fail "egressd run" "did not listen within 15 s"
+		show_egressd_log
+		summary
+		exit 1
+	fi
+	if ! egressd_rules_apply --config "$1" >"$EG_TMP/rules.out" 2>&1; then
+		fail "egressd rules | sh" "$(tail -n 3 "$EG_TMP/rules.out" | tr '\n' ' ')"
+		summary
+		exit 1
+	fi
+}
+
 # curl_whoami NS [-6] — what the who-am-i service saw as our address.
 curl_whoami() {
 	local ns=$1 url="http://$TARGET4/"

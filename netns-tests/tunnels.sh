@@ -355,17 +355,7 @@ EOF
 "$(egressd_bin)" check --config "$CONF" >"$EG_TMP/check.out" 2>&1
 check_rc=$?
 EGRESSD_LOG=$EG_TMP/egressd.log
-if ! egressd_start --config "$CONF"; then
-	fail "egressd run" "did not listen within 15 s"
-	show_egressd_log
-	summary
-	exit 1
-fi
-if ! egressd_rules_apply --config "$CONF" >"$EG_TMP/rules.out" 2>&1; then
-	fail "egressd rules | sh" "$(tail -n 3 "$EG_TMP/rules.out" | tr '\n' ' ')"
-	summary
-	exit 1
-fi
+egressd_up_or_exit "$CONF"
 if [ "$check_rc" -eq 0 ]; then
 	pass "egressd check accepts the config (9 tunnels: Socks5, HttpConnect, Direct), runs in gw, rules apply"
 else
