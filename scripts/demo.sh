@@ -23,6 +23,9 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=../netns-tests/topology.sh
 . "$REPO/netns-tests/topology.sh"
 
+if [ "$(id -u)" -eq 0 ]; then
+	bash "$REPO/scripts/install-deps.sh" || die "could not install the packages the demo needs"
+fi
 require_root_and_tools nft iptables ip6tables curl microsocks danted python3 ss
 eg_init
 

@@ -20,23 +20,8 @@ stage() { # stage NAME CMD...: run, remember failure, keep going
 }
 
 # --- 1. What the tests need, installed idempotently -----------------------
-apt_pkgs=(iptables nftables iproute2 dante-server microsocks iperf3 dnsutils socat curl
-          python3 tcpdump procps netcat-openbsd binutils libcap2-bin v2ray tinyproxy util-linux conntrack)
 install_deps() {
-    local missing=()
-    for p in "${apt_pkgs[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        if [ "$(id -u)" -ne 0 ]; then
-            echo "missing packages (${missing[*]}) and not root: install them first" >&2
-            return 1
-        fi
-        echo "installing: ${missing[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || return 1
-        # dante-server's package starts a system danted; the tests run their own.
-    fi
+    bash scripts/install-deps.sh || return 1
     rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
     rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
     rustup target list --installed | grep -qx x86_64-unknown-linux-musl \

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs, idempotently, the Debian packages the demo and the tests use:
+# the netfilter tools, real SOCKS/HTTP servers for the exits (microsocks,
+# danted, v2ray, tinyproxy), and the clients (curl, dig, python3, iperf3).
+# Services these packages would start are not needed: egressd's scripts run
+# their own copies inside network namespaces.
+set -euo pipefail
+pkgs=(iptables nftables iproute2 dante-server microsocks iperf3 dnsutils socat curl
+      python3 tcpdump procps netcat-openbsd binutils libcap2-bin v2ray tinyproxy util-linux conntrack)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+    echo "missing packages (${missing[*]}) and not root: install them first" >&2
+    exit 1
+fi
+echo "installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
