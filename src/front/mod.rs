@@ -119,7 +119,7 @@ pub struct FrontLoop {
     slots: Vec<crate::sys::RecvSlot>,
     rdata: Box<[u8]>,
     /// The UDP batch being filled for each worker.
-    batches: Vec<Option<crate::worker::UdpBatch>>,
+    batches: Vec<Option<Box<crate::worker::UdpBatch>>>,
     workers: Vec<WorkerHandle>,
     live: Arc<Live>,
     seen: u64,
@@ -289,7 +289,13 @@ impl FrontLoop {
             return;
         };
         let w = worker_for(client.ip(), self.workers.len());
-        let h = Handoff::Tcp(TcpHandoff { stream, client, orig_dst, tunnel: Arc::clone(tunnel), source });
+        let h = Handoff::Tcp(Box::new(TcpHandoff {
+            stream,
+            client,
+            orig_dst,
+            tunnel: Arc::clone(tunnel),
+            source,
+        }));
         match self.workers[w].try_send(h) {
             // An atomic swap; an eventfd write only if the worker sleeps.
             Ok(()) => self.workers[w].wake(),

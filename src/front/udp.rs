@@ -118,8 +118,9 @@ impl FrontLoop {
         };
         let w = worker_for(client.ip(), self.workers.len());
         let batch = self.batches[w].get_or_insert_with(|| {
-            let mut b =
-                self.workers[w].recycled().unwrap_or_else(|| UdpBatch::new(Arc::clone(&self.shared.tunnels)));
+            let mut b = self.workers[w]
+                .recycled()
+                .unwrap_or_else(|| Box::new(UdpBatch::new(Arc::clone(&self.shared.tunnels))));
             b.tunnels = Arc::clone(&self.shared.tunnels);
             b
         });

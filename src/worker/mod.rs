@@ -47,10 +47,10 @@ const WAKER: Token = Token(usize::MAX);
 /// Scratch buffer shared by every flow of a worker. Large enough that the
 /// allocator maps it on its own: pages never used cost no memory.
 const SCRATCH: usize = 256 * 1024;
-/// Hand-off queue length per worker. The channel lays out every slot up
-/// front (about 110 bytes each), so this is resident memory: 1024 slots
-/// absorb any burst a front loop hands over between two worker turns.
-pub const QUEUE: usize = 1024;
+/// Hand-off queue length per worker: deep enough for a burst of thousands of
+/// connects from one container (the load test opens 3 000+ at once). Slots
+/// are 32 bytes (hand-offs are boxed), so the queue is ~128 KiB at rest.
+pub const QUEUE: usize = 4096;
 
 /// A client connection the front loop accepted and routed.
 pub struct TcpHandoff {
@@ -62,9 +62,12 @@ pub struct TcpHandoff {
     pub source: Option<Cidr>,
 }
 
+/// What travels on a worker's queue. Boxed, so that a queue slot is a few
+/// words: the channel lays out every slot up front, and a deep queue then
+/// costs little memory at rest.
 pub enum Handoff {
-    Tcp(TcpHandoff),
-    Udp(UdpBatch),
+    Tcp(Box<TcpHandoff>),
+    Udp(Box<UdpBatch>),
     /// Reloaded settings: timeouts for new flows.
     Settings(Arc<Settings>),
     /// Reset every TCP flow and end every UDP session of these sources.
@@ -81,7 +84,7 @@ pub struct WorkerHandle {
     /// on every turn of its loop anyway.
     sleeping: Arc<AtomicBool>,
     /// Empty UDP batches the worker hands back for reuse.
-    recycled: Receiver<UdpBatch>,
+    recycled: Receiver<Box<UdpBatch>>,
 }
 
 impl WorkerHandle {
@@ -100,7 +103,7 @@ impl WorkerHandle {
     }
 
     /// An empty batch to fill, if the worker has handed one back.
-    pub fn recycled(&self) -> Option<UdpBatch> {
+    pub fn recycled(&self) -> Option<Box<UdpBatch>> {
         self.recycled.try_recv().ok()
     }
 }
@@ -154,7 +157,7 @@ pub struct WorkerLoop {
     per_source: HashMap<Option<Cidr>, Arc<Counters>>,
     fail_log: Arc<FailLog>,
     udp: udp::Udp,
-    recycle: Sender<UdpBatch>,
+    recycle: Sender<Box<UdpBatch>>,
     sleeping: Arc<AtomicBool>,
     now: Instant,
 }
@@ -271,7 +274,7 @@ impl WorkerLoop {
     fn take_handoffs(&mut self) {
         while let Ok(h) = self.rx.try_recv() {
             match h {
-                Handoff::Tcp(t) => self.start_flow(t),
+                Handoff::Tcp(t) => self.start_flow(*t),
                 Handoff::Udp(b) => self.on_batch(b),
                 Handoff::Settings(s) => self.settings = s,
                 Handoff::ResetSource(c) => self.reset_source(c),

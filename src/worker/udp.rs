@@ -202,7 +202,7 @@ fn reply_socket(from: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 
 impl WorkerLoop {
     /// Handles a batch, then sends it back empty for the fronts to reuse.
-    pub(super) fn on_batch(&mut self, mut b: UdpBatch) {
+    pub(super) fn on_batch(&mut self, mut b: Box<UdpBatch>) {
         for it in &b.items {
             let Some(tunnel) = b.tunnels.get(usize::from(it.tunnel)) else { continue };
             let (start, end) = (it.start as usize, it.start as usize + it.len as usize);
