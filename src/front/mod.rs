@@ -30,6 +30,7 @@ use socket2::{Domain, SockRef, Socket, Type};
 use crate::config::{Settings, Tunnel};
 use crate::route::Cidr;
 use crate::stats::Counters;
+use crate::wire::sockaddr::unmapped;
 use crate::worker::{Handoff, TcpHandoff, WorkerHandle, reset};
 
 /// How long accepting pauses when the process is out of file descriptors.
@@ -249,7 +250,7 @@ impl FrontLoop {
                     Counters::inc(&self.counters.tcp_accepted);
                     // mio hands out its own type; workers take a std stream.
                     let std_stream = std::net::TcpStream::from(std::os::fd::OwnedFd::from(stream));
-                    self.dispatch(std_stream, normalize(peer), i);
+                    self.dispatch(std_stream, unmapped(peer), i);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -315,23 +316,12 @@ impl FrontLoop {
 
 /// The connection's original destination (see the module doc).
 fn orig_dst(sock: &SockRef, listen_addr: SocketAddr) -> Option<SocketAddr> {
-    let local = normalize(sock.local_addr().ok()?.as_socket()?);
+    let local = unmapped(sock.local_addr().ok()?.as_socket()?);
     if local != listen_addr {
         return Some(local);
     }
     let orig = if listen_addr.is_ipv4() { sock.original_dst_v4() } else { sock.original_dst_v6() };
-    orig.ok().and_then(|a| a.as_socket()).map(normalize)
-}
-
-/// IPv4-mapped IPv6 addresses as plain IPv4.
-fn normalize(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => a,
-        },
-        v4 => v4,
-    }
+    orig.ok().and_then(|a| a.as_socket()).map(unmapped)
 }
 
 /// The worker for a client: stable per source address, spread evenly.
@@ -392,8 +382,8 @@ mod tests {
     #[test]
     fn mapped_addresses_are_normalized() {
         let a: SocketAddr = "[::ffff:10.8.0.10]:5000".parse().unwrap();
-        assert_eq!(normalize(a), "10.8.0.10:5000".parse::<SocketAddr>().unwrap());
+        assert_eq!(unmapped(a), "10.8.0.10:5000".parse::<SocketAddr>().unwrap());
         let b: SocketAddr = "[fd08::10]:5000".parse().unwrap();
-        assert_eq!(normalize(b), b);
+        assert_eq!(unmapped(b), b);
     }
 }

@@ -18,11 +18,12 @@ use log::debug;
 use mio::net::UdpSocket;
 use socket2::{Domain, Socket, Type};
 
-use super::{FrontLoop, normalize, worker_for};
+use super::{FrontLoop, worker_for};
 use crate::stats::Counters;
 use crate::sys::{self, RecvSlot};
 use crate::wire::cmsg::{CmsgError, orig_dst_from_cmsgs};
 use crate::wire::sockaddr;
+use crate::wire::sockaddr::unmapped;
 use crate::worker::{Handoff, UdpBatch};
 
 /// Largest datagram payload we accept (IPv4's maximum); longer is truncated and dropped.
@@ -88,7 +89,7 @@ impl FrontLoop {
     fn route_datagram(&mut self, k: usize, listen_addr: SocketAddr) {
         let slot = &self.slots[k];
         let meta = slot.meta;
-        let Some(client) = sockaddr::parse(&slot.name.0[..meta.name_len]).map(normalize) else { return };
+        let Some(client) = sockaddr::parse(&slot.name.0[..meta.name_len]).map(unmapped) else { return };
         if meta.truncated {
             Counters::inc(&self.counters.udp_drop_truncated);
             return;
@@ -98,7 +99,7 @@ impl FrontLoop {
         } else {
             orig_dst_from_cmsgs(&slot.ctrl.0[..meta.ctrl_len])
         };
-        let orig_dst = match orig.map(normalize) {
+        let orig_dst = match orig.map(unmapped) {
             Ok(d) if d != listen_addr && !self.is_own_listener(d) => d,
             Ok(_) | Err(CmsgError::Missing) => {
                 Counters::inc(&self.counters.udp_drop_not_tproxied);

@@ -36,6 +36,18 @@ pub fn parse(b: &[u8]) -> Option<SocketAddr> {
     }
 }
 
+/// An IPv4-mapped IPv6 address (`::ffff:10.8.0.10`, from a dual-stack
+/// socket or a relay) as the plain IPv4 address it stands for.
+pub fn unmapped(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,7 @@ use crate::route::Cidr;
 use crate::stats::{Counters, Tally};
 use crate::udp::{Insert, Limits, Lru, SessionTable};
 use crate::upstream::{Handshake, Socks5Handshake};
+use crate::wire::sockaddr::unmapped;
 use crate::wire::socks5::{self, Bound};
 
 /// Datagrams a front loop received and routed for one worker, packed into
@@ -481,7 +482,7 @@ impl WorkerLoop {
             let (remote, payload) = match &mut s.link {
                 Link::Relay { data, .. } => match data.recv(scratch) {
                     Ok(n) => match socks5::parse_udp_header(&scratch[..n]) {
-                        Ok((remote, off)) => (normalize(remote), off..n),
+                        Ok((remote, off)) => (unmapped(remote), off..n),
                         Err(socks5::UdpHeaderError::Fragmented(_)) => {
                             Counters::inc(&self.counters.udp_drop_frag);
                             continue;
@@ -498,7 +499,7 @@ impl WorkerLoop {
                     Err(_) => continue,
                 },
                 Link::Direct { data } => match data.recv_from(scratch) {
-                    Ok((n, from)) => (normalize(from), 0..n),
+                    Ok((n, from)) => (unmapped(from), 0..n),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(_) => continue,
@@ -652,7 +653,7 @@ fn relay_addr(bound: Bound, t: &Tunnel) -> SocketAddr {
     let server_addr = server.addr.expect("resolved before use");
     match bound {
         Bound::Addr(a) => {
-            let a = normalize(a);
+            let a = unmapped(a);
             let ip = a.ip();
             let useless = ip.is_unspecified()
                 || ip.is_loopback()
@@ -675,16 +676,6 @@ fn unspecified(like: IpAddr) -> IpAddr {
     match like {
         IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
         IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
-    }
-}
-
-fn normalize(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => a,
-        },
-        v4 => v4,
     }
 }
 
