@@ -173,16 +173,32 @@ fn route_list(s: &Shared) -> String {
     o
 }
 
-/// Binds the control socket, replacing a stale file but never a live daemon's.
+/// Binds the control socket. Only a stale socket (one nobody answers on)
+/// is replaced: any other file there is an error, never deleted (a mistyped
+/// `control.socket` pointing at the config must not remove it).
 fn bind_unix(path: &Path) -> io::Result<UnixListener> {
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is in use: is another egressd running?", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
             return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("{} is in use: is another egressd running?", path.display()),
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; egressd will not remove it (is control.socket right?)",
+                    path.display()
+                ),
             ));
         }
-        std::fs::remove_file(path)?;
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
     let l = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
@@ -299,6 +315,34 @@ mod tests {
         // A second daemon must not take over a live socket.
         let ctl2 = Control { live, workers: Vec::new(), registry: Arc::default() };
         assert!(ctl2.spawn(&path).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_a_stale_socket_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("egressd-ctl-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A regular file (say, the config) stays, and the error names it.
+        let file = dir.join("egressd.ron");
+        std::fs::write(&file, "(listen: [])").unwrap();
+        let e = bind_unix(&file).unwrap_err();
+        assert!(e.to_string().contains(&*file.to_string_lossy()), "{e}");
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "(listen: [])");
+        // So does a directory.
+        let sub = dir.join("sub");
+        std::fs::create_dir_all(&sub).unwrap();
+        assert!(bind_unix(&sub).is_err());
+        assert!(sub.is_dir());
+        // A socket nobody listens on any more is replaced.
+        let stale = dir.join("stale.sock");
+        drop(UnixListener::bind(&stale).unwrap());
+        assert!(UnixStream::connect(&stale).is_err(), "stale: nobody answers");
+        let l = bind_unix(&stale).unwrap();
+        assert!(UnixStream::connect(&stale).is_ok());
+        // A live one is not.
+        assert_eq!(bind_unix(&stale).unwrap_err().kind(), io::ErrorKind::AddrInUse);
+        drop(l);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
