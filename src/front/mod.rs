@@ -216,6 +216,16 @@ impl FrontLoop {
                 self.seen = generation;
                 self.shared = self.live.load();
             }
+            // Datagrams are served whether or not accepting is paused: a
+            // pause is about file descriptors, and an existing session
+            // needs none. Edge-triggered, so an event skipped here would
+            // leave the queue unread until the next datagram.
+            for ev in events.iter() {
+                let t = ev.token().0;
+                if t >= UDP_TOKEN {
+                    self.recv_all(t - UDP_TOKEN);
+                }
+            }
             if let Some(t) = self.paused_until {
                 if Instant::now() < t {
                     continue;
@@ -225,12 +235,11 @@ impl FrontLoop {
                 for i in 0..self.listeners.len() {
                     self.accept_all(i);
                 }
+                continue;
             }
             for ev in events.iter() {
                 let t = ev.token().0;
-                if t >= UDP_TOKEN {
-                    self.recv_all(t - UDP_TOKEN);
-                } else if self.paused_until.is_none() {
+                if t < UDP_TOKEN && self.paused_until.is_none() {
                     self.accept_all(t);
                 }
             }
