@@ -130,6 +130,8 @@ struct Flow {
     down: Pump,
     started: Instant,
     last_active: Instant,
+    /// One direction has ended and the shorter half-close timer is set.
+    half_closed: bool,
 }
 
 /// Why a flow ends.
@@ -318,6 +320,7 @@ impl WorkerLoop {
             down: Pump::default(),
             started: self.now,
             last_active: self.now,
+            half_closed: false,
         };
         let (slot, generation) = self.flows.insert(flow);
         let f = self.flows.get_mut(slot).expect("just inserted");
@@ -407,8 +410,9 @@ impl WorkerLoop {
                 if !self.flows.is_live(slot, generation) {
                     return;
                 }
-                if let Some(end) = self.advance(slot, kind, ev) {
-                    self.end(slot, end);
+                match self.advance(slot, kind, ev) {
+                    Some(end) => self.end(slot, end),
+                    None => self.watch_half_close(slot, generation),
                 }
             }
             Kind::UdpControl | Kind::UdpData | Kind::DnsTcp => self.on_udp_event(kind, slot, generation, ev),
@@ -480,6 +484,18 @@ impl WorkerLoop {
         }
     }
 
+    /// When one direction of a relaying flow has just ended, its (shorter)
+    /// half-close timer starts: a second timer entry, once per flow.
+    fn watch_half_close(&mut self, slot: usize, generation: u32) {
+        let Some(f) = self.flows.get_mut(slot) else { return };
+        if f.half_closed || !(f.up.is_done() || f.down.is_done()) {
+            return;
+        }
+        f.half_closed = true;
+        let due = f.last_active + self.settings.tcp.half_close_timeout.min(self.settings.tcp.idle_timeout);
+        self.timers.push(Reverse((due, slab::token(slot, generation, Kind::Client))));
+    }
+
     /// Handles timers that came due: connect/handshake timeouts, idle flows.
     fn expire(&mut self) {
         while let Some(Reverse((at, token))) = self.timers.peek().copied() {
@@ -497,6 +513,10 @@ impl WorkerLoop {
             }
             let f = self.flows.get_mut(slot).expect("live");
             let (due, end) = match f.stage {
+                Stage::Relaying if f.half_closed => {
+                    let limit = self.settings.tcp.half_close_timeout.min(self.settings.tcp.idle_timeout);
+                    (f.last_active + limit, End::Reset("half-close timeout"))
+                }
                 Stage::Relaying => {
                     (f.last_active + self.settings.tcp.idle_timeout, End::Reset("idle timeout"))
                 }
@@ -544,7 +564,7 @@ impl WorkerLoop {
                 reset(&SockRef::from(&f.client));
             }
             End::Reset(why) => {
-                if why == "idle timeout" {
+                if why == "idle timeout" || why == "half-close timeout" {
                     Counters::inc(&self.counters.tcp_idle_closed);
                 }
                 debug!(target: "egressd::worker", "{} -> tcp {} via {}: {why}; both sides reset",
