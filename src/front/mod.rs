@@ -136,6 +136,9 @@ pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     s.set_reuse_port(true)?;
     // Accepted sockets inherit keepalive: no setsockopt per connection.
     crate::worker::keepalive(&SockRef::from(&s))?;
+    // Urgent (MSG_OOB) bytes stay in the stream, so the relay passes them on
+    // as data instead of losing them; accepted sockets inherit it.
+    s.set_out_of_band_inline(true)?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }

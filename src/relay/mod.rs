@@ -100,7 +100,7 @@ impl Pump {
         ctx: &mut RelayCtx,
     ) -> Result<Pumped, PumpError> {
         if ctx.splice && !self.no_splice {
-            match self.pump_splice(src, dst, &mut ctx.pipes) {
+            match self.pump_splice(src, dst, &mut ctx.pipes, &mut ctx.scratch) {
                 Err(PumpError::Unsupported) => self.no_splice = true,
                 r => return r,
             }

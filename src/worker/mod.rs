@@ -660,6 +660,8 @@ fn drive_handshake(
 /// A non-blocking connect to `target` with the tunnel's socket options.
 fn connect(target: SocketAddr, kind: &TunnelKind) -> io::Result<TcpStream> {
     let s = Socket::new(Domain::for_address(target), Type::STREAM.nonblocking().cloexec(), None)?;
+    // Urgent bytes from the server stay in the stream (see front::tcp_listener).
+    s.set_out_of_band_inline(true)?;
     if let TunnelKind::Direct { interface, mark, bind } = kind {
         if let Some(i) = interface {
             s.bind_device(Some(i.as_bytes()))?;
