@@ -19,7 +19,19 @@ use log::{info, warn};
 use crate::front::{Live, Shared};
 use crate::route::Cidr;
 use crate::stats::{self, Registry};
-use crate::worker::{Handoff, WorkerHandle};
+use crate::worker::{Command, WorkerHandle};
+
+/// How long a reset waits for room on a worker's command queue.
+const RESET_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether `rules` sends `source` to egressd: an empty `intercept.sources`
+/// means everything on the container interfaces.
+pub fn intercepted(sources: &[Cidr], source: Cidr) -> bool {
+    sources.is_empty()
+        || sources
+            .iter()
+            .any(|c| c.is_ipv4() == source.is_ipv4() && c.len() <= source.len() && c.contains(source.addr()))
+}
 
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,18 +101,29 @@ impl Control {
             )),
             Request::RouteList => Ok(route_list(&self.live.load())),
             Request::RouteSet { source, tunnel, reset } => {
+                let mut uncovered = false;
                 self.live.update(|cur| {
                     let mut s = (*cur.settings).clone();
                     let id = s.tunnel_id(&tunnel).ok_or_else(|| format!("no tunnel named \"{tunnel}\""))?;
                     s.routes.insert(source, id);
+                    uncovered = !intercepted(&s.intercept.sources, source);
                     Ok::<_, String>(Shared { settings: Arc::new(s), tunnels: Arc::clone(&cur.tunnels) })
                 })?;
                 info!(target: "egressd::control", "route {source} -> {tunnel} (live, until restart or reload)");
-                self.reset(source, reset);
-                Ok(format!(
-                    "route {source} -> {tunnel}{}\n",
-                    if reset { "; its flows were reset" } else { "" }
-                ))
+                let mut body = format!("route {source} -> {tunnel}");
+                if reset {
+                    self.reset(source).map_err(|e| format!("{body} (set), but {e}"))?;
+                    body.push_str("; its flows were reset");
+                }
+                body.push('\n');
+                if uncovered {
+                    warn!(target: "egressd::control", "route {source}: not within intercept.sources; it has no effect");
+                    body.push_str(&format!(
+                        "warning: {source} is not within intercept.sources, so `egressd rules` does not send \
+                         its traffic to egressd and this route has no effect (add it to intercept.sources)\n"
+                    ));
+                }
+                Ok(body)
             }
             Request::RouteDel { source, reset } => {
                 self.live.update(|cur| {
@@ -109,24 +132,29 @@ impl Control {
                     Ok::<_, String>(Shared { settings: Arc::new(s), tunnels: Arc::clone(&cur.tunnels) })
                 })?;
                 info!(target: "egressd::control", "route {source} deleted (live, until restart or reload)");
-                self.reset(source, reset);
+                if reset {
+                    self.reset(source).map_err(|e| format!("route {source} deleted, but {e}"))?;
+                    return Ok(format!("route {source} deleted; its flows were reset\n"));
+                }
                 Ok(format!("route {source} deleted\n"))
             }
         }
     }
 
-    fn reset(&self, source: Cidr, reset: bool) {
-        if !reset {
-            return;
+    /// Orders every worker to reset the source's flows, on the command
+    /// queue the data path never fills; `Err` names how many it missed.
+    fn reset(&self, source: Cidr) -> Result<(), String> {
+        let missed =
+            self.workers.iter().filter(|w| !w.command(Command::ResetSource(source), RESET_WAIT)).count();
+        if missed == 0 {
+            return Ok(());
         }
-        for w in &self.workers {
-            // A full queue would only delay this; try once more after a wake.
-            if w.try_send(Handoff::ResetSource(source)).is_err() {
-                w.wake();
-                let _ = w.try_send(Handoff::ResetSource(source));
-            }
-            w.wake();
-        }
+        warn!(target: "egressd::control", "reset of {source} not delivered to {missed} workers");
+        Err(format!(
+            "the reset did not reach {missed} of {} workers within {RESET_WAIT:?} (stuck?): flows of \
+             {source} there keep their old tunnel; retry `--reset-flows`",
+            self.workers.len()
+        ))
     }
 
     /// Serves the Unix socket at `path` on a thread of its own.
@@ -344,5 +372,33 @@ mod tests {
         assert_eq!(bind_unix(&stale).unwrap_err().kind(), io::ErrorKind::AddrInUse);
         drop(l);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_route_outside_intercept_sources_warns() {
+        let c = |s: &str| s.parse::<Cidr>().unwrap();
+        let within = [c("10.8.0.0/24"), c("fd08::/64")];
+        assert!(intercepted(&within, c("10.8.0.12/32")));
+        assert!(intercepted(&within, c("10.8.0.0/25")));
+        assert!(intercepted(&within, c("fd08::12/128")));
+        assert!(!intercepted(&within, c("10.9.0.5/32")));
+        assert!(!intercepted(&within, c("10.8.0.0/16")), "wider than what is intercepted");
+        assert!(intercepted(&[], c("10.9.0.5/32")), "empty: everything on the interfaces");
+        let text = r#"(listen: ["10.8.0.1:10900"], tunnels: { "a": Direct() },
+            routes: [(source: "10.8.0.10", tunnel: "a")], intercept: (sources: ["10.8.0.0/24"]))"#;
+        let s = crate::config::Settings::parse("t.ron", text).unwrap();
+        let ctl = Control {
+            live: Arc::new(Live::new(Shared::new(Arc::new(s)))),
+            workers: Vec::new(),
+            registry: Arc::default(),
+        };
+        let out = ctl
+            .handle(Request::RouteSet { source: c("10.9.0.5/32"), tunnel: "a".into(), reset: false })
+            .unwrap();
+        assert!(out.contains("warning: 10.9.0.5/32 is not within intercept.sources"), "{out}");
+        let out = ctl
+            .handle(Request::RouteSet { source: c("10.8.0.5/32"), tunnel: "a".into(), reset: false })
+            .unwrap();
+        assert!(!out.contains("warning"), "{out}");
     }
 }

@@ -68,16 +68,27 @@ pub struct TcpHandoff {
 pub enum Handoff {
     Tcp(Box<TcpHandoff>),
     Udp(Box<UdpBatch>),
-    /// Reloaded settings: timeouts for new flows.
+}
+
+/// An order from the daemon (reload, control socket) to a worker. It has a
+/// queue of its own, which the data path never fills: a flood of
+/// connections cannot make a worker miss a reload or a reset.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Reloaded settings (see `WorkerLoop::apply`).
     Settings(Arc<Settings>),
     /// Reset every TCP flow and end every UDP session of these sources.
     ResetSource(crate::route::Cidr),
 }
 
+/// Commands queued per worker; senders wait (bounded) when it is full.
+const COMMANDS: usize = 64;
+
 /// The sending side of a worker, held by every front loop.
 #[derive(Clone)]
 pub struct WorkerHandle {
     tx: Sender<Handoff>,
+    commands: Sender<Command>,
     waker: Arc<Waker>,
     /// Set while the worker is (about to be) blocked in epoll: only then is a
     /// wake-up (an eventfd write) needed; a busy worker looks at its queue
@@ -93,6 +104,15 @@ impl WorkerHandle {
         self.tx.try_send(h).map_err(|e| match e {
             TrySendError::Full(h) | TrySendError::Disconnected(h) => h,
         })
+    }
+
+    /// Queues a command and wakes the worker; waits at most `wait` for room.
+    /// False when it could not be delivered (the worker is stuck or gone).
+    pub fn command(&self, c: Command, wait: Duration) -> bool {
+        let ok = self.commands.send_timeout(c, wait).is_ok();
+        // Unconditionally: a command must not wait for the next hand-off.
+        let _ = self.waker.wake();
+        ok
     }
 
     /// Wakes the worker if it sleeps; call after sending.
@@ -148,6 +168,7 @@ pub struct WorkerLoop {
     id: usize,
     poll: Poll,
     rx: Receiver<Handoff>,
+    commands: Receiver<Command>,
     flows: Slab<Flow>,
     timers: BinaryHeap<Reverse<(Instant, Token)>>,
     relay: RelayCtx,
@@ -201,10 +222,12 @@ impl WorkerLoop {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let (recycle, recycled) = crossbeam_channel::bounded(16);
+        let (commands_tx, commands) = crossbeam_channel::bounded(COMMANDS);
         let w = WorkerLoop {
             id,
             poll,
             rx,
+            commands,
             flows: Slab::default(),
             timers: BinaryHeap::new(),
             relay: RelayCtx {
@@ -224,7 +247,7 @@ impl WorkerLoop {
             now: Instant::now(),
         };
         let sleeping = Arc::clone(&w.sleeping);
-        Ok((w, WorkerHandle { tx, waker, sleeping, recycled }))
+        Ok((w, WorkerHandle { tx, commands: commands_tx, waker, sleeping, recycled }))
     }
 
     /// Runs until `stop` is set and every flow has ended (or `grace` passed).
@@ -242,7 +265,7 @@ impl WorkerLoop {
             // Announce the sleep, then look once more: a hand-off sent before
             // the announcement is seen here, one sent after it gets a wake-up.
             self.sleeping.store(true, Ordering::SeqCst);
-            if !self.rx.is_empty() {
+            if !self.rx.is_empty() || !self.commands.is_empty() {
                 timeout = Duration::ZERO;
             }
             let polled = self.poll.poll(&mut events, Some(timeout));
@@ -274,14 +297,29 @@ impl WorkerLoop {
     }
 
     fn take_handoffs(&mut self) {
+        // Commands first: a reset must not wait behind a queue of hand-offs
+        // (and a reload applies to the connections queued after it).
+        while let Ok(c) = self.commands.try_recv() {
+            match c {
+                Command::Settings(s) => self.apply(s),
+                Command::ResetSource(c) => self.reset_source(c),
+            }
+        }
         while let Ok(h) = self.rx.try_recv() {
             match h {
                 Handoff::Tcp(t) => self.start_flow(*t),
                 Handoff::Udp(b) => self.on_batch(b),
-                Handoff::Settings(s) => self.settings = s,
-                Handoff::ResetSource(c) => self.reset_source(c),
             }
         }
+    }
+
+    /// Reloaded settings. Applied live: TCP and UDP timeouts, `tcp.splice`
+    /// (for flows that start from now on), and the UDP limits (see
+    /// `udp::Udp::apply`). Listen addresses and threads need a restart.
+    fn apply(&mut self, s: Arc<Settings>) {
+        self.relay.splice = s.tcp.splice;
+        self.udp.apply(&s.udp, s.threads);
+        self.settings = s;
     }
 
     fn start_flow(&mut self, h: TcpHandoff) {
@@ -708,5 +746,60 @@ mod tests {
         assert!(per_flow < 512, "a flow takes {per_flow} bytes");
         eprintln!("an idle TCP flow: {per_flow} bytes of user space");
         assert_eq!(Pump::default().held_capacity(), 0);
+    }
+
+    fn settings(extra: &str) -> Arc<Settings> {
+        let text = format!(
+            r#"(listen: ["10.8.0.1:10900"], tunnels: {{ "a": Direct() }},
+                routes: [(source: "10.8.0.10", tunnel: "a")], threads: 1, {extra})"#
+        );
+        Arc::new(Settings::parse("t.ron", &text).unwrap())
+    }
+
+    /// Issue 14: a reload reaches what the worker built at start-up.
+    #[test]
+    fn a_reload_applies_live() {
+        let a = settings("");
+        let b = settings(
+            "tcp: (idle_timeout_secs: 7, splice: false), \
+             udp: (idle_timeout_secs: 9, max_sessions: 5, pending_datagrams: 3, dns_over_tcp: false)",
+        );
+        let (mut w, h) = WorkerLoop::new(0, a, Arc::default(), Arc::default()).unwrap();
+        assert!(w.relay.splice);
+        assert!(h.command(Command::Settings(b), Duration::from_secs(1)));
+        w.take_handoffs();
+        assert!(!w.relay.splice, "tcp.splice");
+        assert_eq!(w.settings.tcp.idle_timeout, Duration::from_secs(7));
+        assert_eq!(w.udp.pending_max, 3, "udp.pending_datagrams");
+        let l = w.udp.table.limits();
+        assert_eq!((l.max_sessions, l.idle_timeout), (5, Duration::from_secs(9)), "udp table limits");
+    }
+
+    /// Issue 14: `--reset-flows` is delivered even when the hand-off queue
+    /// is full, and says so when it cannot be.
+    #[test]
+    fn a_reset_survives_a_full_queue_or_says_it_did_not() {
+        use crate::control::{Control, Request};
+        use crate::front::{Live, Shared};
+        let s = settings("");
+        let (w, h) = WorkerLoop::new(0, Arc::clone(&s), Arc::default(), Arc::default()).unwrap();
+        let tunnels: Arc<[Arc<Tunnel>]> = s.tunnels.iter().cloned().map(Arc::new).collect();
+        let mut full = 0;
+        while h.try_send(Handoff::Udp(Box::new(UdpBatch::new(Arc::clone(&tunnels))))).is_ok() {
+            full += 1;
+        }
+        assert_eq!(full, QUEUE, "the hand-off queue is full");
+        let ctl =
+            Control { live: Arc::new(Live::new(Shared::new(s))), workers: vec![h], registry: Arc::default() };
+        let source: Cidr = "10.8.0.11/32".parse().unwrap();
+        let set = Request::RouteSet { source, tunnel: "a".into(), reset: true };
+        let body = ctl.handle(set.clone()).unwrap();
+        assert!(body.contains("its flows were reset"), "{body}");
+        assert!(matches!(w.commands.try_recv(), Ok(Command::ResetSource(c)) if c == source));
+        // A worker that never takes its commands: the answer says so.
+        while ctl.workers[0].command(Command::ResetSource(source), Duration::ZERO) {}
+        let e = ctl.handle(set).unwrap_err();
+        assert!(e.contains("did not reach 1 of 1 workers"), "{e}");
+        assert!(e.contains("(set)"), "{e}");
     }
 }
