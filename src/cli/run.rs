@@ -123,6 +123,11 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
             warn!(target: "egressd", "no control socket at {}: {e} (stats and route changes unavailable)", socket.display())
         }
     }
+    if let Some(w) =
+        settings.control.metrics_listen.and_then(|m| crate::control::metrics_exposure(m, &settings))
+    {
+        warn!(target: "egressd", "{w}");
+    }
     if let Some(addr) = settings.control.metrics_listen {
         match crate::control::spawn_metrics(addr, Arc::clone(&registry)) {
             Ok(_) => info!(target: "egressd", "Prometheus metrics on http://{addr}/metrics"),

@@ -7,7 +7,6 @@
 //! data path.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -20,6 +19,9 @@ use crate::front::{Live, Shared};
 use crate::route::Cidr;
 use crate::stats::{self, Registry};
 use crate::worker::{Command, WorkerHandle};
+
+mod metrics;
+pub use metrics::{exposure as metrics_exposure, spawn_metrics};
 
 /// How long a reset waits for room on a worker's command queue.
 const RESET_WAIT: Duration = Duration::from_secs(2);
@@ -249,32 +251,6 @@ pub fn ask(path: &Path, req: &Request) -> Result<String, String> {
         Some(("ok", body)) => Ok(body.to_string()),
         _ => Err(answer.trim().strip_prefix("error: ").unwrap_or(answer.trim()).to_string()),
     }
-}
-
-/// Serves `GET /metrics` (Prometheus text) on `addr` on a thread of its own.
-pub fn spawn_metrics(addr: SocketAddr, registry: Arc<Registry>) -> io::Result<std::thread::JoinHandle<()>> {
-    let l = TcpListener::bind(addr)?;
-    std::thread::Builder::new().name("egressd-metrics".into()).spawn(move || {
-        for conn in l.incoming().flatten() {
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
-            let mut first = String::new();
-            if BufReader::new((&conn).take(8192)).read_line(&mut first).is_err() {
-                continue;
-            }
-            let mut conn = conn;
-            let _ = if first.starts_with("GET /metrics ") || first.starts_with("GET / ") {
-                let body = stats::prometheus(&registry.total(), &registry.per_tunnel(), &registry.per_source());
-                write!(
-                    conn,
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                write!(conn, "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n")
-            };
-        }
-    })
 }
 
 /// The default control socket path (SPEC §3).
