@@ -38,6 +38,16 @@ pub struct Settings {
     pub control: ControlSettings,
     pub bypass: Vec<Cidr>,
     pub dns: DnsSettings,
+    /// Label routes from the Docker Engine API, when set.
+    pub docker: Option<DockerSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerSettings {
+    /// The Engine API's Unix socket.
+    pub socket: PathBuf,
+    /// The label whose value names a container's tunnel.
+    pub label: String,
 }
 
 /// Where container DNS goes when it asked a resolver no exit can reach.
@@ -528,6 +538,21 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
              where private and local addresses mean nothing), e.g. \"1.1.1.1:53\""
         )));
     }
+    let docker = match &raw.docker {
+        None => None,
+        Some(d) => {
+            if d.socket.is_empty()
+                || d.label.is_empty()
+                || d.label.len() > 255
+                || d.label.contains(['"', '\\'])
+            {
+                return Err(loc.err(
+                    "docker: socket must be a path and label a label key, e.g. docker: (socket: \"/var/run/docker.sock\", label: \"egressd.tunnel\")".into(),
+                ));
+            }
+            Some(DockerSettings { socket: PathBuf::from(&d.socket), label: d.label.clone() })
+        }
+    };
     let u = &raw.udp;
     if u.max_sessions == 0 || u.max_reply_sockets == 0 || u.pending_datagrams == 0 {
         return Err(
@@ -578,6 +603,7 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
         },
         bypass: raw.bypass.iter().map(|c| c.cidr).collect(),
         dns: DnsSettings { upstream },
+        docker,
     })
 }
 

@@ -36,6 +36,23 @@ pub struct RawConfig {
     pub bypass: Vec<CidrField>,
     #[serde(default)]
     pub dns: RawDns,
+    #[serde(default)]
+    pub docker: Option<RawDocker>,
+}
+
+/// Containers choose their tunnel by label, followed on the Engine API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[serde(rename = "docker")]
+pub struct RawDocker {
+    pub socket: String,
+    pub label: String,
+}
+
+impl Default for RawDocker {
+    fn default() -> Self {
+        RawDocker { socket: "/var/run/docker.sock".into(), label: "egressd.tunnel".into() }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -93,7 +93,7 @@ impl Control {
                     let mut s = (*cur.settings).clone();
                     let id = s.tunnel_id(&tunnel).ok_or_else(|| format!("no tunnel named \"{tunnel}\""))?;
                     s.routes.insert(source, id);
-                    Ok::<_, String>(Shared { settings: Arc::new(s), tunnels: Arc::clone(&cur.tunnels) })
+                    Ok::<_, String>(cur.with_settings(s))
                 })?;
                 info!(target: "egressd::control", "route {source} -> {tunnel} (live, until restart or reload)");
                 self.reset(source, reset);
@@ -106,7 +106,7 @@ impl Control {
                 self.live.update(|cur| {
                     let mut s = (*cur.settings).clone();
                     s.routes.remove(source).ok_or_else(|| format!("no route for exactly {source}"))?;
-                    Ok::<_, String>(Shared { settings: Arc::new(s), tunnels: Arc::clone(&cur.tunnels) })
+                    Ok::<_, String>(cur.with_settings(s))
                 })?;
                 info!(target: "egressd::control", "route {source} deleted (live, until restart or reload)");
                 self.reset(source, reset);
