@@ -500,9 +500,10 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
             )
         })?),
     };
-    if routes.is_empty() && default.is_none() {
+    // With Docker labels, routes may all come from the containers.
+    if routes.is_empty() && default.is_none() && raw.docker.is_none() {
         return Err(loc.err(
-            "routes is empty and default is Reject: every container would be rejected; add a route or set default: Tunnel(\"name\")".into(),
+            "routes is empty and default is Reject: every container would be rejected; add a route, set default: Tunnel(\"name\"), or let containers choose by label with docker: ()".into(),
         ));
     }
 

@@ -272,3 +272,19 @@ fn credentials_never_show_in_debug() {
     assert!(dump.contains("<hidden>"));
     assert!(!dump.contains("password: \"p\""), "{dump}");
 }
+
+#[test]
+fn docker_section() {
+    let s = parse(&with("udp:", "docker: (), udp:")).unwrap();
+    let d = s.docker.unwrap();
+    assert_eq!(d.socket.to_str(), Some("/var/run/docker.sock"));
+    assert_eq!(d.label, "egressd.tunnel");
+    let s = parse(&with("udp:", "docker: (socket: \"/run/d.sock\", label: \"x.exit\"), udp:")).unwrap();
+    assert_eq!(s.docker.unwrap().label, "x.exit");
+    assert!(parse(MINIMAL).unwrap().docker.is_none());
+    // Label routes only: no config route needed.
+    let text = r#"(listen: ["10.8.0.1:10900"], tunnels: { "a": Direct() }, routes: [], docker: ())"#;
+    assert!(parse(text).is_ok());
+    assert!(err(&text.replace(", docker: ()", "")).msg.contains("docker: ()"));
+    assert!(err(&with("udp:", "docker: (label: \"\"), udp:")).msg.contains("docker:"));
+}
