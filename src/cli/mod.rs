@@ -289,6 +289,9 @@ fn check(path: Option<&Path>) -> ExitCode {
     if let Some(w) = path.and_then(|p| secrets_exposed(p, &s)) {
         println!("warning: {w}");
     }
+    if let Some(w) = s.control.metrics_listen.and_then(|m| crate::control::metrics_exposure(m, &s)) {
+        println!("warning: {w}");
+    }
     ExitCode::SUCCESS
 }
 

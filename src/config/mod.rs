@@ -198,6 +198,9 @@ pub struct Intercept {
 pub struct TcpSettings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// How long a half-closed flow (one direction ended) may stay silent;
+    /// never longer than `idle_timeout`.
+    pub half_close_timeout: Duration,
     pub splice: bool,
 }
 
@@ -587,6 +590,7 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
         tcp: TcpSettings {
             connect_timeout: secs(loc, "tcp.connect_timeout_secs", raw.tcp.connect_timeout_secs)?,
             idle_timeout: secs(loc, "tcp.idle_timeout_secs", raw.tcp.idle_timeout_secs)?,
+            half_close_timeout: secs(loc, "tcp.half_close_timeout_secs", raw.tcp.half_close_timeout_secs)?,
             splice: raw.tcp.splice,
         },
         udp: UdpSettings {

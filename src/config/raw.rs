@@ -156,12 +156,19 @@ impl Default for RawDns {
 pub struct RawTcp {
     pub connect_timeout_secs: u64,
     pub idle_timeout_secs: u64,
+    /// Idle limit once one direction has ended (half-closed flows).
+    pub half_close_timeout_secs: u64,
     pub splice: bool,
 }
 
 impl Default for RawTcp {
     fn default() -> Self {
-        RawTcp { connect_timeout_secs: 10, idle_timeout_secs: 3600, splice: true }
+        RawTcp {
+            connect_timeout_secs: 10,
+            idle_timeout_secs: 3600,
+            half_close_timeout_secs: 60,
+            splice: true,
+        }
     }
 }
 

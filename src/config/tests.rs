@@ -54,6 +54,7 @@ fn defaults_match_the_spec() {
     assert_eq!((s.intercept.mark, s.intercept.table), (10900, 10900));
     assert_eq!(s.tcp.connect_timeout, Duration::from_secs(10));
     assert_eq!(s.tcp.idle_timeout, Duration::from_secs(3600));
+    assert_eq!(s.tcp.half_close_timeout, Duration::from_secs(60));
     assert!(s.tcp.splice);
     assert_eq!(s.udp.idle_timeout, Duration::from_secs(300));
     assert_eq!(s.udp.dns_idle_timeout, Duration::from_secs(20));
@@ -79,7 +80,7 @@ fn every_key_can_be_set() {
         routes: [(source: "10.8.0.0/24", tunnel: "a"), (source: "fd08::10", tunnel: "c")],
         default: Tunnel("b"),
         intercept: (tcp: Tproxy, mark: 7, table: 70, sources: ["10.8.0.0/24"]),
-        tcp: (connect_timeout_secs: 3, idle_timeout_secs: 60, splice: false),
+        tcp: (connect_timeout_secs: 3, idle_timeout_secs: 60, half_close_timeout_secs: 7, splice: false),
         udp: (idle_timeout_secs: 30, dns_idle_timeout_secs: 5, max_sessions: 100,
               max_reply_sockets: 10, pending_datagrams: 4, dns_over_tcp: false),
         threads: 2,
@@ -91,6 +92,7 @@ fn every_key_can_be_set() {
     assert_eq!(s.intercept.tcp, TcpIntercept::Tproxy);
     assert_eq!(s.threads, 2);
     assert!(!s.tcp.splice);
+    assert_eq!(s.tcp.half_close_timeout, Duration::from_secs(7));
     assert_eq!(s.udp.max_sessions, 100);
     assert_eq!(s.control.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
     assert_eq!(s.bypass[0].to_string(), "203.0.113.0/24");

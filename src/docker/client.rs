@@ -25,13 +25,15 @@ use crate::route::Cidr;
 use crate::stats::Counters;
 use crate::wire::Parse;
 use crate::wire::http1::{self, Body, Framing};
-use crate::worker::{Handoff, WorkerHandle};
+use crate::worker::{Command, WorkerHandle};
 
 const MAX_LIST: usize = 16 << 20;
 const MAX_EVENT: usize = 1 << 20;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a reset waits for room on a worker's command queue.
+const RESET_WAIT: Duration = Duration::from_secs(5);
 
 /// Follows Docker on a thread of its own until the process ends.
 pub fn spawn(
@@ -186,28 +188,15 @@ impl Follower {
         Counters::set(&self.counters.docker_label_routes, sync.routes.len() as u64);
     }
 
-    /// Ends the address's flows on every worker, waiting (bounded) for room
-    /// on a full queue: a later owner of the address must never inherit them.
+    /// Ends the address's flows on every worker, on their command queues
+    /// (never dropped behind a full hand-off queue): a later owner of the
+    /// address must never inherit them.
     fn reset(&self, addr: IpAddr) {
         let source = Cidr::host(addr);
-        for w in &self.workers {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let mut h = Handoff::ResetSource(source);
-            loop {
-                match w.try_send(h) {
-                    Ok(()) => break,
-                    Err(back) if Instant::now() < deadline => {
-                        h = back;
-                        w.wake();
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    Err(_) => {
-                        warn!(target: "egressd::docker", "route {addr}: a worker did not take the reset within 5 s");
-                        break;
-                    }
-                }
-            }
-            w.wake();
+        let missed =
+            self.workers.iter().filter(|w| !w.command(Command::ResetSource(source), RESET_WAIT)).count();
+        if missed > 0 {
+            warn!(target: "egressd::docker", "route {addr}: {missed} worker(s) did not take the reset within {RESET_WAIT:?}");
         }
     }
 

@@ -101,6 +101,7 @@ impl<'a> Host<'a> {
             v.push(self.address(l));
             v.extend(self.listener(l));
         }
+        v.extend(self.metrics());
         for w in &self.wants {
             v.extend(self.bridge(w));
         }

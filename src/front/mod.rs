@@ -167,6 +167,9 @@ pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     s.set_reuse_port(true)?;
     // Accepted sockets inherit keepalive: no setsockopt per connection.
     crate::worker::keepalive(&SockRef::from(&s))?;
+    // Urgent (MSG_OOB) bytes stay in the stream, so the relay passes them on
+    // as data instead of losing them; accepted sockets inherit it.
+    s.set_out_of_band_inline(true)?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
@@ -247,6 +250,16 @@ impl FrontLoop {
                 self.seen = generation;
                 self.shared = self.live.load();
             }
+            // Datagrams are served whether or not accepting is paused: a
+            // pause is about file descriptors, and an existing session
+            // needs none. Edge-triggered, so an event skipped here would
+            // leave the queue unread until the next datagram.
+            for ev in events.iter() {
+                let t = ev.token().0;
+                if t >= UDP_TOKEN {
+                    self.recv_all(t - UDP_TOKEN);
+                }
+            }
             if let Some(t) = self.paused_until {
                 if Instant::now() < t {
                     continue;
@@ -256,12 +269,11 @@ impl FrontLoop {
                 for i in 0..self.listeners.len() {
                     self.accept_all(i);
                 }
+                continue;
             }
             for ev in events.iter() {
                 let t = ev.token().0;
-                if t >= UDP_TOKEN {
-                    self.recv_all(t - UDP_TOKEN);
-                } else if self.paused_until.is_none() {
+                if t < UDP_TOKEN && self.paused_until.is_none() {
                     self.accept_all(t);
                 }
             }

@@ -151,6 +151,16 @@ impl Udp {
         }
     }
 
+    /// Reloaded settings, live: limits and timeouts for the table (existing
+    /// sessions keep running), the reply-pool size (shrinks as it is used),
+    /// pending_datagrams and dns_over_tcp for what comes next.
+    pub(super) fn apply(&mut self, s: &UdpSettings, workers: usize) {
+        let fresh = Udp::new(s, workers);
+        self.table.set_limits(*fresh.table.limits());
+        self.replies.cap = fresh.replies.cap;
+        (self.pending_max, self.dns_over_tcp) = (fresh.pending_max, fresh.dns_over_tcp);
+    }
+
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         self.table.next_deadline()
     }
