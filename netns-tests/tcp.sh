@@ -316,7 +316,7 @@ fi
 # The same listener serves TPROXY'd TCP (told apart per connection): switch
 # the intercept to `tcp: Tproxy`, keep the daemon running.
 CONF_TP=$EG_TMP/egressd-tproxy.ron
-sed 's/intercept: (sources: \(\[[^]]*\]\))/intercept: (sources: \1, tcp: Tproxy)/' "$CONF" >"$CONF_TP"
+sed 's/intercept: (tcp: Redirect)/intercept: (tcp: Tproxy)/' "$CONF" >"$CONF_TP"
 if ! grep -q 'tcp: Tproxy' "$CONF_TP"; then
 	fail_n 5 "11 TPROXY config" "could not derive it from $CONF"
 elif ! egressd_rules_apply --config "$CONF_TP" >"$EG_TMP/rules-tp.out" 2>&1; then

@@ -326,7 +326,10 @@ topo_write_config() {
 			printf '        (source: "10.8.0.14", tunnel: "exit3"), (source: "fd08::14", tunnel: "exit3"),\n'
 		cat <<-'EOF'
 		    ],
-		    intercept: (sources: ["10.8.0.0/24", "fd08::/64"]),
+		    // Every container on br0 is intercepted (no intercept.sources): c3
+		    // has no route and meets `default: Reject`.
+		    intercept: (tcp: Redirect),
+		    dns: (upstream: "192.0.2.53:53"),
 		EOF
 		[ -n "$sock" ] && printf '    control: (socket: "%s"),\n' "$sock"
 		[ -n "$extra" ] && printf '    %s\n' "$extra"
@@ -374,7 +377,7 @@ egressd_stop() {
 
 # egressd_rules_apply [ARGS...] — `egressd rules ARGS | sh -e` inside gw.
 egressd_rules_apply() {
-	"$(egressd_bin)" rules "$@" >"$EG_TMP/rules.sh" || return 1
+	nsx "$NS_GW" "$(egressd_bin)" rules "$@" >"$EG_TMP/rules.sh" || return 1
 	nsx "$NS_GW" sh -e "$EG_TMP/rules.sh"
 }
 
