@@ -22,6 +22,9 @@
 #   7  c3 (no route): no answer from any resolver, private or public
 #   8  nothing reached the leak detector after egressd's rules went in
 #
+# 10 check lines on every path (plan_checks); egressd starting and its rules
+# applying are preconditions (the suite stops), not checks.
+#
 # Usage: sudo netns-tests/dns.sh (EGRESSD=path to use another binary).
 
 set -u
@@ -31,15 +34,11 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
 
+plan_checks 10 # before the root check: a skip counts all 10
 require_root_and_tools nft iptables ip6tables microsocks danted python3 ss timeout dig
-declare -F plan_checks >/dev/null && plan_checks 10
 eg_init
 
-if ! ensure_egressd; then
-	fail "build" "egressd binary $(egressd_bin) missing and cargo build --release failed"
-	summary
-	exit 1
-fi
+ensure_egressd || die "egressd binary $(egressd_bin) missing and cargo build --release failed"
 
 topo_up
 topo_start_services
