@@ -140,6 +140,14 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
         }
     }
 
+    if let Some(d) = settings.docker.clone() {
+        let sock = d.socket.display().to_string();
+        if let Err(e) = crate::docker::client::spawn(d, Arc::clone(&live), handles.clone(), registry.thread())
+        {
+            warn!(target: "egressd", "cannot follow Docker at {sock}: {e}; running with the config routes only");
+        }
+    }
+
     let mut threads = Vec::new();
     for (i, w) in workers.into_iter().enumerate() {
         let stop = Arc::clone(&stop);

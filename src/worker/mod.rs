@@ -327,9 +327,11 @@ impl WorkerLoop {
         let tc = self.tally(&tunnel.name, source);
         Counters::inc(&self.counters.tcp_flows_total);
         tc.inc(|c| &c.tcp_flows_total);
-        debug!(target: "egressd::worker", "{client} -> tcp {orig_dst} via {}", tunnel.name);
+        // DNS over TCP to a resolver no exit can reach goes to `dns.upstream`.
+        let dest = self.settings.dns.target(orig_dst);
+        debug!(target: "egressd::worker", "{client} -> tcp {orig_dst} (to {dest}) via {}", tunnel.name);
         let target = match tunnel.kind.server() {
-            None => orig_dst,
+            None => dest,
             Some(server) => match server.addr {
                 Some(a) => a,
                 None => {
@@ -337,7 +339,7 @@ impl WorkerLoop {
                 }
             },
         };
-        let handshake = upstream::for_tcp(&tunnel.kind, orig_dst).map(Box::new);
+        let handshake = upstream::for_tcp(&tunnel.kind, dest).map(Box::new);
         let upstream = match connect(target, &tunnel.kind) {
             Ok(s) => s,
             Err(e) => {
