@@ -88,6 +88,9 @@ CONF=$EG_TMP/egressd.ron
 write_conf() {
 	topo_write_config "$CONF" "" "tcp: (idle_timeout_secs: 60, half_close_timeout_secs: 3, splice: $1),
     control: (socket: \"$SOCK\", metrics_listen: \"$METRICS\"),"
+	# intercept.sources narrowed to the containers' ranges, for check 5.
+	sed -i 's|intercept: (tcp: Redirect),|intercept: (tcp: Redirect, sources: ["10.8.0.0/24", "fd08::/64"]),|' "$CONF"
+	grep -q 'sources: \["10.8.0.0/24"' "$CONF" || die "could not set intercept.sources in $CONF"
 }
 write_conf true
 egressd_up_or_exit "$CONF"
