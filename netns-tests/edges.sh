@@ -132,12 +132,13 @@ case $out in "ended eof"*"got 6 bytes") pass "$name: $out" ;; *) fail "$name" "$
 # ------------------------------------------------------------------ 4 metrics
 name="4a metrics: a scrape answers within 1 s while 3 clients sit silent"
 for _ in 1 2 3; do edges_bg "$NS_GW" "$EG_TMP/silent.out" silent-tcp 127.0.0.1 9180 8; done
-sleep 0.3
+silent_up() { [ "$(nsx "$NS_GW" ss -tnH state established "dst $METRICS" | wc -l)" -ge 3 ]; }
+wait_until 10 silent_up || log "the silent clients did not all connect"
 t0=$(now_ns)
 code=$(nsx "$NS_GW" curl -s -o "$EG_TMP/scrape.txt" -w '%{http_code}' --max-time 10 "http://$METRICS/metrics")
 ms=$((($(now_ns) - t0) / 1000000))
 if [ "$code" = 200 ] && [ "$ms" -lt 1000 ] && grep -q '^egressd_tcp_flows_total' "$EG_TMP/scrape.txt"; then
-	pass "$name: HTTP $code in $ms ms"
+	pass "$name: HTTP $code in $ms ms ($(nsx "$NS_GW" ss -tnH state established "dst $METRICS" | wc -l) silent)"
 else
 	fail "$name" "HTTP $code in $ms ms"
 fi
