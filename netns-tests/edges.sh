@@ -36,6 +36,14 @@
 #      held (accept_paused grows during the window): c1's existing UDP
 #      session gets every answer (10 of 10, each within 1 s); before, the
 #      front loop skipped UDP events while accepts were paused
+#   8  DNS over TCP (c0 -> exit0, microsocks, `udp: false`): 200 lookups, each
+#      from a new port and all with the same ID, 20 at a time: every answer
+#      reaches its own socket (ID and question), over at most 5 connections
+#      to the SOCKS server (SYNs counted at exit0; before: one per lookup)
+#   9  a silent resolver (203.0.113.11:53, TCP: silent on its first
+#      connection only): 5 lookups get nothing (control); after
+#      udp.dns_answer_timeout_secs 2 the connection is replaced
+#      (dns_tcp_timeouts grows) and 20 later lookups are all answered
 #
 # Usage: sudo netns-tests/edges.sh   (EGRESSD=path to use another binary,
 #        EG_KEEP_TMP=1 to keep logs). Needs root; skips (exit 0) otherwise.
@@ -46,7 +54,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
-declare -F plan_checks >/dev/null && plan_checks 11
+declare -F plan_checks >/dev/null && plan_checks 13
 
 require_root_and_tools nft iptables ip6tables curl microsocks danted python3 ss timeout prlimit
 eg_init
@@ -83,10 +91,13 @@ topo_start_services
 rm -f "$EG_TMP/edges.ready"
 eg_spawn "$NS_INET" "$EG_TMP/edges-svc.log" "$(python_bin)" -u "$EG_TOOLS/edges_tool.py" serve "$TARGET4" --ready "$EG_TMP/edges.ready"
 wait_until 15 test -e "$EG_TMP/edges.ready" || die "edges_tool serve did not start: $(tail -n 5 "$EG_TMP/edges-svc.log")"
+eg_spawn "$NS_INET" "$EG_TMP/silentdns.log" "$(python_bin)" -u "$EG_TOOLS/edges_tool.py" dns-silent-first "$TARGET4B" 53 --ready "$EG_TMP/silentdns.ready"
+wait_until 15 test -e "$EG_TMP/silentdns.ready" || die "dns-silent-first did not start: $(tail -n 5 "$EG_TMP/silentdns.log")"
 
 CONF=$EG_TMP/egressd.ron
 write_conf() {
 	topo_write_config "$CONF" "" "tcp: (idle_timeout_secs: 60, half_close_timeout_secs: 3, splice: $1),
+    udp: (dns_answer_timeout_secs: 2),
     control: (socket: \"$SOCK\", metrics_listen: \"$METRICS\"),"
 	# intercept.sources narrowed to the containers' ranges, for check 5.
 	sed -i 's|intercept: (tcp: Redirect),|intercept: (tcp: Redirect, sources: ["10.8.0.0/24", "fd08::/64"]),|' "$CONF"
@@ -174,7 +185,31 @@ h=$(cat "$EG_TMP/held.out")
 case "$o|$h" in *"flows were reset"*"|ended"*) pass "$name: $o; client: $h" ;; *) fail "$name" "answer: $o; client: $h" ;; esac
 ctl route set --source 10.8.0.11 --tunnel exit1 >/dev/null 2>&1
 
-# ------------------------------------------------------------------ 7 EMFILE and UDP
+# ------------------------------------------------------------------ 8, 9 DNS over TCP
+name="8 DNS over TCP: 200 lookups from new ports, one ID, through exit0 (udp: false)"
+syn0=$(socks_syn_count 0)
+c0=$(stat_now dns_tcp_connections)
+out=$(edges "${NS_C[0]}" dns-many "$PUBDNS4" 200 20 5 2>&1)
+syns=$(($(socks_syn_count 0) - syn0))
+conns=$(($(stat_now dns_tcp_connections) - c0))
+why=""
+case $out in "answered 200/200 wrong 0"*) ;; *) why="$why; $out" ;; esac
+[ "$syns" -ge 1 ] && [ "$syns" -le 5 ] || why="$why; $syns connections to the SOCKS server (want 1..5)"
+if [ -z "$why" ]; then pass "$name: $out; $syns SOCKS connections ($conns counted)"; else fail "$name" "${why#; }"; fi
+
+name="9 a silent resolver is replaced after dns_answer_timeout_secs; later lookups answer"
+t0=$(stat_now dns_tcp_timeouts)
+o1=$(edges "${NS_C[0]}" dns-many "$TARGET4B" 5 5 1.5 s 2>&1)
+timed_out() { [ "$(stat_now dns_tcp_timeouts)" -gt "$t0" ]; }
+wait_until 10 timed_out
+t1=$(stat_now dns_tcp_timeouts)
+o2=$(edges "${NS_C[0]}" dns-many "$TARGET4B" 20 5 3 a 2>&1)
+why=""
+case $o1 in "answered 0/5"*) ;; *) why="$why; control: the silent resolver answered: $o1" ;; esac
+[ "$t1" -gt "$t0" ] || why="$why; dns_tcp_timeouts did not grow ($t0 -> $t1)"
+case $o2 in "answered 20/20 wrong 0"*) ;; *) why="$why; after: $o2" ;; esac
+if [ -z "$why" ]; then pass "$name: silent: $o1; dns_tcp_timeouts $t0 -> $t1; then $o2"; else fail "$name" "${why#; }"; fi
+
 egressd_stop
 # ------------------------------------------------------------------ 6 control socket on a file
 name="6 control.socket naming a regular file: refused, named, file unchanged"
@@ -190,6 +225,7 @@ else
 	fail "$name" "file $([ "$sum0" = "$sum1" ] && echo unchanged || echo CHANGED); log: $out"
 fi
 
+# ------------------------------------------------------------------ 7 EMFILE and UDP
 name="7 EMFILE: an existing UDP session keeps its answers while accepts pause"
 LOWLOG=$EG_TMP/egressd-lowfd.log
 eg_spawn "$NS_GW" "$LOWLOG" prlimit --nofile=64:64 env RUST_LOG=info "$(egressd_bin)" run --config "$CONF"

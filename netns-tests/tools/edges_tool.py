@@ -33,11 +33,22 @@ Clients:
       A == N)
   silent-tcp HOST PORT SECS
       connects and sends nothing for SECS s (a slow client)
+  dns-many HOST N WINDOW TIMEOUT [PREFIX]
+      N lookups, each from a new socket (a new port, as glibc does), at most
+      WINDOW at once, every query with the SAME ID 0x1234 and its own name
+      PREFIX<i>.whoami.test (TXT): "answered A/N wrong W lost L in S s" —
+      wrong: an answer whose ID or question is not its socket's (exit 0 iff
+      A == N and W == 0)
+
+  dns-silent-first ADDR PORT [--ready FILE]   (a server)
+      DNS over TCP: the first connection is read and never answered; later
+      ones answer every query (NXDOMAIN, question echoed)
 """
 
 import hashlib
-import os
+import selectors
 import socket
+import struct
 import sys
 import threading
 import time
@@ -198,6 +209,93 @@ def cmd_silent_tcp(host, port, secs):
     return 0
 
 
+def dns_query(qid, name):
+    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    for label in name.split("."):
+        q += bytes([len(label)]) + label.encode()
+    return q + b"\x00" + struct.pack(">HH", 16, 1)
+
+
+def cmd_dns_many(host, n, window, timeout, prefix="q"):
+    n, window, timeout = int(n), int(window), float(timeout)
+    sel = selectors.DefaultSelector()
+    t0 = time.monotonic()
+    answered = wrong = lost = 0
+    nxt = 0
+    open_ = {}
+    while nxt < n or open_:
+        while nxt < n and len(open_) < window:
+            s = socket.socket(family(host), socket.SOCK_DGRAM)
+            s.setblocking(False)
+            q = dns_query(0x1234, f"{prefix}{nxt}.whoami.test")
+            s.sendto(q, (host, 53))
+            open_[s] = (q, time.monotonic())
+            sel.register(s, selectors.EVENT_READ)
+            nxt += 1
+        for key, _ in sel.select(0.05):
+            s = key.fileobj
+            q, _ = open_.pop(s)
+            sel.unregister(s)
+            try:
+                d = s.recv(4096)
+            except OSError:
+                d = b""
+            s.close()
+            # ID and question section (after the 12-byte header) must be ours.
+            if len(d) >= len(q) and d[:2] == q[:2] and d[12:len(q)] == q[12:]:
+                answered += 1
+            else:
+                wrong += 1
+        now = time.monotonic()
+        for s, (q, sent) in list(open_.items()):
+            if now - sent > timeout:
+                del open_[s]
+                sel.unregister(s)
+                s.close()
+                lost += 1
+    out(f"answered {answered}/{n} wrong {wrong} lost {lost} in {time.monotonic() - t0:.1f} s")
+    return 0 if answered == n and wrong == 0 else 1
+
+
+def dns_silent_first(addr, port, ready):
+    ls = socket.socket(family(addr), socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((addr, int(port)))
+    ls.listen(64)
+    if ready:
+        with open(ready, "w") as f:
+            f.write("ready\n")
+    first = True
+
+    def silent(c):
+        read_to_eof(c)
+        c.close()
+
+    def answer(c):
+        buf = b""
+        while True:
+            try:
+                d = c.recv(65536)
+            except OSError:
+                break
+            if not d:
+                break
+            buf += d
+            while len(buf) >= 2 and len(buf) >= 2 + struct.unpack(">H", buf[:2])[0]:
+                ln = struct.unpack(">H", buf[:2])[0]
+                q, buf = buf[2:2 + ln], buf[2 + ln:]
+                flags = 0x8183  # QR, RD, RA, NXDOMAIN
+                a = q[:2] + struct.pack(">HHHHH", flags, 1, 0, 0, 0) + q[12:]
+                c.sendall(struct.pack(">H", len(a)) + a)
+        c.close()
+
+    while True:
+        c, _ = ls.accept()
+        out(f"connection {'silent' if first else 'answering'}")
+        threading.Thread(target=silent if first else answer, args=(c,), daemon=True).start()
+        first = False
+
+
 def main(argv):
     if not argv:
         print(__doc__)
@@ -211,12 +309,21 @@ def main(argv):
             args = args[:i] + args[i + 2:]
         serve(args[0], ready)
         return 0
+    if cmd == "dns-silent-first":
+        ready = None
+        if "--ready" in args:
+            i = args.index("--ready")
+            ready = args[i + 1]
+            args = args[:i] + args[i + 2:]
+        dns_silent_first(args[0], args[1], ready)
+        return 0
     fns = {
         "oob": cmd_oob,
         "halfclose": cmd_halfclose,
         "idle": cmd_idle,
         "udp-steady": cmd_udp_steady,
         "silent-tcp": cmd_silent_tcp,
+        "dns-many": cmd_dns_many,
     }
     if cmd not in fns:
         print(__doc__)

@@ -212,6 +212,7 @@ pub struct UdpSettings {
     pub max_reply_sockets: usize,
     pub pending_datagrams: usize,
     pub dns_over_tcp: bool,
+    pub dns_answer_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -600,6 +601,7 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
             max_reply_sockets: u.max_reply_sockets,
             pending_datagrams: u.pending_datagrams,
             dns_over_tcp: u.dns_over_tcp,
+            dns_answer_timeout: secs(loc, "udp.dns_answer_timeout_secs", u.dns_answer_timeout_secs)?,
         },
         threads,
         control: ControlSettings {

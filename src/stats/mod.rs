@@ -95,6 +95,10 @@ counters! {
     /// DNS queries carried over TCP, and their answers.
     dns_tcp_queries,
     dns_tcp_answers,
+    /// DNS over TCP: connections opened (pooled per tunnel and resolver),
+    /// and queries dropped unanswered after udp.dns_answer_timeout_secs.
+    dns_tcp_connections,
+    dns_tcp_timeouts,
     /// Labelled containers whose label names no tunnel (each counted once).
     docker_unknown_tunnel,
     /// Label routes (container addresses) live now.

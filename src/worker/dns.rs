@@ -3,22 +3,31 @@
 //! A container's datagram to port 53 becomes a framed query (RFC 1035
 //! §4.2.2) on a TCP connection through the tunnel to the same destination;
 //! each framed answer goes back to the container as a datagram from that
-//! destination. One connection per (session, DNS server), reused for the
-//! session's later queries and closed with the session.
+//! destination.
+//!
+//! Connections are pooled per (tunnel, DNS server) in the worker, not per
+//! client socket: glibc asks from a new port for every lookup, and one
+//! connection (and one SOCKS handshake) per lookup, held for the session's
+//! idle time, would be one per query. Queries are pipelined on the pooled
+//! connection; each gets a wire ID unique on it (clients' IDs collide), and
+//! the answer's ID finds the client and its own ID again.
 //!
 //! ```text
-//!   query ─► Connecting ──► Handshaking (CONNECT dst:53) ──► Open ──answers──► datagrams to the client
-//!             (queries queue in `out`, up to pending_datagrams)        └─ EOF / error ─► closed (DNS clients retry)
+//!   query ─► Connecting ──► Handshaking (CONNECT dst:53) ──► Open ──answers──► datagrams to the clients
+//!             (queries queue in `out`)                         │
+//!     oldest query unanswered for dns_answer_timeout_secs ─────┼─► closed: its queries dropped and
+//!     EOF / error / idle for dns_idle_timeout_secs ────────────┘   counted; the next query opens a new one
 //! ```
 
+use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use log::debug;
-use mio::Interest;
 use mio::net::TcpStream;
+use mio::{Interest, Token};
 use socket2::SockRef;
 
 use super::slab::{self, Kind};
@@ -29,6 +38,13 @@ use crate::upstream::{self, Handshake};
 use crate::wire::Parse;
 use crate::wire::dns;
 
+/// Queries in flight on one connection; more are dropped and counted.
+const MAX_INFLIGHT: usize = 1024;
+
+/// The pool's key: the tunnel (by identity: a reloaded tunnel is another
+/// one) and the DNS server the client asked.
+pub(super) type PoolKey = (usize, SocketAddr);
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Stage {
     Connecting,
@@ -36,10 +52,17 @@ enum Stage {
     Open,
 }
 
-pub(super) struct DnsConn {
-    /// The owning session's slot (it closes this connection when it ends).
-    pub(super) session: usize,
+/// A query waiting for its answer.
+struct Query {
     client: SocketAddr,
+    /// The client's own ID, put back into the answer.
+    id: u16,
+    sent: Instant,
+}
+
+pub(super) struct DnsConn {
+    key: PoolKey,
+    token: Token,
     pub(super) dst: SocketAddr,
     tunnel: Arc<Tunnel>,
     stream: TcpStream,
@@ -49,18 +72,49 @@ pub(super) struct DnsConn {
     /// Framed queries not yet written.
     out: Vec<u8>,
     out_pos: usize,
-    /// Queries sent or queued and not yet answered.
-    waiting: usize,
+    /// By wire ID: queries sent or queued and not yet answered.
+    inflight: HashMap<u16, Query>,
+    /// Wire IDs in the order sent, for the answer timeout (answered ones
+    /// are skipped lazily).
+    order: VecDeque<(u16, Instant)>,
+    next_id: u16,
     /// Bytes of answers read but not yet a whole frame.
     inbuf: Vec<u8>,
     started: Instant,
+    last_used: Instant,
+    /// When this connection's timer is due, if one is set.
+    timer_at: Option<Instant>,
+}
+
+impl DnsConn {
+    /// A wire ID not in flight on this connection.
+    fn free_id(&mut self) -> u16 {
+        while self.inflight.contains_key(&self.next_id) {
+            self.next_id = self.next_id.wrapping_add(1);
+        }
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        id
+    }
+
+    /// The send time of the oldest query still unanswered.
+    fn oldest(&mut self) -> Option<Instant> {
+        while let Some(&(id, sent)) = self.order.front() {
+            if self.inflight.get(&id).is_some_and(|q| q.sent == sent) {
+                return Some(sent);
+            }
+            self.order.pop_front();
+        }
+        None
+    }
 }
 
 impl WorkerLoop {
-    /// Carries one query of `session` to `dst` over TCP; false if dropped.
+    /// Carries one query of `client` to `dst` over TCP, on the pooled
+    /// connection for (tunnel, dst); dropped and counted if it cannot be.
     pub(super) fn dns_query(
         &mut self,
-        session: usize,
+        _session: usize,
         client: SocketAddr,
         dst: SocketAddr,
         t: &Arc<Tunnel>,
@@ -70,9 +124,10 @@ impl WorkerLoop {
             Counters::inc(&self.counters.udp_drop_bad_header);
             return;
         }
-        let slot = match self.udp.dns_conn_for(session, dst) {
-            Some(slot) => slot,
-            None => match self.open_dns_conn(session, client, dst, t) {
+        let key = (Arc::as_ptr(t) as usize, dst);
+        let slot = match self.dns_pool.get(&key) {
+            Some(&slot) => slot,
+            None => match self.open_dns_conn(key, client, dst, t) {
                 Some(slot) => slot,
                 None => {
                     Counters::inc(&self.counters.udp_assoc_failed);
@@ -80,9 +135,9 @@ impl WorkerLoop {
                 }
             },
         };
-        let pending_max = self.udp.pending_max;
+        let now = self.now;
         let Some(c) = self.udp.dns.get_mut(slot) else { return };
-        if c.waiting >= pending_max {
+        if c.inflight.len() >= MAX_INFLIGHT {
             Counters::inc(&self.counters.udp_drop_pending);
             return;
         }
@@ -90,20 +145,36 @@ impl WorkerLoop {
             Counters::inc(&self.counters.udp_drop_bad_header);
             return;
         };
+        let wire = c.free_id();
+        c.inflight.insert(wire, Query { client, id: u16::from_be_bytes([q[0], q[1]]), sent: now });
+        c.order.push_back((wire, now));
+        c.last_used = now;
         c.out.extend_from_slice(&prefix);
-        c.out.extend_from_slice(q);
-        c.waiting += 1;
+        c.out.extend_from_slice(&wire.to_be_bytes());
+        c.out.extend_from_slice(&q[2..]);
+        let open = c.stage == Stage::Open;
         Counters::inc(&self.counters.dns_tcp_queries);
         Counters::inc(&self.counters.udp_dgrams_up);
         Counters::add(&self.counters.udp_bytes_up, q.len() as u64);
-        if c.stage == Stage::Open && self.flush_dns(slot).is_err() {
+        self.dns_timer(slot, now + self.settings.udp.dns_answer_timeout);
+        if open && self.flush_dns(slot).is_err() {
             self.close_dns(slot, "write error");
         }
     }
 
+    /// Makes sure the connection's timer fires no later than `at`.
+    fn dns_timer(&mut self, slot: usize, at: Instant) {
+        let Some(c) = self.udp.dns.get_mut(slot) else { return };
+        if c.timer_at.is_some_and(|t| t <= at) {
+            return;
+        }
+        c.timer_at = Some(at);
+        self.timers.push(std::cmp::Reverse((at, c.token)));
+    }
+
     fn open_dns_conn(
         &mut self,
-        session: usize,
+        key: PoolKey,
         client: SocketAddr,
         dst: SocketAddr,
         t: &Arc<Tunnel>,
@@ -120,8 +191,8 @@ impl WorkerLoop {
             }
         };
         let conn = DnsConn {
-            session,
-            client,
+            key,
+            token: Token(0),
             dst,
             tunnel: Arc::clone(t),
             stream,
@@ -129,13 +200,18 @@ impl WorkerLoop {
             hs: Some(hs),
             out: Vec::new(),
             out_pos: 0,
-            waiting: 0,
+            inflight: HashMap::new(),
+            order: VecDeque::new(),
+            next_id: 0,
             inbuf: Vec::new(),
             started: self.now,
+            last_used: self.now,
+            timer_at: None,
         };
         let (slot, generation) = self.udp.dns.insert(conn);
         let token = slab::token(slot, generation, Kind::DnsTcp);
         let c = self.udp.dns.get_mut(slot).expect("just inserted");
+        c.token = token;
         if self
             .poll
             .registry()
@@ -145,10 +221,10 @@ impl WorkerLoop {
             self.udp.dns.remove(slot);
             return None;
         }
-        self.udp.add_dns_conn(session, dst, slot);
-        let deadline = self.now + self.settings.tcp.connect_timeout;
-        self.timers.push(std::cmp::Reverse((deadline, token)));
-        debug!(target: "egressd::udp", "{client} -> dns {dst} via {}: over TCP", t.name);
+        self.dns_pool.insert(key, slot);
+        Counters::inc(&self.counters.dns_tcp_connections);
+        self.dns_timer(slot, self.now + self.settings.tcp.connect_timeout);
+        debug!(target: "egressd::udp", "dns {dst} via {}: new pooled TCP connection", t.name);
         Some(slot)
     }
 
@@ -231,26 +307,36 @@ impl WorkerLoop {
                 }
             };
             c.inbuf.extend_from_slice(&self.relay.scratch[..n]);
-            let (client, dst) = (c.client, c.dst);
+            let dst = c.dst;
             let mut used = 0;
             loop {
                 let c = self.udp.dns.get_mut(slot).expect("live");
-                match dns::parse_frame(&c.inbuf[used..]) {
-                    Ok(Parse::Done(msg, len)) => {
-                        c.waiting = c.waiting.saturating_sub(1);
-                        let r = self.udp.replies.send(dst, client, msg);
-                        let sent = msg.len() as u64;
-                        used += len;
-                        self.count_reply(r, dst, client, sent);
-                        Counters::inc(&self.counters.dns_tcp_answers);
-                        self.udp.table.touch_inbound(&client, now);
-                    }
+                let (msg, len) = match dns::parse_frame(&c.inbuf[used..]) {
+                    Ok(Parse::Done(msg, len)) => (msg, len),
                     Ok(Parse::Incomplete) => break,
                     Err(e) => {
                         let why = format!("bad answer framing: {e}");
                         return self.close_dns(slot, &why);
                     }
-                }
+                };
+                used += len;
+                let wire = u16::from_be_bytes([msg[0], msg[1]]);
+                let Some(q) = c.inflight.remove(&wire) else {
+                    // Late (its query timed out) or not ours: nobody to give it to.
+                    Counters::inc(&self.counters.udp_drop_bad_header);
+                    continue;
+                };
+                // The client's own ID back in, in the scratch buffer (free
+                // again: what was read is in `inbuf`).
+                let out = &mut self.relay.scratch[..msg.len()];
+                out.copy_from_slice(msg);
+                out[..2].copy_from_slice(&q.id.to_be_bytes());
+                c.last_used = now;
+                let r = self.udp.replies.send(dst, q.client, out);
+                let sent = out.len() as u64;
+                self.count_reply(r, dst, q.client, sent);
+                Counters::inc(&self.counters.dns_tcp_answers);
+                self.udp.table.touch_inbound(&q.client, now);
             }
             let c = self.udp.dns.get_mut(slot).expect("live");
             c.inbuf.drain(..used);
@@ -260,22 +346,40 @@ impl WorkerLoop {
         }
     }
 
-    /// The connect/handshake deadline of a DNS connection.
+    /// A DNS connection's timer: the connect/handshake deadline, the
+    /// answer timeout of its oldest query, or its idle time.
     pub(super) fn expire_dns(&mut self, slot: usize) {
-        let timeout = self.settings.tcp.connect_timeout;
-        if let Some(c) = self.udp.dns.get(slot)
-            && c.stage != Stage::Open
-            && c.started + timeout <= self.now
-        {
-            self.close_dns(slot, "no answer from the tunnel in time (connect_timeout_secs)");
+        let now = self.now;
+        let (connect, answer, idle) = (
+            self.settings.tcp.connect_timeout,
+            self.settings.udp.dns_answer_timeout,
+            self.settings.udp.dns_idle_timeout,
+        );
+        let Some(c) = self.udp.dns.get_mut(slot) else { return };
+        c.timer_at = None;
+        if c.stage != Stage::Open && c.started + connect <= now {
+            return self.close_dns(slot, "no answer from the tunnel in time (connect_timeout_secs)");
         }
+        let next = match c.oldest() {
+            Some(sent) if sent + answer <= now => {
+                Counters::add(&self.counters.dns_tcp_timeouts, c.inflight.len() as u64);
+                return self.close_dns(slot, "a query unanswered for dns_answer_timeout_secs; replaced");
+            }
+            Some(sent) => sent + answer,
+            None if c.last_used + idle <= now => return self.close_dns(slot, "idle"),
+            None => c.last_used + idle,
+        };
+        let next = if c.stage == Stage::Open { next } else { next.min(c.started + connect) };
+        self.dns_timer(slot, next);
     }
 
     pub(super) fn close_dns(&mut self, slot: usize, why: &str) {
         if let Some(c) = self.udp.dns.remove(slot) {
-            debug!(target: "egressd::udp", "{} -> dns {} via {}: connection closed: {why}; {} queries unanswered",
-                c.client, c.dst, c.tunnel.name, c.waiting);
-            self.udp.forget_dns_conn(c.session, slot);
+            debug!(target: "egressd::udp", "dns {} via {}: connection closed: {why}; {} queries unanswered",
+                c.dst, c.tunnel.name, c.inflight.len());
+            if self.dns_pool.get(&c.key) == Some(&slot) {
+                self.dns_pool.remove(&c.key);
+            }
         }
     }
 }
