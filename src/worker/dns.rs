@@ -72,12 +72,8 @@ pub(super) struct DnsConn {
     /// Framed queries not yet written.
     out: Vec<u8>,
     out_pos: usize,
-    /// By wire ID: queries sent or queued and not yet answered.
-    inflight: HashMap<u16, Query>,
-    /// Wire IDs in the order sent, for the answer timeout (answered ones
-    /// are skipped lazily).
-    order: VecDeque<(u16, Instant)>,
-    next_id: u16,
+    /// Queries sent or queued and not yet answered.
+    inflight: Inflight,
     /// Bytes of answers read but not yet a whole frame.
     inbuf: Vec<u8>,
     started: Instant,
@@ -86,21 +82,46 @@ pub(super) struct DnsConn {
     timer_at: Option<Instant>,
 }
 
-impl DnsConn {
-    /// A wire ID not in flight on this connection.
-    fn free_id(&mut self) -> u16 {
-        while self.inflight.contains_key(&self.next_id) {
+/// The queries in flight on one connection, by wire ID (sans-IO).
+#[derive(Default)]
+struct Inflight {
+    by_id: HashMap<u16, Query>,
+    /// Wire IDs in the order sent, for the answer timeout (answered ones
+    /// are skipped lazily).
+    order: VecDeque<(u16, Instant)>,
+    next_id: u16,
+}
+
+impl Inflight {
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Takes a query with the client's `id`; returns the wire ID to send it
+    /// with, unique among those in flight (`None` when full).
+    fn add(&mut self, client: SocketAddr, id: u16, now: Instant) -> Option<u16> {
+        if self.by_id.len() >= MAX_INFLIGHT {
+            return None;
+        }
+        while self.by_id.contains_key(&self.next_id) {
             self.next_id = self.next_id.wrapping_add(1);
         }
-        let id = self.next_id;
+        let wire = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        id
+        self.by_id.insert(wire, Query { client, id, sent: now });
+        self.order.push_back((wire, now));
+        Some(wire)
+    }
+
+    /// The client and its own ID for an answer with this wire ID.
+    fn answer(&mut self, wire: u16) -> Option<(SocketAddr, u16)> {
+        self.by_id.remove(&wire).map(|q| (q.client, q.id))
     }
 
     /// The send time of the oldest query still unanswered.
     fn oldest(&mut self) -> Option<Instant> {
         while let Some(&(id, sent)) = self.order.front() {
-            if self.inflight.get(&id).is_some_and(|q| q.sent == sent) {
+            if self.by_id.get(&id).is_some_and(|q| q.sent == sent) {
                 return Some(sent);
             }
             self.order.pop_front();
@@ -137,17 +158,14 @@ impl WorkerLoop {
         };
         let now = self.now;
         let Some(c) = self.udp.dns.get_mut(slot) else { return };
-        if c.inflight.len() >= MAX_INFLIGHT {
-            Counters::inc(&self.counters.udp_drop_pending);
-            return;
-        }
         let Ok(prefix) = dns::encode_len(q.len()) else {
             Counters::inc(&self.counters.udp_drop_bad_header);
             return;
         };
-        let wire = c.free_id();
-        c.inflight.insert(wire, Query { client, id: u16::from_be_bytes([q[0], q[1]]), sent: now });
-        c.order.push_back((wire, now));
+        let Some(wire) = c.inflight.add(client, u16::from_be_bytes([q[0], q[1]]), now) else {
+            Counters::inc(&self.counters.udp_drop_pending);
+            return;
+        };
         c.last_used = now;
         c.out.extend_from_slice(&prefix);
         c.out.extend_from_slice(&wire.to_be_bytes());
@@ -200,9 +218,7 @@ impl WorkerLoop {
             hs: Some(hs),
             out: Vec::new(),
             out_pos: 0,
-            inflight: HashMap::new(),
-            order: VecDeque::new(),
-            next_id: 0,
+            inflight: Inflight::default(),
             inbuf: Vec::new(),
             started: self.now,
             last_used: self.now,
@@ -321,7 +337,7 @@ impl WorkerLoop {
                 };
                 used += len;
                 let wire = u16::from_be_bytes([msg[0], msg[1]]);
-                let Some(q) = c.inflight.remove(&wire) else {
+                let Some((client, id)) = c.inflight.answer(wire) else {
                     // Late (its query timed out) or not ours: nobody to give it to.
                     Counters::inc(&self.counters.udp_drop_bad_header);
                     continue;
@@ -330,13 +346,13 @@ impl WorkerLoop {
                 // again: what was read is in `inbuf`).
                 let out = &mut self.relay.scratch[..msg.len()];
                 out.copy_from_slice(msg);
-                out[..2].copy_from_slice(&q.id.to_be_bytes());
+                out[..2].copy_from_slice(&id.to_be_bytes());
                 c.last_used = now;
-                let r = self.udp.replies.send(dst, q.client, out);
+                let r = self.udp.replies.send(dst, client, out);
                 let sent = out.len() as u64;
-                self.count_reply(r, dst, q.client, sent);
+                self.count_reply(r, dst, client, sent);
                 Counters::inc(&self.counters.dns_tcp_answers);
-                self.udp.table.touch_inbound(&q.client, now);
+                self.udp.table.touch_inbound(&client, now);
             }
             let c = self.udp.dns.get_mut(slot).expect("live");
             c.inbuf.drain(..used);
@@ -360,7 +376,7 @@ impl WorkerLoop {
         if c.stage != Stage::Open && c.started + connect <= now {
             return self.close_dns(slot, "no answer from the tunnel in time (connect_timeout_secs)");
         }
-        let next = match c.oldest() {
+        let next = match c.inflight.oldest() {
             Some(sent) if sent + answer <= now => {
                 Counters::add(&self.counters.dns_tcp_timeouts, c.inflight.len() as u64);
                 return self.close_dns(slot, "a query unanswered for dns_answer_timeout_secs; replaced");
@@ -381,5 +397,53 @@ impl WorkerLoop {
                 self.dns_pool.remove(&c.key);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn colliding_ids_get_their_own_wire_ids_and_come_back() {
+        let mut f = Inflight::default();
+        let t0 = Instant::now();
+        let a: SocketAddr = "10.8.0.10:40000".parse().unwrap();
+        let b: SocketAddr = "10.8.0.11:40001".parse().unwrap();
+        let wa = f.add(a, 0x1234, t0).unwrap();
+        let wb = f.add(b, 0x1234, t0).unwrap();
+        assert_ne!(wa, wb, "the same client ID twice on one connection");
+        assert_eq!(f.answer(wb), Some((b, 0x1234)));
+        assert_eq!(f.answer(wb), None, "answered once");
+        assert_eq!(f.answer(wa), Some((a, 0x1234)));
+        assert_eq!(f.len(), 0);
+    }
+
+    #[test]
+    fn wire_ids_skip_those_in_flight_and_the_table_is_bounded() {
+        let mut f = Inflight::default();
+        let t0 = Instant::now();
+        let c: SocketAddr = "10.8.0.10:1".parse().unwrap();
+        let ids: std::collections::HashSet<u16> =
+            (0..MAX_INFLIGHT).map(|_| f.add(c, 7, t0).unwrap()).collect();
+        assert_eq!(ids.len(), MAX_INFLIGHT);
+        assert_eq!(f.add(c, 7, t0), None, "full");
+        // Free one, wrap around: the freed ID is the only one left to reuse.
+        f.answer(5).unwrap();
+        f.next_id = 0;
+        assert_eq!(f.add(c, 7, t0), Some(5));
+    }
+
+    #[test]
+    fn the_oldest_unanswered_query_sets_the_timeout() {
+        let mut f = Inflight::default();
+        let t0 = Instant::now();
+        let c: SocketAddr = "10.8.0.10:1".parse().unwrap();
+        let w0 = f.add(c, 1, t0).unwrap();
+        let _w1 = f.add(c, 2, t0 + Duration::from_secs(1)).unwrap();
+        assert_eq!(f.oldest(), Some(t0));
+        f.answer(w0);
+        assert_eq!(f.oldest(), Some(t0 + Duration::from_secs(1)));
     }
 }
