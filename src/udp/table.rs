@@ -119,6 +119,13 @@ impl<V> SessionTable<V> {
         &self.limits
     }
 
+    /// New limits (a reload). Sessions beyond a lower `max_sessions` stay
+    /// until they end; the table does not grow past it again.
+    pub fn set_limits(&mut self, mut limits: Limits) {
+        limits.max_sessions = limits.max_sessions.clamp(1, (NIL - 1) as usize);
+        self.limits = limits;
+    }
+
     pub fn len(&self) -> usize {
         self.dns.len + self.ordinary.len
     }

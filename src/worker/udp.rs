@@ -114,6 +114,10 @@ enum Link {
 
 struct Session {
     client: SocketAddr,
+    /// A DNS query of this session that egressd sent elsewhere (`dns.upstream`
+    /// instead of a resolver no exit can reach): (where it went, what the
+    /// client asked), so that the answer comes from the address asked.
+    dns_alias: Option<(SocketAddr, SocketAddr)>,
     tunnel: Arc<Tunnel>,
     /// This worker's counters for the tunnel and the route source.
     tc: Tally,
@@ -145,6 +149,16 @@ impl Udp {
             replies: ReplyPool::new((s.max_reply_sockets / workers.max(1)).max(1)),
             pending_max: s.pending_datagrams,
         }
+    }
+
+    /// Reloaded settings, live: limits and timeouts for the table (existing
+    /// sessions keep running), the reply-pool size (shrinks as it is used),
+    /// pending_datagrams and dns_over_tcp for what comes next.
+    pub(super) fn apply(&mut self, s: &UdpSettings, workers: usize) {
+        let fresh = Udp::new(s, workers);
+        self.table.set_limits(*fresh.table.limits());
+        self.replies.cap = fresh.replies.cap;
+        (self.pending_max, self.dns_over_tcp) = (fresh.pending_max, fresh.dns_over_tcp);
     }
 
     pub(super) fn next_deadline(&self) -> Option<Instant> {
@@ -238,7 +252,7 @@ impl WorkerLoop {
         let tc = self.tally(&d.tunnel.name, d.source);
         tc.inc(|c| &c.udp_sessions_total);
         tc.inc(|c| &c.udp_sessions_active);
-        let session = Session { client: d.client, tunnel: Arc::clone(d.tunnel), tc, link };
+        let session = Session { client: d.client, dns_alias: None, tunnel: Arc::clone(d.tunnel), tc, link };
         let (slot, generation) = self.udp.sessions.insert(session);
         Counters::inc(&self.counters.udp_sessions_total);
         Counters::inc(&self.counters.udp_sessions_active);
@@ -287,12 +301,10 @@ impl WorkerLoop {
                 }
             }
             TunnelKind::Direct { interface, mark, bind } => {
+                let target = self.settings.dns.target(d.orig_dst);
                 let r = (|| -> std::io::Result<UdpSocket> {
-                    let s = Socket::new(
-                        Domain::for_address(d.orig_dst),
-                        Type::DGRAM.nonblocking().cloexec(),
-                        None,
-                    )?;
+                    let s =
+                        Socket::new(Domain::for_address(target), Type::DGRAM.nonblocking().cloexec(), None)?;
                     if let Some(i) = interface {
                         s.bind_device(Some(i.as_bytes()))?;
                     }
@@ -300,8 +312,8 @@ impl WorkerLoop {
                         s.set_mark(*m)?;
                     }
                     let local = match bind {
-                        Some(ip) if ip.is_ipv4() == d.orig_dst.is_ipv4() => SocketAddr::new(*ip, 0),
-                        _ => SocketAddr::new(unspecified(d.orig_dst.ip()), 0),
+                        Some(ip) if ip.is_ipv4() == target.is_ipv4() => SocketAddr::new(*ip, 0),
+                        _ => SocketAddr::new(unspecified(target.ip()), 0),
                     };
                     s.bind(&local.into())?;
                     Ok(UdpSocket::from_std(s.into()))
@@ -347,9 +359,15 @@ impl WorkerLoop {
         }
     }
 
-    /// Sends (or queues) one datagram of a session.
+    /// Sends (or queues) one datagram of a session; `dst` is where the
+    /// client sent it (DNS to a resolver that is not public goes to
+    /// `dns.upstream` instead).
     fn send_on(&mut self, slot: usize, dst: SocketAddr, data: &[u8]) {
+        let target = self.settings.dns.target(dst);
         let Some(s) = self.udp.sessions.get_mut(slot) else { return };
+        if target != dst {
+            s.dns_alias = Some((target, dst));
+        }
         let sent = match &mut s.link {
             Link::Associating { pending, .. } => {
                 if pending.len() < self.udp.pending_max {
@@ -360,8 +378,8 @@ impl WorkerLoop {
                 }
                 return;
             }
-            Link::Relay { data: sock, .. } => send_to_relay(sock, dst, data),
-            Link::Direct { data: sock } => sock.send_to(data, dst).map(|_| ()),
+            Link::Relay { data: sock, .. } => send_to_relay(sock, target, data),
+            Link::Direct { data: sock } => sock.send_to(data, target).map(|_| ()),
             Link::DnsOverTcp { .. } => {
                 if dst.port() == 53 {
                     let (client, tunnel) = (s.client, Arc::clone(&s.tunnel));
@@ -505,6 +523,11 @@ impl WorkerLoop {
                     Err(_) => continue,
                 },
                 Link::Associating { .. } | Link::DnsOverTcp { .. } | Link::Empty => return,
+            };
+            // The answer to a redirected query comes from the address asked.
+            let remote = match s.dns_alias {
+                Some((went, asked)) if went == remote => asked,
+                _ => remote,
             };
             self.udp.table.touch_inbound(&client, now);
             let bytes = &self.relay.scratch[payload];
