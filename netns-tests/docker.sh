@@ -51,7 +51,7 @@ set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
-declare -F plan_checks >/dev/null && plan_checks 60
+plan_checks 60
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
 # shellcheck source=tools/docker_lib.sh
@@ -138,7 +138,7 @@ dk_snap >"$EG_TMP/snap.0"
 up_ok=0
 dk_egressd_start "$CONF" 10.8.0.1 '[fd08::1]' 10.8.0.65 '[fd08::1:0:0:1]' && up_ok=1
 rules_ok=0
-dk_rules_apply --config "$CONF" >"$EG_TMP/rules.out" 2>&1 && rules_ok=1
+egressd_rules_apply --config "$CONF" >"$EG_TMP/rules.out" 2>&1 && rules_ok=1
 dk_snap >"$EG_TMP/snap.1"
 dump_fw egressd
 [ "$up_ok" = 1 ] && [ "$rules_ok" = 1 ]
@@ -203,7 +203,7 @@ for t in iptables ip6tables; do
 	nsx "$NS_GW" "$t" -w -t nat -A POSTROUTING -o uplink -j MASQUERADE
 done
 boot_ok=0
-dk_rules_apply --config "$CONF" >"$EG_TMP/rules.boot" 2>&1 && dockerd_start &&
+egressd_rules_apply --config "$CONF" >"$EG_TMP/rules.boot" 2>&1 && dockerd_start &&
 	wait_until 40 dk_running 6 && wait_until 20 p0_ready && boot_ok=1
 [ "$boot_ok" = 1 ]
 verdict $? "B netfilter emptied (a reboot), egressd's rules applied, then dockerd started: its 6 containers are back" \
@@ -217,7 +217,7 @@ published_check "B dockerd started after egressd's rules"
 # ------------------------------------------------------------------ X rules --delete
 dk_snap >"$EG_TMP/snap.2"
 del_ok=0
-dk_rules_apply --config "$CONF" --delete >"$EG_TMP/delete.out" 2>&1 && del_ok=1
+egressd_rules_apply --config "$CONF" --delete >"$EG_TMP/delete.out" 2>&1 && del_ok=1
 dk_snap >"$EG_TMP/snap.3"
 comm -23 "$EG_TMP/snap.2" "$EG_TMP/snap.added" >"$EG_TMP/snap.want"
 [ "$del_ok" = 1 ] && diff -q "$EG_TMP/snap.want" "$EG_TMP/snap.3" >/dev/null

@@ -22,32 +22,39 @@ is_addr() {
 # ---------------------------------------------------------------- leak detector
 # topology.sh counts packets from gw's uplink address and from container
 # addresses. A forged source leaving un-NATed would carry neither: count
-# everything else arriving from the uplink's MAC too (link-local v6 aside).
+# whatever else arrives from the uplink's MAC too, except link-local v6 and
+# inet's own addresses (inet's replies to a forged source that was NATed
+# come back through gw, de-NATed, and must not read as a new leak later).
 leak_detector_extend() {
 	local mac
 	mac=$(ip -n "$NS_GW" -o link show uplink | sed -n 's/.*link\/ether \([0-9a-f:]*\).*/\1/p')
-	nsx "$NS_INET" nft -f - <<-EOF
+	[ -n "$mac" ] || die "no MAC address on gw's uplink"
+	nsx "$NS_INET" nft -f - <<-EOF || die "inet: nft -f could not create the leak detector (table inet egleakmac)"
 	table inet egleakmac {
 		counter other4 { }
 		counter other6 { }
 		chain pre {
 			type filter hook prerouting priority -300; policy accept;
-			ether saddr $mac ip saddr != $GW_UPLINK4 counter name other4
-			ether saddr $mac ip6 saddr != { $GW_UPLINK6, fe80::/10 } counter name other6
+			ether saddr $mac ip saddr != { $GW_UPLINK4, 203.0.113.0/24, $PUBDNS4, $PRIV_DNS } counter name other4
+			ether saddr $mac ip6 saddr != { $GW_UPLINK6, fe80::/10, 2001:db8:203::/48 } counter name other6
 		}
 	}
 	EOF
+	leak_total >/dev/null
+	# EG_DOCKER_PCAP=1: what arrives from gw's uplink, to a pcap (with EG_KEEP_TMP=1).
+	if [ "${EG_DOCKER_PCAP:-0}" = 1 ]; then
+		eg_spawn "$NS_INET" "$EG_TMP/tcpdump.log" tcpdump -i br-inet -U -w "$EG_TMP/leak.pcap" \
+			"ether src $mac and not (icmp6 and ip6[40] >= 133 and ip6[40] <= 137)"
+		wait_until 5 grep -q listening "$EG_TMP/tcpdump.log"
+	fi
 }
 
 leak_total() {
-	local c n total
-	total=$(leak_count)
-	for c in other4 other6; do
-		n=$(nsx "$NS_INET" nft list counter inet egleakmac "$c" 2>/dev/null |
-			sed -n 's/.*packets \([0-9]*\).*/\1/p' | head -n1)
-		total=$((total + ${n:-0}))
-	done
-	printf '%s\n' "$total"
+	local a b c
+	a=$(leak_count) || die "leak detector unreadable"
+	b=$(nft_counter "$NS_INET" egleakmac other4) || die "leak detector (other4) unreadable"
+	c=$(nft_counter "$NS_INET" egleakmac other6) || die "leak detector (other6) unreadable"
+	printf '%s\n' $((a + b + c))
 }
 
 # ---------------------------------------------------------------- probes (in containers)
@@ -75,21 +82,60 @@ p_udp_none() { py "$1" /tools/udptool.py none "$2" 5000 2; }
 
 # p_dns NAME [SERVER] — the TXT of whoami.test (the resolver's view of the
 # asker), through /etc/resolv.conf (Docker's 127.0.0.11) or from SERVER.
+# Without an answer: "timeout" (dig got no reply), "status: X" (a reply
+# without an answer, e.g. the embedded DNS's SERVFAIL) or "error: ...".
 p_dns() {
-	local at=()
+	local at=() out rc
 	[ -n "${2:-}" ] && at=("@$2")
-	dx "$1" /usr/bin/dig +short +time=3 +tries=1 "${at[@]}" TXT whoami.test 2>&1 | tr -d '"' | head -n 1
+	out=$(dx "$1" /usr/bin/dig +time=3 +tries=1 "${at[@]}" TXT whoami.test 2>&1)
+	rc=$?
+	if [ "$rc" = 0 ] && printf '%s\n' "$out" | grep -q 'status: NOERROR'; then
+		printf '%s\n' "$out" | awk '$4 == "TXT" { gsub(/"/, "", $5); print $5; exit }'
+	elif [ "$rc" = 0 ]; then
+		printf 'status: %s\n' "$(printf '%s\n' "$out" | sed -n 's/.*status: \([A-Z]*\).*/\1/p' | head -n 1)"
+	elif [ "$rc" = 9 ]; then
+		echo timeout
+	else
+		printf 'error: exit %s: %s\n' "$rc" "$(printf '%s' "$out" | tr '\n' ' ' | cut -c1-160)"
+	fi
 }
 
-p_reset() { py "$1" /tools/egtool.py expect-reset "$2" 80 2>&1 | tail -n 1; }
-p_ping() { dx "$1" /bin/busybox ping -c 1 -W 2 "$2" >/dev/null 2>&1; }
-p_ping6() { dx "$1" /bin/busybox ping6 -c 1 -W 2 "$2" >/dev/null 2>&1; }
+# no_dns_answer S — what p_dns printed is a reply-less or answer-less outcome
+# (never an error of the probe itself).
+no_dns_answer() {
+	case $1 in timeout | "status: SERVFAIL" | "status: REFUSED" | "status: NXDOMAIN") return 0 ;; esac
+	return 1
+}
 
-# forge NAME — forged-source UDP and TCP SYNs (203.0.113.77) to the target.
+# p_ping NAME HOST — "reply", "timeout" (sent, unanswered: the only
+# "dropped") or "error: ..." (ICMP echo by tools/egtool.py, raw socket).
+p_ping() {
+	local out rc
+	out=$(py "$1" /tools/egtool.py ping "$2" 1 2>&1)
+	rc=$?
+	case "$rc:$out" in
+	"0:reply from "*) echo reply ;;
+	"1:timeout: "*) echo timeout ;;
+	*) printf 'error: exit %s: %s\n' "$rc" "$(printf '%s' "$out" | tr '\n' ' ' | cut -c1-160)" ;;
+	esac
+}
+
+# p_reset NAME HOST — TCP to HOST:80: reset, refused, eof-nodata, data:...,
+# timeout or error:... (tools/egtool.py expect-reset).
+p_reset() { py "$1" /tools/egtool.py expect-reset "$2" 80 2>&1 | tail -n 1; }
+
+# no_tcp_data S — what p_reset printed shows the connection got nothing.
+no_tcp_data() { case $1 in reset* | refused* | timeout* | eof-nodata*) return 0 ;; esac; return 1; }
+is_reset() { case $1 in reset* | refused*) return 0 ;; esac; return 1; }
+
+# forge NAME — forged-source UDP datagrams and TCP SYNs (from 100.64.99.77,
+# an address of no bridge) to the target (the SYNs to a closed port: a reset
+# at once, no half-open connection retransmitting its SYN-ACK for a minute).
+FORGED_SRC=100.64.99.77
 forge() {
 	local a b
-	a=$(py "$1" /tools/forge.py udp 203.0.113.77 "$TARGET4" 5000 3 2>&1 | tail -n 1)
-	b=$(py "$1" /tools/forge.py syn 203.0.113.77 "$TARGET4" 80 3 2>&1 | tail -n 1)
+	a=$(py "$1" /tools/forge.py udp "$FORGED_SRC" "$TARGET4" 5000 3 2>&1 | tail -n 1)
+	b=$(py "$1" /tools/forge.py syn "$FORGED_SRC" "$TARGET4" 9 3 2>&1 | tail -n 1)
 	printf '%s; %s\n' "$a" "$b"
 }
 
@@ -185,13 +231,6 @@ dk_egressd_start() {
 	wait_until 15 dk_up_or_dead "$@" && dk_listening_all "$@"
 }
 
-# dk_rules_apply ARGS... — `egressd rules ARGS` run INSIDE gw (it looks up
-# the interfaces that hold the listen addresses there), its script run there.
-dk_rules_apply() {
-	nsx "$NS_GW" "$(egressd_bin)" rules "$@" >"$EG_TMP/rules.sh" || return 1
-	nsx "$NS_GW" sh -e "$EG_TMP/rules.sh"
-}
-
 # ---------------------------------------------------------------- check groups
 # routed_checks NAME N LABEL — 5 checks: NAME's TCP, UDP, DNS leave by exit N;
 # ICMP dropped; nothing reaches the leak detector.
@@ -209,7 +248,7 @@ routed_checks() {
 	par d4 p_dns "$n" "$PUBDNS4"
 	par d6 p_dns "$n" "$PUBDNS6"
 	par i4 p_ping "$n" "$TARGET4"
-	par i6 p_ping6 "$n" "$TARGET6"
+	par i6 p_ping "$n" "$TARGET6"
 	par_wait
 	l1=$(leak_total)
 	[ "$(po t4)" = "$e4" ] && [ "$(po t6)" = "$e6" ]
@@ -222,9 +261,9 @@ routed_checks() {
 	[ "$(po dp)" = "$e4" ] && [ "$(po d4)" = "$e4" ] && [ "$(po d6)" = "$e6" ]
 	verdict $? "$3: DNS asked of $PRIV_DNS, $PUBDNS4 and $PUBDNS6 is answered via exit$2, from the address asked" \
 		"answers '$(po dp)' / '$(po d4)' / '$(po d6)', want $e4 / $e4 / $e6"
-	[ "$(prc i4)" != 0 ] && [ "$(prc i6)" != 0 ] && [ "$l1" -eq "$l0" ]
+	[ "$(po i4)" = timeout ] && [ "$(po i6)" = timeout ] && [ "$l1" -eq "$l0" ]
 	verdict $? "$3: ICMP v4+v6 dropped; none of this reached the leak detector" \
-		"ping v4 rc=$(prc i4) v6 rc=$(prc i6) (0 = reply); detector +$((l1 - l0))"
+		"ping v4 '$(po i4)' v6 '$(po i6)'; detector +$((l1 - l0))"
 }
 
 # unrouted_checks NAME LABEL — 5 checks: TCP reset, UDP / DNS / ICMP nothing,
@@ -241,21 +280,18 @@ unrouted_checks() {
 	par d4 p_dns "$n" "$PUBDNS4"
 	par d6 p_dns "$n" "$PUBDNS6"
 	par i4 p_ping "$n" "$TARGET4"
-	par i6 p_ping6 "$n" "$TARGET6"
+	par i6 p_ping "$n" "$TARGET6"
 	par_wait
 	l1=$(leak_total)
-	case "$(po r4) $(po r6)" in
-	reset*reset* | reset*refused* | refused*reset* | refused*refused*) true ;;
-	*) false ;;
-	esac
+	is_reset "$(po r4)" && is_reset "$(po r6)"
 	verdict $? "$2: TCP v4+v6 rejected with a reset" "got v4 '$(po r4)' v6 '$(po r6)'"
 	[ "$(prc n4)" = 0 ] && [ "$(prc n6)" = 0 ]
 	verdict $? "$2: UDP v4+v6 gets no reply" "v4 '$(po n4)' v6 '$(po n6)'"
-	for k in de dp d4 d6; do is_addr "$(po $k)" && bad="$bad $k=$(po $k)"; done
+	for k in de dp d4 d6; do no_dns_answer "$(po $k)" || bad="$bad $k='$(po $k)'"; done
 	[ -z "$bad" ]
-	verdict $? "$2: DNS (embedded, private, public v4+v6) gets no answer" "answered:$bad"
-	[ "$(prc i4)" != 0 ] && [ "$(prc i6)" != 0 ]
-	verdict $? "$2: ICMP v4+v6 gets no reply" "ping v4 rc=$(prc i4) v6 rc=$(prc i6) (0 = reply)"
+	verdict $? "$2: DNS (embedded, private, public v4+v6) gets no answer" "got:$bad"
+	[ "$(po i4)" = timeout ] && [ "$(po i6)" = timeout ]
+	verdict $? "$2: ICMP v4+v6 gets no reply" "ping v4 '$(po i4)' v6 '$(po i6)'"
 	[ "$l1" -eq "$l0" ]
 	verdict $? "$2: nothing reached the leak detector (TCP, UDP, DNS, ICMP; v4+v6)" "detector +$((l1 - l0))"
 }
@@ -285,7 +321,7 @@ forged_check() {
 	sleep 0.5
 	l1=$(leak_total)
 	case $out in "sent 3 udp"*"sent 3 syn"*) true ;; *) false ;; esac && [ "$l1" -eq "$l0" ]
-	verdict $? "$1: a forged source from a3 (raw socket: UDP and TCP SYN from 203.0.113.77) does not leave" \
+	verdict $? "$1: a forged source from a3 (raw socket: UDP and TCP SYN from $FORGED_SRC) does not leave" \
 		"'$out'; detector +$((l1 - l0))"
 }
 
@@ -296,22 +332,21 @@ killswitch_check() {
 	l0=$(leak_total)
 	par t4 p_whoami a1
 	par i4 p_ping a1 "$TARGET4"
-	par i6 p_ping6 a1 "$TARGET6"
+	par i6 p_ping a1 "$TARGET6"
 	par r4 p_reset a3 "$TARGET4"
 	par n4 p_udp_none a3 "$TARGET4"
 	par d4 p_dns a3 "$PUBDNS4"
 	par j4 p_ping a3 "$TARGET4"
-	par j6 p_ping6 a3 "$TARGET6"
+	par j6 p_ping a3 "$TARGET6"
 	par_wait
 	l1=$(leak_total)
-	[ "$(po t4)" = "$(exit_egress4 1)" ] && [ "$(prc i4)" != 0 ] && [ "$(prc i6)" != 0 ]
+	[ "$(po t4)" = "$(exit_egress4 1)" ] && [ "$(po i4)" = timeout ] && [ "$(po i6)" = timeout ]
 	verdict $? "$1: a1 (routed) leaves via exit1; its ICMP v4+v6 is dropped" \
-		"target saw '$(po t4)'; ping v4 rc=$(prc i4) v6 rc=$(prc i6) (0 = reply)"
-	case $(po r4) in reset* | refused*) true ;; *) false ;; esac &&
-		[ "$(prc n4)" = 0 ] && ! is_addr "$(po d4)" && [ "$(prc j4)" != 0 ] && [ "$(prc j6)" != 0 ] &&
-		[ "$l1" -eq "$l0" ]
+		"target saw '$(po t4)'; ping v4 '$(po i4)' v6 '$(po i6)'"
+	is_reset "$(po r4)" && [ "$(prc n4)" = 0 ] && no_dns_answer "$(po d4)" &&
+		[ "$(po j4)" = timeout ] && [ "$(po j6)" = timeout ] && [ "$l1" -eq "$l0" ]
 	verdict $? "$1: a3 (no route) gets a TCP reset and no UDP/DNS/ICMP answer; nothing reached the leak detector" \
-		"tcp '$(po r4)', udp rc=$(prc n4), dns '$(po d4)', ping rc=$(prc j4)/$(prc j6); detector +$((l1 - l0))"
+		"tcp '$(po r4)', udp rc=$(prc n4), dns '$(po d4)', ping '$(po j4)' / '$(po j6)'; detector +$((l1 - l0))"
 }
 
 # late_checks LABEL — 1 check: l0 on the network made after `rules`.
@@ -323,14 +358,13 @@ late_checks() {
 	par n4 p_udp_none l0 "$TARGET4"
 	par de p_dns l0
 	par i4 p_ping l0 "$TARGET4"
-	par i6 p_ping6 l0 "$TARGET6"
+	par i6 p_ping l0 "$TARGET6"
 	par_wait
 	l1=$(leak_total)
-	case "$(po r4)|$(po r6)" in *data:*) false ;; *) true ;; esac &&
-		[ "$(prc n4)" = 0 ] && ! is_addr "$(po de)" && [ "$(prc i4)" != 0 ] && [ "$(prc i6)" != 0 ] &&
-		[ "$l1" -eq "$l0" ]
+	no_tcp_data "$(po r4)" && no_tcp_data "$(po r6)" && [ "$(prc n4)" = 0 ] && no_dns_answer "$(po de)" &&
+		[ "$(po i4)" = timeout ] && [ "$(po i6)" = timeout ] && [ "$l1" -eq "$l0" ]
 	verdict $? "$1: TCP v4+v6, UDP, DNS, ICMP v4+v6 get nothing; nothing reached the leak detector" \
-		"tcp '$(po r4)' / '$(po r6)', udp rc=$(prc n4), dns '$(po de)', ping rc=$(prc i4)/$(prc i6); detector +$((l1 - l0))"
+		"tcp '$(po r4)' / '$(po r6)', udp rc=$(prc n4), dns '$(po de)', ping '$(po i4)' / '$(po i6)'; detector +$((l1 - l0))"
 }
 
 # nft_round — 12 checks: the same host with `--backend nft`, a v4-only
@@ -341,7 +375,7 @@ nft_round() {
 	dk_write_config "$conf" v4
 	dk_snap >"$EG_TMP/snapn.0"
 	dk_egressd_start "$conf" 10.8.0.1 10.8.0.65 && up=1
-	dk_rules_apply --config "$conf" --backend nft >"$EG_TMP/rulesn.out" 2>&1 && rules=1
+	egressd_rules_apply --config "$conf" --backend nft >"$EG_TMP/rulesn.out" 2>&1 && rules=1
 	dk_snap >"$EG_TMP/snapn.1"
 	nsx "$NS_GW" nft list ruleset >"$EG_TMP/nft.egressd" 2>&1
 	[ "$up" = 1 ] && [ "$rules" = 1 ]
@@ -376,25 +410,24 @@ nft_round() {
 	par_wait
 	l1=$(leak_total)
 	bad=""
-	for k in de dp d4; do is_addr "$(po $k)" && bad="$bad $k=$(po $k)"; done
-	case $(po r4) in reset* | refused*) true ;; *) false ;; esac &&
-		[ "$(prc n4)" = 0 ] && [ -z "$bad" ] && [ "$(prc i4)" != 0 ] && [ "$l1" -eq "$l0" ]
+	for k in de dp d4; do no_dns_answer "$(po $k)" || bad="$bad $k='$(po $k)'"; done
+	is_reset "$(po r4)" && [ "$(prc n4)" = 0 ] && [ -z "$bad" ] && [ "$(po i4)" = timeout ] && [ "$l1" -eq "$l0" ]
 	verdict $? "T nft: a3 (no route) gets a TCP reset, no UDP/DNS/ICMP answer; nothing leaks" \
-		"tcp '$(po r4)' udp rc=$(prc n4) dns answered:$bad ping rc=$(prc i4); detector +$((l1 - l0))"
+		"tcp '$(po r4)' udp rc=$(prc n4) dns:$bad ping '$(po i4)'; detector +$((l1 - l0))"
 
 	l0=$(leak_total)
 	par t6 p_reset a1 "$TARGET6"
 	par u6 p_udp_none a1 "$TARGET6"
 	par d6 p_dns a1 "$PUBDNS6"
-	par i6 p_ping6 a1 "$TARGET6"
+	par i6 p_ping a1 "$TARGET6"
 	par r6 p_reset a3 "$TARGET6"
-	par j6 p_ping6 b2 "$TARGET6"
+	par j6 p_ping b2 "$TARGET6"
 	par_wait
 	l1=$(leak_total)
-	case "$(po t6)|$(po r6)" in *data:*) false ;; *) true ;; esac &&
-		[ "$(prc u6)" = 0 ] && ! is_addr "$(po d6)" && [ "$(prc i6)" != 0 ] && [ "$(prc j6)" != 0 ] && [ "$l1" -eq "$l0" ]
+	no_tcp_data "$(po t6)" && no_tcp_data "$(po r6)" && [ "$(prc u6)" = 0 ] && no_dns_answer "$(po d6)" &&
+		[ "$(po i6)" = timeout ] && [ "$(po j6)" = timeout ] && [ "$l1" -eq "$l0" ]
 	verdict $? "T nft: IPv6 without a v6 listener (a1, a3, b2: TCP, UDP, DNS, ICMP) gets nothing; nothing leaks" \
-		"a1 tcp '$(po t6)' udp rc=$(prc u6) dns '$(po d6)' ping rc=$(prc i6); a3 tcp '$(po r6)'; b2 ping rc=$(prc j6); detector +$((l1 - l0))"
+		"a1 tcp '$(po t6)' udp rc=$(prc u6) dns '$(po d6)' ping '$(po i6)'; a3 tcp '$(po r6)'; b2 ping '$(po j6)'; detector +$((l1 - l0))"
 
 	published_check "T nft"
 	forged_check "T nft"
@@ -405,7 +438,7 @@ nft_round() {
 	killswitch_check "T nft: after a new network and a dockerd restart"
 
 	dk_snap >"$EG_TMP/snapn.2"
-	dk_rules_apply --config "$conf" --backend nft --delete >"$EG_TMP/deleten.out" 2>&1 && del=1
+	egressd_rules_apply --config "$conf" --backend nft --delete >"$EG_TMP/deleten.out" 2>&1 && del=1
 	dk_snap >"$EG_TMP/snapn.3"
 	[ "$del" = 1 ] && diff -q "$EG_TMP/snapn.2" "$EG_TMP/snapn.3" >/dev/null &&
 		! nsx "$NS_GW" nft list tables 2>/dev/null | grep -qi egressd

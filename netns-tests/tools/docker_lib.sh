@@ -35,8 +35,13 @@ dk_vars() {
 	DK_LOG=$EG_TMP/dockerd.log
 	DK_CGROUP=$EG_ID-docker
 	DOCKERD_PID=""
+	# containerd's shims put their sockets under /run/containerd/s whatever
+	# the roots; remove those directories at the end if this run made them.
+	DK_RUN_CONTAINERD_NEW=0
+	[ -e /run/containerd ] || DK_RUN_CONTAINERD_NEW=1
 	mkdir -p "$DK_ROOT/data" "$DK_ROOT/exec" "$DK_ROOT/cli"
-	[ -f "$DK_ROOT/daemon.json" ] || printf '{}\n' >"$DK_ROOT/daemon.json"
+	[ -f "$DK_ROOT/daemon.json" ] ||
+		printf '{ "deprecated-key-path": "%s" }\n' "$DK_ROOT/key.json" >"$DK_ROOT/daemon.json"
 }
 
 dk() {
@@ -159,6 +164,9 @@ dk_cleanup_hook() {
 	for d in /sys/fs/cgroup/*/"$DK_CGROUP" /sys/fs/cgroup/"$DK_CGROUP"; do
 		[ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
 	done
+	if [ "$DK_RUN_CONTAINERD_NEW" = 1 ]; then
+		rmdir /run/containerd/s /run/containerd 2>/dev/null
+	fi
 	return 0
 }
 
