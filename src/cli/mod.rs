@@ -376,7 +376,7 @@ pub fn summary(s: &Settings) -> String {
         }
     }
     let ifaces = if s.intercept.interfaces.is_empty() {
-        "those holding the listen addresses".to_string()
+        "the interfaces holding the listen addresses".to_string()
     } else {
         s.intercept.interfaces.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
     };
