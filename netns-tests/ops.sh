@@ -312,8 +312,8 @@ else
 		fail "2c after route set, new connections from c0 leave as exit1" "target saw '$seen', want $(exit_egress4 1)"
 	fi
 	list=$(ctl route list 2>&1)
-	if printf '%s\n' "$list" | grep -qx '10.8.0.10/32 -> exit1'; then
-		pass "2d route list shows 10.8.0.10/32 -> exit1"
+	if printf '%s\n' "$list" | grep -qx '10.8.0.10/32 -> exit1  (route set)'; then
+		pass "2d route list shows 10.8.0.10/32 -> exit1 with its origin (route set)"
 	else
 		fail "2d route list shows 10.8.0.10/32 -> exit1" "$(printf '%s' "$list" | oneline)"
 	fi

@@ -94,7 +94,7 @@ impl Control {
             Request::Stats => Ok(stats::table(
                 &self.registry.total(),
                 &self.registry.per_tunnel(),
-                &self.registry.per_source(),
+                &named_sources(&self.live.load(), self.registry.per_source()),
             )),
             Request::Metrics => Ok(stats::prometheus(
                 &self.registry.total(),
@@ -109,7 +109,7 @@ impl Control {
                     let id = s.tunnel_id(&tunnel).ok_or_else(|| format!("no tunnel named \"{tunnel}\""))?;
                     s.routes.insert(source, id);
                     uncovered = !intercepted(&s.intercept.sources, source);
-                    Ok::<_, String>(cur.with_settings(s))
+                    Ok::<_, String>(cur.with_settings(s).with_manual(source, true))
                 })?;
                 info!(target: "egressd::control", "route {source} -> {tunnel} (live, until restart or reload)");
                 let mut body = format!("route {source} -> {tunnel}");
@@ -131,7 +131,7 @@ impl Control {
                 self.live.update(|cur| {
                     let mut s = (*cur.settings).clone();
                     s.routes.remove(source).ok_or_else(|| format!("no route for exactly {source}"))?;
-                    Ok::<_, String>(cur.with_settings(s))
+                    Ok::<_, String>(cur.with_settings(s).with_manual(source, false))
                 })?;
                 info!(target: "egressd::control", "route {source} deleted (live, until restart or reload)");
                 if reset {
@@ -189,18 +189,47 @@ impl Control {
     }
 }
 
+/// The live routes with their origin: Docker label routes first (they are
+/// looked up first), then config and `route set` routes, then the default.
 fn route_list(s: &Shared) -> String {
+    let mut o = String::new();
+    for r in s.labels.routes() {
+        let verdict = if s.settings.tunnel_id(&r.tunnel).is_some() {
+            r.tunnel.clone()
+        } else if r.tunnel.is_empty() {
+            "reject (address claimed by two containers)".to_string()
+        } else {
+            format!("reject (label names unknown tunnel {:?})", r.tunnel)
+        };
+        let host = Cidr::host(r.addr);
+        o.push_str(&format!("{host} -> {verdict}  (docker: {} {})\n", r.name, r.short_id()));
+    }
     let mut routes: Vec<_> = s.settings.routes.iter().collect();
     routes.sort_by_key(|(c, _)| (!c.is_ipv4(), c.addr(), c.len()));
-    let mut o = String::new();
     for (c, id) in routes {
-        o.push_str(&format!("{c} -> {}\n", s.settings.tunnels[usize::from(id)].name));
+        let origin = if s.manual.contains(&c) { "route set" } else { "config" };
+        o.push_str(&format!("{c} -> {}  ({origin})\n", s.settings.tunnels[usize::from(id)].name));
     }
     match s.settings.default {
         Some(id) => o.push_str(&format!("(default) -> {}\n", s.settings.tunnels[usize::from(id)].name)),
         None => o.push_str("(default) -> reject\n"),
     }
     o
+}
+
+/// Per-source counters named with the container that owns the address,
+/// where Docker labels say so.
+fn named_sources(s: &Shared, sources: Vec<(String, stats::Snapshot)>) -> Vec<(String, stats::Snapshot)> {
+    if s.labels.is_empty() {
+        return sources;
+    }
+    sources
+        .into_iter()
+        .map(|(name, snap)| match name.parse::<Cidr>().ok().and_then(|c| s.labels.owner(&c)) {
+            Some(r) => (format!("{name} ({})", r.name), snap),
+            None => (name, snap),
+        })
+        .collect()
 }
 
 /// Binds the control socket. Only a stale socket (one nobody answers on)

@@ -15,6 +15,7 @@
 
 mod udp;
 
+use std::collections::HashSet;
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -76,12 +77,14 @@ pub struct Shared {
     pub tunnels: Arc<[Arc<Tunnel>]>,
     /// Docker label routes, looked up first (`docker/`).
     pub labels: Arc<Labels>,
+    /// Routes set through the control socket since the last (re)load.
+    pub manual: Arc<HashSet<Cidr>>,
 }
 
 impl Shared {
     pub fn new(settings: Arc<Settings>) -> Shared {
         let tunnels = settings.tunnels.iter().cloned().map(Arc::new).collect();
-        Shared { settings, tunnels, labels: Arc::default() }
+        Shared { settings, tunnels, labels: Arc::default(), manual: Arc::default() }
     }
 
     /// The same snapshot with other settings (routes changed live).
@@ -90,7 +93,20 @@ impl Shared {
             settings: Arc::new(settings),
             tunnels: Arc::clone(&self.tunnels),
             labels: Arc::clone(&self.labels),
+            manual: Arc::clone(&self.manual),
         }
+    }
+
+    /// Notes a route set (or deleted) through the control socket.
+    pub fn with_manual(mut self, source: Cidr, set: bool) -> Shared {
+        let mut m = (*self.manual).clone();
+        if set {
+            m.insert(source);
+        } else {
+            m.remove(&source);
+        }
+        self.manual = Arc::new(m);
+        self
     }
 
     /// The same snapshot with other label routes.
@@ -99,6 +115,7 @@ impl Shared {
             settings: Arc::clone(&self.settings),
             tunnels: Arc::clone(&self.tunnels),
             labels: Arc::new(labels),
+            manual: Arc::clone(&self.manual),
         }
     }
 
@@ -117,7 +134,8 @@ impl Shared {
         // against the new tunnels by name.
         let labels =
             if self.labels.is_empty() { Arc::default() } else { Arc::new(self.labels.resolved(&settings)) };
-        Shared { settings, tunnels, labels }
+        // Routes set through the control socket last until a reload.
+        Shared { settings, tunnels, labels, manual: Arc::default() }
     }
 
     /// The route that matched (`None` for the default) and the client's
