@@ -20,5 +20,15 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "installing: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Packages such as docker.io, danted or tinyproxy would start their services in
+# the host's own namespaces on a machine with an init system; the tests run
+# their own copies inside network namespaces. policy-rc.d (101: "not allowed")
+# stops invoke-rc.d from starting anything during this install only.
+policy=/usr/sbin/policy-rc.d
+made_policy=0
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy" && made_policy=1
+fi
+trap 'if [ "$made_policy" = 1 ]; then rm -f "$policy"; fi' EXIT
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
