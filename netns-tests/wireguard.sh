@@ -25,18 +25,20 @@
 # runs in the foreground (-f), tracked and stopped by PID, and removes its
 # socket when it exits (the cleanup hook removes our two if it did not).
 #
-# Checks (one PASS/FAIL line each; 15 on every path, plan_checks):
+# Checks (one PASS/FAIL line each; 16 on every path, plan_checks):
 #   1  control: before egressd's rules c0 leaks as .200 and the leak detector counts it
 #   2  the tunnel is real: gw pings the exit over it, both ends show a handshake
 #   3-8 c0 TCP v4/v6, UDP v4/v6, DNS v4/v6 (dig TXT whoami.test) -> the exit's address
 #   9  20 MB down + 5 MB up (sha256) through the tunnel (MTU 1420), and gw's
 #      WireGuard transfer counters grew by at least that much
-#   10 rp_filter=1 (strict) on the WireGuard interface drops the replies (their
+#   10 full-size UDP datagrams (1472 bytes v4, 1452 v6: larger than the
+#      tunnel's MTU) arrive, fragmented by gw's own stack
+#   11 rp_filter=1 (strict) on the WireGuard interface drops the replies (their
 #      source is routed via the uplink): TCP v4 fails, nothing leaks; 2 (loose) works
-#   11 IPv6 without the `oif` rule: the flow is reset (ENETUNREACH), nothing leaks
-#   12-14 the WireGuard interface down: TCP v4 and v6 reset, UDP and DNS get
+#   12 IPv6 without the `oif` rule: the flow is reset (ENETUNREACH), nothing leaks
+#   13-15 the WireGuard interface down: TCP v4 and v6 reset, UDP and DNS get
 #      nothing, nothing leaks
-#   15 up again: TCP v4 and v6 work; nothing left gw by its uplink during the
+#   16 up again: TCP v4 and v6 work; nothing left gw by its uplink during the
 #      run (control 1 excepted)
 #
 # Usage: sudo netns-tests/wireguard.sh (EGRESSD=path, EG_KEEP_TMP=1 keeps logs).
@@ -49,7 +51,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/topology.sh"
 NEXITS=0
 NCONT=1
-declare -F plan_checks >/dev/null && plan_checks 15
+declare -F plan_checks >/dev/null && plan_checks 16
 
 require_root_and_tools nft iptables ip6tables curl python3 ss timeout ps dig awk wg wireguard-go
 eg_init
@@ -265,7 +267,21 @@ else
 	fail "9 bulk through WireGuard" "download: $down; upload: $up; $WG_GW carried $((b1 - b0)) bytes"
 fi
 
-# ------------------------------------------------------------------ 10 strict reverse-path filtering
+# ------------------------------------------------------------------ 10 UDP larger than the tunnel's MTU
+# The container's link has MTU 1500, the WireGuard interface 1420: full-size
+# datagrams (1472 bytes v4, 1452 v6) leave egressd's socket on the tunnel
+# fragmented by gw's own stack, and arrive whole.
+ops_tool() { timeout -k 5 60 ip netns exec "$1" "$(python_bin)" "$EG_TOOLS/ops_tool.py" "${@:2}"; }
+big4=$(ops_tool "${NS_C[0]}" udp-burst "$TARGET4" "$UDP_WHO_PORT" 5 1472 2>&1)
+big6=$(ops_tool "${NS_C[0]}" udp-burst "$TARGET6" "$UDP_WHO_PORT" 5 1452 2>&1)
+case "$big4|$big6" in
+"sent 5 bytes 7360 recv 5 "*" peers $E4|sent 5 bytes 7260 recv 5 "*" peers $E6")
+	pass "10 UDP larger than $WG_GW's MTU: 5 x 1472 bytes (v4) and 5 x 1452 (v6) reach the target as $E4 / $E6"
+	;;
+*) fail "10 UDP datagrams larger than the WireGuard MTU" "v4: $big4; v6: $big6" ;;
+esac
+
+# ------------------------------------------------------------------ 11 strict reverse-path filtering
 # Replies arrive on the WireGuard interface from addresses that gw's main
 # table routes via the uplink: with rp_filter=1 (strict; RHEL's default) the
 # kernel drops them and c0's TCP never connects; 2 (loose) lets them in.
@@ -275,29 +291,29 @@ seen=$(curl_whoami "${NS_C[0]}")
 nsx "$NS_GW" sysctl -qw "net.ipv4.conf.$WG_GW.rp_filter=2" >/dev/null
 leak1=$(leak_count)
 case $seen in
-"$E4" | "$GW_UPLINK4") fail "10 rp_filter=1 on $WG_GW should drop the replies" "target saw '$seen'; leak detector counted $((leak1 - leak0))" ;;
+"$E4" | "$GW_UPLINK4") fail "11 rp_filter=1 on $WG_GW should drop the replies" "target saw '$seen'; leak detector counted $((leak1 - leak0))" ;;
 *)
 	if [ "$leak1" -eq "$leak0" ]; then
-		pass "10 rp_filter=1 (strict) on $WG_GW drops the replies: c0 TCP v4 gets '$seen'; nothing leaks"
+		pass "11 rp_filter=1 (strict) on $WG_GW drops the replies: c0 TCP v4 gets '$seen'; nothing leaks"
 	else
-		fail "10 rp_filter=1: nothing may leak" "leak detector counted $((leak1 - leak0))"
+		fail "11 rp_filter=1: nothing may leak" "leak detector counted $((leak1 - leak0))"
 	fi
 	;;
 esac
 
-# ------------------------------------------------------------------ 11 IPv6 without the oif rule
+# ------------------------------------------------------------------ 12 IPv6 without the oif rule
 leak0=$(leak_count)
 nsx "$NS_GW" ip -6 rule del oif "$WG_GW" lookup "$V6_TABLE" priority 150
 r6=$(reset_within "${NS_C[0]}" "$TARGET6" 80)
 nsx "$NS_GW" ip -6 rule add oif "$WG_GW" lookup "$V6_TABLE" priority 150
 leak1=$(leak_count)
 if [ "${r6%% *}" = ok ] && [ "$leak1" -eq "$leak0" ]; then
-	pass "11 IPv6 without 'ip -6 rule add oif $WG_GW lookup $V6_TABLE': c0 TCP v6 is reset $r6, nothing leaks"
+	pass "12 IPv6 without 'ip -6 rule add oif $WG_GW lookup $V6_TABLE': c0 TCP v6 is reset $r6, nothing leaks"
 else
-	fail "11 IPv6 without the oif rule must fail closed" "$r6; leak detector counted $((leak1 - leak0))"
+	fail "12 IPv6 without the oif rule must fail closed" "$r6; leak detector counted $((leak1 - leak0))"
 fi
 
-# ------------------------------------------------------------------ 12-14 the interface down
+# ------------------------------------------------------------------ 13-15 the interface down
 leak0=$(leak_count)
 ip -n "$NS_GW" link set "$WG_GW" down
 r4=$(reset_within "${NS_C[0]}" "$TARGET4" 80)
@@ -307,25 +323,25 @@ u6=$(udptool "${NS_C[0]}" none "$TARGET6" "$UDP_WHO_PORT" 2 2>&1)
 d4=$(nsx "${NS_C[0]}" timeout 10 dig +short +tries=1 +time=2 TXT whoami.test @"$PUBDNS4" 2>&1 | tr -d '"' | tail -n 1)
 leak1=$(leak_count)
 wg_addr_gw
-if [ "${r4%% *}" = ok ]; then pass "12 $WG_GW down: c0 TCP v4 is reset $r4"; else fail "12 $WG_GW down: c0 TCP v4 must be reset" "$r4"; fi
-if [ "${r6%% *}" = ok ]; then pass "13 $WG_GW down: c0 TCP v6 is reset $r6"; else fail "13 $WG_GW down: c0 TCP v6 must be reset" "$r6"; fi
+if [ "${r4%% *}" = ok ]; then pass "13 $WG_GW down: c0 TCP v4 is reset $r4"; else fail "13 $WG_GW down: c0 TCP v4 must be reset" "$r4"; fi
+if [ "${r6%% *}" = ok ]; then pass "14 $WG_GW down: c0 TCP v6 is reset $r6"; else fail "14 $WG_GW down: c0 TCP v6 must be reset" "$r6"; fi
 case $d4 in *"$E4"* | *"$GW_UPLINK4"*) dns_ok=0 ;; *) dns_ok=1 ;; esac
 if [ "$u4" = "no reply" ] && [ "$u6" = "no reply" ] && [ "$dns_ok" = 1 ] && [ "$leak1" -eq "$leak0" ]; then
-	pass "14 $WG_GW down: UDP v4/v6 and DNS get no answer (dig: '$d4'), nothing reaches inet from gw's uplink"
+	pass "15 $WG_GW down: UDP v4/v6 and DNS get no answer (dig: '$d4'), nothing reaches inet from gw's uplink"
 else
-	fail "14 $WG_GW down must fail closed" "UDP v4 '$u4', v6 '$u6', dig '$d4'; leak detector counted $((leak1 - leak0))"
+	fail "15 $WG_GW down must fail closed" "UDP v4 '$u4', v6 '$u6', dig '$d4'; leak detector counted $((leak1 - leak0))"
 fi
 
-# ------------------------------------------------------------------ 15 up again, nothing leaked
+# ------------------------------------------------------------------ 16 up again, nothing leaked
 wg_works() { [ "$(curl_whoami "${NS_C[0]}")" = "$E4" ]; }
 wait_until 10 wg_works || true
 seen=$(curl_whoami "${NS_C[0]}")
 seen6=$(curl_whoami "${NS_C[0]}" -6)
 LEAK_END=$(leak_count)
 if [ "$seen" = "$E4" ] && [ "$seen6" = "$E6" ] && [ "$LEAK_END" -eq "$LEAK_START" ]; then
-	pass "15 $WG_GW up again: c0 leaves as $seen / $seen6; nothing left gw by its uplink since egressd's rules (control 1 counted $LEAK_CTL)"
+	pass "16 $WG_GW up again: c0 leaves as $seen / $seen6; nothing left gw by its uplink since egressd's rules (control 1 counted $LEAK_CTL)"
 else
-	fail "15 $WG_GW up again, no leak" "target saw '$seen' / '$seen6'; leak detector counted $((LEAK_END - LEAK_START)) since egressd's rules"
+	fail "16 $WG_GW up again, no leak" "target saw '$seen' / '$seen6'; leak detector counted $((LEAK_END - LEAK_START)) since egressd's rules"
 fi
 
 if pid_gone "$EGRESSD_PID"; then
