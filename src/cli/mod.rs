@@ -389,7 +389,7 @@ pub fn summary(s: &Settings) -> String {
         }
     }
     let ifaces = if s.intercept.interfaces.is_empty() {
-        "those holding the listen addresses".to_string()
+        "the interfaces holding the listen addresses".to_string()
     } else {
         s.intercept.interfaces.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
     };
@@ -406,6 +406,14 @@ pub fn summary(s: &Settings) -> String {
         "dns: queries to non-public resolvers go to {} through the container's tunnel",
         s.dns.upstream
     );
+    if let Some(d) = &s.docker {
+        let _ = writeln!(
+            o,
+            "docker: containers labelled {}=TUNNEL get routes for their addresses, followed on {} (before config routes; an unknown tunnel rejects)",
+            d.label,
+            d.socket.display()
+        );
+    }
     let _ = writeln!(o, "threads: {} front loops, {} tunnel workers", s.threads, s.threads);
     o
 }
