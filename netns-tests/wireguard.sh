@@ -163,12 +163,11 @@ nsx "$NS_X" iptables -w -t nat -A POSTROUTING -o egress -j MASQUERADE
 nsx "$NS_X" ip6tables -w -t nat -A POSTROUTING -o egress -j MASQUERADE
 
 # ---- WireGuard: keys, wireguard-go in each namespace, wg set
-umask 077
-wg genkey >"$EG_TMP/gw.key"
-wg genkey >"$EG_TMP/x.key"
-wg pubkey <"$EG_TMP/gw.key" >"$EG_TMP/gw.pub"
-wg pubkey <"$EG_TMP/x.key" >"$EG_TMP/x.pub"
-umask 022
+(
+	umask 077
+	wg genkey >"$EG_TMP/gw.key" && wg genkey >"$EG_TMP/x.key" &&
+		wg pubkey <"$EG_TMP/gw.key" >"$EG_TMP/gw.pub" && wg pubkey <"$EG_TMP/x.key" >"$EG_TMP/x.pub"
+) || die "wg genkey/pubkey failed"
 for n in "$WG_GW" "$WG_EX"; do
 	[ -e "/var/run/wireguard/$n.sock" ] && die "/var/run/wireguard/$n.sock exists: another run uses the name $n"
 done
