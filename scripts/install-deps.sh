@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Installs, idempotently, the Debian packages the demo and the tests use:
 # the netfilter tools, real SOCKS/HTTP servers for the exits (microsocks,
-# danted, v2ray, tinyproxy), the clients (curl, dig, python3, iperf3), and Debian's
-# dockerd (docker.io) with busybox-static for netns-tests/docker.sh's image.
+# danted, v2ray, tinyproxy), WireGuard in user space (wireguard-go, wg),
+# Prometheus and promtool, Debian's dockerd (docker.io) with busybox-static
+# (the Docker suites' image and the release test's minimal root), and the
+# clients (curl, dig, python3, iperf3).
 # Services these packages would start are not needed: egressd's scripts run
 # their own copies inside network namespaces.
 set -euo pipefail
 pkgs=(iptables nftables iproute2 dante-server microsocks iperf3 dnsutils socat curl
       python3 tcpdump procps netcat-openbsd binutils libcap2-bin v2ray tinyproxy util-linux conntrack
-      docker.io busybox-static)
+      docker.io busybox-static wireguard-go wireguard-tools prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
