@@ -151,9 +151,7 @@ impl Follower {
 
     /// Lists the labelled containers and makes the label routes match.
     fn resync(&mut self) -> Result<(), String> {
-        let filters = format!(r#"{{"label":["{}"]}}"#, self.d.label);
-        let body = self.get_body(&format!("/containers/json?filters={}", encode(&filters)))?;
-        let containers = model::parse_list(&body, &self.d.label)?;
+        let containers = list(&self.d)?;
         self.apply(&containers);
         Ok(())
     }
@@ -200,70 +198,80 @@ impl Follower {
         }
     }
 
-    /// A GET whose whole body is read (bounded).
-    fn get_body(&self, path: &str) -> Result<Vec<u8>, String> {
-        let mut c = self.get(path, Some(IO_TIMEOUT))?;
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match c.stream.read(&mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("GET {path}: {e}")),
-            };
-            if !c.head_done {
-                c.pending.extend_from_slice(&buf[..n]);
-                match http1::parse_head(&c.pending).map_err(|e| format!("GET {path}: {e}"))? {
-                    Parse::Incomplete if n == 0 => return Err(format!("GET {path}: connection closed")),
-                    Parse::Incomplete => continue,
-                    Parse::Done(h, used) => {
-                        if h.status != 200 {
-                            return Err(format!("GET {path} answered {}", h.status));
-                        }
-                        c.body = Body::new(h.framing);
-                        c.head_done = true;
-                        c.to_eof = h.framing == Framing::ToEof;
-                        let rest = c.pending.split_off(used);
-                        c.body.feed(&rest, &mut out).map_err(|e| format!("GET {path}: {e}"))?;
+    fn get(&self, path: &str, timeout: Option<Duration>) -> Result<Conn, String> {
+        get(&self.d, path, timeout)
+    }
+}
+
+/// The running containers that carry the label (also for `doctor`).
+pub fn list(d: &DockerSettings) -> Result<Vec<Container>, String> {
+    let filters = format!(r#"{{"label":["{}"]}}"#, d.label);
+    let body = get_body(d, &format!("/containers/json?filters={}", encode(&filters)))?;
+    model::parse_list(&body, &d.label)
+}
+
+/// A GET whose whole body is read (bounded).
+fn get_body(d: &DockerSettings, path: &str) -> Result<Vec<u8>, String> {
+    let mut c = get(d, path, Some(IO_TIMEOUT))?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match c.stream.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("GET {path}: {e}")),
+        };
+        if !c.head_done {
+            c.pending.extend_from_slice(&buf[..n]);
+            match http1::parse_head(&c.pending).map_err(|e| format!("GET {path}: {e}"))? {
+                Parse::Incomplete if n == 0 => return Err(format!("GET {path}: connection closed")),
+                Parse::Incomplete => continue,
+                Parse::Done(h, used) => {
+                    if h.status != 200 {
+                        return Err(format!("GET {path} answered {}", h.status));
                     }
+                    c.body = Body::new(h.framing);
+                    c.head_done = true;
+                    c.to_eof = h.framing == Framing::ToEof;
+                    let rest = c.pending.split_off(used);
+                    c.body.feed(&rest, &mut out).map_err(|e| format!("GET {path}: {e}"))?;
                 }
-            } else if n == 0 {
-                // Closed: the end only for a body framed by the close.
-                return if c.body.is_done() || c.to_eof {
-                    Ok(out)
-                } else {
-                    Err(format!("GET {path}: truncated"))
-                };
+            }
+        } else if n == 0 {
+            // Closed: the end only for a body framed by the close.
+            return if c.body.is_done() || c.to_eof {
+                Ok(out)
             } else {
-                c.body.feed(&buf[..n], &mut out).map_err(|e| format!("GET {path}: {e}"))?;
-            }
-            if out.len() > MAX_LIST {
-                return Err(format!("GET {path}: answer larger than {MAX_LIST} bytes"));
-            }
-            if c.head_done && c.body.is_done() {
-                return Ok(out);
-            }
+                Err(format!("GET {path}: truncated"))
+            };
+        } else {
+            c.body.feed(&buf[..n], &mut out).map_err(|e| format!("GET {path}: {e}"))?;
+        }
+        if out.len() > MAX_LIST {
+            return Err(format!("GET {path}: answer larger than {MAX_LIST} bytes"));
+        }
+        if c.head_done && c.body.is_done() {
+            return Ok(out);
         }
     }
+}
 
-    /// Connects and sends a GET for `path`.
-    fn get(&self, path: &str, timeout: Option<Duration>) -> Result<Conn, String> {
-        let mut stream = UnixStream::connect(&self.d.socket)
-            .map_err(|e| format!("cannot connect to {}: {e}", self.d.socket.display()))?;
-        stream.set_read_timeout(timeout).map_err(|e| e.to_string())?;
-        stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: egressd\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(req.as_bytes()).map_err(|e| format!("GET {path}: {e}"))?;
-        Ok(Conn {
-            stream,
-            pending: Vec::new(),
-            head_done: false,
-            body: Body::new(Framing::Length(0)),
-            to_eof: false,
-        })
-    }
+/// Connects and sends a GET for `path`.
+fn get(d: &DockerSettings, path: &str, timeout: Option<Duration>) -> Result<Conn, String> {
+    let mut stream = UnixStream::connect(&d.socket)
+        .map_err(|e| format!("cannot connect to {}: {e}", d.socket.display()))?;
+    stream.set_read_timeout(timeout).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: egressd\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).map_err(|e| format!("GET {path}: {e}"))?;
+    Ok(Conn {
+        stream,
+        pending: Vec::new(),
+        head_done: false,
+        body: Body::new(Framing::Length(0)),
+        to_eof: false,
+    })
 }
 
 struct Conn {

@@ -594,11 +594,18 @@ impl WorkerLoop {
                 Counters::inc(&self.counters.tcp_upstream_failed);
                 f.tc.inc(|c| &c.tcp_upstream_failed);
                 match kind {
-                    "timeout" => Counters::inc(&self.counters.tcp_connect_timeout),
-                    "handshake" => Counters::inc(&self.counters.tcp_handshake_failed),
+                    "timeout" => {
+                        Counters::inc(&self.counters.tcp_connect_timeout);
+                        f.tc.inc(|c| &c.tcp_connect_timeout);
+                    }
+                    "handshake" => {
+                        Counters::inc(&self.counters.tcp_handshake_failed);
+                        f.tc.inc(|c| &c.tcp_handshake_failed);
+                    }
                     "auth" => {
                         Counters::inc(&self.counters.tcp_handshake_failed);
                         Counters::inc(&self.counters.tcp_auth_rejected);
+                        f.tc.inc(|c| &c.tcp_handshake_failed);
                         f.tc.inc(|c| &c.tcp_auth_rejected);
                     }
                     _ => {}
