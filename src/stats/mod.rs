@@ -329,6 +329,8 @@ pub fn prometheus(
             "udp_reply_sockets" => "UDP reply sockets open now",
             "dns_tcp_queries" => "DNS queries carried over the tunnel's TCP",
             "dns_tcp_answers" => "DNS answers received over the tunnel's TCP",
+            "dns_tcp_connections" => "DNS-over-TCP connections opened (pooled per tunnel and resolver)",
+            "dns_tcp_timeouts" => "DNS queries over TCP dropped unanswered after udp.dns_answer_timeout_secs",
             "docker_unknown_tunnel" => "Labelled containers whose label names no tunnel",
             "docker_label_routes" => "Docker label routes (container addresses) live now",
             _ => "egressd counter",
