@@ -4,19 +4,25 @@
 //!
 //! ```text
 //! capability ─ listen addresses ─ listeners (is egressd running?) ─ bridge netfilter
-//!   ─ ip rule / local route ─ intercept rules (iptables or nft) ─ kill switch
+//!   ─ ip rule / local route ─ container interfaces
+//!   ─ per interface and family: TCP, UDP and DNS intercept, kill switch (and what comes
+//!     first), published ports, forged sources ─ IPv6 left to the kill switch ─ DNS path
 //!   ─ UdpNoPorts over one second ─ each tunnel (TCP, SOCKS5 greeting/auth/ASSOCIATE, HTTP)
 //! ```
 //!
-//! Layout: `parse.rs`, `firewall.rs` and `nft.rs` are pure (text in, facts out, unit
-//! tested on fixtures); `checks.rs` and `listen.rs` read /proc, /sys and
+//! Layout: `parse.rs`, `firewall.rs` (iptables-save) and `nft.rs` (nft list ruleset)
+//! are pure parsers into `model.rs`, which walks sample packets through the
+//! hooks; `fwcheck.rs` judges those walks (pure, tested on fixtures of real
+//! output); `checks.rs` and `listen.rs` read /proc, /sys and
 //! run `ip`, `iptables-save`, `nft`; `probe.rs` talks to the tunnel servers. A tool
 //! that is missing or fails makes its check a `warn` ("could not check"),
 //! never a crash. Nothing here changes the host, and no credential is printed.
 
 mod checks;
 mod firewall;
+mod fwcheck;
 mod listen;
+mod model;
 mod nft;
 mod parse;
 mod probe;
@@ -92,8 +98,11 @@ pub fn run(settings: &Settings, out: &mut dyn Write) -> bool {
 
 /// [`run`], with the config file's path for the fix commands that name it.
 pub fn run_with(settings: &Settings, config: Option<&Path>, out: &mut dyn Write) -> bool {
+    // dns.upstream left at its default (doctor warns about it only then).
+    let upstream_default =
+        config.and_then(|p| std::fs::read_to_string(p).ok()).is_some_and(|t| !t.contains("upstream"));
     let config = config.map_or_else(|| "FILE".to_string(), |p| shell_word(&p.display().to_string()));
-    let host = checks::Host::read(settings, config);
+    let host = checks::Host::read(settings, config, upstream_default);
     let mut failed = false;
     let mut counts = [0usize; 3];
     let mut emit = |c: Check, out: &mut dyn Write| {
