@@ -584,7 +584,7 @@ fn dns_path(inp: &FwInput) -> Check {
     let public: Vec<String> = host.iter().filter(|a| !is_reserved(**a)).map(IpAddr::to_string).collect();
     let unrouted = match inp.settings.default {
         Some(id) => format!("tunnel {}", inp.settings.tunnels[usize::from(id)].name),
-        None => "Reject: their queries get no answer".into(),
+        None => "Reject: their queries are dropped (UDP) or reset (TCP)".into(),
     };
     let mut saw = String::from("queries to a public resolver go to it through the container's own tunnel");
     if !public.is_empty() {
