@@ -355,8 +355,9 @@ fn intercept_checks(inp: &FwInput, s: &Side, tag: &str) -> Vec<Check> {
     };
     let dns_all = each(UDP, &dns).and_then(|h| each(TCP, &dns).map(|_| h));
     let resolvers: Vec<String> = dns.iter().map(|(a, _)| a.to_string()).collect();
+    let tcp = each(TCP, &[(public, 443)]).and_then(|h| redirect_target(inp, s).map(|_| h));
     vec![
-        judge(format!("{tcp_name} {tag}"), each(TCP, &[(public, 443)]), "their TCP would not reach egressd"),
+        judge(format!("{tcp_name} {tag}"), tcp, "their TCP would not reach egressd"),
         judge(format!("udp TPROXY {tag}"), each(UDP, &[(public, 5000)]), "their UDP would not reach egressd"),
         judge(
             format!("dns {tag}"),
@@ -364,6 +365,31 @@ fn intercept_checks(inp: &FwInput, s: &Side, tag: &str) -> Vec<Check> {
             "their DNS would leave outside the tunnels (or not at all)",
         ),
     ]
+}
+
+/// REDIRECT sends IPv4 TCP to the incoming interface's primary address:
+/// egressd must listen there on every interface the pattern matches.
+fn redirect_target(inp: &FwInput, s: &Side) -> Result<(), String> {
+    if s.v6 || inp.want(TCP) != Want::Redirect {
+        return Ok(());
+    }
+    let listen = inp.listen(false);
+    let Some(port) = listen.first().map(SocketAddr::port) else { return Ok(()) };
+    let v4 = |e: &&AddrEntry| e.addr.is_ipv4() && !e.secondary && s.pattern.matches(&e.ifname);
+    for (k, e) in inp.addrs.iter().filter(v4).enumerate() {
+        // The interface's first IPv4 address is the one REDIRECT uses.
+        let first = !inp.addrs.iter().filter(v4).take(k).any(|o| o.ifname == e.ifname);
+        if first && !listen.iter().any(|l| l.ip() == e.addr || l.ip().is_unspecified()) {
+            return Err(format!(
+                "REDIRECT sends TCP from {} to its primary address {}:{port}, where egressd does not listen \
+                 (listen: {}); add it to `listen` (or 0.0.0.0:{port}), or use intercept: (tcp: Tproxy)",
+                e.ifname,
+                e.addr,
+                listen.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn kill_check(inp: &FwInput, s: &Side, tag: &str) -> Check {

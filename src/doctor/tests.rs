@@ -473,3 +473,33 @@ fn check_line_format() {
     );
     assert!(Check::ok("x", "y").line().starts_with("ok   x"));
 }
+
+#[test]
+fn redirect_needs_a_listener_on_each_interfaces_primary_address() {
+    // Docker's br-<id> bridges matched by br-+, egressd listening on br0 only.
+    let settings = settings(r#"listen: ["10.8.0.1:10900"], intercept: (interfaces: ["br0", "br-+"])"#);
+    let text =
+        format!("{IP_ADDR}\n7: br-1a2b    inet 172.18.0.1/16 brd 172.18.255.255 scope global br-1a2b\\ x\n");
+    let addrs = parse_ip_addr(&text);
+    let scope = crate::rules::host::scope(&settings, &addrs).unwrap();
+    let ipt = IPTABLES.replace("-i br0", "-i br-+");
+    let mut rs = Ruleset::default();
+    add_iptables(&mut rs, &ipt, false);
+    add_iptables(&mut rs, IPTABLES, false);
+    let input = FwInput {
+        settings: &settings,
+        scope: &scope,
+        addrs: &addrs,
+        rs: &rs,
+        resolvers: Vec::new(),
+        upstream_default: false,
+        rp_strict: Vec::new(),
+        fix: "F".into(),
+    };
+    let c = firewall_checks(&input);
+    assert_eq!(get(&c, "tcp REDIRECT v4 br0").status, Status::Ok);
+    let t = get(&c, "tcp REDIRECT v4 br-+");
+    assert_eq!(t.status, Status::Fail, "{}", t.line());
+    assert!(t.saw.contains("from br-1a2b to its primary address 172.18.0.1:10900"), "{}", t.saw);
+    assert_eq!(get(&c, "udp TPROXY v4 br-+").status, Status::Ok, "TPROXY goes to the listen address itself");
+}
