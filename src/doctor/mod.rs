@@ -149,3 +149,39 @@ fn shell_word(s: &str) -> String {
     let plain = s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@%=".contains(&b));
     if plain && !s.is_empty() { s.to_string() } else { format!("'{}'", s.replace('\'', r"'\''")) }
 }
+
+/// Fuzzing entry: `text` read as `iptables-save`, `ip6tables-save` and
+/// `nft list ruleset` output, then sample packets walked through the result.
+/// Any text must give a model and walks that end, never a panic.
+#[doc(hidden)]
+pub fn fuzz_firewall(text: &str) {
+    let mut rs = model::Ruleset::default();
+    firewall::add_iptables(&mut rs, text, false);
+    firewall::add_iptables(&mut rs, text, true);
+    nft::add_nft(&mut rs, text, [false, firewall::is_nft_flavour(text)]);
+    for (v6, dst) in [(false, "203.0.113.10"), (true, "2001:db8:203::10")] {
+        for (proto, reply) in [(model::TCP, false), (model::UDP, true), (model::ICMP, false)] {
+            let p = model::Packet {
+                v6,
+                iif: "br0".into(),
+                src: if v6 { (true, 0, u128::MAX) } else { (false, 0, u128::from(u32::MAX)) },
+                forged: reply,
+                dst: dst.parse().expect("literal"),
+                dst_local: false,
+                proto,
+                sport: 40000,
+                dport: 53,
+                reply,
+            };
+            for hook in ["prerouting", "forward"] {
+                let r = rs.hook(hook, &p, &|v| *v != model::Verdict::Drop);
+                for (b, d) in r.passed.iter().chain(r.decided.iter()) {
+                    let _ = rs.chains[*b].label();
+                    for at in d.path.iter().chain(&d.returned) {
+                        let _ = rs.show(*at);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -363,7 +363,18 @@ fn nft_rule(text: &str, table: &str, sets: &HashMap<String, Vec<Range>>) -> Rule
                 };
                 i += 3;
             }
-            "notrack" | "log" => i += 1,
+            "log" => {
+                i += 1;
+                while matches!(
+                    word(i),
+                    "prefix" | "level" | "flags" | "group" | "snaplen" | "queue-threshold"
+                ) {
+                    i += 2;
+                }
+            }
+            "notrack" => i += 1,
+            // Other statements that set something (`ct mark set 1`, `meta priority set ...`): no match.
+            "meta" | "ct" if word(i + 2) == "set" => i += 4,
             _ => {
                 matches.push(Match::Unknown(w.to_string()));
                 i += 1;

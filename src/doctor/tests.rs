@@ -503,3 +503,22 @@ fn redirect_needs_a_listener_on_each_interfaces_primary_address() {
     assert!(t.saw.contains("from br-1a2b to its primary address 172.18.0.1:10900"), "{}", t.saw);
     assert_eq!(get(&c, "udp TPROXY v4 br-+").status, Status::Ok, "TPROXY goes to the listen address itself");
 }
+
+#[test]
+fn statements_are_not_mistaken_for_matches() {
+    // A kill switch that logs, counts and sets a conntrack mark still drops for sure.
+    let nft = NFT_EGRESSD.replace(
+        "\t\tdrop\n\t}",
+        "\t\tct mark set 0x1 counter packets 3 bytes 180 log prefix \"egressd kill: \" level info drop\n\t}",
+    );
+    let c = fw("", "", &nft).run(REDIRECT_CONF);
+    assert_eq!(get(&c, "kill switch v4 br0").status, Status::Ok, "{c:#?}");
+    // `limit` is a real match: a drop behind it is not trusted.
+    let nft = NFT_EGRESSD.replace("\t\tdrop\n\t}", "\t\tlimit rate 10/second drop\n\t}");
+    assert_eq!(get(&fw("", "", &nft).run(REDIRECT_CONF), "kill switch v4 br0").status, Status::Fail);
+    let ipt = IPTABLES.replace(
+        "-A EGRESSD_KILL -j DROP",
+        "-A EGRESSD_KILL -m comment --comment \"the end\" -j LOG --log-prefix \"kill \"\n-A EGRESSD_KILL -j DROP",
+    );
+    assert_eq!(get(&fw(&ipt, IP6TABLES, "").run(REDIRECT_CONF), "kill switch v4 br0").status, Status::Ok);
+}
