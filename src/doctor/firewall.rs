@@ -130,7 +130,12 @@ fn ipt_rule(words: &[String], text: &str, declared: &dyn Fn(&str) -> bool) -> Ru
                 continue;
             }
             "-j" | "--jump" | "-g" | "--goto" => {
-                verdict = target(val, &words[i + 2..], w.starts_with("-g") || w == "--goto", declared);
+                verdict = target(
+                    val,
+                    words.get(i + 2..).unwrap_or(&[]),
+                    w.starts_with("-g") || w == "--goto",
+                    declared,
+                );
                 break;
             }
             _ => {

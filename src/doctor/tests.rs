@@ -452,6 +452,10 @@ fn forged_sources_and_dns_path() {
 
 #[test]
 fn parsers_take_garbage() {
+    // Found by fuzzing: a rule ending in `-j` with no target.
+    crate::doctor::fuzz_firewall(
+        "*mangle\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -d 10.0.0.0/8 -j\n-A PREROUTING -g\n",
+    );
     for junk in ["", "}}}}", "{{{{", "table", "table inet x {\n chain y {\n type\n", "-A", "*", "\u{0}\u{ff}"]
     {
         let mut rs = Ruleset::default();
@@ -461,6 +465,7 @@ fn parsers_take_garbage() {
         let _ = parse_ip_addr(junk);
         let _ = parse_proc_net(junk);
         let _ = http_status(junk.as_bytes());
+        crate::doctor::fuzz_firewall(junk);
     }
 }
 
