@@ -356,17 +356,19 @@ def report(args):
     target("tcp_ttfb_burst", 2.2, "tcp_ttfb with the pool exhausted <= 2.2 RTT", "")
 
     if eg is not None:
-        out += ["", "What a user waits per new connection / per DNS lookup at a farther exit"
-                " (p50 in RTT units scaled; the proxy's own sub-ms costs ignored):"]
+        out += ["", "What a user waits per new connection / per DNS lookup at a farther exit, egressd's p50"
+                " taken as whole round trips + what is left (processing, scheduling):"]
         for far in (100, 200):
             parts = []
             for m, goal, what in (("tcp_ttfb", 1.2, "first byte"), ("dns_first", 1.2, "DNS answer")):
                 v = stat[(eg, m)][0]
                 if v is None:
                     continue
-                now_ms = v / rtt * far
-                parts.append(f"{what} {now_ms:.0f} ms today, <= {goal * far:.0f} ms at the target"
-                             f" ({now_ms - goal * far:.0f} ms less)")
+                trips = max(1, round(v / rtt))
+                rest = v - trips * rtt
+                now_ms = trips * far + rest
+                parts.append(f"{what} {now_ms:.0f} ms today ({trips} RTT {rest:+.0f} ms), <= {goal * far:.0f} ms"
+                             f" at the target ({now_ms - goal * far:.0f} ms less)")
             out.append(f"  RTT {far} ms: " + "; ".join(parts))
 
     text = "\n".join(out) + "\n"

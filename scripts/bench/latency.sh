@@ -188,5 +188,8 @@ latency_part() {
 	say ""
 	"$PY" "$BENCH_DIR/latency.py" report --samples "$LAT_SAMPLES" --out "$OUT" --impls "$LAT_IMPLS" --rtt-ms "$RTT" \
 		--title "egressd latency bench $(date -u '+%Y-%m-%d %H:%M UTC'), RTT ${RTT} ms, exit danted" \
-		--delay "$DELAY_SEEN" || log "latency report failed"
+		--delay "$DELAY_SEEN" >"$EG_TMP/latency-report.out" || log "latency report failed"
+	# A full run prints it at the end, next to the other table.
+	[ "$LAT_ONLY" = 1 ] && cat "$EG_TMP/latency-report.out"
+	return 0
 }
