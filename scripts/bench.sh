@@ -79,6 +79,9 @@ LAT_REPS=${LAT_REPS:-2}
 LAT_BURST=${LAT_BURST:-64}
 LAT_GAP=${LAT_GAP:-2}
 LAT_IMPLS=${LAT_IMPLS:-$(printf '%s\n' $IMPLS | grep -vx direct | tr '\n' ' ' | sed 's/ $//')}
+for v in RTT LAT_N LAT_REPS LAT_BURST LAT_GAP; do
+	[[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "scripts/bench.sh: $v must be a whole number > 0 (got '${!v}')" >&2; exit 2; }
+done
 EXIT_PORT=1080 # the SOCKS exit the implementations use (latency part: danted's port)
 OUT=${OUT:-$REPO/bench-out}
 HOLD_N=${HOLD_N:-1000}

@@ -169,6 +169,16 @@ latency_part() {
 	delay_up "$(calc "$RTT / 2")" || { log "delay line setup failed: $(tail -n 3 "$EG_TMP/delay-rules.log")"; delay_down; return 1; }
 	delay_verify
 	say "  delay line check from gw: $DELAY_SEEN"
+	# The TCP handshake gw -> exit must take one RTT (0.9..2 RTT), or the
+	# delay line is not in the path (or not alone on it): no point measuring.
+	local c50
+	c50=$(printf '%s\n' "$DELAY_SEEN" | sed -n 's/.*tcp_connect_ms(.* p50=\([0-9.]*\) .*/\1/p')
+	if [ -z "$c50" ] || [ "$(calc "$c50 >= 0.9 * $RTT && $c50 <= 2 * $RTT")" != 1 ]; then
+		log "delay line check failed: TCP connect p50 '${c50:-none}' ms for RTT $RTT ms; not measuring"
+		delay_down
+		stop_pid "$DANTED_PID" TERM
+		return 1
+	fi
 	local rep impl
 	for rep in $(seq 1 "$LAT_REPS"); do
 		for impl in $LAT_IMPLS; do
