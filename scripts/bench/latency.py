@@ -37,6 +37,7 @@ import struct
 import sys
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in the tree (run as root)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchtool import hostport, raise_nofile, table  # noqa: E402
 
