@@ -4,10 +4,16 @@
 #
 #   sudo scripts/bench.sh              full run: 3 repetitions, 4 s per test (< 10 min)
 #   sudo QUICK=1 scripts/bench.sh      short run: 1 repetition, 3 s per test (~2 min)
+#   sudo LAT_ONLY=1 scripts/bench.sh   only the latency part (far exit, ~7 min)
 #
 # Knobs (environment): OUT=dir (default bench-out/), REPS=n, DUR=seconds,
 # IMPLS="direct egressd redsocks v2ray" (any subset, in the order to interleave),
-# EGRESSD=path (default target/release/egressd, built if missing), NO_INSTALL=1.
+# EGRESSD=path (default target/release/egressd, built if missing), NO_INSTALL=1,
+# IPT2SOCKS=path (an ipt2socks binary built by hand; adds it to both parts).
+# Latency part (scripts/bench/latency.sh; runs after the others unless
+# LATENCY=0): RTT=ms (50), LAT_N=probes per metric (200), LAT_REPS=n (2,
+# interleaved), LAT_BURST=n (64), LAT_GAP=RTTs between single probes (2),
+# LAT_IMPLS (default: IMPLS without direct).
 #
 # Topology (namespaces egb<pid>-*, none linked to the root namespace; SPEC §5 addresses):
 #
@@ -63,7 +69,20 @@ else
 	REPS=${REPS:-3}
 	DUR=${DUR:-4}
 fi
-IMPLS=${IMPLS:-"direct egressd redsocks v2ray"}
+IMPLS=${IMPLS:-"direct egressd redsocks v2ray${IPT2SOCKS:+ ipt2socks}"}
+LAT_ONLY=${LAT_ONLY:-0}
+LATENCY=${LATENCY:-1}
+[ "$LAT_ONLY" = 1 ] && LATENCY=1
+RTT=${RTT:-50}
+LAT_N=${LAT_N:-200}
+LAT_REPS=${LAT_REPS:-2}
+LAT_BURST=${LAT_BURST:-64}
+LAT_GAP=${LAT_GAP:-2}
+LAT_IMPLS=${LAT_IMPLS:-$(printf '%s\n' $IMPLS | grep -vx direct | tr '\n' ' ' | sed 's/ $//')}
+for v in RTT LAT_N LAT_REPS LAT_BURST LAT_GAP; do
+	[[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "scripts/bench.sh: $v must be a whole number > 0 (got '${!v}')" >&2; exit 2; }
+done
+EXIT_PORT=1080 # the SOCKS exit the implementations use (latency part: danted's port)
 OUT=${OUT:-$REPO/bench-out}
 HOLD_N=${HOLD_N:-1000}
 UDP_RATE=${UDP_RATE:-200M}
@@ -97,7 +116,7 @@ btool() { "$PY" "$BENCH_DIR/benchtool.py" "$@"; }
 # ---------------------------------------------------------------- install
 
 APT_PKGS=(iproute2 iptables nftables procps curl dnsutils python3 iperf3 nginx-light wrk dnsperf
-          nsd redsocks v2ray gnuplot-nox)
+          nsd redsocks v2ray gnuplot-nox dante-server iputils-ping)
 install_deps() {
 	local p missing=() made_policy=0
 	for p in "${APT_PKGS[@]}"; do
@@ -392,7 +411,7 @@ impl_up_egressd() {
 	cat >"$EG_TMP/egressd.ron" <<-EOF
 	(
 	    listen: ["$GW_ADDR:$PORT"],
-	    tunnels: { "exit0": Socks5(server: "$EXIT_ADDR:1080") },
+	    tunnels: { "exit0": Socks5(server: "$EXIT_ADDR:$EXIT_PORT") },
 	    routes: [ (source: "$C_ADDR", tunnel: "exit0") ],
 	    intercept: (sources: ["10.8.0.0/24"], mark: $MARK, table: $TABLE),
 	    control: (socket: "$EG_TMP/egressd.sock"),
@@ -434,14 +453,14 @@ impl_up_redsocks() {
 	    local_ip = $GW_ADDR;
 	    local_port = $PORT;
 	    ip = $EXIT_ADDR;
-	    port = 1080;
+	    port = $EXIT_PORT;
 	    type = socks5;
 	}
 	redudp {
 	    local_ip = $GW_ADDR;
 	    local_port = $PORT;
 	    ip = $EXIT_ADDR;
-	    port = 1080;
+	    port = $EXIT_PORT;
 	    udp_timeout = 30;
 	    udp_timeout_stream = 180;
 	}
@@ -466,7 +485,7 @@ impl_up_v2ray() {
 	  }],
 	  "outbounds": [{
 	    "tag": "exit0", "protocol": "socks",
-	    "settings": {"servers": [{"address": "$EXIT_ADDR", "port": 1080}]}
+	    "settings": {"servers": [{"address": "$EXIT_ADDR", "port": $EXIT_PORT}]}
 	  }],
 	  "routing": {"rules": [{"type": "field", "outboundTag": "exit0", "source": ["$C_ADDR"]}]}
 	}
@@ -475,6 +494,19 @@ impl_up_v2ray() {
 	proxy_start v2ray "$EG_TMP/v2ray-gw.log" v2ray -config "$EG_TMP/v2ray-gw.json"
 }
 impl_down_v2ray() { proxy_stop; manual_rules_down; }
+
+# ipt2socks (C, libev; not packaged): only with IPT2SOCKS=path, built by hand
+# outside the repo. One thread, REDIRECT for TCP (-R), TPROXY for UDP.
+impl_up_ipt2socks() {
+	[ -x "${IPT2SOCKS:-}" ] || { SETUP_ERR="no ipt2socks binary (IPT2SOCKS=path)"; return 1; }
+	manual_rules_up || { SETUP_ERR="iptables rules failed: $(tail -n 3 "$EG_TMP/rules.log" | tr '\n' ' ')"; return 1; }
+	proxy_start ipt2socks "$EG_TMP/ipt2socks.log" "$IPT2SOCKS" -s "$EXIT_ADDR" -p "$EXIT_PORT" \
+		-b "$GW_ADDR" -l "$PORT" -j 1 -4 -R
+}
+impl_down_ipt2socks() { proxy_stop; manual_rules_down; }
+
+# shellcheck source=bench/latency.sh
+. "$BENCH_DIR/latency.sh"
 
 # ---------------------------------------------------------------- samples
 
@@ -732,7 +764,7 @@ run_round() { # IMPL REP
 
 # ---------------------------------------------------------------- main
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 case "${1:-}" in -h|--help) usage; exit 0 ;; esac
 [ "$(id -u)" -eq 0 ] || { echo "scripts/bench.sh needs root (network namespaces)" >&2; exit 1; }
 
@@ -751,7 +783,10 @@ install_deps
 
 PY=$(python_bin)
 missing=""
-for t in ip iptables nft curl dig iperf3 wrk dnsperf nginx nsd gnuplot "$PY"; do
+tools="ip iptables nft curl dig nginx nsd $PY"
+[ "$LAT_ONLY" = 1 ] || tools="$tools iperf3 wrk dnsperf gnuplot"
+[ "$LATENCY" = 1 ] && tools="$tools danted ping"
+for t in $tools; do
 	command -v "$t" >/dev/null 2>&1 || missing="$missing $t"
 done
 [ -z "$missing" ] || die "missing tools:$missing"
@@ -784,7 +819,7 @@ SAMPLES="$OUT/samples.tsv"
 printf 'impl\tmetric\trep\tvalue\tunit\tnote\n' >"$SAMPLES"
 {
 	echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-	echo "command: QUICK=$QUICK REPS=$REPS DUR=$DUR IMPLS=\"$IMPLS\" scripts/bench.sh"
+	echo "command: QUICK=$QUICK REPS=$REPS DUR=$DUR IMPLS=\"$IMPLS\" LAT_ONLY=$LAT_ONLY LATENCY=$LATENCY RTT=$RTT LAT_N=$LAT_N LAT_REPS=$LAT_REPS LAT_BURST=$LAT_BURST LAT_GAP=$LAT_GAP scripts/bench.sh"
 	echo "host: $(uname -srm), $(nproc) CPUs, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//')"
 	echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "egressd: ${EGRESSD_SRC:-$EGRESSD_BIN} (sha256 $(sha256sum "$EGRESSD_BIN" 2>/dev/null | cut -c1-12)), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet 2>/dev/null || echo ' (dirty tree)'), built $(date -u -r "$EGRESSD_BIN" '+%Y-%m-%d %H:%M' 2>/dev/null)"
@@ -799,22 +834,31 @@ log "building the topology (namespaces ${EG_ID}-*)"
 topo_up
 start_services
 
-for rep in $(seq 1 "$REPS"); do
-	for impl in $IMPLS; do
-		run_round "$impl" "$rep"
+if [ "$LAT_ONLY" != 1 ]; then
+	for rep in $(seq 1 "$REPS"); do
+		for impl in $IMPLS; do
+			run_round "$impl" "$rep"
+		done
 	done
-done
+fi
+rm -f "$OUT/latency.txt"
+if [ "$LATENCY" = 1 ] && [ -n "$LAT_IMPLS" ]; then
+	latency_part || log "latency part failed"
+fi
 
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg); elapsed $(( $(date +%s) - T0 )) s" >>"$OUT/env.txt"
 say ""
-title="egressd bench $(date -u '+%Y-%m-%d %H:%M UTC'), $REPS rep(s) x ${DUR}s, $(nproc) CPUs"
-btool report --samples "$SAMPLES" --out "$OUT" --impls "$IMPLS" --title "$title" ||
-	log "report failed"
-if [ -s "$OUT/chart.gp" ] && ! grep -q '^# not enough' "$OUT/chart.gp"; then
-	if gnuplot "$OUT/chart.gp" 2>"$EG_TMP/gnuplot.log"; then
-		say "chart: $OUT/ratios.png"
-	else
-		log "gnuplot failed: $(tail -n 3 "$EG_TMP/gnuplot.log")"
+if [ "$LAT_ONLY" != 1 ]; then
+	title="egressd bench $(date -u '+%Y-%m-%d %H:%M UTC'), $REPS rep(s) x ${DUR}s, $(nproc) CPUs"
+	btool report --samples "$SAMPLES" --out "$OUT" --impls "$IMPLS" --title "$title" ||
+		log "report failed"
+	if [ -s "$OUT/chart.gp" ] && ! grep -q '^# not enough' "$OUT/chart.gp"; then
+		if gnuplot "$OUT/chart.gp" 2>"$EG_TMP/gnuplot.log"; then
+			say "chart: $OUT/ratios.png"
+		else
+			log "gnuplot failed: $(tail -n 3 "$EG_TMP/gnuplot.log")"
+		fi
 	fi
+	[ -s "$OUT/latency.txt" ] && { say ""; cat "$OUT/latency.txt"; }
 fi
-say "samples: $SAMPLES; table: $OUT/table.txt; elapsed $(( $(date +%s) - T0 )) s"
+say "samples: $SAMPLES${LAT_SAMPLES:+, $LAT_SAMPLES}; tables: $([ "$LAT_ONLY" != 1 ] && echo "$OUT/table.txt ")$([ -s "$OUT/latency.txt" ] && echo "$OUT/latency.txt"); elapsed $(( $(date +%s) - T0 )) s"

@@ -255,7 +255,7 @@ METRICS = [
     ("rss_1000", "proxy RSS, 1000 idle TCP connections", "MiB", False),
 ]
 METRIC_INFO = {k: (label, unit, hib) for k, label, unit, hib in METRICS}
-PEERS = ["redsocks", "v2ray"]
+PEERS = ["redsocks", "v2ray", "ipt2socks"]
 
 
 def fmt(v):
