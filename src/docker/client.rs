@@ -107,27 +107,7 @@ impl Follower {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(format!("reading events: {e}")),
             };
-            let mut input = &buf[..n];
-            if !events.head_done {
-                events.pending.extend_from_slice(input);
-                match http1::parse_head(&events.pending).map_err(|e| format!("events: {e}"))? {
-                    Parse::Incomplete => continue,
-                    Parse::Done(h, used) => {
-                        if h.status != 200 {
-                            return Err(format!("GET /events answered {}", h.status));
-                        }
-                        events.body = Body::new(h.framing);
-                        events.head_done = true;
-                        let rest = events.pending.split_off(used);
-                        out.clear();
-                        events.body.feed(&rest, &mut out).map_err(|e| format!("events: {e}"))?;
-                        input = &[];
-                    }
-                }
-            }
-            if !input.is_empty() {
-                events.body.feed(input, &mut out).map_err(|e| format!("events: {e}"))?;
-            }
+            events.take(&buf[..n], &mut out)?;
             let mut relevant = false;
             for &b in out.iter() {
                 if b == b'\n' {
@@ -221,32 +201,15 @@ fn get_body(d: &DockerSettings, path: &str) -> Result<Vec<u8>, String> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(format!("GET {path}: {e}")),
         };
-        if !c.head_done {
-            c.pending.extend_from_slice(&buf[..n]);
-            match http1::parse_head(&c.pending).map_err(|e| format!("GET {path}: {e}"))? {
-                Parse::Incomplete if n == 0 => return Err(format!("GET {path}: connection closed")),
-                Parse::Incomplete => continue,
-                Parse::Done(h, used) => {
-                    if h.status != 200 {
-                        return Err(format!("GET {path} answered {}", h.status));
-                    }
-                    c.body = Body::new(h.framing);
-                    c.head_done = true;
-                    c.to_eof = h.framing == Framing::ToEof;
-                    let rest = c.pending.split_off(used);
-                    c.body.feed(&rest, &mut out).map_err(|e| format!("GET {path}: {e}"))?;
-                }
-            }
-        } else if n == 0 {
+        if n == 0 {
             // Closed: the end only for a body framed by the close.
-            return if c.body.is_done() || c.to_eof {
+            return if c.head_done && (c.body.is_done() || c.to_eof) {
                 Ok(out)
             } else {
-                Err(format!("GET {path}: truncated"))
+                Err(format!("GET {path}: connection closed early"))
             };
-        } else {
-            c.body.feed(&buf[..n], &mut out).map_err(|e| format!("GET {path}: {e}"))?;
         }
+        c.take(&buf[..n], &mut out)?;
         if out.len() > MAX_LIST {
             return Err(format!("GET {path}: answer larger than {MAX_LIST} bytes"));
         }
@@ -267,6 +230,7 @@ fn get(d: &DockerSettings, path: &str, timeout: Option<Duration>) -> Result<Conn
     stream.write_all(req.as_bytes()).map_err(|e| format!("GET {path}: {e}"))?;
     Ok(Conn {
         stream,
+        what: format!("GET {path}"),
         pending: Vec::new(),
         head_done: false,
         body: Body::new(Framing::Length(0)),
@@ -276,11 +240,38 @@ fn get(d: &DockerSettings, path: &str, timeout: Option<Duration>) -> Result<Conn
 
 struct Conn {
     stream: UnixStream,
+    /// `GET /path`, for errors.
+    what: String,
     pending: Vec<u8>,
     head_done: bool,
     body: Body,
     /// The body ends when the connection closes.
     to_eof: bool,
+}
+
+impl Conn {
+    /// Takes bytes read from the socket: the head first (its status must be
+    /// 200), then the body's payload, appended to `out`.
+    fn take(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        let what = &self.what;
+        if self.head_done {
+            return self.body.feed(input, out).map(|_| ()).map_err(|e| format!("{what}: {e}"));
+        }
+        self.pending.extend_from_slice(input);
+        match http1::parse_head(&self.pending).map_err(|e| format!("{what}: {e}"))? {
+            Parse::Incomplete => Ok(()),
+            Parse::Done(h, used) => {
+                if h.status != 200 {
+                    return Err(format!("{what} answered {}", h.status));
+                }
+                self.body = Body::new(h.framing);
+                self.head_done = true;
+                self.to_eof = h.framing == Framing::ToEof;
+                let rest = self.pending.split_off(used);
+                self.body.feed(&rest, out).map(|_| ()).map_err(|e| format!("{what}: {e}"))
+            }
+        }
+    }
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).
