@@ -133,6 +133,11 @@ pub struct RawUdp {
     pub max_reply_sockets: usize,
     pub pending_datagrams: usize,
     pub dns_over_tcp: bool,
+    pub max_sessions_per_source: usize,
+    pub new_sessions_per_source_per_sec: u32,
+    pub new_sessions_per_source_burst: u32,
+    pub pending_bytes_per_worker: usize,
+    pub pending_bytes_per_source: usize,
 }
 
 impl Default for RawUdp {
@@ -144,6 +149,11 @@ impl Default for RawUdp {
             max_reply_sockets: 4096,
             pending_datagrams: 16,
             dns_over_tcp: true,
+            max_sessions_per_source: 16384,
+            new_sessions_per_source_per_sec: 4000,
+            new_sessions_per_source_burst: 16384,
+            pending_bytes_per_worker: 4 << 20,
+            pending_bytes_per_source: 1 << 20,
         }
     }
 }

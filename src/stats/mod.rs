@@ -76,6 +76,17 @@ counters! {
     udp_drop_queue_full,
     /// Dropped: queued while the association was set up, past pending_datagrams.
     udp_drop_pending,
+    /// Dropped: queued while the association was set up, past the worker's
+    /// or the source's share of pending bytes.
+    udp_drop_pending_bytes,
+    /// Dropped: a new session from a source over new_sessions_per_source_per_sec.
+    udp_drop_source_rate,
+    /// Sessions a source gave up at max_sessions_per_source (its own oldest).
+    udp_source_full,
+    /// Dropped: a reply naming a host, loopback or container address as its source.
+    udp_drop_reply_source,
+    /// Dropped: an unsolicited datagram to a Direct session with no reply socket to spare.
+    udp_drop_unsolicited,
     /// Sessions evicted to stay within max_sessions.
     udp_sessions_evicted,
     /// Sessions that ended because the association failed or closed.
