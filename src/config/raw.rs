@@ -150,8 +150,8 @@ impl Default for RawUdp {
             pending_datagrams: 16,
             dns_over_tcp: true,
             max_sessions_per_source: 16384,
-            new_sessions_per_source_per_sec: 4000,
-            new_sessions_per_source_burst: 16384,
+            new_sessions_per_source_per_sec: 2000,
+            new_sessions_per_source_burst: 4096,
             pending_bytes_per_worker: 4 << 20,
             pending_bytes_per_source: 1 << 20,
         }

@@ -231,8 +231,8 @@ fn credentials_never_show_in_debug() {
 fn udp_fairness_keys_default_and_parse() {
     let s = parse(MINIMAL).unwrap();
     assert_eq!(s.udp.max_sessions_per_source, 16384);
-    assert_eq!(s.udp.new_sessions_per_source_per_sec, 4000);
-    assert_eq!(s.udp.new_sessions_per_source_burst, 16384);
+    assert_eq!(s.udp.new_sessions_per_source_per_sec, 2000);
+    assert_eq!(s.udp.new_sessions_per_source_burst, 4096);
     assert_eq!(s.udp.pending_bytes_per_worker, 4 << 20);
     assert_eq!(s.udp.pending_bytes_per_source, 1 << 20);
     let s = parse(&with(

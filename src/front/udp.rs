@@ -135,14 +135,30 @@ impl FrontLoop {
             debug!(target: "egressd::front", "{client} -> udp {orig_dst}: no route for this source; dropped");
             return;
         };
+        if UdpBatch::sheds(client.ip(), self.workers.len()) {
+            Counters::inc(&self.counters.udp_drop_shed);
+            return;
+        }
         let w = worker_for(client.ip(), self.workers.len());
-        let batch = self.batches[w].get_or_insert_with(|| {
-            let mut b = self.workers[w]
-                .recycled()
-                .unwrap_or_else(|| Box::new(UdpBatch::new(Arc::clone(&self.shared.tunnels))));
-            b.tunnels = Arc::clone(&self.shared.tunnels);
-            b
-        });
+        if self.batches[w].is_none() {
+            let b = match self.workers[w].recycled() {
+                Some(mut b) => {
+                    b.tunnels = Arc::clone(&self.shared.tunnels);
+                    Some(b)
+                }
+                None => {
+                    UdpBatch::new(Arc::clone(&self.shared.tunnels), UdpBatch::max_alive(self.workers.len()))
+                }
+            };
+            let Some(b) = b else {
+                // Every batch the process may hold is queued: the workers
+                // are behind, and queueing more would only grow memory.
+                Counters::inc(&self.counters.udp_drop_queue_full);
+                return;
+            };
+            self.batches[w] = Some(b);
+        }
+        let Some(batch) = self.batches[w].as_mut() else { return };
         let at = k * MAX_DATAGRAM;
         batch.push(client, orig_dst, route, &self.rdata[at..at + meta.len]);
         if batch.is_full() {

@@ -87,6 +87,8 @@ counters! {
     udp_drop_reply_source,
     /// Dropped: an unsolicited datagram to a Direct session with no reply socket to spare.
     udp_drop_unsolicited,
+    /// Dropped at the front while the workers were behind, from a source over its limits.
+    udp_drop_shed,
     /// Sessions evicted to stay within max_sessions.
     udp_sessions_evicted,
     /// Sessions that ended because the association failed or closed.

@@ -45,7 +45,7 @@ impl Default for Limits {
             max_sessions: 65536,
             max_per_source: 16384,
             new_per_source_per_sec: 2000,
-            new_per_source_burst: 10000,
+            new_per_source_burst: 4096,
         }
     }
 }

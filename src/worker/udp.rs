@@ -38,7 +38,10 @@ use crate::upstream::{Handshake, Socks5Handshake};
 use crate::wire::sockaddr::unmapped;
 use crate::wire::socks5::{self, Bound};
 
+mod batch;
+mod heavy;
 mod reply;
+pub use batch::{UdpBatch, UdpItem};
 use reply::SourceCheck;
 pub(super) use reply::{ReplyError, ReplyPool};
 
@@ -49,53 +52,6 @@ const READS_PER_EVENT: usize = 64;
 /// What a queued datagram costs beyond its payload (its box and queue
 /// slot), for the pending byte budget.
 const PENDING_OVERHEAD: usize = 64;
-
-/// Datagrams a front loop received and routed for one worker, packed into
-/// one buffer: one hand-off (and one wake) per batch, and the batch comes
-/// back to the fronts empty through the worker's recycle channel, so the
-/// steady path allocates nothing per datagram.
-pub struct UdpBatch {
-    /// The tunnels `UdpItem::tunnel` indexes (one Arc clone per batch).
-    pub tunnels: Arc<[Arc<Tunnel>]>,
-    pub items: Vec<UdpItem>,
-    pub data: Vec<u8>,
-}
-
-/// One datagram of a batch; its payload is `data[start..start + len]`.
-#[derive(Debug, Clone, Copy)]
-pub struct UdpItem {
-    pub client: SocketAddr,
-    pub orig_dst: SocketAddr,
-    pub tunnel: u16,
-    /// The route that matched (`None`: the default tunnel), for counters.
-    pub source: Option<Cidr>,
-    pub start: u32,
-    pub len: u32,
-}
-
-impl UdpBatch {
-    pub fn new(tunnels: Arc<[Arc<Tunnel>]>) -> UdpBatch {
-        UdpBatch { tunnels, items: Vec::with_capacity(64), data: Vec::with_capacity(64 * 1024) }
-    }
-
-    pub fn push(
-        &mut self,
-        client: SocketAddr,
-        orig_dst: SocketAddr,
-        route: (Option<Cidr>, u16),
-        payload: &[u8],
-    ) {
-        let start = self.data.len() as u32;
-        self.data.extend_from_slice(payload);
-        let (source, tunnel) = route;
-        self.items.push(UdpItem { client, orig_dst, tunnel, source, start, len: payload.len() as u32 });
-    }
-
-    /// Whether the batch should go now rather than grow further.
-    pub fn is_full(&self) -> bool {
-        self.items.len() >= 256 || self.data.len() >= 128 * 1024
-    }
-}
 
 /// One datagram as the worker handles it.
 struct Datagram<'a> {
@@ -150,6 +106,8 @@ pub(super) struct Udp {
     pending_bytes_max: usize,
     pending_source_max: usize,
     source_check: SourceCheck,
+    /// Sources of this worker that went over a limit (see `UdpBatch::sheds`).
+    heavy: heavy::Named,
     /// Keys the fingerprints of Direct sessions' destinations.
     fp: FoldState,
 }
@@ -179,6 +137,7 @@ impl Udp {
             pending_bytes_max: s.pending_bytes_per_worker,
             pending_source_max: s.pending_bytes_per_source,
             source_check: SourceCheck::default(),
+            heavy: heavy::Named::default(),
             fp: FoldState::new(),
         }
     }
@@ -193,6 +152,11 @@ impl Udp {
         self.pending_bytes += n;
         *self.pending_by_source.entry(source).or_insert(0) += n;
         true
+    }
+
+    /// Notes that `source` went over one of its limits at `now`.
+    fn over_limit(&mut self, source: IpAddr, now: Instant) {
+        self.heavy.name(source, now);
     }
 
     fn release_pending(&mut self, source: IpAddr, n: usize) {
@@ -246,11 +210,9 @@ impl WorkerLoop {
         }
         b.items.clear();
         b.data.clear();
-        // Keep only modest buffers for reuse (a flood of large datagrams
-        // must not leave megabytes parked in the recycle channel).
-        if b.data.capacity() <= 256 * 1024 {
-            let _ = self.recycle.try_send(b);
-        }
+        self.udp.heavy.expire(self.now);
+        // Buffers never grow past their first size (see `is_full`).
+        let _ = self.recycle.try_send(b);
     }
 
     fn on_datagram(&mut self, d: Datagram<'_>) {
@@ -263,6 +225,7 @@ impl WorkerLoop {
             return;
         }
         if self.udp.table.admit(d.client.ip(), now) == Admit::OverRate {
+            self.udp.over_limit(d.client.ip(), now);
             Counters::inc(&self.counters.udp_drop_source_rate);
             self.tally(&d.tunnel.name, d.source).inc(|c| &c.udp_drop_source_rate);
             debug!(target: "egressd::udp", "{} -> udp {}: source over new_sessions_per_source_per_sec; dropped",
@@ -402,6 +365,7 @@ impl WorkerLoop {
                 }
                 let client = s.client;
                 if !self.udp.reserve_pending(client.ip(), cost) {
+                    self.udp.over_limit(client.ip(), self.now);
                     Counters::inc(&self.counters.udp_drop_pending_bytes);
                     if let Some(s) = self.udp.sessions.get(slot) {
                         s.tc.inc(|c| &c.udp_drop_pending_bytes);
