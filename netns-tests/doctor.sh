@@ -26,6 +26,10 @@
 #      FAIL `tunnel exit0` suggesting `udp: false`; danted's tunnels stay ok
 #   7  egressd stopped → FAIL `listener ...`: not running
 #
+# 14 check lines on every path (plan_checks; without br_netfilter the 3
+# bridge checks are skips); egressd starting and its rules applying are
+# preconditions (the suite stops), not checks.
+#
 # Usage: sudo netns-tests/doctor.sh   (EGRESSD=path to use another binary,
 #        EG_KEEP_TMP=1 to keep logs). Needs root; skips (exit 0) otherwise.
 
@@ -35,16 +39,13 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
+plan_checks 14
 
 require_root_and_tools nft iptables ip6tables iptables-save ip6tables-save microsocks danted python3 ss timeout ps
 eg_init
 T0=$(date +%s)
 
-if ! ensure_egressd; then
-	fail "build" "egressd binary $(egressd_bin) missing and cargo build --release failed"
-	summary
-	exit 1
-fi
+ensure_egressd || die "egressd binary $(egressd_bin) missing and cargo build --release failed"
 
 # doctor CONF — run `egressd doctor` in gw; output in $DOC, exit code in $DOC_RC.
 DOC_N=0
@@ -72,15 +73,11 @@ topo_write_config "$CONF"
 # The fix commands doctor prints name the config as given: keep it a plain path.
 
 if ! egressd_rules_apply --config "$CONF" >"$EG_TMP/rules.out" 2>&1; then
-	fail "egressd rules | sh" "$(tail -n 3 "$EG_TMP/rules.out" | tr '\n' ' ')"
-	summary
-	exit 1
+	die "egressd rules | sh: $(tail -n 3 "$EG_TMP/rules.out" | tr '\n' ' ')"
 fi
 EGRESSD_LOG=$EG_TMP/egressd.log
 if ! egressd_start --config "$CONF"; then
-	fail "egressd run" "did not listen on 10.8.0.1:$LISTEN_PORT and [fd08::1]:$LISTEN_PORT within 15 s"
-	summary
-	exit 1
+	die "egressd run: did not listen on 10.8.0.1:$LISTEN_PORT and [fd08::1]:$LISTEN_PORT within 15 s"
 fi
 
 # ------------------------------------------------------------------ 1 good setup
@@ -100,7 +97,7 @@ fi
 
 # ------------------------------------------------------------------ 2 bridge trap
 if ! nsx "$NS_GW" test -e /proc/sys/net/bridge/bridge-nf-call-iptables; then
-	skip_check "2 bridge trap" "br_netfilter is not loaded on this kernel (no bridge-nf-call-iptables in gw)"
+	skip_n 3 "2 bridge trap" "br_netfilter is not loaded on this kernel (no bridge-nf-call-iptables in gw)"
 else
 	for t in iptables ip6tables; do
 		bridge_sysctl "$t" 1

@@ -14,7 +14,11 @@
 # behaviour per tunnel); c1 keeps using the good exit1 meanwhile. egressd runs
 # with tcp.connect_timeout_secs 2 and udp.idle_timeout_secs 3.
 #
-# Checks (one PASS/FAIL line each):
+# Checks (one PASS/FAIL line each; 27 on every path, plan_checks):
+#   0  control: before egressd's rules, c3 leaks out of gw's uplink (the
+#      target sees .200) and the leak detector counts it; setup: the good
+#      paths work and the exits' SYN counters count their connections (so
+#      4's "nothing out / nothing upstream" can fail)
 #   1  hostile SOCKS5 upstreams, each: c2's client is reset (TCP) or its
 #      datagram dropped and counted (UDP), the log names the tunnel and the
 #      reason, c1 is served through exit1 at the same time, and egressd's fd
@@ -52,6 +56,7 @@
 #      closed, then 5 000 UDP sessions (c2) left to time out: flows and
 #      sessions return to 0, fd count to baseline (+ FD_TOL for the relay's
 #      pooled pipes), RSS to baseline + RSS_TOL_KB
+# Every fd check fails when egressd has died (no fd count is not 0 fds).
 #
 # Usage: sudo netns-tests/faults.sh   (EGRESSD=path to use another binary,
 #        EG_KEEP_TMP=1 to keep logs). Needs root; skips (exit 0) otherwise.
@@ -62,6 +67,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
+plan_checks 27
 
 require_root_and_tools nft iptables ip6tables curl microsocks danted python3 ss timeout ps prlimit awk getconf
 eg_init
@@ -124,13 +130,32 @@ stat_now() {
 	sv "$f" "$1"
 }
 stat_is() { [ "$(stat_now "$1")" = "$2" ]; }
+stat_ge() { [ "$(stat_now "$1")" -ge "$2" ]; }
+# reloads_since MARK N — at least N 'reloaded:' lines after log line MARK
+# (for wait_until: re-read at every poll).
+reloads_since() { [ "$(log_since "$1" | grep -c 'reloaded:')" -ge "$2" ]; }
+# c_sees I WANT — c<I>'s TCP who-am-i is WANT (re-asked at every poll).
+c_sees() { [ "$(curl_whoami "${NS_C[$1]}")" = "$2" ]; }
 # grew SNAPSHOT NAME — NAME is now above its value in SNAPSHOT.
 grew() { [ "$(stat_now "$2")" -gt "$(sv "$1" "$2")" ]; }
 # delta A B NAME — NAME's growth from snapshot A to snapshot B.
 delta() { echo $(($(sv "$2" "$3") - $(sv "$1" "$3"))); }
 
-fd_count() { ls "/proc/$EGRESSD_PID/fd" 2>/dev/null | wc -l; }
-fd_le() { [ "$(fd_count)" -le "$1" ]; }
+# fd_count — egressd's open fds; "dead" (and non-zero) when it is not
+# running: a live egressd always holds some, so 0 never means "no leak".
+fd_count() {
+	local n
+	pid_gone "$EGRESSD_PID" && { echo dead; return 1; }
+	n=$(ls "/proc/$EGRESSD_PID/fd" 2>/dev/null | wc -l)
+	[ "$n" -gt 0 ] || { echo dead; return 1; }
+	echo "$n"
+}
+# fds_ok COUNT LIMIT — COUNT is a real fd count (egressd alive) <= LIMIT.
+fds_ok() {
+	case $1 in '' | *[!0-9]*) return 1 ;; esac
+	[ "$1" -le "$2" ]
+}
+fd_le() { fds_ok "$(fd_count)" "$1"; }
 rss_kb() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$EGRESSD_PID/status" 2>/dev/null; }
 rss_le() { [ "$(rss_kb)" -le "$1" ]; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$EGRESSD_PID/stat" 2>/dev/null; }
@@ -201,29 +226,37 @@ start_fault_server() {
 
 # ================================================================== setup
 
-if ! ensure_egressd; then
-	fail "build" "egressd binary $(egressd_bin) missing and cargo build --release failed"
-	summary
-	exit 1
-fi
+ensure_egressd || die "egressd binary $(egressd_bin) missing and cargo build --release failed"
 
 topo_up
 topo_start_services
 socks_stop 2 # exit2 runs the fault server instead of danted
-if ! start_fault_server; then
-	fail "fault server" "did not start: $(tail -n 5 "$EG_TMP/fault.log" | oneline)"
-	summary
-	exit 1
-fi
+start_fault_server || die "fault server did not start: $(tail -n 5 "$EG_TMP/fault.log" | oneline)"
 CONF=$EG_TMP/egressd.ron
 write_config "$CONF"
+
+syns() { echo $(($(socks_syn_count 0) + $(socks_syn_count 1))); }
+
+# 0 control: before egressd's rules, c3 (no route in egressd's config) goes
+# out of gw's uplink and the leak detector counts it — the detector 4a
+# relies on can move.
+leak0=$(leak_count)
+seen=$(curl_whoami "${NS_C[3]}")
+leak1=$(leak_count)
+if [ "$seen" = "$GW_UPLINK4" ] && [ "$leak1" -gt "$leak0" ]; then
+	pass "0 control: without egressd c3 leaks as $seen and the leak detector counts it ($((leak1 - leak0)) packets)"
+else
+	fail "0 control: without egressd c3 should leak via the uplink" "target saw '$seen', detector delta $((leak1 - leak0))"
+fi
+
 EGRESSD_LOG=$EG_TMP/egressd.log
 egressd_up_or_exit "$CONF"
-wait_until 5 test -S "$SOCK"
+wait_until 5 test -S "$SOCK" || die "egressd's control socket $SOCK did not appear"
 
 # Warm up (pipes in the relay's pool, reply sockets, each worker's first
 # flows), then take the baseline with nothing open.
 warm_ok=1
+syn_w0=$(syns)
 for i in 0 1 2; do
 	seen=$(curl_whoami "${NS_C[i]}")
 	[ "$seen" = "$(exit_egress4 "$i")" ] || { warm_ok=0; log "warm-up: c$i saw '$seen'"; }
@@ -234,14 +267,18 @@ w=$(fault "${NS_C[2]}" uask "$TARGET4" "$UDP_WHO_PORT" 3)
 case $w in "reply from $TARGET4:$UDP_WHO_PORT echo ask"*) ;; *) warm_ok=0; log "warm-up UDP c2: $w" ;; esac
 w=$(fault "${NS_C[1]}" uask "$TARGET4" "$UDP_WHO_PORT" 3)
 case $w in "reply from $TARGET4:$UDP_WHO_PORT"*) ;; *) warm_ok=0; log "warm-up UDP c1: $w" ;; esac
+syn_w1=$(syns)
 wait_until 15 quiet
 sleep 0.5
-FD0=$(fd_count)
+FD0=$(fd_count) || die "egressd died during the warm-up: $(tail -n 3 "$EGRESSD_LOG" | oneline)"
 RSS0=$(rss_kb)
-if [ "$warm_ok" -eq 1 ]; then
-	pass "setup: c0/c1/c2 TCP and c1/c2 UDP work (fault server's good port on exit2); baseline $FD0 fds, RSS $RSS0 kB"
+# c0 and c1 each opened at least one TCP connection to exit0 / exit1 (and
+# c1's UDP its control connection): the SYN counters of 4 must have moved.
+if [ "$warm_ok" -eq 1 ] && [ "$syn_w1" -ge $((syn_w0 + 2)) ]; then
+	pass "setup: c0/c1/c2 TCP and c1/c2 UDP work (fault server's good port on exit2); exit0+exit1 SYN counters +$((syn_w1 - syn_w0)) (control for 4); baseline $FD0 fds, RSS $RSS0 kB"
 else
-	fail "setup: the good paths must work before the faults" "see the log lines above"
+	fail "setup: the good paths must work before the faults, and move the SYN counters" \
+		"see the log lines above; exit0+exit1 SYN counters +$((syn_w1 - syn_w0)) (want >= 2)"
 fi
 
 # good_c1 — c1 is served through exit1 (TCP who-am-i): prints "ok" or what it saw.
@@ -304,7 +341,7 @@ hostile_tcp() {
 		;;
 	esac
 	[ "$c1" = ok ] || why="$why; meanwhile $c1"
-	[ "$fds" -le "$FD0" ] || why="$why; fd count $fds > baseline $FD0"
+	fds_ok "$fds" "$FD0" || why="$why; fd count $fds > baseline $FD0"
 	if [ -z "$why" ]; then
 		if [ "$expect" = work ]; then
 			pass "$name: works (target sees $res); c1 served meanwhile; fds $fds <= $FD0"
@@ -349,7 +386,7 @@ hostile_udp() {
 	[ "$res" = "no reply" ] || why="$why; c2 got '$res'"
 	[ "$d" -ge 1 ] || why="$why; $counter did not grow"
 	case $c1 in "reply from $TARGET4:$UDP_WHO_PORT"*) ;; *) why="$why; meanwhile c1's UDP: $c1" ;; esac
-	[ "$fds" -le "$FD0" ] || why="$why; fd count $fds > baseline $FD0"
+	fds_ok "$fds" "$FD0" || why="$why; fd count $fds > baseline $FD0"
 	if [ -z "$why" ]; then
 		pass "$name: c2 gets nothing, $counter +$d; c1's UDP answered meanwhile; session ended, fds $fds <= $FD0"
 	else
@@ -372,7 +409,7 @@ d_s=$(delta "$EG_TMP/c.a" "$EG_TMP/c.b" udp_sessions_total)
 why=""
 [ "$res" = "first ok second ok" ] || why="$why; client: $res"
 [ "$d_s" -ge 2 ] || why="$why; udp_sessions_total +$d_s, want >= 2 (a new association)"
-[ "$fds" -le "$FD0" ] || why="$why; fd count $fds > baseline $FD0"
+fds_ok "$fds" "$FD0" || why="$why; fd count $fds > baseline $FD0"
 if [ -z "$why" ]; then
 	pass "$name: the next datagram from the same socket re-associated ($d_s sessions) and was answered; fds $fds <= $FD0"
 else
@@ -434,8 +471,6 @@ wait_until 10 quiet
 
 # ================================================================== 4 not an open proxy
 # (before the EMFILE and link-down checks restart or reconfigure egressd)
-
-syns() { echo $(($(socks_syn_count 0) + $(socks_syn_count 1))); }
 
 name="4a c3 (no route)"
 stats_snap "$EG_TMP/o.a"
@@ -502,7 +537,7 @@ fi
 name="4d datagram straight to the UDP listener (not TPROXY'd)"
 stats_snap "$EG_TMP/d.a"
 u=$(fault "${NS_C[1]}" unone 10.8.0.1 "$LISTEN_PORT" 2)
-wait_until 3 test "$(stat_now udp_drop_not_tproxied)" -ge "$(($(sv "$EG_TMP/d.a" udp_drop_not_tproxied) + 3))"
+wait_until 3 stat_ge udp_drop_not_tproxied "$(($(sv "$EG_TMP/d.a" udp_drop_not_tproxied) + 3))"
 stats_snap "$EG_TMP/d.b"
 d=$(delta "$EG_TMP/d.a" "$EG_TMP/d.b" udp_drop_not_tproxied)
 if [ "$u" = "no reply" ] && [ "$d" -ge 1 ] && [ "$(delta "$EG_TMP/d.a" "$EG_TMP/d.b" udp_sessions_total)" -eq 0 ]; then
@@ -541,13 +576,13 @@ else
 	wait "${hup_pid[2]}" 2>/dev/null
 	o1=$(cat "$EG_TMP/hup1.out")
 	o2=$(cat "$EG_TMP/hup2.out")
-	wait_until 5 test "$(log_since "$mark" | grep -c 'reloaded:')" -ge 20
+	wait_until 5 reloads_since "$mark" 20
 	nrel=$(log_since "$mark" | grep -c 'reloaded:')
 	why=""
 	case $o1 in "ok 6/6"*) ;; *) why="$why; c1: $o1" ;; esac
 	case $o2 in "ok 6/6"*) ;; *) why="$why; c2: $o2" ;; esac
 	[ "$nrel" -ge 20 ] || why="$why; only $nrel reloads logged"
-	pid_alive "$EGRESSD_PID" || why="$why; egressd died"
+	pid_gone "$EGRESSD_PID" && why="$why; egressd died"
 	if [ -z "$why" ]; then
 		pass "$name: 12/12 paced transfers (3 MB, c1 via danted + c2 via exit2) intact across $nrel reloads"
 	else
@@ -561,7 +596,7 @@ name="3c exit1's link down during transfers"
 write_config "$CONF" ", idle_timeout_secs: 5"
 mark=$(log_mark)
 kill -HUP "$EGRESSD_PID"
-wait_until 5 test "$(log_since "$mark" | grep -c 'reloaded:')" -ge 1
+wait_until 5 reloads_since "$mark" 1
 rm -f "$EG_TMP/ld.ready"
 fault_bg "${NS_C[1]}" "$EG_TMP/ld.out" trickles "$TARGET4" 9005 5 "$EG_TMP/ld.ready" 40
 ld=$EG_LAST_PID
@@ -588,7 +623,7 @@ else
 	[ "$(kveq reset "$r")" = 5 ] || why="$why; the stuck flows: $r"
 	[ "$(delta "$EG_TMP/ld.a" "$EG_TMP/ld.b" tcp_idle_closed)" -ge 5 ] || why="$why; tcp_idle_closed +$(delta "$EG_TMP/ld.a" "$EG_TMP/ld.b" tcp_idle_closed)"
 	[ "$active" = 0 ] || why="$why; tcp_flows_active = $active"
-	wait_until 10 test "$(curl_whoami "${NS_C[1]}")" = "$EXIT1_EGRESS"
+	wait_until 10 c_sees 1 "$EXIT1_EGRESS"
 	seen=$(curl_whoami "${NS_C[1]}")
 	[ "$seen" = "$EXIT1_EGRESS" ] || why="$why; with the link up again c1 saw '$seen'"
 	stop_pid "$ld"
@@ -608,7 +643,7 @@ kill -HUP "$EGRESSD_PID"
 write_config "$CONF" "" 10
 mark=$(log_mark)
 kill -HUP "$EGRESSD_PID"
-wait_until 5 test "$(log_since "$mark" | grep -c 'reloaded:')" -ge 1
+wait_until 5 reloads_since "$mark" 1
 name="5a 2 000 concurrent TCP flows (c0, c1, c2) held then closed"
 wait_until 15 quiet
 for i in 0 1 2; do
@@ -637,7 +672,7 @@ wait_until 10 fd_le $((FD0 + FD_TOL))
 fd_after=$(fd_count)
 rss_after=$(rss_kb)
 [ "$active" = 0 ] || why="$why; tcp_flows_active = $active"
-[ "$fd_after" -le $((FD0 + FD_TOL)) ] || why="$why; fd count $fd_after > baseline $FD0 + $FD_TOL"
+fds_ok "$fd_after" $((FD0 + FD_TOL)) || why="$why; fd count $fd_after > baseline $FD0 + $FD_TOL"
 [ "$peak_fd" -ge 2000 ] || why="$why; the fd peak $peak_fd is too low for 2 000 flows to have been open at once"
 if [ -z "$why" ]; then
 	pass "$name: all completed; peak $peak_fd fds, RSS $peak_rss kB; after: $fd_after fds (baseline $FD0, tolerance $FD_TOL), RSS $rss_after kB, tcp_flows_active 0"
@@ -672,7 +707,7 @@ ds=$(delta "$EG_TMP/u5.a" "$EG_TMP/u5.b" udp_sessions_total)
 [ "$ds" -ge 5000 ] || why="$why; udp_sessions_total +$ds"
 [ "$(sv "$EG_TMP/u5.c" udp_sessions_active)" = 0 ] || why="$why; udp_sessions_active = $(sv "$EG_TMP/u5.c" udp_sessions_active) after the idle timeout"
 [ "$(sv "$EG_TMP/u5.c" tcp_flows_active)" = 0 ] || why="$why; tcp_flows_active = $(sv "$EG_TMP/u5.c" tcp_flows_active)"
-[ "$fd_after" -le $((FD0 + FD_TOL)) ] || why="$why; fd count $fd_after > baseline $FD0 + $FD_TOL"
+fds_ok "$fd_after" $((FD0 + FD_TOL)) || why="$why; fd count $fd_after > baseline $FD0 + $FD_TOL"
 [ "$rss_after" -le $((RSS0 + RSS_TOL_KB)) ] || why="$why; RSS $rss_after kB > baseline $RSS0 + $RSS_TOL_KB kB"
 if [ -z "$why" ]; then
 	pass "$name: $uo; peak $upeak_fd fds, RSS $upeak_rss kB; after the timeout: sessions 0, $fd_after fds (baseline $FD0 + $FD_TOL), RSS $rss_after kB (baseline $RSS0 + $RSS_TOL_KB)"
@@ -711,7 +746,7 @@ else
 	wait "$fl" 2>/dev/null
 	while pid_alive "$fl"; do sleep 0.2; done
 	fo=$(cat "$EG_TMP/flood.out")
-	wait_until 20 test "$(curl_whoami "${NS_C[0]}")" = "$(exit_egress4 0)"
+	wait_until 20 c_sees 0 "$(exit_egress4 0)"
 	seen=$(curl_whoami "${NS_C[0]}")
 	paused=$(stat_now accept_paused)
 	why=""
@@ -719,7 +754,7 @@ else
 	[ "$cpu_ms" -lt 1500 ] || why="$why; ${cpu_ms} ms of CPU over ${wall_ms} ms of flood (busy loop?)"
 	[ "$fd_peak" -ge 60 ] || why="$why; only $fd_peak fds in use: the limit was never reached"
 	[ "$seen" = "$(exit_egress4 0)" ] || why="$why; after the flood c0 saw '$seen'"
-	pid_alive "$EGRESSD_PID" || why="$why; egressd died"
+	pid_gone "$EGRESSD_PID" && why="$why; egressd died"
 	if [ -z "$why" ]; then
 		pass "$name: limit $lim, fds $base -> $fd_peak, accept_paused $paused, ${cpu_ms} ms CPU over ${wall_ms} ms; flood: $fo; afterwards c0 works ($seen)"
 	else

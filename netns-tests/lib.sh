@@ -14,8 +14,17 @@
 #   - wait_until: poll a condition with a bounded timeout (no fixed sleeps as
 #     synchronisation);
 #   - pass/fail/skip_check: one line per check, counted; summary prints
-#     exactly "N passed, N failed[, N skipped]" and returns non-zero on failure;
-#   - skip_all: exit 0 with a reason when we cannot run (not root, tool missing).
+#     exactly "N passed, N failed, N skipped" and returns non-zero on failure;
+#   - plan_checks N: the suite declares, right after sourcing this file, how
+#     many check lines it prints; summary fails (one FAIL line, counted) when
+#     passed + failed + skipped differs, so a check that silently did not run
+#     shows; fail_unplanned: a failure outside the plan (a precondition, a
+#     crash), counted as failed but not as a check;
+#   - skip_all: exit 0 with a reason when we cannot run (not root, tool
+#     missing); the declared checks count as skipped;
+#   - die / eg_abort: stop the suite loudly, also from inside $(...): the
+#     summary still prints, with the checks that never ran counted against
+#     the plan.
 #
 # Safety: nothing here touches the root network namespace. Links are created
 # directly inside our namespaces with `ip -n NS link add ... peer ... netns NS2`.
@@ -30,6 +39,9 @@ EG_ID=${EG_ID:-eg$$}
 EG_PASSED=0
 EG_FAILED=0
 EG_SKIPPED=0
+EG_UNPLANNED=0    # failures that are not checks (fail_unplanned)
+EG_PLANNED=""     # plan_checks N
+EG_SUMMARY_DONE=0
 EG_PIDS=()        # processes we started, stopped at cleanup by PID
 EG_NETNS=()       # namespaces we created, deleted at cleanup by name
 EG_TMP=""
@@ -38,7 +50,35 @@ EG_CLEANED=0
 # ---------------------------------------------------------------- output
 
 log()  { printf '# %s\n' "$*" >&2; }
-die()  { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+
+# die WHY — stop the suite: ERROR on stderr, then (in a planned suite) a
+# counted failure and the summary, so the checks that never ran show as
+# missing from the plan. Works inside $(...) too: a subshell hands the
+# reason to the main shell (SIGUSR1, see eg_init) and exits.
+die() {
+	printf 'ERROR: %s\n' "$*" >&2
+	eg_stop "$@"
+}
+# eg_stop WHY — die without the ERROR line (already printed).
+eg_stop() {
+	if [ "${BASHPID:-$$}" != "$$" ]; then
+		if [ -n "$EG_TMP" ] && [ -d "$EG_TMP" ]; then printf '%s\n' "$*" >>"$EG_TMP/abort"; fi
+		kill -s USR1 "$$" 2>/dev/null
+		exit 1
+	fi
+	trap '' USR1 # once is enough (nested $(...) may each have signalled)
+	if [ -n "$EG_PLANNED" ] && [ "$EG_SUMMARY_DONE" -eq 0 ]; then
+		fail_unplanned "aborted" "$*"
+		summary
+	fi
+	exit 1
+}
+# eg_on_abort — the main shell's side of die in a subshell (trap on USR1).
+eg_on_abort() {
+	local why="a helper in a subshell died"
+	[ -n "$EG_TMP" ] && [ -s "$EG_TMP/abort" ] && why=$(tr '\n' ' ' <"$EG_TMP/abort")
+	eg_stop "${why% }"
+}
 
 pass() {
 	EG_PASSED=$((EG_PASSED + 1))
@@ -59,6 +99,19 @@ skip_check() {
 	printf 'SKIP: %s: %s\n' "$name" "$*"
 }
 
+# fail_n N NAME WHY... / skip_n N NAME WHY... — N checks that could not
+# run, as N FAIL (or SKIP) lines "NAME (k/N)": a branch that cannot reach
+# its checks still reports each of them, so every path prints the same
+# number of check lines (plan_checks).
+fail_n() {
+	local n=$1 name=$2 k; shift 2
+	for k in $(seq 1 "$n"); do fail "$name ($k/$n)" "$@"; done
+}
+skip_n() {
+	local n=$1 name=$2 k; shift 2
+	for k in $(seq 1 "$n"); do skip_check "$name ($k/$n)" "$@"; done
+}
+
 # check NAME CMD...  — pass if CMD succeeds, fail (with its output) if not.
 check() {
 	local name=$1; shift
@@ -70,19 +123,42 @@ check() {
 	fi
 }
 
+# fail_unplanned NAME WHY... — a failure that is not one of the declared
+# checks (a precondition such as "egressd started", or "egressd still
+# running at the end"): counted as failed, left out of the plan.
+fail_unplanned() {
+	EG_UNPLANNED=$((EG_UNPLANNED + 1))
+	fail "$@"
+}
+
+# plan_checks N — this suite prints N check lines (pass/fail/skip_check).
+plan_checks() {
+	case $1 in
+	'' | *[!0-9]*) die "plan_checks: '$1' is not a count" ;;
+	esac
+	EG_PLANNED=$1
+}
+
+# summary — the closing line "N passed, N failed, N skipped"; non-zero on
+# any failure. A planned suite whose checks do not add up to the plan gets
+# one more (counted) failure saying so.
 summary() {
-	if [ "$EG_SKIPPED" -gt 0 ]; then
-		printf '%d passed, %d failed, %d skipped\n' "$EG_PASSED" "$EG_FAILED" "$EG_SKIPPED"
-	else
-		printf '%d passed, %d failed\n' "$EG_PASSED" "$EG_FAILED"
+	local ran
+	EG_SUMMARY_DONE=1
+	ran=$((EG_PASSED + EG_FAILED - EG_UNPLANNED + EG_SKIPPED))
+	if [ -n "$EG_PLANNED" ] && [ "$ran" -ne "$EG_PLANNED" ]; then
+		fail_unplanned "plan" "$(basename "$0") declares $EG_PLANNED checks but reported $ran" \
+			"($EG_PASSED passed, $((EG_FAILED - EG_UNPLANNED)) failed, $EG_SKIPPED skipped)"
 	fi
+	printf '%d passed, %d failed, %d skipped\n' "$EG_PASSED" "$EG_FAILED" "$EG_SKIPPED"
 	[ "$EG_FAILED" -eq 0 ]
 }
 
-# skip_all WHY — this whole script cannot run here: say why, exit 0.
+# skip_all WHY — this whole script cannot run here: say why, exit 0. Every
+# declared check counts as skipped (1 without a plan).
 skip_all() {
 	printf 'SKIP: %s\n' "$*"
-	printf '0 passed, 0 failed, 1 skipped\n'
+	printf '0 passed, 0 failed, %d skipped\n' "${EG_PLANNED:-1}"
 	exit 0
 }
 
@@ -119,6 +195,7 @@ python_bin() {
 eg_init() {
 	EG_TMP=$(mktemp -d "${TMPDIR:-/tmp}/egressd-netns.${EG_ID}.XXXXXX") || die "mktemp failed"
 	trap eg_cleanup EXIT
+	trap eg_on_abort USR1
 	trap 'exit 130' INT
 	trap 'exit 143' TERM
 }
@@ -197,6 +274,7 @@ eg_cleanup() {
 	[ "$EG_CLEANED" -eq 1 ] && return "$rc"
 	EG_CLEANED=1
 	trap - EXIT INT TERM
+	trap '' USR1
 	if declare -F eg_cleanup_hook >/dev/null; then eg_cleanup_hook || true; fi
 	for pid in "${EG_PIDS[@]}"; do
 		pid_alive "$pid" && kill -s TERM "$pid" 2>/dev/null

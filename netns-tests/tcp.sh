@@ -9,14 +9,16 @@
 #
 # Checks (one PASS/FAIL line each; see topology.sh for the addresses):
 #   0  control: before egressd, c0 leaks out of gw's uplink (198.51.100.200)
-#      and the leak detector in inet counts it; afterwards c0 no longer leaks
+#      and the leak detector in inet counts it, and c3's ping (v4, v6) gets a
+#      reply (so 5's "ping unanswered" can fail); afterwards c0 no longer leaks
 #   1  c0/c1/c2 each leave via their own exit (the target sees .1/.2/.3)
 #   2  50 MB up and 50 MB down per container arrive intact (sha256 both ends)
 #   3  half-close: after shutdown(SHUT_WR) the full reply still arrives
 #      (through danted; microsocks itself does not pass half-close)
 #   4  1000 concurrent flows from c0 (microsocks exit) all complete
 #   5  c3 (no route) gets a reset, and nothing at all reaches inet from it
-#      (TCP, UDP, ICMP; v4 and v6)
+#      (TCP, UDP, ICMP; v4 and v6): the pings were sent and went unanswered
+#      (a ping that could not be sent is a failure, not "dropped")
 #   6  the exit's SOCKS server dies mid-transfer: the client's flow ends
 #      within 2 s; after a restart new flows work (danted and microsocks)
 #   7  a direct connection to egressd's own listener is closed, no data,
@@ -29,6 +31,9 @@
 #  11  TCP by TPROXY (`intercept: (tcp: Tproxy)`), same daemon: c0..c2 v4+v6
 #      leave via their exits, a 10 MB upload is intact, c3 gets a reset
 #
+# 36 check lines on every path (plan_checks). egressd starting and its rules
+# applying are preconditions (the suite stops), not checks.
+#
 # Usage: sudo netns-tests/tcp.sh     (EGRESSD=path to use another binary,
 #        EG_KEEP_TMP=1 to keep logs). Needs root; skips (exit 0) otherwise.
 
@@ -38,6 +43,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
+plan_checks 36
 
 require_root_and_tools nft iptables ip6tables curl microsocks danted python3 ss timeout ps
 eg_init
@@ -68,11 +74,7 @@ snap_rules() {
 	} 2>&1
 }
 
-if ! ensure_egressd; then
-	fail "build" "egressd binary $(egressd_bin) missing and cargo build --release failed"
-	summary
-	exit 1
-fi
+ensure_egressd || die "egressd binary $(egressd_bin) missing and cargo build --release failed"
 
 topo_up
 topo_start_services
@@ -83,19 +85,20 @@ topo_write_config "$CONF" "$EG_TMP/egressd.sock"
 leak0=$(leak_count)
 seen4=$(curl_whoami "${NS_C[0]}")
 seen6=$(curl_whoami "${NS_C[0]}" -6)
-egtool "${NS_C[3]}" ping "$TARGET4" 1 >/dev/null 2>&1
+ping4=$(ping_result "${NS_C[3]}" "$TARGET4" 1)
+ping6=$(ping_result "${NS_C[3]}" "$TARGET6" 1)
 leak1=$(leak_count)
-if [ "$seen4" = "$GW_UPLINK4" ] && [ "$seen6" = "$GW_UPLINK6" ] && [ "$leak1" -gt "$leak0" ]; then
-	pass "0a control: without egressd c0 leaks as $seen4 / $seen6 and the leak detector counts it ($((leak1 - leak0)) packets)"
+if [ "$seen4" = "$GW_UPLINK4" ] && [ "$seen6" = "$GW_UPLINK6" ] && [ "$leak1" -gt "$leak0" ] &&
+	[ "$ping4" = reply ] && [ "$ping6" = reply ]; then
+	pass "0a control: without egressd c0 leaks as $seen4 / $seen6, c3's pings are answered, the leak detector counts it ($((leak1 - leak0)) packets)"
 else
 	fail "0a control: without egressd c0 should leak via the uplink" \
-		"saw v4='$seen4' v6='$seen6', detector delta $((leak1 - leak0))"
+		"saw v4='$seen4' v6='$seen6', c3 ping v4 '$ping4' v6 '$ping6', detector delta $((leak1 - leak0))"
 fi
 
 # ------------------------------------------------------------------ egressd up
 snap_rules >"$EG_TMP/rules.pristine"
 egressd_up_or_exit "$CONF"
-pass "egressd runs in gw and its rules apply"
 
 seen=$(curl_whoami "${NS_C[0]}")
 if [ "$seen" != "$GW_UPLINK4" ] && [ "$seen" = "$(exit_egress4 0)" ]; then
@@ -177,10 +180,8 @@ r6=$(egtool "${NS_C[3]}" expect-reset "$TARGET6" 80 2>&1)
 egtool "${NS_C[3]}" udp-send "$TARGET4" 9999 3 >/dev/null 2>&1
 egtool "${NS_C[3]}" udp-send "$PUBDNS4" 53 3 >/dev/null 2>&1
 egtool "${NS_C[3]}" udp-send "$TARGET6" 9999 3 >/dev/null 2>&1
-egtool "${NS_C[3]}" ping "$TARGET4" 2 >/dev/null 2>&1
-ping4=$?
-egtool "${NS_C[3]}" ping "$TARGET6" 2 >/dev/null 2>&1
-ping6=$?
+ping4=$(ping_result "${NS_C[3]}" "$TARGET4" 2)
+ping6=$(ping_result "${NS_C[3]}" "$TARGET6" 2)
 leak1=$(leak_count)
 for pair in "v4:$r4" "v6:$r6"; do
 	fam=${pair%%:*}
@@ -190,11 +191,11 @@ for pair in "v4:$r4" "v6:$r6"; do
 	*) fail "5 c3 (no route) TCP $fam must get a reset" "got: $res" ;;
 	esac
 done
-if [ "$leak1" -eq "$leak0" ] && [ "$ping4" -ne 0 ] && [ "$ping6" -ne 0 ]; then
-	pass "5 c3 (no route): nothing reaches inet (TCP, UDP, ICMP; v4+v6: 0 packets)"
+if [ "$leak1" -eq "$leak0" ] && [ "$ping4" = timeout ] && [ "$ping6" = timeout ]; then
+	pass "5 c3 (no route): nothing reaches inet (TCP, UDP, ICMP sent and unanswered; v4+v6: 0 packets)"
 else
 	fail "5 c3 (no route) must not leak" \
-		"leak detector counted $((leak1 - leak0)) packets; ping v4 rc=$ping4 v6 rc=$ping6 (0 = got a reply)"
+		"leak detector counted $((leak1 - leak0)) packets; ping v4 '$ping4' v6 '$ping6' (want timeout: sent, unanswered)"
 fi
 
 # ------------------------------------------------------------------ 7 loop guard
@@ -253,11 +254,13 @@ for i in 1 0; do
 	cpid=$EG_LAST_PID
 	if ! wait_until 10 test -s "$ready"; then
 		fail "$name" "the trickle never started flowing: $(cat "$res")"
+		fail "6 exit$i restarted" "not run: the kill before it could not run"
 		stop_pid "$cpid"
 		continue
 	fi
 	if ! pid_alive "$cpid"; then
 		fail "$name" "control: the flow ended before the kill: $(cat "$res")"
+		fail "6 exit$i restarted" "not run: the kill before it could not run"
 		continue
 	fi
 	t_kill=$(now_ns)
@@ -313,11 +316,11 @@ fi
 # The same listener serves TPROXY'd TCP (told apart per connection): switch
 # the intercept to `tcp: Tproxy`, keep the daemon running.
 CONF_TP=$EG_TMP/egressd-tproxy.ron
-sed 's/intercept: (sources: \(\[[^]]*\]\))/intercept: (sources: \1, tcp: Tproxy)/' "$CONF" >"$CONF_TP"
+sed 's/intercept: (tcp: Redirect)/intercept: (tcp: Tproxy)/' "$CONF" >"$CONF_TP"
 if ! grep -q 'tcp: Tproxy' "$CONF_TP"; then
-	fail "11 TPROXY config" "could not derive it from $CONF"
+	fail_n 5 "11 TPROXY config" "could not derive it from $CONF"
 elif ! egressd_rules_apply --config "$CONF_TP" >"$EG_TMP/rules-tp.out" 2>&1; then
-	fail "11 egressd rules (tcp: Tproxy) | sh" "$(tail -n 3 "$EG_TMP/rules-tp.out" | tr '\n' ' ')"
+	fail_n 5 "11 egressd rules (tcp: Tproxy) | sh" "$(tail -n 3 "$EG_TMP/rules-tp.out" | tr '\n' ' ')"
 else
 	for i in 0 1 2; do
 		want4=$(exit_egress4 "$i")
@@ -350,8 +353,8 @@ else
 	esac
 fi
 
-if ! pid_alive "$EGRESSD_PID"; then
-	fail "egressd still running at the end" "it exited: $(tail -n 3 "$EGRESSD_LOG" | tr '\n' ' ')"
+if pid_gone "$EGRESSD_PID"; then
+	fail_unplanned "egressd still running at the end" "it exited: $(tail -n 3 "$EGRESSD_LOG" | tr '\n' ' ')"
 fi
 log "tcp.sh took $(($(date +%s) - T0)) s"
 [ "$EG_FAILED" -gt 0 ] && show_egressd_log 40

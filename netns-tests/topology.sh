@@ -39,6 +39,7 @@
 #   leak_count             packets seen in inet from gw's uplink (v4+v6, no ND)
 #   socks_syn_count N      connections opened to exit N's SOCKS port so far
 #   curl_whoami NS [-6]    who-am-i as seen by the target, from namespace NS
+#   ping_result NS HOST [N] reply | timeout (sent, unanswered) | error: ...
 #   topo_down              stop everything, delete the namespaces
 
 TARGET4=203.0.113.10
@@ -136,7 +137,7 @@ topo_up() {
 		ip -n "$ns" -6 route add default via 2001:db8:100::fe
 		# Count connections opened to this exit's SOCKS server, so a test
 		# can tell whether egressd went upstream at all.
-		nsx "$ns" nft -f - <<-'EOF'
+		nsx "$ns" nft -f - <<-'EOF' || die "exit$i: nft -f could not create the SYN counter (table inet egsocks)"
 		table inet egsocks {
 			counter syn { }
 			chain in {
@@ -145,6 +146,7 @@ topo_up() {
 			}
 		}
 		EOF
+		socks_syn_count "$i" >/dev/null
 	done
 
 	# ---- containers: plain namespaces with a veth into br0, as Docker builds.
@@ -163,7 +165,7 @@ topo_up() {
 	# (i.e. traffic that went around egressd and got MASQUERADEd), and
 	# anything carrying a container source address. Neighbour discovery is
 	# the only traffic gw's uplink may legitimately send on its own.
-	nsx "$NS_INET" nft -f - <<-'EOF'
+	nsx "$NS_INET" nft -f - <<-'EOF' || die "inet: nft -f could not create the leak detector (table inet egleak)"
 	table inet egleak {
 		counter leak4 { }
 		counter leak6 { }
@@ -178,15 +180,27 @@ topo_up() {
 		}
 	}
 	EOF
+	leak_count >/dev/null
+}
+
+# nft_counter NS TABLE NAME — the packets of an nft counter; dies (the whole
+# suite, also from inside $(...)) when it cannot be read: an unreadable
+# counter must never read as "0 packets".
+nft_counter() {
+	local out n
+	out=$(nsx "$1" nft list counter inet "$2" "$3" 2>&1) ||
+		die "cannot read nft counter inet $2 $3 in $1: $(printf '%s' "$out" | tr '\n' ' ')"
+	n=$(printf '%s\n' "$out" | sed -n 's/.*packets \([0-9][0-9]*\).*/\1/p' | head -n1)
+	[ -n "$n" ] || die "nft counter inet $2 $3 in $1 has no packet count: $(printf '%s' "$out" | tr '\n' ' ')"
+	printf '%s\n' "$n"
 }
 
 # leak_count — total packets counted by the leak detector so far.
 leak_count() {
 	local c total=0 n
 	for c in leak4 leak6 leakc; do
-		n=$(nsx "$NS_INET" nft list counter inet egleak "$c" 2>/dev/null |
-			sed -n 's/.*packets \([0-9]*\).*/\1/p' | head -n1)
-		total=$((total + ${n:-0}))
+		n=$(nft_counter "$NS_INET" egleak "$c") || die "leak detector unreadable"
+		total=$((total + n))
 	done
 	printf '%s\n' "$total"
 }
@@ -194,9 +208,8 @@ leak_count() {
 # socks_syn_count N — connections opened so far to exit N's SOCKS port.
 socks_syn_count() {
 	local n
-	n=$(nsx "${NS_EXIT[$1]}" nft list counter inet egsocks syn 2>/dev/null |
-		sed -n 's/.*packets \([0-9]*\).*/\1/p' | head -n1)
-	printf '%s\n' "${n:-0}"
+	n=$(nft_counter "${NS_EXIT[$1]}" egsocks syn) || die "SYN counter of exit$1 unreadable"
+	printf '%s\n' "$n"
 }
 
 # ---------------------------------------------------------------- services
@@ -313,7 +326,10 @@ topo_write_config() {
 			printf '        (source: "10.8.0.14", tunnel: "exit3"), (source: "fd08::14", tunnel: "exit3"),\n'
 		cat <<-'EOF'
 		    ],
-		    intercept: (sources: ["10.8.0.0/24", "fd08::/64"]),
+		    // Every container on br0 is intercepted (no intercept.sources): c3
+		    // has no route and meets `default: Reject`.
+		    intercept: (tcp: Redirect),
+		    dns: (upstream: "192.0.2.53:53"),
 		EOF
 		[ -n "$sock" ] && printf '    control: (socket: "%s"),\n' "$sock"
 		[ -n "$extra" ] && printf '    %s\n' "$extra"
@@ -361,23 +377,20 @@ egressd_stop() {
 
 # egressd_rules_apply [ARGS...] — `egressd rules ARGS | sh -e` inside gw.
 egressd_rules_apply() {
-	"$(egressd_bin)" rules "$@" >"$EG_TMP/rules.sh" || return 1
+	nsx "$NS_GW" "$(egressd_bin)" rules "$@" >"$EG_TMP/rules.sh" || return 1
 	nsx "$NS_GW" sh -e "$EG_TMP/rules.sh"
 }
 
 # egressd_up_or_exit CONFIG — egressd_start + egressd_rules_apply with CONFIG;
-# on failure print FAIL (with the log), the summary, and exit the script.
+# on failure die: a precondition, not a check (FAIL, the summary with the
+# checks that did not run, exit 1).
 egressd_up_or_exit() {
 	if ! egressd_start --config "$1"; then
-		fail "egressd run" "did not listen within 15 s"
-		show_egressd_log
-		summary
-		exit 1
+		declare -F show_egressd_log >/dev/null && show_egressd_log
+		die "egressd run: did not listen within 15 s"
 	fi
 	if ! egressd_rules_apply --config "$1" >"$EG_TMP/rules.out" 2>&1; then
-		fail "egressd rules | sh" "$(tail -n 3 "$EG_TMP/rules.out" | tr '\n' ' ')"
-		summary
-		exit 1
+		die "egressd rules | sh: $(tail -n 3 "$EG_TMP/rules.out" | tr '\n' ' ')"
 	fi
 }
 
@@ -397,6 +410,20 @@ egtool() {
 		exec timeout -k 5 "${EG_TOOL_TIMEOUT:-180}" ip netns exec "$ns" \
 			"$(python_bin)" "$EG_TOOLS/egtool.py" "$@"
 	)
+}
+
+# ping_result NS HOST [COUNT] — ICMP echo from NS: prints "reply", "timeout"
+# (every request sent, none answered: the only "dropped") or "error: ..."
+# (could not send, killed by the time bound, anything else).
+ping_result() {
+	local out rc
+	out=$(EG_TOOL_TIMEOUT=30 egtool "$1" ping "$2" "${3:-2}" 2>&1)
+	rc=$?
+	case "$rc:$out" in
+	"0:reply from "*) echo reply ;;
+	"1:timeout: "*) echo timeout ;;
+	*) printf 'error: exit %s: %s\n' "$rc" "$(printf '%s' "$out" | tr '\n' ' ' | cut -c1-200)" ;;
+	esac
 }
 
 # egtool_bg NS OUTFILE ARGS... — the test client in the background, tracked

@@ -24,7 +24,10 @@
 #   t2 -> "mark"     Direct(mark: 81)             t3 -> "bind4" / "bind6" Direct(bind: ...)
 #   t4, t5 -> "v2ray" (a v4-only and a v6-only container sharing c0's tunnel)
 #
-# Checks (one PASS/FAIL line each):
+# Checks (one PASS/FAIL line each; 46 on every path, plan_checks):
+#   0  control: before egressd's rules, c0 leaks out of gw's uplink (the
+#      target sees .200) and the leak detector counts it; `egressd check`
+#      accepts the config
 #   1  SOCKS5 + password (v2ray): c0 TCP v4/v6, UDP v4/v6, DNS -> .10 / ::10;
 #      wrong password (c1): 5 flows -> exactly 1 WARN line
 #      naming the rejected authentication, TCP v4/v6 reset promptly, UDP dropped, nothing leaks;
@@ -36,12 +39,13 @@
 #   3  Direct(interface: "wg0"): t1 TCP/UDP v4 and v6 -> .50; control: wg0
 #      down -> reset, nothing leaks
 #   4  Direct(mark: 81) + ip rule fwmark 0x51: t2 TCP/UDP v4/v6 -> .51;
-#      control: without the ip rule the flow does not leave via .51
+#      control: without the ip rule the flow leaks out of the uplink (the
+#      target sees .200, the leak detector counts it)
 #   5  Direct(bind: ...) + ip rule from ADDR: t3 TCP/UDP v4/v6 -> .51
 #   6  a v4-only (t4) and a v6-only (t5) container share the v2ray tunnel,
 #      concurrently
 #   7  nothing leaked out of gw's uplink during the run (control window of 4
-#      excluded); egressd still running
+#      excluded); egressd still running (a precondition, not a check)
 #
 # Usage: sudo netns-tests/tunnels.sh   (EGRESSD=path to use another binary,
 #        EG_KEEP_TMP=1 to keep logs). Needs root; skips (exit 0) otherwise.
@@ -54,6 +58,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/topology.sh"
 # This script brings its own exits; topology.sh's SOCKS exits are not needed.
 NEXITS=0
+plan_checks 46
 
 require_root_and_tools nft iptables ip6tables curl python3 ss timeout ps dig awk v2ray tinyproxy
 eg_init
@@ -260,11 +265,7 @@ five_flows() {
 
 # ---------------------------------------------------------------- build, topology
 
-if ! ensure_egressd; then
-	fail "build" "egressd binary $(egressd_bin) missing and cargo build --release failed"
-	summary
-	exit 1
-fi
+ensure_egressd || die "egressd binary $(egressd_bin) missing and cargo build --release failed"
 
 topo_up
 tun_link xv2ray v2ray 4 198.51.100.10 2001:db8:100::10
@@ -352,15 +353,27 @@ cat >"$CONF" <<EOF
 )
 EOF
 
+# ------------------------------------------------------------------ 0 controls
+# Before egressd's rules, c0 goes out of gw's uplink: the target sees .200
+# and the leak detector counts it (so every "nothing leaked" below can fail).
+leak0=$(leak_count)
+seen=$(curl_whoami "${NS_C[0]}")
+leak1=$(leak_count)
+if [ "$seen" = "$GW_UPLINK4" ] && [ "$leak1" -gt "$leak0" ]; then
+	pass "0 control: without egressd c0 leaks as $seen and the leak detector counts it ($((leak1 - leak0)) packets)"
+else
+	fail "0 control: without egressd c0 should leak via the uplink" "target saw '$seen', detector delta $((leak1 - leak0))"
+fi
+
 "$(egressd_bin)" check --config "$CONF" >"$EG_TMP/check.out" 2>&1
 check_rc=$?
+if [ "$check_rc" -eq 0 ]; then
+	pass "0 egressd check accepts the config (9 tunnels: Socks5, HttpConnect, Direct)"
+else
+	fail "0 egressd check" "exit $check_rc: $(tail -n 3 "$EG_TMP/check.out" | tr '\n' ' ')"
+fi
 EGRESSD_LOG=$EG_TMP/egressd.log
 egressd_up_or_exit "$CONF"
-if [ "$check_rc" -eq 0 ]; then
-	pass "egressd check accepts the config (9 tunnels: Socks5, HttpConnect, Direct), runs in gw, rules apply"
-else
-	fail "egressd check" "exit $check_rc: $(tail -n 3 "$EG_TMP/check.out" | tr '\n' ' ')"
-fi
 LEAK_START=$(leak_count)
 
 E_V2=198.51.100.10
@@ -386,6 +399,8 @@ if [ "$HAVE_DNS" = 1 ]; then
 	else
 		fail "1 v2ray: c0 dig TXT whoami.test @$PUBDNS4" "dig said '$got', want $E_V2"
 	fi
+else
+	skip_check "1 v2ray: c0 dig TXT whoami.test" "no DNS server on $PUBDNS4:53 in inet (topology.sh)"
 fi
 
 # wrong password: 5 flows from one container -> exactly one WARN line naming
@@ -422,7 +437,7 @@ if [ "$HAVE_DNS" = 1 ]; then
 	dns_tcp_is 3 "$PUBDNS4" "$E_TP1"
 	dns_tcp_is 2 "$PUBDNS6" "$E_TP06"
 else
-	skip_check "2 DNS over TCP through HttpConnect" "no DNS server on $PUBDNS4:53 in inet (topology.sh)"
+	skip_n 3 "2 DNS over TCP through HttpConnect" "no DNS server on $PUBDNS4:53 in inet (topology.sh)"
 fi
 leak0=$(leak_count)
 out=$(udptool "${NS_C[2]}" none "$TARGET4" "$UDP_WHO_PORT" 2 2>&1)
@@ -463,6 +478,8 @@ if [ "$HAVE_DNS" = 1 ]; then
 	else
 		fail "3 Direct(interface: wg0): t1 dig TXT whoami.test" "dig said '$got', want $E_WG0"
 	fi
+else
+	skip_check "3 Direct(interface: wg0): t1 dig TXT whoami.test" "no DNS server on $PUBDNS4:53 in inet (topology.sh)"
 fi
 # control: the link down -> the flow fails closed (never out of the uplink)
 leak0=$(leak_count)
@@ -489,16 +506,19 @@ tcp_is "4 Direct(mark: 81) + ip rule fwmark 0x51: t2 TCP v6" "${NS_T[2]}" -6 "$E
 udp_is "4 Direct(mark: 81) + ip rule fwmark 0x51: t2 UDP v4" "${NS_T[2]}" "$TARGET4" "$E_WG1"
 udp_is "4 Direct(mark: 81) + ip rule fwmark 0x51: t2 UDP v6" "${NS_T[2]}" "$TARGET6" "$E_WG16"
 # control: without the ip rule, the marked socket follows gw's main table
-# (the uplink, MASQUERADEd to .200): egressd's mark alone does not pick wg1.
+# (the uplink, as .200): egressd's mark alone does not pick wg1. This window
+# should leak: the target must see the uplink's address and the leak
+# detector must count it (a curl error is not "another exit").
 LEAK_CTL0=$(leak_count)
 nsx "$NS_GW" ip rule del fwmark 0x51 lookup 51 priority 151
 seen=$(curl_whoami "${NS_T[2]}")
 nsx "$NS_GW" ip rule add fwmark 0x51 lookup 51 priority 151
 LEAK_CTL1=$(leak_count)
-if [ -n "$seen" ] && [ "$seen" != "$E_WG1" ]; then
-	pass "4 Direct(mark: 81) control: without the ip rule the flow does not leave via $E_WG1 (target sees '$seen')"
+if [ "$seen" = "$GW_UPLINK4" ] && [ "$LEAK_CTL1" -gt "$LEAK_CTL0" ]; then
+	pass "4 Direct(mark: 81) control: without the ip rule the flow leaves by the uplink (target sees $seen, the leak detector counts $((LEAK_CTL1 - LEAK_CTL0)) packets)"
 else
-	fail "4 Direct(mark: 81) control: without the ip rule" "target saw '$seen' (want anything but $E_WG1)"
+	fail "4 Direct(mark: 81) control: without the ip rule the flow should leave by the uplink" \
+		"target saw '$seen' (want $GW_UPLINK4), leak detector +$((LEAK_CTL1 - LEAK_CTL0))"
 fi
 tcp_is "4 Direct(mark: 81): t2 TCP v4 again with the ip rule back" "${NS_T[2]}" "$E_WG1"
 
@@ -542,8 +562,8 @@ if [ "$leaked" -eq 0 ]; then
 else
 	fail "7 leaks during the run" "the leak detector counted $leaked packets outside the mark control"
 fi
-if ! pid_alive "$EGRESSD_PID"; then
-	fail "egressd still running at the end" "it exited: $(tail -n 3 "$EGRESSD_LOG" | tr '\n' ' ')"
+if pid_gone "$EGRESSD_PID"; then
+	fail_unplanned "egressd still running at the end" "it exited: $(tail -n 3 "$EGRESSD_LOG" | tr '\n' ' ')"
 fi
 log "tunnels.sh took $(($(date +%s) - T0)) s"
 [ "$EG_FAILED" -gt 0 ] && show_egressd_log 40

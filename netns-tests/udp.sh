@@ -48,6 +48,9 @@
 #  13  a UDP flow that began before `egressd rules` (check 0's 5-tuple, its
 #      conntrack entry still NAT'd to the uplink) goes through exit1 afterwards
 #
+# 29 check lines on every path (plan_checks); egressd starting and its rules
+# applying are preconditions (the suite stops), not checks.
+#
 # Usage: sudo netns-tests/udp.sh   (QUICK=1 skips the 45 s idle check;
 #        EGRESSD=path to use another binary, EG_KEEP_TMP=1 to keep logs).
 # Needs root; skips (exit 0) otherwise.
@@ -58,6 +61,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
+plan_checks 29
 # The full-cone exit (exit3) and its container (c4).
 NEXITS=4
 NCONT=5
@@ -100,11 +104,7 @@ restart_egressd() {
 	egressd_start --config "$1"
 }
 
-if ! ensure_egressd; then
-	fail "build" "egressd binary $(egressd_bin) missing and cargo build --release failed"
-	summary
-	exit 1
-fi
+ensure_egressd || die "egressd binary $(egressd_bin) missing and cargo build --release failed"
 
 topo_up
 topo_start_services
@@ -129,7 +129,6 @@ fi
 # ------------------------------------------------------------------ egressd up
 EGRESSD_LOG=$EG_TMP/egressd-main.log
 egressd_up_or_exit "$CONF"
-pass "egressd runs in gw and its rules apply"
 LEAK_START=$(leak_count)
 
 # ------------------------------------------------------------------ 13 a flow from before the rules
@@ -347,7 +346,7 @@ fi
 CONF_MAX=$EG_TMP/egressd-max.ron
 topo_write_config "$CONF_MAX" "$EG_TMP/egressd.sock" 'udp: (max_sessions: 100),'
 if ! restart_egressd "$CONF_MAX" max; then
-	fail "7 egressd with udp: (max_sessions: 100)" "did not start: $(tail -n 3 "$EGRESSD_LOG" | tr '\n' ' ')"
+	fail_n 3 "7 egressd with udp: (max_sessions: 100)" "did not start: $(tail -n 3 "$EGRESSD_LOG" | tr '\n' ' ')"
 else
 	o0=$(exit3_stat assoc_opened)
 	c0=$(exit3_stat assoc_closed)
@@ -413,11 +412,11 @@ fi
 # ------------------------------------------------------------------ 8 the bridge trap
 BRF=/proc/sys/net/bridge/bridge-nf-call-iptables
 if ! nsx "$NS_GW" test -e "$BRF"; then
-	skip_check "8 bridge-nf-call-iptables trap" "no $BRF in gw (br_netfilter not loaded)"
+	skip_n 3 "8 bridge-nf-call-iptables trap" "no $BRF in gw (br_netfilter not loaded)"
 elif [ "$(nsx "$NS_GW" cat "$BRF")" = "$(nsx "$NS_INET" cat "$BRF")" ]; then
 	# gw was set to 0 and inet left at the kernel's default: if they read
 	# the same, we cannot show the sysctl is per namespace; do not touch it.
-	skip_check "8 bridge-nf-call-iptables trap" "cannot tell that the bridge sysctl is per network namespace here"
+	skip_n 3 "8 bridge-nf-call-iptables trap" "cannot tell that the bridge sysctl is per network namespace here"
 else
 	# To a port egressd has never sent replies from: a reply socket bound to
 	# the destination (IP_TRANSPARENT, never read) would otherwise take the
@@ -459,8 +458,8 @@ else
 	fail "12 nothing may leak around egressd" "the leak detector counted $((leak_end - LEAK_START)) packets"
 fi
 
-if ! pid_alive "$EGRESSD_PID"; then
-	fail "egressd still running at the end" "it exited: $(tail -n 3 "$EGRESSD_LOG" | tr '\n' ' ')"
+if pid_gone "$EGRESSD_PID"; then
+	fail_unplanned "egressd still running at the end" "it exited: $(tail -n 3 "$EGRESSD_LOG" | tr '\n' ' ')"
 fi
 log "udp.sh took $(($(date +%s) - T0)) s (logs in $EG_TMP)"
 [ "$EG_FAILED" -gt 0 ] && show_egressd_log 40

@@ -400,7 +400,7 @@ impl_up_egressd() {
 	EOF
 	"$EGRESSD_BIN" check --config "$EG_TMP/egressd.ron" >"$EG_TMP/egressd-check.log" 2>&1 ||
 		{ SETUP_ERR="egressd check failed: $(tail -n 3 "$EG_TMP/egressd-check.log" | tr '\n' ' ')"; return 1; }
-	if ! { "$EGRESSD_BIN" rules --config "$EG_TMP/egressd.ron" >"$EG_TMP/egressd-rules.sh" 2>>"$EG_TMP/rules.log" &&
+	if ! { nsx "$NS_GW" "$EGRESSD_BIN" rules --config "$EG_TMP/egressd.ron" >"$EG_TMP/egressd-rules.sh" 2>>"$EG_TMP/rules.log" &&
 		nsx "$NS_GW" sh -e "$EG_TMP/egressd-rules.sh" >>"$EG_TMP/rules.log" 2>&1; }; then
 		SETUP_ERR="egressd rules | sh -e failed: $(tail -n 3 "$EG_TMP/rules.log" | tr '\n' ' ')"
 		return 1

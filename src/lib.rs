@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod docker;
 pub mod doctor;
 pub mod front;
 pub mod relay;

@@ -19,7 +19,9 @@ Python 3 standard library only. One file, sub-commands:
   trickle HOST PORT READY_FILE     read the trickle until it ends; print end time
   expect-reset HOST PORT           connect, send, read: print what happened
   udp-send HOST PORT [COUNT]       send a few datagrams (no reply expected)
-  ping HOST [COUNT]                ICMP echo (raw socket, root): exit 0 on any reply
+  ping HOST [COUNT]                ICMP echo (raw socket, root): exit 0 on any reply,
+                                   1 "timeout: ..." when all were sent and none
+                                   answered, 3 "error: ..." when one could not be sent
 
 Every client has a bounded timeout and exits 0 on success, 1 on failure, with
 one line on stdout saying what it saw.
@@ -45,6 +47,7 @@ PORT_HOLD = 9004
 PORT_TRICKLE = 9005
 PORT_SIZED = 9006
 ECHO_MAX = 64 << 20
+PING_ERROR = 3  # ping: could not send (as opposed to 1: sent, unanswered)
 
 
 def raise_nofile():
@@ -485,12 +488,23 @@ def _icmp_checksum(b):
 
 
 def cmd_ping(host, count="2"):
-    """ICMP echo without iputils: v4 builds the checksum, v6's is the kernel's."""
+    """ICMP echo without iputils: v4 builds the checksum, v6's is the kernel's.
+
+    Exit 0 "reply from HOST seq N": answered. Exit 1 "timeout: ...": every
+    request was sent and none answered (what a "dropped" check wants). Exit 3
+    "error: ...": a request could not be sent (no raw socket, a send or
+    receive error): nothing is known about the path, never a pass.
+    """
     v6 = ":" in host
     fam, proto = (socket.AF_INET6, socket.IPPROTO_ICMPV6) if v6 else (socket.AF_INET, socket.IPPROTO_ICMP)
     req_type, rep_type = (128, 129) if v6 else (8, 0)
     ident = os.getpid() & 0xFFFF
-    with socket.socket(fam, socket.SOCK_RAW, proto) as s:
+    try:
+        s = socket.socket(fam, socket.SOCK_RAW, proto)
+    except OSError as e:
+        out(f"error: raw socket: {e}")
+        return PING_ERROR
+    with s:
         for seq in range(int(count)):
             body = b"egressd-netns-ping"
             hdr = bytes([req_type, 0, 0, 0]) + ident.to_bytes(2, "big") + seq.to_bytes(2, "big")
@@ -501,21 +515,24 @@ def cmd_ping(host, count="2"):
             try:
                 s.sendto(pkt, (host, 0))
             except OSError as e:
-                out(f"send error {e}")
-                continue
+                out(f"error: send seq {seq}: {e}")
+                return PING_ERROR
             deadline = time.monotonic() + 1
             while (left := deadline - time.monotonic()) > 0:
                 s.settimeout(left)
                 try:
                     data = s.recv(2048)
-                except (socket.timeout, OSError):
+                except socket.timeout:
                     break
+                except OSError as e:
+                    out(f"error: receive seq {seq}: {e}")
+                    return PING_ERROR
                 if not v6:
                     data = data[(data[0] & 0x0F) * 4 :]  # raw v4 sockets see the IP header
                 if len(data) >= 8 and data[0] == rep_type and int.from_bytes(data[4:6], "big") == ident:
                     out(f"reply from {host} seq {seq}")
                     return 0
-    out(f"no reply from {host}")
+    out(f"timeout: {count} echo requests sent to {host}, no reply")
     return 1
 
 

@@ -206,13 +206,40 @@ pub fn main() -> ExitCode {
             let action = if a.delete { Action::Delete } else { Action::Install };
             match load(a.config.as_deref()) {
                 Ok(s) => {
-                    print!("{}", rules::script(&s, a.backend, action));
+                    let scope = match action {
+                        // Delete removes whatever egressd set up: no interface needed.
+                        Action::Delete => rules::Scope::default(),
+                        Action::Install => match rules_scope(&s) {
+                            Ok(scope) => scope,
+                            Err(e) => {
+                                eprintln!("egressd rules: {e}");
+                                return ExitCode::from(1);
+                            }
+                        },
+                    };
+                    print!("{}", rules::script(&s, &scope, a.backend, action));
                     ExitCode::SUCCESS
                 }
                 Err(e) => config_failed(&e),
             }
         }
     }
+}
+
+/// The container interfaces `rules` scopes its rules to: as configured, or
+/// those holding the listen addresses (read with `ip -o addr show`).
+fn rules_scope(s: &Settings) -> Result<rules::Scope, String> {
+    let out = std::process::Command::new("ip").args(["-o", "addr", "show"]).output();
+    let addrs = match out {
+        Ok(o) if o.status.success() => rules::host::parse_ip_addr(&String::from_utf8_lossy(&o.stdout)),
+        // Named interfaces need nothing from the host; found ones do.
+        _ if !s.intercept.interfaces.is_empty() => Vec::new(),
+        Ok(o) => {
+            return Err(format!("`ip -o addr show` failed: {}", String::from_utf8_lossy(&o.stderr).trim()));
+        }
+        Err(e) => return Err(format!("cannot run `ip -o addr show` (iproute2): {e}")),
+    };
+    rules::host::scope(s, &addrs)
 }
 
 /// Loads, validates and resolves the config (or the embedded demo config).
@@ -260,6 +287,9 @@ fn check(path: Option<&Path>) -> ExitCode {
     };
     print!("{}", summary(&s));
     if let Some(w) = path.and_then(|p| secrets_exposed(p, &s)) {
+        println!("warning: {w}");
+    }
+    if let Some(w) = s.control.metrics_listen.and_then(|m| crate::control::metrics_exposure(m, &s)) {
         println!("warning: {w}");
     }
     ExitCode::SUCCESS
@@ -345,12 +375,30 @@ pub fn summary(s: &Settings) -> String {
             let _ = writeln!(o, "  {:<24} -> reject (TCP reset, UDP dropped)", "(any other source)");
         }
     }
-    let sources: Vec<String> = s.intercepted_sources().iter().map(|c| c.to_string()).collect();
-    let _ = writeln!(o, "intercepted by `egressd rules`: {}", sources.join(", "));
-    if s.intercept.sources.is_empty() && s.default.is_none() {
+    let ifaces = if s.intercept.interfaces.is_empty() {
+        "those holding the listen addresses".to_string()
+    } else {
+        s.intercept.interfaces.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+    };
+    let sources = match s.intercepted_sources() {
+        None => "every source".to_string(),
+        Some(n) => n.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "),
+    };
+    let _ = writeln!(
+        o,
+        "intercepted by `egressd rules`: {sources} arriving on {ifaces}; anything else they send past the host is dropped"
+    );
+    let _ = writeln!(
+        o,
+        "dns: queries to non-public resolvers go to {} through the container's tunnel",
+        s.dns.upstream
+    );
+    if let Some(d) = &s.docker {
         let _ = writeln!(
             o,
-            "note: only routed sources are intercepted; set intercept.sources to the whole container network so that unrouted containers are rejected instead of leaving by the host's own uplink"
+            "docker: containers labelled {}=TUNNEL get routes for their addresses, followed on {} (before config routes; an unknown tunnel rejects)",
+            d.label,
+            d.socket.display()
         );
     }
     let _ = writeln!(o, "threads: {} front loops, {} tunnel workers", s.threads, s.threads);

@@ -15,7 +15,7 @@ use crate::control::Control;
 use crate::front::{self, FrontLoop, Live, Shared};
 use crate::stats::Registry;
 use crate::sys;
-use crate::worker::{FailLog, Handoff, WorkerHandle, WorkerLoop};
+use crate::worker::{Command, FailLog, WorkerHandle, WorkerLoop};
 
 /// Stack of each loop thread: they keep their state on the heap, and a
 /// small stack keeps the resident set small.
@@ -126,10 +126,23 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
             warn!(target: "egressd", "no control socket at {}: {e} (stats and route changes unavailable)", socket.display())
         }
     }
+    if let Some(w) =
+        settings.control.metrics_listen.and_then(|m| crate::control::metrics_exposure(m, &settings))
+    {
+        warn!(target: "egressd", "{w}");
+    }
     if let Some(addr) = settings.control.metrics_listen {
         match crate::control::spawn_metrics(addr, Arc::clone(&registry)) {
             Ok(_) => info!(target: "egressd", "Prometheus metrics on http://{addr}/metrics"),
             Err(e) => warn!(target: "egressd", "cannot serve metrics on {addr}: {e}"),
+        }
+    }
+
+    if let Some(d) = settings.docker.clone() {
+        let sock = d.socket.display().to_string();
+        if let Err(e) = crate::docker::client::spawn(d, Arc::clone(&live), handles.clone(), registry.thread())
+        {
+            warn!(target: "egressd", "cannot follow Docker at {sock}: {e}; running with the config routes only");
         }
     }
 
@@ -202,15 +215,38 @@ fn reload(config: Option<&Path>, live: &Live, workers: &[WorkerHandle]) {
     };
     let new = Arc::new(new);
     let cur = live.load();
-    if cur.settings.listen != new.listen || cur.settings.threads != new.threads {
-        warn!(target: "egressd", "reload: listen addresses and threads change only on restart; the rest applies now");
+    let mut restart = Vec::new();
+    if cur.settings.listen != new.listen {
+        restart.push("listen");
+    }
+    if cur.settings.threads != new.threads {
+        restart.push("threads");
+    }
+    if cur.settings.control.socket != new.control.socket {
+        restart.push("control.socket");
+    }
+    if cur.settings.control.metrics_listen != new.control.metrics_listen {
+        restart.push("control.metrics_listen");
     }
     let _ = live.update(|cur| Ok::<_, ()>(cur.reloaded(Arc::clone(&new))));
-    for w in workers {
-        if w.try_send(Handoff::Settings(Arc::clone(&new))).is_err() {
-            warn!(target: "egressd", "reload: a worker's queue is full; it keeps the old timeouts for now");
-        }
-        w.wake();
+    let missed = workers
+        .iter()
+        .filter(|w| !w.command(Command::Settings(Arc::clone(&new)), Duration::from_secs(2)))
+        .count();
+    if missed > 0 {
+        warn!(target: "egressd", "reload: {missed} workers did not take the new settings (stuck?); they keep the old ones");
     }
-    info!(target: "egressd", "reloaded: {} tunnels, {} routes", new.tunnels.len(), new.routes.len());
+    info!(
+        target: "egressd",
+        "reloaded: {} tunnels, {} routes; routes, tunnels, timeouts, tcp.splice (new flows) and the udp limits \
+         apply now; {RESTART_ONLY} only on restart",
+        new.tunnels.len(),
+        new.routes.len()
+    );
+    if !restart.is_empty() {
+        warn!(target: "egressd", "reload: {} changed, which applies only on restart", restart.join(", "));
+    }
 }
+
+/// What a reload cannot change (named in the log and in README "Operating").
+const RESTART_ONLY: &str = "listen, threads, control.socket and control.metrics_listen change";

@@ -37,6 +37,86 @@ pub struct Settings {
     pub threads: usize,
     pub control: ControlSettings,
     pub bypass: Vec<Cidr>,
+    pub dns: DnsSettings,
+    /// Label routes from the Docker Engine API, when set.
+    pub docker: Option<DockerSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerSettings {
+    /// The Engine API's Unix socket.
+    pub socket: PathBuf,
+    /// The label whose value names a container's tunnel.
+    pub label: String,
+}
+
+/// Where container DNS goes when it asked a resolver no exit can reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Port-53 queries (UDP and TCP) whose original destination is not public
+    /// (a reserved range: private, link-local, loopback; Docker's embedded DNS
+    /// forwards to such resolvers) go here, through the container's tunnel;
+    /// the answer comes back from the address the container asked.
+    pub upstream: SocketAddr,
+}
+
+impl DnsSettings {
+    /// The destination a query to `orig_dst` is sent to.
+    pub fn target(&self, orig_dst: SocketAddr) -> SocketAddr {
+        if orig_dst.port() == 53 && crate::route::is_reserved(orig_dst.ip()) {
+            self.upstream
+        } else {
+            orig_dst
+        }
+    }
+}
+
+/// A container interface as `intercept.interfaces` names it: an exact name,
+/// or a prefix followed by `+` (iptables) or `*` (nft), e.g. `br-+` for
+/// Docker's generated `br-<id>` bridges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfacePattern {
+    pub prefix: String,
+    pub wildcard: bool,
+}
+
+impl IfacePattern {
+    pub fn parse(s: &str) -> Option<IfacePattern> {
+        let (prefix, wildcard) = match s.strip_suffix(['+', '*']) {
+            Some(p) => (p, true),
+            None => (s, false),
+        };
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || "-_.@:".contains(c);
+        if prefix.len() > 15 || (!wildcard && prefix.is_empty()) || !prefix.chars().all(ok_char) {
+            return None;
+        }
+        Some(IfacePattern { prefix: prefix.to_string(), wildcard })
+    }
+
+    /// An exact interface name.
+    pub fn exact(name: &str) -> IfacePattern {
+        IfacePattern { prefix: name.to_string(), wildcard: false }
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        if self.wildcard { name.starts_with(&self.prefix) } else { name == self.prefix }
+    }
+
+    /// As `iptables -i` takes it (`br-+`).
+    pub fn iptables(&self) -> String {
+        if self.wildcard { format!("{}+", self.prefix) } else { self.prefix.clone() }
+    }
+
+    /// As nft's `iifname` takes it (`"br-*"`), quoted.
+    pub fn nft(&self) -> String {
+        if self.wildcard { format!("\"{}*\"", self.prefix) } else { format!("\"{}\"", self.prefix) }
+    }
+}
+
+impl fmt::Display for IfacePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.iptables())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,8 +186,11 @@ pub struct Intercept {
     pub tcp: TcpIntercept,
     pub mark: u32,
     pub table: u32,
-    /// Sources `rules` sends to egressd (and kill-switches). Empty in the
-    /// file means: every route source, or everything when `default` is a tunnel.
+    /// The container interfaces every rule is scoped to. Empty: the
+    /// interfaces holding the listen addresses, found when `rules` runs.
+    pub interfaces: Vec<IfacePattern>,
+    /// Narrows what is tunnelled within the interfaces; empty: everything
+    /// arriving on them. Whatever is not intercepted meets the kill switch.
     pub sources: Vec<Cidr>,
 }
 
@@ -115,6 +198,9 @@ pub struct Intercept {
 pub struct TcpSettings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// How long a half-closed flow (one direction ended) may stay silent;
+    /// never longer than `idle_timeout`.
+    pub half_close_timeout: Duration,
     pub splice: bool,
 }
 
@@ -234,17 +320,10 @@ impl Settings {
         self.tunnels.iter().position(|t| t.name == name).map(|i| i as TunnelId)
     }
 
-    /// The sources whose traffic `rules` intercepts (see [`Intercept::sources`]).
-    pub fn intercepted_sources(&self) -> Vec<Cidr> {
-        if !self.intercept.sources.is_empty() {
-            return self.intercept.sources.clone();
-        }
-        if self.default.is_some() {
-            return vec!["0.0.0.0/0".parse().expect("literal"), "::/0".parse().expect("literal")];
-        }
-        let mut v: Vec<Cidr> = self.routes.iter().map(|(c, _)| c).collect();
-        v.sort_by_key(|c| (!c.is_ipv4(), c.addr(), c.len()));
-        v
+    /// The sources `rules` intercepts on the container interfaces, or
+    /// `None` for all of them (intercept.sources empty).
+    pub fn intercepted_sources(&self) -> Option<&[Cidr]> {
+        if self.intercept.sources.is_empty() { None } else { Some(&self.intercept.sources) }
     }
 }
 
@@ -442,9 +521,10 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
             )
         })?),
     };
-    if routes.is_empty() && default.is_none() {
+    // With Docker labels, routes may all come from the containers.
+    if routes.is_empty() && default.is_none() && raw.docker.is_none() {
         return Err(loc.err(
-            "routes is empty and default is Reject: every container would be rejected; add a route or set default: Tunnel(\"name\")".into(),
+            "routes is empty and default is Reject: every container would be rejected; add a route, set default: Tunnel(\"name\"), or let containers choose by label with docker: ()".into(),
         ));
     }
 
@@ -455,6 +535,46 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
             ri.mark, ri.table
         )));
     }
+    let mut interfaces = Vec::new();
+    for i in &ri.interfaces {
+        let p = IfacePattern::parse(i).ok_or_else(|| {
+            loc.err_at(
+                "interfaces",
+                i,
+                0,
+                format!(
+                    "intercept.interfaces: \"{i}\" is not an interface name (1-15 letters, digits, `-_.@:`) \
+                     or a prefix pattern ending in `+` or `*`, e.g. \"br-+\""
+                ),
+            )
+        })?;
+        if interfaces.contains(&p) {
+            return Err(loc.err(format!("intercept.interfaces: \"{i}\" is given twice")));
+        }
+        interfaces.push(p);
+    }
+    let upstream = raw.dns.upstream.0;
+    if upstream.port() == 0 || upstream.ip().is_unspecified() || crate::route::is_reserved(upstream.ip()) {
+        return Err(loc.err(format!(
+            "dns.upstream {upstream} must be a public resolver's ip:port (queries go there from the exit, \
+             where private and local addresses mean nothing), e.g. \"1.1.1.1:53\""
+        )));
+    }
+    let docker = match &raw.docker {
+        None => None,
+        Some(d) => {
+            if d.socket.is_empty()
+                || d.label.is_empty()
+                || d.label.len() > 255
+                || d.label.contains(['"', '\\'])
+            {
+                return Err(loc.err(
+                    "docker: socket must be a path and label a label key, e.g. docker: (socket: \"/var/run/docker.sock\", label: \"egressd.tunnel\")".into(),
+                ));
+            }
+            Some(DockerSettings { socket: PathBuf::from(&d.socket), label: d.label.clone() })
+        }
+    };
     let u = &raw.udp;
     if u.max_sessions == 0 || u.max_reply_sockets == 0 || u.pending_datagrams == 0 {
         return Err(
@@ -498,11 +618,13 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
             tcp: ri.tcp,
             mark: ri.mark,
             table: ri.table,
+            interfaces,
             sources: ri.sources.iter().map(|c| c.cidr).collect(),
         },
         tcp: TcpSettings {
             connect_timeout: secs(loc, "tcp.connect_timeout_secs", raw.tcp.connect_timeout_secs)?,
             idle_timeout: secs(loc, "tcp.idle_timeout_secs", raw.tcp.idle_timeout_secs)?,
+            half_close_timeout: secs(loc, "tcp.half_close_timeout_secs", raw.tcp.half_close_timeout_secs)?,
             splice: raw.tcp.splice,
         },
         udp: UdpSettings {
@@ -524,6 +646,8 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
             metrics_listen: raw.control.metrics_listen.map(|a| a.0),
         },
         bypass: raw.bypass.iter().map(|c| c.cidr).collect(),
+        dns: DnsSettings { upstream },
+        docker,
     })
 }
 

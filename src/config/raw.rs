@@ -34,6 +34,25 @@ pub struct RawConfig {
     pub control: RawControl,
     #[serde(default)]
     pub bypass: Vec<CidrField>,
+    #[serde(default)]
+    pub dns: RawDns,
+    #[serde(default)]
+    pub docker: Option<RawDocker>,
+}
+
+/// Containers choose their tunnel by label, followed on the Engine API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[serde(rename = "docker")]
+pub struct RawDocker {
+    pub socket: String,
+    pub label: String,
+}
+
+impl Default for RawDocker {
+    fn default() -> Self {
+        RawDocker { socket: "/var/run/docker.sock".into(), label: "egressd.tunnel".into() }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,12 +118,35 @@ pub struct RawIntercept {
     pub tcp: TcpIntercept,
     pub mark: u32,
     pub table: u32,
+    pub interfaces: Vec<String>,
     pub sources: Vec<CidrField>,
 }
 
 impl Default for RawIntercept {
     fn default() -> Self {
-        RawIntercept { tcp: TcpIntercept::Redirect, mark: 10900, table: 10900, sources: Vec::new() }
+        RawIntercept {
+            tcp: TcpIntercept::Redirect,
+            mark: 10900,
+            table: 10900,
+            interfaces: Vec::new(),
+            sources: Vec::new(),
+        }
+    }
+}
+
+/// Where container DNS goes (SPEC §3): queries to a resolver that is not
+/// public (private, link-local, the host's own) cannot be answered from an
+/// exit, so they are sent to `upstream` through the container's tunnel.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[serde(rename = "dns")]
+pub struct RawDns {
+    pub upstream: Addr,
+}
+
+impl Default for RawDns {
+    fn default() -> Self {
+        RawDns { upstream: Addr(SocketAddr::from(([1, 1, 1, 1], 53))) }
     }
 }
 
@@ -114,12 +156,19 @@ impl Default for RawIntercept {
 pub struct RawTcp {
     pub connect_timeout_secs: u64,
     pub idle_timeout_secs: u64,
+    /// Idle limit once one direction has ended (half-closed flows).
+    pub half_close_timeout_secs: u64,
     pub splice: bool,
 }
 
 impl Default for RawTcp {
     fn default() -> Self {
-        RawTcp { connect_timeout_secs: 10, idle_timeout_secs: 3600, splice: true }
+        RawTcp {
+            connect_timeout_secs: 10,
+            idle_timeout_secs: 3600,
+            half_close_timeout_secs: 60,
+            splice: true,
+        }
     }
 }
 

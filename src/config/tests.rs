@@ -54,6 +54,7 @@ fn defaults_match_the_spec() {
     assert_eq!((s.intercept.mark, s.intercept.table), (10900, 10900));
     assert_eq!(s.tcp.connect_timeout, Duration::from_secs(10));
     assert_eq!(s.tcp.idle_timeout, Duration::from_secs(3600));
+    assert_eq!(s.tcp.half_close_timeout, Duration::from_secs(60));
     assert!(s.tcp.splice);
     assert_eq!(s.udp.idle_timeout, Duration::from_secs(300));
     assert_eq!(s.udp.dns_idle_timeout, Duration::from_secs(20));
@@ -79,7 +80,7 @@ fn every_key_can_be_set() {
         routes: [(source: "10.8.0.0/24", tunnel: "a"), (source: "fd08::10", tunnel: "c")],
         default: Tunnel("b"),
         intercept: (tcp: Tproxy, mark: 7, table: 70, sources: ["10.8.0.0/24"]),
-        tcp: (connect_timeout_secs: 3, idle_timeout_secs: 60, splice: false),
+        tcp: (connect_timeout_secs: 3, idle_timeout_secs: 60, half_close_timeout_secs: 7, splice: false),
         udp: (idle_timeout_secs: 30, dns_idle_timeout_secs: 5, max_sessions: 100,
               max_reply_sockets: 10, pending_datagrams: 4, dns_over_tcp: false),
         threads: 2,
@@ -91,6 +92,7 @@ fn every_key_can_be_set() {
     assert_eq!(s.intercept.tcp, TcpIntercept::Tproxy);
     assert_eq!(s.threads, 2);
     assert!(!s.tcp.splice);
+    assert_eq!(s.tcp.half_close_timeout, Duration::from_secs(7));
     assert_eq!(s.udp.max_sessions, 100);
     assert_eq!(s.control.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
     assert_eq!(s.bypass[0].to_string(), "203.0.113.0/24");
@@ -203,13 +205,59 @@ fn zero_timeouts_and_limits_are_rejected() {
 }
 
 #[test]
-fn intercepted_sources_follow_routes_or_default() {
+fn intercept_covers_the_interfaces_unless_sources_narrow_it() {
+    // The minimal config: every source on the container interfaces, whatever
+    // the routes and `default` say.
     let s = parse(MINIMAL).unwrap();
-    let v: Vec<String> = s.intercepted_sources().iter().map(|c| c.to_string()).collect();
-    assert_eq!(v, ["10.8.0.10/32", "10.8.0.11/32"]);
+    assert!(s.intercepted_sources().is_none());
+    assert!(s.intercept.interfaces.is_empty());
     let s = parse(&with("udp:", "default: Tunnel(\"hk0\"), udp:")).unwrap();
-    let v: Vec<String> = s.intercepted_sources().iter().map(|c| c.to_string()).collect();
-    assert_eq!(v, ["0.0.0.0/0", "::/0"]);
+    assert!(s.intercepted_sources().is_none());
+    let s = parse(&with("udp:", "intercept: (sources: [\"10.8.0.0/25\"]), udp:")).unwrap();
+    let v: Vec<String> = s.intercepted_sources().unwrap().iter().map(|c| c.to_string()).collect();
+    assert_eq!(v, ["10.8.0.0/25"]);
+}
+
+#[test]
+fn interface_patterns() {
+    let s = parse(&with("udp:", "intercept: (interfaces: [\"br-+\", \"br0\", \"veth*\"]), udp:")).unwrap();
+    let i: Vec<(String, String)> = s.intercept.interfaces.iter().map(|p| (p.iptables(), p.nft())).collect();
+    assert_eq!(
+        i,
+        [
+            ("br-+".into(), "\"br-*\"".into()),
+            ("br0".into(), "\"br0\"".into()),
+            ("veth+".into(), "\"veth*\"".into())
+        ]
+    );
+    assert!(s.intercept.interfaces[0].matches("br-1a2b3c"));
+    assert!(!s.intercept.interfaces[0].matches("br0"));
+    assert!(s.intercept.interfaces[1].matches("br0") && !s.intercept.interfaces[1].matches("br01"));
+    for bad in ["", "a b", "br0+x", "way-too-long-name0", "br\\\"0"] {
+        let e = err(&with("udp:", &format!("intercept: (interfaces: [\"{bad}\"]), udp:")));
+        assert!(e.msg.contains("intercept.interfaces") || e.msg.contains("expected"), "{bad}: {e}");
+    }
+    let e = err(&with("udp:", "intercept: (interfaces: [\"br0\", \"br0\"]), udp:"));
+    assert!(e.msg.contains("given twice"), "{e}");
+}
+
+#[test]
+fn dns_upstream_default_and_redirect() {
+    let s = parse(MINIMAL).unwrap();
+    assert_eq!(s.dns.upstream.to_string(), "1.1.1.1:53");
+    let s = parse(&with("udp:", "dns: (upstream: \"192.0.2.53:53\"), udp:")).unwrap();
+    let t = |d: &str| s.dns.target(d.parse().unwrap()).to_string();
+    // Non-public resolvers (Docker's embedded DNS forwards to such) go upstream.
+    assert_eq!(t("10.0.2.3:53"), "192.0.2.53:53");
+    assert_eq!(t("[fd00::1]:53"), "192.0.2.53:53");
+    assert_eq!(t("127.0.0.11:53"), "192.0.2.53:53");
+    // Public resolvers, and other ports, are left as asked.
+    assert_eq!(t("203.0.113.53:53"), "203.0.113.53:53");
+    assert_eq!(t("10.0.2.3:5353"), "10.0.2.3:5353");
+    for bad in ["10.0.0.1:53", "0.0.0.0:53", "1.1.1.1:0", "[fe80::1]:53"] {
+        let e = err(&with("udp:", &format!("dns: (upstream: \"{bad}\"), udp:")));
+        assert!(e.msg.contains("dns.upstream"), "{bad}: {e}");
+    }
 }
 
 #[test]
@@ -258,4 +306,20 @@ fn udp_fairness_keys_default_and_parse() {
         "udp: (pending_bytes_per_worker: 10, pending_bytes_per_source: 11)",
     ));
     assert!(e.msg.contains("pending_bytes_per_source"), "{}", e.msg);
+}
+
+#[test]
+fn docker_section() {
+    let s = parse(&with("udp:", "docker: (), udp:")).unwrap();
+    let d = s.docker.unwrap();
+    assert_eq!(d.socket.to_str(), Some("/var/run/docker.sock"));
+    assert_eq!(d.label, "egressd.tunnel");
+    let s = parse(&with("udp:", "docker: (socket: \"/run/d.sock\", label: \"x.exit\"), udp:")).unwrap();
+    assert_eq!(s.docker.unwrap().label, "x.exit");
+    assert!(parse(MINIMAL).unwrap().docker.is_none());
+    // Label routes only: no config route needed.
+    let text = r#"(listen: ["10.8.0.1:10900"], tunnels: { "a": Direct() }, routes: [], docker: ())"#;
+    assert!(parse(text).is_ok());
+    assert!(err(&text.replace(", docker: ()", "")).msg.contains("docker: ()"));
+    assert!(err(&with("udp:", "docker: (label: \"\"), udp:")).msg.contains("docker:"));
 }

@@ -7,7 +7,6 @@
 //! data path.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -19,7 +18,22 @@ use log::{info, warn};
 use crate::front::{Live, Shared};
 use crate::route::Cidr;
 use crate::stats::{self, Registry};
-use crate::worker::{Handoff, WorkerHandle};
+use crate::worker::{Command, WorkerHandle};
+
+mod metrics;
+pub use metrics::{exposure as metrics_exposure, spawn_metrics};
+
+/// How long a reset waits for room on a worker's command queue.
+const RESET_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether `rules` sends `source` to egressd: an empty `intercept.sources`
+/// means everything on the container interfaces.
+pub fn intercepted(sources: &[Cidr], source: Cidr) -> bool {
+    sources.is_empty()
+        || sources
+            .iter()
+            .any(|c| c.is_ipv4() == source.is_ipv4() && c.len() <= source.len() && c.contains(source.addr()))
+}
 
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +94,7 @@ impl Control {
             Request::Stats => Ok(stats::table(
                 &self.registry.total(),
                 &self.registry.per_tunnel(),
-                &self.registry.per_source(),
+                &named_sources(&self.live.load(), self.registry.per_source()),
             )),
             Request::Metrics => Ok(stats::prometheus(
                 &self.registry.total(),
@@ -89,44 +103,60 @@ impl Control {
             )),
             Request::RouteList => Ok(route_list(&self.live.load())),
             Request::RouteSet { source, tunnel, reset } => {
+                let mut uncovered = false;
                 self.live.update(|cur| {
                     let mut s = (*cur.settings).clone();
                     let id = s.tunnel_id(&tunnel).ok_or_else(|| format!("no tunnel named \"{tunnel}\""))?;
                     s.routes.insert(source, id);
-                    Ok::<_, String>(Shared { settings: Arc::new(s), tunnels: Arc::clone(&cur.tunnels) })
+                    uncovered = !intercepted(&s.intercept.sources, source);
+                    Ok::<_, String>(cur.with_settings(s).with_manual(source, true))
                 })?;
                 info!(target: "egressd::control", "route {source} -> {tunnel} (live, until restart or reload)");
-                self.reset(source, reset);
-                Ok(format!(
-                    "route {source} -> {tunnel}{}\n",
-                    if reset { "; its flows were reset" } else { "" }
-                ))
+                let mut body = format!("route {source} -> {tunnel}");
+                if reset {
+                    self.reset(source).map_err(|e| format!("{body} (set), but {e}"))?;
+                    body.push_str("; its flows were reset");
+                }
+                body.push('\n');
+                if uncovered {
+                    warn!(target: "egressd::control", "route {source}: not within intercept.sources; it has no effect");
+                    body.push_str(&format!(
+                        "warning: {source} is not within intercept.sources, so `egressd rules` does not send \
+                         its traffic to egressd and this route has no effect (add it to intercept.sources)\n"
+                    ));
+                }
+                Ok(body)
             }
             Request::RouteDel { source, reset } => {
                 self.live.update(|cur| {
                     let mut s = (*cur.settings).clone();
                     s.routes.remove(source).ok_or_else(|| format!("no route for exactly {source}"))?;
-                    Ok::<_, String>(Shared { settings: Arc::new(s), tunnels: Arc::clone(&cur.tunnels) })
+                    Ok::<_, String>(cur.with_settings(s).with_manual(source, false))
                 })?;
                 info!(target: "egressd::control", "route {source} deleted (live, until restart or reload)");
-                self.reset(source, reset);
+                if reset {
+                    self.reset(source).map_err(|e| format!("route {source} deleted, but {e}"))?;
+                    return Ok(format!("route {source} deleted; its flows were reset\n"));
+                }
                 Ok(format!("route {source} deleted\n"))
             }
         }
     }
 
-    fn reset(&self, source: Cidr, reset: bool) {
-        if !reset {
-            return;
+    /// Orders every worker to reset the source's flows, on the command
+    /// queue the data path never fills; `Err` names how many it missed.
+    fn reset(&self, source: Cidr) -> Result<(), String> {
+        let missed =
+            self.workers.iter().filter(|w| !w.command(Command::ResetSource(source), RESET_WAIT)).count();
+        if missed == 0 {
+            return Ok(());
         }
-        for w in &self.workers {
-            // A full queue would only delay this; try once more after a wake.
-            if w.try_send(Handoff::ResetSource(source)).is_err() {
-                w.wake();
-                let _ = w.try_send(Handoff::ResetSource(source));
-            }
-            w.wake();
-        }
+        warn!(target: "egressd::control", "reset of {source} not delivered to {missed} workers");
+        Err(format!(
+            "the reset did not reach {missed} of {} workers within {RESET_WAIT:?} (stuck?): flows of \
+             {source} there keep their old tunnel; retry `--reset-flows`",
+            self.workers.len()
+        ))
     }
 
     /// Serves the Unix socket at `path` on a thread of its own.
@@ -159,12 +189,26 @@ impl Control {
     }
 }
 
+/// The live routes with their origin: Docker label routes first (they are
+/// looked up first), then config and `route set` routes, then the default.
 fn route_list(s: &Shared) -> String {
+    let mut o = String::new();
+    for r in s.labels.routes() {
+        let verdict = if s.settings.tunnel_id(&r.tunnel).is_some() {
+            r.tunnel.clone()
+        } else if r.tunnel.is_empty() {
+            "reject (address claimed by two containers)".to_string()
+        } else {
+            format!("reject (label names unknown tunnel {:?})", r.tunnel)
+        };
+        let host = Cidr::host(r.addr);
+        o.push_str(&format!("{host} -> {verdict}  (docker: {} {})\n", r.name, r.short_id()));
+    }
     let mut routes: Vec<_> = s.settings.routes.iter().collect();
     routes.sort_by_key(|(c, _)| (!c.is_ipv4(), c.addr(), c.len()));
-    let mut o = String::new();
     for (c, id) in routes {
-        o.push_str(&format!("{c} -> {}\n", s.settings.tunnels[usize::from(id)].name));
+        let origin = if s.manual.contains(&c) { "route set" } else { "config" };
+        o.push_str(&format!("{c} -> {}  ({origin})\n", s.settings.tunnels[usize::from(id)].name));
     }
     match s.settings.default {
         Some(id) => o.push_str(&format!("(default) -> {}\n", s.settings.tunnels[usize::from(id)].name)),
@@ -173,16 +217,47 @@ fn route_list(s: &Shared) -> String {
     o
 }
 
-/// Binds the control socket, replacing a stale file but never a live daemon's.
+/// Per-source counters named with the container that owns the address,
+/// where Docker labels say so.
+fn named_sources(s: &Shared, sources: Vec<(String, stats::Snapshot)>) -> Vec<(String, stats::Snapshot)> {
+    if s.labels.is_empty() {
+        return sources;
+    }
+    sources
+        .into_iter()
+        .map(|(name, snap)| match name.parse::<Cidr>().ok().and_then(|c| s.labels.owner(&c)) {
+            Some(r) => (format!("{name} ({})", r.name), snap),
+            None => (name, snap),
+        })
+        .collect()
+}
+
+/// Binds the control socket. Only a stale socket (one nobody answers on)
+/// is replaced: any other file there is an error, never deleted (a mistyped
+/// `control.socket` pointing at the config must not remove it).
 fn bind_unix(path: &Path) -> io::Result<UnixListener> {
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is in use: is another egressd running?", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
             return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("{} is in use: is another egressd running?", path.display()),
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; egressd will not remove it (is control.socket right?)",
+                    path.display()
+                ),
             ));
         }
-        std::fs::remove_file(path)?;
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
     let l = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
@@ -205,32 +280,6 @@ pub fn ask(path: &Path, req: &Request) -> Result<String, String> {
         Some(("ok", body)) => Ok(body.to_string()),
         _ => Err(answer.trim().strip_prefix("error: ").unwrap_or(answer.trim()).to_string()),
     }
-}
-
-/// Serves `GET /metrics` (Prometheus text) on `addr` on a thread of its own.
-pub fn spawn_metrics(addr: SocketAddr, registry: Arc<Registry>) -> io::Result<std::thread::JoinHandle<()>> {
-    let l = TcpListener::bind(addr)?;
-    std::thread::Builder::new().name("egressd-metrics".into()).spawn(move || {
-        for conn in l.incoming().flatten() {
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
-            let mut first = String::new();
-            if BufReader::new((&conn).take(8192)).read_line(&mut first).is_err() {
-                continue;
-            }
-            let mut conn = conn;
-            let _ = if first.starts_with("GET /metrics ") || first.starts_with("GET / ") {
-                let body = stats::prometheus(&registry.total(), &registry.per_tunnel(), &registry.per_source());
-                write!(
-                    conn,
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                write!(conn, "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n")
-            };
-        }
-    })
 }
 
 /// The default control socket path (SPEC §3).
@@ -300,5 +349,61 @@ mod tests {
         let ctl2 = Control { live, workers: Vec::new(), registry: Arc::default() };
         assert!(ctl2.spawn(&path).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_a_stale_socket_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("egressd-ctl-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A regular file (say, the config) stays, and the error names it.
+        let file = dir.join("egressd.ron");
+        std::fs::write(&file, "(listen: [])").unwrap();
+        let e = bind_unix(&file).unwrap_err();
+        assert!(e.to_string().contains(&*file.to_string_lossy()), "{e}");
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "(listen: [])");
+        // So does a directory.
+        let sub = dir.join("sub");
+        std::fs::create_dir_all(&sub).unwrap();
+        assert!(bind_unix(&sub).is_err());
+        assert!(sub.is_dir());
+        // A socket nobody listens on any more is replaced.
+        let stale = dir.join("stale.sock");
+        drop(UnixListener::bind(&stale).unwrap());
+        assert!(UnixStream::connect(&stale).is_err(), "stale: nobody answers");
+        let l = bind_unix(&stale).unwrap();
+        assert!(UnixStream::connect(&stale).is_ok());
+        // A live one is not.
+        assert_eq!(bind_unix(&stale).unwrap_err().kind(), io::ErrorKind::AddrInUse);
+        drop(l);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_route_outside_intercept_sources_warns() {
+        let c = |s: &str| s.parse::<Cidr>().unwrap();
+        let within = [c("10.8.0.0/24"), c("fd08::/64")];
+        assert!(intercepted(&within, c("10.8.0.12/32")));
+        assert!(intercepted(&within, c("10.8.0.0/25")));
+        assert!(intercepted(&within, c("fd08::12/128")));
+        assert!(!intercepted(&within, c("10.9.0.5/32")));
+        assert!(!intercepted(&within, c("10.8.0.0/16")), "wider than what is intercepted");
+        assert!(intercepted(&[], c("10.9.0.5/32")), "empty: everything on the interfaces");
+        let text = r#"(listen: ["10.8.0.1:10900"], tunnels: { "a": Direct() },
+            routes: [(source: "10.8.0.10", tunnel: "a")], intercept: (sources: ["10.8.0.0/24"]))"#;
+        let s = crate::config::Settings::parse("t.ron", text).unwrap();
+        let ctl = Control {
+            live: Arc::new(Live::new(Shared::new(Arc::new(s)))),
+            workers: Vec::new(),
+            registry: Arc::default(),
+        };
+        let out = ctl
+            .handle(Request::RouteSet { source: c("10.9.0.5/32"), tunnel: "a".into(), reset: false })
+            .unwrap();
+        assert!(out.contains("warning: 10.9.0.5/32 is not within intercept.sources"), "{out}");
+        let out = ctl
+            .handle(Request::RouteSet { source: c("10.8.0.5/32"), tunnel: "a".into(), reset: false })
+            .unwrap();
+        assert!(!out.contains("warning"), "{out}");
     }
 }

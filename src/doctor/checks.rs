@@ -69,7 +69,13 @@ fn outermost(cidrs: &[Cidr]) -> Vec<Cidr> {
 
 impl<'a> Host<'a> {
     pub(super) fn read(settings: &'a Settings, config: String) -> Host<'a> {
-        let sources = outermost(&settings.intercepted_sources());
+        let addrs = command("ip", &["-o", "addr", "show"]).map(|t| parse::parse_ip_addr(&t));
+        let sources = match settings.intercepted_sources() {
+            Some(n) => outermost(n),
+            None => crate::rules::host::scope(settings, addrs.as_deref().unwrap_or(&[]))
+                .map(|s| s.subnets)
+                .unwrap_or_default(),
+        };
         let wants = [false, true]
             .into_iter()
             .map(|v6| Want {
@@ -80,14 +86,7 @@ impl<'a> Host<'a> {
             })
             .filter(|w| !w.sources.is_empty() || !w.listen.is_empty())
             .collect();
-        Host {
-            settings,
-            config,
-            addrs: command("ip", &["-o", "addr", "show"]).map(|t| parse::parse_ip_addr(&t)),
-            wants,
-            bridge_trap: false.into(),
-            no_udp: false.into(),
-        }
+        Host { settings, config, addrs, wants, bridge_trap: false.into(), no_udp: false.into() }
     }
 
     pub(super) fn rules_fix(&self, nft: bool) -> String {
@@ -102,6 +101,7 @@ impl<'a> Host<'a> {
             v.push(self.address(l));
             v.extend(self.listener(l));
         }
+        v.extend(self.metrics());
         for w in &self.wants {
             v.extend(self.bridge(w));
         }

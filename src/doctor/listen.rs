@@ -67,6 +67,38 @@ impl Host<'_> {
         Check::ok(name, format!("assigned to {}", a.ifname))
     }
 
+    /// Whether containers can read the metrics (every source's counters).
+    pub(super) fn metrics(&self) -> Option<Check> {
+        let m = self.settings.control.metrics_listen?;
+        let name = format!("metrics {m}");
+        let mut why = crate::control::metrics_exposure(m, self.settings);
+        if why.is_none()
+            && let Ok(addrs) = &self.addrs
+            && let Some(a) = addrs.iter().find(|a| a.addr == m.ip())
+            && addrs
+                .iter()
+                .any(|b| b.ifname == a.ifname && self.settings.listen.iter().any(|l| l.ip() == b.addr))
+        {
+            why = Some(format!(
+                "control.metrics_listen {m} is on {}, the containers' interface, so containers can read \
+                 every source's counters",
+                a.ifname
+            ));
+        }
+        Some(match why {
+            Some(w) => Check::warn(
+                name,
+                w,
+                Some(format!(
+                    "set control.metrics_listen to 127.0.0.1:{} (or a management address) in {}",
+                    m.port(),
+                    self.config
+                )),
+            ),
+            None => Check::ok(name, "not on an address the containers reach"),
+        })
+    }
+
     pub(super) fn listener(&self, l: SocketAddr) -> Vec<Check> {
         let name = format!("listener {l}");
         let read = |p: &str| std::fs::read_to_string(p).map(|t| parse::parse_proc_net(&t));

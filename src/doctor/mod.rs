@@ -15,6 +15,7 @@
 //! never a crash. Nothing here changes the host, and no credential is printed.
 
 mod checks;
+mod docker;
 mod firewall;
 mod listen;
 mod nft;
@@ -115,6 +116,13 @@ pub fn run_with(settings: &Settings, config: Option<&Path>, out: &mut dyn Write)
         let left = Duration::from_secs(1).saturating_sub(started.elapsed());
         std::thread::sleep(left);
         for c in host.noports_checks(noports_before, checks::noports()) {
+            emit(c, out);
+        }
+        let subnets = match &host.addrs {
+            Ok(a) => crate::rules::host::scope(settings, a).map(|s| s.subnets).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        for c in docker::checks(settings, &subnets) {
             emit(c, out);
         }
         let tunnel_checks = probes.join().unwrap_or_else(|_| {

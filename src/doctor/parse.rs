@@ -8,42 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::route::Cidr;
 
-/// One address from `ip -o addr show`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct AddrEntry {
-    /// The interface, without an `@peer` suffix.
-    pub ifname: String,
-    pub addr: IpAddr,
-    /// IPv4 `secondary`: REDIRECT never goes to it.
-    pub secondary: bool,
-    /// IPv6 `tentative` or `dadfailed`: not usable yet (or ever).
-    pub tentative: bool,
-}
-
-/// `ip -o addr show`: `2: br0    inet 10.8.0.1/24 brd ... scope global br0\ ...`.
-pub(super) fn parse_ip_addr(text: &str) -> Vec<AddrEntry> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let [_, ifname, fam, addr, rest @ ..] = words.as_slice() else { continue };
-        if *fam != "inet" && *fam != "inet6" {
-            continue;
-        }
-        let Some(addr) = addr.split('/').next().and_then(|a| a.parse::<IpAddr>().ok()) else { continue };
-        let flags = rest.iter().take_while(|w| !w.ends_with('\\') && **w != "valid_lft");
-        let (mut secondary, mut tentative) = (false, false);
-        for w in flags {
-            match *w {
-                "secondary" => secondary = true,
-                "tentative" | "dadfailed" => tentative = true,
-                _ => {}
-            }
-        }
-        let ifname = ifname.split('@').next().unwrap_or(ifname).to_string();
-        out.push(AddrEntry { ifname, addr, secondary, tentative });
-    }
-    out
-}
+pub(super) use crate::rules::host::{AddrEntry, parse_ip_addr};
 
 /// One policy routing rule from `ip -N rule show` (tables as numbers).
 #[derive(Debug, Clone, PartialEq, Eq)]

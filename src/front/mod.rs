@@ -15,6 +15,7 @@
 
 mod udp;
 
+use std::collections::HashSet;
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, SockRef, Socket, Type};
 
 use crate::config::{Settings, Tunnel};
+use crate::docker::{LabelVerdict, Labels};
 use crate::route::Cidr;
 use crate::stats::Counters;
 use crate::wire::sockaddr::unmapped;
@@ -73,12 +75,48 @@ impl Live {
 pub struct Shared {
     pub settings: Arc<Settings>,
     pub tunnels: Arc<[Arc<Tunnel>]>,
+    /// Docker label routes, looked up first (`docker/`).
+    pub labels: Arc<Labels>,
+    /// Routes set through the control socket since the last (re)load.
+    pub manual: Arc<HashSet<Cidr>>,
 }
 
 impl Shared {
     pub fn new(settings: Arc<Settings>) -> Shared {
         let tunnels = settings.tunnels.iter().cloned().map(Arc::new).collect();
-        Shared { settings, tunnels }
+        Shared { settings, tunnels, labels: Arc::default(), manual: Arc::default() }
+    }
+
+    /// The same snapshot with other settings (routes changed live).
+    pub fn with_settings(&self, settings: Settings) -> Shared {
+        Shared {
+            settings: Arc::new(settings),
+            tunnels: Arc::clone(&self.tunnels),
+            labels: Arc::clone(&self.labels),
+            manual: Arc::clone(&self.manual),
+        }
+    }
+
+    /// Notes a route set (or deleted) through the control socket.
+    pub fn with_manual(mut self, source: Cidr, set: bool) -> Shared {
+        let mut m = (*self.manual).clone();
+        if set {
+            m.insert(source);
+        } else {
+            m.remove(&source);
+        }
+        self.manual = Arc::new(m);
+        self
+    }
+
+    /// The same snapshot with other label routes.
+    pub fn with_labels(&self, labels: Labels) -> Shared {
+        Shared {
+            settings: Arc::clone(&self.settings),
+            tunnels: Arc::clone(&self.tunnels),
+            labels: Arc::new(labels),
+            manual: Arc::clone(&self.manual),
+        }
     }
 
     /// New settings, keeping the `Arc` of every tunnel that did not change,
@@ -92,7 +130,12 @@ impl Shared {
                 None => Arc::new(t.clone()),
             })
             .collect();
-        Shared { settings, tunnels }
+        // Label routes come from Docker, not the file: they stay, resolved
+        // against the new tunnels by name.
+        let labels =
+            if self.labels.is_empty() { Arc::default() } else { Arc::new(self.labels.resolved(&settings)) };
+        // Routes set through the control socket last until a reload.
+        Shared { settings, tunnels, labels, manual: Arc::default() }
     }
 
     /// The route that matched (`None` for the default) and the client's
@@ -105,6 +148,12 @@ impl Shared {
     /// The route that matched and the index of the client's tunnel in
     /// `tunnels`, or `None` to reject it.
     pub fn route_id(&self, client: IpAddr) -> Option<(Option<Cidr>, u16)> {
+        match self.labels.lookup(client) {
+            LabelVerdict::Tunnel(c, id) => return Some((Some(c), id)),
+            // A label naming no tunnel rejects: a typo must not pick an exit.
+            LabelVerdict::Reject => return None,
+            LabelVerdict::None => {}
+        }
         match self.settings.routes.lookup_route(client) {
             Some((c, id)) => Some((Some(c), id)),
             None => self.settings.default.map(|id| (None, id)),
@@ -136,6 +185,9 @@ pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     s.set_reuse_port(true)?;
     // Accepted sockets inherit keepalive: no setsockopt per connection.
     crate::worker::keepalive(&SockRef::from(&s))?;
+    // Urgent (MSG_OOB) bytes stay in the stream, so the relay passes them on
+    // as data instead of losing them; accepted sockets inherit it.
+    s.set_out_of_band_inline(true)?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
@@ -216,6 +268,16 @@ impl FrontLoop {
                 self.seen = generation;
                 self.shared = self.live.load();
             }
+            // Datagrams are served whether or not accepting is paused: a
+            // pause is about file descriptors, and an existing session
+            // needs none. Edge-triggered, so an event skipped here would
+            // leave the queue unread until the next datagram.
+            for ev in events.iter() {
+                let t = ev.token().0;
+                if t >= UDP_TOKEN {
+                    self.recv_all(t - UDP_TOKEN);
+                }
+            }
             if let Some(t) = self.paused_until {
                 if Instant::now() < t {
                     continue;
@@ -225,12 +287,11 @@ impl FrontLoop {
                 for i in 0..self.listeners.len() {
                     self.accept_all(i);
                 }
+                continue;
             }
             for ev in events.iter() {
                 let t = ev.token().0;
-                if t >= UDP_TOKEN {
-                    self.recv_all(t - UDP_TOKEN);
-                } else if self.paused_until.is_none() {
+                if t < UDP_TOKEN && self.paused_until.is_none() {
                     self.accept_all(t);
                 }
             }

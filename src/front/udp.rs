@@ -146,9 +146,10 @@ impl FrontLoop {
                     b.tunnels = Arc::clone(&self.shared.tunnels);
                     Some(b)
                 }
-                None => {
-                    UdpBatch::new(Arc::clone(&self.shared.tunnels), UdpBatch::max_alive(self.workers.len()))
-                }
+                None => UdpBatch::bounded(
+                    Arc::clone(&self.shared.tunnels),
+                    UdpBatch::max_alive(self.workers.len()),
+                ),
             };
             let Some(b) = b else {
                 // Every batch the process may hold is queued: the workers

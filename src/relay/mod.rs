@@ -65,14 +65,17 @@ pub struct Pump {
     /// The pipe while it holds bytes (splice mode), and how many.
     pipe: Option<Pipe>,
     in_pipe: usize,
-    /// splice was refused for these sockets: copy from now on.
-    no_splice: bool,
+    /// Splice or copy, fixed at the first pump from `RelayCtx::splice` (a
+    /// reload that turns splice off must not strand bytes in a pipe);
+    /// `Some(false)` too when splice was refused for these sockets.
+    splice: Option<bool>,
 }
 
 /// What a worker lends its pumps: the scratch buffer and the pipe pool.
 pub struct RelayCtx {
     pub scratch: Box<[u8]>,
     pub pipes: PipePool,
+    /// For pumps that start from now on (`tcp.splice`, live on reload).
     pub splice: bool,
 }
 
@@ -99,9 +102,9 @@ impl Pump {
         dst: &mut mio::net::TcpStream,
         ctx: &mut RelayCtx,
     ) -> Result<Pumped, PumpError> {
-        if ctx.splice && !self.no_splice {
-            match self.pump_splice(src, dst, &mut ctx.pipes) {
-                Err(PumpError::Unsupported) => self.no_splice = true,
+        if *self.splice.get_or_insert(ctx.splice) {
+            match self.pump_splice(src, dst, &mut ctx.pipes, &mut ctx.scratch) {
+                Err(PumpError::Unsupported) => self.splice = Some(false),
                 r => return r,
             }
         }

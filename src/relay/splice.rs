@@ -1,6 +1,6 @@
 //! The splice(2) pump and the per-worker pool of pipes it borrows.
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -55,6 +55,7 @@ impl super::Pump {
         src: &mut mio::net::TcpStream,
         dst: &mut mio::net::TcpStream,
         pool: &mut PipePool,
+        scratch: &mut [u8],
     ) -> Result<Pumped, PumpError> {
         if self.done {
             return Ok(Pumped::Done);
@@ -98,9 +99,25 @@ impl super::Pump {
             };
             let r = sys::splice(src.as_fd(), pipe.w.as_fd(), pipe.size);
             match r {
+                // 0 is EOF, or urgent data at the head of the queue: splice
+                // (tcp_read_sock) never reads past the urgent mark. A plain
+                // read does (the sockets are SO_OOBINLINE, so the urgent byte
+                // is read in line) and tells the two apart.
                 Ok(0) => {
-                    self.eof = true;
-                    self.pipe = Some(pipe);
+                    pool.put(pipe);
+                    match src.read(scratch) {
+                        Ok(0) => self.eof = true,
+                        Ok(n) => {
+                            let w = write_some(dst, &scratch[..n], &mut self.bytes)?;
+                            if w < n {
+                                self.held.extend_from_slice(&scratch[w..n]);
+                                return Ok(Pumped::WaitWrite);
+                            }
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Pumped::WaitRead),
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(e) => return Err(PumpError::Read(e)),
+                    }
                 }
                 Ok(n) => {
                     self.in_pipe = n;
@@ -203,5 +220,50 @@ mod tests {
     #[test]
     fn copy_relays_everything_then_half_closes() {
         relay(false);
+    }
+
+    /// splice(2) returns 0 at an urgent mark; that is not EOF (issue 14).
+    fn urgent_mid_stream(splice: bool) {
+        let (client_w, mut src) = pair();
+        let (mut dst, mut server_r) = pair();
+        SockRef::from(&src).set_out_of_band_inline(true).unwrap();
+        SockRef::from(&server_r).set_out_of_band_inline(true).unwrap();
+        let mut ctx = ctx(splice);
+        let mut p = Pump::default();
+        let cw = SockRef::from(&client_w);
+        let mut want = vec![b'A'; 5000];
+        cw.send(&want).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        cw.send_out_of_band(b"!").unwrap();
+        want.push(b'!');
+        std::thread::sleep(Duration::from_millis(50));
+        cw.send(&[b'B'; 5000]).unwrap();
+        want.extend_from_slice(&[b'B'; 5000]);
+        cw.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "relay stalled: {} of {} bytes", got.len(), want.len());
+            let _ = p.pump(&mut src, &mut dst, &mut ctx).unwrap();
+            match server_r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "bytes differ");
+    }
+
+    #[test]
+    fn splice_passes_urgent_data_on() {
+        urgent_mid_stream(true);
+    }
+
+    #[test]
+    fn copy_passes_urgent_data_on() {
+        urgent_mid_stream(false);
     }
 }

@@ -10,6 +10,52 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
+/// Reserved IPv4 ranges (the article's list): this network, private,
+/// loopback, link-local, multicast, future use. Never the internet: `rules`
+/// leaves them alone (port 53 aside), and a resolver there is not public.
+pub const RESERVED_V4: [&str; 8] = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
+
+/// Reserved IPv6 ranges: loopback, unique local, link-local, multicast.
+pub const RESERVED_V6: [&str; 4] = ["::1/128", "fc00::/7", "fe80::/10", "ff00::/8"];
+
+/// Whether `ip` is in [`RESERVED_V4`] / [`RESERVED_V6`] (IPv4-mapped IPv6
+/// addresses are judged as IPv4; `::` counts as reserved). Bit tests only,
+/// cheap enough for every DNS datagram.
+pub fn is_reserved(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            let [a0, a1, ..] = a.octets();
+            a0 == 0
+                || a0 == 10
+                || a0 == 127
+                || (a0 == 169 && a1 == 254)
+                || (a0 == 172 && (a1 & 0xf0) == 16)
+                || (a0 == 192 && a1 == 168)
+                || a0 >= 224
+        }
+        IpAddr::V6(a) => {
+            if let Some(v4) = a.to_ipv4_mapped() {
+                return is_reserved(IpAddr::V4(v4));
+            }
+            let s0 = a.segments()[0];
+            a.is_loopback()
+                || a.is_unspecified()
+                || (s0 & 0xfe00) == 0xfc00
+                || (s0 & 0xffc0) == 0xfe80
+                || (s0 & 0xff00) == 0xff00
+        }
+    }
+}
+
 /// An address prefix, `10.8.0.0/24` or `fd08::/64`. A bare address means a
 /// host route (/32 or /128). Host bits are cleared on parse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -228,6 +274,54 @@ mod tests {
     }
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn is_reserved_agrees_with_the_reserved_prefixes() {
+        let prefixes: Vec<Cidr> = RESERVED_V4.iter().chain(&RESERVED_V6).map(|s| c(s)).collect();
+        let probes = [
+            "0.1.2.3",
+            "9.255.255.255",
+            "10.0.0.1",
+            "11.0.0.1",
+            "126.9.9.9",
+            "127.0.0.11",
+            "128.0.0.1",
+            "169.254.1.1",
+            "169.255.0.1",
+            "172.15.0.1",
+            "172.16.0.1",
+            "172.31.255.255",
+            "172.32.0.1",
+            "192.167.1.1",
+            "192.168.1.1",
+            "192.169.0.1",
+            "192.0.2.53",
+            "198.51.100.1",
+            "203.0.113.10",
+            "100.64.0.2",
+            "223.255.255.255",
+            "224.0.0.1",
+            "255.255.255.255",
+            "1.1.1.1",
+            "::1",
+            "::2",
+            "fc00::1",
+            "fd08::1",
+            "fe00::1",
+            "fe80::1",
+            "febf::1",
+            "fec0::1",
+            "ff02::1",
+            "2001:db8::1",
+        ];
+        for p in probes {
+            let want = prefixes.iter().any(|r| r.contains(ip(p)));
+            assert_eq!(is_reserved(ip(p)), want, "{p}");
+        }
+        assert!(is_reserved(ip("::ffff:192.168.1.1")));
+        assert!(!is_reserved(ip("::ffff:1.1.1.1")));
+        assert!(is_reserved(ip("::")));
     }
 
     #[test]

@@ -3,29 +3,42 @@
 //! egressd's chains are (re)built with `iptables-restore --noflush`: a chain
 //! declared there is created, or flushed if it exists, and refilled in one
 //! commit per table, so a re-run never leaves a half-filled kill switch.
-//! The jumps into them are added with `-C ... || -A/-I ...`, so once.
+//! The jumps into them are added with `-C ... || -I ...`, so once, first.
 //! Every call waits for the xtables lock (`-w`): Docker and kube-proxy hold it often.
-//! Delete removes every jump into egressd's chains whatever source it names
-//! (so also those of an older config), then the chains.
+//! Delete removes every jump into egressd's chains whatever it names (so also
+//! those of an older config or an older egressd), then the chains.
+//!
+//! Placement: the kill switch is in `mangle FORWARD` and the forged-source
+//! drop in `raw PREROUTING`, tables Docker never writes to, so no ACCEPT that
+//! Docker inserts into `filter FORWARD` (when it starts, restarts or creates
+//! a network, before or after this script ran) is ever reached first.
 
 use super::{
-    FamilyPlan, Out, Plan, bridge_sysctl, bridge_sysctl_note, forget_udp_conntrack, no_listener_note,
-    nothing_to_intercept, policy_routing, policy_routing_delete,
+    FamilyPlan, Out, Plan, bridge_sysctl, bridge_sysctl_note, forget_udp_conntrack, kill_only_note,
+    policy_routing, policy_routing_delete,
 };
 use crate::config::TcpIntercept;
+use crate::route::Cidr;
 
-/// nat chain for TCP REDIRECT, or mangle chain for TCP TPROXY.
-pub(super) const TCP_CHAIN: &str = "EGRESSD";
-/// mangle chain for UDP TPROXY.
-pub(super) const UDP_CHAIN: &str = "EGRESSD_UDP";
-/// filter chain of the kill switch.
+/// nat chain for TCP REDIRECT.
+pub(super) const NAT_CHAIN: &str = "EGRESSD";
+/// mangle chain for TPROXY (UDP, DNS, and TCP with `intercept.tcp: Tproxy`).
+pub(super) const TPROXY_CHAIN: &str = "EGRESSD_TPROXY";
+/// mangle FORWARD chain of the kill switch.
 pub(super) const KILL_CHAIN: &str = "EGRESSD_KILL";
+/// raw PREROUTING chain dropping forged sources.
+pub(super) const RPF_CHAIN: &str = "EGRESSD_RPF";
 
-/// Every (table, hook, chain) install may create, for Delete.
-const ALL_CHAINS: [(&str, &str, &str); 4] = [
-    ("nat", "PREROUTING", TCP_CHAIN),
-    ("mangle", "PREROUTING", TCP_CHAIN),
-    ("mangle", "PREROUTING", UDP_CHAIN),
+/// Every (table, hook, chain) an install may jump from, this version's and
+/// older ones' (mangle EGRESSD / EGRESSD_UDP, filter EGRESSD_KILL), for Delete.
+/// Intercepts first, the kill switch last: nothing leaks meanwhile.
+const ALL_JUMPS: [(&str, &str, &str); 7] = [
+    ("nat", "PREROUTING", NAT_CHAIN),
+    ("mangle", "PREROUTING", TPROXY_CHAIN),
+    ("mangle", "PREROUTING", "EGRESSD"),
+    ("mangle", "PREROUTING", "EGRESSD_UDP"),
+    ("raw", "PREROUTING", RPF_CHAIN),
+    ("mangle", "FORWARD", KILL_CHAIN),
     ("filter", "FORWARD", KILL_CHAIN),
 ];
 
@@ -33,12 +46,8 @@ pub(super) fn install(plan: &Plan, out: &mut Out) {
     for f in &plan.families {
         out.blank();
         out.comment("", format!("==== {} ({}) ====", f.family.name(), f.family.iptables()));
-        if f.sources.is_empty() {
-            nothing_to_intercept(f, out);
-            continue;
-        }
         chains(plan, f, out);
-        kill_jumps(f, out);
+        kill_jumps(plan, f, out);
         if f.intercepts() {
             bridge_sysctl(f, out);
             policy_routing(plan, f, out);
@@ -54,7 +63,7 @@ pub(super) fn delete(plan: &Plan, out: &mut Out) {
     out.line("set -f");
     out.comment(
         "",
-        "unjump TOOL TABLE HOOK CHAIN: delete every rule in HOOK that jumps to CHAIN, whatever source it names.",
+        "unjump TOOL TABLE HOOK CHAIN: delete every rule in HOOK that jumps to CHAIN, whatever it matches.",
     );
     out.line("unjump() {");
     out.line(r#"	"$1" -w -t "$2" -S "$3" | sed -n "s/^-A $3 \(.*-j $4\)\$/\1/p" | while read -r rule; do"#);
@@ -71,42 +80,47 @@ pub(super) fn delete(plan: &Plan, out: &mut Out) {
         out.comment("", format!("==== {} ({tool}) ====", f.family.name()));
         out.comment(
             "",
-            "Intercept first (both TCP ways, in case the config switched), kill switch last: nothing leaks meanwhile.",
+            "Jumps first (intercepts, then the forged-source drop, the kill switch last: nothing leaks \
+             meanwhile; also an older egressd's), then the chains.",
         );
-        for (table, hook, chain) in &ALL_CHAINS[..3] {
+        for (table, hook, chain) in ALL_JUMPS {
             out.line(format!("unjump {tool} {table} {hook} {chain}"));
         }
-        for (table, _, chain) in &ALL_CHAINS[..3] {
+        for (table, _, chain) in ALL_JUMPS {
             out.line(format!("drop_chain {tool} {table} {chain}"));
         }
         policy_routing_delete(plan, f, out);
-        out.comment("", "The kill switch.");
-        let (table, hook, chain) = ALL_CHAINS[3];
-        out.line(format!("unjump {tool} {table} {hook} {chain}"));
-        out.line(format!("drop_chain {tool} {table} {chain}"));
         bridge_sysctl_note(f, out);
     }
 }
 
-/// The RETURN rules shared by every chain: what egressd leaves alone.
-fn returns(f: &FamilyPlan, chain: &str, out: &mut Out) {
+/// `-A CHAIN -d C -j RETURN` for each of `cidrs`.
+fn returns(chain: &str, cidrs: &[Cidr], out: &mut Out) {
+    for c in cidrs {
+        out.line(format!("-A {chain} -d {c} -j RETURN"));
+    }
+}
+
+fn reserved_returns(f: &FamilyPlan, chain: &str, out: &mut Out) {
     out.comment(
         "",
         "Reserved ranges (this network, private, loopback, link-local, multicast): not the internet, left alone.",
     );
-    for c in &f.reserved {
-        out.line(format!("-A {chain} -d {c} -j RETURN"));
-    }
+    returns(chain, &f.reserved, out);
+}
+
+fn bypass_returns(f: &FamilyPlan, chain: &str, out: &mut Out) {
     if !f.bypass.is_empty() {
-        out.comment("", "The config's bypass: destinations to reach directly, not through a tunnel.");
-        for c in &f.bypass {
-            out.line(format!("-A {chain} -d {c} -j RETURN"));
-        }
+        out.comment(
+            "",
+            "The config's bypass: destinations to reach directly (DNS included), not through a tunnel.",
+        );
+        returns(chain, &f.bypass, out);
     }
     if !f.bypass_covered.is_empty() {
         out.comment(
             "",
-            format!("(bypass {}: already covered by the ranges above)", super::join(&f.bypass_covered)),
+            format!("(bypass {}: already covered by the reserved ranges)", super::join(&f.bypass_covered)),
         );
     }
 }
@@ -119,119 +133,147 @@ fn chains(plan: &Plan, f: &FamilyPlan, out: &mut Out) {
         "(Re)build egressd's chains: each table's chains are flushed and refilled in one commit.",
     );
     out.line(format!("{tool}-restore -w --noflush <<'EOF'"));
-    out.line("*filter");
+    out.line("*raw");
     out.comment(
         "",
-        "Kill switch: what the sources send past this host (ICMP, other protocols, whatever the intercept \
-         misses) is dropped ...",
+        "A source the container interface has no route back to is forged (CAP_NET_RAW): dropped before \
+         anything else sees it.",
+    );
+    out.line(format!(":{RPF_CHAIN} - [0:0]"));
+    out.line(format!("-A {RPF_CHAIN} -m rpfilter --invert -j DROP"));
+    out.line("COMMIT");
+
+    out.line("*mangle");
+    out.comment(
+        "",
+        "Kill switch (mangle FORWARD, where Docker never writes): what the containers would send past this \
+         host — ICMP, other protocols, whatever the intercept leaves — is dropped ...",
     );
     out.line(format!(":{KILL_CHAIN} - [0:0]"));
-    returns(f, KILL_CHAIN, out);
-    let Some(listen) = f.listener() else {
-        no_listener_note(f, out, "");
-        out.line(format!("-A {KILL_CHAIN} -j DROP"));
+    out.comment(
+        "",
+        "... except replies of connections that entered a container (published ports, docker -p) ...",
+    );
+    out.line(format!("-A {KILL_CHAIN} -m conntrack --ctdir REPLY -j RETURN"));
+    bypass_returns(f, KILL_CHAIN, out);
+    out.comment("", "... never DNS, whatever resolver it asks (the intercept takes it, or nothing does) ...");
+    out.line(format!("-A {KILL_CHAIN} -p udp --dport 53 -j DROP"));
+    out.line(format!("-A {KILL_CHAIN} -p tcp --dport 53 -j DROP"));
+    reserved_returns(f, KILL_CHAIN, out);
+    if !f.intercepts() {
+        kill_only_note(f, out, "");
+    }
+    out.comment("", "... and the rest would leave around the tunnels.");
+    out.line(format!("-A {KILL_CHAIN} -j DROP"));
+
+    let Some(listen) = f.listener().filter(|_| f.intercepts()) else {
         out.line("COMMIT");
         out.line("EOF");
         return;
     };
-    out.comment(
-        "",
-        "... unless it goes where the intercept leaves it alone too (above): the rest would leave around the tunnels.",
-    );
-    out.line(format!("-A {KILL_CHAIN} -j DROP"));
-    out.line("COMMIT");
-
     let (ip, port) = (listen.ip(), listen.port());
     let tproxy = format!("--on-ip {ip} --on-port {port} --tproxy-mark {mark}/{mark}");
     if let Some(note) = f.listeners_note() {
         out.comment("", note);
     }
-    out.line("*mangle");
-    if plan.tcp == TcpIntercept::Tproxy {
-        out.comment(
-            "",
-            "TCP by TPROXY: mangle, because TPROXY must run before nat and the routing decision.",
-        );
-        out.line(format!(":{TCP_CHAIN} - [0:0]"));
-        returns(f, TCP_CHAIN, out);
-        out.comment(
-            "",
-            format!(
-                "The rest goes to egressd's transparent socket on {listen}, destination unchanged (egressd reads \
-                 it as the socket's own address), marked for the local route."
-            ),
-        );
-        out.line(format!("-A {TCP_CHAIN} -p tcp -j TPROXY {tproxy}"));
-    }
-    out.comment("", "UDP by TPROXY, as the article: REDIRECT would lose each datagram's destination.");
-    out.line(format!(":{UDP_CHAIN} - [0:0]"));
-    returns(f, UDP_CHAIN, out);
+    let tcp_too = plan.tcp == TcpIntercept::Tproxy;
     out.comment(
         "",
         format!(
-            "The rest goes to egressd's transparent socket on {listen}, destination unchanged (egressd reads it \
-             from IP_RECVORIGDSTADDR), marked for the local route."
+            "TPROXY (mangle: before nat and the routing decision) to egressd's transparent socket on {listen}, \
+             destination unchanged, marked for the local route: UDP, as the article{}.",
+            if tcp_too { ", and TCP" } else { "" }
         ),
     );
-    out.line(format!("-A {UDP_CHAIN} -p udp -j TPROXY {tproxy}"));
+    out.line(format!(":{TPROXY_CHAIN} - [0:0]"));
+    bypass_returns(f, TPROXY_CHAIN, out);
+    out.comment(
+        "",
+        "DNS to any resolver, private and local ones included, goes to egressd (and so through a tunnel).",
+    );
+    out.line(format!("-A {TPROXY_CHAIN} -p udp --dport 53 -j TPROXY {tproxy}"));
+    if tcp_too {
+        out.line(format!("-A {TPROXY_CHAIN} -p tcp --dport 53 -j TPROXY {tproxy}"));
+    }
+    out.comment("", "This host's own addresses (ssh to it, a service it offers the containers): left alone.");
+    out.line(format!("-A {TPROXY_CHAIN} -m addrtype --dst-type LOCAL -j RETURN"));
+    reserved_returns(f, TPROXY_CHAIN, out);
+    out.comment(
+        "",
+        "The rest, to the internet: egressd reads each datagram's destination from IP_RECVORIGDSTADDR.",
+    );
+    out.line(format!("-A {TPROXY_CHAIN} -p udp -j TPROXY {tproxy}"));
+    if tcp_too {
+        out.line(format!("-A {TPROXY_CHAIN} -p tcp -j TPROXY {tproxy}"));
+    }
     out.line("COMMIT");
 
     if plan.tcp == TcpIntercept::Redirect {
         out.line("*nat");
-        out.comment("", "TCP by REDIRECT, as the article: nat, seen by each connection's first packet only.");
-        out.line(format!(":{TCP_CHAIN} - [0:0]"));
-        returns(f, TCP_CHAIN, out);
         out.comment(
             "",
             format!(
-                "The rest goes to the incoming interface's primary address, port {port}, where egressd listens \
-                 ({listen}); it reads the original destination back from conntrack."
+                "TCP by REDIRECT, as the article (nat: each connection's first packet) to the incoming \
+                 interface's primary address, port {port}, where egressd listens ({listen}); it reads the \
+                 original destination back from conntrack."
             ),
         );
-        out.line(format!("-A {TCP_CHAIN} -p tcp -j REDIRECT --to-ports {port}"));
+        out.line(format!(":{NAT_CHAIN} - [0:0]"));
+        bypass_returns(f, NAT_CHAIN, out);
+        out.comment("", "DNS over TCP to any resolver goes to egressd.");
+        out.line(format!("-A {NAT_CHAIN} -p tcp --dport 53 -j REDIRECT --to-ports {port}"));
+        out.comment("", "This host's own addresses: left alone.");
+        out.line(format!("-A {NAT_CHAIN} -m addrtype --dst-type LOCAL -j RETURN"));
+        reserved_returns(f, NAT_CHAIN, out);
+        out.comment("", "The rest, to the internet.");
+        out.line(format!("-A {NAT_CHAIN} -p tcp -j REDIRECT --to-ports {port}"));
         out.line("COMMIT");
     }
     out.line("EOF");
 }
 
-/// `TOOL [-t TABLE] -C HOOK SPEC || TOOL [-t TABLE] -A|-I HOOK SPEC`.
-fn once(tool: &str, table: &str, add: &str, hook: &str, spec: &str, out: &mut Out) {
-    let t = if table == "filter" { " -w".to_string() } else { format!(" -w -t {table}") };
-    out.line(format!("{tool}{t} -C {hook} {spec} 2>/dev/null || {tool}{t} {add} {hook} {spec}"));
+/// `TOOL -w -t TABLE -C HOOK SPEC || TOOL -w -t TABLE -I HOOK SPEC`.
+fn once(tool: &str, table: &str, hook: &str, spec: &str, out: &mut Out) {
+    out.line(format!(
+        "{tool} -w -t {table} -C {hook} {spec} 2>/dev/null || {tool} -w -t {table} -I {hook} {spec}"
+    ));
 }
 
-fn kill_jumps(f: &FamilyPlan, out: &mut Out) {
+fn kill_jumps(plan: &Plan, f: &FamilyPlan, out: &mut Out) {
+    let tool = f.family.iptables();
     out.comment(
         "",
-        "Forwarded traffic of each source goes through the kill switch; -I puts it ahead of the ACCEPT rules \
-         of others (Docker). Traffic to egressd itself is local (INPUT), not forwarded.",
+        "Everything forwarded from a container interface passes the kill switch, whatever its source: mangle \
+         FORWARD comes before filter FORWARD, where Docker puts its ACCEPTs. Traffic to egressd itself is \
+         local (INPUT), not forwarded.",
     );
-    for s in &f.sources {
-        once(f.family.iptables(), "filter", "-I", "FORWARD", &format!("-s {s} -j {KILL_CHAIN}"), out);
+    for i in &plan.interfaces {
+        once(tool, "mangle", "FORWARD", &format!("-i {} -j {KILL_CHAIN}", i.iptables()), out);
+    }
+    out.comment("", "Forged sources on a container interface are dropped on arrival.");
+    for i in &plan.interfaces {
+        once(tool, "raw", "PREROUTING", &format!("-i {} -j {RPF_CHAIN}", i.iptables()), out);
     }
 }
 
 fn intercept_jumps(plan: &Plan, f: &FamilyPlan, out: &mut Out) {
     let tool = f.family.iptables();
-    let table = match plan.tcp {
-        TcpIntercept::Redirect => "nat",
-        TcpIntercept::Tproxy => "mangle",
-    };
+    let narrowed = if f.narrow.is_some() { " from intercept.sources" } else { "" };
     out.comment(
         "",
-        "Each source's TCP into the intercept, except to this host's own addresses (ssh to the host, its \
-         DNS, ...): those stay out of the tunnel.",
+        format!(
+            "Connections the containers{narrowed} originate (conntrack ORIGINAL: not replies of connections \
+             that entered a container through a published port) into the intercept."
+        ),
     );
-    for s in &f.sources {
-        let spec = format!("-s {s} -p tcp -m addrtype ! --dst-type LOCAL -j {TCP_CHAIN}");
-        once(tool, table, "-A", "PREROUTING", &spec, out);
-    }
-    out.comment(
-        "",
-        "Each source's UDP into the intercept, with the same exception for this host's own addresses.",
-    );
-    for s in &f.sources {
-        let spec = format!("-s {s} -p udp -m addrtype ! --dst-type LOCAL -j {UDP_CHAIN}");
-        once(tool, "mangle", "-A", "PREROUTING", &spec, out);
+    for i in &plan.interfaces {
+        for s in f.source_selectors() {
+            let src = s.map(|c| format!(" -s {c}")).unwrap_or_default();
+            let spec = format!("-i {}{src} -m conntrack --ctdir ORIGINAL -j {TPROXY_CHAIN}", i.iptables());
+            once(tool, "mangle", "PREROUTING", &spec, out);
+            if plan.tcp == TcpIntercept::Redirect {
+                once(tool, "nat", "PREROUTING", &format!("-i {}{src} -j {NAT_CHAIN}", i.iptables()), out);
+            }
+        }
     }
 }

@@ -1,31 +1,42 @@
-//! `egressd rules`: the host-side shell script that sends the intercepted
-//! sources' traffic to egressd, or removes it again.
+//! `egressd rules`: the host-side shell script that sends the containers'
+//! traffic to egressd, or removes it again.
 //!
-//! Pure: [`script`] turns [`Settings`] into text and touches nothing; the
+//! Pure: [`script`] turns [`Settings`] and the container interfaces
+//! ([`host::Scope`], read by the CLI) into text and touches nothing; the
 //! operator pipes it to `sh -e` (the daemon never changes netfilter itself).
 //!
-//! What the script sets up, per address family that has intercepted sources:
+//! Every rule is scoped to the container interfaces by ingress interface, so
+//! the host's other forwarded traffic is never touched, whatever the sources.
+//! What the script sets up, per address family:
 //!
 //! ```text
-//! PREROUTING ─► TCP: nat REDIRECT (or mangle TPROXY) ─► egressd listener
-//!            ─► UDP: mangle TPROXY + mark ─► ip rule fwmark → table: local default dev lo
-//!            (reserved ranges, bypass and the host's own addresses: left alone)
-//! FORWARD    ─► kill switch: anything else the sources send past the host is dropped
-//! sysctl     ─► bridge-nf-call-iptables=0 (else TPROXY'd UDP dies as UdpNoPorts)
+//! raw PREROUTING     ─► -i IF: a source the interface cannot have (forged) is dropped (rpfilter)
+//! PREROUTING         ─► -i IF, connections the containers originate (conntrack ORIGINAL):
+//!                        port 53 to anywhere ─► egressd (DNS never leaves outside a tunnel)
+//!                        TCP: nat REDIRECT (or mangle TPROXY) ─► egressd listener
+//!                        UDP: mangle TPROXY + mark ─► ip rule fwmark → table: local default dev lo
+//!                        (reserved ranges, bypass and the host's own addresses: left alone)
+//! mangle FORWARD     ─► -i IF: kill switch: whatever else would be forwarded (ICMP, other
+//!                        protocols, a family without a listener) is dropped, except replies of
+//!                        connections that entered a container (published ports) and reserved/bypass
+//!                        destinations; Docker never touches mangle, so it cannot get ahead of it
+//! sysctl             ─► bridge-nf-call-iptables=0 (else TPROXY'd UDP dies as UdpNoPorts)
 //! ```
 //!
 //! Both backends (`iptables.rs`, `nft.rs`) write the same plan, computed once
 //! here; the script is idempotent, and `Delete` undoes `Install` (also when
-//! run twice, or with nothing installed).
+//! run twice, with nothing installed, or after an older egressd's install).
 
+pub mod host;
 mod iptables;
 mod nft;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use crate::config::{Settings, TcpIntercept};
+use crate::config::{IfacePattern, Settings, TcpIntercept};
 use crate::route::Cidr;
+pub use host::Scope;
 
 /// Which firewall tool the script drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,9 +54,11 @@ pub enum Action {
     Delete,
 }
 
-/// The host-side shell script for these settings. Pure: no I/O.
-pub fn script(settings: &Settings, backend: Backend, action: Action) -> String {
-    let plan = Plan::new(settings);
+/// The host-side shell script for these settings and container interfaces.
+/// Pure: no I/O. `Delete` needs no interfaces (it removes whatever egressd's
+/// chains are jumped to from), so `scope` may be empty then.
+pub fn script(settings: &Settings, scope: &Scope, backend: Backend, action: Action) -> String {
+    let plan = Plan::new(settings, scope);
     let mut out = Out::default();
     header(&plan, backend, action, &mut out);
     match (backend, action) {
@@ -56,22 +69,6 @@ pub fn script(settings: &Settings, backend: Backend, action: Action) -> String {
     }
     out.0
 }
-
-/// Reserved IPv4 ranges (the article's list): this network, private,
-/// loopback, link-local, multicast, future use. Never the internet.
-const RESERVED_V4: [&str; 8] = [
-    "0.0.0.0/8",
-    "10.0.0.0/8",
-    "127.0.0.0/8",
-    "169.254.0.0/16",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "224.0.0.0/4",
-    "240.0.0.0/4",
-];
-
-/// Reserved IPv6 ranges: loopback, unique local, link-local, multicast.
-const RESERVED_V6: [&str; 4] = ["::1/128", "fc00::/7", "fe80::/10", "ff00::/8"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Family {
@@ -130,8 +127,8 @@ impl Family {
 
     fn reserved(self) -> Vec<Cidr> {
         let list: &[&str] = match self {
-            Family::V4 => &RESERVED_V4,
-            Family::V6 => &RESERVED_V6,
+            Family::V4 => &crate::route::RESERVED_V4,
+            Family::V6 => &crate::route::RESERVED_V6,
         };
         list.iter().map(|s| s.parse().expect("reserved range literal")).collect()
     }
@@ -141,17 +138,20 @@ impl Family {
 #[derive(Debug)]
 struct FamilyPlan {
     family: Family,
-    /// Intercepted sources of this family, without ones inside another.
-    sources: Vec<Cidr>,
+    /// `intercept.sources` of this family, without ones inside another, or
+    /// `None`: every source on the interfaces is intercepted.
+    narrow: Option<Vec<Cidr>>,
     /// This family's listen addresses, in config order; the first is used.
     listen: Vec<SocketAddr>,
-    /// The family's reserved ranges (always left alone).
+    /// The family's reserved ranges (left alone, port 53 aside).
     reserved: Vec<Cidr>,
     /// `bypass` CIDRs of this family not already inside a reserved range
-    /// or an earlier bypass.
+    /// or an earlier bypass (left alone, port 53 included).
     bypass: Vec<Cidr>,
     /// `bypass` CIDRs of this family dropped as already covered.
     bypass_covered: Vec<Cidr>,
+    /// Container subnets whose stale UDP conntrack entries are forgotten.
+    forget: Vec<Cidr>,
 }
 
 impl FamilyPlan {
@@ -159,15 +159,18 @@ impl FamilyPlan {
         self.listen.first().copied()
     }
 
-    /// Sources and a listener: traffic is intercepted (else only killed).
+    /// A listener and something to intercept (else only the kill switch).
     fn intercepts(&self) -> bool {
-        !self.sources.is_empty() && self.listener().is_some()
+        self.listener().is_some() && self.narrow.as_ref().is_none_or(|n| !n.is_empty())
     }
 
-    /// Everything the intercept and the kill switch leave alone, as
-    /// non-overlapping prefixes (an nft interval set rejects overlaps).
-    fn pass(&self) -> Vec<Cidr> {
-        outermost(self.reserved.iter().chain(&self.bypass).copied())
+    /// The `-s` selectors of the intercept jumps: one per narrowing source,
+    /// or one that matches every source.
+    fn source_selectors(&self) -> Vec<Option<Cidr>> {
+        match &self.narrow {
+            None => vec![None],
+            Some(n) => n.iter().copied().map(Some).collect(),
+        }
     }
 
     /// A comment naming the listener used when there are several.
@@ -190,7 +193,10 @@ impl FamilyPlan {
 /// The whole script's inputs, computed once for both backends.
 #[derive(Debug)]
 struct Plan {
-    /// Families with a listen address or a source, IPv4 first.
+    /// The container interfaces, as configured or found.
+    interfaces: Vec<IfacePattern>,
+    /// IPv4 then IPv6: both always, so that a family without a listener is
+    /// kill-switched on the interfaces rather than forwarded.
     families: Vec<FamilyPlan>,
     tcp: TcpIntercept,
     mark: u32,
@@ -198,8 +204,8 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(settings: &Settings) -> Plan {
-        let sources = settings.intercepted_sources();
+    fn new(settings: &Settings, scope: &Scope) -> Plan {
+        let narrow = settings.intercepted_sources();
         let families = [Family::V4, Family::V6]
             .into_iter()
             .map(|family| {
@@ -213,9 +219,14 @@ impl Plan {
                         bypass.push(*b);
                     }
                 }
+                let narrow = narrow.map(|n| outermost(n.iter().copied().filter(|c| Family::of(c) == family)));
+                let forget = match &narrow {
+                    Some(n) => n.clone(),
+                    None => scope.subnets.iter().copied().filter(|c| Family::of(c) == family).collect(),
+                };
                 FamilyPlan {
                     family,
-                    sources: outermost(sources.iter().copied().filter(|c| Family::of(c) == family)),
+                    narrow,
                     listen: settings
                         .listen
                         .iter()
@@ -225,11 +236,12 @@ impl Plan {
                     reserved,
                     bypass,
                     bypass_covered,
+                    forget,
                 }
             })
-            .filter(|f| !f.sources.is_empty() || !f.listen.is_empty())
             .collect();
         Plan {
+            interfaces: scope.interfaces.clone(),
             families,
             tcp: settings.intercept.tcp,
             mark: settings.intercept.mark,
@@ -242,6 +254,10 @@ impl Plan {
             TcpIntercept::Redirect => "REDIRECT",
             TcpIntercept::Tproxy => "TPROXY",
         }
+    }
+
+    fn interfaces_text(&self) -> String {
+        self.interfaces.iter().map(IfacePattern::iptables).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -313,21 +329,21 @@ fn header(plan: &Plan, backend: Backend, action: Action, out: &mut Out) {
             out.comment(
                 "",
                 format!(
-                    "It sends the intercepted sources' TCP ({}) and UDP (TPROXY) to egressd's listener, routes \
-                     marked packets to the local stack,",
+                    "It sends what containers on the container interfaces send (TCP by {}, UDP by TPROXY, DNS always) \
+                     to egressd's listener, routes marked packets to the local stack,",
                     plan.tcp_word()
                 ),
             );
             out.comment(
                 "",
-                "and drops whatever else those sources would send past this host (kill switch). Idempotent: \
-                 running it again changes nothing.",
+                "and drops whatever else they would send past this host (kill switch). Idempotent: running it \
+                 again changes nothing.",
             );
             match backend {
                 Backend::Iptables => out.comment(
                     "",
-                    "After a config change run it again; if the change removes sources, switches intercept.tcp \
-                     or changes mark/table, remove the old setup first.",
+                    "After a config change run it again; if the change removes interfaces or sources, switches \
+                     intercept.tcp or changes mark/table, remove the old setup first.",
                 ),
                 Backend::Nft => out.comment(
                     "",
@@ -346,36 +362,36 @@ fn header(plan: &Plan, backend: Backend, action: Action, out: &mut Out) {
             out.comment("", format!("Set it up again with: egressd rules --config FILE{flag} | sh -e"));
         }
     }
-    for f in &plan.families {
-        let listen: Vec<String> = f.listen.iter().map(SocketAddr::to_string).collect();
-        out.comment(
-            "",
-            format!("{}: sources [{}], listen [{}]", f.family.name(), join(&f.sources), listen.join(", ")),
-        );
+    if action == Action::Install {
+        out.comment("", format!("Container interfaces: {}", plan.interfaces_text()));
+        for f in &plan.families {
+            let listen: Vec<String> = f.listen.iter().map(SocketAddr::to_string).collect();
+            let sources = match &f.narrow {
+                None => "all".to_string(),
+                Some(n) => format!("[{}]", join(n)),
+            };
+            out.comment(
+                "",
+                format!("{}: sources {sources}, listen [{}]", f.family.name(), listen.join(", ")),
+            );
+        }
     }
     out.line("set -e");
 }
 
-/// A family with a listener but no sources gets nothing; say so.
-fn nothing_to_intercept(f: &FamilyPlan, out: &mut Out) {
-    out.comment(
-        "",
-        format!(
-            "{0}: a listen address but no intercepted {0} source, so nothing to intercept or kill-switch.",
-            f.family.name()
-        ),
-    );
-}
-
-/// The fail-closed note for sources whose family has no listener.
-fn no_listener_note(f: &FamilyPlan, out: &mut Out, indent: &str) {
+/// The fail-closed note for a family that is only kill-switched.
+fn kill_only_note(f: &FamilyPlan, out: &mut Out, indent: &str) {
+    let why = if f.listener().is_none() {
+        format!("no {} listen address", f.family.name())
+    } else {
+        format!("intercept.sources names no {} source", f.family.name())
+    };
     out.comment(
         indent,
         format!(
-            "{0}: no {0} listen address, so nothing is intercepted for {1}; the kill switch drops \
-             all their {0} traffic past this host (fail closed).",
-            f.family.name(),
-            join(&f.sources)
+            "{0}: {why}, so nothing is intercepted; the kill switch drops all {0} traffic the containers \
+             would send past this host (fail closed).",
+            f.family.name()
         ),
     );
 }
@@ -406,6 +422,9 @@ fn bridge_sysctl(f: &FamilyPlan, out: &mut Out) {
 /// keep rewriting their datagrams past the intercept; forget them so their
 /// next datagram is intercepted like a new one.
 fn forget_udp_conntrack(f: &FamilyPlan, out: &mut Out) {
+    if f.forget.is_empty() {
+        return;
+    }
     out.comment(
         "",
         "UDP flows that began before these rules keep their old (NATed) conntrack entries and would miss egressd: forget them (needs conntrack-tools; without it they recover when the entries expire).",
@@ -414,7 +433,7 @@ fn forget_udp_conntrack(f: &FamilyPlan, out: &mut Out) {
         Family::V4 => "ipv4",
         Family::V6 => "ipv6",
     };
-    for src in &f.sources {
+    for src in &f.forget {
         out.line(format!(
             "if command -v conntrack >/dev/null 2>&1; then conntrack -D -f {fam} -p udp -s {src} >/dev/null 2>&1 || true; fi"
         ));

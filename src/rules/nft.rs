@@ -4,29 +4,31 @@
 //! `delete table` cannot fail, then the new definition), which makes a re-run
 //! atomic and idempotent; Delete is the same `add` + `delete` without the
 //! definition. Written for nft 1.0.6 (Debian 12), which has no `destroy`.
+//!
+//! A drop in any base chain is final in nftables, whatever other tables
+//! (Docker's iptables-nft ones included) accept later: the kill switch needs
+//! no placement beyond being a forward base chain of its own.
 
 use super::{
-    FamilyPlan, Out, Plan, bridge_sysctl, bridge_sysctl_note, forget_udp_conntrack, join, no_listener_note,
-    nothing_to_intercept, policy_routing, policy_routing_delete,
+    Family, FamilyPlan, Out, Plan, bridge_sysctl, bridge_sysctl_note, forget_udp_conntrack, join,
+    kill_only_note, policy_routing, policy_routing_delete,
 };
 use crate::config::TcpIntercept;
 
 pub(super) const TABLE: &str = "inet egressd";
 
 pub(super) fn install(plan: &Plan, out: &mut Out) {
-    let active: Vec<&FamilyPlan> = plan.families.iter().filter(|f| !f.sources.is_empty()).collect();
     for f in &plan.families {
         out.blank();
         out.comment("", format!("==== {} ====", f.family.name()));
-        if f.sources.is_empty() {
-            nothing_to_intercept(f, out);
-        } else if f.intercepts() {
+        if f.intercepts() {
             bridge_sysctl(f, out);
             policy_routing(plan, f, out);
         } else {
-            no_listener_note(f, out, "");
+            kill_only_note(f, out, "");
         }
     }
+    let intercepting: Vec<&FamilyPlan> = plan.families.iter().filter(|f| f.intercepts()).collect();
     out.blank();
     out.comment(
         "",
@@ -37,11 +39,43 @@ pub(super) fn install(plan: &Plan, out: &mut Out) {
     out.line(format!("add table {TABLE}"));
     out.line(format!("delete table {TABLE}"));
     out.line(format!("table {TABLE} {{"));
-    for f in &active {
+    for f in &plan.families {
         sets(f, out);
     }
-    let intercepting: Vec<&FamilyPlan> = active.iter().copied().filter(|f| f.intercepts()).collect();
+
+    out.line("\tchain rpfilter {");
+    out.comment(
+        "\t\t",
+        "raw priority, before everything: a source the container interface has no route back to is forged \
+         (CAP_NET_RAW) and dropped. `::` (duplicate address detection) is not routed anyway.",
+    );
+    out.line("\t\ttype filter hook prerouting priority raw; policy accept;");
+    for i in &plan.interfaces {
+        out.line(format!("\t\tiifname {} meta nfproto ipv4 fib saddr . iif oif missing drop", i.nft()));
+        out.line(format!("\t\tiifname {} ip6 saddr != :: fib saddr . iif oif missing drop", i.nft()));
+    }
+    out.line("\t}");
+
+    for f in &intercepting {
+        intercept_chain(plan, f, out);
+    }
+    if !intercepting.is_empty() {
+        out.line("\tchain tproxy_prerouting {");
+        out.comment(
+            "\t\t",
+            "mangle priority: TPROXY must run before nat and the routing decision. Only connections the \
+             containers originate (not replies of ones that entered a container: published ports).",
+        );
+        out.line("\t\ttype filter hook prerouting priority mangle; policy accept;");
+        for f in &intercepting {
+            dispatch(plan, f, "intercept", out);
+        }
+        out.line("\t}");
+    }
     if plan.tcp == TcpIntercept::Redirect && !intercepting.is_empty() {
+        for f in &intercepting {
+            redirect_chain(f, out);
+        }
         out.line("\tchain tcp_redirect {");
         out.comment(
             "\t\t",
@@ -49,49 +83,56 @@ pub(super) fn install(plan: &Plan, out: &mut Out) {
         );
         out.line("\t\ttype nat hook prerouting priority dstnat; policy accept;");
         for f in &intercepting {
-            tcp_redirect(f, out);
+            dispatch(plan, f, "redirect", out);
         }
         out.line("\t}");
     }
-    if !intercepting.is_empty() {
-        out.line("\tchain tproxy_prerouting {");
-        out.comment("\t\t", "mangle priority: TPROXY must run before nat and the routing decision.");
-        out.line("\t\ttype filter hook prerouting priority mangle; policy accept;");
-        for f in &intercepting {
-            tproxy(plan, f, out);
+
+    out.line("\tchain kill {");
+    out.comment(
+        "\t\t",
+        "Kill switch: what the containers would send past this host (ICMP, other protocols, whatever the \
+         intercept leaves, a family without a listener) is dropped, except replies of connections that \
+         entered a container (published ports) ...",
+    );
+    out.line("\t\tct direction reply return");
+    for f in &plan.families {
+        if !f.bypass.is_empty() {
+            let (n, v) = (f.family.nft(), f.family.suffix());
+            out.comment("\t\t", "... and the config's bypass (DNS included) ...");
+            out.line(format!("\t\t{n} daddr @bypass_{v} return"));
         }
-        out.line("\t}");
     }
-    if !active.is_empty() {
-        out.line("\tchain kill_switch {");
-        out.comment(
-            "\t\t",
-            "forward hook: only what the host would send onwards; traffic to egressd, and what TPROXY or REDIRECT \
-             hand it, is local (input).",
-        );
-        out.line("\t\ttype filter hook forward priority filter; policy accept;");
-        for f in &active {
-            let n = f.family.nft();
-            let v = f.family.suffix();
-            if f.intercepts() {
-                out.comment(
-                    "\t\t",
-                    format!(
-                        "Kill switch ({}): whatever else the sources send past this host to the internet (ICMP, \
-                         other protocols, what the intercept misses) is dropped.",
-                        f.family.name()
-                    ),
-                );
-            } else {
-                no_listener_note(f, out, "\t\t");
-            }
-            out.line(format!("\t\t{n} saddr @sources_{v} {n} daddr != @pass_{v} drop"));
-        }
-        out.line("\t}");
+    out.comment(
+        "\t\t",
+        "... never DNS, whatever resolver it asks (the intercept takes it, or nothing does) ...",
+    );
+    out.line("\t\tmeta l4proto { tcp, udp } th dport 53 drop");
+    out.comment("\t\t", "... reserved ranges are not the internet ...");
+    for f in &plan.families {
+        let (n, v) = (f.family.nft(), f.family.suffix());
+        out.line(format!("\t\t{n} daddr @reserved_{v} return"));
     }
+    for f in plan.families.iter().filter(|f| !f.intercepts()) {
+        kill_only_note(f, out, "\t\t");
+    }
+    out.comment("\t\t", "... and the rest would leave around the tunnels.");
+    out.line("\t\tdrop");
+    out.line("\t}");
+    out.line("\tchain kill_switch {");
+    out.comment(
+        "\t\t",
+        "forward hook, mangle priority: everything forwarded from a container interface, whatever its \
+         source; traffic to egressd, and what TPROXY or REDIRECT hand it, is local (input).",
+    );
+    out.line("\t\ttype filter hook forward priority mangle; policy accept;");
+    for i in &plan.interfaces {
+        out.line(format!("\t\tiifname {} jump kill", i.nft()));
+    }
+    out.line("\t}");
     out.line("}");
     out.line("EOF");
-    for f in intercepting.iter() {
+    for f in &intercepting {
         forget_udp_conntrack(f, out);
     }
 }
@@ -114,74 +155,116 @@ pub(super) fn delete(plan: &Plan, out: &mut Out) {
     }
 }
 
-/// One family's `pass_` and `sources_` sets.
+/// One family's `reserved_`, `bypass_` and (narrowed) `sources_` sets.
 fn sets(f: &FamilyPlan, out: &mut Out) {
     let v = f.family.suffix();
     let ty = match f.family {
-        super::Family::V4 => "ipv4_addr",
-        super::Family::V6 => "ipv6_addr",
+        Family::V4 => "ipv4_addr",
+        Family::V6 => "ipv6_addr",
     };
     out.comment(
         "\t",
-        "Left alone by intercept and kill switch: reserved ranges (this network, private, loopback, link-local, \
-         multicast), not the internet ...",
+        format!(
+            "{}: reserved ranges (this network, private, loopback, link-local, multicast), not the internet: \
+             left alone, port 53 aside.",
+            f.family.name()
+        ),
     );
+    set(&format!("reserved_{v}"), ty, &join(&super::outermost(f.reserved.iter().copied())), out);
     if f.bypass.is_empty() {
-        out.comment("\t", "... (the config has no bypass for this family).");
+        out.comment("\t", "The config's bypass (none for this family).");
     } else {
-        out.comment("\t", format!("... and the config's bypass: {}.", join(&f.bypass)));
+        out.comment("\t", format!("The config's bypass, left alone, port 53 included: {}.", join(&f.bypass)));
     }
-    set(&format!("pass_{v}"), ty, &join(&f.pass()), out);
-    out.comment("\t", "The intercepted sources (intercept.sources, else the route sources).");
-    set(&format!("sources_{v}"), ty, &join(&f.sources), out);
+    set(&format!("bypass_{v}"), ty, &join(&f.bypass), out);
+    if let Some(n) = &f.narrow
+        && !n.is_empty()
+    {
+        out.comment("\t", "intercept.sources: the sources tunnelled; others on the interfaces are killed.");
+        set(&format!("sources_{v}"), ty, &join(n), out);
+    }
 }
 
 fn set(name: &str, ty: &str, elements: &str, out: &mut Out) {
     out.line(format!("\tset {name} {{"));
     out.line(format!("\t\ttype {ty}"));
     out.line("\t\tflags interval");
-    out.line(format!("\t\telements = {{ {elements} }}"));
+    if !elements.is_empty() {
+        out.line(format!("\t\telements = {{ {elements} }}"));
+    }
     out.line("\t}");
 }
 
-/// `ip saddr @sources_v4 ip daddr != @pass_v4 fib daddr type != local`.
-fn matches(f: &FamilyPlan) -> String {
+/// The jumps from a base chain into a family's `NAME_v4`/`NAME_v6` chain,
+/// one per interface, only for connections the containers originate.
+fn dispatch(plan: &Plan, f: &FamilyPlan, name: &str, out: &mut Out) {
     let (n, v) = (f.family.nft(), f.family.suffix());
-    format!("{n} saddr @sources_{v} {n} daddr != @pass_{v} fib daddr type != local")
+    let sel = match &f.narrow {
+        Some(_) => format!("{n} saddr @sources_{v}"),
+        None => format!("meta nfproto {}", if f.family == Family::V4 { "ipv4" } else { "ipv6" }),
+    };
+    for i in &plan.interfaces {
+        out.line(format!("\t\tiifname {} {sel} ct direction original jump {name}_{v}", i.nft()));
+    }
 }
 
-fn tcp_redirect(f: &FamilyPlan, out: &mut Out) {
+/// A family's TPROXY chain: DNS anywhere, then everything not local,
+/// reserved or bypassed.
+fn intercept_chain(plan: &Plan, f: &FamilyPlan, out: &mut Out) {
     let Some(listen) = f.listener() else { return };
+    let (n, v, mark) = (f.family.nft(), f.family.suffix(), plan.mark);
+    // `or`: keep the packet's other mark bits, as iptables' --tproxy-mark M/M does.
+    let to = format!("meta mark set meta mark or {mark} tproxy {n} to {} accept", super::sockaddr(listen));
+    let tcp_too = plan.tcp == TcpIntercept::Tproxy;
+    out.line(format!("\tchain intercept_{v} {{"));
     if let Some(note) = f.listeners_note() {
         out.comment("\t\t", note);
     }
     out.comment(
         "\t\t",
         format!(
-            "{} TCP from the sources, not to this host's own addresses (ssh to it stays out of the tunnel), goes \
-             to the incoming interface's primary address, port {}, where egressd listens ({listen}).",
-            f.family.name(),
-            listen.port()
+            "To egressd's transparent socket on {listen}, destination unchanged, marked {mark} for the local \
+             route: UDP{}. The config's bypass first.",
+            if tcp_too { " and TCP" } else { "" }
         ),
     );
-    out.line(format!("\t\t{} meta l4proto tcp redirect to :{}", matches(f), listen.port()));
+    out.line(format!("\t\t{n} daddr @bypass_{v} return"));
+    out.comment("\t\t", "DNS to any resolver, private and local ones included.");
+    out.line(format!("\t\tudp dport 53 {to}"));
+    if tcp_too {
+        out.line(format!("\t\ttcp dport 53 {to}"));
+    }
+    out.comment("\t\t", "This host's own addresses, and reserved ranges: left alone.");
+    out.line("\t\tfib daddr type local return");
+    out.line(format!("\t\t{n} daddr @reserved_{v} return"));
+    out.comment("\t\t", "The rest, to the internet.");
+    out.line(format!("\t\tmeta l4proto udp {to}"));
+    if tcp_too {
+        out.line(format!("\t\tmeta l4proto tcp {to}"));
+    }
+    out.line("\t}");
 }
 
-fn tproxy(plan: &Plan, f: &FamilyPlan, out: &mut Out) {
+/// A family's REDIRECT chain for TCP.
+fn redirect_chain(f: &FamilyPlan, out: &mut Out) {
     let Some(listen) = f.listener() else { return };
-    let to = format!("tproxy {} to {}", f.family.nft(), super::sockaddr(listen));
-    let mark = plan.mark;
-    if let Some(note) = f.listeners_note() {
-        out.comment("\t\t", note);
-    }
-    let why = format!(
-        "to egressd's transparent socket on {listen}, destination unchanged, marked {mark} for the local route \
-         (not to this host's own addresses)"
+    let (n, v, port) = (f.family.nft(), f.family.suffix(), listen.port());
+    out.line(format!("\tchain redirect_{v} {{"));
+    out.comment(
+        "\t\t",
+        format!(
+            "{} TCP to the incoming interface's primary address, port {port}, where egressd listens ({listen}); \
+             the config's bypass first.",
+            f.family.name()
+        ),
     );
-    if plan.tcp == TcpIntercept::Tproxy {
-        out.comment("\t\t", format!("{} TCP from the sources {why}.", f.family.name()));
-        out.line(format!("\t\t{} meta l4proto tcp meta mark set {mark} {to} accept", matches(f)));
-    }
-    out.comment("\t\t", format!("{} UDP from the sources {why}, as the article.", f.family.name()));
-    out.line(format!("\t\t{} meta l4proto udp meta mark set {mark} {to} accept", matches(f)));
+    out.line(format!("\t\t{n} daddr @bypass_{v} return"));
+    out.comment("\t\t", "DNS over TCP to any resolver.");
+    out.line(format!("\t\ttcp dport 53 redirect to :{port}"));
+    out.comment("\t\t", "This host's own addresses, and reserved ranges: left alone.");
+    out.line("\t\tfib daddr type local return");
+    out.line(format!("\t\t{n} daddr @reserved_{v} return"));
+    out.comment("\t\t", "The rest, to the internet.");
+    out.line(format!("\t\tmeta l4proto tcp redirect to :{port}"));
+    out.line("\t}");
 }

@@ -108,6 +108,10 @@ counters! {
     /// DNS queries carried over TCP, and their answers.
     dns_tcp_queries,
     dns_tcp_answers,
+    /// Labelled containers whose label names no tunnel (each counted once).
+    docker_unknown_tunnel,
+    /// Label routes (container addresses) live now.
+    docker_label_routes,
 }
 
 impl Counters {

@@ -148,6 +148,15 @@ impl<V> SessionTable<V> {
         &self.limits
     }
 
+    /// New limits (a reload). Sessions beyond a lower `max_sessions` stay
+    /// until they end; the table does not grow past it again.
+    pub fn set_limits(&mut self, mut limits: Limits) {
+        limits.max_sessions = limits.max_sessions.clamp(1, (NIL - 1) as usize);
+        limits.max_per_source = limits.max_per_source.max(1);
+        limits.new_per_source_burst = limits.new_per_source_burst.max(1);
+        self.limits = limits;
+    }
+
     pub fn len(&self) -> usize {
         self.dns.len + self.ordinary.len
     }

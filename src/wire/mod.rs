@@ -13,6 +13,7 @@
 pub mod cmsg;
 pub mod dns;
 pub mod http;
+pub mod http1;
 pub mod sockaddr;
 pub mod socks5;
 

@@ -109,7 +109,9 @@ impl WorkerLoop {
         t: &Arc<Tunnel>,
     ) -> Option<usize> {
         let server = t.kind.server().and_then(|s| s.addr)?;
-        let hs = Box::new(upstream::for_tcp(&t.kind, dst)?);
+        // A resolver no exit can reach is asked at `dns.upstream`; the answers
+        // still come from `dst`, the address the client asked.
+        let hs = Box::new(upstream::for_tcp(&t.kind, self.settings.dns.target(dst))?);
         let stream = match connect(server, &t.kind) {
             Ok(s) => s,
             Err(e) => {

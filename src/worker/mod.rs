@@ -68,16 +68,27 @@ pub struct TcpHandoff {
 pub enum Handoff {
     Tcp(Box<TcpHandoff>),
     Udp(Box<UdpBatch>),
-    /// Reloaded settings: timeouts for new flows.
+}
+
+/// An order from the daemon (reload, control socket) to a worker. It has a
+/// queue of its own, which the data path never fills: a flood of
+/// connections cannot make a worker miss a reload or a reset.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Reloaded settings (see `WorkerLoop::apply`).
     Settings(Arc<Settings>),
     /// Reset every TCP flow and end every UDP session of these sources.
     ResetSource(crate::route::Cidr),
 }
 
+/// Commands queued per worker; senders wait (bounded) when it is full.
+const COMMANDS: usize = 64;
+
 /// The sending side of a worker, held by every front loop.
 #[derive(Clone)]
 pub struct WorkerHandle {
     tx: Sender<Handoff>,
+    commands: Sender<Command>,
     waker: Arc<Waker>,
     /// Set while the worker is (about to be) blocked in epoll: only then is a
     /// wake-up (an eventfd write) needed; a busy worker looks at its queue
@@ -93,6 +104,15 @@ impl WorkerHandle {
         self.tx.try_send(h).map_err(|e| match e {
             TrySendError::Full(h) | TrySendError::Disconnected(h) => h,
         })
+    }
+
+    /// Queues a command and wakes the worker; waits at most `wait` for room.
+    /// False when it could not be delivered (the worker is stuck or gone).
+    pub fn command(&self, c: Command, wait: Duration) -> bool {
+        let ok = self.commands.send_timeout(c, wait).is_ok();
+        // Unconditionally: a command must not wait for the next hand-off.
+        let _ = self.waker.wake();
+        ok
     }
 
     /// Wakes the worker if it sleeps; call after sending.
@@ -130,6 +150,8 @@ struct Flow {
     down: Pump,
     started: Instant,
     last_active: Instant,
+    /// One direction has ended and the shorter half-close timer is set.
+    half_closed: bool,
 }
 
 /// Why a flow ends.
@@ -146,6 +168,7 @@ pub struct WorkerLoop {
     id: usize,
     poll: Poll,
     rx: Receiver<Handoff>,
+    commands: Receiver<Command>,
     flows: Slab<Flow>,
     timers: BinaryHeap<Reverse<(Instant, Token)>>,
     relay: RelayCtx,
@@ -199,10 +222,12 @@ impl WorkerLoop {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let (recycle, recycled) = crossbeam_channel::bounded(16);
+        let (commands_tx, commands) = crossbeam_channel::bounded(COMMANDS);
         let w = WorkerLoop {
             id,
             poll,
             rx,
+            commands,
             flows: Slab::default(),
             timers: BinaryHeap::new(),
             relay: RelayCtx {
@@ -222,7 +247,7 @@ impl WorkerLoop {
             now: Instant::now(),
         };
         let sleeping = Arc::clone(&w.sleeping);
-        Ok((w, WorkerHandle { tx, waker, sleeping, recycled }))
+        Ok((w, WorkerHandle { tx, commands: commands_tx, waker, sleeping, recycled }))
     }
 
     /// Runs until `stop` is set and every flow has ended (or `grace` passed).
@@ -240,7 +265,7 @@ impl WorkerLoop {
             // Announce the sleep, then look once more: a hand-off sent before
             // the announcement is seen here, one sent after it gets a wake-up.
             self.sleeping.store(true, Ordering::SeqCst);
-            if !self.rx.is_empty() {
+            if !self.rx.is_empty() || !self.commands.is_empty() {
                 timeout = Duration::ZERO;
             }
             let polled = self.poll.poll(&mut events, Some(timeout));
@@ -272,14 +297,29 @@ impl WorkerLoop {
     }
 
     fn take_handoffs(&mut self) {
+        // Commands first: a reset must not wait behind a queue of hand-offs
+        // (and a reload applies to the connections queued after it).
+        while let Ok(c) = self.commands.try_recv() {
+            match c {
+                Command::Settings(s) => self.apply(s),
+                Command::ResetSource(c) => self.reset_source(c),
+            }
+        }
         while let Ok(h) = self.rx.try_recv() {
             match h {
                 Handoff::Tcp(t) => self.start_flow(*t),
                 Handoff::Udp(b) => self.on_batch(b),
-                Handoff::Settings(s) => self.settings = s,
-                Handoff::ResetSource(c) => self.reset_source(c),
             }
         }
+    }
+
+    /// Reloaded settings. Applied live: TCP and UDP timeouts, `tcp.splice`
+    /// (for flows that start from now on), and the UDP limits (see
+    /// `udp::Udp::apply`). Listen addresses and threads need a restart.
+    fn apply(&mut self, s: Arc<Settings>) {
+        self.relay.splice = s.tcp.splice;
+        self.udp.apply(&s.udp, s.threads);
+        self.settings = s;
     }
 
     fn start_flow(&mut self, h: TcpHandoff) {
@@ -287,9 +327,11 @@ impl WorkerLoop {
         let tc = self.tally(&tunnel.name, source);
         Counters::inc(&self.counters.tcp_flows_total);
         tc.inc(|c| &c.tcp_flows_total);
-        debug!(target: "egressd::worker", "{client} -> tcp {orig_dst} via {}", tunnel.name);
+        // DNS over TCP to a resolver no exit can reach goes to `dns.upstream`.
+        let dest = self.settings.dns.target(orig_dst);
+        debug!(target: "egressd::worker", "{client} -> tcp {orig_dst} (to {dest}) via {}", tunnel.name);
         let target = match tunnel.kind.server() {
-            None => orig_dst,
+            None => dest,
             Some(server) => match server.addr {
                 Some(a) => a,
                 None => {
@@ -297,7 +339,7 @@ impl WorkerLoop {
                 }
             },
         };
-        let handshake = upstream::for_tcp(&tunnel.kind, orig_dst).map(Box::new);
+        let handshake = upstream::for_tcp(&tunnel.kind, dest).map(Box::new);
         let upstream = match connect(target, &tunnel.kind) {
             Ok(s) => s,
             Err(e) => {
@@ -318,6 +360,7 @@ impl WorkerLoop {
             down: Pump::default(),
             started: self.now,
             last_active: self.now,
+            half_closed: false,
         };
         let (slot, generation) = self.flows.insert(flow);
         let f = self.flows.get_mut(slot).expect("just inserted");
@@ -407,8 +450,9 @@ impl WorkerLoop {
                 if !self.flows.is_live(slot, generation) {
                     return;
                 }
-                if let Some(end) = self.advance(slot, kind, ev) {
-                    self.end(slot, end);
+                match self.advance(slot, kind, ev) {
+                    Some(end) => self.end(slot, end),
+                    None => self.watch_half_close(slot, generation),
                 }
             }
             Kind::UdpControl | Kind::UdpData | Kind::DnsTcp => self.on_udp_event(kind, slot, generation, ev),
@@ -480,6 +524,18 @@ impl WorkerLoop {
         }
     }
 
+    /// When one direction of a relaying flow has just ended, its (shorter)
+    /// half-close timer starts: a second timer entry, once per flow.
+    fn watch_half_close(&mut self, slot: usize, generation: u32) {
+        let Some(f) = self.flows.get_mut(slot) else { return };
+        if f.half_closed || !(f.up.is_done() || f.down.is_done()) {
+            return;
+        }
+        f.half_closed = true;
+        let due = f.last_active + self.settings.tcp.half_close_timeout.min(self.settings.tcp.idle_timeout);
+        self.timers.push(Reverse((due, slab::token(slot, generation, Kind::Client))));
+    }
+
     /// Handles timers that came due: connect/handshake timeouts, idle flows.
     fn expire(&mut self) {
         while let Some(Reverse((at, token))) = self.timers.peek().copied() {
@@ -497,6 +553,10 @@ impl WorkerLoop {
             }
             let f = self.flows.get_mut(slot).expect("live");
             let (due, end) = match f.stage {
+                Stage::Relaying if f.half_closed => {
+                    let limit = self.settings.tcp.half_close_timeout.min(self.settings.tcp.idle_timeout);
+                    (f.last_active + limit, End::Reset("half-close timeout"))
+                }
                 Stage::Relaying => {
                     (f.last_active + self.settings.tcp.idle_timeout, End::Reset("idle timeout"))
                 }
@@ -544,7 +604,7 @@ impl WorkerLoop {
                 reset(&SockRef::from(&f.client));
             }
             End::Reset(why) => {
-                if why == "idle timeout" {
+                if why == "idle timeout" || why == "half-close timeout" {
                     Counters::inc(&self.counters.tcp_idle_closed);
                 }
                 debug!(target: "egressd::worker", "{} -> tcp {} via {}: {why}; both sides reset",
@@ -640,6 +700,8 @@ fn drive_handshake(
 /// A non-blocking connect to `target` with the tunnel's socket options.
 fn connect(target: SocketAddr, kind: &TunnelKind) -> io::Result<TcpStream> {
     let s = Socket::new(Domain::for_address(target), Type::STREAM.nonblocking().cloexec(), None)?;
+    // Urgent bytes from the server stay in the stream (see front::tcp_listener).
+    s.set_out_of_band_inline(true)?;
     if let TunnelKind::Direct { interface, mark, bind } = kind {
         if let Some(i) = interface {
             s.bind_device(Some(i.as_bytes()))?;
@@ -686,5 +748,60 @@ mod tests {
         assert!(per_flow < 512, "a flow takes {per_flow} bytes");
         eprintln!("an idle TCP flow: {per_flow} bytes of user space");
         assert_eq!(Pump::default().held_capacity(), 0);
+    }
+
+    fn settings(extra: &str) -> Arc<Settings> {
+        let text = format!(
+            r#"(listen: ["10.8.0.1:10900"], tunnels: {{ "a": Direct() }},
+                routes: [(source: "10.8.0.10", tunnel: "a")], threads: 1, {extra})"#
+        );
+        Arc::new(Settings::parse("t.ron", &text).unwrap())
+    }
+
+    /// Issue 14: a reload reaches what the worker built at start-up.
+    #[test]
+    fn a_reload_applies_live() {
+        let a = settings("");
+        let b = settings(
+            "tcp: (idle_timeout_secs: 7, splice: false), \
+             udp: (idle_timeout_secs: 9, max_sessions: 5, pending_datagrams: 3, dns_over_tcp: false)",
+        );
+        let (mut w, h) = WorkerLoop::new(0, a, Arc::default(), Arc::default()).unwrap();
+        assert!(w.relay.splice);
+        assert!(h.command(Command::Settings(b), Duration::from_secs(1)));
+        w.take_handoffs();
+        assert!(!w.relay.splice, "tcp.splice");
+        assert_eq!(w.settings.tcp.idle_timeout, Duration::from_secs(7));
+        assert_eq!(w.udp.pending_max, 3, "udp.pending_datagrams");
+        let l = w.udp.table.limits();
+        assert_eq!((l.max_sessions, l.idle_timeout), (5, Duration::from_secs(9)), "udp table limits");
+    }
+
+    /// Issue 14: `--reset-flows` is delivered even when the hand-off queue
+    /// is full, and says so when it cannot be.
+    #[test]
+    fn a_reset_survives_a_full_queue_or_says_it_did_not() {
+        use crate::control::{Control, Request};
+        use crate::front::{Live, Shared};
+        let s = settings("");
+        let (w, h) = WorkerLoop::new(0, Arc::clone(&s), Arc::default(), Arc::default()).unwrap();
+        let tunnels: Arc<[Arc<Tunnel>]> = s.tunnels.iter().cloned().map(Arc::new).collect();
+        let mut full = 0;
+        while h.try_send(Handoff::Udp(Box::new(UdpBatch::new(Arc::clone(&tunnels))))).is_ok() {
+            full += 1;
+        }
+        assert_eq!(full, QUEUE, "the hand-off queue is full");
+        let ctl =
+            Control { live: Arc::new(Live::new(Shared::new(s))), workers: vec![h], registry: Arc::default() };
+        let source: Cidr = "10.8.0.11/32".parse().unwrap();
+        let set = Request::RouteSet { source, tunnel: "a".into(), reset: true };
+        let body = ctl.handle(set.clone()).unwrap();
+        assert!(body.contains("its flows were reset"), "{body}");
+        assert!(matches!(w.commands.try_recv(), Ok(Command::ResetSource(c)) if c == source));
+        // A worker that never takes its commands: the answer says so.
+        while ctl.workers[0].command(Command::ResetSource(source), Duration::ZERO) {}
+        let e = ctl.handle(set).unwrap_err();
+        assert!(e.contains("did not reach 1 of 1 workers"), "{e}");
+        assert!(e.contains("(set)"), "{e}");
     }
 }

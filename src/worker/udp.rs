@@ -85,6 +85,10 @@ enum Link {
 
 struct Session {
     client: SocketAddr,
+    /// A DNS query of this session that egressd sent elsewhere (`dns.upstream`
+    /// instead of a resolver no exit can reach): (where it went, what the
+    /// client asked), so that the answer comes from the address asked.
+    dns_alias: Option<(SocketAddr, SocketAddr)>,
     tunnel: Arc<Tunnel>,
     /// This worker's counters for the tunnel and the route source.
     tc: Tally,
@@ -169,6 +173,19 @@ impl Udp {
         }
     }
 
+    /// Reloaded settings, live: limits and timeouts for the table (existing
+    /// sessions keep running), the reply-pool size (shrinks as it is used),
+    /// pending_datagrams, the pending byte budgets and dns_over_tcp for
+    /// what comes next.
+    pub(super) fn apply(&mut self, s: &UdpSettings, workers: usize) {
+        let fresh = Udp::new(s, workers);
+        self.table.set_limits(*fresh.table.limits());
+        self.replies.set_cap(UdpSettings::per_worker(s.max_reply_sockets, workers));
+        (self.pending_max, self.dns_over_tcp) = (fresh.pending_max, fresh.dns_over_tcp);
+        (self.pending_bytes_max, self.pending_source_max) =
+            (fresh.pending_bytes_max, fresh.pending_source_max);
+    }
+
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         self.table.next_deadline()
     }
@@ -236,7 +253,7 @@ impl WorkerLoop {
         let tc = self.tally(&d.tunnel.name, d.source);
         tc.inc(|c| &c.udp_sessions_total);
         tc.inc(|c| &c.udp_sessions_active);
-        let session = Session { client: d.client, tunnel: Arc::clone(d.tunnel), tc, link };
+        let session = Session { client: d.client, dns_alias: None, tunnel: Arc::clone(d.tunnel), tc, link };
         let (slot, generation) = self.udp.sessions.insert(session);
         Counters::inc(&self.counters.udp_sessions_total);
         Counters::inc(&self.counters.udp_sessions_active);
@@ -293,12 +310,10 @@ impl WorkerLoop {
                 }
             }
             TunnelKind::Direct { interface, mark, bind } => {
+                let target = self.settings.dns.target(d.orig_dst);
                 let r = (|| -> std::io::Result<UdpSocket> {
-                    let s = Socket::new(
-                        Domain::for_address(d.orig_dst),
-                        Type::DGRAM.nonblocking().cloexec(),
-                        None,
-                    )?;
+                    let s =
+                        Socket::new(Domain::for_address(target), Type::DGRAM.nonblocking().cloexec(), None)?;
                     if let Some(i) = interface {
                         s.bind_device(Some(i.as_bytes()))?;
                     }
@@ -306,8 +321,8 @@ impl WorkerLoop {
                         s.set_mark(*m)?;
                     }
                     let local = match bind {
-                        Some(ip) if ip.is_ipv4() == d.orig_dst.is_ipv4() => SocketAddr::new(*ip, 0),
-                        _ => SocketAddr::new(unspecified(d.orig_dst.ip()), 0),
+                        Some(ip) if ip.is_ipv4() == target.is_ipv4() => SocketAddr::new(*ip, 0),
+                        _ => SocketAddr::new(unspecified(target.ip()), 0),
                     };
                     s.bind(&local.into())?;
                     Ok(UdpSocket::from_std(s.into()))
@@ -353,9 +368,15 @@ impl WorkerLoop {
         }
     }
 
-    /// Sends (or queues) one datagram of a session.
+    /// Sends (or queues) one datagram of a session; `dst` is where the
+    /// client sent it (DNS to a resolver that is not public goes to
+    /// `dns.upstream` instead).
     fn send_on(&mut self, slot: usize, dst: SocketAddr, data: &[u8]) {
+        let target = self.settings.dns.target(dst);
         let Some(s) = self.udp.sessions.get_mut(slot) else { return };
+        if target != dst {
+            s.dns_alias = Some((target, dst));
+        }
         let sent = match &mut s.link {
             Link::Associating { pending, .. } => {
                 let cost = data.len() + PENDING_OVERHEAD;
@@ -380,14 +401,14 @@ impl WorkerLoop {
                 }
                 return;
             }
-            Link::Relay { data: sock, .. } => send_to_relay(sock, dst, data),
+            Link::Relay { data: sock, .. } => send_to_relay(sock, target, data),
             Link::Direct { data: sock, sent, next } => {
-                let fp = self.udp.fp.hash_one(dst);
+                let fp = self.udp.fp.hash_one(target);
                 if !sent.contains(&fp) {
                     sent[usize::from(*next) % sent.len()] = fp;
                     *next = next.wrapping_add(1);
                 }
-                sock.send_to(data, dst).map(|_| ())
+                sock.send_to(data, target).map(|_| ())
             }
             Link::DnsOverTcp { .. } => {
                 if dst.port() == 53 {
@@ -540,7 +561,14 @@ impl WorkerLoop {
                 },
                 Link::Associating { .. } | Link::DnsOverTcp { .. } | Link::Empty => return,
             };
-            if let Err(why) = self.check_reply_source(remote.ip()) {
+            // The answer to a redirected query comes from the address asked:
+            // egressd's own choice, so the relay's word is not checked.
+            let alias = self.udp.sessions.get(slot).and_then(|s| s.dns_alias);
+            let (remote, redirected) = match alias {
+                Some((went, asked)) if went == remote => (asked, true),
+                _ => (remote, false),
+            };
+            if !redirected && let Err(why) = self.check_reply_source(remote.ip()) {
                 Counters::inc(&self.counters.udp_drop_reply_source);
                 if let Some(s) = self.udp.sessions.get(slot) {
                     s.tc.inc(|c| &c.udp_drop_reply_source);

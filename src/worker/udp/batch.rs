@@ -65,14 +65,20 @@ impl UdpBatch {
 
     /// A new batch, or `None` when `max` are alive (drop the datagram: the
     /// workers are behind).
-    pub fn new(tunnels: Arc<[Arc<Tunnel>]>, max: usize) -> Option<Box<UdpBatch>> {
+    pub fn bounded(tunnels: Arc<[Arc<Tunnel>]>, max: usize) -> Option<Box<UdpBatch>> {
         use std::sync::atomic::Ordering::Relaxed;
         BATCHES.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1)).ok()?;
-        Some(Box::new(UdpBatch {
-            tunnels,
-            items: Vec::with_capacity(BATCH_ITEMS),
-            data: Vec::with_capacity(BATCH_DATA),
-        }))
+        Some(Box::new(UdpBatch::unbounded(tunnels)))
+    }
+
+    /// A new batch whatever the bound (it still counts towards it).
+    pub fn new(tunnels: Arc<[Arc<Tunnel>]>) -> UdpBatch {
+        BATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        UdpBatch::unbounded(tunnels)
+    }
+
+    fn unbounded(tunnels: Arc<[Arc<Tunnel>]>) -> UdpBatch {
+        UdpBatch { tunnels, items: Vec::with_capacity(BATCH_ITEMS), data: Vec::with_capacity(BATCH_DATA) }
     }
 
     /// Whether a front should drop this source's datagram now rather than

@@ -51,6 +51,11 @@ impl ReplyPool {
         ReplyPool { lru: Lru::new(), loose: Lru::new(), cap: cap.max(1), failed: Lru::new() }
     }
 
+    /// A new bound (a reload); the pool shrinks to it as it is used.
+    pub(in crate::worker) fn set_cap(&mut self, cap: usize) {
+        self.cap = cap.max(1);
+    }
+
     /// Reply sockets open.
     pub(in crate::worker) fn len(&self) -> usize {
         self.lru.len() + self.loose.len()
