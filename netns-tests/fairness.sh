@@ -34,6 +34,23 @@
 #      hand-off batches, sockets)
 #   8  control (limits off: pending_bytes 1 GiB, rate 10^6/s): the same
 #      flood for 4 s pushes peak RSS past that budget (so 7 can fail)
+#   9  control, the same run: B's lookups meanwhile fall short of 2 or 3
+#      (fewer than 99 % answered, or p99 over 2 x the baseline)
+#
+# Then the reply edges, with another config (threads: 1, udp idle 4 s,
+# max_reply_sockets 8): c0 via "forge" (tools/fault_server.py udpforge on
+# exit2:1081: every answer comes four times, three with a forged source),
+# c1 via exit1, c3 via Direct(interface: "uplink") (full cone, from gw):
+#  10  c0 receives only the genuine answer: the sources naming the gw's own
+#      address, loopback and another container (10.8.0.11) are dropped and
+#      counted (udp_drop_reply_source 3 for c0's source)
+#  11  full cone on Direct: 50 remotes in inet spray c3's mapping for 8 s;
+#      c3 receives them, but only its own sending refreshes the session: it
+#      ends (4 s idle) and nothing arrives past 6.5 s after its one send;
+#      control: a c3 socket that sends every second still receives at 7 s
+#  12  the spray (50 remotes, more than the 8 reply sockets) did not evict
+#      the reply socket c1's answers leave from (203.0.113.10:5000: the same
+#      socket, by inode, before and after)
 #
 # Usage: sudo netns-tests/fairness.sh   (EGRESSD=path to use another binary,
 #        EG_KEEP_TMP=1 to keep logs). Needs root; skips (exit 0) otherwise.
@@ -44,7 +61,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
-declare -F plan_checks >/dev/null && plan_checks 8
+declare -F plan_checks >/dev/null && plan_checks 12
 
 require_root_and_tools nft iptables ip6tables microsocks danted python3 ss timeout awk
 eg_init
@@ -211,6 +228,92 @@ if [ "$PEAK_KIB" -gt "$BUDGET_KIB" ]; then
 	pass "8 control: with the limits off the same flood takes egressd to $((PEAK_KIB / 1024)) MiB, past the $((BUDGET_KIB / 1024)) MiB budget (B meanwhile: $LOOK_OUT)"
 else
 	fail "8 control: with the limits off the flood should exceed the budget" "peak $PEAK_KIB KiB <= $BUDGET_KIB KiB: check 7 proves nothing"
+fi
+c_sent=$(field sent "$LOOK_OUT")
+c_answered=$(field answered "$LOOK_OUT")
+c_p99=$(field p99_ms "$LOOK_OUT")
+if [ $((${c_answered:-0} * 100)) -lt $((${c_sent:-0} * 99)) ] ||
+	awk -v f="$c_p99" -v b="$P99_BASE" 'BEGIN { exit !(f == "nan" || f + 0 > 2 * b) }'; then
+	pass "9 control: with the limits off B suffers: $LOOK_OUT"
+else
+	fail "9 control: with the limits off B's lookups should suffer (else 2 and 3 prove nothing)" "$LOOK_OUT"
+fi
+egressd_stop
+
+# ================================================================== reply edges
+eg_spawn "${NS_EXIT[2]}" "$EG_TMP/forge.log" "$(python_bin)" -u "$EG_TOOLS/fault_server.py" serve \
+	100.64.2.2 --socks 1081:udpforge --ready "$EG_TMP/forge.ready"
+wait_until 15 test -e "$EG_TMP/forge.ready" || die "fault_server in exit2 did not start"
+cat >"$CONF" <<EOF
+(
+    listen: ["10.8.0.1:10900", "[fd08::1]:10900"],
+    tunnels: {
+        "exit1": Socks5(server: "100.64.1.2:1080"),
+        "forge": Socks5(server: "100.64.2.2:1081"),
+        "direct": Direct(interface: "uplink"),
+    },
+    routes: [
+        (source: "10.8.0.10", tunnel: "forge"),
+        (source: "10.8.0.11", tunnel: "exit1"),
+        (source: "10.8.0.13", tunnel: "direct"),
+    ],
+    intercept: (sources: ["10.8.0.0/24", "fd08::/64"]),
+    control: (socket: "$SOCK"),
+    threads: 1,
+    udp: (idle_timeout_secs: 4, max_reply_sockets: 8),
+)
+EOF
+RUST_LOG=info egressd_start --config "$CONF" || die "egressd (edges) did not start"
+
+# ------------------------------------------------------------------ 10 forged sources
+got=$(fair "${NS_C[0]}" collect "$TARGET4" "$UDP_WHO_PORT" 2)
+forged=$(metric "$(ctl)" egressd_udp_drop_reply_source_total 'source="10.8.0.10/32"')
+if [ "$got" = "got 1: $TARGET4:$UDP_WHO_PORT echo" ] && [ "$forged" -eq 3 ]; then
+	pass "10 forged reply sources (gw's own, loopback, another container) dropped and counted ($forged); the genuine answer came: $got"
+else
+	fail "10 only the genuine answer may reach c0, 3 forged counted" "$got; udp_drop_reply_source $forged"
+fi
+
+# ------------------------------------------------------------------ 11, 12 Direct full cone
+fair "${NS_C[1]}" collect "$TARGET4" "$UDP_WHO_PORT" 1 >/dev/null # c1's reply socket
+reply_ino() {
+	nsx "$NS_GW" ss -uaneH 2>/dev/null |
+		awk -v a="$TARGET4:$UDP_WHO_PORT" '$4 == a { for (i = 1; i <= NF; i++) if ($i ~ /^ino:/) print substr($i, 5) }' |
+		head -n 1
+}
+INO1=$(reply_ino)
+# cone_run TAG [--keepalive] — c3 sends once (or every second), inet sprays its mapping.
+cone_run() {
+	local tag=$1 cpid m
+	shift
+	rm -f "$EG_TMP/$tag.map"
+	fair "${NS_C[3]}" cone "$TARGET4" "$UDP_WHO_PORT" 9 "$EG_TMP/$tag.map" "$@" >"$EG_TMP/$tag.out" 2>&1 &
+	cpid=$!
+	if wait_until 5 test -s "$EG_TMP/$tag.map"; then
+		m=$(cat "$EG_TMP/$tag.map")
+		fair "$NS_INET" spray "$TARGET4B" "${m%:*}" "${m##*:}" 8 50 >/dev/null
+	fi
+	wait "$cpid"
+	cat "$EG_TMP/$tag.out"
+}
+CONE=$(cone_run cone)
+INO2=$(reply_ino)
+CONE_KEEP=$(cone_run conekeep --keepalive)
+n=$(field unsolicited "$CONE")
+last=$(field last_s "$CONE")
+nk=$(field unsolicited "$CONE_KEEP")
+lastk=$(field last_s "$CONE_KEEP")
+if [ "${n:-0}" -gt 0 ] && [ "${nk:-0}" -gt 0 ] &&
+	awk -v l="$last" -v k="$lastk" 'BEGIN { exit !(l + 0 <= 6.5 && k + 0 >= 7) }'; then
+	pass "11 Direct full cone: c3 got $n datagrams from the spray, none after ${last} s (idle 4 s; inbound does not refresh); sending every second it still got them at ${lastk} s"
+else
+	fail "11 Direct: unsolicited inbound must arrive but not keep the session (<= 6.5 s), own sending must (>= 7 s)" \
+		"once: $CONE; every second: $CONE_KEEP"
+fi
+if [ -n "$INO1" ] && [ "$INO1" = "$INO2" ] && [ "${n:-0}" -gt 0 ]; then
+	pass "12 the reply socket of $TARGET4:$UDP_WHO_PORT (ino $INO1) survived 50 spraying remotes (pool of 8)"
+else
+	fail "12 unsolicited inbound must not evict the reply socket other containers use" "inode before '${INO1}', after '${INO2}'; $CONE"
 fi
 egressd_stop
 

@@ -16,6 +16,23 @@ library only. Every loop is bounded in count and in time.
       FILE exists once started (stop early when it is removed).
       "sent N answered N p50_ms X p99_ms X max_ms X"
 
+  cone HOST PORT SECS MAP_FILE [--keepalive]
+      One socket: sends to HOST:PORT (a who-am-i service), writes the
+      address the service saw (our mapping at the exit) to MAP_FILE, then
+      for SECS seconds counts datagrams from anyone else (full cone).
+      --keepalive: sends to HOST:PORT again every second meanwhile.
+      "mapped ADDR unsolicited N last_s X sent N"  (last_s: seconds from the
+      first send to the last unsolicited datagram)
+
+  spray SRC_IP HOST PORT SECS N
+      N sockets bound to SRC_IP send, in turn, small datagrams to HOST:PORT
+      for SECS seconds (about 50 rounds a second): N distinct remotes.
+      "sent N"
+
+  collect HOST PORT WAIT
+      One datagram to HOST:PORT, then every datagram that arrives in WAIT s:
+      "got N: FROM TEXT; ..."
+
   rss PID OUT_FILE STOP_FILE
       Samples /proc/PID/status VmRSS every 50 ms until STOP_FILE exists
       (at most 120 s); writes "peak_kib N samples N last_kib N" to OUT_FILE.
@@ -126,6 +143,92 @@ def cmd_lookups(host, n, gap_ms, timeout_ms, *opts):
     return 0 if sent and len(lat) == sent else 1
 
 
+def cmd_cone(host, port, secs, map_file, *opts):
+    port, secs = int(port), float(secs)
+    keep = "--keepalive" in opts
+    s = socket.socket(family(host), socket.SOCK_DGRAM)
+    t0 = time.monotonic()
+    s.sendto(b"cone hello", (host, port))
+    sent = 1
+    s.settimeout(3)
+    try:
+        data, frm = s.recvfrom(4096)
+    except (socket.timeout, OSError):
+        out("mapped none unsolicited 0 last_s 0 sent 1")
+        return 1
+    mapped = data.decode(errors="replace").split()[0]
+    with open(map_file + ".tmp", "w") as f:
+        f.write(mapped + "\n")
+    os.rename(map_file + ".tmp", map_file)
+    n = 0
+    last = 0.0
+    next_keep = t0 + 1
+    end = t0 + secs
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            break
+        if keep and now >= next_keep:
+            s.sendto(b"cone keepalive", (host, port))
+            sent += 1
+            next_keep += 1
+        wait = min(end, next_keep) - now if keep else end - now
+        s.settimeout(max(0.01, wait))
+        try:
+            _, frm = s.recvfrom(4096)
+        except socket.timeout:
+            continue
+        except OSError:
+            continue
+        if frm[0] != host or frm[1] != port:
+            n += 1
+            last = time.monotonic() - t0
+    out(f"mapped {mapped} unsolicited {n} last_s {last:.1f} sent {sent}")
+    return 0 if n > 0 else 1
+
+
+def cmd_spray(src_ip, host, port, secs, n):
+    port, secs, n = int(port), float(secs), int(n)
+    socks = []
+    for _ in range(n):
+        s = socket.socket(family(host), socket.SOCK_DGRAM)
+        s.bind((src_ip, 0))
+        s.setblocking(False)
+        socks.append(s)
+    sent = 0
+    end = time.monotonic() + secs
+    while time.monotonic() < end:
+        for s in socks:
+            try:
+                s.sendto(b"unsolicited", (host, port))
+                sent += 1
+            except OSError:
+                pass
+        time.sleep(0.02)
+    out(f"sent {sent}")
+    return 0
+
+
+def cmd_collect(host, port, wait):
+    port, wait = int(port), float(wait)
+    s = socket.socket(family(host), socket.SOCK_DGRAM)
+    s.sendto(b"collect", (host, port))
+    got = []
+    end = time.monotonic() + wait
+    while len(got) < 100:
+        left = end - time.monotonic()
+        if left <= 0:
+            break
+        s.settimeout(left)
+        try:
+            data, frm = s.recvfrom(4096)
+        except (socket.timeout, OSError):
+            break
+        got.append(f"{frm[0]}:{frm[1]} {data[:16].decode(errors='replace').split()[0]}")
+    out(f"got {len(got)}: " + "; ".join(got))
+    return 0
+
+
 def cmd_rss(pid, out_file, stop_file):
     peak = last = samples = 0
     end = time.monotonic() + 120
@@ -148,7 +251,8 @@ def cmd_rss(pid, out_file, stop_file):
 
 
 def main(argv):
-    cmds = {"flood": cmd_flood, "lookups": cmd_lookups, "rss": cmd_rss}
+    cmds = {"flood": cmd_flood, "lookups": cmd_lookups, "cone": cmd_cone, "spray": cmd_spray, "collect": cmd_collect,
+            "rss": cmd_rss}
     if len(argv) < 2 or argv[1] not in cmds:
         sys.stderr.write(__doc__)
         return 2
