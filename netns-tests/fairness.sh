@@ -11,7 +11,9 @@
 # One worker and one front loop (threads: 1) so A and B share everything:
 # the session table, the pending budget, the loop. A floods for 10 s: new
 # UDP sessions (a fresh socket per datagram pair) as fast as Python can,
-# each with two 16 000-byte datagrams, to a blackholed exit. Meanwhile B
+# each with two 16 000-byte datagrams, to a blackholed exit. The flooder
+# runs at nice 19 (a container held to its CPU share): it still gets a core
+# of this 2-core machine, ~10 000 new sessions/s. Meanwhile B
 # resolves (TXT whoami.test @192.0.2.53, a fresh socket per lookup, as
 # glibc does) and holds one older UDP session that is idle during the flood.
 #
@@ -136,7 +138,12 @@ flood_run() {
 	: >"$on"
 	fair "${NS_C[1]}" lookups "$PUBDNS4" 100000 10 2000 --from-file "$on" >"$EG_TMP/$tag.look" 2>&1 &
 	local look_pid=$!
-	FLOOD_OUT=$(fair "${NS_C[2]}" flood "$TARGET4" "$UDP_WHO_PORT" "$secs" "$FLOOD_SIZE" 2 2000000)
+	# The flooder runs at nice 19, as a container held to its CPU share on a
+	# multi-tenant host: it takes every cycle nobody else wants (a core of
+	# this 2-core machine), and what is measured is egressd, not the kernel
+	# scheduler handing the flooder B's CPU time.
+	FLOOD_OUT=$(nice -n 19 timeout -k 5 120 ip netns exec "${NS_C[2]}" "$(python_bin)" -u "$EG_TOOLS/fairtool.py" \
+		flood "$TARGET4" "$UDP_WHO_PORT" "$secs" "$FLOOD_SIZE" 2 2000000)
 	rm -f "$on"
 	wait "$look_pid"
 	LOOK_OUT=$(cat "$EG_TMP/$tag.look")
