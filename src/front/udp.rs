@@ -174,10 +174,26 @@ impl FrontLoop {
     }
 
     fn send_batch(&mut self, w: usize) {
-        let Some(b) = self.batches[w].take() else { return };
+        let Some(mut b) = self.batches[w].take() else { return };
+        if b.items.is_empty() {
+            // Left over from a batch dropped below: kept for the next datagram.
+            self.batches[w] = Some(b);
+            return;
+        }
+        if !b.charge(self.workers.len()) {
+            // The workers are behind by the whole in-flight budget.
+            Counters::add(&self.counters.udp_drop_queue_full, b.items.len() as u64);
+            b.items.clear();
+            b.data.clear();
+            self.batches[w] = Some(b);
+            return;
+        }
         match self.workers[w].try_send(Handoff::Udp(b)) {
             Ok(()) => self.workers[w].wake(),
-            Err(Handoff::Udp(b)) => Counters::add(&self.counters.udp_drop_queue_full, b.items.len() as u64),
+            Err(Handoff::Udp(mut b)) => {
+                b.release();
+                Counters::add(&self.counters.udp_drop_queue_full, b.items.len() as u64)
+            }
             Err(_) => unreachable!("a UDP hand-off comes back as UDP"),
         }
     }

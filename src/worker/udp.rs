@@ -227,6 +227,7 @@ impl WorkerLoop {
         }
         b.items.clear();
         b.data.clear();
+        b.release();
         self.udp.heavy.expire(self.now);
         // Buffers never grow past their first size (see `is_full`).
         let _ = self.recycle.try_send(b);
