@@ -36,8 +36,9 @@
 #      hand-off batches, sockets)
 #   8  control (limits off: pending_bytes 1 GiB, rate 10^6/s): the same
 #      flood for 4 s pushes peak RSS past that budget (so 7 can fail)
-#   9  control, the same run: B's lookups meanwhile fall short of 2 or 3
-#      (fewer than 99 % answered, or p99 over 2 x the baseline)
+#   9  control, the same run: B's lookups meanwhile take more than twice
+#      as long on average as without the flood (an unanswered one counting
+#      its 2 s timeout)
 #
 # Then the reply edges, with another config (threads: 1, udp idle 4 s,
 # max_reply_sockets 8): c0 via "forge" (tools/fault_server.py udpforge on
@@ -168,6 +169,7 @@ printf '%s\n' "$PROM" >"$EG_TMP/flood.prom"
 
 BASE2=$(baseline after)
 P99_BASE=$(awk -v a="$(field p99_ms "$BASE1")" -v b="$(field p99_ms "$BASE2")" 'BEGIN { print (a + 0 > b + 0 ? a : b) }')
+MEAN_BASE=$(awk -v a="$(field mean_ms "$BASE1")" -v b="$(field mean_ms "$BASE2")" 'BEGIN { print (a + 0 > b + 0 ? a : b) }')
 case "$BASE1 / $BASE2" in
 "sent 600 answered 600 "*" / sent 600 answered 600 "*)
 	pass "1 baseline: B's lookups without the flood all answered, p99 $(field p99_ms "$BASE1") ms before, $(field p99_ms "$BASE2") ms after" ;;
@@ -236,14 +238,11 @@ if [ "$PEAK_KIB" -gt "$BUDGET_KIB" ]; then
 else
 	fail "8 control: with the limits off the flood should exceed the budget" "peak $PEAK_KIB KiB <= $BUDGET_KIB KiB: check 7 proves nothing"
 fi
-c_sent=$(field sent "$LOOK_OUT")
-c_answered=$(field answered "$LOOK_OUT")
-c_p99=$(field p99_ms "$LOOK_OUT")
-if [ $((${c_answered:-0} * 100)) -lt $((${c_sent:-0} * 99)) ] ||
-	awk -v f="$c_p99" -v b="$P99_BASE" 'BEGIN { exit !(f == "nan" || f + 0 > 2 * b) }'; then
-	pass "9 control: with the limits off B suffers: $LOOK_OUT"
+c_mean=$(field mean_ms "$LOOK_OUT")
+if awk -v f="$c_mean" -v b="$MEAN_BASE" 'BEGIN { exit !(f == "nan" || f + 0 > 2 * b) }'; then
+	pass "9 control: with the limits off B's lookups take ${c_mean} ms on average, over 2 x ${MEAN_BASE} ms without the flood: $LOOK_OUT"
 else
-	fail "9 control: with the limits off B's lookups should suffer (else 2 and 3 prove nothing)" "$LOOK_OUT"
+	fail "9 control: with the limits off B's lookups should suffer (else 2 and 3 prove nothing)" "mean ${c_mean} ms, baseline ${MEAN_BASE} ms: $LOOK_OUT"
 fi
 egressd_stop
 

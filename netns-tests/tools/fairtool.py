@@ -14,7 +14,9 @@ library only. Every loop is bounded in count and in time.
       from a fresh socket as glibc does (so each is a new session in
       egressd); waits TIMEOUT_MS for each answer. --from-file: only while
       FILE exists once started (stop early when it is removed).
-      "sent N answered N p50_ms X p99_ms X max_ms X"
+      "sent N answered N p50_ms X p99_ms X max_ms X mean_ms X" (percentiles
+      over the answered; mean_ms over all sent, an unanswered one counting
+      TIMEOUT_MS)
 
   cone HOST PORT SECS MAP_FILE [--keepalive]
       One socket: sends to HOST:PORT (a who-am-i service), writes the
@@ -109,6 +111,7 @@ def cmd_lookups(host, n, gap_ms, timeout_ms, *opts):
     fam = family(host)
     lat = []
     sent = 0
+    total = 0.0
     hard_end = time.monotonic() + n * (gap + timeout) + 5
     for i in range(n):
         if time.monotonic() > hard_end:
@@ -117,6 +120,7 @@ def cmd_lookups(host, n, gap_ms, timeout_ms, *opts):
             break
         qid = random.randrange(65536)
         s = socket.socket(fam, socket.SOCK_DGRAM)
+        took = timeout * 1000
         try:
             t = time.monotonic()
             s.sendto(dns_query(qid), (host, 53))
@@ -132,14 +136,17 @@ def cmd_lookups(host, n, gap_ms, timeout_ms, *opts):
                 except (socket.timeout, OSError):
                     break
                 if len(data) >= 2 and struct.unpack("!H", data[:2])[0] == qid:
-                    lat.append((time.monotonic() - t) * 1000)
+                    took = (time.monotonic() - t) * 1000
+                    lat.append(took)
                     break
         finally:
             s.close()
+        total += took
         time.sleep(gap)
     lat.sort()
     out(f"sent {sent} answered {len(lat)} p50_ms {percentile(lat, 50):.2f} "
-        f"p99_ms {percentile(lat, 99):.2f} max_ms {(lat[-1] if lat else float('nan')):.2f}")
+        f"p99_ms {percentile(lat, 99):.2f} max_ms {(lat[-1] if lat else float('nan')):.2f} "
+        f"mean_ms {(total / sent if sent else float('nan')):.2f}")
     return 0 if sent and len(lat) == sent else 1
 
 
