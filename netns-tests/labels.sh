@@ -30,7 +30,7 @@ set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
-declare -F plan_checks >/dev/null && plan_checks 20
+plan_checks 22
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
 # shellcheck source=tools/docker_lib.sh
@@ -176,6 +176,19 @@ if [ "$d1" = "$E1" ] && [ "$d2" = "$E2" ]; then
 	pass "L4 UDP DNS through the label's tunnel: w1 asks $PUBDNS4 ($d1), w2 asks Docker's embedded DNS ($d2)"
 else
 	fail "L4 labelled containers' DNS should leave by their exits" "w1 '$d1', w2 via 127.0.0.11 '$d2'"
+fi
+
+d6=$(dns_txt w1 "$PUBDNS6")
+if [ "$d6" = "$(exit_egress6 1)" ]; then
+	pass "L5 w1's UDP over IPv6 (DNS to $PUBDNS6) leaves via exit1 as $d6"
+else
+	fail "L5 w1's IPv6 UDP should leave via exit1" "answer '$d6', want $(exit_egress6 1)"
+fi
+row=$(ctl stats 2>/dev/null | grep -F "$A2/32 (w2)")
+if [ -n "$row" ]; then
+	pass "L6 stats name a label-routed source by its container: $(printf '%s' "$row" | awk '{ print $1, $2 }')"
+else
+	fail "L6 stats should name w2's source by its container" "$(ctl stats 2>&1 | grep -F "$A2" | head -n 2 | tr '\n' ' ')"
 fi
 
 # ------------------------------------------------------------------ U unlabelled

@@ -16,9 +16,15 @@ use crate::rules::{self, Action, Backend};
 /// egressd: each container's TCP, UDP and DNS leave through its own tunnel.
 #[derive(FromArgs, Debug)]
 pub struct Args {
+    /// print the version and the git commit, then exit
+    #[argh(switch)]
+    version: bool,
     #[argh(subcommand)]
-    cmd: Command,
+    cmd: Option<Command>,
 }
+
+/// `egressd VERSION (COMMIT)`: the commit is embedded at build time (build.rs).
+pub const VERSION: &str = concat!("egressd ", env!("CARGO_PKG_VERSION"), " (", env!("EGRESSD_COMMIT"), ")");
 
 #[derive(FromArgs, Debug)]
 #[argh(subcommand)]
@@ -175,7 +181,14 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    match args.cmd {
+    if args.version {
+        println!("{VERSION}");
+        return ExitCode::SUCCESS;
+    }
+    let Some(cmd) = args.cmd else {
+        return usage("a command is needed (run, check, rules, doctor, stats, route); or --version");
+    };
+    match cmd {
         Command::Doctor(a) => match load(a.config.as_deref()) {
             Ok(s) => {
                 let ok = crate::doctor::run_with(&s, a.config.as_deref(), &mut std::io::stdout());
@@ -376,7 +389,7 @@ pub fn summary(s: &Settings) -> String {
         }
     }
     let ifaces = if s.intercept.interfaces.is_empty() {
-        "those holding the listen addresses".to_string()
+        "the interfaces holding the listen addresses".to_string()
     } else {
         s.intercept.interfaces.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
     };

@@ -120,12 +120,17 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
 
     let ctl = Control { live: Arc::clone(&live), workers: handles.clone(), registry: Arc::clone(&registry) };
     let socket = settings.control.socket.clone();
-    match ctl.spawn(&socket) {
-        Ok(_) => info!(target: "egressd", "control socket {}", socket.display()),
-        Err(e) => {
-            warn!(target: "egressd", "no control socket at {}: {e} (stats and route changes unavailable)", socket.display())
+    // Removed at exit only if it is ours: never a file we refused to touch.
+    let own_socket = match ctl.spawn(&socket) {
+        Ok(_) => {
+            info!(target: "egressd", "control socket {}", socket.display());
+            true
         }
-    }
+        Err(e) => {
+            warn!(target: "egressd", "no control socket at {}: {e} (stats and route changes unavailable)", socket.display());
+            false
+        }
+    };
     if let Some(w) =
         settings.control.metrics_listen.and_then(|m| crate::control::metrics_exposure(m, &settings))
     {
@@ -193,7 +198,9 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
             _ => ok = false,
         }
     }
-    let _ = std::fs::remove_file(&socket);
+    if own_socket {
+        let _ = std::fs::remove_file(&socket);
+    }
     let s = registry.total();
     info!(
         target: "egressd",

@@ -212,6 +212,7 @@ pub struct UdpSettings {
     pub max_reply_sockets: usize,
     pub pending_datagrams: usize,
     pub dns_over_tcp: bool,
+    pub dns_answer_timeout: Duration,
     /// Sessions one source address may hold (its own LRU goes past this).
     pub max_sessions_per_source: usize,
     /// New sessions per source: the token bucket's rate and size.
@@ -634,6 +635,7 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
             max_reply_sockets: u.max_reply_sockets,
             pending_datagrams: u.pending_datagrams,
             dns_over_tcp: u.dns_over_tcp,
+            dns_answer_timeout: secs(loc, "udp.dns_answer_timeout_secs", u.dns_answer_timeout_secs)?,
             max_sessions_per_source: u.max_sessions_per_source,
             new_sessions_per_source_per_sec: u.new_sessions_per_source_per_sec,
             new_sessions_per_source_burst: u.new_sessions_per_source_burst,

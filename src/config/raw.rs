@@ -182,6 +182,9 @@ pub struct RawUdp {
     pub max_reply_sockets: usize,
     pub pending_datagrams: usize,
     pub dns_over_tcp: bool,
+    /// DNS over TCP: a query unanswered this long is dropped (counted) and
+    /// its pooled connection replaced.
+    pub dns_answer_timeout_secs: u64,
     pub max_sessions_per_source: usize,
     pub new_sessions_per_source_per_sec: u32,
     pub new_sessions_per_source_burst: u32,
@@ -198,6 +201,7 @@ impl Default for RawUdp {
             max_reply_sockets: 4096,
             pending_datagrams: 16,
             dns_over_tcp: true,
+            dns_answer_timeout_secs: 5,
             max_sessions_per_source: 16384,
             new_sessions_per_source_per_sec: 2000,
             new_sessions_per_source_burst: 4096,

@@ -62,6 +62,7 @@ fn defaults_match_the_spec() {
     assert_eq!(s.udp.max_reply_sockets, 4096);
     assert_eq!(s.udp.pending_datagrams, 16);
     assert!(s.udp.dns_over_tcp);
+    assert_eq!(s.udp.dns_answer_timeout, Duration::from_secs(5));
     assert!(s.threads >= 1);
     assert_eq!(s.control.socket, PathBuf::from("/run/egressd.sock"));
     assert_eq!(s.control.metrics_listen, None);
@@ -82,7 +83,8 @@ fn every_key_can_be_set() {
         intercept: (tcp: Tproxy, mark: 7, table: 70, sources: ["10.8.0.0/24"]),
         tcp: (connect_timeout_secs: 3, idle_timeout_secs: 60, half_close_timeout_secs: 7, splice: false),
         udp: (idle_timeout_secs: 30, dns_idle_timeout_secs: 5, max_sessions: 100,
-              max_reply_sockets: 10, pending_datagrams: 4, dns_over_tcp: false),
+              max_reply_sockets: 10, pending_datagrams: 4, dns_over_tcp: false,
+              dns_answer_timeout_secs: 2),
         threads: 2,
         control: (socket: "/tmp/e.sock", metrics_listen: "127.0.0.1:9100"),
         bypass: ["203.0.113.0/24"],
@@ -94,6 +96,7 @@ fn every_key_can_be_set() {
     assert!(!s.tcp.splice);
     assert_eq!(s.tcp.half_close_timeout, Duration::from_secs(7));
     assert_eq!(s.udp.max_sessions, 100);
+    assert_eq!(s.udp.dns_answer_timeout, Duration::from_secs(2));
     assert_eq!(s.control.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
     assert_eq!(s.bypass[0].to_string(), "203.0.113.0/24");
     match &s.tunnels[0].kind {

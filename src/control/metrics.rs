@@ -28,6 +28,8 @@ const MAX_CONNS: usize = 64;
 /// Longest request head read.
 const MAX_HEAD: usize = 8192;
 const LISTENER: Token = Token(usize::MAX);
+/// How soon a failed accept (EMFILE) is tried again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 struct Conn {
     stream: TcpStream,
@@ -60,18 +62,27 @@ fn serve(mut listener: TcpListener, registry: &Registry) -> io::Result<()> {
     let mut conns: VecDeque<Conn> = VecDeque::new();
     let mut next = 0usize;
     let mut events = Events::with_capacity(64);
+    // Set when accept failed for want of fds: the backlog raises no new
+    // event (edge-triggered), so look again shortly.
+    let mut retry = false;
     loop {
-        let timeout =
+        let mut timeout =
             conns.iter().map(|c| c.deadline).min().map(|d| d.saturating_duration_since(Instant::now()));
+        if retry {
+            timeout = Some(timeout.map_or(ACCEPT_RETRY, |t| t.min(ACCEPT_RETRY)));
+        }
         if let Err(e) = poll.poll(&mut events, timeout)
             && e.kind() != ErrorKind::Interrupted
         {
             return Err(e);
         }
         let now = Instant::now();
+        if retry {
+            retry = !accept_all(&listener, &poll, &mut conns, &mut next, now);
+        }
         for ev in events.iter() {
             if ev.token() == LISTENER {
-                accept_all(&listener, &poll, &mut conns, &mut next, now);
+                retry = !accept_all(&listener, &poll, &mut conns, &mut next, now);
                 continue;
             }
             let Some(i) = conns.iter().position(|c| c.token == ev.token()) else { continue };
@@ -91,7 +102,14 @@ fn serve(mut listener: TcpListener, registry: &Registry) -> io::Result<()> {
     }
 }
 
-fn accept_all(l: &TcpListener, poll: &Poll, conns: &mut VecDeque<Conn>, next: &mut usize, now: Instant) {
+/// Accepts until the backlog is empty (true) or accept fails (false).
+fn accept_all(
+    l: &TcpListener,
+    poll: &Poll,
+    conns: &mut VecDeque<Conn>,
+    next: &mut usize,
+    now: Instant,
+) -> bool {
     loop {
         match l.accept() {
             Ok((mut stream, _)) => {
@@ -116,10 +134,10 @@ fn accept_all(l: &TcpListener, poll: &Poll, conns: &mut VecDeque<Conn>, next: &m
                     });
                 }
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            // EMFILE and friends: try again on the next event.
-            Err(_) => return,
+            // EMFILE and friends: try again a little later.
+            Err(_) => return false,
         }
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 
 use crate::front::{Live, Shared};
 use crate::route::Cidr;
@@ -167,7 +167,11 @@ impl Control {
             for conn in listener.incoming() {
                 match conn {
                     Ok(c) => self.serve(c),
-                    Err(e) => warn!(target: "egressd::control", "control socket {}: {e}", path.display()),
+                    // EMFILE would fail again at once: no busy loop, one line a second at most.
+                    Err(e) => {
+                        debug!(target: "egressd::control", "control socket {}: {e}", path.display());
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
                 }
             }
         })

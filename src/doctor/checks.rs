@@ -6,11 +6,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 
 use super::Check;
-use super::firewall::{self, Hook, Want};
-use super::nft;
+use super::fwcheck::{self, FwInput};
+use super::model::Ruleset;
 use super::parse::{self, AddrEntry};
-use crate::config::{Settings, TcpIntercept};
-use crate::route::Cidr;
+use super::{firewall, nft};
+use crate::config::Settings;
+use crate::rules::Scope;
 
 /// What the checks share: the settings and what was read once.
 pub(super) struct Host<'a> {
@@ -19,12 +20,24 @@ pub(super) struct Host<'a> {
     pub config: String,
     /// `ip -o addr show`, or why it could not be read.
     pub(super) addrs: Result<Vec<AddrEntry>, String>,
-    /// Per family: its intercept (sources and listener both present).
-    pub(super) wants: Vec<Want>,
+    /// The container interfaces (as `rules` finds them), or why unknown.
+    pub(super) scope: Result<Scope, String>,
+    /// IPv4 then IPv6.
+    pub(super) fams: Vec<Fam>,
+    /// dns.upstream was not written in the config (its default is used).
+    pub(super) upstream_default: bool,
     /// Whether the bridge trap was seen (for the NoPorts hint).
     pub(super) bridge_trap: std::cell::Cell<bool>,
     /// Listeners with no UDP socket (for the NoPorts hint).
     pub(super) no_udp: std::cell::Cell<bool>,
+}
+
+/// One address family as the config has it.
+pub(super) struct Fam {
+    pub v6: bool,
+    pub listen: Vec<SocketAddr>,
+    /// A listener and sources to intercept (else only the kill switch).
+    pub intercepts: bool,
 }
 
 fn fam(v6: bool) -> &'static str {
@@ -53,40 +66,33 @@ pub(super) fn noports() -> (Option<u64>, Option<u64>) {
     (v4, v6)
 }
 
-/// The outermost of some prefixes (as `rules` intercepts them).
-fn outermost(cidrs: &[Cidr]) -> Vec<Cidr> {
-    let mut kept: Vec<Cidr> = Vec::new();
-    for (i, c) in cidrs.iter().enumerate() {
-        let inside = cidrs.iter().enumerate().any(|(j, o)| {
-            j != i && o.len() <= c.len() && o.contains(c.addr()) && (o.len() < c.len() || j < i)
-        });
-        if !inside {
-            kept.push(*c);
-        }
-    }
-    kept
-}
-
 impl<'a> Host<'a> {
-    pub(super) fn read(settings: &'a Settings, config: String) -> Host<'a> {
+    pub(super) fn read(settings: &'a Settings, config: String, upstream_default: bool) -> Host<'a> {
         let addrs = command("ip", &["-o", "addr", "show"]).map(|t| parse::parse_ip_addr(&t));
-        let sources = match settings.intercepted_sources() {
-            Some(n) => outermost(n),
-            None => crate::rules::host::scope(settings, addrs.as_deref().unwrap_or(&[]))
-                .map(|s| s.subnets)
-                .unwrap_or_default(),
+        let scope = match &addrs {
+            Ok(a) => crate::rules::host::scope(settings, a),
+            Err(e) => Err(e.clone()),
         };
-        let wants = [false, true]
+        let fams = [false, true]
             .into_iter()
-            .map(|v6| Want {
-                v6,
-                sources: sources.iter().copied().filter(|c| c.is_ipv4() != v6).collect(),
-                listen: settings.listen.iter().copied().filter(|a| a.is_ipv6() == v6).collect(),
-                mark: settings.intercept.mark,
+            .map(|v6| {
+                let listen: Vec<SocketAddr> =
+                    settings.listen.iter().copied().filter(|a| a.is_ipv6() == v6).collect();
+                let sources =
+                    settings.intercepted_sources().map(|n| n.iter().filter(|c| c.is_ipv4() != v6).count());
+                Fam { v6, intercepts: !listen.is_empty() && sources != Some(0), listen }
             })
-            .filter(|w| !w.sources.is_empty() || !w.listen.is_empty())
             .collect();
-        Host { settings, config, addrs, wants, bridge_trap: false.into(), no_udp: false.into() }
+        Host {
+            settings,
+            config,
+            addrs,
+            scope,
+            fams,
+            upstream_default,
+            bridge_trap: false.into(),
+            no_udp: false.into(),
+        }
     }
 
     pub(super) fn rules_fix(&self, nft: bool) -> String {
@@ -102,13 +108,13 @@ impl<'a> Host<'a> {
             v.extend(self.listener(l));
         }
         v.extend(self.metrics());
-        for w in &self.wants {
-            v.extend(self.bridge(w));
+        for f in &self.fams {
+            v.extend(self.bridge(f));
         }
-        for w in self.wants.iter().filter(|w| !w.sources.is_empty() && !w.listen.is_empty()) {
-            v.extend(self.policy_routing(w));
+        for f in self.fams.iter().filter(|f| f.intercepts) {
+            v.extend(self.policy_routing(f));
         }
-        v.extend(self.intercept());
+        v.extend(self.firewall());
         v
     }
 
@@ -137,7 +143,7 @@ impl<'a> Host<'a> {
 
     // ------------------------------------------------------------ bridge netfilter
 
-    fn bridge(&self, w: &Want) -> Vec<Check> {
+    fn bridge(&self, w: &Fam) -> Vec<Check> {
         let (key, name) = if w.v6 {
             ("bridge-nf-call-ip6tables", "bridge-nf-call-ip6tables")
         } else {
@@ -191,7 +197,7 @@ impl<'a> Host<'a> {
 
     // ------------------------------------------------------------ ip rule / route
 
-    fn policy_routing(&self, w: &Want) -> Vec<Check> {
+    fn policy_routing(&self, w: &Fam) -> Vec<Check> {
         let (mark, table) = (self.settings.intercept.mark, self.settings.intercept.table);
         // -N: tables as numbers in `ip rule` (not for routes: it prints the type `local` as 2).
         let ip: &[&str] = if w.v6 { &["-N", "-6"] } else { &["-N"] };
@@ -225,62 +231,80 @@ impl<'a> Host<'a> {
         v
     }
 
-    // ------------------------------------------------------------ intercept
+    // ------------------------------------------------------------ firewall
 
-    fn intercept(&self) -> Vec<Check> {
-        let nft = command("nft", &["list", "ruleset"]).map(|t| nft::parse_nft(&t));
-        let tcp = match self.settings.intercept.tcp {
-            TcpIntercept::Redirect => Hook::TcpRedirect,
-            TcpIntercept::Tproxy => Hook::TcpTproxy,
+    /// Reads iptables, ip6tables and nft, then judges them (`fwcheck.rs`).
+    fn firewall(&self) -> Vec<Check> {
+        let scope = match &self.scope {
+            Ok(s) => s,
+            Err(e) => {
+                return vec![Check::fail(
+                    "interfaces",
+                    format!("the container interfaces are unknown: {e}"),
+                    format!("fix `listen` or intercept.interfaces in {}", self.config),
+                )];
+            }
         };
-        let mut v = Vec::new();
-        for w in self.wants.iter().filter(|w| !w.sources.is_empty()) {
-            let tool = if w.v6 { "ip6tables-save" } else { "iptables-save" };
-            let ipt = command(tool, &[]).map(|t| firewall::parse_iptables_save(&t));
-            let hooks: &[Hook] =
-                if w.listen.is_empty() { &[Hook::Kill] } else { &[tcp, Hook::UdpTproxy, Hook::Kill] };
-            for &hook in hooks {
-                v.push(self.judge_intercept(hook, w, &ipt, &nft));
+        let mut v = vec![Check::ok(
+            "interfaces",
+            format!(
+                "{} (subnets: {})",
+                scope.interfaces.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                if scope.subnets.is_empty() {
+                    "none yet".to_string()
+                } else {
+                    scope.subnets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                }
+            ),
+        )];
+        let ipt4 = command("iptables-save", &[]);
+        let ipt6 = command("ip6tables-save", &[]);
+        let nft_text = command("nft", &["list", "ruleset"]);
+        let mut rs = Ruleset::default();
+        let mut unread = Vec::new();
+        for (r, v6) in [(&ipt4, false), (&ipt6, true)] {
+            match r {
+                Ok(t) => firewall::add_iptables(&mut rs, t, v6),
+                Err(e) => unread.push(e.clone()),
             }
         }
+        let flavour = |r: &Result<String, String>| r.as_ref().is_ok_and(|t| firewall::is_nft_flavour(t));
+        match &nft_text {
+            Ok(t) => nft::add_nft(&mut rs, t, [flavour(&ipt4), flavour(&ipt6)]),
+            Err(e) => unread.push(e.clone()),
+        }
+        if unread.len() == 3 {
+            v.push(Check::warn("firewall", format!("could not check: {}", unread.join("; ")), None));
+            return v;
+        }
+        if !unread.is_empty() {
+            v.push(Check::warn("firewall", format!("read in part: {}", unread.join("; ")), None));
+        }
+        let nft_ours = rs.chains.iter().any(|c| !c.ipt && c.table == "inet egressd");
+        let ifaces: Vec<String> =
+            self.addrs.as_deref().unwrap_or(&[]).iter().map(|e| e.ifname.clone()).collect();
+        let rp = |i: &str| {
+            std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{i}/rp_filter"))
+                .ok()
+                .map(|t| t.trim().to_string())
+        };
+        let all_strict = rp("all").as_deref() == Some("1");
+        let rp_strict = ifaces
+            .into_iter()
+            .filter(|i| rp(i).as_deref() == Some("1") || (all_strict && rp(i).as_deref() != Some("2")))
+            .collect();
+        let input = FwInput {
+            settings: self.settings,
+            scope,
+            addrs: self.addrs.as_deref().unwrap_or(&[]),
+            rs: &rs,
+            resolvers: resolvers(),
+            upstream_default: self.upstream_default,
+            rp_strict,
+            fix: self.rules_fix(nft_ours),
+        };
+        v.extend(fwcheck::firewall_checks(&input));
         v
-    }
-
-    fn judge_intercept(
-        &self,
-        hook: Hook,
-        w: &Want,
-        ipt: &Result<Vec<firewall::IptRule>, String>,
-        nft: &Result<nft::NftRuleset, String>,
-    ) -> Check {
-        let name = match hook {
-            Hook::TcpRedirect => format!("tcp REDIRECT {}", fam(w.v6)),
-            Hook::TcpTproxy => format!("tcp TPROXY {}", fam(w.v6)),
-            Hook::UdpTproxy => format!("udp TPROXY {}", fam(w.v6)),
-            Hook::Kill => format!("kill switch {}", fam(w.v6)),
-        };
-        let by_ipt = ipt.as_ref().map(|r| firewall::ipt_check(r, hook, w));
-        let by_nft = nft.as_ref().map(|r| nft::nft_check(r, hook, w));
-        if let Ok(Ok(how)) = &by_ipt {
-            return Check::ok(name, format!("iptables: {how}"));
-        }
-        if let Ok(Ok(how)) = &by_nft {
-            return Check::ok(name, format!("nft: {how}"));
-        }
-        let why = match hook {
-            Hook::TcpRedirect | Hook::TcpTproxy => "their TCP would not reach egressd",
-            Hook::UdpTproxy => "their UDP would not reach egressd",
-            Hook::Kill => "what the intercept misses would leave through this host's own uplink",
-        };
-        // Which backend to blame: the one holding egressd's own rules.
-        let nft_ours = nft.as_ref().is_ok_and(|r| r.has_table("inet egressd"));
-        match (&by_ipt, &by_nft) {
-            (Err(a), Err(b)) => Check::warn(name, format!("could not check: {a}; {b}"), None),
-            (_, Ok(Err(e))) if nft_ours => Check::fail(name, format!("{e}: {why}"), self.rules_fix(true)),
-            (Ok(Err(e)), _) => Check::fail(name, format!("{e}: {why}"), self.rules_fix(false)),
-            (_, Ok(Err(e))) => Check::fail(name, format!("{e}: {why}"), self.rules_fix(false)),
-            _ => unreachable!("an Ok(Ok) returned above"),
-        }
     }
 
     // ------------------------------------------------------------ UdpNoPorts
@@ -324,6 +348,20 @@ impl<'a> Host<'a> {
         };
         Check::warn(name, format!("grew {b} -> {a} in 1 s: {cause}"), fix)
     }
+}
+
+/// The host's resolvers as Docker's embedded DNS forwards to them: those
+/// of /etc/resolv.conf, or systemd-resolved's upstreams behind 127.0.0.53.
+fn resolvers() -> Vec<std::net::IpAddr> {
+    let read = |p: &str| std::fs::read_to_string(p).map(|t| fwcheck::parse_resolv(&t)).unwrap_or_default();
+    let etc = read("/etc/resolv.conf");
+    if etc.iter().all(|a| a.is_loopback()) {
+        let resolved = read("/run/systemd/resolve/resolv.conf");
+        if !resolved.is_empty() {
+            return resolved;
+        }
+    }
+    etc
 }
 
 /// The fwmark rule among `ip rule show`'s rules, judged.

@@ -4,12 +4,16 @@
 //!
 //! ```text
 //! capability ─ listen addresses ─ listeners (is egressd running?) ─ bridge netfilter
-//!   ─ ip rule / local route ─ intercept rules (iptables or nft) ─ kill switch
+//!   ─ ip rule / local route ─ container interfaces
+//!   ─ per interface and family: TCP, UDP and DNS intercept, kill switch (and what comes
+//!     first), published ports, forged sources ─ IPv6 left to the kill switch ─ DNS path
 //!   ─ UdpNoPorts over one second ─ each tunnel (TCP, SOCKS5 greeting/auth/ASSOCIATE, HTTP)
 //! ```
 //!
-//! Layout: `parse.rs`, `firewall.rs` and `nft.rs` are pure (text in, facts out, unit
-//! tested on fixtures); `checks.rs` and `listen.rs` read /proc, /sys and
+//! Layout: `parse.rs`, `firewall.rs` (iptables-save) and `nft.rs` (nft list ruleset)
+//! are pure parsers into `model.rs`, which walks sample packets through the
+//! hooks; `fwcheck.rs` judges those walks (pure, tested on fixtures of real
+//! output); `checks.rs` and `listen.rs` read /proc, /sys and
 //! run `ip`, `iptables-save`, `nft`; `probe.rs` talks to the tunnel servers. A tool
 //! that is missing or fails makes its check a `warn` ("could not check"),
 //! never a crash. Nothing here changes the host, and no credential is printed.
@@ -17,7 +21,9 @@
 mod checks;
 mod docker;
 mod firewall;
+mod fwcheck;
 mod listen;
+mod model;
 mod nft;
 mod parse;
 mod probe;
@@ -93,8 +99,11 @@ pub fn run(settings: &Settings, out: &mut dyn Write) -> bool {
 
 /// [`run`], with the config file's path for the fix commands that name it.
 pub fn run_with(settings: &Settings, config: Option<&Path>, out: &mut dyn Write) -> bool {
+    // dns.upstream left at its default (doctor warns about it only then).
+    let upstream_default =
+        config.and_then(|p| std::fs::read_to_string(p).ok()).is_some_and(|t| !t.contains("upstream"));
     let config = config.map_or_else(|| "FILE".to_string(), |p| shell_word(&p.display().to_string()));
-    let host = checks::Host::read(settings, config);
+    let host = checks::Host::read(settings, config, upstream_default);
     let mut failed = false;
     let mut counts = [0usize; 3];
     let mut emit = |c: Check, out: &mut dyn Write| {
@@ -147,4 +156,40 @@ pub fn run_with(settings: &Settings, config: Option<&Path>, out: &mut dyn Write)
 fn shell_word(s: &str) -> String {
     let plain = s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@%=".contains(&b));
     if plain && !s.is_empty() { s.to_string() } else { format!("'{}'", s.replace('\'', r"'\''")) }
+}
+
+/// Fuzzing entry: `text` read as `iptables-save`, `ip6tables-save` and
+/// `nft list ruleset` output, then sample packets walked through the result.
+/// Any text must give a model and walks that end, never a panic.
+#[doc(hidden)]
+pub fn fuzz_firewall(text: &str) {
+    let mut rs = model::Ruleset::default();
+    firewall::add_iptables(&mut rs, text, false);
+    firewall::add_iptables(&mut rs, text, true);
+    nft::add_nft(&mut rs, text, [false, firewall::is_nft_flavour(text)]);
+    for (v6, dst) in [(false, "203.0.113.10"), (true, "2001:db8:203::10")] {
+        for (proto, reply) in [(model::TCP, false), (model::UDP, true), (model::ICMP, false)] {
+            let p = model::Packet {
+                v6,
+                iif: "br0".into(),
+                src: if v6 { (true, 0, u128::MAX) } else { (false, 0, u128::from(u32::MAX)) },
+                forged: reply,
+                dst: dst.parse().expect("literal"),
+                dst_local: false,
+                proto,
+                sport: 40000,
+                dport: 53,
+                reply,
+            };
+            for hook in ["prerouting", "forward"] {
+                let r = rs.hook(hook, &p, &|v| *v != model::Verdict::Drop);
+                for (b, d) in r.passed.iter().chain(r.decided.iter()) {
+                    let _ = rs.chains[*b].label();
+                    for at in d.path.iter().chain(&d.returned) {
+                        let _ = rs.show(*at);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -1,46 +1,32 @@
-//! The nft side of the intercept check: `nft list ruleset` parsed into
-//! base chains and named sets, and searched for egressd's rules (see
-//! `firewall.rs` for what counts).
+//! `nft list ruleset` read into the model of `model.rs`.
+//!
+//! Pure. Tables of the ip, ip6 and inet families (bridge, netdev and arp
+//! ones are not on the routed path); base chains with their hook, priority
+//! and policy; named sets of addresses; each rule tokenised (`{ ... }` and
+//! `"..."` kept whole) into the matches doctor understands, the rest kept
+//! as unknown. The tables iptables-nft manages are left out when its
+//! `iptables-save` was read (they would be counted twice, and nft shows
+//! their TPROXY/REDIRECT targets only as opaque `xt target`).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 
-use super::firewall::{Hook, Want};
-use super::parse::{parse_mark, parse_range, range_covers};
+use super::model::{Base, Chain, Match, Range, Rule, Ruleset, Verdict, port_range, proto_number};
+use super::parse::{parse_range, parse_u32};
+use crate::config::IfacePattern;
 
-/// One chain of `nft list ruleset`.
-#[derive(Debug, Clone, Default)]
-pub(super) struct NftChain {
-    pub table: String,
-    pub name: String,
-    /// `prerouting`, `forward`, ... for a base chain.
-    pub hook: Option<String>,
-    pub rules: Vec<String>,
-}
+const IPTABLES_TABLES: [&str; 5] = ["filter", "nat", "mangle", "raw", "security"];
 
-/// The ruleset: chains, and each table's named sets (key `family name/set`).
-#[derive(Debug, Clone, Default)]
-pub(super) struct NftRuleset {
-    pub chains: Vec<NftChain>,
-    pub sets: HashMap<String, Vec<(bool, u128, u128)>>,
-}
-
-impl NftRuleset {
-    pub(super) fn has_table(&self, table: &str) -> bool {
-        self.chains.iter().any(|c| c.table == table)
-            || self.sets.keys().any(|k| k.rsplit_once('/').is_some_and(|(t, _)| t == table))
-    }
-}
-
-/// `nft list ruleset` as nft 1.0 prints it.
-pub(super) fn parse_nft(text: &str) -> NftRuleset {
+/// Adds `nft list ruleset` to `rs`; `skip_ipt[v6]`: leave out iptables-nft's
+/// tables of that family (their `iptables-save` was read).
+pub(super) fn add_nft(rs: &mut Ruleset, text: &str, skip_ipt: [bool; 2]) {
     enum Block {
         None,
-        Chain(NftChain),
+        Chain(Chain),
         Set(String, String),
     }
-    let mut rs = NftRuleset::default();
-    let (mut depth, mut table) = (0i32, String::new());
+    let mut sets: HashMap<String, Vec<Range>> = HashMap::new();
+    let first = rs.chains.len();
+    let (mut depth, mut table, mut fam, mut skip) = (0i32, String::new(), None, false);
     let mut block = Block::None;
     for raw in text.lines() {
         let line = raw.trim();
@@ -49,23 +35,43 @@ pub(super) fn parse_nft(text: &str) -> NftRuleset {
         if depth == 0 {
             if let Some(t) = line.strip_prefix("table ") {
                 table = t.trim_end_matches('{').trim().to_string();
+                let (family, name) = table.split_once(' ').unwrap_or(("", ""));
+                fam = match family {
+                    "ip6" => Some(true),
+                    _ => Some(false),
+                };
+                if family == "inet" {
+                    fam = None;
+                }
+                let managed = IPTABLES_TABLES.contains(&name)
+                    && ((family == "ip" && skip_ipt[0]) || (family == "ip6" && skip_ipt[1]));
+                skip = !matches!(family, "ip" | "ip6" | "inet") || managed;
             }
-        } else if depth == 1 {
+        } else if depth == 1 && !skip {
             if let Some(n) = line.strip_prefix("chain ") {
                 let name = n.trim_end_matches('{').trim().to_string();
-                block = Block::Chain(NftChain { table: table.clone(), name, ..NftChain::default() });
+                block = Block::Chain(Chain {
+                    table: table.clone(),
+                    name,
+                    fam,
+                    ipt: false,
+                    base: None,
+                    rules: Vec::new(),
+                });
             } else if let Some(n) = line.strip_prefix("set ") {
                 block = Block::Set(n.trim_end_matches('{').trim().to_string(), String::new());
             }
-        } else {
+        } else if depth >= 2 {
             match &mut block {
-                Block::Chain(c) if line.starts_with("type ") => {
-                    let w: Vec<&str> = line.split_whitespace().collect();
-                    c.hook =
-                        w.iter().position(|x| *x == "hook").and_then(|i| w.get(i + 1)).map(|h| h.to_string());
-                }
-                Block::Chain(c) if depth == 2 && !line.is_empty() && line != "}" => {
-                    c.rules.push(line.to_string())
+                Block::Chain(c) if line.starts_with("type ") => c.base = base(line),
+                Block::Chain(c)
+                    if depth == 2 && !line.is_empty() && line != "}" && !line.starts_with('#') =>
+                {
+                    c.rules.push(Rule {
+                        matches: Vec::new(),
+                        verdict: Verdict::Continue,
+                        text: line.to_string(),
+                    });
                 }
                 Block::Set(_, body) => {
                     body.push_str(line);
@@ -79,172 +85,326 @@ pub(super) fn parse_nft(text: &str) -> NftRuleset {
             match std::mem::replace(&mut block, Block::None) {
                 Block::Chain(c) if depth == 1 && opens == 0 => rs.chains.push(c),
                 Block::Set(name, body) if depth == 1 && opens == 0 => {
-                    rs.sets.insert(format!("{table}/{name}"), set_elements(&body));
+                    sets.insert(format!("{table}/{name}"), set_elements(&body));
                 }
                 other => block = other,
             }
         }
     }
-    rs
+    // Rules are parsed once the sets they name are known.
+    for c in &mut rs.chains[first..] {
+        let table = c.table.clone();
+        for r in &mut c.rules {
+            *r = nft_rule(&r.text, &table, &sets);
+        }
+    }
+}
+
+/// `type filter hook forward priority mangle; policy accept;`
+fn base(line: &str) -> Option<Base> {
+    let w: Vec<&str> =
+        line.split(|c: char| c.is_whitespace() || c == ';').filter(|s| !s.is_empty()).collect();
+    let after = |k: &str| w.iter().position(|x| *x == k).and_then(|i| w.get(i + 1)).copied();
+    let hook = after("hook")?.to_string();
+    let mut prio = match after("priority")? {
+        "raw" => -300,
+        "mangle" => -150,
+        "dstnat" => -100,
+        "filter" => 0,
+        "security" => 50,
+        "srcnat" => 100,
+        n => n.parse().unwrap_or(0),
+    };
+    if let Some(i) = w.iter().position(|x| *x == "priority") {
+        match (w.get(i + 2), w.get(i + 3).and_then(|n| n.parse::<i32>().ok())) {
+            (Some(&"+"), Some(n)) => prio += n,
+            (Some(&"-"), Some(n)) => prio -= n,
+            _ => {}
+        }
+    }
+    Some(Base { hook, prio, nat: after("type") == Some("nat"), policy_drop: after("policy") == Some("drop") })
 }
 
 /// The ranges of `elements = { a, b-c, d/24 }` in a set body.
-fn set_elements(body: &str) -> Vec<(bool, u128, u128)> {
+fn set_elements(body: &str) -> Vec<Range> {
     let Some(start) = body.find("elements = {") else { return Vec::new() };
     let rest = &body[start + "elements = {".len()..];
     let inner = rest.split('}').next().unwrap_or("");
     inner.split(',').filter_map(|e| parse_range(e.trim())).collect()
 }
 
-/// The words after `key` in a rule (`ip saddr` → `@sources_v4` or `{ ... }`).
-fn value_after<'a>(rule: &'a str, key: &str) -> Option<&'a str> {
-    let i = rule.find(key)? + key.len();
-    Some(rule[i..].trim_start())
-}
-
-/// The source ranges of a rule's `ip saddr ...`; the whole family when it
-/// has no source match; `None` for a negated one.
-fn nft_sources(rs: &NftRuleset, table: &str, rule: &str, w: &Want) -> Option<Vec<(bool, u128, u128)>> {
-    let fam = if w.v6 { "ip6" } else { "ip" };
-    let Some(v) = value_after(rule, &format!("{fam} saddr ")) else {
-        return Some(vec![w.whole_family()]);
-    };
-    if v.starts_with("!=") {
-        return None;
-    }
-    if let Some(set) = v.strip_prefix('@') {
-        let name = set.split_whitespace().next().unwrap_or("");
-        return Some(rs.sets.get(&format!("{table}/{name}")).cloned().unwrap_or_default());
-    }
-    if let Some(anon) = v.strip_prefix('{') {
-        let inner = anon.split('}').next().unwrap_or("");
-        return Some(inner.split(',').filter_map(|e| parse_range(e.trim())).collect());
-    }
-    Some(v.split_whitespace().next().and_then(parse_range).into_iter().collect())
-}
-
-/// Whether an nft rule is about this family at all (an `inet` table holds both).
-fn nft_family(table: &str, rule: &str, v6: bool) -> bool {
-    let fam = if v6 { "ip6" } else { "ip" };
-    let other = if v6 { "ip" } else { "ip6" };
-    if table.starts_with(&format!("{other} ")) {
-        return false;
-    }
-    let words: Vec<&str> = rule.split_whitespace().collect();
-    let mentions = |f: &str| {
-        words.contains(&f) || rule.contains(&format!("nfproto ipv{}", if f == "ip" { 4 } else { 6 }))
-    };
-    mentions(fam) || (!mentions(other) && !table.starts_with("inet "))
-}
-
-fn nft_takes(rule: &str, proto: Option<&str>) -> bool {
-    let Some(p) = proto else { return true };
-    ["l4proto", "protocol", "nexthdr"].iter().any(|k| {
-        value_after(rule, &format!("{k} ")).is_some_and(|v| {
-            let v = v
-                .strip_prefix("{")
-                .map(|x| x.split('}').next().unwrap_or(""))
-                .unwrap_or_else(|| v.split_whitespace().next().unwrap_or(""));
-            v.split([',', ' ']).any(|x| x.trim() == p)
-        })
-    }) || rule.starts_with(&format!("{p} "))
-        || rule.contains(&format!(" {p} dport"))
-        || rule.contains(&format!(" {p} sport"))
-}
-
-/// Whether the nft ruleset holds `hook` for every source of `w`.
-pub(super) fn nft_check(rs: &NftRuleset, hook: Hook, w: &Want) -> Result<String, String> {
-    let chain_hook = if hook == Hook::Kill { "forward" } else { "prerouting" };
-    let mut how = Vec::new();
-    for src in &w.sources {
-        let mut problem = None;
-        let mut found = None;
-        // Base chains only: a chain reached by a jump (iptables-nft's own
-        // EGRESSD_KILL, say) says nothing unless the jump is there too.
-        for c in rs.chains.iter().filter(|c| c.hook.as_deref() == Some(chain_hook)) {
-            for r in &c.rules {
-                let target_word = match hook {
-                    Hook::TcpRedirect => " redirect to ",
-                    Hook::TcpTproxy | Hook::UdpTproxy => " tproxy ",
-                    Hook::Kill => " drop",
-                };
-                if !(r.contains(target_word) || hook == Hook::Kill && r.ends_with("drop")) {
-                    continue;
-                }
-                if !nft_family(&c.table, r, w.v6) || !nft_takes(r, hook.proto()) {
-                    continue;
-                }
-                let covered =
-                    nft_sources(rs, &c.table, r, w).is_some_and(|v| v.iter().any(|s| range_covers(*s, src)));
-                if !covered {
-                    continue;
-                }
-                match nft_target(r, hook, w) {
-                    Ok(t) => {
-                        found = Some(format!("{} {}: {src} -> {t}", c.table, c.name));
+/// Words of a rule; `{ a, b }` and `"x y"` are one token each (quotes dropped).
+fn tokens(rule: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = rule.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                for d in chars.by_ref() {
+                    if d == '"' {
                         break;
                     }
-                    Err(e) => problem = problem.or(Some(format!("{} {}: {e}", c.table, c.name))),
+                    cur.push(d);
                 }
             }
-            if found.is_some() {
-                break;
+            '{' => {
+                cur.push('{');
+                for d in chars.by_ref() {
+                    cur.push(d);
+                    if d == '}' {
+                        break;
+                    }
+                }
             }
-        }
-        match (found, problem) {
-            (Some(h), _) => how.push(h),
-            (None, Some(e)) => return Err(e),
-            (None, None) => {
-                let p = hook.proto().map(|p| format!(" {p}")).unwrap_or_default();
-                let what = match hook {
-                    Hook::TcpRedirect => "redirect",
-                    Hook::TcpTproxy | Hook::UdpTproxy => "tproxy",
-                    Hook::Kill => "drop",
-                };
-                return Err(format!("no nft {chain_hook} rule sends{p} from {src} to {what}"));
+            c if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
             }
+            c => cur.push(c),
         }
     }
-    Ok(how.join("; "))
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
-fn nft_target(rule: &str, hook: Hook, w: &Want) -> Result<String, String> {
-    match hook {
-        Hook::Kill => Ok("drop".into()),
-        Hook::TcpRedirect => {
-            let to =
-                value_after(rule, "redirect to ").and_then(|v| v.split_whitespace().next()).unwrap_or("");
-            let port = to.trim_start_matches(':').split('-').next().and_then(|p| p.parse().ok());
-            match port.and_then(|p| w.listener_on_port(p)) {
-                Some(_) => Ok(format!("redirect to {to}")),
-                None => Err(format!("redirect to {to}, but egressd listens on {}", w.ports())),
-            }
+/// The elements of a value: `{ a, b }` or a single one (quotes dropped).
+fn list(v: &str) -> Vec<String> {
+    match v.strip_prefix('{').and_then(|x| x.strip_suffix('}')) {
+        Some(inner) => inner
+            .split(',')
+            .map(|x| x.trim().trim_matches('"').to_string())
+            .filter(|x| !x.is_empty())
+            .collect(),
+        None => vec![v.trim_matches('"').to_string()],
+    }
+}
+
+const KEYWORDS: [&str; 22] = [
+    "iifname", "iif", "oifname", "oif", "meta", "ip", "ip6", "tcp", "udp", "th", "ct", "fib", "counter",
+    "accept", "drop", "reject", "return", "jump", "goto", "tproxy", "redirect", "xt",
+];
+
+fn nft_rule(text: &str, table: &str, sets: &HashMap<String, Vec<Range>>) -> Rule {
+    let t = tokens(text);
+    let mut matches = Vec::new();
+    let mut verdict = Verdict::Continue;
+    let mut mark: Option<(u32, u32)> = None;
+    let mut i = 0;
+    // `[!=|==] VALUE` at j: (negated, value, index after it).
+    let op = |j: usize| -> (bool, String, usize) {
+        match t.get(j).map(String::as_str) {
+            Some("!=") => (true, t.get(j + 1).cloned().unwrap_or_default(), j + 2),
+            Some("==") => (false, t.get(j + 1).cloned().unwrap_or_default(), j + 2),
+            Some(v) => (false, v.to_string(), j + 1),
+            None => (false, String::new(), j),
         }
-        Hook::TcpTproxy | Hook::UdpTproxy => {
-            let after = value_after(rule, " tproxy ").unwrap_or("");
-            let to = value_after(after, "to ").and_then(|v| v.split_whitespace().next()).unwrap_or("");
-            let ok = match to.parse::<SocketAddr>() {
-                Ok(a) => w.listen.contains(&a),
-                Err(_) => to
-                    .strip_prefix(':')
-                    .and_then(|p| p.parse().ok())
-                    .and_then(|p| w.listener_on_port(p))
-                    .is_some(),
-            };
-            if !ok {
-                return Err(format!("tproxy to {to}, but egressd listens on {}", w.ports()));
+    };
+    let addrs = |v: &str| -> Option<Vec<Range>> {
+        match v.strip_prefix('@') {
+            Some(set) => sets.get(&format!("{table}/{set}")).cloned(),
+            None => Some(list(v).iter().filter_map(|e| parse_range(e)).collect()),
+        }
+    };
+    let ports = |v: &str| list(v).iter().filter_map(|p| port_range(p)).collect::<Vec<_>>();
+    let word = |j: usize| t.get(j).map(String::as_str).unwrap_or("");
+    while i < t.len() {
+        let w = word(i);
+        match w {
+            "iifname" | "iif" | "oifname" | "oif" => {
+                let (neg, v, next) = op(i + 1);
+                let pats = list(&v)
+                    .iter()
+                    .map(|x| IfacePattern::parse(x).unwrap_or_else(|| IfacePattern::exact(x)))
+                    .collect();
+                matches.push(if w.starts_with('i') { Match::Iif(pats, neg) } else { Match::Oif(pats, neg) });
+                i = next;
             }
-            let mark = value_after(rule, "meta mark set ").and_then(|v| v.split_whitespace().next());
-            match mark.and_then(parse_mark) {
-                Some((v, _)) if v == w.mark => Ok(format!("tproxy to {to} mark {v:#x}")),
-                Some((v, _)) => Err(format!(
-                    "tproxy marks {v:#x}, but intercept.mark is {} ({:#x}), which the ip rule looks for",
-                    w.mark, w.mark
-                )),
-                None => {
-                    Err(format!("tproxy to {to} sets no `meta mark`, so its packets miss the local route"))
+            "meta" if word(i + 1) == "nfproto" => {
+                let (neg, v, next) = op(i + 2);
+                matches.push(Match::Family((v == "ipv6") != neg));
+                i = next;
+            }
+            "meta" if word(i + 1) == "l4proto" => {
+                let (neg, v, next) = op(i + 2);
+                matches.push(Match::Proto(list(&v).iter().filter_map(|p| proto_number(p)).collect(), neg));
+                i = next;
+            }
+            "meta" if word(i + 1) == "mark" && word(i + 2) == "set" => {
+                // `meta mark set meta mark | 0x2a94` (keeps other bits) or `meta mark set 0x2a94`.
+                let (v, next) =
+                    if word(i + 3) == "meta" { (word(i + 6), i + 7) } else { (word(i + 3), i + 4) };
+                mark = parse_u32(v).map(|m| (m, m));
+                i = next;
+            }
+            "ip" | "ip6" => {
+                matches.push(Match::Family(w == "ip6"));
+                let (neg, v, next) = op(i + 2);
+                match word(i + 1) {
+                    "saddr" | "daddr" => {
+                        let m = match addrs(&v) {
+                            Some(r) if word(i + 1) == "saddr" => Match::Saddr(r, neg),
+                            Some(r) => Match::Daddr(r, neg),
+                            None => Match::Unknown(format!("{w} {} {v}", word(i + 1))),
+                        };
+                        matches.push(m);
+                        i = next;
+                    }
+                    "protocol" | "nexthdr" => {
+                        matches.push(Match::Proto(
+                            list(&v).iter().filter_map(|p| proto_number(p)).collect(),
+                            neg,
+                        ));
+                        i = next;
+                    }
+                    other => {
+                        matches.push(Match::Unknown(format!("{w} {other}")));
+                        i += 2;
+                    }
+                }
+            }
+            "tcp" | "udp" | "th" | "sctp" | "udplite" | "dccp"
+                if matches!(word(i + 1), "dport" | "sport") =>
+            {
+                let protos =
+                    if w == "th" { vec![6, 17, 33, 132, 136] } else { proto_number(w).into_iter().collect() };
+                matches.push(Match::Proto(protos, false));
+                let (neg, v, next) = op(i + 2);
+                let p = ports(&v);
+                matches.push(if word(i + 1) == "dport" {
+                    Match::Dport(p, neg)
+                } else {
+                    Match::Sport(p, neg)
+                });
+                i = next;
+            }
+            "ct" if matches!(word(i + 1), "direction" | "state") => {
+                let (neg, v, next) = op(i + 2);
+                if word(i + 1) == "direction" {
+                    matches.push(Match::CtDir(v == "reply", neg));
+                } else {
+                    let states =
+                        v.trim_matches(['{', '}']).split(',').map(|s| s.trim().to_string()).collect();
+                    matches.push(Match::CtState(states, neg));
+                }
+                i = next;
+            }
+            "fib" => {
+                // `fib daddr type [!=] local`, `fib saddr . iif oif missing|0|exists`.
+                let end = (i + 1..t.len()).find(|&j| matches!(word(j), "type" | "oif")).unwrap_or(t.len());
+                let daddr = word(i + 1) == "daddr";
+                let (neg, v, next) = op(end + 1);
+                matches.push(match word(end) {
+                    "type" if daddr && v == "local" => Match::DstLocal(neg),
+                    "oif" if !daddr && matches!(v.as_str(), "missing" | "0") => Match::Rpfilter(!neg),
+                    "oif" if !daddr && v == "exists" => Match::Rpfilter(neg),
+                    _ => Match::Unknown(t[i..next.min(t.len())].join(" ")),
+                });
+                i = next;
+            }
+            "counter" => {
+                i += 1;
+                while matches!(word(i), "packets" | "bytes" | "name") {
+                    i += 2;
+                }
+            }
+            "comment" => i += 2,
+            "accept" => {
+                if verdict == Verdict::Continue {
+                    verdict = Verdict::Accept;
+                }
+                i += 1;
+            }
+            "drop" | "reject" => {
+                verdict = Verdict::Drop;
+                i = t.len();
+            }
+            "return" => {
+                verdict = Verdict::Return;
+                i += 1;
+            }
+            "jump" | "goto" => {
+                let c = word(i + 1).to_string();
+                verdict = if w == "jump" { Verdict::Jump(c) } else { Verdict::Goto(c) };
+                i += 2;
+            }
+            "tproxy" => {
+                let mut j = i + 1;
+                if matches!(word(j), "ip" | "ip6") {
+                    j += 1;
+                }
+                let to = if word(j) == "to" { word(j + 1) } else { "" };
+                let (addr, port) = tproxy_to(to);
+                verdict = Verdict::Tproxy { addr, port, mark };
+                i = j + 2;
+            }
+            "redirect" => {
+                let port = if word(i + 1) == "to" {
+                    word(i + 2).trim_start_matches(':').split('-').next().and_then(|p| p.parse().ok())
+                } else {
+                    None
+                };
+                verdict = Verdict::Redirect { port };
+                i = t.len();
+            }
+            "dnat" | "snat" | "masquerade" | "queue" => {
+                verdict = Verdict::Other(w.to_string());
+                i = t.len();
+            }
+            "xt" if word(i + 1) == "target" => {
+                verdict = match word(i + 2) {
+                    "TPROXY" => Verdict::Tproxy { addr: None, port: None, mark: None },
+                    "REDIRECT" => Verdict::Redirect { port: None },
+                    "MARK" | "CONNMARK" | "LOG" | "CT" | "TCPMSS" => Verdict::Continue,
+                    x => Verdict::Other(format!("xt target {x}")),
+                };
+                i += 3;
+            }
+            "log" => {
+                i += 1;
+                while matches!(
+                    word(i),
+                    "prefix" | "level" | "flags" | "group" | "snaplen" | "queue-threshold"
+                ) {
+                    i += 2;
+                }
+            }
+            "notrack" => i += 1,
+            // Other statements that set something (`ct mark set 1`, `meta priority set ...`): no match.
+            "meta" | "ct" if word(i + 2) == "set" => i += 4,
+            _ => {
+                matches.push(Match::Unknown(w.to_string()));
+                i += 1;
+                while i < t.len() && !KEYWORDS.contains(&word(i)) {
+                    i += 1;
                 }
             }
         }
     }
+    Rule { matches, verdict, text: counterless(text) }
+}
+
+/// `10.8.0.1:10900`, `[fd08::1]:10900`, `:10900`, `10.8.0.1`.
+fn tproxy_to(to: &str) -> (Option<std::net::IpAddr>, Option<u16>) {
+    if let Ok(a) = to.parse::<std::net::SocketAddr>() {
+        return (Some(a.ip()), Some(a.port()));
+    }
+    if let Some(p) = to.strip_prefix(':') {
+        return (None, p.parse().ok());
+    }
+    (to.trim_matches(['[', ']']).parse().ok(), None)
+}
+
+/// The rule without its `counter packets N bytes M` (they change).
+fn counterless(text: &str) -> String {
+    let mut w: Vec<&str> = text.split_whitespace().collect();
+    if let Some(i) = w.iter().position(|x| *x == "counter")
+        && w.get(i + 1) == Some(&"packets")
+    {
+        w.drain(i..(i + 5).min(w.len()));
+    }
+    w.join(" ")
 }

@@ -212,9 +212,3 @@ pub(super) fn parse_range(s: &str) -> Option<(bool, u128, u128)> {
     }
     s.parse::<Cidr>().ok().map(|c| cidr_range(&c))
 }
-
-/// Whether range `outer` holds all of prefix `inner`.
-pub(super) fn range_covers(outer: (bool, u128, u128), inner: &Cidr) -> bool {
-    let i = cidr_range(inner);
-    outer.0 == i.0 && outer.1 <= i.1 && i.2 <= outer.2
-}

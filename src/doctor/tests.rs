@@ -1,50 +1,40 @@
 //! Fixtures: real output of `ip`, `iptables-save`, `ip6tables-save` and
-//! `nft list ruleset` after `egressd rules` (both backends) for the
-//! netns-tests config, taken in a test namespace (iptables 1.8.9 nf_tables,
-//! nft 1.0.6); edits of them stand for the broken setups.
+//! `nft list ruleset` taken in a test namespace (iptables 1.8.9 nf_tables,
+//! nft 1.0.6) with br0 10.8.0.1/24 fd08::1/64 after `egressd rules` (both
+//! backends): the netns-tests config (REDIRECT, every source, v4+v6), a
+//! TPROXY one (v4 listener only, intercept.sources 10.8.0.8/29, a bypass),
+//! Docker's filter FORWARD rules around the new rules, and an older
+//! egressd's source-keyed rules with Docker's ACCEPT inserted above its
+//! filter FORWARD kill switch. Edits of them stand for the broken setups.
 
 use std::net::SocketAddr;
 
 use super::checks::judge_rules;
-use super::firewall::{Hook, IptRule, Want, ipt_check, parse_iptables_save};
-use super::nft::{nft_check, parse_nft};
+use super::firewall::{add_iptables, is_nft_flavour};
+use super::fwcheck::{FwInput, firewall_checks, parse_resolv};
+use super::model::Ruleset;
+use super::nft::add_nft;
 use super::parse::*;
 use super::{Check, Status};
+use crate::config::Settings;
 
 const IPTABLES: &str = include_str!("fixtures/iptables-save.txt");
 const IP6TABLES: &str = include_str!("fixtures/ip6tables-save.txt");
 const NFT_EGRESSD: &str = include_str!("fixtures/nft-egressd.txt");
 const NFT_IPTABLES_NFT: &str = include_str!("fixtures/nft-iptables-nft.txt");
+const DOCKER: &str = include_str!("fixtures/docker-iptables.txt");
+const DOCKER_OLD: &str = include_str!("fixtures/docker-old-iptables.txt");
+const TPROXY4: &str = include_str!("fixtures/tproxy-iptables.txt");
+const TPROXY6: &str = include_str!("fixtures/tproxy-ip6tables.txt");
+const TPROXY_NFT: &str = include_str!("fixtures/tproxy-nft.txt");
 const IP_ADDR: &str = include_str!("fixtures/ipaddr.txt");
 const IP_RULE: &str = include_str!("fixtures/iprule.txt");
 const ROUTE4: &str = include_str!("fixtures/route4.txt");
 const ROUTE6: &str = include_str!("fixtures/route6.txt");
 const SNMP: &str = include_str!("fixtures/snmp.txt");
 
-fn want_v4() -> Want {
-    Want {
-        v6: false,
-        sources: vec!["10.8.0.0/24".parse().unwrap()],
-        listen: vec!["10.8.0.1:10900".parse().unwrap()],
-        mark: 10900,
-    }
-}
-
-fn want_v6() -> Want {
-    Want {
-        v6: true,
-        sources: vec!["fd08::/64".parse().unwrap()],
-        listen: vec!["[fd08::1]:10900".parse().unwrap()],
-        mark: 10900,
-    }
-}
-
 fn without(text: &str, needle: &str) -> String {
     text.lines().filter(|l| !l.contains(needle)).collect::<Vec<_>>().join("\n")
-}
-
-fn ipt(text: &str) -> Vec<IptRule> {
-    parse_iptables_save(text)
 }
 
 // ---------------------------------------------------------------- ip
@@ -170,134 +160,312 @@ fn capabilities_and_http() {
     assert_eq!(http_status(b"SSH-2.0-OpenSSH\r\n"), None);
 }
 
-// ---------------------------------------------------------------- iptables
+// ---------------------------------------------------------------- firewall
 
-#[test]
-fn iptables_install_is_recognised() {
-    let v4 = ipt(IPTABLES);
-    let how = ipt_check(&v4, Hook::TcpRedirect, &want_v4()).unwrap();
-    assert!(how.contains("nat PREROUTING -s 10.8.0.0/24 -> EGRESSD -> REDIRECT"), "{how}");
-    let how = ipt_check(&v4, Hook::UdpTproxy, &want_v4()).unwrap();
-    assert!(how.contains("TPROXY 10.8.0.1:10900 mark 0x2a94"), "{how}");
-    ipt_check(&v4, Hook::Kill, &want_v4()).unwrap();
-    let v6 = ipt(IP6TABLES);
-    for h in [Hook::TcpRedirect, Hook::UdpTproxy, Hook::Kill] {
-        ipt_check(&v6, h, &want_v6()).unwrap();
-    }
-    // A host source inside the intercepted prefix is covered too.
-    let mut one = want_v4();
-    one.sources = vec!["10.8.0.12/32".parse().unwrap()];
-    ipt_check(&v4, Hook::UdpTproxy, &one).unwrap();
-    // TCP TPROXY was not installed (REDIRECT was).
-    assert!(ipt_check(&v4, Hook::TcpTproxy, &want_v4()).is_err());
-}
+/// The netns-tests config (REDIRECT, v4 + v6, every source on br0).
+const REDIRECT_CONF: &str = r#"listen: ["10.8.0.1:10900", "[fd08::1]:10900"], intercept: (tcp: Redirect),
+    dns: (upstream: "192.0.2.53:53")"#;
+/// The TPROXY fixtures' config (v4 listener only, narrowed, a bypass).
+const TPROXY_CONF: &str = r#"listen: ["10.8.0.1:10900"],
+    intercept: (tcp: Tproxy, sources: ["10.8.0.8/29"]), bypass: ["198.51.100.0/24"]"#;
 
-#[test]
-fn iptables_missing_udp_tproxy_is_named() {
-    let jump_gone = ipt(&without(IPTABLES, "-A PREROUTING -s 10.8.0.0/24 -p udp"));
-    let e = ipt_check(&jump_gone, Hook::UdpTproxy, &want_v4()).unwrap_err();
-    assert_eq!(e, "no mangle PREROUTING rule sends UDP from 10.8.0.0/24 to TPROXY");
-    let target_gone = ipt(&without(IPTABLES, "-j TPROXY"));
-    let e = ipt_check(&target_gone, Hook::UdpTproxy, &want_v4()).unwrap_err();
-    assert!(e.contains("mangle EGRESSD_UDP") && e.contains("-j TPROXY --on-port 10900"), "{e}");
-    // TCP is unaffected.
-    ipt_check(&target_gone, Hook::TcpRedirect, &want_v4()).unwrap();
-    let kill_gone = ipt(&without(IPTABLES, "-A FORWARD"));
-    assert!(ipt_check(&kill_gone, Hook::Kill, &want_v4()).unwrap_err().contains("filter FORWARD"));
-}
-
-#[test]
-fn iptables_wrong_parameters_are_named() {
-    let port = ipt(&IPTABLES.replace("--on-port 10900", "--on-port 10901"));
-    let e = ipt_check(&port, Hook::UdpTproxy, &want_v4()).unwrap_err();
-    assert!(e.contains("--on-port 10901") && e.contains("10.8.0.1:10900"), "{e}");
-    let mark = ipt(&IPTABLES.replace("0x2a94/0x2a94", "0x1/0x1"));
-    let e = ipt_check(&mark, Hook::UdpTproxy, &want_v4()).unwrap_err();
-    assert!(e.contains("marks 0x1/0x1") && e.contains("intercept.mark is 10900"), "{e}");
-    let redirect = ipt(&IPTABLES.replace("--to-ports 10900", "--to-ports 80"));
-    assert!(ipt_check(&redirect, Hook::TcpRedirect, &want_v4()).unwrap_err().contains("--to-ports 80"));
-}
-
-#[test]
-fn iptables_article_form_is_recognised() {
-    // The article's hand-made rules: a chain for TCP, TPROXY straight from PREROUTING.
-    let text = "*mangle\n\
--A PREROUTING -s 10.8.0.0/24 -p udp -j TPROXY --on-port 10900 --on-ip 10.8.0.1 --tproxy-mark 0x2a94/0x2a94\n\
-COMMIT\n*nat\n:MYPROXY - [0:0]\n\
--A PREROUTING -s 10.8.0.0/24 -p tcp -j MYPROXY\n\
--A MYPROXY -d 10.0.0.0/8 -j RETURN\n\
--A MYPROXY -p tcp -m comment --comment \"to egressd\" -j REDIRECT --to-ports 10900\nCOMMIT\n";
-    let r = ipt(text);
-    assert_eq!(r.last().unwrap().args.iter().filter(|a| *a == "to egressd").count(), 1);
-    ipt_check(&r, Hook::UdpTproxy, &want_v4()).unwrap();
-    ipt_check(&r, Hook::TcpRedirect, &want_v4()).unwrap();
-    assert!(ipt_check(&r, Hook::Kill, &want_v4()).is_err());
-    // A negated source never counts.
-    let neg = ipt(
-        "*mangle\n-A PREROUTING ! -s 10.8.0.0/24 -p udp -j TPROXY --on-port 10900 --tproxy-mark 0x2a94\n",
+fn settings(fields: &str) -> Settings {
+    let text = format!(
+        r#"({fields}, tunnels: {{ "a": Socks5(server: "100.64.1.2:1080") }}, routes: [(source: "10.8.0.11", tunnel: "a")])"#
     );
-    assert!(ipt_check(&neg, Hook::UdpTproxy, &want_v4()).is_err());
+    Settings::parse("t.ron", &text).unwrap()
 }
 
-// ---------------------------------------------------------------- nft
+struct Fw {
+    ipt4: String,
+    ipt6: String,
+    nft: String,
+    upstream_default: bool,
+    rp_strict: Vec<String>,
+}
+
+fn fw(ipt4: &str, ipt6: &str, nft: &str) -> Fw {
+    Fw {
+        ipt4: ipt4.into(),
+        ipt6: ipt6.into(),
+        nft: nft.into(),
+        upstream_default: false,
+        rp_strict: Vec::new(),
+    }
+}
+
+impl Fw {
+    fn run(&self, conf: &str) -> Vec<Check> {
+        let settings = settings(conf);
+        let addrs = parse_ip_addr(IP_ADDR);
+        let scope = crate::rules::host::scope(&settings, &addrs).unwrap();
+        let mut rs = Ruleset::default();
+        add_iptables(&mut rs, &self.ipt4, false);
+        add_iptables(&mut rs, &self.ipt6, true);
+        add_nft(&mut rs, &self.nft, [is_nft_flavour(&self.ipt4), is_nft_flavour(&self.ipt6)]);
+        let input = FwInput {
+            settings: &settings,
+            scope: &scope,
+            addrs: &addrs,
+            rs: &rs,
+            resolvers: vec!["10.255.255.53".parse().unwrap()],
+            upstream_default: self.upstream_default,
+            rp_strict: self.rp_strict.clone(),
+            fix: "egressd rules --config FILE | sh -e".into(),
+        };
+        firewall_checks(&input)
+    }
+}
+
+fn get<'a>(checks: &'a [Check], name: &str) -> &'a Check {
+    checks.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no check {name}: {checks:#?}"))
+}
+
+fn all_ok(checks: &[Check]) {
+    for c in checks {
+        assert_eq!(c.status, Status::Ok, "{}", c.line());
+    }
+}
 
 #[test]
-fn nft_backend_is_recognised() {
-    let rs = parse_nft(NFT_EGRESSD);
-    assert!(rs.has_table("inet egressd"));
-    for (w, hooks) in [
-        (want_v4(), [Hook::TcpRedirect, Hook::UdpTproxy, Hook::Kill]),
-        (want_v6(), [Hook::TcpRedirect, Hook::UdpTproxy, Hook::Kill]),
-    ] {
-        for h in hooks {
-            let how = nft_check(&rs, h, &w).unwrap_or_else(|e| panic!("{h:?} v6={}: {e}", w.v6));
-            assert!(how.starts_with("inet egressd "), "{how}");
+fn iptables_install_passes_every_check() {
+    // nft's view of iptables-nft's tables is left out: iptables-save was read.
+    let c = fw(IPTABLES, IP6TABLES, NFT_IPTABLES_NFT).run(REDIRECT_CONF);
+    all_ok(&c);
+    let names: Vec<&str> = c.iter().map(|c| c.name.as_str()).collect();
+    for fam in ["v4", "v6"] {
+        for n in ["tcp REDIRECT", "udp TPROXY", "dns", "kill switch", "published ports", "forged sources"] {
+            assert!(names.contains(&format!("{n} {fam} br0").as_str()), "{n} {fam}: {names:?}");
         }
     }
-    let how = nft_check(&rs, Hook::UdpTproxy, &want_v6()).unwrap();
-    assert!(how.contains("tproxy to [fd08::1]:10900 mark 0x2a94"), "{how}");
-    assert!(nft_check(&rs, Hook::TcpTproxy, &want_v4()).is_err());
-    // The multi-line set was read whole.
-    let mut far = want_v4();
-    far.sources = vec!["10.9.0.0/24".parse().unwrap()];
-    assert!(nft_check(&rs, Hook::UdpTproxy, &far).is_err());
+    assert!(
+        get(&c, "tcp REDIRECT v4 br0").saw.contains("nat PREROUTING -> EGRESSD -> REDIRECT to port 10900")
+    );
+    let udp = &get(&c, "udp TPROXY v6 br0").saw;
+    assert!(
+        udp.contains("ip6tables mangle PREROUTING -> EGRESSD_TPROXY -> TPROXY [fd08::1]:10900 mark 0x2a94"),
+        "{udp}"
+    );
+    assert!(get(&c, "dns v4 br0").saw.contains("203.0.113.53, 10.255.255.53, 10.8.0.1"));
+    assert!(get(&c, "kill switch v4 br0").saw.contains("mangle FORWARD -> EGRESSD_KILL: DROP"));
+    assert!(get(&c, "forged sources v6 br0").saw.contains("raw PREROUTING -> EGRESSD_RPF: DROP"));
+    assert!(!names.contains(&"ipv6"), "v6 is intercepted");
+    // Nothing at all: every intercept and the kill switch FAIL, forged sources warn.
+    let none = fw("", "", "").run(REDIRECT_CONF);
+    assert_eq!(none.iter().filter(|c| c.status == Status::Fail).count(), 8, "{none:#?}");
+    assert!(get(&none, "kill switch v6 br0").saw.contains("nothing drops it (no kill switch for br0)"));
+    assert_eq!(get(&none, "forged sources v4 br0").status, Status::Warn);
 }
 
 #[test]
-fn nft_missing_or_wrong_rules_are_named() {
-    let no_udp = parse_nft(&without(NFT_EGRESSD, "meta l4proto udp"));
-    let e = nft_check(&no_udp, Hook::UdpTproxy, &want_v4()).unwrap_err();
-    assert_eq!(e, "no nft prerouting rule sends udp from 10.8.0.0/24 to tproxy");
-    nft_check(&no_udp, Hook::TcpRedirect, &want_v4()).unwrap();
-    let mark = parse_nft(&NFT_EGRESSD.replace("0x00002a94", "0x00000001"));
-    let e = nft_check(&mark, Hook::UdpTproxy, &want_v4()).unwrap_err();
-    assert!(e.contains("tproxy marks 0x1"), "{e}");
-    let port = parse_nft(&NFT_EGRESSD.replace("redirect to :10900", "redirect to :10901"));
-    assert!(nft_check(&port, Hook::TcpRedirect, &want_v6()).unwrap_err().contains(":10901"));
+fn nft_install_passes_every_check() {
+    let c = fw("", "", NFT_EGRESSD).run(REDIRECT_CONF);
+    all_ok(&c);
+    assert!(
+        get(&c, "tcp REDIRECT v6 br0")
+            .saw
+            .contains("nft: inet egressd tcp_redirect -> redirect_v6 -> REDIRECT")
+    );
+    let udp = &get(&c, "udp TPROXY v4 br0").saw;
+    assert!(udp.contains("tproxy_prerouting -> intercept_v4 -> TPROXY 10.8.0.1:10900 mark 0x2a94"), "{udp}");
+    assert!(get(&c, "kill switch v6 br0").saw.contains("nft: inet egressd kill_switch -> kill: DROP"));
+    assert!(get(&c, "forged sources v4 br0").saw.contains("inet egressd rpfilter: DROP"));
+    // Without iptables-save, iptables-nft's tables are read from nft: their
+    // xt targets are opaque but still count as TPROXY/REDIRECT.
+    let c = fw("", "", NFT_IPTABLES_NFT).run(REDIRECT_CONF);
+    assert_eq!(get(&c, "udp TPROXY v4 br0").status, Status::Ok, "{c:#?}");
+    assert_eq!(get(&c, "kill switch v4 br0").status, Status::Ok);
 }
 
 #[test]
-fn nft_view_of_iptables_nft_rules_is_not_mistaken() {
-    // iptables-nft's rules, as nft shows them: the targets are `xt` opaque
-    // and EGRESSD_KILL is no base chain, so nft finds nothing of its own
-    // (the iptables-save side judges them).
-    let rs = parse_nft(NFT_IPTABLES_NFT);
-    assert!(!rs.has_table("inet egressd"));
-    for h in [Hook::TcpRedirect, Hook::UdpTproxy, Hook::Kill] {
-        assert!(nft_check(&rs, h, &want_v4()).is_err(), "{h:?}");
+fn tproxy_narrowed_v4_only_passes_and_v6_is_only_kill_switched() {
+    for f in [fw(TPROXY4, TPROXY6, ""), fw("", "", TPROXY_NFT)] {
+        let c = f.run(TPROXY_CONF);
+        all_ok(&c);
+        assert!(get(&c, "tcp TPROXY v4 br0").saw.contains("TPROXY 10.8.0.1:10900"));
+        assert!(!c.iter().any(|c| c.name.starts_with("udp TPROXY v6")), "no v6 listener: no v6 intercept");
+        let v6 = get(&c, "ipv6");
+        assert!(v6.saw.contains("br0 fd08::1/64 but egressd has no IPv6 listen address"), "{}", v6.saw);
     }
+    // A source outside intercept.sources is still killed (interface-scoped kill switch).
+    let c = fw(TPROXY4, &without(TPROXY6, "-A FORWARD -i br0 -j EGRESSD_KILL"), "").run(TPROXY_CONF);
+    assert_eq!(get(&c, "kill switch v6 br0").status, Status::Fail);
+    let v6 = get(&c, "ipv6");
+    assert_eq!(v6.status, Status::Fail);
+    assert!(v6.saw.contains("it leaves natively"), "{}", v6.saw);
+    let nft = fw("", "", &without(TPROXY_NFT, "ip6 daddr @reserved_v6 return")).run(TPROXY_CONF);
+    assert_eq!(get(&nft, "ipv6").status, Status::Ok);
+}
+
+#[test]
+fn docker_rules_around_the_new_rules_pass() {
+    let c = fw(DOCKER, IP6TABLES, "").run(REDIRECT_CONF);
+    all_ok(&c);
+    assert!(get(&c, "kill switch v4 br0").saw.contains("before filter FORWARD, where Docker's ACCEPTs are"));
+}
+
+#[test]
+fn old_filter_kill_switch_behind_dockers_accept_fails_naming_both_rules() {
+    let c = fw(DOCKER_OLD, "", "").run(REDIRECT_CONF);
+    let k = get(&c, "kill switch v4 br0");
+    assert_eq!(k.status, Status::Fail);
+    assert!(
+        k.saw.contains("is accepted by `-A FORWARD -i br0 ! -o br0 -j ACCEPT` (filter FORWARD rule 5), before the kill switch `-A FORWARD -s 10.8.0.0/24 -j EGRESSD_KILL` (filter FORWARD rule 7)"),
+        "{}",
+        k.saw
+    );
+    assert_eq!(k.fix.as_deref(), Some("egressd rules --config FILE | sh -e"));
+    // The old rules TPROXY replies of published UDP ports, and RETURN DNS to private resolvers.
+    let p = get(&c, "published ports v4 br0");
+    assert_eq!(p.status, Status::Fail);
+    assert!(p.saw.contains("(UDP)") && p.saw.contains("-j TPROXY"), "{}", p.saw);
+    let d = get(&c, "dns v4 br0");
+    assert!(d.saw.contains("10.255.255.53:53") && d.saw.contains("-d 10.0.0.0/8 -j RETURN"), "{}", d.saw);
+    assert_eq!(get(&c, "forged sources v4 br0").status, Status::Warn);
+    // Without Docker's ACCEPT, the old kill switch is reached first, but it
+    // RETURNs DNS to a private resolver: only the FORWARD policy drops that.
+    let no_accept = without(DOCKER_OLD, "-A FORWARD -i br0 ! -o br0 -j ACCEPT");
+    let k = get(&fw(&no_accept, "", "").run(REDIRECT_CONF), "kill switch v4 br0").clone();
+    assert_eq!(k.status, Status::Warn, "{}", k.line());
+    assert!(
+        k.saw.contains("UDP to 10.255.255.53:53") && k.saw.contains("policy of filter FORWARD"),
+        "{}",
+        k.saw
+    );
+    // With that fixed too, it is a warn naming filter FORWARD and the fix that moves it.
+    let c = fw(&without(&no_accept, "-A EGRESSD_KILL -d 10.0.0.0/8 -j RETURN"), "", "").run(REDIRECT_CONF);
+    let k = get(&c, "kill switch v4 br0");
+    assert_eq!(k.status, Status::Warn, "{}", k.line());
+    assert!(
+        k.saw.contains("but it is in filter FORWARD (`-A FORWARD -s 10.8.0.0/24 -j EGRESSD_KILL`"),
+        "{}",
+        k.saw
+    );
+    assert!(k.fix.as_deref().is_some_and(|f| f.contains("--delete | sh -e ; egressd rules")));
+}
+
+#[test]
+fn kill_switch_faults_are_named() {
+    // The mangle FORWARD jump deleted on a Docker host: Docker's ACCEPT lets it out.
+    let c = fw(&without(DOCKER, "-A FORWARD -i br0 -j EGRESSD_KILL"), IP6TABLES, "").run(REDIRECT_CONF);
+    let k = get(&c, "kill switch v4 br0");
+    assert_eq!(k.status, Status::Fail);
+    assert!(k.saw.contains("accepted by `-A FORWARD -i br0 ! -o br0 -j ACCEPT`"), "{}", k.saw);
+    assert_eq!(get(&c, "kill switch v6 br0").status, Status::Ok);
+    // DNS to a private resolver RETURNed as reserved before the port-53 DROP.
+    let late = IPTABLES.replace("-A EGRESSD_KILL -p udp -m udp --dport 53 -j DROP\n", "").replace(
+        "-A EGRESSD_KILL -j DROP",
+        "-A EGRESSD_KILL -p udp -m udp --dport 53 -j DROP\n-A EGRESSD_KILL -j DROP",
+    );
+    let k = get(&fw(&late, IP6TABLES, "").run(REDIRECT_CONF), "kill switch v4 br0").clone();
+    assert!(k.saw.contains("UDP to 10.255.255.53:53") && k.saw.contains("nothing drops it"), "{}", k.saw);
+    // An unknown match is never trusted to drop, and an unknown ACCEPT may let it out.
+    let maybe = IPTABLES
+        .replace("-A FORWARD -i br0 -j EGRESSD_KILL", "-A FORWARD -i br0 -m mark --mark 0x1 -j EGRESSD_KILL");
+    assert_eq!(get(&fw(&maybe, IP6TABLES, "").run(REDIRECT_CONF), "kill switch v4 br0").status, Status::Fail);
+    let nft = NFT_EGRESSD.replace(
+        "\t\tiifname \"br0\" jump kill",
+        "\t\tiifname \"br0\" meta mark 0x1 accept\n\t\tiifname \"br0\" jump kill",
+    );
+    // An accept ends its base chain: one that may match ahead of the jump may skip the kill switch.
+    assert_eq!(get(&fw("", "", &nft).run(REDIRECT_CONF), "kill switch v4 br0").status, Status::Fail);
+    let nft = NFT_EGRESSD.replace("iifname \"br0\" jump kill", "iifname \"br9\" jump kill");
+    assert_eq!(get(&fw("", "", &nft).run(REDIRECT_CONF), "kill switch v6 br0").status, Status::Fail);
+}
+
+#[test]
+fn published_ports_need_the_reply_return() {
+    let c = fw(&without(IPTABLES, "--ctdir REPLY -j RETURN"), IP6TABLES, "").run(REDIRECT_CONF);
+    let p = get(&c, "published ports v4 br0");
+    assert_eq!(p.status, Status::Fail);
+    assert!(
+        p.saw.contains("(TCP)") && p.saw.contains("`-A EGRESSD_KILL -j DROP`") && p.saw.contains("REPLY"),
+        "{}",
+        p.saw
+    );
+    assert_eq!(p.fix.as_deref(), Some("egressd rules --config FILE | sh -e"));
+    assert_eq!(get(&c, "published ports v6 br0").status, Status::Ok);
+    let c = fw("", "", &without(NFT_EGRESSD, "ct direction reply return")).run(REDIRECT_CONF);
+    assert_eq!(get(&c, "published ports v6 br0").status, Status::Fail);
+    // Without ctdir ORIGINAL, TPROXY takes the replies of published UDP ports.
+    let c = fw(&IPTABLES.replace(" -m conntrack --ctdir ORIGINAL", ""), IP6TABLES, "").run(REDIRECT_CONF);
+    assert!(get(&c, "published ports v4 br0").saw.contains("is taken by"));
+}
+
+#[test]
+fn dns_and_intercept_faults_are_named() {
+    // Port 53 no longer ahead of the reserved RETURNs: private resolvers are missed.
+    let c = fw(&without(IPTABLES, "-A EGRESSD_TPROXY -p udp -m udp --dport 53"), IP6TABLES, "")
+        .run(REDIRECT_CONF);
+    let d = get(&c, "dns v4 br0");
+    assert_eq!(d.status, Status::Fail);
+    assert!(
+        d.saw.contains("UDP to 10.255.255.53:53")
+            && d.saw.contains("-d 10.0.0.0/8 -j RETURN` (mangle EGRESSD_TPROXY rule 3) returns it first"),
+        "{}",
+        d.saw
+    );
+    assert_eq!(get(&c, "udp TPROXY v4 br0").status, Status::Ok);
+    let c = fw(IPTABLES, IP6TABLES, "").run(&REDIRECT_CONF.replace("Redirect", "Tproxy"));
+    let t = get(&c, "tcp TPROXY v4 br0");
+    assert!(
+        t.saw.contains("intercept.tcp is Redirect") || t.saw.contains("where TPROXY is wanted"),
+        "{}",
+        t.saw
+    );
+    let port = fw(&IPTABLES.replace("--on-port 10900", "--on-port 10901"), IP6TABLES, "").run(REDIRECT_CONF);
+    assert!(get(&port, "udp TPROXY v4 br0").saw.contains("but egressd listens on 10.8.0.1:10900"));
+    let mark = fw(IPTABLES, &IP6TABLES.replace("0x2a94/0x2a94", "0x1/0x1"), "").run(REDIRECT_CONF);
+    assert!(get(&mark, "udp TPROXY v6 br0").saw.contains("TPROXY marks 0x1, but intercept.mark is 10900"));
+    let nft = fw("", "", &NFT_EGRESSD.replace("redirect to :10900", "redirect to :80")).run(REDIRECT_CONF);
+    assert!(get(&nft, "tcp REDIRECT v4 br0").saw.contains("REDIRECT to port 80, but egressd listens"));
+    // The article's hand-made rules (no chain, no interface) still count.
+    let hand = "*mangle\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -s 10.8.0.0/24 -p udp -j TPROXY --on-port 10900 --on-ip 10.8.0.1 --tproxy-mark 0x2a94/0x2a94\nCOMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\n:MYPROXY - [0:0]\n-A PREROUTING -s 10.8.0.0/24 -p tcp -j MYPROXY\n-A MYPROXY -d 10.0.0.0/8 -j RETURN\n-A MYPROXY -p tcp -m comment --comment \"to egressd\" -j REDIRECT --to-ports 10900\nCOMMIT\n";
+    let c = fw(hand, "", "").run(REDIRECT_CONF);
+    assert_eq!(get(&c, "udp TPROXY v4 br0").status, Status::Ok);
+    assert_eq!(get(&c, "tcp REDIRECT v4 br0").status, Status::Ok);
+}
+
+#[test]
+fn forged_sources_and_dns_path() {
+    let c = fw(&without(IPTABLES, "EGRESSD_RPF"), IP6TABLES, "").run(REDIRECT_CONF);
+    assert_eq!(get(&c, "forged sources v4 br0").status, Status::Warn);
+    let mut f = fw(&without(IPTABLES, "EGRESSD_RPF"), IP6TABLES, "");
+    f.rp_strict = vec!["br0".into()];
+    assert!(get(&f.run(REDIRECT_CONF), "forged sources v4 br0").saw.contains("rp_filter = 1"));
+    let d = get(&c, "dns path");
+    assert_eq!(d.status, Status::Ok);
+    assert!(
+        d.saw.contains("this host's 10.255.255.53") && d.saw.contains("dns.upstream 192.0.2.53:53"),
+        "{}",
+        d.saw
+    );
+    let mut f = fw(IPTABLES, IP6TABLES, "");
+    f.upstream_default = true;
+    let c = f.run(r#"listen: ["10.8.0.1:10900", "[fd08::1]:10900"]"#);
+    let d = get(&c, "dns path");
+    assert_eq!(d.status, Status::Warn, "{}", d.line());
+    assert!(d.saw.contains("dns.upstream 1.1.1.1:53") && d.saw.contains("names only 10.255.255.53 knows"));
+    let r = parse_resolv("# x\nnameserver 10.0.0.1\nnameserver fe80::1%eth0\nsearch lan\nnameserver bogus\n");
+    assert_eq!(r.len(), 2);
 }
 
 #[test]
 fn parsers_take_garbage() {
+    // Found by fuzzing: a rule ending in `-j` with no target.
+    crate::doctor::fuzz_firewall(
+        "*mangle\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -d 10.0.0.0/8 -j\n-A PREROUTING -g\n",
+    );
     for junk in ["", "}}}}", "{{{{", "table", "table inet x {\n chain y {\n type\n", "-A", "*", "\u{0}\u{ff}"]
     {
-        let _ = parse_nft(junk);
-        let _ = parse_iptables_save(junk);
+        let mut rs = Ruleset::default();
+        add_nft(&mut rs, junk, [false, false]);
+        add_iptables(&mut rs, junk, false);
         let _ = parse_ip_rules(junk);
         let _ = parse_ip_addr(junk);
         let _ = parse_proc_net(junk);
         let _ = http_status(junk.as_bytes());
+        crate::doctor::fuzz_firewall(junk);
     }
 }
 
@@ -309,4 +477,53 @@ fn check_line_format() {
         "FAIL ip rule v4               no rule; fix: ip rule add fwmark 10900/10900 lookup 10900"
     );
     assert!(Check::ok("x", "y").line().starts_with("ok   x"));
+}
+
+#[test]
+fn redirect_needs_a_listener_on_each_interfaces_primary_address() {
+    // Docker's br-<id> bridges matched by br-+, egressd listening on br0 only.
+    let settings = settings(r#"listen: ["10.8.0.1:10900"], intercept: (interfaces: ["br0", "br-+"])"#);
+    let text =
+        format!("{IP_ADDR}\n7: br-1a2b    inet 172.18.0.1/16 brd 172.18.255.255 scope global br-1a2b\\ x\n");
+    let addrs = parse_ip_addr(&text);
+    let scope = crate::rules::host::scope(&settings, &addrs).unwrap();
+    let ipt = IPTABLES.replace("-i br0", "-i br-+");
+    let mut rs = Ruleset::default();
+    add_iptables(&mut rs, &ipt, false);
+    add_iptables(&mut rs, IPTABLES, false);
+    let input = FwInput {
+        settings: &settings,
+        scope: &scope,
+        addrs: &addrs,
+        rs: &rs,
+        resolvers: Vec::new(),
+        upstream_default: false,
+        rp_strict: Vec::new(),
+        fix: "F".into(),
+    };
+    let c = firewall_checks(&input);
+    assert_eq!(get(&c, "tcp REDIRECT v4 br0").status, Status::Ok);
+    let t = get(&c, "tcp REDIRECT v4 br-+");
+    assert_eq!(t.status, Status::Fail, "{}", t.line());
+    assert!(t.saw.contains("from br-1a2b to its primary address 172.18.0.1:10900"), "{}", t.saw);
+    assert_eq!(get(&c, "udp TPROXY v4 br-+").status, Status::Ok, "TPROXY goes to the listen address itself");
+}
+
+#[test]
+fn statements_are_not_mistaken_for_matches() {
+    // A kill switch that logs, counts and sets a conntrack mark still drops for sure.
+    let nft = NFT_EGRESSD.replace(
+        "\t\tdrop\n\t}",
+        "\t\tct mark set 0x1 counter packets 3 bytes 180 log prefix \"egressd kill: \" level info drop\n\t}",
+    );
+    let c = fw("", "", &nft).run(REDIRECT_CONF);
+    assert_eq!(get(&c, "kill switch v4 br0").status, Status::Ok, "{c:#?}");
+    // `limit` is a real match: a drop behind it is not trusted.
+    let nft = NFT_EGRESSD.replace("\t\tdrop\n\t}", "\t\tlimit rate 10/second drop\n\t}");
+    assert_eq!(get(&fw("", "", &nft).run(REDIRECT_CONF), "kill switch v4 br0").status, Status::Fail);
+    let ipt = IPTABLES.replace(
+        "-A EGRESSD_KILL -j DROP",
+        "-A EGRESSD_KILL -m comment --comment \"the end\" -j LOG --log-prefix \"kill \"\n-A EGRESSD_KILL -j DROP",
+    );
+    assert_eq!(get(&fw(&ipt, IP6TABLES, "").run(REDIRECT_CONF), "kill switch v4 br0").status, Status::Ok);
 }

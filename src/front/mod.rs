@@ -176,6 +176,8 @@ pub struct FrontLoop {
     shared: Arc<Shared>,
     counters: Arc<Counters>,
     paused_until: Option<Instant>,
+    /// When a pause was last logged at warn (once a minute at most).
+    pause_warned: Option<Instant>,
 }
 
 /// A listening socket for `addr`, as every front loop opens it.
@@ -248,6 +250,7 @@ impl FrontLoop {
             shared,
             counters,
             paused_until: None,
+            pause_warned: None,
         })
     }
 
@@ -322,8 +325,14 @@ impl FrontLoop {
                     ) =>
                 {
                     Counters::inc(&self.counters.accept_paused);
-                    warn!(target: "egressd::front", "accept: {e}; pausing accepts for {EMFILE_PAUSE:?} (raise the fd limit?)");
-                    self.paused_until = Some(Instant::now() + EMFILE_PAUSE);
+                    let now = Instant::now();
+                    if self.pause_warned.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60)) {
+                        self.pause_warned = Some(now);
+                        warn!(target: "egressd::front", "accept: {e}; pausing accepts for {EMFILE_PAUSE:?} (raise the fd limit?); counted in accept_paused, logged once a minute");
+                    } else {
+                        debug!(target: "egressd::front", "accept: {e}; pausing accepts for {EMFILE_PAUSE:?}");
+                    }
+                    self.paused_until = Some(now + EMFILE_PAUSE);
                     return;
                 }
                 // ECONNABORTED and friends concern one connection only.

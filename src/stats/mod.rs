@@ -108,6 +108,10 @@ counters! {
     /// DNS queries carried over TCP, and their answers.
     dns_tcp_queries,
     dns_tcp_answers,
+    /// DNS over TCP: connections opened (pooled per tunnel and resolver),
+    /// and queries dropped unanswered after udp.dns_answer_timeout_secs.
+    dns_tcp_connections,
+    dns_tcp_timeouts,
     /// Labelled containers whose label names no tunnel (each counted once).
     docker_unknown_tunnel,
     /// Label routes (container addresses) live now.
@@ -237,7 +241,7 @@ impl Tally {
 
 /// Whether a counter is a gauge (goes up and down) rather than a total.
 pub fn is_gauge(name: &str) -> bool {
-    name.ends_with("_active") || name == "udp_reply_sockets"
+    name.ends_with("_active") || name == "udp_reply_sockets" || name == "docker_label_routes"
 }
 
 /// The counters as a readable table: per tunnel, then totals and drops.
@@ -298,6 +302,67 @@ pub fn prometheus(
     sources: &[(String, Snapshot)],
 ) -> String {
     use std::fmt::Write;
+    // HELP text for each counter (promtool wants one per metric).
+    fn help(name: &str) -> &'static str {
+        match name {
+            "tcp_accepted" => "TCP connections accepted from clients",
+            "drop_no_route" => "TCP connections reset: no route for the source and default is Reject",
+            "drop_loop_guard" => {
+                "TCP connections closed: the original destination was egressd's own listener"
+            }
+            "drop_queue_full" => "TCP connections reset: the worker's hand-off queue was full",
+            "accept_paused" => "Times accepting paused on EMFILE/ENFILE",
+            "tcp_flows_total" => "TCP flows handed to tunnel workers",
+            "tcp_upstream_failed" => "TCP flows reset because the tunnel failed",
+            "tcp_connect_timeout" => "TCP flows reset by a connect or handshake timeout",
+            "tcp_handshake_failed" => "TCP flows reset because the tunnel's handshake was refused or broken",
+            "tcp_auth_rejected" => "TCP flows reset because the tunnel rejected the credentials",
+            "tcp_idle_closed" => "TCP flows closed by the idle timeout",
+            "tcp_bytes_up" => "TCP bytes from clients to tunnels",
+            "tcp_bytes_down" => "TCP bytes from tunnels to clients",
+            "tcp_flows_active" => "TCP flows open now",
+            "udp_dgrams_up" => "UDP datagrams from clients accepted for a tunnel",
+            "udp_bytes_up" => "UDP payload bytes from clients accepted for a tunnel",
+            "udp_dgrams_down" => "UDP datagrams delivered to clients",
+            "udp_bytes_down" => "UDP payload bytes delivered to clients",
+            "udp_sessions_total" => "UDP sessions created",
+            "udp_sessions_active" => "UDP sessions open now",
+            "udp_drop_no_route" => "UDP datagrams dropped: no route for the source and default is Reject",
+            "udp_drop_not_tproxied" => "UDP datagrams dropped: sent to the listener itself, not TPROXY'd",
+            "udp_drop_truncated" => "UDP datagrams dropped: longer than the buffer or control data truncated",
+            "udp_drop_queue_full" => "UDP datagrams dropped: the worker's hand-off queue was full",
+            "udp_drop_pending" => "UDP datagrams dropped: queued while associating, past pending_datagrams",
+            "udp_drop_pending_bytes" => {
+                "UDP datagrams dropped: queued while associating, past the worker's or the source's pending bytes"
+            }
+            "udp_drop_source_rate" => {
+                "UDP datagrams dropped: a new session over new_sessions_per_source_per_sec"
+            }
+            "udp_source_full" => "UDP sessions a source gave up at max_sessions_per_source (its own oldest)",
+            "udp_drop_reply_source" => {
+                "UDP replies dropped: their source was loopback, the host's own or a container's address"
+            }
+            "udp_drop_unsolicited" => "UDP datagrams dropped: unsolicited, no reply socket to spare",
+            "udp_drop_shed" => {
+                "UDP datagrams shed at the front while workers were behind: source over its limits"
+            }
+            "udp_sessions_evicted" => "UDP sessions evicted to stay within max_sessions",
+            "udp_assoc_failed" => "UDP sessions ended because the association failed or closed",
+            "udp_drop_no_udp" => "UDP datagrams dropped: the tunnel carries no UDP",
+            "udp_drop_frag" => "UDP relay datagrams dropped: fragmented (FRAG != 0)",
+            "udp_drop_bad_header" => "UDP relay datagrams dropped: bad header",
+            "udp_drop_send" => "UDP datagrams dropped: sending failed",
+            "udp_reply_bind_failed" => "UDP replies not delivered: the reply socket could not bind",
+            "udp_reply_sockets" => "UDP reply sockets open now",
+            "dns_tcp_queries" => "DNS queries carried over the tunnel's TCP",
+            "dns_tcp_answers" => "DNS answers received over the tunnel's TCP",
+            "dns_tcp_connections" => "DNS-over-TCP connections opened (pooled per tunnel and resolver)",
+            "dns_tcp_timeouts" => "DNS queries over TCP dropped unanswered after udp.dns_answer_timeout_secs",
+            "docker_unknown_tunnel" => "Labelled containers whose label names no tunnel",
+            "docker_label_routes" => "Docker label routes (container addresses) live now",
+            _ => "egressd counter",
+        }
+    }
     let mut o = String::new();
     for (i, (name, v)) in total.fields().into_iter().enumerate() {
         let (metric, kind) = if is_gauge(name) {
@@ -307,6 +372,11 @@ pub fn prometheus(
         } else {
             (format!("egressd_{name}_total"), "counter")
         };
+        let _ = writeln!(
+            o,
+            "# HELP {metric} {} (no label: all of egressd; tunnel: per tunnel; source: per route source)",
+            help(name)
+        );
         let _ = writeln!(o, "# TYPE {metric} {kind}");
         let _ = writeln!(o, "{metric} {v}");
         for (key, list) in [("tunnel", tunnels), ("source", sources)] {
@@ -359,6 +429,11 @@ mod tests {
         assert!(prom.contains("# TYPE egressd_udp_sessions_active gauge"));
         assert!(prom.contains("egressd_udp_sessions_active{tunnel=\"hk1\"} 1"));
         assert!(prom.contains("egressd_tcp_bytes_down_total{source=\"10.8.0.10/32\"} 7"), "{prom}");
+        // promtool: every metric has HELP (its own, not the fallback) and TYPE.
+        let helps = prom.lines().filter(|l| l.starts_with("# HELP ")).count();
+        assert_eq!(helps, Snapshot::default().fields().len(), "{prom}");
+        assert!(!prom.contains("egressd counter ("), "a counter without its own HELP text:\n{prom}");
+        assert!(prom.contains("# TYPE egressd_docker_label_routes gauge"), "{prom}");
         let tab = table(&r.total(), &per, &src);
         assert!(tab.lines().nth(1).unwrap().starts_with("hk0"), "{tab}");
     }

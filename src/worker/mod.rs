@@ -180,6 +180,8 @@ pub struct WorkerLoop {
     per_source: HashMap<Option<Cidr>, Arc<Counters>>,
     fail_log: Arc<FailLog>,
     udp: udp::Udp,
+    /// Pooled DNS-over-TCP connections (slots in `udp.dns`), see `dns`.
+    dns_pool: HashMap<dns::PoolKey, usize>,
     recycle: Sender<Box<UdpBatch>>,
     sleeping: Arc<AtomicBool>,
     now: Instant,
@@ -242,6 +244,7 @@ impl WorkerLoop {
             per_source: HashMap::new(),
             fail_log,
             udp: udp::Udp::new(&settings.udp, settings.threads),
+            dns_pool: HashMap::new(),
             recycle,
             sleeping: Arc::new(AtomicBool::new(false)),
             now: Instant::now(),
@@ -591,11 +594,18 @@ impl WorkerLoop {
                 Counters::inc(&self.counters.tcp_upstream_failed);
                 f.tc.inc(|c| &c.tcp_upstream_failed);
                 match kind {
-                    "timeout" => Counters::inc(&self.counters.tcp_connect_timeout),
-                    "handshake" => Counters::inc(&self.counters.tcp_handshake_failed),
+                    "timeout" => {
+                        Counters::inc(&self.counters.tcp_connect_timeout);
+                        f.tc.inc(|c| &c.tcp_connect_timeout);
+                    }
+                    "handshake" => {
+                        Counters::inc(&self.counters.tcp_handshake_failed);
+                        f.tc.inc(|c| &c.tcp_handshake_failed);
+                    }
                     "auth" => {
                         Counters::inc(&self.counters.tcp_handshake_failed);
                         Counters::inc(&self.counters.tcp_auth_rejected);
+                        f.tc.inc(|c| &c.tcp_handshake_failed);
                         f.tc.inc(|c| &c.tcp_auth_rejected);
                     }
                     _ => {}

@@ -189,25 +189,6 @@ impl Udp {
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         self.table.next_deadline()
     }
-
-    pub(super) fn dns_conn_for(&self, session: usize, dst: SocketAddr) -> Option<usize> {
-        match &self.sessions.get(session)?.link {
-            Link::DnsOverTcp { conns } => conns.iter().find(|(d, _)| *d == dst).map(|(_, s)| *s),
-            _ => None,
-        }
-    }
-
-    pub(super) fn add_dns_conn(&mut self, session: usize, dst: SocketAddr, slot: usize) {
-        if let Some(Session { link: Link::DnsOverTcp { conns }, .. }) = self.sessions.get_mut(session) {
-            conns.push((dst, slot));
-        }
-    }
-
-    pub(super) fn forget_dns_conn(&mut self, session: usize, slot: usize) {
-        if let Some(Session { link: Link::DnsOverTcp { conns }, .. }) = self.sessions.get_mut(session) {
-            conns.retain(|(_, s)| *s != slot);
-        }
-    }
 }
 
 impl WorkerLoop {

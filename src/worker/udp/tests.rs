@@ -11,6 +11,7 @@ fn settings(worker: usize, source: usize) -> UdpSettings {
         max_reply_sockets: 4,
         pending_datagrams: 16,
         dns_over_tcp: true,
+        dns_answer_timeout: Duration::from_secs(5),
         max_sessions_per_source: 10,
         new_sessions_per_source_per_sec: 10,
         new_sessions_per_source_burst: 10,
