@@ -353,7 +353,10 @@ else
 	out=$(udptool "${NS_C[4]}" many "$TARGET4" "$UDP_WHO_PORT" 500 60 --sequential --want-ip "$(exit_egress4 3)")
 	rc=$?
 	# Evictions close the association's control connection: exit3 sees it.
+	# (Its status file lags up to 0.2 s: wait for the opens too. max_sessions
+	# is split across the workers, so 400 closes can come before 500 opens.)
 	wait_until 5 exit3_stat_ge assoc_closed $((c0 + 400))
+	wait_until 5 exit3_stat_ge assoc_opened $((o0 + 500))
 	o1=$(exit3_stat assoc_opened)
 	c1=$(exit3_stat assoc_closed)
 	case $out in *" last=yes "*) last=1 ;; *) last=0 ;; esac

@@ -27,6 +27,10 @@ Server:
                     malformed ones (too short, address type 9, a domain
                     longer than the datagram, RSV != 0)
         udpfrag     ASSOCIATE ok; the relay answers with FRAG = 1
+        udpforge    ASSOCIATE ok; the relay answers each datagram four times:
+                    with headers naming 198.51.100.200 (the gw's own
+                    address), 127.0.0.1 and 10.8.0.11 (another container) as
+                    the source, then correctly ("echo <payload>")
         ctlclose    like good, but the control connection is closed (and the
                     relay socket with it) right after the first answered
                     datagram of each association
@@ -202,6 +206,9 @@ class Relay(asyncio.DatagramProtocol):
             ):
                 self.transport.sendto(g, addr)
             return
+        if self.mode == "udpforge":
+            for forged in ("198.51.100.200", "127.0.0.1", "10.8.0.11"):
+                self.transport.sendto(b"\x00\x00\x00" + enc_addr(forged, port) + b"forged", addr)
         if self.mode == "udpfrag":
             self.transport.sendto(b"\x00\x00\x01" + hdr + b"echo " + payload, addr)
             return

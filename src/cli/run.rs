@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use log::{error, info, warn};
 
-use crate::config::Settings;
+use crate::config::{Settings, UdpSettings};
 use crate::control::Control;
 use crate::front::{self, FrontLoop, Live, Shared};
 use crate::stats::Registry;
@@ -52,8 +52,11 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     match sys::raise_fd_limit() {
         Ok(n) => {
             info!(target: "egressd", "open file limit {n}");
-            // A UDP session holds up to two descriptors (control connection and relay socket).
-            let want = settings.udp.max_sessions as u64 * 2 + settings.udp.max_reply_sockets as u64;
+            // A UDP session holds up to two descriptors (control connection and relay socket);
+            // both bounds are split across the workers (at least 1 each).
+            let u = &settings.udp;
+            let total = |n: usize| (UdpSettings::per_worker(n, settings.threads) * settings.threads) as u64;
+            let want = total(u.max_sessions) * 2 + total(u.max_reply_sockets);
             if want > n {
                 warn!(
                     target: "egressd",

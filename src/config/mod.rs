@@ -213,6 +213,24 @@ pub struct UdpSettings {
     pub pending_datagrams: usize,
     pub dns_over_tcp: bool,
     pub dns_answer_timeout: Duration,
+    /// Sessions one source address may hold (its own LRU goes past this).
+    pub max_sessions_per_source: usize,
+    /// New sessions per source: the token bucket's rate and size.
+    pub new_sessions_per_source_per_sec: u32,
+    pub new_sessions_per_source_burst: u32,
+    /// Bytes of datagrams queued while associations are set up: per
+    /// worker, and what one source may hold of it.
+    pub pending_bytes_per_worker: usize,
+    pub pending_bytes_per_source: usize,
+}
+
+impl UdpSettings {
+    /// Each worker's share of a process-wide bound (`max_sessions`,
+    /// `max_reply_sockets`): split evenly, at least 1, so the shares add up
+    /// to the bound (a source's sessions all live in one worker).
+    pub fn per_worker(total: usize, workers: usize) -> usize {
+        (total / workers.max(1)).max(1)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -564,6 +582,22 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
             loc.err("udp: max_sessions, max_reply_sockets and pending_datagrams must be at least 1".into())
         );
     }
+    if u.max_sessions_per_source == 0
+        || u.new_sessions_per_source_per_sec == 0
+        || u.new_sessions_per_source_burst == 0
+    {
+        return Err(loc.err(
+            "udp: max_sessions_per_source, new_sessions_per_source_per_sec and new_sessions_per_source_burst \
+             must be at least 1"
+                .into(),
+        ));
+    }
+    if u.pending_bytes_per_source > u.pending_bytes_per_worker {
+        return Err(loc.err(format!(
+            "udp: pending_bytes_per_source ({}) is more than pending_bytes_per_worker ({}); lower it",
+            u.pending_bytes_per_source, u.pending_bytes_per_worker
+        )));
+    }
     if raw.threads > 256 {
         return Err(loc.err(format!("threads is {}; at most 256 (0 means one per core)", raw.threads)));
     }
@@ -602,6 +636,11 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
             pending_datagrams: u.pending_datagrams,
             dns_over_tcp: u.dns_over_tcp,
             dns_answer_timeout: secs(loc, "udp.dns_answer_timeout_secs", u.dns_answer_timeout_secs)?,
+            max_sessions_per_source: u.max_sessions_per_source,
+            new_sessions_per_source_per_sec: u.new_sessions_per_source_per_sec,
+            new_sessions_per_source_burst: u.new_sessions_per_source_burst,
+            pending_bytes_per_worker: u.pending_bytes_per_worker,
+            pending_bytes_per_source: u.pending_bytes_per_source,
         },
         threads,
         control: ControlSettings {

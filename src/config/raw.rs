@@ -185,6 +185,11 @@ pub struct RawUdp {
     /// DNS over TCP: a query unanswered this long is dropped (counted) and
     /// its pooled connection replaced.
     pub dns_answer_timeout_secs: u64,
+    pub max_sessions_per_source: usize,
+    pub new_sessions_per_source_per_sec: u32,
+    pub new_sessions_per_source_burst: u32,
+    pub pending_bytes_per_worker: usize,
+    pub pending_bytes_per_source: usize,
 }
 
 impl Default for RawUdp {
@@ -197,6 +202,11 @@ impl Default for RawUdp {
             pending_datagrams: 16,
             dns_over_tcp: true,
             dns_answer_timeout_secs: 5,
+            max_sessions_per_source: 16384,
+            new_sessions_per_source_per_sec: 2000,
+            new_sessions_per_source_burst: 4096,
+            pending_bytes_per_worker: 4 << 20,
+            pending_bytes_per_source: 1 << 20,
         }
     }
 }

@@ -279,6 +279,39 @@ fn credentials_never_show_in_debug() {
 }
 
 #[test]
+fn udp_fairness_keys_default_and_parse() {
+    let s = parse(MINIMAL).unwrap();
+    assert_eq!(s.udp.max_sessions_per_source, 16384);
+    assert_eq!(s.udp.new_sessions_per_source_per_sec, 2000);
+    assert_eq!(s.udp.new_sessions_per_source_burst, 4096);
+    assert_eq!(s.udp.pending_bytes_per_worker, 4 << 20);
+    assert_eq!(s.udp.pending_bytes_per_source, 1 << 20);
+    let s = parse(&with(
+        "udp: (idle_timeout_secs: 300)",
+        "udp: (max_sessions_per_source: 10, new_sessions_per_source_per_sec: 5, \
+         new_sessions_per_source_burst: 7, pending_bytes_per_worker: 1000, pending_bytes_per_source: 100)",
+    ))
+    .unwrap();
+    assert_eq!(s.udp.max_sessions_per_source, 10);
+    assert_eq!(s.udp.new_sessions_per_source_per_sec, 5);
+    assert_eq!(s.udp.new_sessions_per_source_burst, 7);
+    assert_eq!(s.udp.pending_bytes_per_worker, 1000);
+    assert_eq!(s.udp.pending_bytes_per_source, 100);
+    for bad in [
+        "udp: (max_sessions_per_source: 0)",
+        "udp: (new_sessions_per_source_per_sec: 0)",
+        "udp: (new_sessions_per_source_burst: 0)",
+    ] {
+        assert!(err(&with("udp: (idle_timeout_secs: 300)", bad)).msg.contains("at least 1"), "{bad}");
+    }
+    let e = err(&with(
+        "udp: (idle_timeout_secs: 300)",
+        "udp: (pending_bytes_per_worker: 10, pending_bytes_per_source: 11)",
+    ));
+    assert!(e.msg.contains("pending_bytes_per_source"), "{}", e.msg);
+}
+
+#[test]
 fn docker_section() {
     let s = parse(&with("udp:", "docker: (), udp:")).unwrap();
     let d = s.docker.unwrap();

@@ -6,7 +6,9 @@
 //! TPROXY leaves in the packet), SO_REUSEPORT and a large receive buffer.
 //! Datagrams are read with recvmmsg, routed, and packed into one batch per
 //! worker; each batch is handed over (one wake) when the socket is drained
-//! or the batch is full. A datagram without an original destination reached
+//! or the batch is full. One wake-up reads at most [`CALLS_PER_EVENT`]
+//! batches of [`BATCH`]: a flood on one listener then waits its turn behind
+//! the loop's other sockets (the socket is re-armed, so it is not forgotten). A datagram without an original destination reached
 //! the listener directly, not through TPROXY: it is dropped and counted.
 
 use std::io::{self, ErrorKind};
@@ -30,6 +32,8 @@ use crate::worker::{Handoff, UdpBatch};
 pub const MAX_DATAGRAM: usize = 65_535;
 /// Datagrams per recvmmsg call.
 pub const BATCH: usize = 16;
+/// recvmmsg calls per readiness event before the loop moves on.
+pub const CALLS_PER_EVENT: usize = 8;
 
 /// A TPROXY receive socket for `addr`.
 pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
@@ -64,11 +68,15 @@ impl FrontLoop {
     pub(super) fn recv_all(&mut self, i: usize) {
         let Some((_, listen_addr)) = self.udp.get(i) else { return };
         let listen_addr = *listen_addr;
-        loop {
+        let mut drained = false;
+        for _ in 0..CALLS_PER_EVENT {
             let got =
                 match sys::recv_mmsg(self.udp[i].0.as_fd(), &mut self.rdata, MAX_DATAGRAM, &mut self.slots) {
                     Ok(n) => n,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        drained = true;
+                        break;
+                    }
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     // ICMP errors queued on the socket concern nobody here.
                     Err(e) => {
@@ -80,10 +88,20 @@ impl FrontLoop {
                 self.route_datagram(k, listen_addr);
             }
             if got < self.slots.len() {
+                drained = true;
                 break;
             }
         }
         self.flush_batches();
+        if !drained {
+            // Left readable: EPOLL_CTL_MOD re-checks readiness and queues an
+            // event now, so the next turn of the loop comes back here.
+            let token = mio::Token(super::UDP_TOKEN + i);
+            let sock = &mut self.udp[i].0;
+            if let Err(e) = self.poll.registry().reregister(sock, token, mio::Interest::READABLE) {
+                debug!(target: "egressd::front", "udp re-arm on {listen_addr}: {e}");
+            }
+        }
     }
 
     fn route_datagram(&mut self, k: usize, listen_addr: SocketAddr) {
@@ -117,14 +135,31 @@ impl FrontLoop {
             debug!(target: "egressd::front", "{client} -> udp {orig_dst}: no route for this source; dropped");
             return;
         };
+        if UdpBatch::sheds(client.ip(), self.workers.len()) {
+            Counters::inc(&self.counters.udp_drop_shed);
+            return;
+        }
         let w = worker_for(client.ip(), self.workers.len());
-        let batch = self.batches[w].get_or_insert_with(|| {
-            let mut b = self.workers[w]
-                .recycled()
-                .unwrap_or_else(|| Box::new(UdpBatch::new(Arc::clone(&self.shared.tunnels))));
-            b.tunnels = Arc::clone(&self.shared.tunnels);
-            b
-        });
+        if self.batches[w].is_none() {
+            let b = match self.workers[w].recycled() {
+                Some(mut b) => {
+                    b.tunnels = Arc::clone(&self.shared.tunnels);
+                    Some(b)
+                }
+                None => UdpBatch::bounded(
+                    Arc::clone(&self.shared.tunnels),
+                    UdpBatch::max_alive(self.workers.len()),
+                ),
+            };
+            let Some(b) = b else {
+                // Every batch the process may hold is queued: the workers
+                // are behind, and queueing more would only grow memory.
+                Counters::inc(&self.counters.udp_drop_queue_full);
+                return;
+            };
+            self.batches[w] = Some(b);
+        }
+        let Some(batch) = self.batches[w].as_mut() else { return };
         let at = k * MAX_DATAGRAM;
         batch.push(client, orig_dst, route, &self.rdata[at..at + meta.len]);
         if batch.is_full() {
@@ -139,10 +174,26 @@ impl FrontLoop {
     }
 
     fn send_batch(&mut self, w: usize) {
-        let Some(b) = self.batches[w].take() else { return };
+        let Some(mut b) = self.batches[w].take() else { return };
+        if b.items.is_empty() {
+            // Left over from a batch dropped below: kept for the next datagram.
+            self.batches[w] = Some(b);
+            return;
+        }
+        if !b.charge(self.workers.len()) {
+            // The workers are behind by the whole in-flight budget.
+            Counters::add(&self.counters.udp_drop_queue_full, b.items.len() as u64);
+            b.items.clear();
+            b.data.clear();
+            self.batches[w] = Some(b);
+            return;
+        }
         match self.workers[w].try_send(Handoff::Udp(b)) {
             Ok(()) => self.workers[w].wake(),
-            Err(Handoff::Udp(b)) => Counters::add(&self.counters.udp_drop_queue_full, b.items.len() as u64),
+            Err(Handoff::Udp(mut b)) => {
+                b.release();
+                Counters::add(&self.counters.udp_drop_queue_full, b.items.len() as u64)
+            }
             Err(_) => unreachable!("a UDP hand-off comes back as UDP"),
         }
     }

@@ -76,6 +76,19 @@ counters! {
     udp_drop_queue_full,
     /// Dropped: queued while the association was set up, past pending_datagrams.
     udp_drop_pending,
+    /// Dropped: queued while the association was set up, past the worker's
+    /// or the source's share of pending bytes.
+    udp_drop_pending_bytes,
+    /// Dropped: a new session from a source over new_sessions_per_source_per_sec.
+    udp_drop_source_rate,
+    /// Sessions a source gave up at max_sessions_per_source (its own oldest).
+    udp_source_full,
+    /// Dropped: a reply naming a host, loopback or container address as its source.
+    udp_drop_reply_source,
+    /// Dropped: an unsolicited datagram to a Direct session with no reply socket to spare.
+    udp_drop_unsolicited,
+    /// Dropped at the front while the workers were behind, from a source over its limits.
+    udp_drop_shed,
     /// Sessions evicted to stay within max_sessions.
     udp_sessions_evicted,
     /// Sessions that ended because the association failed or closed.
@@ -319,6 +332,20 @@ pub fn prometheus(
             "udp_drop_truncated" => "UDP datagrams dropped: longer than the buffer or control data truncated",
             "udp_drop_queue_full" => "UDP datagrams dropped: the worker's hand-off queue was full",
             "udp_drop_pending" => "UDP datagrams dropped: queued while associating, past pending_datagrams",
+            "udp_drop_pending_bytes" => {
+                "UDP datagrams dropped: queued while associating, past the worker's or the source's pending bytes"
+            }
+            "udp_drop_source_rate" => {
+                "UDP datagrams dropped: a new session over new_sessions_per_source_per_sec"
+            }
+            "udp_source_full" => "UDP sessions a source gave up at max_sessions_per_source (its own oldest)",
+            "udp_drop_reply_source" => {
+                "UDP replies dropped: their source was loopback, the host's own or a container's address"
+            }
+            "udp_drop_unsolicited" => "UDP datagrams dropped: unsolicited, no reply socket to spare",
+            "udp_drop_shed" => {
+                "UDP datagrams shed at the front while workers were behind: source over its limits"
+            }
             "udp_sessions_evicted" => "UDP sessions evicted to stay within max_sessions",
             "udp_assoc_failed" => "UDP sessions ended because the association failed or closed",
             "udp_drop_no_udp" => "UDP datagrams dropped: the tunnel carries no UDP",

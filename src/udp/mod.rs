@@ -27,17 +27,25 @@
 //!
 //!   from either state, the session leaves the table by:
 //!     pop_expired(now)   now >= last + its kind's timeout
-//!     insert(other)      table full: an expired session, else the least
-//!                        recently used of either kind (Insert::Evicted)
+//!     insert(other)      its source at max_per_source: that source's own
+//!                        least recently used (Insert::SourceFull); else,
+//!                        table full: an expired session, else the least
+//!                        recently used of the source holding the most
+//!                        sessions (Insert::Evicted)
 //!     insert(client)     same client again: replaced (Insert::Replaced)
 //!     remove(client)     the caller's decision (upstream failed, reset)
 //! ```
+//!
+//! Before a new session is created (and costs a connect to the exit), the
+//! caller asks [`SessionTable::admit`]: each source address has a token
+//! bucket of new sessions (`new_per_source_per_sec`, `new_per_source_burst`).
 //!
 //! Whatever leaves is handed back to the caller, which closes its sockets and
 //! counts it; the table never drops a value silently.
 
 mod hash;
 mod lru;
+mod source;
 mod table;
 
 #[cfg(test)]
@@ -45,4 +53,4 @@ mod sim_tests;
 
 pub use hash::{FoldHasher, FoldState};
 pub use lru::Lru;
-pub use table::{DNS_PORT, Insert, Kind, Limits, SessionTable};
+pub use table::{Admit, DNS_PORT, Insert, Kind, Limits, SessionTable};

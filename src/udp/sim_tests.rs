@@ -15,7 +15,9 @@
 //! - each `pop_expired` result was past its deadline in the model and had the
 //!   earliest deadline; when it returns None, nothing in the model is past;
 //! - a full-table `insert` drops an expired session (earliest deadline) if
-//!   the model has one, else exactly the model's least recently used.
+//!   the model has one, else the least recently used session of a source
+//!   holding the most sessions; a source at `max_per_source` gives up its
+//!   own least recently used session.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -111,6 +113,15 @@ impl Sim {
 
     /// Removes from the model the session the table said it dropped to make
     /// room at `now`, after checking that it was the right one.
+    fn source_count(&self, ip: std::net::IpAddr) -> usize {
+        self.model.iter().filter(|s| s.addr.ip() == ip).count()
+    }
+
+    /// The model's least recently used session of this source.
+    fn source_lru(&self, ip: std::net::IpAddr) -> Option<usize> {
+        self.model.iter().position(|s| s.addr.ip() == ip)
+    }
+
     fn check_made_room(&mut self, dropped: SocketAddr, value: u64, expired: bool) {
         let p = self.pos(&dropped).expect("dropped a session the model lacks");
         assert_eq!(self.model[p].value, value);
@@ -120,7 +131,10 @@ impl Sim {
             self.counts[2] += 1;
         } else {
             assert_eq!(min_expired, None, "evicted a live session while an expired one was there");
-            assert_eq!(p, 0, "evicted {dropped} but the LRU is {}", self.model[0].addr);
+            let ip = dropped.ip();
+            let heaviest = self.model.iter().map(|s| self.source_count(s.addr.ip())).max();
+            assert_eq!(Some(self.source_count(ip)), heaviest, "evicted from {ip}, not a heaviest source");
+            assert_eq!(Some(p), self.source_lru(ip), "evicted {dropped}, not its source's LRU");
             self.counts[3] += 1;
         }
         self.model.remove(p);
@@ -131,20 +145,30 @@ impl Sim {
         self.next_value += 1;
         let kind = if port == 53 { Kind::DnsOnly } else { Kind::Ordinary };
         let full = self.model.len() >= self.limits.max_sessions;
+        let own_full = self.source_count(addr.ip()) >= self.limits.max_per_source;
         match self.table.insert(addr, port, value, self.now) {
             Insert::Added => {
-                assert!(self.pos(&addr).is_none() && !full);
+                assert!(self.pos(&addr).is_none() && !full && !own_full);
+            }
+            Insert::SourceFull(a, v) => {
+                assert!(own_full && self.pos(&addr).is_none());
+                assert_eq!(a.ip(), addr.ip());
+                let p = self.pos(&a).expect("dropped a session the model lacks");
+                assert_eq!(self.model[p].value, v);
+                assert_eq!(Some(p), self.source_lru(addr.ip()), "not the source's LRU");
+                self.model.remove(p);
+                self.counts[3] += 1;
             }
             Insert::Replaced(old) => {
                 let p = self.pos(&addr).expect("replaced a session the model lacks");
                 assert_eq!(self.model.remove(p).value, old);
             }
             Insert::Expired(a, v) => {
-                assert!(full && self.pos(&addr).is_none());
+                assert!(full && !own_full && self.pos(&addr).is_none());
                 self.check_made_room(a, v, true);
             }
             Insert::Evicted(a, v) => {
-                assert!(full && self.pos(&addr).is_none());
+                assert!(full && !own_full && self.pos(&addr).is_none());
                 self.check_made_room(a, v, false);
             }
         }
@@ -252,7 +276,13 @@ impl Sim {
             assert_eq!(t.get(&s.addr), Some(&s.value), "{} lost", s.addr);
             assert_eq!(t.kind(&s.addr), Some(s.kind));
             assert_eq!(t.deadline(&s.addr), Some(self.deadline(s)));
+            assert_eq!(t.source_len(&s.addr.ip()), self.source_count(s.addr.ip()));
+            assert!(t.source_len(&s.addr.ip()) <= self.limits.max_per_source);
         }
+        let mut ips: Vec<_> = self.model.iter().map(|s| s.addr.ip()).collect();
+        ips.sort();
+        ips.dedup();
+        assert_eq!(t.sources_len(), ips.len(), "sources without sessions are forgotten");
         let mut n = 0;
         for (a, v) in t.iter() {
             let p = self.pos(a).expect("iter yields a session the model lacks");
@@ -298,7 +328,14 @@ fn udp_sim_other_timeouts() {
     ];
     for (i, (idle, dns)) in shapes.into_iter().enumerate() {
         for seed in &SEEDS[..3] {
-            let limits = Limits { idle_timeout: idle, dns_idle_timeout: dns, max_sessions: 4 + 6 * i };
+            let limits = Limits {
+                idle_timeout: idle,
+                dns_idle_timeout: dns,
+                max_sessions: 4 + 6 * i,
+                // Below the table's bound, so both ways out are exercised.
+                max_per_source: 3 + 2 * i,
+                ..Limits::default()
+            };
             run(seed.wrapping_mul(31) ^ i as u64, limits, 20 + 10 * i, 20_000);
         }
     }

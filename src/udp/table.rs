@@ -8,11 +8,12 @@
 //! head is both its least recently used session and its next expiry.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::hash::FoldState;
 use super::lru::{Arena, List, NIL};
+use super::source::Sources;
 
 /// Destination port of the sessions that get the short timeout.
 pub const DNS_PORT: u16 = 53;
@@ -24,8 +25,16 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Idle time after which a session that only ever sent to port 53 ends.
     pub dns_idle_timeout: Duration,
-    /// Sessions at most; a new one past this evicts the least recently used.
+    /// Sessions at most; a new one past this evicts the least recently
+    /// used session of the source that holds the most.
     pub max_sessions: usize,
+    /// Sessions one source address may hold; a new one past this evicts
+    /// that source's own least recently used session.
+    pub max_per_source: usize,
+    /// New sessions a source may open per second, on average ...
+    pub new_per_source_per_sec: u32,
+    /// ... and at once (the bucket's size).
+    pub new_per_source_burst: u32,
 }
 
 impl Default for Limits {
@@ -34,8 +43,19 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(300),
             dns_idle_timeout: Duration::from_secs(20),
             max_sessions: 65536,
+            max_per_source: 16384,
+            new_per_source_per_sec: 2000,
+            new_per_source_burst: 4096,
         }
     }
+}
+
+/// What [`SessionTable::admit`] says about a new session from a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    Yes,
+    /// The source opens new sessions faster than its rate: refuse (count it).
+    OverRate,
 }
 
 /// Which timeout a session gets.
@@ -65,9 +85,13 @@ pub enum Insert<V> {
     /// The table was full; this session, already idle past its timeout,
     /// made room (count it as expired).
     Expired(SocketAddr, V),
-    /// The table was full and none had expired; this least recently used
-    /// session made room (count it as evicted).
+    /// The table was full and none had expired; this session, the least
+    /// recently used of the source holding the most sessions, made room
+    /// (count it as evicted).
     Evicted(SocketAddr, V),
+    /// The client's source already held `max_per_source` sessions; its own
+    /// least recently used one made room (count it against the source).
+    SourceFull(SocketAddr, V),
 }
 
 struct Entry<V> {
@@ -75,9 +99,12 @@ struct Entry<V> {
     /// Last activity, either direction. Never earlier than that of the
     /// session before it in its list (see `stamp`).
     last: Instant,
-    /// Global use order: picks the LRU across the two lists, ties included.
-    seq: u64,
     kind: Kind,
+    /// The source's slot in `sources`, and this session's links in the
+    /// source's own list (activity order).
+    src: u32,
+    sprev: u32,
+    snext: u32,
 }
 
 /// UDP sessions keyed by the client's socket address (endpoint-independent:
@@ -90,7 +117,7 @@ pub struct SessionTable<V> {
     index: HashMap<SocketAddr, u32, FoldState>,
     dns: List,
     ordinary: List,
-    seq: u64,
+    sources: Sources,
 }
 
 impl<V> SessionTable<V> {
@@ -103,6 +130,8 @@ impl<V> SessionTable<V> {
     /// With a given hasher key: tests and fuzzing, where runs must repeat.
     pub fn with_hasher(mut limits: Limits, hasher: FoldState) -> Self {
         limits.max_sessions = limits.max_sessions.clamp(1, (NIL - 1) as usize);
+        limits.max_per_source = limits.max_per_source.max(1);
+        limits.new_per_source_burst = limits.new_per_source_burst.max(1);
         // Grow on demand: a 65536-session bound should not cost its full
         // size on a host with three containers. Freed slots are reused.
         SessionTable {
@@ -111,7 +140,7 @@ impl<V> SessionTable<V> {
             index: HashMap::with_hasher(hasher),
             dns: List::EMPTY,
             ordinary: List::EMPTY,
-            seq: 0,
+            sources: Sources::new(hasher),
         }
     }
 
@@ -123,6 +152,8 @@ impl<V> SessionTable<V> {
     /// until they end; the table does not grow past it again.
     pub fn set_limits(&mut self, mut limits: Limits) {
         limits.max_sessions = limits.max_sessions.clamp(1, (NIL - 1) as usize);
+        limits.max_per_source = limits.max_per_source.max(1);
+        limits.new_per_source_burst = limits.new_per_source_burst.max(1);
         self.limits = limits;
     }
 
@@ -173,6 +204,7 @@ impl<V> SessionTable<V> {
     pub fn touch_outbound(&mut self, client: &SocketAddr, dst_port: u16, now: Instant) -> Option<&mut V> {
         let &i = self.index.get(client)?;
         let kind = self.arena.node(i)?.value.kind;
+        self.src_move_to_back(i);
         if kind == Kind::DnsOnly && dst_port != DNS_PORT {
             self.arena.unlink(&mut self.dns, i);
             self.stamp(Kind::Ordinary, i, now);
@@ -192,6 +224,7 @@ impl<V> SessionTable<V> {
     pub fn touch_inbound(&mut self, client: &SocketAddr, now: Instant) -> Option<&mut V> {
         let &i = self.index.get(client)?;
         let kind = self.arena.node(i)?.value.kind;
+        self.src_move_to_back(i);
         self.stamp(kind, i, now);
         {
             let (arena, list) = self.split(kind);
@@ -200,14 +233,37 @@ impl<V> SessionTable<V> {
         self.arena.node_mut(i).map(|n| &mut n.value.value)
     }
 
+    /// Whether `source` may open a new session at `now` (its token bucket;
+    /// a source holding no session has a full one). Call before creating
+    /// what the session will cost; takes a token when it says yes.
+    pub fn admit(&mut self, source: IpAddr, now: Instant) -> Admit {
+        let Some(s) = self.sources.find(&source) else { return Admit::Yes };
+        let (rate, burst) = (self.limits.new_per_source_per_sec, self.limits.new_per_source_burst);
+        let Some(n) = self.sources.arena.node_mut(s) else { return Admit::Yes };
+        if n.value.bucket.take(rate, burst, now) { Admit::Yes } else { Admit::OverRate }
+    }
+
+    /// Sessions `source` holds.
+    pub fn source_len(&self, source: &IpAddr) -> usize {
+        self.sources.find(source).map_or(0, |s| self.sources.len_of(s))
+    }
+
+    /// Source addresses holding sessions.
+    pub fn sources_len(&self) -> usize {
+        self.sources.len()
+    }
+
     /// A new session for `client`, whose first datagram goes to `dst_port`
     /// at `now`. Says what left the table to make room; see [`Insert`].
-    /// When the table is full, a session already past its timeout goes
-    /// first (the one with the earliest deadline), else the least recently
-    /// used of either kind.
+    /// A source at `max_per_source` gives up its own least recently used
+    /// session. Otherwise, when the table is full, a session already past
+    /// its timeout goes first (the one with the earliest deadline), else
+    /// the least recently used session of the source that holds the most:
+    /// one source's flood evicts its own sessions before anyone else's.
     pub fn insert(&mut self, client: SocketAddr, dst_port: u16, value: V, now: Instant) -> Insert<V> {
         let kind = Kind::of_port(dst_port);
         if let Some(&i) = self.index.get(&client) {
+            self.src_move_to_back(i);
             let old_kind = self.arena.node(i).map_or(kind, |n| n.value.kind);
             {
                 let (arena, list) = self.split(old_kind);
@@ -227,10 +283,17 @@ impl<V> SessionTable<V> {
                 None => Insert::Added,
             };
         }
-        let made_room = if self.len() >= self.limits.max_sessions {
+        let own =
+            self.sources.find(&client.ip()).filter(|&s| self.sources.len_of(s) >= self.limits.max_per_source);
+        let made_room = if let Some(s) = own {
+            match self.take_source_lru(s) {
+                Some((k, v)) => Insert::SourceFull(k, v),
+                None => Insert::Added,
+            }
+        } else if self.len() >= self.limits.max_sessions {
             match self.pop_expired(now) {
                 Some((k, v)) => Insert::Expired(k, v),
-                None => match self.pop_lru() {
+                None => match self.sources.heaviest().and_then(|s| self.take_source_lru(s)) {
                     Some((k, v)) => Insert::Evicted(k, v),
                     None => Insert::Added,
                 },
@@ -238,9 +301,13 @@ impl<V> SessionTable<V> {
         } else {
             Insert::Added
         };
-        let entry = Entry { value, last: now, seq: 0, kind };
+        let src = self.sources.get_or_add(client.ip(), self.limits.new_per_source_burst, now);
+        let entry = Entry { value, last: now, kind, src, sprev: NIL, snext: NIL };
         let i = self.arena.alloc(client, entry);
         self.index.insert(client, i);
+        self.sources.unrank(src);
+        self.src_push_back(src, i);
+        self.sources.settle(src);
         self.stamp(kind, i, now);
         {
             let (arena, list) = self.split(kind);
@@ -250,13 +317,8 @@ impl<V> SessionTable<V> {
     }
 
     pub fn remove(&mut self, client: &SocketAddr) -> Option<V> {
-        let i = self.index.remove(client)?;
-        let kind = self.arena.node(i)?.value.kind;
-        {
-            let (arena, list) = self.split(kind);
-            arena.unlink(list, i);
-        };
-        self.arena.release(i).map(|(_, e)| e.value)
+        let &i = self.index.get(client)?;
+        self.take(i).map(|(_, v)| v)
     }
 
     /// The earliest instant at which a session expires, if any session can.
@@ -289,28 +351,84 @@ impl<V> SessionTable<V> {
         self.arena.iter(self.dns).chain(self.arena.iter(self.ordinary)).map(|n| (&n.key, &n.value.value))
     }
 
-    /// Removes and returns the least recently used session of either kind.
-    fn pop_lru(&mut self) -> Option<(SocketAddr, V)> {
-        let d = self.arena.node(self.dns.head).map(|n| n.value.seq);
-        let o = self.arena.node(self.ordinary.head).map(|n| n.value.seq);
-        let kind = match (d, o) {
-            (Some(d), Some(o)) if o < d => Kind::Ordinary,
-            (Some(_), _) => Kind::DnsOnly,
-            (None, Some(_)) => Kind::Ordinary,
-            (None, None) => return None,
-        };
-        self.pop_head(kind)
-    }
-
     fn pop_head(&mut self, kind: Kind) -> Option<(SocketAddr, V)> {
         let i = self.list(kind).head;
-        let key = self.arena.node(i)?.key;
+        self.take(i)
+    }
+
+    /// Removes and returns source `s`'s least recently used session.
+    fn take_source_lru(&mut self, s: u32) -> Option<(SocketAddr, V)> {
+        let i = self.sources.arena.node(s)?.value.sessions.head;
+        self.take(i)
+    }
+
+    /// Takes node `i` out of the index, its kind's list and its source.
+    fn take(&mut self, i: u32) -> Option<(SocketAddr, V)> {
+        let n = self.arena.node(i)?;
+        let (key, kind, src) = (n.key, n.value.kind, n.value.src);
         self.index.remove(&key);
         {
             let (arena, list) = self.split(kind);
             arena.unlink(list, i);
         };
+        self.sources.unrank(src);
+        self.src_unlink(src, i);
+        self.sources.settle(src);
         self.arena.release(i).map(|(k, e)| (k, e.value))
+    }
+
+    /// Links session `i` as the newest of source `s`'s list.
+    fn src_push_back(&mut self, s: u32, i: u32) {
+        let Some(src) = self.sources.arena.node_mut(s) else { return };
+        let list = &mut src.value.sessions;
+        let old_tail = list.tail;
+        list.tail = i;
+        list.len += 1;
+        if old_tail == NIL {
+            list.head = i;
+        }
+        if let Some(t) = self.arena.node_mut(old_tail) {
+            t.value.snext = i;
+        }
+        if let Some(n) = self.arena.node_mut(i) {
+            n.value.sprev = old_tail;
+            n.value.snext = NIL;
+        }
+    }
+
+    /// Unlinks session `i` from source `s`'s list.
+    fn src_unlink(&mut self, s: u32, i: u32) {
+        let Some(n) = self.arena.node_mut(i) else { return };
+        let (prev, next) = (n.value.sprev, n.value.snext);
+        n.value.sprev = NIL;
+        n.value.snext = NIL;
+        let Some(src) = self.sources.arena.node_mut(s) else { return };
+        let list = &mut src.value.sessions;
+        list.len -= 1;
+        if prev == NIL {
+            list.head = next;
+        }
+        if next == NIL {
+            list.tail = prev;
+        }
+        if let Some(p) = self.arena.node_mut(prev) {
+            p.value.snext = next;
+        }
+        if let Some(nx) = self.arena.node_mut(next) {
+            nx.value.sprev = prev;
+        }
+    }
+
+    /// Makes session `i` the newest of its source's list (one compare when
+    /// it already is: the common case of a busy session).
+    #[inline]
+    fn src_move_to_back(&mut self, i: u32) {
+        let Some(n) = self.arena.node(i) else { return };
+        let s = n.value.src;
+        if self.sources.arena.node(s).is_some_and(|src| src.value.sessions.tail != i) {
+            self.src_unlink(s, i);
+            self.src_push_back(s, i);
+        }
     }
 
     /// Marks node `i` active at `now` as the next newest of `kind`'s list
@@ -320,11 +438,8 @@ impl<V> SessionTable<V> {
     fn stamp(&mut self, kind: Kind, i: u32, now: Instant) {
         let tail = self.list(kind).tail;
         let floor = self.arena.node(tail).map(|n| n.value.last);
-        self.seq += 1;
-        let seq = self.seq;
         if let Some(n) = self.arena.node_mut(i) {
             n.value.last = floor.map_or(now, |f| now.max(f));
-            n.value.seq = seq;
             n.value.kind = kind;
         }
     }
@@ -363,6 +478,7 @@ impl<V: std::fmt::Debug> std::fmt::Debug for SessionTable<V> {
             .field("limits", &self.limits)
             .field("dns_only", &self.dns.len)
             .field("ordinary", &self.ordinary.len)
+            .field("sources", &self.sources.len())
             .finish_non_exhaustive()
     }
 }

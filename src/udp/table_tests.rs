@@ -181,7 +181,12 @@ fn zero_max_sessions_holds_one() {
 #[test]
 fn huge_timeouts_never_expire_and_do_not_panic() {
     let t0 = Instant::now();
-    let limits = Limits { idle_timeout: Duration::MAX, dns_idle_timeout: Duration::MAX, max_sessions: 2 };
+    let limits = Limits {
+        idle_timeout: Duration::MAX,
+        dns_idle_timeout: Duration::MAX,
+        max_sessions: 2,
+        ..Limits::default()
+    };
     let mut t = SessionTable::new(limits);
     let _ = t.insert(addr(1), 53, (), t0);
     let _ = t.insert(addr(2), 443, (), t0);
@@ -200,4 +205,95 @@ fn clock_running_backwards_keeps_order() {
     assert_eq!(t.deadline(&addr(2)), Some(t0 + 300 * S));
     assert_eq!(t.next_deadline(), Some(t0 + 300 * S));
     assert_eq!(drain(&mut t, t0 + 300 * S).len(), 2);
+}
+
+fn src_addr(host: u8, port: u16) -> SocketAddr {
+    SocketAddr::from(([10, 8, 0, host], port))
+}
+
+fn fair_table(max: usize, per_source: usize) -> SessionTable<u32> {
+    let limits = Limits { max_sessions: max, max_per_source: per_source, ..Limits::default() };
+    SessionTable::with_hasher(limits, FoldState::with_seeds(3, 5))
+}
+
+#[test]
+fn per_source_limit_evicts_the_sources_own_lru() {
+    let t0 = Instant::now();
+    let mut t = fair_table(100, 3);
+    let _ = t.insert(src_addr(20, 1), 443, 100, t0);
+    for p in 1..=3u16 {
+        let _ = t.insert(src_addr(10, p), 53, u32::from(p), t0 + u32::from(p) * S);
+    }
+    // Port 1 is refreshed: port 2 becomes this source's least recently used.
+    let _ = t.touch_outbound(&src_addr(10, 1), 53, t0 + 4 * S);
+    assert_eq!(t.insert(src_addr(10, 4), 53, 4, t0 + 5 * S), Insert::SourceFull(src_addr(10, 2), 2));
+    assert_eq!(t.source_len(&src_addr(10, 0).ip()), 3);
+    // The other source is untouched, though its session is the oldest.
+    assert_eq!(t.get(&src_addr(20, 1)), Some(&100));
+    assert_eq!(t.sources_len(), 2);
+}
+
+#[test]
+fn full_table_evicts_from_the_heaviest_source_not_global_lru() {
+    let t0 = Instant::now();
+    let mut t = fair_table(6, 100);
+    // B: one old session (the global LRU), and a second one.
+    let _ = t.insert(src_addr(20, 1), 443, 200, t0);
+    let _ = t.insert(src_addr(20, 2), 443, 201, t0 + S);
+    // A floods four new sessions: the table is full.
+    for p in 1..=4u16 {
+        let _ = t.insert(src_addr(10, p), 443, u32::from(p), t0 + (1 + u32::from(p)) * S);
+    }
+    // Each new session from A evicts A's own oldest, never B's.
+    for p in 5..=20u16 {
+        let got = t.insert(src_addr(10, p), 443, u32::from(p), t0 + (10 + u32::from(p)) * S);
+        assert_eq!(got, Insert::Evicted(src_addr(10, p - 4), u32::from(p - 4)));
+    }
+    assert_eq!(t.get(&src_addr(20, 1)), Some(&200));
+    assert_eq!(t.get(&src_addr(20, 2)), Some(&201));
+    // A third source's new session also comes out of A's share.
+    assert_eq!(t.insert(src_addr(30, 1), 443, 300, t0 + 40 * S), Insert::Evicted(src_addr(10, 17), 17));
+    assert_eq!(t.source_len(&src_addr(10, 0).ip()), 3);
+    // Once B holds the most, B gives up its own least recently used.
+    let _ = t.touch_inbound(&src_addr(20, 1), t0 + 41 * S);
+    assert_eq!(t.insert(src_addr(20, 3), 443, 202, t0 + 42 * S), Insert::Evicted(src_addr(10, 18), 18));
+    assert_eq!(t.source_len(&src_addr(20, 0).ip()), 3);
+    assert_eq!(t.source_len(&src_addr(10, 0).ip()), 2);
+    assert_eq!(t.insert(src_addr(30, 2), 443, 301, t0 + 44 * S), Insert::Evicted(src_addr(20, 2), 201));
+}
+
+#[test]
+fn new_sessions_per_source_are_rate_limited_with_a_burst() {
+    let t0 = Instant::now();
+    let limits = Limits { new_per_source_per_sec: 10, new_per_source_burst: 5, ..Limits::default() };
+    let mut t: SessionTable<u32> = SessionTable::with_hasher(limits, FoldState::with_seeds(3, 5));
+    let a = src_addr(10, 0).ip();
+    let b = src_addr(20, 0).ip();
+    // A source with no session: always admitted; its first insert spends one.
+    let mut admitted = 0;
+    for p in 0..20u16 {
+        if t.admit(a, t0) == Admit::Yes {
+            let _ = t.insert(src_addr(10, p), 53, 0, t0);
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 5, "the burst");
+    assert_eq!(t.admit(a, t0), Admit::OverRate);
+    // Another source is not affected.
+    assert_eq!(t.admit(b, t0), Admit::Yes);
+    // 10 per second: one more every 100 ms, and not before.
+    assert_eq!(t.admit(a, t0 + Duration::from_millis(99)), Admit::OverRate);
+    assert_eq!(t.admit(a, t0 + Duration::from_millis(100)), Admit::Yes);
+    assert_eq!(t.admit(a, t0 + Duration::from_millis(150)), Admit::OverRate);
+    assert_eq!(t.admit(a, t0 + Duration::from_millis(200)), Admit::Yes);
+    // A long pause refills to the burst, no more.
+    let later = t0 + 3600 * S;
+    let n = (0..20).filter(|_| t.admit(a, later) == Admit::Yes).count();
+    assert_eq!(n, 5);
+    // A source whose sessions all left is forgotten, bucket and all.
+    for p in 0..5u16 {
+        let _ = t.remove(&src_addr(10, p));
+    }
+    assert_eq!(t.sources_len(), 0);
+    assert_eq!(t.admit(a, later), Admit::Yes);
 }

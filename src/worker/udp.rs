@@ -15,7 +15,8 @@
 //! so the container sees them come from where it sent (or from any other
 //! remote that answers through the same association).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::io::{ErrorKind, IoSlice, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -32,57 +33,25 @@ use super::{Drive, WorkerLoop, auth_of, connect, drive_handshake, keepalive};
 use crate::config::{Tunnel, TunnelKind, UdpSettings};
 use crate::route::Cidr;
 use crate::stats::{Counters, Tally};
-use crate::udp::{Insert, Limits, Lru, SessionTable};
+use crate::udp::{Admit, FoldState, Insert, Limits, SessionTable};
 use crate::upstream::{Handshake, Socks5Handshake};
 use crate::wire::sockaddr::unmapped;
 use crate::wire::socks5::{self, Bound};
 
-/// Datagrams a front loop received and routed for one worker, packed into
-/// one buffer: one hand-off (and one wake) per batch, and the batch comes
-/// back to the fronts empty through the worker's recycle channel, so the
-/// steady path allocates nothing per datagram.
-pub struct UdpBatch {
-    /// The tunnels `UdpItem::tunnel` indexes (one Arc clone per batch).
-    pub tunnels: Arc<[Arc<Tunnel>]>,
-    pub items: Vec<UdpItem>,
-    pub data: Vec<u8>,
-}
+mod batch;
+mod heavy;
+mod reply;
+pub use batch::{UdpBatch, UdpItem};
+use reply::SourceCheck;
+pub(super) use reply::{ReplyError, ReplyPool};
 
-/// One datagram of a batch; its payload is `data[start..start + len]`.
-#[derive(Debug, Clone, Copy)]
-pub struct UdpItem {
-    pub client: SocketAddr,
-    pub orig_dst: SocketAddr,
-    pub tunnel: u16,
-    /// The route that matched (`None`: the default tunnel), for counters.
-    pub source: Option<Cidr>,
-    pub start: u32,
-    pub len: u32,
-}
-
-impl UdpBatch {
-    pub fn new(tunnels: Arc<[Arc<Tunnel>]>) -> UdpBatch {
-        UdpBatch { tunnels, items: Vec::with_capacity(64), data: Vec::with_capacity(64 * 1024) }
-    }
-
-    pub fn push(
-        &mut self,
-        client: SocketAddr,
-        orig_dst: SocketAddr,
-        route: (Option<Cidr>, u16),
-        payload: &[u8],
-    ) {
-        let start = self.data.len() as u32;
-        self.data.extend_from_slice(payload);
-        let (source, tunnel) = route;
-        self.items.push(UdpItem { client, orig_dst, tunnel, source, start, len: payload.len() as u32 });
-    }
-
-    /// Whether the batch should go now rather than grow further.
-    pub fn is_full(&self) -> bool {
-        self.items.len() >= 256 || self.data.len() >= 128 * 1024
-    }
-}
+/// Datagrams one relay or Direct socket may deliver per event before the
+/// worker turns to its other sockets and its queue (then it re-arms the
+/// socket: see `rearm`).
+const READS_PER_EVENT: usize = 64;
+/// What a queued datagram costs beyond its payload (its box and queue
+/// slot), for the pending byte budget.
+const PENDING_OVERHEAD: usize = 64;
 
 /// One datagram as the worker handles it.
 struct Datagram<'a> {
@@ -103,8 +72,10 @@ enum Link {
     },
     /// Datagrams go to the relay through `data` (connected to it).
     Relay { ctrl: TcpStream, data: UdpSocket },
-    /// A socket of the session's own, with the tunnel's options.
-    Direct { data: UdpSocket },
+    /// A socket of the session's own, with the tunnel's options; `sent`
+    /// holds fingerprints of the last destinations the client sent to, so
+    /// replies from them count as solicited (see `on_data`).
+    Direct { data: UdpSocket, sent: [u64; 4], next: u8 },
     /// The tunnel has no UDP: port-53 datagrams go as DNS over TCP, on one
     /// connection per DNS server (slots in `Udp::dns`).
     DnsOverTcp { conns: Vec<(SocketAddr, usize)> },
@@ -132,68 +103,92 @@ pub(super) struct Udp {
     pub(super) replies: ReplyPool,
     pub(super) pending_max: usize,
     dns_over_tcp: bool,
+    /// Bytes queued in this worker's associating sessions, in total and
+    /// per source address (entries leave at zero), and their bounds.
+    pending_bytes: usize,
+    pending_by_source: HashMap<IpAddr, usize, FoldState>,
+    pending_bytes_max: usize,
+    pending_source_max: usize,
+    source_check: SourceCheck,
+    /// Sources of this worker that went over a limit (see `UdpBatch::sheds`).
+    heavy: heavy::Named,
+    /// Keys the fingerprints of Direct sessions' destinations.
+    fp: FoldState,
 }
 
 impl Udp {
+    /// A worker's share of the UDP settings: `max_sessions` and
+    /// `max_reply_sockets` are for the whole process, split evenly across
+    /// the workers (a source's sessions all live in one worker).
     pub(super) fn new(s: &UdpSettings, workers: usize) -> Udp {
         let limits = Limits {
             idle_timeout: s.idle_timeout,
             dns_idle_timeout: s.dns_idle_timeout,
-            max_sessions: s.max_sessions,
+            max_sessions: UdpSettings::per_worker(s.max_sessions, workers),
+            max_per_source: s.max_sessions_per_source,
+            new_per_source_per_sec: s.new_sessions_per_source_per_sec,
+            new_per_source_burst: s.new_sessions_per_source_burst,
         };
         Udp {
             table: SessionTable::new(limits),
             sessions: Slab::default(),
             dns: Slab::default(),
             dns_over_tcp: s.dns_over_tcp,
-            replies: ReplyPool::new((s.max_reply_sockets / workers.max(1)).max(1)),
+            replies: ReplyPool::new(UdpSettings::per_worker(s.max_reply_sockets, workers)),
             pending_max: s.pending_datagrams,
+            pending_bytes: 0,
+            pending_by_source: HashMap::with_hasher(FoldState::new()),
+            pending_bytes_max: s.pending_bytes_per_worker,
+            pending_source_max: s.pending_bytes_per_source,
+            source_check: SourceCheck::default(),
+            heavy: heavy::Named::default(),
+            fp: FoldState::new(),
+        }
+    }
+
+    /// Takes `n` bytes of the pending budget for `source`, if both the
+    /// worker's and the source's share allow.
+    fn reserve_pending(&mut self, source: IpAddr, n: usize) -> bool {
+        let held = self.pending_by_source.get(&source).copied().unwrap_or(0);
+        if self.pending_bytes + n > self.pending_bytes_max || held + n > self.pending_source_max {
+            return false;
+        }
+        self.pending_bytes += n;
+        *self.pending_by_source.entry(source).or_insert(0) += n;
+        true
+    }
+
+    /// Notes that `source` went over one of its limits at `now`.
+    fn over_limit(&mut self, source: IpAddr, now: Instant) {
+        self.heavy.name(source, now);
+    }
+
+    fn release_pending(&mut self, source: IpAddr, n: usize) {
+        self.pending_bytes = self.pending_bytes.saturating_sub(n);
+        if let Some(held) = self.pending_by_source.get_mut(&source) {
+            *held = held.saturating_sub(n);
+            if *held == 0 {
+                self.pending_by_source.remove(&source);
+            }
         }
     }
 
     /// Reloaded settings, live: limits and timeouts for the table (existing
     /// sessions keep running), the reply-pool size (shrinks as it is used),
-    /// pending_datagrams and dns_over_tcp for what comes next.
+    /// pending_datagrams, the pending byte budgets and dns_over_tcp for
+    /// what comes next.
     pub(super) fn apply(&mut self, s: &UdpSettings, workers: usize) {
         let fresh = Udp::new(s, workers);
         self.table.set_limits(*fresh.table.limits());
-        self.replies.cap = fresh.replies.cap;
+        self.replies.set_cap(UdpSettings::per_worker(s.max_reply_sockets, workers));
         (self.pending_max, self.dns_over_tcp) = (fresh.pending_max, fresh.dns_over_tcp);
+        (self.pending_bytes_max, self.pending_source_max) =
+            (fresh.pending_bytes_max, fresh.pending_source_max);
     }
 
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         self.table.next_deadline()
     }
-}
-
-/// Bounded pool of IP_TRANSPARENT sockets keyed by the remote address they
-/// are bound to; shared by every session of the worker.
-pub(super) struct ReplyPool {
-    lru: Lru<SocketAddr, std::net::UdpSocket>,
-    cap: usize,
-    /// Remotes whose bind failed, logged once each (bounded).
-    failed: Lru<SocketAddr, ()>,
-}
-
-impl ReplyPool {
-    fn new(cap: usize) -> ReplyPool {
-        ReplyPool { lru: Lru::new(), cap, failed: Lru::new() }
-    }
-}
-
-fn reply_socket(from: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    let s = Socket::new(Domain::for_address(from), Type::DGRAM.nonblocking().cloexec(), None)?;
-    s.set_reuse_address(true)?;
-    if from.is_ipv4() {
-        s.set_ip_transparent_v4(true)?;
-    } else {
-        s.set_only_v6(true)?;
-        s.set_ip_transparent_v6(true)?;
-    }
-    // Never read: keep what the kernel might queue on it small.
-    let _ = s.set_recv_buffer_size(1);
-    s.bind(&from.into())?;
-    Ok(s.into())
 }
 
 impl WorkerLoop {
@@ -213,11 +208,10 @@ impl WorkerLoop {
         }
         b.items.clear();
         b.data.clear();
-        // Keep only modest buffers for reuse (a flood of large datagrams
-        // must not leave megabytes parked in the recycle channel).
-        if b.data.capacity() <= 256 * 1024 {
-            let _ = self.recycle.try_send(b);
-        }
+        b.release();
+        self.udp.heavy.expire(self.now);
+        // Buffers never grow past their first size (see `is_full`).
+        let _ = self.recycle.try_send(b);
     }
 
     fn on_datagram(&mut self, d: Datagram<'_>) {
@@ -227,6 +221,14 @@ impl WorkerLoop {
         // (SPEC §4); `route set --reset-flows` is how to move it now.
         if let Some(&mut slot) = self.udp.table.touch_outbound(&d.client, d.orig_dst.port(), now) {
             self.send_on(slot, d.orig_dst, d.data);
+            return;
+        }
+        if self.udp.table.admit(d.client.ip(), now) == Admit::OverRate {
+            self.udp.over_limit(d.client.ip(), now);
+            Counters::inc(&self.counters.udp_drop_source_rate);
+            self.tally(&d.tunnel.name, d.source).inc(|c| &c.udp_drop_source_rate);
+            debug!(target: "egressd::udp", "{} -> udp {}: source over new_sessions_per_source_per_sec; dropped",
+                d.client, d.orig_dst);
             return;
         }
         let Some(link) = self.open_link(&d) else { return };
@@ -246,6 +248,14 @@ impl WorkerLoop {
                     s.tc.inc(|c| &c.udp_sessions_evicted);
                 }
                 debug!(target: "egressd::udp", "{client}: session evicted (max_sessions)");
+                self.drop_session(old);
+            }
+            Insert::SourceFull(client, old) => {
+                Counters::inc(&self.counters.udp_source_full);
+                if let Some(s) = self.udp.sessions.get(old) {
+                    s.tc.inc(|c| &c.udp_source_full);
+                }
+                debug!(target: "egressd::udp", "{client}: session evicted (max_sessions_per_source)");
                 self.drop_session(old);
             }
             Insert::Expired(_, old) | Insert::Replaced(old) => self.drop_session(old),
@@ -300,7 +310,7 @@ impl WorkerLoop {
                     Ok(UdpSocket::from_std(s.into()))
                 })();
                 match r {
-                    Ok(data) => Some(Link::Direct { data }),
+                    Ok(data) => Some(Link::Direct { data, sent: [0; 4], next: 0 }),
                     Err(e) => {
                         self.log_udp_failure(d.tunnel, &format!("cannot open a UDP socket: {e}"));
                         Counters::inc(&self.counters.udp_drop_send);
@@ -333,7 +343,7 @@ impl WorkerLoop {
                     Interest::READABLE | Interest::WRITABLE,
                 )
                 .is_ok(),
-            Link::Direct { data } => {
+            Link::Direct { data, .. } => {
                 reg.register(data, slab::token(slot, generation, Kind::UdpData), Interest::READABLE).is_ok()
             }
             Link::Relay { .. } | Link::DnsOverTcp { .. } | Link::Empty => true,
@@ -351,16 +361,37 @@ impl WorkerLoop {
         }
         let sent = match &mut s.link {
             Link::Associating { pending, .. } => {
-                if pending.len() < self.udp.pending_max {
-                    // Only while the association is set up: copied once.
-                    pending.push_back((dst, data.into()));
-                } else {
+                let cost = data.len() + PENDING_OVERHEAD;
+                if pending.len() >= self.udp.pending_max {
                     Counters::inc(&self.counters.udp_drop_pending);
+                    return;
+                }
+                let client = s.client;
+                if !self.udp.reserve_pending(client.ip(), cost) {
+                    self.udp.over_limit(client.ip(), self.now);
+                    Counters::inc(&self.counters.udp_drop_pending_bytes);
+                    if let Some(s) = self.udp.sessions.get(slot) {
+                        s.tc.inc(|c| &c.udp_drop_pending_bytes);
+                    }
+                    return;
+                }
+                // Only while the association is set up: copied once.
+                if let Some(Link::Associating { pending, .. }) =
+                    self.udp.sessions.get_mut(slot).map(|s| &mut s.link)
+                {
+                    pending.push_back((dst, data.into()));
                 }
                 return;
             }
             Link::Relay { data: sock, .. } => send_to_relay(sock, target, data),
-            Link::Direct { data: sock } => sock.send_to(data, target).map(|_| ()),
+            Link::Direct { data: sock, sent, next } => {
+                let fp = self.udp.fp.hash_one(target);
+                if !sent.contains(&fp) {
+                    sent[usize::from(*next) % sent.len()] = fp;
+                    *next = next.wrapping_add(1);
+                }
+                sock.send_to(data, target).map(|_| ())
+            }
             Link::DnsOverTcp { .. } => {
                 if dst.port() == 53 {
                     let (client, tunnel) = (s.client, Arc::clone(&s.tunnel));
@@ -391,7 +422,7 @@ impl WorkerLoop {
             Kind::UdpControl if self.udp.sessions.is_live(slot, generation) => {
                 self.on_control(slot, generation, ev)
             }
-            Kind::UdpData if self.udp.sessions.is_live(slot, generation) => self.on_data(slot),
+            Kind::UdpData if self.udp.sessions.is_live(slot, generation) => self.on_data(slot, generation),
             Kind::DnsTcp if self.udp.dns.is_live(slot, generation) => self.on_dns_event(slot, ev),
             _ => {}
         }
@@ -466,22 +497,26 @@ impl WorkerLoop {
         };
         debug!(target: "egressd::udp", "{}: associated via {} (relay {relay})", s.client, s.tunnel.name);
         s.link = Link::Relay { ctrl, data };
+        let client = s.client;
         for (dst, d) in pending {
+            self.udp.release_pending(client.ip(), d.len() + PENDING_OVERHEAD);
             self.send_on(slot, dst, &d);
         }
     }
 
-    /// Datagrams from the relay (or, for Direct, from any remote).
-    fn on_data(&mut self, slot: usize) {
+    /// Datagrams from the relay (or, for Direct, from any remote), at most
+    /// [`READS_PER_EVENT`] of them: then the socket is re-armed and the loop
+    /// serves its other events and its queue before coming back.
+    fn on_data(&mut self, slot: usize, generation: u32) {
         let now = self.now;
-        loop {
+        for _ in 0..READS_PER_EVENT {
             let Some(s) = self.udp.sessions.get_mut(slot) else { return };
             let client = s.client;
             let scratch = &mut self.relay.scratch[..];
-            let (remote, payload) = match &mut s.link {
+            let (remote, payload, solicited) = match &mut s.link {
                 Link::Relay { data, .. } => match data.recv(scratch) {
                     Ok(n) => match socks5::parse_udp_header(&scratch[..n]) {
-                        Ok((remote, off)) => (unmapped(remote), off..n),
+                        Ok((remote, off)) => (unmapped(remote), off..n, true),
                         Err(socks5::UdpHeaderError::Fragmented(_)) => {
                             Counters::inc(&self.counters.udp_drop_frag);
                             continue;
@@ -497,22 +532,39 @@ impl WorkerLoop {
                     // ICMP errors from the relay surface here; the session goes on.
                     Err(_) => continue,
                 },
-                Link::Direct { data } => match data.recv_from(scratch) {
-                    Ok((n, from)) => (unmapped(from), 0..n),
+                Link::Direct { data, sent, .. } => match data.recv_from(scratch) {
+                    Ok((n, from)) => {
+                        let from = unmapped(from);
+                        (from, 0..n, sent.contains(&self.udp.fp.hash_one(from)))
+                    }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(_) => continue,
                 },
                 Link::Associating { .. } | Link::DnsOverTcp { .. } | Link::Empty => return,
             };
-            // The answer to a redirected query comes from the address asked.
-            let remote = match s.dns_alias {
-                Some((went, asked)) if went == remote => asked,
-                _ => remote,
+            // The answer to a redirected query comes from the address asked:
+            // egressd's own choice, so the relay's word is not checked.
+            let alias = self.udp.sessions.get(slot).and_then(|s| s.dns_alias);
+            let (remote, redirected) = match alias {
+                Some((went, asked)) if went == remote => (asked, true),
+                _ => (remote, false),
             };
-            self.udp.table.touch_inbound(&client, now);
+            if !redirected && let Err(why) = self.check_reply_source(remote.ip()) {
+                Counters::inc(&self.counters.udp_drop_reply_source);
+                if let Some(s) = self.udp.sessions.get(slot) {
+                    s.tc.inc(|c| &c.udp_drop_reply_source);
+                }
+                debug!(target: "egressd::udp", "{remote} -> {client}: reply dropped: its source is {why:?}");
+                continue;
+            }
+            // Only what the client asked for keeps its session alive: a
+            // stranger writing to a Direct socket does not.
+            if solicited {
+                self.udp.table.touch_inbound(&client, now);
+            }
             let bytes = &self.relay.scratch[payload];
-            let r = self.udp.replies.send(remote, client, bytes);
+            let r = self.udp.replies.send_as(remote, client, bytes, solicited);
             let n = bytes.len() as u64;
             if r.is_ok()
                 && let Some(s) = self.udp.sessions.get(slot)
@@ -522,6 +574,30 @@ impl WorkerLoop {
             }
             self.count_reply(r, remote, client, n);
         }
+        self.rearm(slot, generation);
+    }
+
+    /// Re-registers a session's data socket that was left readable: epoll
+    /// queues an event for it at once (`EPOLL_CTL_MOD` re-checks readiness),
+    /// so the next turn of the loop comes back to it without a new edge.
+    fn rearm(&mut self, slot: usize, generation: u32) {
+        let reg = self.poll.registry();
+        let Some(s) = self.udp.sessions.get_mut(slot) else { return };
+        let sock = match &mut s.link {
+            Link::Relay { data, .. } | Link::Direct { data, .. } => data,
+            _ => return,
+        };
+        if reg.reregister(sock, slab::token(slot, generation, Kind::UdpData), Interest::READABLE).is_err() {
+            self.end_session(slot, "cannot re-register the data socket");
+        }
+    }
+
+    /// Whether a reply may name `remote` as its source (see `reply`).
+    fn check_reply_source(&mut self, remote: IpAddr) -> Result<(), reply::Refused> {
+        let settings = &self.settings;
+        let containers =
+            settings.intercept.sources.iter().copied().chain(settings.routes.iter().map(|(c, _)| c));
+        self.udp.source_check.check(remote, containers, self.now)
     }
 
     /// Counts (and for a failed bind, logs once) a reply's fate.
@@ -548,8 +624,12 @@ impl WorkerLoop {
                 Counters::inc(&self.counters.udp_drop_send);
                 debug!(target: "egressd::udp", "{remote} -> {client}: reply not sent: {e}");
             }
+            Err(ReplyError::NoRoom) => {
+                Counters::inc(&self.counters.udp_drop_unsolicited);
+                debug!(target: "egressd::udp", "{remote} -> {client}: unsolicited, no reply socket to spare; dropped");
+            }
         }
-        Counters::set(&self.counters.udp_reply_sockets, self.udp.replies.lru.len() as u64);
+        Counters::set(&self.counters.udp_reply_sockets, self.udp.replies.len() as u64);
     }
 
     /// Ends every session of these sources; returns how many.
@@ -631,6 +711,8 @@ impl WorkerLoop {
             match s.link {
                 Link::Associating { pending, .. } => {
                     Counters::add(&self.counters.udp_drop_pending, pending.len() as u64);
+                    let bytes: usize = pending.iter().map(|(_, d)| d.len() + PENDING_OVERHEAD).sum();
+                    self.udp.release_pending(s.client.ip(), bytes);
                 }
                 Link::DnsOverTcp { conns } => {
                     for (_, c) in conns {
@@ -691,42 +773,5 @@ fn send_to_relay(sock: &UdpSocket, dst: SocketAddr, payload: &[u8]) -> std::io::
     SockRef::from(sock).send_vectored(&[IoSlice::new(&h[..n]), IoSlice::new(payload)]).map(|_| ())
 }
 
-pub(super) enum ReplyError {
-    Bind(std::io::Error),
-    Send(std::io::Error),
-}
-
-impl ReplyPool {
-    /// Sends `payload` to `client` from `remote`'s address.
-    pub(super) fn send(
-        &mut self,
-        remote: SocketAddr,
-        client: SocketAddr,
-        payload: &[u8],
-    ) -> Result<(), ReplyError> {
-        if remote.is_ipv4() != client.is_ipv4() {
-            return Err(ReplyError::Send(ErrorKind::InvalidInput.into()));
-        }
-        if self.lru.touch(&remote).is_none() {
-            let sock = reply_socket(remote).map_err(ReplyError::Bind)?;
-            while self.lru.len() >= self.cap {
-                self.lru.pop_oldest();
-            }
-            self.lru.insert(remote, sock);
-        }
-        let sock = self.lru.get_mut(&remote).expect("just ensured");
-        sock.send_to(payload, client).map(|_| ()).map_err(ReplyError::Send)
-    }
-
-    /// True the first time a remote's bind fails (so it is logged once).
-    fn first_failure(&mut self, remote: SocketAddr) -> bool {
-        if self.failed.get_mut(&remote).is_some() {
-            return false;
-        }
-        if self.failed.len() >= 1024 {
-            self.failed.pop_oldest();
-        }
-        self.failed.insert(remote, ());
-        true
-    }
-}
+#[cfg(test)]
+mod tests;
