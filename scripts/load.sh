@@ -149,7 +149,10 @@ cat >"$CONF" <<EOF
     ],
     intercept: (sources: ["10.8.0.0/24", "fd08::/64"]),
     tcp: (connect_timeout_secs: 30),
-    udp: (idle_timeout_secs: 3, dns_idle_timeout_secs: 3),
+    // The load measures the table's bounds, not the per-source fairness
+    // limits: a source may open sessions as fast as the client can.
+    udp: (idle_timeout_secs: 3, dns_idle_timeout_secs: 3,
+          new_sessions_per_source_per_sec: 1000000, new_sessions_per_source_burst: 1000000),
     threads: 2,
     control: (socket: "$SOCK"),
 )
