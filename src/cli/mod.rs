@@ -3,6 +3,7 @@
 //! Exit codes: 0 ok, 1 bad config or failed check, 2 usage.
 
 mod run;
+mod top;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,6 +35,7 @@ enum Command {
     Rules(RulesArgs),
     Doctor(DoctorArgs),
     Stats(StatsArgs),
+    Top(TopArgs),
     Route(RouteArgs),
 }
 
@@ -56,6 +58,18 @@ struct StatsArgs {
     /// print Prometheus text instead of the table
     #[argh(switch)]
     prometheus: bool,
+}
+
+/// Watch the running daemon live: per source, its tunnel, flows, rates, drops.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "top")]
+struct TopArgs {
+    /// the control socket (default /run/egressd.sock)
+    #[argh(option)]
+    socket: Option<PathBuf>,
+    /// print one snapshot (rates over one second) and exit; the default when stdout is not a terminal
+    #[argh(switch)]
+    once: bool,
 }
 
 /// Show or change the live route table (until the next restart or reload).
@@ -186,7 +200,7 @@ pub fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let Some(cmd) = args.cmd else {
-        return usage("a command is needed (run, check, rules, doctor, stats, route); or --version");
+        return usage("a command is needed (run, check, rules, doctor, stats, top, route); or --version");
     };
     match cmd {
         Command::Doctor(a) => match load(a.config.as_deref()) {
@@ -200,6 +214,7 @@ pub fn main() -> ExitCode {
             let req = if a.prometheus { Request::Metrics } else { Request::Stats };
             ask(a.socket, req)
         }
+        Command::Top(a) => top::run(&a.socket.unwrap_or_else(crate::control::default_socket), a.once),
         Command::Route(r) => match r.cmd {
             RouteCmd::List(a) => ask(a.socket, Request::RouteList),
             RouteCmd::Set(a) => match a.source.parse() {

@@ -40,9 +40,18 @@ pub fn intercepted(sources: &[Cidr], source: Cidr) -> bool {
 pub enum Request {
     Stats,
     Metrics,
+    /// One tab-separated row per route source, for `egressd top`.
+    Top,
     RouteList,
-    RouteSet { source: Cidr, tunnel: String, reset: bool },
-    RouteDel { source: Cidr, reset: bool },
+    RouteSet {
+        source: Cidr,
+        tunnel: String,
+        reset: bool,
+    },
+    RouteDel {
+        source: Cidr,
+        reset: bool,
+    },
 }
 
 /// One request line, e.g. `route set 10.8.0.12/32 hk1 reset`.
@@ -57,6 +66,7 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
     match w.as_slice() {
         ["stats"] => Ok(Request::Stats),
         ["metrics"] => Ok(Request::Metrics),
+        ["top"] => Ok(Request::Top),
         ["route", "list"] => Ok(Request::RouteList),
         ["route", "set", src, tunnel, rest @ ..] => {
             Ok(Request::RouteSet { source: cidr(src)?, tunnel: tunnel.to_string(), reset: reset(rest)? })
@@ -72,6 +82,7 @@ pub fn encode_request(r: &Request) -> String {
     match r {
         Request::Stats => "stats\n".into(),
         Request::Metrics => "metrics\n".into(),
+        Request::Top => "top\n".into(),
         Request::RouteList => "route list\n".into(),
         Request::RouteSet { source, tunnel, reset: r } => {
             format!("route set {source} {tunnel}{}\n", reset(*r))
@@ -101,6 +112,7 @@ impl Control {
                 &self.registry.per_tunnel(),
                 &self.registry.per_source(),
             )),
+            Request::Top => Ok(top_rows(&self.live.load(), &self.registry.per_source())),
             Request::RouteList => Ok(route_list(&self.live.load())),
             Request::RouteSet { source, tunnel, reset } => {
                 let mut uncovered = false;
@@ -236,6 +248,50 @@ fn named_sources(s: &Shared, sources: Vec<(String, stats::Snapshot)>) -> Vec<(St
         .collect()
 }
 
+/// `egressd top`'s rows, one line per route source, tab-separated: source,
+/// container name (or `-`), its tunnel now (`-`: no route any more; `reject`:
+/// a label naming no tunnel), TCP flows open, UDP sessions open, bytes up,
+/// bytes down, datagrams and connections dropped.
+fn top_rows(s: &Shared, sources: &[(String, stats::Snapshot)]) -> String {
+    let mut o = String::new();
+    for (label, snap) in sources {
+        let cidr = label.parse::<Cidr>().ok();
+        let name = cidr.and_then(|c| s.labels.owner(&c)).map_or("-", |r| r.name.as_str());
+        let tunnel = match cidr {
+            // The default route's source label is "(default)".
+            None => {
+                s.settings.default.map_or("reject", |id| s.settings.tunnels[usize::from(id)].name.as_str())
+            }
+            Some(c) => match s.route(c.addr()) {
+                Some((Some(m), t)) if m == c => t.name.as_str(),
+                _ if name != "-" => "reject",
+                _ => "-",
+            },
+        };
+        let drops: u64 = snap
+            .fields()
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("drop_") || n.starts_with("udp_drop_"))
+            .map(|(_, v)| v)
+            .sum();
+        o.push_str(&format!(
+            "{label}\t{}\t{tunnel}\t{}\t{}\t{}\t{}\t{drops}\n",
+            clean(name),
+            snap.tcp_flows_active,
+            snap.udp_sessions_active,
+            snap.tcp_bytes_up + snap.udp_bytes_up,
+            snap.tcp_bytes_down + snap.udp_bytes_down,
+        ));
+    }
+    o
+}
+
+/// A container name as one tab-separated field: no tabs, newlines or
+/// other control characters (names come from Docker, not from us).
+fn clean(name: &str) -> String {
+    name.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
 /// Binds the control socket. Only a stale socket (one nobody answers on)
 /// is replaced: any other file there is an error, never deleted (a mistyped
 /// `control.socket` pointing at the config must not remove it).
@@ -300,6 +356,7 @@ mod tests {
         let reqs = [
             Request::Stats,
             Request::Metrics,
+            Request::Top,
             Request::RouteList,
             Request::RouteSet { source: "10.8.0.12/32".parse().unwrap(), tunnel: "hk1".into(), reset: true },
             Request::RouteSet { source: "fd08::/64".parse().unwrap(), tunnel: "x".into(), reset: false },
@@ -409,5 +466,44 @@ mod tests {
             .handle(Request::RouteSet { source: c("10.8.0.5/32"), tunnel: "a".into(), reset: false })
             .unwrap();
         assert!(!out.contains("warning"), "{out}");
+    }
+
+    #[test]
+    fn top_rows_name_the_tunnel_and_sum_drops() {
+        use crate::docker::{LabelRoute, Labels};
+        let text = r#"(listen: ["10.8.0.1:10900"], tunnels: { "a": Direct(), "b": Direct() },
+            routes: [(source: "10.8.0.0/24", tunnel: "a")], default: Tunnel("b"))"#;
+        let s = Arc::new(crate::config::Settings::parse("t.ron", text).unwrap());
+        let lr = |addr: &str, name: &str, tunnel: &str| LabelRoute {
+            addr: addr.parse().unwrap(),
+            id: "0123456789abcdef".into(),
+            name: name.into(),
+            tunnel: tunnel.into(),
+        };
+        let labels = Labels::new(vec![lr("10.8.0.4", "w2\tx", "b"), lr("10.8.0.5", "bad", "typo")], &s);
+        let shared = Shared::new(Arc::clone(&s)).with_labels(labels);
+        let r = Registry::default();
+        let w2 = r.source("10.8.0.4/32");
+        stats::Counters::add(&w2.tcp_bytes_up, 10);
+        stats::Counters::add(&w2.udp_bytes_up, 5);
+        stats::Counters::add(&w2.tcp_bytes_down, 1000);
+        stats::Counters::inc(&w2.tcp_flows_active);
+        stats::Counters::inc(&w2.udp_sessions_active);
+        stats::Counters::add(&w2.udp_drop_shed, 3);
+        stats::Counters::add(&w2.drop_queue_full, 2);
+        stats::Counters::add(&w2.udp_sessions_total, 50); // not a drop
+        r.source("10.8.0.0/24");
+        r.source("10.8.0.5/32");
+        r.source("10.8.0.9/32"); // its route is gone
+        r.source("(default)");
+        let out = top_rows(&shared, &r.per_source());
+        let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split('\t').collect()).collect();
+        assert!(rows.iter().all(|f| f.len() == 8), "{out}");
+        let row = |src: &str| rows.iter().find(|f| f[0] == src).unwrap_or_else(|| panic!("{src}: {out}"));
+        assert_eq!(row("10.8.0.4/32"), &["10.8.0.4/32", "w2?x", "b", "1", "1", "15", "1000", "5"]);
+        assert_eq!(row("10.8.0.0/24")[1..3], ["-", "a"]);
+        assert_eq!(row("10.8.0.5/32")[1..3], ["bad", "reject"]);
+        assert_eq!(row("10.8.0.9/32")[1..3], ["-", "-"]);
+        assert_eq!(row("(default)")[1..3], ["-", "b"]);
     }
 }

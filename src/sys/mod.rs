@@ -68,6 +68,26 @@ pub fn wait_signal() -> io::Result<Signal> {
     Ok(if sig == libc::SIGHUP { Signal::Reload } else { Signal::Stop })
 }
 
+/// Waits up to `timeout` for one of the blocked signals: `None` when none
+/// came (`egressd top` uses the wait as its refresh tick).
+pub fn wait_signal_timeout(timeout: std::time::Duration) -> io::Result<Option<Signal>> {
+    let set = handled_set();
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: `set` and `ts` are valid for the call; a null siginfo pointer is allowed.
+    let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+    if sig < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(if sig == libc::SIGHUP { Signal::Reload } else { Signal::Stop }))
+}
+
 /// Asks the kernel to report each datagram's original destination
 /// (IP_RECVORIGDSTADDR, and IPV6_RECVORIGDSTADDR on an IPv6 socket).
 pub fn set_recv_orig_dst(fd: BorrowedFd<'_>, ipv6: bool) -> io::Result<()> {

@@ -1,0 +1,300 @@
+//! `egressd top`: a live view of the running daemon, one row per route
+//! source, from the control socket's `top` request once a second.
+//!
+//! Plain ANSI (alternate screen, hidden cursor, home + clear to end of line),
+//! so it works in any terminal and over ssh; the terminal is restored on
+//! SIGINT, SIGTERM and SIGHUP. When stdout is not a terminal (or with
+//! `--once`) it prints one plain snapshot, rates over one second, and exits.
+//! Rendering is a pure function of two samples, tested below.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use crate::control::{self, Request};
+
+/// The screen width `top` draws for (names are truncated to fit).
+pub const WIDTH: usize = 80;
+/// Rows of sources drawn live (a 24-line terminal, less the header).
+const LIVE_ROWS: usize = 20;
+
+/// One source's counters, as the control socket's `top` request gives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub source: String,
+    pub name: String,
+    pub tunnel: String,
+    pub tcp: u64,
+    pub udp: u64,
+    pub up: u64,
+    pub down: u64,
+    pub drops: u64,
+}
+
+/// The `top` answer's rows; malformed lines are skipped.
+pub fn parse_rows(body: &str) -> Vec<Row> {
+    body.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let [source, name, tunnel, tcp, udp, up, down, drops] = f.as_slice() else { return None };
+            let n = |s: &str| s.parse::<u64>().ok();
+            Some(Row {
+                source: source.to_string(),
+                name: name.to_string(),
+                tunnel: tunnel.to_string(),
+                tcp: n(tcp)?,
+                udp: n(udp)?,
+                up: n(up)?,
+                down: n(down)?,
+                drops: n(drops)?,
+            })
+        })
+        .collect()
+}
+
+/// Bytes (or bytes per second) in 6 characters: `999B`, `12.3K`, `1.5G`.
+fn human(v: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut v = v.max(0.0);
+    let mut u = 0;
+    while v >= 999.95 && u + 1 < UNITS.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 { format!("{v:.0}{}", UNITS[u]) } else { format!("{v:.1}{}", UNITS[u]) }
+}
+
+/// `s` cut to `w` characters (the last one `~` when cut).
+fn fit(s: &str, w: usize) -> String {
+    if s.chars().count() <= w {
+        return s.to_string();
+    }
+    let mut o: String = s.chars().take(w.saturating_sub(1)).collect();
+    o.push('~');
+    o
+}
+
+/// The screen for `rows`, with rates against `prev` (taken `secs` earlier;
+/// `None`: no earlier sample, rates shown as `-`), at most `max_rows`
+/// sources, every line at most `width` characters. Sorted by traffic:
+/// rate (up + down), then total bytes, then source.
+pub fn render(rows: &[Row], prev: Option<(&[Row], f64)>, width: usize, max_rows: usize) -> Vec<String> {
+    let rate = |r: &Row| -> Option<(f64, f64)> {
+        let (p, secs) = prev?;
+        let (pu, pd) = p.iter().find(|q| q.source == r.source).map_or((0, 0), |q| (q.up, q.down));
+        let secs = secs.max(0.001);
+        Some((r.up.saturating_sub(pu) as f64 / secs, r.down.saturating_sub(pd) as f64 / secs))
+    };
+    let mut list: Vec<(&Row, Option<(f64, f64)>)> = rows.iter().map(|r| (r, rate(r))).collect();
+    let traffic = |(r, rt): &(&Row, Option<(f64, f64)>)| (rt.map_or(0.0, |(u, d)| u + d), r.up + r.down);
+    list.sort_by(|a, b| {
+        let (ra, ta) = traffic(a);
+        let (rb, tb) = traffic(b);
+        rb.total_cmp(&ra).then(tb.cmp(&ta)).then_with(|| a.0.source.cmp(&b.0.source))
+    });
+    let (sum_up, sum_down) =
+        list.iter().filter_map(|(_, r)| *r).fold((0.0, 0.0), |a, r| (a.0 + r.0, a.1 + r.1));
+    let totals = match prev {
+        Some(_) => format!("up {}/s  down {}/s", human(sum_up), human(sum_down)),
+        None => "rates after the next sample".to_string(),
+    };
+    let mut out = vec![
+        fit(&format!("egressd top - {} sources, {totals}   (Ctrl-C quits)", rows.len()), width),
+        String::new(),
+        fit(
+            &format!(
+                "{:<24} {:<11} {:>5} {:>5} {:>7} {:>7} {:>7} {:>7}",
+                "SOURCE (CONTAINER)", "TUNNEL", "TCP", "UDP", "UP/s", "DOWN/s", "TOTAL", "DROPS"
+            ),
+            width,
+        ),
+    ];
+    for (r, rt) in list.iter().take(max_rows) {
+        let who = if r.name == "-" || r.name.is_empty() {
+            r.source.clone()
+        } else {
+            format!("{} ({})", r.source, r.name)
+        };
+        let (up, down) = rt.map_or(("-".to_string(), "-".to_string()), |(u, d)| (human(u), human(d)));
+        out.push(fit(
+            &format!(
+                "{:<24} {:<11} {:>5} {:>5} {:>7} {:>7} {:>7} {:>7}",
+                fit(&who, 24),
+                fit(&r.tunnel, 11),
+                r.tcp,
+                r.udp,
+                up,
+                down,
+                human((r.up + r.down) as f64),
+                r.drops
+            ),
+            width,
+        ));
+    }
+    if list.len() > max_rows {
+        out.push(fit(&format!("... and {} more sources", list.len() - max_rows), width));
+    }
+    if rows.is_empty() {
+        out.push("(no traffic yet)".to_string());
+    }
+    out
+}
+
+fn sample(path: &Path) -> Result<Vec<Row>, String> {
+    control::ask(path, &Request::Top).map(|b| parse_rows(&b))
+}
+
+/// Runs `egressd top`.
+pub fn run(path: &Path, once: bool) -> ExitCode {
+    let failed = |e: String| {
+        eprintln!("egressd: {e}");
+        ExitCode::from(1)
+    };
+    let mut out = std::io::stdout();
+    if once || !out.is_terminal() {
+        let first = match sample(path) {
+            Ok(r) => r,
+            Err(e) => return failed(e),
+        };
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(1));
+        let rows = match sample(path) {
+            Ok(r) => r,
+            Err(e) => return failed(e),
+        };
+        let secs = t0.elapsed().as_secs_f64();
+        for l in render(&rows, Some((&first, secs)), WIDTH, usize::MAX) {
+            println!("{l}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    // Signals are taken by the wait below, never by a handler, so the
+    // terminal is restored on the way out whatever stops us.
+    if let Err(e) = crate::sys::block_signals() {
+        return failed(format!("cannot block signals: {e}"));
+    }
+    let mut prev: Option<(Vec<Row>, Instant)> = None;
+    let _ = write!(out, "\x1b[?1049h\x1b[?25l\x1b[2J");
+    let result = loop {
+        let rows = match sample(path) {
+            Ok(r) => r,
+            Err(e) => break Err(e),
+        };
+        let now = Instant::now();
+        let p = prev.as_ref().map(|(r, t)| (r.as_slice(), now.duration_since(*t).as_secs_f64()));
+        let mut screen = String::from("\x1b[H");
+        for l in render(&rows, p, WIDTH, LIVE_ROWS) {
+            screen.push_str(&l);
+            screen.push_str("\x1b[K\r\n");
+        }
+        screen.push_str("\x1b[J");
+        if out.write_all(screen.as_bytes()).and_then(|_| out.flush()).is_err() {
+            break Ok(()); // the terminal went away (ssh closed)
+        }
+        prev = Some((rows, now));
+        match crate::sys::wait_signal_timeout(Duration::from_secs(1)) {
+            Ok(None) => {}
+            Ok(Some(_)) => break Ok(()),
+            Err(e) => break Err(format!("waiting for signals: {e}")),
+        }
+    };
+    let _ = write!(out, "\x1b[?25h\x1b[?1049l");
+    let _ = out.flush();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => failed(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(source: &str, name: &str, up: u64, down: u64) -> Row {
+        Row {
+            source: source.into(),
+            name: name.into(),
+            tunnel: "hk0".into(),
+            tcp: 1,
+            udp: 0,
+            up,
+            down,
+            drops: 0,
+        }
+    }
+
+    #[test]
+    fn parses_the_control_answer() {
+        let body = "10.8.0.4/32\tw2\thk0\t1\t2\t300\t4000\t5\nbroken line\n(default)\t-\tb\t0\t0\t0\t0\t0\n";
+        let rows = parse_rows(body);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            rows[0],
+            Row {
+                source: "10.8.0.4/32".into(),
+                name: "w2".into(),
+                tunnel: "hk0".into(),
+                tcp: 1,
+                udp: 2,
+                up: 300,
+                down: 4000,
+                drops: 5
+            }
+        );
+        assert_eq!(rows[1].source, "(default)");
+    }
+
+    #[test]
+    fn sorts_by_rate_then_totals_and_computes_rates() {
+        let prev = [row("10.8.0.2/32", "-", 0, 0), row("10.8.0.3/32", "-", 0, 1_000_000)];
+        // .3 has the larger total, .2 the larger rate over these 2 s; .4 is idle.
+        let now = [
+            row("10.8.0.3/32", "-", 0, 1_000_200),
+            row("10.8.0.4/32", "idle", 0, 50),
+            row("10.8.0.2/32", "w1", 1000, 3_000_000),
+        ];
+        let s = render(&now, Some((&prev, 2.0)), WIDTH, 10);
+        assert!(s[2].starts_with("SOURCE"), "{s:#?}");
+        assert!(s[3].starts_with("10.8.0.2/32 (w1)"), "{s:#?}");
+        assert!(s[3].contains("500B    1.5M"), "up 1000/2, down 3e6/2: {s:#?}");
+        assert!(s[4].starts_with("10.8.0.3/32 "), "{s:#?}");
+        assert!(s[4].contains("0B    100B"), "{s:#?}");
+        // An idle source with new bytes since no earlier sample counts them all.
+        assert!(s[5].starts_with("10.8.0.4/32 (idle)"), "{s:#?}");
+        assert!(s[0].contains("up 500B/s  down 1.5M/s"), "{s:#?}");
+        // Without an earlier sample: totals decide, rates are `-`.
+        let s = render(&now, None, WIDTH, 10);
+        assert!(s[3].starts_with("10.8.0.2/32"), "{s:#?}");
+        assert!(s[4].starts_with("10.8.0.3/32"), "{s:#?}");
+        assert!(s[3].contains("  -       -"), "{s:#?}");
+        // Equal traffic: by source.
+        let tie = [row("10.8.0.9/32", "-", 0, 0), row("10.8.0.1/32", "-", 0, 0)];
+        assert!(render(&tie, None, WIDTH, 10)[3].starts_with("10.8.0.1/32"));
+    }
+
+    #[test]
+    fn fits_80_columns_and_truncates_names() {
+        let long = row("fd08::1234:5678:9abc/128", "a-container-with-a-very-long-name", 5_000_000_000_000, 7);
+        let mut t = long.clone();
+        t.tunnel = "a-tunnel-with-a-long-name".into();
+        t.source = "fd08::1/128".into();
+        let rows = [long, t];
+        for w in [WIDTH, 40] {
+            let s = render(&rows, Some((&[], 1.0)), w, 10);
+            assert!(s.iter().all(|l| l.chars().count() <= w), "{w}: {s:#?}");
+        }
+        let s = render(&rows, Some((&[], 1.0)), WIDTH, 10);
+        assert!(s[3].starts_with("fd08::1/128 (a-containe~ a-tunnel-w~"), "{s:#?}");
+        assert!(s[4].starts_with("fd08::1234:5678:9abc/12~ hk0 "), "{s:#?}");
+        assert!(s[4].contains("5.0T"), "{s:#?}");
+        // More sources than rows: the rest are counted, not drawn.
+        let many: Vec<Row> = (0..30).map(|i| row(&format!("10.8.0.{i}/32"), "-", i, 0)).collect();
+        let s = render(&many, None, WIDTH, 20);
+        assert_eq!(s.len(), 3 + 20 + 1);
+        assert_eq!(s.last().unwrap(), "... and 10 more sources");
+        assert_eq!(human(999.0), "999B");
+        assert_eq!(human(1500.0), "1.5K");
+        assert_eq!(human(2.5e9), "2.5G");
+    }
+}
