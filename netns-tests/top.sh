@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# netns-tests/top.sh — `egressd top` in a real terminal (tmux, 80x24) while
+# traffic flows, on the standard topology (topology.sh).
+#
+# Traffic: c0 (10.8.0.10, exit0) downloads 4 MB first and then idles, so it
+# has the larger total; c1 (10.8.0.11, exit1) reads the trickle service
+# (1 KiB every 20 ms, ~51 KB/s) throughout, so it has the larger rate.
+#
+# Checks (one PASS/FAIL line each):
+#   1  `egressd top` with stdout not a terminal prints one plain snapshot
+#      (no escape sequences): c1's row first, tunnel exit1, a non-zero down
+#      rate; c0's row below it with exit0 and its 4 MB total; exit 0
+#   2  in tmux: the alternate screen is on and the cursor hidden while it runs
+#   3  in tmux: the first row is c1 with exit1 and a non-zero down rate; c0
+#      below; every line within 80 columns
+#   4  in tmux: it refreshes (c1's total grows between two captures 2 s apart)
+#   5  C-c: top exits 0 within 3 s
+#   6  C-c: the terminal is restored: alternate screen off, cursor visible,
+#      the normal screen shows none of top's rows (control: check 2)
+#   7  SIGTERM (to top's PID): exits 0, alternate screen off, cursor visible
+#   8  a wrong --socket: exits 1 with the socket's path in the error, and the
+#      terminal is restored all the same
+#
+# Usage: sudo netns-tests/top.sh   (EGRESSD=path to use another binary,
+#        EG_KEEP_TMP=1 to keep logs). Needs root and tmux; skips otherwise.
+
+set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+# shellcheck source=topology.sh
+. "$HERE/topology.sh"
+declare -F plan_checks >/dev/null && plan_checks 8
+
+require_root_and_tools nft iptables ip6tables microsocks danted python3 tmux timeout
+eg_init
+T0=$(date +%s)
+
+show_egressd_log() {
+	[ -n "${EGRESSD_LOG:-}" ] && [ -f "$EGRESSD_LOG" ] || return 0
+	log "---- last lines of egressd's log ($EGRESSD_LOG)"
+	tail -n "${1:-30}" "$EGRESSD_LOG" | sed 's/^/#   /' >&2
+}
+
+TMUX_SOCK=$EG_TMP/tmux.sock
+# tm ARGS... — tmux on this run's own server (never the user's, never by name).
+tm() { tmux -S "$TMUX_SOCK" "$@"; }
+eg_cleanup_hook() { [ -S "$TMUX_SOCK" ] && tm kill-server 2>/dev/null; return 0; }
+
+# top_session NAME ARGS... — `egressd top ARGS...` in gw, in a new 80x24
+# session NAME. A shell around it (trapping INT, so that C-c reaches top and
+# the shell stays) prints "top exited N" and keeps the pane, so the terminal
+# state top left behind can be read.
+top_session() {
+	local name=$1; shift
+	tm -f /dev/null new-session -d -s "$name" -x 80 -y 24 \
+		"trap : INT; ip netns exec $NS_GW $(egressd_bin) top $*; echo \"top exited \$?\"; exec sleep 120"
+}
+pane() { tm display-message -p -t "$1" "$2"; }
+screen() { tm capture-pane -p -J -t "$1"; }
+top_exited() { screen "$1" | sed -n 's/^top exited \([0-9]*\)$/\1/p' | grep .; }
+# top_pid NAME — top's PID: the pane's shell's child (ip netns exec execs it).
+top_pid() { ps -o pid= --ppid "$(pane "$1" '#{pane_pid}')" | tr -d ' '; }
+# rows NAME — the screen's source rows (after the header line).
+rows() { tm capture-pane -p -t "$1" | sed -n '/^SOURCE/,$p' | sed 1d | grep -v '^$'; }
+# field ROW N — the Nth whitespace-separated field of a row.
+field() { printf '%s\n' "$1" | awk -v n="$2" '{ print $n }'; }
+# nonzero_rate STR — a rate as top prints it, greater than zero ("51.2K", "900B").
+nonzero_rate() { [[ $1 =~ ^[0-9.]+[BKMGT]$ ]] && [[ ! $1 =~ ^0(\.0)?B$ ]]; }
+
+ensure_egressd || die "egressd binary $(egressd_bin) missing and cargo build --release failed"
+topo_up
+topo_start_services
+SOCK=$EG_TMP/egressd.sock
+topo_write_config "$EG_TMP/egressd.ron" "$SOCK"
+egressd_up_or_exit "$EG_TMP/egressd.ron"
+
+# c0: a bulk download, then idle. c1: the trickle, throughout.
+dl=$(egtool "${NS_C[0]}" download "$TARGET4" 9002 4000000)
+[ $? -eq 0 ] || die "c0's download failed: $dl"
+egtool_bg "${NS_C[1]}" "$EG_TMP/trickle.out" trickle "$TARGET4" 9005 "$EG_TMP/trickle.ready"
+wait_until 10 test -e "$EG_TMP/trickle.ready" || die "c1's trickle did not start: $(cat "$EG_TMP/trickle.out")"
+
+# 1: not a terminal -> one plain snapshot.
+once=$(nsx "$NS_GW" timeout 10 "$(egressd_bin)" top --socket "$SOCK" </dev/null 2>&1)
+rc=$?
+first=$(printf '%s\n' "$once" | sed -n '/^SOURCE/,$p' | sed -n 2p)
+c0row=$(printf '%s\n' "$once" | grep '^10\.8\.0\.10/32 ')
+if [ $rc -ne 0 ]; then
+	fail "1 top with no terminal" "exit $rc: $once"
+elif printf '%s' "$once" | grep -q $'\x1b'; then
+	fail "1 top with no terminal prints plain text" "escape sequences in: $(printf '%s' "$once" | od -c | head -n 3)"
+elif [ "$(field "$first" 1)" = 10.8.0.11/32 ] && [ "$(field "$first" 2)" = exit1 ] &&
+	nonzero_rate "$(field "$first" 6)" && [ "$(field "$c0row" 2)" = exit0 ] && [ "$(field "$c0row" 7)" = 4.0M ]; then
+	pass "1 top with no terminal: one plain snapshot, c1 first (exit1, down $(field "$first" 6)/s), c0 below (exit0, 4.0M total)"
+else
+	fail "1 top with no terminal: c1 first with exit1 and a down rate, c0 with exit0 and 4.0M" "got:"$'\n'"$once"
+fi
+
+# 2-6: live in tmux, then C-c.
+top_session live --socket "$SOCK"
+wait_until 10 sh -c "tmux -S '$TMUX_SOCK' capture-pane -p -t live | grep -q '^10\.8\.0\.11/32 '" || true
+sleep 2.2 # two refreshes: rates over a full second
+if [ "$(pane live '#{alternate_on}')" = 1 ] && [ "$(pane live '#{cursor_flag}')" = 0 ]; then
+	pass "2 top in tmux: alternate screen on, cursor hidden"
+else
+	fail "2 top in tmux: alternate screen on, cursor hidden" \
+		"alternate_on=$(pane live '#{alternate_on}') cursor_flag=$(pane live '#{cursor_flag}') dead=$(pane live '#{pane_dead}')"
+fi
+screen1=$(tm capture-pane -p -t live)
+r1=$(rows live)
+first=$(printf '%s\n' "$r1" | head -n 1)
+c0row=$(printf '%s\n' "$r1" | grep '^10\.8\.0\.10/32 ')
+wide=$(printf '%s\n' "$screen1" | awk 'length($0) > 80' | wc -l)
+if [ "$(field "$first" 1)" = 10.8.0.11/32 ] && [ "$(field "$first" 2)" = exit1 ] &&
+	nonzero_rate "$(field "$first" 6)" && [ "$(field "$c0row" 2)" = exit0 ] && [ "$wide" -eq 0 ]; then
+	pass "3 top in tmux: c1 on top (exit1, down $(field "$first" 6)/s), c0 below (exit0), 80 columns"
+else
+	fail "3 top in tmux: c1 on top with exit1 and a down rate, c0 below" "$wide lines over 80; screen:"$'\n'"$screen1"
+fi
+tot1=$(field "$first" 7)
+sleep 2
+first2=$(rows live | head -n 1)
+tot2=$(field "$first2" 7)
+if [ "$(field "$first2" 1)" = 10.8.0.11/32 ] && [ -n "$tot1" ] && [ "$tot1" != "$tot2" ]; then
+	pass "4 top refreshes: c1's total $tot1 -> $tot2 in 2 s"
+else
+	fail "4 top refreshes: c1's total must grow" "first row then: '$first' now: '$first2'"
+fi
+tm send-keys -t live C-c
+if wait_until 3 top_exited live; then
+	st=$(top_exited live)
+	if [ "$st" = 0 ]; then pass "5 C-c: top exited 0"; else fail "5 C-c: top must exit 0" "exit status $st"; fi
+else
+	fail "5 C-c: top must exit within 3 s" "still running"
+fi
+after=$(screen live)
+if [ "$(pane live '#{alternate_on}')" = 0 ] && [ "$(pane live '#{cursor_flag}')" = 1 ] &&
+	! printf '%s\n' "$after" | grep -qE '^SOURCE|egressd top -'; then
+	pass "6 C-c: terminal restored (alternate screen off, cursor visible, normal screen)"
+else
+	fail "6 C-c: terminal restored" \
+		"alternate_on=$(pane live '#{alternate_on}') cursor_flag=$(pane live '#{cursor_flag}'); screen:"$'\n'"$after"
+fi
+
+# 7: SIGTERM to top's own PID (ip netns exec execs it: the pane's PID).
+top_session term --socket "$SOCK"
+wait_until 10 sh -c "tmux -S '$TMUX_SOCK' capture-pane -p -t term | grep -q '^SOURCE'" || true
+pid=$(top_pid term)
+if [ "$(pane term '#{alternate_on}')" = 1 ] && [ -n "$pid" ] && kill -TERM "$pid" && wait_until 3 top_exited term &&
+	[ "$(top_exited term)" = 0 ] && [ "$(pane term '#{alternate_on}')" = 0 ] &&
+	[ "$(pane term '#{cursor_flag}')" = 1 ]; then
+	pass "7 SIGTERM: top exited 0, terminal restored"
+else
+	fail "7 SIGTERM: top must exit 0 and restore the terminal" \
+		"pid=$pid status=$(top_exited term) alternate_on=$(pane term '#{alternate_on}') cursor_flag=$(pane term '#{cursor_flag}')"
+fi
+
+# 8: a socket nobody serves.
+top_session bad --socket "$EG_TMP/nobody.sock"
+wait_until 5 top_exited bad || true
+bad=$(screen bad)
+if [ "$(top_exited bad)" = 1 ] && printf '%s\n' "$bad" | grep -q "nobody.sock" &&
+	[ "$(pane bad '#{alternate_on}')" = 0 ] && [ "$(pane bad '#{cursor_flag}')" = 1 ]; then
+	pass "8 wrong --socket: exit 1, the error names it, terminal restored"
+else
+	fail "8 wrong --socket: exit 1 naming it, terminal restored" \
+		"status=$(top_exited bad) alternate_on=$(pane bad '#{alternate_on}'); screen:"$'\n'"$bad"
+fi
+
+printf '%s\n' "$screen1" >"$EG_TMP/top-screen.txt"
+log "captured screen (also in $EG_TMP/top-screen.txt):"
+printf '%s\n' "$screen1" | sed 's/^/#   /' >&2
+tm kill-server 2>/dev/null
+log "top.sh took $(($(date +%s) - T0)) s"
+[ "$EG_FAILED" -gt 0 ] && show_egressd_log 40
+summary
