@@ -1,10 +1,11 @@
 //! The UDP session table driven by a byte-encoded operation sequence, with
-//! a small in-line model: it never panics, stays within `max_sessions`,
-//! reports the model's next deadline, expires only sessions past their
-//! timeout, and evicts the least recently used.
+//! a small in-line model: it never panics, stays within `max_sessions` and
+//! `max_per_source`, reports the model's next deadline, expires only
+//! sessions past their timeout, and evicts the least recently used session
+//! of the source holding the most (or, at a source's own limit, its own).
 //!
-//! Input: three setup bytes (max_sessions, idle and DNS timeouts), then
-//! pairs (op, arg).
+//! Input: three setup bytes (max_sessions and max_per_source, idle and DNS
+//! timeouts), then pairs (op, arg).
 #![no_main]
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -25,6 +26,10 @@ impl Model {
 
     fn min_deadline(&self) -> Option<Instant> {
         self.s.iter().map(|e| self.deadline(e)).min()
+    }
+
+    fn count(&self, ip: std::net::IpAddr) -> usize {
+        self.s.iter().filter(|e| e.0.ip() == ip).count()
     }
 
     fn take(&mut self, a: &SocketAddr) -> Option<(SocketAddr, u32, Instant, Kind)> {
@@ -48,6 +53,9 @@ fuzz_target!(|data: &[u8]| {
         max_sessions: usize::from(m % 16),
         idle_timeout: Duration::from_secs(u64::from(idle % 64)),
         dns_idle_timeout: Duration::from_secs(u64::from(dns % 64)),
+        max_per_source: if m >> 4 == 0 { usize::MAX } else { usize::from(m >> 4) },
+        new_per_source_per_sec: u32::MAX,
+        new_per_source_burst: u32::MAX,
     };
     let mut t = SessionTable::with_hasher(limits, FoldState::with_seeds(1, 2));
     let max = t.limits().max_sessions;
@@ -68,6 +76,14 @@ fuzz_target!(|data: &[u8]| {
                         assert_eq!(model.take(&a).map(|e| e.1), Some(v));
                         None
                     }
+                    Insert::SourceFull(k, v) => {
+                        assert!(model.count(a.ip()) >= model.limits.max_per_source && k.ip() == a.ip());
+                        let p = model.s.iter().position(|e| e.0 == k).unwrap();
+                        assert_eq!(model.s[p].1, v);
+                        assert_eq!(Some(p), model.s.iter().position(|e| e.0.ip() == a.ip()));
+                        model.s.remove(p);
+                        None
+                    }
                     Insert::Expired(k, v) => Some((k, v, true)),
                     Insert::Evicted(k, v) => Some((k, v, false)),
                 };
@@ -79,7 +95,10 @@ fuzz_target!(|data: &[u8]| {
                     if expired {
                         assert_eq!(Some(model.deadline(&model.s[p])), d);
                     } else {
-                        assert!(d.is_none() && p == 0);
+                        // The oldest session of a source holding the most.
+                        let heaviest = model.s.iter().map(|e| model.count(e.0.ip())).max();
+                        assert!(d.is_none() && Some(model.count(k.ip())) == heaviest);
+                        assert_eq!(Some(p), model.s.iter().position(|e| e.0.ip() == k.ip()));
                     }
                     model.s.remove(p);
                 }
