@@ -238,11 +238,18 @@ if [ "$PEAK_KIB" -gt "$BUDGET_KIB" ]; then
 else
 	fail "8 control: with the limits off the flood should exceed the budget" "peak $PEAK_KIB KiB <= $BUDGET_KIB KiB: check 7 proves nothing"
 fi
+# B suffers in at least one way: lookups lost, its mean or its p99 past twice
+# the baseline. Which one shows depends on how the two cores are shared at
+# that moment (on a quiet machine the tail, on a busy one the mean).
 c_mean=$(field mean_ms "$LOOK_OUT")
-if awk -v f="$c_mean" -v b="$MEAN_BASE" 'BEGIN { exit !(f == "nan" || f + 0 > 2 * b) }'; then
-	pass "9 control: with the limits off B's lookups take ${c_mean} ms on average, over 2 x ${MEAN_BASE} ms without the flood: $LOOK_OUT"
+c_p99=$(field p99_ms "$LOOK_OUT")
+c_sent=$(field sent "$LOOK_OUT")
+c_ans=$(field answered "$LOOK_OUT")
+if awk -v m="$c_mean" -v mb="$MEAN_BASE" -v p="$c_p99" -v pb="$P99_BASE" -v s="$c_sent" -v a="$c_ans" \
+	'BEGIN { exit !(m == "nan" || a + 0 < s + 0 || m + 0 > 2 * mb || p + 0 > 2 * pb) }'; then
+	pass "9 control: with the limits off B's lookups suffer (answered $c_ans/$c_sent, mean ${c_mean} ms vs ${MEAN_BASE}, p99 ${c_p99} ms vs ${P99_BASE} without the flood): $LOOK_OUT"
 else
-	fail "9 control: with the limits off B's lookups should suffer (else 2 and 3 prove nothing)" "mean ${c_mean} ms, baseline ${MEAN_BASE} ms: $LOOK_OUT"
+	fail "9 control: with the limits off B's lookups should suffer (else 2 and 3 prove nothing)" "answered $c_ans/$c_sent, mean ${c_mean} ms (baseline ${MEAN_BASE}), p99 ${c_p99} ms (baseline ${P99_BASE}): $LOOK_OUT"
 fi
 egressd_stop
 
