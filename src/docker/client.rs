@@ -147,7 +147,7 @@ impl Follower {
                 Counters::inc(&self.counters.docker_unknown_tunnel);
                 warn!(target: "egressd::docker",
                     "container {} ({}): label {}={:?} names no tunnel of the config; it is rejected (never sent through another tunnel)",
-                    c.name, &c.id[..c.id.len().min(12)], self.d.label, c.tunnel);
+                    c.name, c.id.get(..12).unwrap_or(&c.id), self.d.label, c.tunnel);
             }
         }
         if sync.added.is_empty() && sync.reset.is_empty() {

@@ -595,8 +595,10 @@ impl WorkerLoop {
     /// Whether a reply may name `remote` as its source (see `reply`).
     fn check_reply_source(&mut self, remote: IpAddr) -> Result<(), reply::Refused> {
         let settings = &self.settings;
-        let containers =
-            settings.intercept.sources.iter().copied().chain(settings.routes.iter().map(|(c, _)| c));
+        // The longest route containing it stands for all of them (a /0 one is
+        // no container network): one lookup per reply, not a walk of the table.
+        let route = settings.routes.lookup_route(remote).map(|(c, _)| c);
+        let containers = settings.intercept.sources.iter().copied().chain(route);
         self.udp.source_check.check(remote, containers, self.now)
     }
 
