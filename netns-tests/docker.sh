@@ -81,11 +81,7 @@ if ! ensure_egressd; then
 fi
 
 # ------------------------------------------------------------------ topology
-NCONT=0
-topo_up
-# topo_up's br0 is for plain-namespace containers; here Docker makes the bridges.
-ip -n "$NS_GW" link del br0
-topo_start_services
+dk_host_up
 PRIV_DNS=10.8.0.253
 ip -n "$NS_INET" addr add "$PRIV_DNS/32" dev lo
 ip -n "$NS_GW" route add "$PRIV_DNS/32" via 198.51.100.254

@@ -60,12 +60,6 @@ require_root_and_tools nft iptables ip6tables curl microsocks danted python3 ss 
 eg_init
 T0=$(date +%s)
 
-show_egressd_log() {
-	[ -n "${EGRESSD_LOG:-}" ] && [ -f "$EGRESSD_LOG" ] || return 0
-	log "---- last lines of egressd's log ($EGRESSD_LOG)"
-	tail -n "${1:-30}" "$EGRESSD_LOG" | sed 's/^/#   /' >&2
-}
-
 edges() {
 	local ns=$1; shift
 	timeout -k 5 60 ip netns exec "$ns" "$(python_bin)" "$EG_TOOLS/edges_tool.py" "$@"

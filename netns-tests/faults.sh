@@ -82,11 +82,6 @@ RSS_TOL_KB=${RSS_TOL_KB:-16384}
 EXIT1_EGRESS=$(exit_egress4 1)
 FAULT_ADDR=100.64.2.2
 
-show_egressd_log() {
-	[ -n "${EGRESSD_LOG:-}" ] && [ -f "$EGRESSD_LOG" ] || return 0
-	log "---- last lines of egressd's log ($EGRESSD_LOG)"
-	tail -n "${1:-30}" "$EGRESSD_LOG" | sed 's/^/#   /' >&2
-}
 oneline() { tr '\n' ' ' | cut -c1-300; }
 # kveq KEY STRING — the value of KEY=value in STRING.
 kveq() { printf '%s\n' "$2" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -n 1; }

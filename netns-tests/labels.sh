@@ -50,10 +50,7 @@ if ! ensure_egressd; then
 	exit 1
 fi
 
-NCONT=0
-topo_up
-ip -n "$NS_GW" link del br0
-topo_start_services
+dk_host_up
 dk_vars
 dockerd_start || die "dockerd did not start (log: $DK_LOG)"
 dk_image || die "image import failed"

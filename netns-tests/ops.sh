@@ -67,12 +67,6 @@ T0=$(date +%s)
 
 METRICS=127.0.0.1:9109
 
-show_egressd_log() {
-	[ -n "${EGRESSD_LOG:-}" ] && [ -f "$EGRESSD_LOG" ] || return 0
-	log "---- last lines of egressd's log ($EGRESSD_LOG)"
-	tail -n "${1:-30}" "$EGRESSD_LOG" | sed 's/^/#   /' >&2
-}
-
 # field N STRING — the Nth whitespace-separated word of STRING.
 field() { printf '%s\n' "$2" | awk -v n="$1" '{ print $n }'; }
 # ip_of "1.2.3.4:5" / "[::1]:5" -> 1.2.3.4 / ::1

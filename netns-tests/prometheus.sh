@@ -45,12 +45,6 @@ PROM=127.0.0.1:9090
 DASH=$EG_REPO/contrib/grafana-dashboard.json
 [ -f "$DASH" ] || die "$DASH missing"
 
-show_egressd_log() {
-	[ -n "${EGRESSD_LOG:-}" ] && [ -f "$EGRESSD_LOG" ] || return 0
-	log "---- last lines of egressd's log ($EGRESSD_LOG)"
-	tail -n "${1:-30}" "$EGRESSD_LOG" | sed 's/^/#   /' >&2
-}
-
 # promql EXPR — the /api/v1/query answer (JSON) for EXPR, now.
 promql() {
 	nsx "$NS_GW" curl -sS --max-time 5 "http://$PROM/api/v1/query" --data-urlencode "query=$1" 2>&1

@@ -49,12 +49,6 @@ require_root_and_tools nft iptables ip6tables curl microsocks danted python3 ss 
 eg_init
 T0=$(date +%s)
 
-show_egressd_log() {
-	[ -n "${EGRESSD_LOG:-}" ] && [ -f "$EGRESSD_LOG" ] || return 0
-	log "---- last lines of egressd's log ($EGRESSD_LOG)"
-	tail -n "${1:-30}" "$EGRESSD_LOG" | sed 's/^/#   /' >&2
-}
-
 # snap_rules — what `egressd rules` may touch in gw: iptables rules and
 # user chains (table-qualified; empty built-in tables, which iptables-nft
 # leaves behind, and counters ignored), policy rules, non-kernel routes.

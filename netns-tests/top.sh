@@ -36,12 +36,6 @@ require_root_and_tools nft iptables ip6tables microsocks danted python3 tmux tim
 eg_init
 T0=$(date +%s)
 
-show_egressd_log() {
-	[ -n "${EGRESSD_LOG:-}" ] && [ -f "$EGRESSD_LOG" ] || return 0
-	log "---- last lines of egressd's log ($EGRESSD_LOG)"
-	tail -n "${1:-30}" "$EGRESSD_LOG" | sed 's/^/#   /' >&2
-}
-
 TMUX_SOCK=$EG_TMP/tmux.sock
 # tm ARGS... — tmux on this run's own server (never the user's, never by name).
 tm() { tmux -S "$TMUX_SOCK" "$@"; }

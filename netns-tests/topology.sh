@@ -39,6 +39,7 @@
 #   leak_count             packets seen in inet from gw's uplink (v4+v6, no ND)
 #   socks_syn_count N      connections opened to exit N's SOCKS port so far
 #   curl_whoami NS [-6]    who-am-i as seen by the target, from namespace NS
+#   show_egressd_log [N]   the last lines of $EGRESSD_LOG, for a failure's details
 #   ping_result NS HOST [N] reply | timeout (sent, unanswered) | error: ...
 #   topo_down              stop everything, delete the namespaces
 
@@ -392,6 +393,13 @@ egressd_up_or_exit() {
 	if ! egressd_rules_apply --config "$1" >"$EG_TMP/rules.out" 2>&1; then
 		die "egressd rules | sh: $(tail -n 3 "$EG_TMP/rules.out" | tr '\n' ' ')"
 	fi
+}
+
+# show_egressd_log [N] — the last N (30) lines of egressd's log ($EGRESSD_LOG), to stderr.
+show_egressd_log() {
+	[ -n "${EGRESSD_LOG:-}" ] && [ -f "$EGRESSD_LOG" ] || return 0
+	log "---- last lines of egressd's log ($EGRESSD_LOG)"
+	tail -n "${1:-30}" "$EGRESSD_LOG" | sed 's/^/#   /' >&2
 }
 
 # curl_whoami NS [-6] — what the who-am-i service saw as our address.

@@ -72,12 +72,6 @@ TP_PASS=tp-S3cret-0b7e55
 TP_BAD=tp-wrong-Pa55-31
 UDP_WHO_PORT=${UDP_WHO_PORT:-5000}
 
-show_egressd_log() {
-	[ -n "${EGRESSD_LOG:-}" ] && [ -f "$EGRESSD_LOG" ] || return 0
-	log "---- last lines of egressd's log ($EGRESSD_LOG)"
-	tail -n "${1:-30}" "$EGRESSD_LOG" | sed 's/^/#   /' >&2
-}
-
 # ip_of "1.2.3.4:5" / "[::1]:5" -> 1.2.3.4 / ::1
 ip_of() { local a=${1%:*}; a=${a#[}; printf '%s\n' "${a%]}"; }
 b64() { printf '%s' "$1" | base64 -w0; }

@@ -72,12 +72,6 @@ require_root_and_tools nft iptables ip6tables microsocks danted python3 ss timeo
 eg_init
 T0=$(date +%s)
 
-show_egressd_log() {
-	[ -n "${EGRESSD_LOG:-}" ] && [ -f "$EGRESSD_LOG" ] || return 0
-	log "---- last lines of egressd's log ($EGRESSD_LOG)"
-	tail -n "${1:-30}" "$EGRESSD_LOG" | sed 's/^/#   /' >&2
-}
-
 # field N STRING — the Nth whitespace-separated word of STRING.
 field() { printf '%s\n' "$2" | awk -v n="$1" '{ print $n }'; }
 # ip_of "1.2.3.4:5" / "[::1]:5" -> 1.2.3.4 / ::1 ; port_of -> 5

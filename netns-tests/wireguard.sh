@@ -70,12 +70,6 @@ eg_cleanup_hook() {
 	for n in "$WG_GW" "$WG_EX"; do rm -f "/var/run/wireguard/$n.sock"; done
 }
 
-show_egressd_log() {
-	[ -n "${EGRESSD_LOG:-}" ] && [ -f "$EGRESSD_LOG" ] || return 0
-	log "---- last lines of egressd's log ($EGRESSD_LOG)"
-	tail -n "${1:-30}" "$EGRESSD_LOG" | sed 's/^/#   /' >&2
-}
-
 ip_of() { local a=${1%:*}; a=${a#[}; printf '%s\n' "${a%]}"; }
 
 # ---------------------------------------------------------------- check helpers

@@ -15,6 +15,7 @@
 # from the host's /usr, bind-mounted read-only into each container.
 #
 # Functions:
+#   dk_host_up                 the topology with gw as the Docker host (no br0: Docker makes the bridges)
 #   dk ARGS...                 Debian's docker client (/usr/bin/docker) on our socket
 #   dockerd_start / dockerd_stop
 #   dk_image                   build and import the image "egbb"
@@ -42,6 +43,14 @@ dk_vars() {
 	mkdir -p "$DK_ROOT/data" "$DK_ROOT/exec" "$DK_ROOT/cli"
 	[ -f "$DK_ROOT/daemon.json" ] ||
 		printf '{ "deprecated-key-path": "%s" }\n' "$DK_ROOT/key.json" >"$DK_ROOT/daemon.json"
+}
+
+dk_host_up() {
+	NCONT=0
+	topo_up
+	# topo_up's br0 is for plain-namespace containers; here Docker makes the bridges.
+	ip -n "$NS_GW" link del br0
+	topo_start_services
 }
 
 dk() {
