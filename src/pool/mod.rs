@@ -328,11 +328,15 @@ impl Pools {
         let mut o = String::from("\nwarm pools:\n");
         for p in all {
             let i = p.lock();
+            let mut notes = Vec::new();
             let _ = write!(o, "  {}", p.name);
-            side(&mut o, "", &i.tcp.pool, &i.tcp.stats);
+            side(&mut o, &mut notes, "", &i.tcp.pool, &i.tcp.stats);
             let _ = write!(o, " pipelining {}", p.pipelining().text());
             if i.udp.pool.size() > 0 || i.udp.stats.hits + i.udp.stats.misses > 0 {
-                side(&mut o, " udp", &i.udp.pool, &i.udp.stats);
+                side(&mut o, &mut notes, " udp", &i.udp.pool, &i.udp.stats);
+            }
+            if !notes.is_empty() {
+                let _ = write!(o, " ({})", notes.join("; "));
             }
             o.push('\n');
         }
@@ -364,8 +368,9 @@ impl Pools {
     }
 }
 
-/// One pool's figures on a `stats` line.
-fn side<C>(o: &mut String, what: &str, pool: &Pool<C>, st: &PoolStats) {
+/// One pool's figures on a `stats` line; a note on the server's idle
+/// limit goes into `notes` (printed at the end of the line).
+fn side<C>(o: &mut String, notes: &mut Vec<String>, what: &str, pool: &Pool<C>, st: &PoolStats) {
     use std::fmt::Write;
     let _ = write!(
         o,
@@ -377,12 +382,15 @@ fn side<C>(o: &mut String, what: &str, pool: &Pool<C>, st: &PoolStats) {
         st.refills,
         st.discards
     );
+    let who = if what.is_empty() { "tcp" } else { what.trim() };
     if pool.is_disabled() {
         let limit = pool.idle_limit().unwrap_or_default();
-        let _ =
-            write!(o, " (disabled: the server closes idle connections after ~{:.1}s)", limit.as_secs_f64());
+        notes.push(format!(
+            "{who} pool disabled: the server closes idle connections after ~{:.1}s",
+            limit.as_secs_f64()
+        ));
     } else if let Some(l) = pool.idle_limit() {
-        let _ = write!(o, " (server idle limit ~{:.1}s)", l.as_secs_f64());
+        notes.push(format!("{who}: server idle limit ~{:.1}s", l.as_secs_f64()));
     }
 }
 

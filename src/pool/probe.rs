@@ -8,8 +8,8 @@
 //! shows the server read the request that followed its greeting in the same
 //! segment. The target is `0.0.0.0:0`, which no server can reach, so the
 //! probe opens nothing beyond the exit. A server that drops bytes behind a
-//! message (microsocks) never answers the request: after the timeout,
-//! `No`.
+//! message (microsocks) answers the greeting and never the request: after
+//! the timeout, `No`. No answer at all tells nothing: asked again later.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -36,22 +36,31 @@ pub fn pipelining(
     let mut s = TcpStream::connect_timeout(&server, timeout)
         .map_err(|e| format!("cannot connect to {server}: {e}"))?;
     let _ = s.set_nodelay(true);
-    let mut h = Socks5Handshake::pipelined(TARGET, auth);
+    let mut h = Socks5Handshake::pipelined(crate::wire::socks5::CMD_CONNECT, TARGET, auth);
     s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     s.write_all(h.transmit()).map_err(|e| format!("write to {server}: {e}"))?;
     let n = h.transmit().len();
     h.sent(n);
     let mut buf = [0u8; 512];
+    // Silence after the greeting was answered is the answer (microsocks
+    // drops the rest of the segment); silence before it tells nothing.
+    let silent = |h: &Socks5Handshake| {
+        if h.greeted() {
+            Ok(Pipelining::No)
+        } else {
+            Err(format!("{server}: no answer to the greeting within {} s", timeout.as_secs()))
+        }
+    };
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Ok(Pipelining::No);
+            return silent(&h);
         }
         s.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
         let n = match s.read(&mut buf) {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return Ok(Pipelining::No);
+                return silent(&h);
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             // Reset after our flight: it did not take it.
@@ -66,6 +75,10 @@ pub fn pipelining(
         }
     }
 }
+
+/// Waits after a probe that could not tell (zero: give up until a reload).
+const RETRY: [Duration; 4] =
+    [Duration::from_secs(5), Duration::from_secs(15), Duration::from_secs(60), Duration::ZERO];
 
 /// A pool to probe, with its server and credentials.
 pub type Job = (Arc<TunnelPool>, SocketAddr, Option<Credentials>);
@@ -84,13 +97,25 @@ pub fn spawn(jobs: Vec<Job>) {
             loop {
                 let job = jobs.lock().ok().and_then(|mut j| j.pop());
                 let Some((pool, server, auth)) = job else { return };
-                match pipelining(server, auth.as_ref(), TIMEOUT) {
-                    Ok(p) => {
-                        log::info!(target: "egressd::pool", "tunnel \"{}\": pipelined handshakes {}", pool.name,
-                            if p == Pipelining::Yes { "work (one flight)" } else { "are not taken: one message at a time" });
-                        pool.set_pipelining(p);
+                // A probe that could not tell is tried again a little later
+                // (a server still starting, a loaded host), a few times.
+                for (attempt, wait) in RETRY.iter().enumerate() {
+                    match pipelining(server, auth.as_ref(), TIMEOUT) {
+                        Ok(p) => {
+                            log::info!(target: "egressd::pool", "tunnel \"{}\": pipelined handshakes {}", pool.name,
+                                if p == Pipelining::Yes { "work (one flight)" } else { "are not taken: one message at a time" });
+                            pool.set_pipelining(p);
+                            break;
+                        }
+                        Err(e) => log::info!(target: "egressd::pool",
+                            "tunnel \"{}\": pipelining probe {}: {e}; handshakes wait for each answer{}", pool.name,
+                            attempt + 1, if wait.is_zero() { "" } else { " (asking again later)" }),
                     }
-                    Err(e) => log::info!(target: "egressd::pool", "tunnel \"{}\": pipelining probe: {e}; handshakes wait for each answer", pool.name),
+                    // Settled meanwhile (a reload re-probes), or out of tries.
+                    if wait.is_zero() || pool.pipelining() != Pipelining::Unknown {
+                        break;
+                    }
+                    std::thread::sleep(*wait);
                 }
             }
         });

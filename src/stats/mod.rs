@@ -441,6 +441,10 @@ pub fn prometheus(
         let _ = writeln!(o, "# TYPE {metric} {kind}");
         let _ = writeln!(o, "{metric} {v}");
         for (key, list) in [("tunnel", tunnels), ("source", sources)] {
+            // Pools belong to tunnels: no per-source series that would only read 0.
+            if key == "source" && name.starts_with("pool_") {
+                continue;
+            }
             for (t, s) in list {
                 let tv = s.fields()[i].1;
                 let label = t.replace('\\', "\\\\").replace('"', "\\\"");

@@ -76,10 +76,10 @@ impl Socks5Handshake {
         Self::new(w::CMD_UDP_ASSOCIATE, from, with_auth)
     }
 
-    /// CONNECT to `target` with greeting, credentials and request in one
-    /// flight. Offers only the method it will use.
-    pub fn pipelined(target: SocketAddr, auth: Option<&Credentials>) -> Self {
-        let mut h = Self::blank(w::CMD_CONNECT, target, auth.is_some());
+    /// `cmd` (CONNECT, UDP ASSOCIATE) with greeting, credentials and request
+    /// in one flight. Offers only the method it will use.
+    pub fn pipelined(cmd: u8, target: SocketAddr, auth: Option<&Credentials>) -> Self {
+        let mut h = Self::blank(cmd, target, auth.is_some());
         h.pipelined = true;
         let method = if auth.is_some() { w::METHOD_USERPASS } else { w::METHOD_NONE };
         h.append(&[w::VERSION, 1, method]);
@@ -89,7 +89,7 @@ impl Socks5Handshake {
             h.append(&b[..len]);
         }
         let mut b = [0; w::REQUEST_MAX];
-        let n = w::encode_request(w::CMD_CONNECT, target, &mut b);
+        let n = w::encode_request(cmd, target, &mut b);
         h.append(&b[..n]);
         h
     }
@@ -131,6 +131,11 @@ impl Socks5Handshake {
         let n = w::encode_greeting(with_auth, &mut g);
         h.queue(&g[..n]);
         h
+    }
+
+    /// The server has answered the greeting (chosen a method).
+    pub fn greeted(&self) -> bool {
+        self.state != State::Method
     }
 
     /// The request is fully sent: bytes written now follow it (pipelining).
@@ -366,7 +371,7 @@ mod tests {
     #[test]
     fn pipelined_sends_everything_in_one_flight() {
         let c = creds();
-        let mut h = Socks5Handshake::pipelined(TARGET.parse().unwrap(), Some(&c));
+        let mut h = Socks5Handshake::pipelined(w::CMD_CONNECT, TARGET.parse().unwrap(), Some(&c));
         assert!(!h.request_out());
         let all = drain(&mut h);
         let mut want = vec![5, 1, 2];
@@ -380,15 +385,22 @@ mod tests {
         answers.extend_from_slice(b"HTTP");
         assert_eq!(h.on_input(&answers, Some(&c)), Ok(Progress::Connected { consumed: 14 }));
         // Without auth; the answers one by one; a partly sent flight may be answered.
-        let mut h = Socks5Handshake::pipelined(TARGET.parse().unwrap(), None);
+        let mut h = Socks5Handshake::pipelined(w::CMD_CONNECT, TARGET.parse().unwrap(), None);
         assert_eq!(h.transmit()[..3], [5, 1, 0]);
         h.sent(3);
         assert!(!h.request_out());
         assert_eq!(h.on_input(&[5, 0], None), Ok(Progress::Continue));
         drain(&mut h);
         assert_eq!(h.on_input(&REPLY, None), Ok(Progress::Connected { consumed: 10 }));
+        // UDP ASSOCIATE the same way, with the all-zero address.
+        let mut h = Socks5Handshake::pipelined(w::CMD_UDP_ASSOCIATE, "0.0.0.0:0".parse().unwrap(), None);
+        assert_eq!(drain(&mut h), [5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0]);
+        let mut answers = vec![5, 0];
+        answers.extend_from_slice(&[5, 0, 0, 1, 198, 51, 100, 1, 0x9c, 0x41]);
+        assert_eq!(h.on_input(&answers, None), Ok(Progress::Connected { consumed: 12 }));
+        assert_eq!(h.bound(), Some(Bound::Addr("198.51.100.1:40001".parse().unwrap())));
         // A server choosing a method we did not offer breaks the pipeline.
-        let mut h = Socks5Handshake::pipelined(TARGET.parse().unwrap(), Some(&c));
+        let mut h = Socks5Handshake::pipelined(w::CMD_CONNECT, TARGET.parse().unwrap(), Some(&c));
         drain(&mut h);
         assert_eq!(h.on_input(&[5, 0], Some(&c)), Err(Socks5Error::UnofferedMethod(0).into()));
     }

@@ -388,9 +388,9 @@ impl WorkerLoop {
             }
             None => {
                 let handshake = match &tunnel.kind {
-                    TunnelKind::Socks5 { auth, .. } if pipe => {
-                        Some(Handshake::Socks5(Socks5Handshake::pipelined(dest, auth.as_ref())))
-                    }
+                    TunnelKind::Socks5 { auth, .. } if pipe => Some(Handshake::Socks5(
+                        Socks5Handshake::pipelined(crate::wire::socks5::CMD_CONNECT, dest, auth.as_ref()),
+                    )),
                     kind => upstream::for_tcp(kind, dest),
                 };
                 match connect(target, &tunnel.kind) {

@@ -284,11 +284,20 @@ impl WorkerLoop {
                         data: UdpSocket::from_std(a.data),
                     });
                 }
+                let pipelined = self.pipelines(d.tunnel);
                 match connect(addr, &d.tunnel.kind) {
                     Ok(ctrl) => {
                         let from = SocketAddr::new(unspecified(addr.ip()), 0);
-                        let hs =
-                            Box::new(Handshake::Socks5(Socks5Handshake::associate(from, auth.is_some())));
+                        let hs = if pipelined {
+                            Socks5Handshake::pipelined(
+                                crate::wire::socks5::CMD_UDP_ASSOCIATE,
+                                from,
+                                auth.as_ref(),
+                            )
+                        } else {
+                            Socks5Handshake::associate(from, auth.is_some())
+                        };
+                        let hs = Box::new(Handshake::Socks5(hs));
                         Some(Link::Associating { ctrl, hs, connected: false, pending: VecDeque::new() })
                     }
                     Err(e) => {

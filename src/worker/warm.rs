@@ -90,6 +90,11 @@ impl WorkerLoop {
         taken
     }
 
+    /// Whether the tunnel's server takes pipelined handshakes (probed).
+    pub(super) fn pipelines(&mut self, tunnel: &Tunnel) -> bool {
+        self.pool_of(&tunnel.name).is_some_and(|p| p.pipelining() == pool::Pipelining::Yes)
+    }
+
     fn start_warms(&mut self, p: &Arc<TunnelPool>, r: &Refill, tcp: usize, udp: usize) {
         for k in 0..tcp + udp {
             self.start_warm(p, r, k >= tcp);
@@ -122,7 +127,11 @@ impl WorkerLoop {
         let with_auth = r.auth.is_some();
         let hs = if udp {
             let from = SocketAddr::new(super::udp::unspecified(r.server.ip()), 0);
-            Socks5Handshake::associate(from, with_auth)
+            if p.pipelining() == pool::Pipelining::Yes {
+                Socks5Handshake::pipelined(crate::wire::socks5::CMD_UDP_ASSOCIATE, from, r.auth.as_ref())
+            } else {
+                Socks5Handshake::associate(from, with_auth)
+            }
         } else {
             Socks5Handshake::greet(with_auth)
         };
