@@ -376,7 +376,7 @@ mod tests {
         // Wider: the name is shown whole and the row fills the screen.
         let s = render(std::slice::from_ref(&long), None, 140, 10);
         assert!(
-            s[3].starts_with("fd08::1234:5678:9abc/128 (a-container-with-a-very-long-name) hk0 "),
+            s[3].starts_with("fd08::1234:5678:9abc/128 (a-container-with-a-very-long-name)     hk0 "),
             "{s:#?}"
         );
         assert_eq!(s[3].chars().count(), 140, "{s:#?}");
