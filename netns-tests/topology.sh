@@ -79,6 +79,26 @@ cont_addr6() { printf 'fd08::%d\n' $((10 + $1)); }
 
 nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
+# exit_links NS GWIF NET PLEN INETIF EG4 EG6 — the two links of an exit-like
+# namespace NS: veth GWIF in gw (NET.1/PLEN) to "gw" in NS (NET.2/PLEN), and
+# "egress" in NS (EG4/24, EG6/64) on inet's bridge as INETIF, with NS's
+# default routes into inet.
+exit_links() {
+	local ns=$1 gwif=$2 net=$3 plen=$4 inetif=$5 eg4=$6 eg6=$7
+	ip -n "$NS_GW" link add "$gwif" type veth peer name gw netns "$ns"
+	ip -n "$NS_GW" addr add "$net.1/$plen" dev "$gwif"
+	ip -n "$NS_GW" link set "$gwif" up
+	ip -n "$ns" addr add "$net.2/$plen" dev gw
+	ip -n "$ns" link set gw up
+	ip -n "$ns" link add egress type veth peer name "$inetif" netns "$NS_INET"
+	ip -n "$NS_INET" link set "$inetif" master br-inet up
+	ip -n "$ns" addr add "$eg4/24" dev egress
+	ip -n "$ns" addr add "$eg6/64" dev egress nodad
+	ip -n "$ns" link set egress up
+	ip -n "$ns" route add default via 198.51.100.254
+	ip -n "$ns" -6 route add default via 2001:db8:100::fe
+}
+
 topo_up() {
 	topo_names
 	local i ns
@@ -124,18 +144,7 @@ topo_up() {
 	# ---- exits
 	for i in $(seq 0 $((NEXITS - 1))); do
 		ns=${NS_EXIT[i]}
-		ip -n "$NS_GW" link add "exit$i" type veth peer name gw netns "$ns"
-		ip -n "$NS_GW" addr add "100.64.$i.1/24" dev "exit$i"
-		ip -n "$NS_GW" link set "exit$i" up
-		ip -n "$ns" addr add "100.64.$i.2/24" dev gw
-		ip -n "$ns" link set gw up
-		ip -n "$ns" link add egress type veth peer name "to-exit$i" netns "$NS_INET"
-		ip -n "$NS_INET" link set "to-exit$i" master br-inet up
-		ip -n "$ns" addr add "$(exit_egress4 "$i")/24" dev egress
-		ip -n "$ns" addr add "$(exit_egress6 "$i")/64" dev egress nodad
-		ip -n "$ns" link set egress up
-		ip -n "$ns" route add default via 198.51.100.254
-		ip -n "$ns" -6 route add default via 2001:db8:100::fe
+		exit_links "$ns" "exit$i" "100.64.$i" 24 "to-exit$i" "$(exit_egress4 "$i")" "$(exit_egress6 "$i")"
 		# Count connections opened to this exit's SOCKS server, so a test
 		# can tell whether egressd went upstream at all.
 		nsx "$ns" nft -f - <<-'EOF' || die "exit$i: nft -f could not create the SYN counter (table inet egsocks)"

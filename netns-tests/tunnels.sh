@@ -83,18 +83,7 @@ tun_link() {
 	local role=$1 gwif=$2 n=$3 eg4=$4 eg6=$5 ns
 	ns=$(ns_name "$role")
 	ns_add "$ns"
-	ip -n "$NS_GW" link add "$gwif" type veth peer name gw netns "$ns"
-	ip -n "$NS_GW" addr add "100.64.$n.1/24" dev "$gwif"
-	ip -n "$NS_GW" link set "$gwif" up
-	ip -n "$ns" addr add "100.64.$n.2/24" dev gw
-	ip -n "$ns" link set gw up
-	ip -n "$ns" link add egress type veth peer name "to-$role" netns "$NS_INET"
-	ip -n "$NS_INET" link set "to-$role" master br-inet up
-	ip -n "$ns" addr add "$eg4/24" dev egress
-	ip -n "$ns" addr add "$eg6/64" dev egress nodad
-	ip -n "$ns" link set egress up
-	ip -n "$ns" route add default via 198.51.100.254
-	ip -n "$ns" -6 route add default via 2001:db8:100::fe
+	exit_links "$ns" "$gwif" "100.64.$n" 24 "to-$role" "$eg4" "$eg6"
 	TUN_NS=$ns
 }
 

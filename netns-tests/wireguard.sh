@@ -103,20 +103,8 @@ ensure_egressd || die "egressd binary $(egressd_bin) missing and cargo build --r
 topo_up
 NS_X=$(ns_name xwg)
 ns_add "$NS_X"
-# the underlay (carries WireGuard's UDP)
-ip -n "$NS_GW" link add wgul type veth peer name gw netns "$NS_X"
-ip -n "$NS_GW" addr add 100.64.21.1/30 dev wgul
-ip -n "$NS_GW" link set wgul up
-ip -n "$NS_X" addr add 100.64.21.2/30 dev gw
-ip -n "$NS_X" link set gw up
-# the exit's egress into inet
-ip -n "$NS_X" link add egress type veth peer name to-xwg netns "$NS_INET"
-ip -n "$NS_INET" link set to-xwg master br-inet up
-ip -n "$NS_X" addr add "$E4/24" dev egress
-ip -n "$NS_X" addr add "$E6/64" dev egress nodad
-ip -n "$NS_X" link set egress up
-ip -n "$NS_X" route add default via 198.51.100.254
-ip -n "$NS_X" -6 route add default via 2001:db8:100::fe
+# the underlay gw <-> xwg (carries WireGuard's UDP) and the exit's egress into inet
+exit_links "$NS_X" wgul 100.64.21 30 to-xwg "$E4" "$E6"
 nsx "$NS_X" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 >/dev/null
 nsx "$NS_X" iptables -w -t nat -A POSTROUTING -o egress -j MASQUERADE
 nsx "$NS_X" ip6tables -w -t nat -A POSTROUTING -o egress -j MASQUERADE
