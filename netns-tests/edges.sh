@@ -62,16 +62,10 @@ eg_init
 SOCKS_OPTS="warm: 0, warm_udp: 0, "
 T0=$(date +%s)
 
-edges() {
-	local ns=$1; shift
-	timeout -k 5 60 ip netns exec "$ns" "$(python_bin)" "$EG_TOOLS/edges_tool.py" "$@"
-}
-edges_bg() {
-	local ns=$1 outf=$2; shift 2
-	timeout -k 5 60 ip netns exec "$ns" "$(python_bin)" "$EG_TOOLS/edges_tool.py" "$@" >"$outf" 2>&1 </dev/null &
-	EG_LAST_PID=$!
-	EG_PIDS+=("$EG_LAST_PID")
-}
+# edges NS ARGS... / edges_bg NS OUTFILE ARGS... — tools/edges_tool.py in NS
+# (pytool, topology.sh), bounded to 60 s.
+edges() { EG_TOOL_TIMEOUT=60 pytool edges_tool "$@"; }
+edges_bg() { EG_TOOL_TIMEOUT=60 pytool_bg edges_tool "$@"; }
 oneline() { tr '\n' ' ' | cut -c1-300; }
 
 SOCK=$EG_TMP/egressd.sock

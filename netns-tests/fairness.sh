@@ -75,14 +75,8 @@ FLOOD_SIZE=16000
 PENDING_WORKER_KIB=4096
 SLACK_KIB=$((12 * 1024))
 
-fair() {
-	local ns=$1; shift
-	timeout -k 5 120 ip netns exec "$ns" "$(python_bin)" -u "$EG_TOOLS/fairtool.py" "$@"
-}
-udptool() {
-	local ns=$1; shift
-	timeout -k 5 120 ip netns exec "$ns" "$(python_bin)" -u "$EG_TOOLS/udptool.py" "$@"
-}
+fair() { EG_TOOL_TIMEOUT=120 pytool fairtool "$@"; }
+udptool() { EG_TOOL_TIMEOUT=120 pytool udptool "$@"; }
 ctl() { nsx "$NS_GW" timeout 10 "$(egressd_bin)" stats --socket "$SOCK" --prometheus; }
 # metric PROM NAME [LABEL] — a value from `egressd stats --prometheus`, 0 if absent.
 metric() {

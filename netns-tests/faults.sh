@@ -88,23 +88,8 @@ kveq() { printf '%s\n' "$2" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -n 1; }
 
 # fault NS ARGS... / fault_bg NS OUTFILE ARGS... — tools/fault_server.py
 # clients inside NS, bounded in time (background: PID in EG_LAST_PID).
-fault() {
-	local ns=$1; shift
-	(
-		ulimit -n 65536 2>/dev/null || true
-		exec timeout -k 5 150 ip netns exec "$ns" "$(python_bin)" "$EG_TOOLS/fault_server.py" "$@"
-	)
-}
-fault_bg() {
-	local ns=$1 outf=$2; shift 2
-	(
-		ulimit -n 65536 2>/dev/null || true
-		exec timeout -k 5 150 ip netns exec "$ns" "$(python_bin)" "$EG_TOOLS/fault_server.py" "$@"
-	) >"$outf" 2>&1 </dev/null &
-	EG_LAST_PID=$!
-	EG_PIDS+=("$EG_LAST_PID")
-	disown "$EG_LAST_PID" 2>/dev/null || true
-}
+fault() { EG_TOOL_TIMEOUT=150 pytool fault_server "$@"; }
+fault_bg() { EG_TOOL_TIMEOUT=150 pytool_bg fault_server "$@"; }
 
 # ---------------------------------------------------------------- egressd state
 

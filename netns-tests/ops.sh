@@ -69,8 +69,6 @@ METRICS=127.0.0.1:9109
 
 # field N STRING — the Nth whitespace-separated word of STRING.
 field() { printf '%s\n' "$2" | awk -v n="$1" '{ print $n }'; }
-# ip_of "1.2.3.4:5" / "[::1]:5" -> 1.2.3.4 / ::1
-ip_of() { local a=${1%:*}; a=${a#[}; printf '%s\n' "${a%]}"; }
 # kv KEY STRING — the word after KEY in STRING ("sent 3 recv 2": kv recv -> 2).
 kv() { printf '%s\n' "$2" | awk -v k="$1" '{ for (i = 1; i < NF; i++) if ($i == k) { print $(i + 1); exit } }'; }
 # kveq KEY STRING — the value of KEY=value in STRING.
@@ -95,17 +93,8 @@ ops_start() {
 
 # ops_tool NS ARGS... / ops_tool_bg NS OUTFILE ARGS... — tools/ops_tool.py
 # inside NS with a hard time bound (background: tracked by PID, EG_LAST_PID).
-ops_tool() {
-	local ns=$1; shift
-	timeout -k 5 120 ip netns exec "$ns" "$(python_bin)" "$EG_TOOLS/ops_tool.py" "$@"
-}
-ops_tool_bg() {
-	local ns=$1 outf=$2; shift 2
-	timeout -k 5 120 ip netns exec "$ns" "$(python_bin)" "$EG_TOOLS/ops_tool.py" "$@" >"$outf" 2>&1 </dev/null &
-	EG_LAST_PID=$!
-	EG_PIDS+=("$EG_LAST_PID")
-	disown "$EG_LAST_PID" 2>/dev/null || true
-}
+ops_tool() { EG_TOOL_TIMEOUT=120 pytool ops_tool "$@"; }
+ops_tool_bg() { EG_TOOL_TIMEOUT=120 pytool_bg ops_tool "$@"; }
 
 # ctl ARGS... — the egressd CLI against this run's control socket (in gw;
 # the socket is a file, the namespace does not matter to it).

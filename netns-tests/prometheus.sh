@@ -60,7 +60,7 @@ except Exception as e:
     print("none")'
 }
 # ops_tool NS ARGS... — tools/ops_tool.py inside NS, time-bounded.
-ops_tool() { timeout -k 5 60 ip netns exec "$1" "$(python_bin)" "$EG_TOOLS/ops_tool.py" "${@:2}"; }
+ops_tool() { EG_TOOL_TIMEOUT=60 pytool ops_tool "$@"; }
 # ge EXPR N — the query answers at least N.
 ge() { local v; v=$(promval "$1"); [ "$v" != none ] && [ "$v" -ge "$2" ]; }
 # near GOT WANT — within 2 %.

@@ -20,6 +20,13 @@
 #   7  SIGTERM (to top's PID): exits 0, alternate screen off, cursor visible
 #   8  a wrong --socket: exits 1 with the socket's path in the error, and the
 #      terminal is restored all the same
+#   9  the pane widened to 120 columns: top redraws for it (the header row is
+#      120 wide, no line wider), c1 still first (it read TIOCGWINSZ again)
+#  10  the pane narrowed to 60x20: every line within 60 columns, the source
+#      rows still there with c1 first
+#  11  `q` quits: top exits 0 within 3 s; while it ran the tty was in key
+#      mode (-icanon -echo: the control), after it the tty is back to
+#      icanon echo, the alternate screen off and the cursor visible
 #
 # Usage: sudo netns-tests/top.sh   (EGRESSD=path to use another binary,
 #        EG_KEEP_TMP=1 to keep logs). Needs root and tmux; skips otherwise.
@@ -30,7 +37,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
-declare -F plan_checks >/dev/null && plan_checks 8
+declare -F plan_checks >/dev/null && plan_checks 11
 
 require_root_and_tools nft iptables ip6tables microsocks danted python3 tmux timeout
 eg_init
@@ -42,7 +49,7 @@ tm() { tmux -S "$TMUX_SOCK" "$@"; }
 eg_cleanup_hook() { [ -S "$TMUX_SOCK" ] && tm kill-server 2>/dev/null; return 0; }
 
 # top_session NAME ARGS... — `egressd top ARGS...` in gw, in a new 80x24
-# session NAME. A shell around it (trapping INT, so that C-c reaches top and
+# session NAME (a stdin that is the pane's terminal: `q` reaches it). A shell around it (trapping INT, so that C-c reaches top and
 # the shell stays) prints "top exited N" and keeps the pane, so the terminal
 # state top left behind can be read.
 top_session() {
@@ -57,6 +64,11 @@ top_exited() { screen "$1" | sed -n 's/^top exited \([0-9]*\)$/\1/p' | grep .; }
 top_pid() { ps -o pid= --ppid "$(pane "$1" '#{pane_pid}')" | tr -d ' '; }
 # rows NAME — the screen's source rows (after the header line).
 rows() { tm capture-pane -p -t "$1" | sed -n '/^SOURCE/,$p' | sed 1d | grep -v '^$'; }
+# tty_mode NAME — "icanon echo" / "-icanon -echo" ...: the pane terminal's
+# line discipline flags (stty from outside).
+tty_mode() { stty -F "$(pane "$1" '#{pane_tty}')" -a | tr ' ' '\n' | grep -xE -- '-?(icanon|echo)' | tr '\n' ' '; }
+# longest NAME — the length of the screen's longest line.
+longest() { screen "$1" | awk '{ if (length($0) > m) m = length($0) } END { print m + 0 }'; }
 # field ROW N — the Nth whitespace-separated field of a row.
 field() { printf '%s\n' "$1" | awk -v n="$2" '{ print $n }'; }
 # nonzero_rate STR — a rate as top prints it, greater than zero ("51.2K", "900B").
@@ -160,6 +172,41 @@ if [ "$(top_exited bad)" = 1 ] && printf '%s\n' "$bad" | grep -q "nobody.sock" &
 else
 	fail "8 wrong --socket: exit 1 naming it, terminal restored" \
 		"status=$(top_exited bad) alternate_on=$(pane bad '#{alternate_on}'); screen:"$'\n'"$bad"
+fi
+
+# 9-11: one more session: resized wider, then narrower, then `q`.
+top_session keys --socket "$SOCK"
+wait_until 10 sh -c "tmux -S '$TMUX_SOCK' capture-pane -p -t keys | grep -q '^10\.8\.0\.11/32 '" || true
+mode_live=$(tty_mode keys)
+tm resize-window -t keys -x 120 -y 30
+sleep 1.5 # one refresh at the new size
+hdr=$(screen keys | grep '^SOURCE')
+first=$(rows keys | head -n 1)
+if [ "${#hdr}" -eq 120 ] && [ "$(longest keys)" -le 120 ] && [ "$(field "$first" 1)" = 10.8.0.11/32 ]; then
+	pass "9 a 120-column pane: top draws 120-column rows (header ${#hdr} wide), c1 first"
+else
+	fail "9 a 120-column pane: 120-column rows" \
+		"header ${#hdr} wide, longest line $(longest keys), pane $(pane keys '#{pane_width}x#{pane_height}'); screen:"$'\n'"$(screen keys)"
+fi
+tm resize-window -t keys -x 60 -y 20
+sleep 1.5
+narrow=$(screen keys)
+first=$(rows keys | head -n 1)
+if [ "$(longest keys)" -le 60 ] && printf '%s\n' "$narrow" | grep -q '^SOURCE' &&
+	[ "$(field "$first" 1)" = 10.8.0.11/32 ] && [ "$(printf '%s\n' "$narrow" | wc -l)" -le 20 ]; then
+	pass "10 a 60x20 pane: every line within 60 columns (longest $(longest keys)), c1 first"
+else
+	fail "10 a 60x20 pane: every line within 60 columns, rows still there" \
+		"longest $(longest keys), pane $(pane keys '#{pane_width}x#{pane_height}'); screen:"$'\n'"$narrow"
+fi
+tm send-keys -t keys q
+if wait_until 3 top_exited keys && [ "$(top_exited keys)" = 0 ] && [ "$mode_live" = "-icanon -echo " ] &&
+	[ "$(tty_mode keys)" = "icanon echo " ] && [ "$(pane keys '#{alternate_on}')" = 0 ] &&
+	[ "$(pane keys '#{cursor_flag}')" = 1 ]; then
+	pass "11 q: top exited 0; tty in key mode while it ran ($mode_live), restored after ($(tty_mode keys))"
+else
+	fail "11 q: top must exit 0 and restore the terminal" \
+		"status=$(top_exited keys) tty while running '$mode_live', after '$(tty_mode keys)' alternate_on=$(pane keys '#{alternate_on}') cursor_flag=$(pane keys '#{cursor_flag}')"
 fi
 
 printf '%s\n' "$screen1" >"$EG_TMP/top-screen.txt"

@@ -79,6 +79,26 @@ cont_addr6() { printf 'fd08::%d\n' $((10 + $1)); }
 
 nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
+# exit_links NS GWIF NET PLEN INETIF EG4 EG6 — the two links of an exit-like
+# namespace NS: veth GWIF in gw (NET.1/PLEN) to "gw" in NS (NET.2/PLEN), and
+# "egress" in NS (EG4/24, EG6/64) on inet's bridge as INETIF, with NS's
+# default routes into inet.
+exit_links() {
+	local ns=$1 gwif=$2 net=$3 plen=$4 inetif=$5 eg4=$6 eg6=$7
+	ip -n "$NS_GW" link add "$gwif" type veth peer name gw netns "$ns"
+	ip -n "$NS_GW" addr add "$net.1/$plen" dev "$gwif"
+	ip -n "$NS_GW" link set "$gwif" up
+	ip -n "$ns" addr add "$net.2/$plen" dev gw
+	ip -n "$ns" link set gw up
+	ip -n "$ns" link add egress type veth peer name "$inetif" netns "$NS_INET"
+	ip -n "$NS_INET" link set "$inetif" master br-inet up
+	ip -n "$ns" addr add "$eg4/24" dev egress
+	ip -n "$ns" addr add "$eg6/64" dev egress nodad
+	ip -n "$ns" link set egress up
+	ip -n "$ns" route add default via 198.51.100.254
+	ip -n "$ns" -6 route add default via 2001:db8:100::fe
+}
+
 topo_up() {
 	topo_names
 	local i ns
@@ -124,18 +144,7 @@ topo_up() {
 	# ---- exits
 	for i in $(seq 0 $((NEXITS - 1))); do
 		ns=${NS_EXIT[i]}
-		ip -n "$NS_GW" link add "exit$i" type veth peer name gw netns "$ns"
-		ip -n "$NS_GW" addr add "100.64.$i.1/24" dev "exit$i"
-		ip -n "$NS_GW" link set "exit$i" up
-		ip -n "$ns" addr add "100.64.$i.2/24" dev gw
-		ip -n "$ns" link set gw up
-		ip -n "$ns" link add egress type veth peer name "to-exit$i" netns "$NS_INET"
-		ip -n "$NS_INET" link set "to-exit$i" master br-inet up
-		ip -n "$ns" addr add "$(exit_egress4 "$i")/24" dev egress
-		ip -n "$ns" addr add "$(exit_egress6 "$i")/64" dev egress nodad
-		ip -n "$ns" link set egress up
-		ip -n "$ns" route add default via 198.51.100.254
-		ip -n "$ns" -6 route add default via 2001:db8:100::fe
+		exit_links "$ns" "exit$i" "100.64.$i" 24 "to-exit$i" "$(exit_egress4 "$i")" "$(exit_egress6 "$i")"
 		# Count connections opened to this exit's SOCKS server, so a test
 		# can tell whether egressd went upstream at all.
 		nsx "$ns" nft -f - <<-'EOF' || die "exit$i: nft -f could not create the SYN counter (table inet egsocks)"
@@ -412,16 +421,83 @@ curl_whoami() {
 	nsx "$ns" curl -sS --max-time 5 "$url" 2>&1 | tr -d '\r' | tail -n 1
 }
 
-# egtool NS ARGS... — run the test client inside NS (fd limit raised, and
-# a hard time bound on top of the client's own timeouts).
-egtool() {
-	local ns=$1; shift
-	(
-		ulimit -n 65536 2>/dev/null || true
-		exec timeout -k 5 "${EG_TOOL_TIMEOUT:-180}" ip netns exec "$ns" \
-			"$(python_bin)" "$EG_TOOLS/egtool.py" "$@"
-	)
+# ip_of "1.2.3.4:5" / "[::1]:5" -> 1.2.3.4 / ::1
+ip_of() { local a=${1%:*}; a=${a#[}; printf '%s\n' "${a%]}"; }
+
+# tcp_is NAME NS [-6] WANT — check: the who-am-i service sees WANT.
+tcp_is() {
+	local name=$1 ns=$2 fam="" want seen
+	if [ "$3" = -6 ]; then fam=-6; want=$4; else want=$3; fi
+	seen=$(curl_whoami "$ns" $fam)
+	if [ "$seen" = "$want" ]; then pass "$name (target sees $seen)"; else fail "$name" "target saw '$seen', want $want"; fi
 }
+
+# udp_is NAME NS HOST WANT — check: the UDP who-am-i at HOST:$UDP_WHO_PORT
+# (5000) sees WANT and its reply comes from HOST.
+udp_is() {
+	local name=$1 ns=$2 host=$3 want=$4 out from seen
+	out=$(udptool "$ns" ask "$host" "${UDP_WHO_PORT:-5000}" 2 2 2>&1)
+	case $out in
+	"reply from "*)
+		from=$(printf '%s\n' "$out" | awk '{ print $3 }')
+		seen=$(ip_of "$(printf '%s\n' "$out" | awk '{ print $4 }')")
+		if [ "$seen" = "$want" ] && [ "$(ip_of "$from")" = "$host" ]; then
+			pass "$name (service sees $seen, reply from $from)"
+		else
+			fail "$name" "service saw '$seen' (want $want), reply from $from"
+		fi
+		;;
+	*) fail "$name" "$out" ;;
+	esac
+}
+
+# tcp_udp_are NAME NS WANT4 WANT6 — four checks: NS's TCP and UDP, v4 and
+# v6, reach the who-am-i services as WANT4 / WANT6.
+tcp_udp_are() {
+	tcp_is "$1 TCP v4" "$2" "$3"
+	tcp_is "$1 TCP v6" "$2" -6 "$4"
+	udp_is "$1 UDP v4" "$2" "$TARGET4" "$3"
+	udp_is "$1 UDP v6" "$2" "$TARGET6" "$4"
+}
+
+# dig_txt NS SERVER — the whoami.test TXT answer (quotes stripped), or "".
+dig_txt() {
+	nsx "$1" timeout 15 dig +short +tries=2 +time=3 TXT whoami.test @"$2" 2>&1 | tr -d '"' | tail -n 1
+}
+
+# dns_is NAME NS SERVER WANT — check: dig TXT whoami.test @SERVER answers WANT.
+dns_is() {
+	local name=$1 ns=$2 srv=$3 want=$4 got
+	got=$(dig_txt "$ns" "$srv")
+	if [ "$got" = "$want" ]; then pass "$name (answer $got)"; else fail "$name" "dig said '$got', want $want"; fi
+}
+
+# pytool_exec TOOL NS ARGS... — (in a subshell) becomes tools/TOOL.py inside
+# NS, fd limit raised, under a hard time bound (EG_TOOL_TIMEOUT, 180 s) on
+# top of the tool's own timeouts.
+pytool_exec() {
+	local tool=$1 ns=$2; shift 2
+	ulimit -n 65536 2>/dev/null || true
+	exec timeout -k 5 "${EG_TOOL_TIMEOUT:-180}" ip netns exec "$ns" "$(python_bin)" "$EG_TOOLS/$tool.py" "$@"
+}
+# pytool TOOL NS ARGS... — run it; pytool_bg TOOL NS OUTFILE ARGS... — in the
+# background, tracked by PID (EG_LAST_PID is `timeout`, which passes a TERM
+# on to the tool).
+pytool() { (pytool_exec "$@"); }
+pytool_bg() {
+	local tool=$1 ns=$2 outf=$3; shift 3
+	(pytool_exec "$tool" "$ns" "$@") >"$outf" 2>&1 </dev/null &
+	EG_LAST_PID=$!
+	EG_PIDS+=("$EG_LAST_PID")
+	disown "$EG_LAST_PID" 2>/dev/null || true
+}
+
+# egtool NS ARGS... / egtool_bg NS OUTFILE ARGS... — the TCP test client
+# (tools/egtool.py); udptool / udptool_bg — the UDP one (tools/udptool.py).
+egtool() { pytool egtool "$@"; }
+egtool_bg() { pytool_bg egtool "$@"; }
+udptool() { pytool udptool "$@"; }
+udptool_bg() { pytool_bg udptool "$@"; }
 
 # ping_result NS HOST [COUNT] — ICMP echo from NS: prints "reply", "timeout"
 # (every request sent, none answered: the only "dropped") or "error: ..."
@@ -435,45 +511,6 @@ ping_result() {
 	"1:timeout: "*) echo timeout ;;
 	*) printf 'error: exit %s: %s\n' "$rc" "$(printf '%s' "$out" | tr '\n' ' ' | cut -c1-200)" ;;
 	esac
-}
-
-# egtool_bg NS OUTFILE ARGS... — the test client in the background, tracked
-# by PID (EG_LAST_PID is `timeout`, which passes a TERM on to the client).
-egtool_bg() {
-	local ns=$1 outf=$2; shift 2
-	(
-		ulimit -n 65536 2>/dev/null || true
-		exec timeout -k 5 "${EG_TOOL_TIMEOUT:-180}" ip netns exec "$ns" \
-			"$(python_bin)" "$EG_TOOLS/egtool.py" "$@"
-	) >"$outf" 2>&1 </dev/null &
-	EG_LAST_PID=$!
-	EG_PIDS+=("$EG_LAST_PID")
-	disown "$EG_LAST_PID" 2>/dev/null || true
-}
-
-# udptool NS ARGS... — the UDP test client (tools/udptool.py) inside NS,
-# with a hard time bound on top of its own timeouts.
-udptool() {
-	local ns=$1; shift
-	(
-		ulimit -n 65536 2>/dev/null || true
-		exec timeout -k 5 "${EG_TOOL_TIMEOUT:-180}" ip netns exec "$ns" \
-			"$(python_bin)" "$EG_TOOLS/udptool.py" "$@"
-	)
-}
-
-# udptool_bg NS OUTFILE ARGS... — the same in the background, tracked by PID
-# (EG_LAST_PID).
-udptool_bg() {
-	local ns=$1 outf=$2; shift 2
-	(
-		ulimit -n 65536 2>/dev/null || true
-		exec timeout -k 5 "${EG_TOOL_TIMEOUT:-180}" ip netns exec "$ns" \
-			"$(python_bin)" "$EG_TOOLS/udptool.py" "$@"
-	) >"$outf" 2>&1 </dev/null &
-	EG_LAST_PID=$!
-	EG_PIDS+=("$EG_LAST_PID")
-	disown "$EG_LAST_PID" 2>/dev/null || true
 }
 
 # udp_noports NS [6] — the UDP (or UDP6) NoPorts counter in NS.

@@ -72,8 +72,6 @@ TP_PASS=tp-S3cret-0b7e55
 TP_BAD=tp-wrong-Pa55-31
 UDP_WHO_PORT=${UDP_WHO_PORT:-5000}
 
-# ip_of "1.2.3.4:5" / "[::1]:5" -> 1.2.3.4 / ::1
-ip_of() { local a=${1%:*}; a=${a#[}; printf '%s\n' "${a%]}"; }
 b64() { printf '%s' "$1" | base64 -w0; }
 
 # ---------------------------------------------------------------- topology additions
@@ -85,18 +83,7 @@ tun_link() {
 	local role=$1 gwif=$2 n=$3 eg4=$4 eg6=$5 ns
 	ns=$(ns_name "$role")
 	ns_add "$ns"
-	ip -n "$NS_GW" link add "$gwif" type veth peer name gw netns "$ns"
-	ip -n "$NS_GW" addr add "100.64.$n.1/24" dev "$gwif"
-	ip -n "$NS_GW" link set "$gwif" up
-	ip -n "$ns" addr add "100.64.$n.2/24" dev gw
-	ip -n "$ns" link set gw up
-	ip -n "$ns" link add egress type veth peer name "to-$role" netns "$NS_INET"
-	ip -n "$NS_INET" link set "to-$role" master br-inet up
-	ip -n "$ns" addr add "$eg4/24" dev egress
-	ip -n "$ns" addr add "$eg6/64" dev egress nodad
-	ip -n "$ns" link set egress up
-	ip -n "$ns" route add default via 198.51.100.254
-	ip -n "$ns" -6 route add default via 2001:db8:100::fe
+	exit_links "$ns" "$gwif" "100.64.$n" 24 "to-$role" "$eg4" "$eg6"
 	TUN_NS=$ns
 }
 
@@ -176,41 +163,34 @@ tinyproxy_conf() {
 
 # ---------------------------------------------------------------- check helpers
 
-# tcp_is NAME NS [-6] WANT — the who-am-i service sees WANT.
-tcp_is() {
-	local name=$1 ns=$2 fam="" want seen
-	if [ "$3" = -6 ]; then fam=-6; want=$4; else want=$3; fi
-	seen=$(curl_whoami "$ns" $fam)
-	if [ "$seen" = "$want" ]; then
-		pass "$name (target sees $seen)"
+# dig_is_or_skip NAME NS WANT — check: NS's dig TXT whoami.test @$PUBDNS4
+# answers WANT (skipped when inet has no DNS server).
+dig_is_or_skip() {
+	if [ "$HAVE_DNS" = 1 ]; then
+		dns_is "$1 dig TXT whoami.test @$PUBDNS4" "$2" "$PUBDNS4" "$3"
 	else
-		fail "$name" "target saw '$seen', want $want"
+		skip_check "$1 dig TXT whoami.test" "no DNS server on $PUBDNS4:53 in inet (topology.sh)"
 	fi
 }
 
-# udp_is NAME NS HOST WANT — the UDP who-am-i at HOST:5000 sees WANT and its
-# reply comes from HOST:5000.
-udp_is() {
-	local name=$1 ns=$2 host=$3 want=$4 out from seen
-	out=$(udptool "$ns" ask "$host" "$UDP_WHO_PORT" 2 2 2>&1)
-	case $out in
-	"reply from "*)
-		from=$(printf '%s\n' "$out" | awk '{ print $3 }')
-		seen=$(ip_of "$(printf '%s\n' "$out" | awk '{ print $4 }')")
-		if [ "$seen" = "$want" ] && [ "$(ip_of "$from")" = "$host" ]; then
-			pass "$name (service sees $seen, reply from $from)"
-		else
-			fail "$name" "service saw '$seen' (want $want), reply from $from"
-		fi
-		;;
-	*) fail "$name" "$out" ;;
-	esac
+# wrong_password NAME NS TAG RE — check: five flows from NS through tunnel
+# TAG (a wrong password) are all reset, with exactly one WARN line (it is
+# rate-limited per tunnel; the flows of one source share a worker), which
+# matches RE (grep -iE).
+wrong_password() {
+	local name=$1 ns=$2 tag=$3 re=$4 nres nwarn
+	: >"$EG_TMP/five.out"
+	five_flows "$ns" "$TARGET4"
+	nres=$(grep -cE '^(reset|refused)' "$EG_TMP/five.out" || true)
+	nwarn=$(warn_count "$tag")
+	if [ "$nwarn" -eq 1 ] && warn_lines "$tag" | grep -qiE "$re" && [ "$nres" -eq 5 ]; then
+		pass "$name: 5 flows reset, exactly 1 WARN line: $(warn_lines "$tag" | sed 's/^.*\] //')"
+	else
+		fail "$name: 5 flows -> one WARN line ($re)" \
+			"$nwarn WARN lines ($(warn_lines "$tag" | head -n 2 | tr '\n' ' ')); $nres/5 flows reset: $(sort "$EG_TMP/five.out" | uniq -c | tr '\n' ' ')"
+	fi
 }
 
-# dig_txt NS SERVER — the whoami.test TXT answer (quotes stripped), or "".
-dig_txt() {
-	nsx "$1" timeout 15 dig +short +tries=2 +time=3 TXT whoami.test @"$2" 2>&1 | tr -d '"' | tail -n 1
-}
 dns_log_count() { grep -c "^dns $1 $2 " "$EG_TMP/udpsvc.log" 2>/dev/null || true; }
 
 # dns_tcp_is CI SERVER WANT — c<CI> (an HttpConnect tunnel: no UDP) digs
@@ -382,35 +362,13 @@ E_WG1=198.51.100.51
 E_WG16=2001:db8:100::51
 
 # ------------------------------------------------------------------ 1 SOCKS5 + password (v2ray)
-tcp_is "1 v2ray (SOCKS5, password): c0 TCP v4" "${NS_C[0]}" "$E_V2"
-tcp_is "1 v2ray (SOCKS5, password): c0 TCP v6" "${NS_C[0]}" -6 "$E_V26"
-udp_is "1 v2ray (SOCKS5, password): c0 UDP v4" "${NS_C[0]}" "$TARGET4" "$E_V2"
-udp_is "1 v2ray (SOCKS5, password): c0 UDP v6" "${NS_C[0]}" "$TARGET6" "$E_V26"
-if [ "$HAVE_DNS" = 1 ]; then
-	got=$(dig_txt "${NS_C[0]}" "$PUBDNS4")
-	if [ "$got" = "$E_V2" ]; then
-		pass "1 v2ray: c0 dig TXT whoami.test @$PUBDNS4 answers $got"
-	else
-		fail "1 v2ray: c0 dig TXT whoami.test @$PUBDNS4" "dig said '$got', want $E_V2"
-	fi
-else
-	skip_check "1 v2ray: c0 dig TXT whoami.test" "no DNS server on $PUBDNS4:53 in inet (topology.sh)"
-fi
+tcp_udp_are "1 v2ray (SOCKS5, password): c0" "${NS_C[0]}" "$E_V2" "$E_V26"
+dig_is_or_skip "1 v2ray: c0" "${NS_C[0]}" "$E_V2"
 
 # wrong password: 5 flows from one container -> exactly one WARN line naming
-# the rejected authentication (rate-limited per tunnel; flows of one source
-# share a worker), each flow reset promptly, nothing leaks.
+# the rejected authentication, each flow reset promptly, nothing leaks.
 leak0=$(leak_count)
-: >"$EG_TMP/five.out"
-five_flows "${NS_C[1]}" "$TARGET4"
-nres=$(grep -cE '^(reset|refused)' "$EG_TMP/five.out" || true)
-nwarn=$(warn_count v2bad)
-if [ "$nwarn" -eq 1 ] && warn_lines v2bad | grep -qi 'auth' && [ "$nres" -eq 5 ]; then
-	pass "1 v2ray wrong password: 5 flows reset, exactly 1 WARN line: $(warn_lines v2bad | sed 's/^.*\] //')"
-else
-	fail "1 v2ray wrong password: 5 flows -> one WARN line naming the auth failure" \
-		"$nwarn WARN lines ($(warn_lines v2bad | head -n 2 | tr '\n' ' ')); $nres/5 flows reset: $(sort "$EG_TMP/five.out" | uniq -c | tr '\n' ' ')"
-fi
+wrong_password "1 v2ray wrong password" "${NS_C[1]}" v2bad 'auth'
 expect_reset "1 v2ray wrong password: c1 TCP v4 is reset promptly" "${NS_C[1]}" "$TARGET4" 80
 expect_reset "1 v2ray wrong password: c1 TCP v6 is reset promptly" "${NS_C[1]}" "$TARGET6" 80
 out=$(udptool "${NS_C[1]}" none "$TARGET4" "$UDP_WHO_PORT" 2 2>&1)
@@ -441,16 +399,7 @@ else
 	fail "2 HttpConnect: UDP (not DNS) must be dropped" "got '$out'"
 fi
 # wrong password: tinyproxy answers 401 (not 407); same expectations as for v2ray
-: >"$EG_TMP/five.out"
-five_flows "${NS_T[0]}" "$TARGET4"
-nres=$(grep -cE '^(reset|refused)' "$EG_TMP/five.out" || true)
-nwarn=$(warn_count httpbad)
-if [ "$nwarn" -eq 1 ] && warn_lines httpbad | grep -qiE '40[17]|auth' && [ "$nres" -eq 5 ]; then
-	pass "2 tinyproxy wrong password: 5 flows reset, exactly 1 WARN line: $(warn_lines httpbad | sed 's/^.*\] //')"
-else
-	fail "2 tinyproxy wrong password: 5 flows -> one WARN line (401/407)" \
-		"$nwarn WARN lines ($(warn_lines httpbad | head -n 2 | tr '\n' ' ')); $nres/5 flows reset: $(sort "$EG_TMP/five.out" | uniq -c | tr '\n' ' ')"
-fi
+wrong_password "2 tinyproxy wrong password" "${NS_T[0]}" httpbad '40[17]|auth'
 expect_reset "2 tinyproxy wrong password: t0 TCP v4 is reset promptly" "${NS_T[0]}" "$TARGET4" 80
 expect_reset "2 tinyproxy wrong password: t0 TCP v6 is reset promptly" "${NS_T[0]}" "$TARGET6" 80
 leak1=$(leak_count)
@@ -461,20 +410,8 @@ else
 fi
 
 # ------------------------------------------------------------------ 3 Direct(interface)
-tcp_is "3 Direct(interface: wg0): t1 TCP v4" "${NS_T[1]}" "$E_WG0"
-tcp_is "3 Direct(interface: wg0): t1 TCP v6" "${NS_T[1]}" -6 "$E_WG06"
-udp_is "3 Direct(interface: wg0): t1 UDP v4" "${NS_T[1]}" "$TARGET4" "$E_WG0"
-udp_is "3 Direct(interface: wg0): t1 UDP v6" "${NS_T[1]}" "$TARGET6" "$E_WG06"
-if [ "$HAVE_DNS" = 1 ]; then
-	got=$(dig_txt "${NS_T[1]}" "$PUBDNS4")
-	if [ "$got" = "$E_WG0" ]; then
-		pass "3 Direct(interface: wg0): t1 dig TXT whoami.test answers $got"
-	else
-		fail "3 Direct(interface: wg0): t1 dig TXT whoami.test" "dig said '$got', want $E_WG0"
-	fi
-else
-	skip_check "3 Direct(interface: wg0): t1 dig TXT whoami.test" "no DNS server on $PUBDNS4:53 in inet (topology.sh)"
-fi
+tcp_udp_are "3 Direct(interface: wg0): t1" "${NS_T[1]}" "$E_WG0" "$E_WG06"
+dig_is_or_skip "3 Direct(interface: wg0): t1" "${NS_T[1]}" "$E_WG0"
 # control: the link down -> the flow fails closed (never out of the uplink)
 leak0=$(leak_count)
 ip -n "$NS_GW" link set wg0 down
@@ -495,10 +432,7 @@ wait_until 5 wg0_works || true
 tcp_is "3 Direct(interface: wg0): t1 TCP v4 again after wg0 is back up" "${NS_T[1]}" "$E_WG0"
 
 # ------------------------------------------------------------------ 4 Direct(mark) + policy routing
-tcp_is "4 Direct(mark: 81) + ip rule fwmark 0x51: t2 TCP v4" "${NS_T[2]}" "$E_WG1"
-tcp_is "4 Direct(mark: 81) + ip rule fwmark 0x51: t2 TCP v6" "${NS_T[2]}" -6 "$E_WG16"
-udp_is "4 Direct(mark: 81) + ip rule fwmark 0x51: t2 UDP v4" "${NS_T[2]}" "$TARGET4" "$E_WG1"
-udp_is "4 Direct(mark: 81) + ip rule fwmark 0x51: t2 UDP v6" "${NS_T[2]}" "$TARGET6" "$E_WG16"
+tcp_udp_are "4 Direct(mark: 81) + ip rule fwmark 0x51: t2" "${NS_T[2]}" "$E_WG1" "$E_WG16"
 # control: without the ip rule, the marked socket follows gw's main table
 # (the uplink, as .200): egressd's mark alone does not pick wg1. This window
 # should leak: the target must see the uplink's address and the leak

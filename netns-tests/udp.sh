@@ -76,8 +76,7 @@ T0=$(date +%s)
 
 # field N STRING — the Nth whitespace-separated word of STRING.
 field() { printf '%s\n' "$2" | awk -v n="$1" '{ print $n }'; }
-# ip_of "1.2.3.4:5" / "[::1]:5" -> 1.2.3.4 / ::1 ; port_of -> 5
-ip_of() { local a=${1%:*}; a=${a#[}; printf '%s\n' "${a%]}"; }
+# port_of "1.2.3.4:5" / "[::1]:5" -> 5 (ip_of: topology.sh)
 port_of() { printf '%s\n' "${1##*:}"; }
 # log_count FILE PATTERN — lines of FILE matching PATTERN (fixed string).
 log_count() { grep -cF -- "$2" "$1" 2>/dev/null || true; }
@@ -88,10 +87,6 @@ exit3_stat() {
 	printf '%s\n' "${v:-0}"
 }
 exit3_stat_ge() { [ "$(exit3_stat "$1")" -ge "$2" ]; }
-# dig_txt NS SERVER — the whoami.test TXT answer (quotes stripped), or "".
-dig_txt() {
-	nsx "$1" timeout 15 dig +short +tries=2 +time=3 TXT whoami.test @"$2" 2>&1 | tr -d '"' | tail -n 1
-}
 
 # restart_egressd CONF TAG — stop egressd, start it with CONF (log egressd-TAG.log).
 restart_egressd() {

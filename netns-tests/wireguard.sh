@@ -70,43 +70,8 @@ eg_cleanup_hook() {
 	for n in "$WG_GW" "$WG_EX"; do rm -f "/var/run/wireguard/$n.sock"; done
 }
 
-ip_of() { local a=${1%:*}; a=${a#[}; printf '%s\n' "${a%]}"; }
-
 # ---------------------------------------------------------------- check helpers
-
-tcp_is() {
-	local name=$1 ns=$2 fam="" want seen
-	if [ "$3" = -6 ]; then fam=-6; want=$4; else want=$3; fi
-	seen=$(curl_whoami "$ns" $fam)
-	if [ "$seen" = "$want" ]; then pass "$name (target sees $seen)"; else fail "$name" "target saw '$seen', want $want"; fi
-}
-
-udp_is() {
-	local name=$1 ns=$2 host=$3 want=$4 out from seen
-	out=$(udptool "$ns" ask "$host" "$UDP_WHO_PORT" 2 2 2>&1)
-	case $out in
-	"reply from "*)
-		from=$(printf '%s\n' "$out" | awk '{ print $3 }')
-		seen=$(ip_of "$(printf '%s\n' "$out" | awk '{ print $4 }')")
-		if [ "$seen" = "$want" ] && [ "$(ip_of "$from")" = "$host" ]; then
-			pass "$name (service sees $seen, reply from $from)"
-		else
-			fail "$name" "service saw '$seen' (want $want), reply from $from"
-		fi
-		;;
-	*) fail "$name" "$out" ;;
-	esac
-}
-
-dig_txt() {
-	nsx "$1" timeout 15 dig +short +tries=2 +time=3 TXT whoami.test @"$2" 2>&1 | tr -d '"' | tail -n 1
-}
-
-dns_is() {
-	local name=$1 ns=$2 srv=$3 want=$4 got
-	got=$(dig_txt "$ns" "$srv")
-	if [ "$got" = "$want" ]; then pass "$name (answer $got)"; else fail "$name" "dig said '$got', want $want"; fi
-}
+# (tcp_is, udp_is, dns_is, ip_of: topology.sh)
 
 # reset_within NS HOST PORT — "ok (...)" when the connection is reset or
 # refused within 2 s, else what happened.
@@ -138,20 +103,8 @@ ensure_egressd || die "egressd binary $(egressd_bin) missing and cargo build --r
 topo_up
 NS_X=$(ns_name xwg)
 ns_add "$NS_X"
-# the underlay (carries WireGuard's UDP)
-ip -n "$NS_GW" link add wgul type veth peer name gw netns "$NS_X"
-ip -n "$NS_GW" addr add 100.64.21.1/30 dev wgul
-ip -n "$NS_GW" link set wgul up
-ip -n "$NS_X" addr add 100.64.21.2/30 dev gw
-ip -n "$NS_X" link set gw up
-# the exit's egress into inet
-ip -n "$NS_X" link add egress type veth peer name to-xwg netns "$NS_INET"
-ip -n "$NS_INET" link set to-xwg master br-inet up
-ip -n "$NS_X" addr add "$E4/24" dev egress
-ip -n "$NS_X" addr add "$E6/64" dev egress nodad
-ip -n "$NS_X" link set egress up
-ip -n "$NS_X" route add default via 198.51.100.254
-ip -n "$NS_X" -6 route add default via 2001:db8:100::fe
+# the underlay gw <-> xwg (carries WireGuard's UDP) and the exit's egress into inet
+exit_links "$NS_X" wgul 100.64.21 30 to-xwg "$E4" "$E6"
 nsx "$NS_X" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 >/dev/null
 nsx "$NS_X" iptables -w -t nat -A POSTROUTING -o egress -j MASQUERADE
 nsx "$NS_X" ip6tables -w -t nat -A POSTROUTING -o egress -j MASQUERADE
@@ -264,7 +217,7 @@ fi
 # The container's link has MTU 1500, the WireGuard interface 1420: full-size
 # datagrams (1472 bytes v4, 1452 v6) leave egressd's socket on the tunnel
 # fragmented by gw's own stack, and arrive whole.
-ops_tool() { timeout -k 5 60 ip netns exec "$1" "$(python_bin)" "$EG_TOOLS/ops_tool.py" "${@:2}"; }
+ops_tool() { EG_TOOL_TIMEOUT=60 pytool ops_tool "$@"; }
 big4=$(ops_tool "${NS_C[0]}" udp-burst "$TARGET4" "$UDP_WHO_PORT" 5 1472 2>&1)
 big6=$(ops_tool "${NS_C[0]}" udp-burst "$TARGET6" "$UDP_WHO_PORT" 5 1452 2>&1)
 case "$big4|$big6" in

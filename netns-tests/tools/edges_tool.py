@@ -53,15 +53,9 @@ import sys
 import threading
 import time
 
+from egtest import dns_query, family, mark_ready, out, pop_opt, tcp_listener
+
 N = 65536
-
-
-def out(msg):
-    print(msg, flush=True)
-
-
-def family(host):
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def read_to_eof(c):
@@ -102,10 +96,7 @@ def trickle_conn(c):
 def serve(addr, ready):
     handlers = {9101: oob_conn, 9102: hold_conn, 9103: trickle_conn}
     for port, h in handlers.items():
-        ls = socket.socket(family(addr), socket.SOCK_STREAM)
-        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        ls.bind((addr, port))
-        ls.listen(128)
+        ls = tcp_listener(addr, port)
 
         def loop(ls=ls, h=h):
             while True:
@@ -113,9 +104,7 @@ def serve(addr, ready):
                 threading.Thread(target=h, args=(c,), daemon=True).start()
 
         threading.Thread(target=loop, daemon=True).start()
-    if ready:
-        with open(ready, "w") as f:
-            f.write("ready\n")
+    mark_ready(ready)
     while True:
         time.sleep(3600)
 
@@ -209,13 +198,6 @@ def cmd_silent_tcp(host, port, secs):
     return 0
 
 
-def dns_query(qid, name):
-    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
-    for label in name.split("."):
-        q += bytes([len(label)]) + label.encode()
-    return q + b"\x00" + struct.pack(">HH", 16, 1)
-
-
 def cmd_dns_many(host, n, window, timeout, prefix="q"):
     n, window, timeout = int(n), int(window), float(timeout)
     sel = selectors.DefaultSelector()
@@ -258,13 +240,8 @@ def cmd_dns_many(host, n, window, timeout, prefix="q"):
 
 
 def dns_silent_first(addr, port, ready):
-    ls = socket.socket(family(addr), socket.SOCK_STREAM)
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind((addr, int(port)))
-    ls.listen(64)
-    if ready:
-        with open(ready, "w") as f:
-            f.write("ready\n")
+    ls = tcp_listener(addr, port, 64)
+    mark_ready(ready)
     first = True
 
     def silent(c):
@@ -302,19 +279,11 @@ def main(argv):
         return 2
     cmd, args = argv[0], argv[1:]
     if cmd == "serve":
-        ready = None
-        if "--ready" in args:
-            i = args.index("--ready")
-            ready = args[i + 1]
-            args = args[:i] + args[i + 2:]
+        ready, args = pop_opt(args, "--ready")
         serve(args[0], ready)
         return 0
     if cmd == "dns-silent-first":
-        ready = None
-        if "--ready" in args:
-            i = args.index("--ready")
-            ready = args[i + 1]
-            args = args[:i] + args[i + 2:]
+        ready, args = pop_opt(args, "--ready")
         dns_silent_first(args[0], args[1], ready)
         return 0
     fns = {

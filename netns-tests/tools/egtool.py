@@ -30,14 +30,11 @@ one line on stdout saying what it saw.
 import asyncio
 import hashlib
 import os
-import random
-import resource
 import socket
 import sys
 import time
 
-CHUNK = 1 << 20
-_BASE = random.Random(0xE6E55D).randbytes(CHUNK)
+from egtest import CHUNK, dispatch, mark_ready, out, pop_opt, raise_nofile, start_tcp, stream_chunks, stream_sha
 
 PORT_WHOAMI = 80
 PORT_SINK = 9001
@@ -48,40 +45,6 @@ PORT_TRICKLE = 9005
 PORT_SIZED = 9006
 ECHO_MAX = 64 << 20
 PING_ERROR = 3  # ping: could not send (as opposed to 1: sent, unanswered)
-
-
-def raise_nofile():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
-    if soft < want:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        except (ValueError, OSError):
-            pass
-
-
-def stream_chunks(n):
-    """The deterministic, non-repeating test stream: 1 MiB chunks, each
-    stamped with its index so swapped or repeated chunks change the hash."""
-    i = 0
-    while n > 0:
-        c = i.to_bytes(8, "big") + _BASE[8:]
-        if n < len(c):
-            c = c[:n]
-        yield c
-        n -= len(c)
-        i += 1
-
-
-def stream_sha(n):
-    h = hashlib.sha256()
-    for c in stream_chunks(n):
-        h.update(c)
-    return h.hexdigest()
-
-
-def out(msg):
-    print(msg, flush=True)
 
 
 # ------------------------------------------------------------------ server
@@ -236,15 +199,9 @@ async def serve(addrs, ready):
             (PORT_TRICKLE, s.trickle),
             (PORT_SIZED, s.sized_sink),
         ):
-            servers.append(
-                await asyncio.start_server(
-                    handler, host=addr, port=port, backlog=4096, reuse_address=True
-                )
-            )
+            servers.append(await start_tcp(handler, addr, port))
     out(f"serving on {' '.join(addrs)}")
-    if ready:
-        with open(ready, "w") as f:
-            f.write("ready\n")
+    mark_ready(ready)
     await asyncio.gather(*(srv.serve_forever() for srv in servers))
 
 
@@ -543,11 +500,7 @@ def main(argv):
     cmd, args = argv[1], argv[2:]
     if cmd == "serve":
         raise_nofile()
-        ready = None
-        if "--ready" in args:
-            i = args.index("--ready")
-            ready = args[i + 1]
-            args = args[:i] + args[i + 2 :]
+        ready, args = pop_opt(args, "--ready")
         try:
             asyncio.run(serve(args, ready))
         except KeyboardInterrupt:
@@ -563,14 +516,7 @@ def main(argv):
         "udp-send": cmd_udp_send,
         "ping": cmd_ping,
     }
-    if cmd not in table:
-        print(f"unknown command {cmd}", file=sys.stderr)
-        return 2
-    try:
-        return table[cmd](*args)
-    except (OSError, ValueError) as e:
-        out(f"error: {type(e).__name__}: {e}")
-        return 1
+    return dispatch(table, cmd, args)
 
 
 if __name__ == "__main__":

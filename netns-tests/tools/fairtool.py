@@ -47,14 +47,7 @@ import struct
 import sys
 import time
 
-
-def out(msg):
-    sys.stdout.write(msg + "\n")
-    sys.stdout.flush()
-
-
-def family(host):
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
+from egtest import dns_query, family, out, write_atomic
 
 
 def cmd_flood(host, port, secs, size, per_socket, max_sockets):
@@ -89,11 +82,6 @@ def cmd_flood(host, port, secs, size, per_socket, max_sockets):
     out(f"sockets {socks} datagrams {dgrams} bytes {nbytes} errors {errors} "
         f"rate {int(socks / dt) if dt > 0 else 0}/s in {dt:.1f} s")
     return 0
-
-
-def dns_query(qid):
-    name = b"".join(bytes([len(p)]) + p for p in b"whoami.test".split(b".")) + b"\0"
-    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + name + struct.pack("!HH", 16, 1)
 
 
 def percentile(sorted_ms, p):
@@ -164,9 +152,7 @@ def cmd_cone(host, port, secs, map_file, *opts):
         out("mapped none unsolicited 0 last_s 0 sent 1")
         return 1
     mapped = data.decode(errors="replace").split()[0]
-    with open(map_file + ".tmp", "w") as f:
-        f.write(mapped + "\n")
-    os.rename(map_file + ".tmp", map_file)
+    write_atomic(map_file, mapped + "\n")
     n = 0
     last = 0.0
     next_keep = t0 + 1
@@ -251,9 +237,7 @@ def cmd_rss(pid, out_file, stop_file):
         except OSError:
             break
         time.sleep(0.05)
-    with open(out_file + ".tmp", "w") as f:
-        f.write(f"peak_kib {peak} samples {samples} last_kib {last}\n")
-    os.rename(out_file + ".tmp", out_file)
+    write_atomic(out_file, f"peak_kib {peak} samples {samples} last_kib {last}\n")
     return 0
 
 

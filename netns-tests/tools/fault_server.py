@@ -67,26 +67,13 @@ Clients (one line on stdout; exit 0 when the expectation holds, else 1):
 import asyncio
 import ipaddress
 import os
-import resource
 import selectors
 import socket
 import struct
 import sys
 import time
 
-
-def out(msg):
-    print(msg, flush=True)
-
-
-def raise_nofile():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
-    if soft < want:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        except (ValueError, OSError):
-            pass
+from egtest import dispatch, family, mark_ready, out, raise_nofile, start_tcp
 
 
 # ------------------------------------------------------------------ SOCKS5 bits
@@ -359,23 +346,13 @@ async def serve(addr, socks, http, ready):
     stats = {"conns": 0, "assoc": 0}
     servers = []
     for port, mode in socks:
-        servers.append(
-            await asyncio.start_server(
-                lambda r, w, p=port, m=mode: socks_conn(r, w, p, m, stats),
-                host=addr, port=port, backlog=4096, reuse_address=True,
-            )
-        )
+        servers.append(await start_tcp(lambda r, w, p=port, m=mode: socks_conn(r, w, p, m, stats), addr, port))
     for port, mode in http:
         servers.append(
-            await asyncio.start_server(
-                lambda r, w, p=port, m=mode: http_conn(r, w, p, m, stats),
-                host=addr, port=port, backlog=4096, reuse_address=True, limit=1 << 16,
-            )
+            await start_tcp(lambda r, w, p=port, m=mode: http_conn(r, w, p, m, stats), addr, port, limit=1 << 16)
         )
     out(f"serving on {addr}: socks {socks} http {http}")
-    if ready:
-        with open(ready, "w") as f:
-            f.write("ready\n")
+    mark_ready(ready)
     await asyncio.gather(*(s.serve_forever() for s in servers))
 
 
@@ -383,7 +360,7 @@ async def serve(addr, socks, http, ready):
 
 
 def usock(host):
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    fam = family(host)
     return socket.socket(fam, socket.SOCK_DGRAM)
 
 
@@ -519,7 +496,7 @@ def cmd_umany(host, port, n, deadline, window="500"):
 def cmd_flood(host, port, n, secs):
     raise_nofile()
     n = int(n)
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    fam = family(host)
     socks = []
     refused = 0
     for _ in range(n):
@@ -644,14 +621,7 @@ def main(argv):
         "flood": cmd_flood,
         "trickles": cmd_trickles,
     }
-    if cmd not in table:
-        print(f"unknown command {cmd}", file=sys.stderr)
-        return 2
-    try:
-        return table[cmd](*args)
-    except (OSError, ValueError) as e:
-        out(f"error: {type(e).__name__}: {e}")
-        return 1
+    return dispatch(table, cmd, args)
 
 
 if __name__ == "__main__":

@@ -35,15 +35,9 @@ import sys
 import threading
 import time
 
-sys.dont_write_bytecode = True  # no __pycache__ in the source tree
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from egtool import stream_chunks, stream_sha  # noqa: E402
+from egtest import dispatch, family, out, stream_chunks, stream_sha
 
 PIECE = 16 * 1024
-
-
-def out(msg):
-    print(msg, flush=True)
 
 
 # ------------------------------------------------------------------ paced TCP
@@ -167,8 +161,7 @@ def cmd_paced(n_up, n_down, host, up_port, down_port, nbytes, rate, ready_file, 
 
 
 def udp_socket(host):
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.socket(fam, socket.SOCK_DGRAM)
+    return socket.socket(family(host), socket.SOCK_DGRAM)
 
 
 def wait_reply(s, tag, timeout):
@@ -238,15 +231,7 @@ def main(argv):
         print(__doc__, file=sys.stderr)
         return 2
     table = {"paced": cmd_paced, "udp-burst": cmd_udp_burst, "udp-pingpong": cmd_udp_pingpong}
-    cmd = table.get(argv[1])
-    if cmd is None:
-        print(f"unknown command {argv[1]}", file=sys.stderr)
-        return 2
-    try:
-        return cmd(*argv[2:])
-    except (OSError, ValueError, TypeError) as e:
-        out(f"error: {type(e).__name__}: {e}")
-        return 1
+    return dispatch(table, argv[1], argv[2:], (OSError, ValueError, TypeError))
 
 
 if __name__ == "__main__":

@@ -54,21 +54,18 @@ Clients (one line on stdout; exit 0 when the expectation holds, else 1):
 
 import asyncio
 import ipaddress
-import os
 import selectors
 import socket
 import struct
 import sys
 import time
 
+from egtest import dispatch, family, mark_ready, out, pop_opt, raise_nofile, start_tcp, write_atomic
+
 PORT_WHO = 5000
 PORT_WHO2 = 5003
 PORT_CONE_B = 5001
 PORT_CONE_A = 5002
-
-
-def out(msg):
-    print(msg, flush=True)
 
 
 def fmt_peer(addr):
@@ -77,22 +74,6 @@ def fmt_peer(addr):
     if ip.version == 6 and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
-
-
-def family(host):
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def raise_nofile():
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
-    if soft < want:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        except (ValueError, OSError):
-            pass
 
 
 # ------------------------------------------------------------------ DNS
@@ -238,9 +219,7 @@ async def serve(udp, dns, cone, ready):
         keep.append(b)
         keep.append(await loop.create_datagram_endpoint(lambda: ConeA(b), sock=udp_sock(a_addr, PORT_CONE_A)))
     out(f"udp services: who-am-i {udp} dns {dns} cone {cone}")
-    if ready:
-        with open(ready, "w") as f:
-            f.write("ready\n")
+    mark_ready(ready)
     await asyncio.Event().wait()
 
 
@@ -284,10 +263,7 @@ class Stats:
         while True:
             if self.dirty and self.path:
                 self.dirty = False
-                tmp = self.path + ".tmp"
-                with open(tmp, "w") as f:
-                    f.write(" ".join(f"{k} {v}" for k, v in self.c.items()) + "\n")
-                os.replace(tmp, self.path)
+                write_atomic(self.path, " ".join(f"{k} {v}" for k, v in self.c.items()) + "\n")
             await asyncio.sleep(0.2)
 
 
@@ -433,13 +409,9 @@ async def socks_session(reader, writer, stats):
 
 async def socks_main(addr, port, status, ready):
     stats = Stats(status)
-    srv = await asyncio.start_server(
-        lambda r, w: socks_session(r, w, stats), host=addr, port=int(port), backlog=4096, reuse_address=True
-    )
+    srv = await start_tcp(lambda r, w: socks_session(r, w, stats), addr, int(port))
     out(f"socks5 (full cone) on {addr}:{port}")
-    if ready:
-        with open(ready, "w") as f:
-            f.write("ready\n")
+    mark_ready(ready)
     await asyncio.gather(srv.serve_forever(), stats.writer())
 
 
@@ -665,26 +637,12 @@ def main(argv):
         return 0
     if cmd == "socks5":
         raise_nofile()
-        status = ready = None
-        if "--status" in args:
-            i = args.index("--status")
-            status = args[i + 1]
-            args = args[:i] + args[i + 2 :]
-        if "--ready" in args:
-            i = args.index("--ready")
-            ready = args[i + 1]
-            args = args[:i] + args[i + 2 :]
+        status, args = pop_opt(args, "--status")
+        ready, args = pop_opt(args, "--ready")
         asyncio.run(socks_main(args[0], args[1], status, ready))
         return 0
     table = {"ask": cmd_ask, "none": cmd_none, "idle": cmd_idle, "many": cmd_many, "fullcone": cmd_fullcone}
-    if cmd not in table:
-        print(f"unknown command {cmd}", file=sys.stderr)
-        return 2
-    try:
-        return table[cmd](*args)
-    except (OSError, ValueError) as e:
-        out(f"error: {type(e).__name__}: {e}")
-        return 1
+    return dispatch(table, cmd, args)
 
 
 if __name__ == "__main__":

@@ -34,34 +34,16 @@ import asyncio
 import json
 import math
 import os
-import resource
 import signal
 import socket
 import statistics
 import sys
 import time
 
-
-def raise_nofile():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
-    if soft < want:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        except (ValueError, OSError):
-            pass
-
-
-def hostport(s):
-    host, _, port = s.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def write_atomic(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+# The netns tools' shared helpers (netns-tests/tools/egtest.py).
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "netns-tests", "tools"))
+from egtest import hostport, mark_ready, raise_nofile, start_tcp, write_atomic  # noqa: E402
 
 
 # ------------------------------------------------------------------ serve
@@ -97,13 +79,12 @@ async def serve(args):
             writer.close()
 
     host, port = hostport(args.hold)
-    server = await asyncio.start_server(on_conn, host, port, backlog=4096, reuse_address=True)
+    server = await start_tcp(on_conn, host, port)
     uhost, uport = hostport(args.udpwho)
     loop = asyncio.get_running_loop()
     await loop.create_datagram_endpoint(WhoAmI, local_addr=(uhost, uport))
     write_atomic(args.status, "held 0\n")
-    with open(args.ready, "w") as f:
-        f.write("ready\n")
+    mark_ready(args.ready)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -2,22 +2,32 @@
 //! source, from the control socket's `top` request once a second.
 //!
 //! Plain ANSI (alternate screen, hidden cursor, home + clear to end of line),
-//! so it works in any terminal and over ssh; the terminal is restored on
-//! SIGINT, SIGTERM and SIGHUP. When stdout is not a terminal (or with
-//! `--once`) it prints one plain snapshot, rates over one second, and exits.
+//! so it works in any terminal and over ssh. It draws for the terminal's
+//! size (TIOCGWINSZ, read again at every refresh; 80x24 when it cannot be
+//! read). `q` quits; the terminal (screen, cursor, and the keyboard mode
+//! that lets `q` be read without Enter) is restored on `q`, SIGINT, SIGTERM
+//! and SIGHUP. When stdout is not a terminal (or with `--once`) it prints
+//! one plain 80-column snapshot, rates over one second, and exits.
 //! Rendering is a pure function of two samples, tested below.
 
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, Read, Write};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use crate::control::{self, Request};
 
-/// The screen width `top` draws for (names are truncated to fit).
+/// The screen width `top` draws for when the terminal's is unknown (and
+/// for the plain snapshot); names are truncated to fit.
 pub const WIDTH: usize = 80;
-/// Rows of sources drawn live (a 24-line terminal, less the header).
-const LIVE_ROWS: usize = 20;
+/// The screen height when the terminal's is unknown.
+const HEIGHT: usize = 24;
+/// Lines of the screen that are not source rows: the header (3) and the
+/// "... and N more sources" line.
+const CHROME: usize = 4;
+/// How often keys are looked for between refreshes.
+const KEY_POLL: Duration = Duration::from_millis(100);
 
 /// One source's counters, as the control socket's `top` request gives them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +75,20 @@ fn human(v: f64) -> String {
     if u == 0 { format!("{v:.0}{}", UNITS[u]) } else { format!("{v:.1}{}", UNITS[u]) }
 }
 
+/// Widths of the SOURCE and TUNNEL columns on a `width`-column screen: 24
+/// and 11 at 80 columns (the row is then exactly 80); a wider screen gives
+/// two thirds of its extra columns to the source (up to 64) and the rest to
+/// the tunnel (up to 32); a narrower one takes them from the source (down
+/// to 12) before rows are cut.
+fn name_widths(width: usize) -> (usize, usize) {
+    if width <= WIDTH {
+        ((width + 24).saturating_sub(WIDTH).max(12), 11)
+    } else {
+        let extra = width - WIDTH;
+        ((24 + extra * 2 / 3).min(64), (11 + extra - extra * 2 / 3).min(32))
+    }
+}
+
 /// `s` cut to `w` characters (the last one `~` when cut).
 fn fit(s: &str, w: usize) -> String {
     if s.chars().count() <= w {
@@ -99,12 +123,13 @@ pub fn render(rows: &[Row], prev: Option<(&[Row], f64)>, width: usize, max_rows:
         Some(_) => format!("up {}/s  down {}/s", human(sum_up), human(sum_down)),
         None => "rates after the next sample".to_string(),
     };
+    let (ww, tw) = name_widths(width);
     let mut out = vec![
-        fit(&format!("egressd top - {} sources, {totals}   (Ctrl-C quits)", rows.len()), width),
+        fit(&format!("egressd top - {} sources, {totals}   (q quits)", rows.len()), width),
         String::new(),
         fit(
             &format!(
-                "{:<24} {:<11} {:>5} {:>5} {:>7} {:>7} {:>7} {:>7}",
+                "{:<ww$} {:<tw$} {:>5} {:>5} {:>7} {:>7} {:>7} {:>7}",
                 "SOURCE (CONTAINER)", "TUNNEL", "TCP", "UDP", "UP/s", "DOWN/s", "TOTAL", "DROPS"
             ),
             width,
@@ -119,9 +144,9 @@ pub fn render(rows: &[Row], prev: Option<(&[Row], f64)>, width: usize, max_rows:
         let (up, down) = rt.map_or(("-".to_string(), "-".to_string()), |(u, d)| (human(u), human(d)));
         out.push(fit(
             &format!(
-                "{:<24} {:<11} {:>5} {:>5} {:>7} {:>7} {:>7} {:>7}",
-                fit(&who, 24),
-                fit(&r.tunnel, 11),
+                "{:<ww$} {:<tw$} {:>5} {:>5} {:>7} {:>7} {:>7} {:>7}",
+                fit(&who, ww),
+                fit(&r.tunnel, tw),
                 r.tcp,
                 r.udp,
                 up,
@@ -143,6 +168,41 @@ pub fn render(rows: &[Row], prev: Option<(&[Row], f64)>, width: usize, max_rows:
 
 fn sample(path: &Path) -> Result<Vec<Row>, String> {
     control::ask(path, &Request::Top).map(|b| parse_rows(&b))
+}
+
+/// The terminal's (columns, rows), or 80x24 when it cannot be read.
+fn screen_size(out: &std::io::Stdout) -> (usize, usize) {
+    match crate::sys::term_size(out.as_fd()) {
+        Ok((c, r)) if c > 0 && r > 0 => (usize::from(c), usize::from(r)),
+        _ => (WIDTH, HEIGHT),
+    }
+}
+
+/// Waits `tick` for a stop signal or, when `keys` (stdin is a terminal in
+/// key mode), a `q` on stdin; other keys are ignored. `true`: quit.
+fn wait_tick(tick: Duration, keys: bool) -> Result<bool, String> {
+    let end = Instant::now() + tick;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        let step = if keys { left.min(KEY_POLL) } else { left };
+        match crate::sys::wait_signal_timeout(step) {
+            Ok(None) => {}
+            Ok(Some(_)) => return Ok(true),
+            Err(e) => return Err(format!("waiting for signals: {e}")),
+        }
+        if keys {
+            let mut buf = [0u8; 64];
+            // VMIN 0, VTIME 0: returns at once, 0 when no key was pressed.
+            if let Ok(n) = std::io::stdin().lock().read(&mut buf)
+                && buf[..n].iter().any(|b| matches!(b, b'q' | b'Q'))
+            {
+                return Ok(true);
+            }
+        }
+        if Instant::now() >= end {
+            return Ok(false);
+        }
+    }
 }
 
 /// Runs `egressd top`.
@@ -174,6 +234,10 @@ pub fn run(path: &Path, once: bool) -> ExitCode {
     if let Err(e) = crate::sys::block_signals() {
         return failed(format!("cannot block signals: {e}"));
     }
+    // Keys one by one without echo, so `q` is read at once; not when stdin
+    // is not a terminal (then only signals stop us).
+    let stdin = std::io::stdin();
+    let saved = crate::sys::term_keys_mode(stdin.as_fd()).ok();
     let mut prev: Option<(Vec<Row>, Instant)> = None;
     let _ = write!(out, "\x1b[?1049h\x1b[?25l\x1b[2J");
     let result = loop {
@@ -183,8 +247,9 @@ pub fn run(path: &Path, once: bool) -> ExitCode {
         };
         let now = Instant::now();
         let p = prev.as_ref().map(|(r, t)| (r.as_slice(), now.duration_since(*t).as_secs_f64()));
+        let (width, height) = screen_size(&out);
         let mut screen = String::from("\x1b[H");
-        for l in render(&rows, p, WIDTH, LIVE_ROWS) {
+        for l in render(&rows, p, width, height.saturating_sub(CHROME).max(1)) {
             screen.push_str(&l);
             screen.push_str("\x1b[K\r\n");
         }
@@ -193,14 +258,17 @@ pub fn run(path: &Path, once: bool) -> ExitCode {
             break Ok(()); // the terminal went away (ssh closed)
         }
         prev = Some((rows, now));
-        match crate::sys::wait_signal_timeout(Duration::from_secs(1)) {
-            Ok(None) => {}
-            Ok(Some(_)) => break Ok(()),
-            Err(e) => break Err(format!("waiting for signals: {e}")),
+        match wait_tick(Duration::from_secs(1), saved.is_some()) {
+            Ok(false) => {}
+            Ok(true) => break Ok(()),
+            Err(e) => break Err(e),
         }
     };
     let _ = write!(out, "\x1b[?25h\x1b[?1049l");
     let _ = out.flush();
+    if let Some(saved) = &saved {
+        let _ = crate::sys::term_restore(stdin.as_fd(), saved);
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => failed(e),
@@ -296,5 +364,26 @@ mod tests {
         assert_eq!(human(999.0), "999B");
         assert_eq!(human(1500.0), "1.5K");
         assert_eq!(human(2.5e9), "2.5G");
+    }
+
+    #[test]
+    fn uses_the_width_it_is_given() {
+        assert_eq!(name_widths(WIDTH), (24, 11));
+        assert_eq!(name_widths(110), (44, 21));
+        assert_eq!(name_widths(400), (64, 32));
+        assert_eq!(name_widths(60), (12, 11));
+        let long = row("fd08::1234:5678:9abc/128", "a-container-with-a-very-long-name", 5_000, 7);
+        // Wider: the name is shown whole and the row fills the screen.
+        let s = render(std::slice::from_ref(&long), None, 140, 10);
+        assert!(
+            s[3].starts_with("fd08::1234:5678:9abc/128 (a-container-with-a-very-long-name)     hk0 "),
+            "{s:#?}"
+        );
+        assert_eq!(s[3].chars().count(), 140, "{s:#?}");
+        assert_eq!(s[2].chars().count(), 140, "{s:#?}");
+        // Narrower: every line fits, the numbers come before the name's tail.
+        let s = render(std::slice::from_ref(&long), None, 60, 10);
+        assert!(s.iter().all(|l| l.chars().count() <= 60), "{s:#?}");
+        assert!(s[3].starts_with("fd08::1234:~ hk0 "), "{s:#?}");
     }
 }

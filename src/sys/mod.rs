@@ -88,6 +88,51 @@ pub fn wait_signal_timeout(timeout: std::time::Duration) -> io::Result<Option<Si
     Ok(Some(if sig == libc::SIGHUP { Signal::Reload } else { Signal::Stop }))
 }
 
+/// A terminal's settings as they were before [`term_keys_mode`] changed them.
+pub struct SavedTerm(libc::termios);
+
+/// Puts the terminal on `fd` in non-canonical mode without echo, reads
+/// returning at once with what is there (VMIN 0, VTIME 0): keys arrive one
+/// by one and are not shown; Ctrl-C still raises SIGINT (ISIG is kept).
+/// Returns the settings [`term_restore`] puts back.
+pub fn term_keys_mode(fd: BorrowedFd<'_>) -> io::Result<SavedTerm> {
+    // SAFETY: termios is plain data; tcgetattr fills it before it is read.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open for the call (borrowed); `t` is a valid, writable termios.
+    if unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let saved = SavedTerm(t);
+    t.c_lflag &= !(libc::ICANON | libc::ECHO);
+    t.c_cc[libc::VMIN] = 0;
+    t.c_cc[libc::VTIME] = 0;
+    // SAFETY: `fd` is open for the call; `t` is a valid termios read by the kernel.
+    if unsafe { libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(saved)
+}
+
+/// Puts back the settings [`term_keys_mode`] saved.
+pub fn term_restore(fd: BorrowedFd<'_>, saved: &SavedTerm) -> io::Result<()> {
+    // SAFETY: `fd` is open for the call; `saved.0` is a valid termios read by the kernel.
+    if unsafe { libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &saved.0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The size of the terminal on `fd` (TIOCGWINSZ): (columns, rows).
+pub fn term_size(fd: BorrowedFd<'_>) -> io::Result<(u16, u16)> {
+    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: `fd` is open for the call; `ws` is a valid, writable winsize, the
+    // argument TIOCGWINSZ expects.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((ws.ws_col, ws.ws_row))
+}
+
 /// Asks the kernel to report each datagram's original destination
 /// (IP_RECVORIGDSTADDR, and IPV6_RECVORIGDSTADDR on an IPv6 socket).
 pub fn set_recv_orig_dst(fd: BorrowedFd<'_>, ipv6: bool) -> io::Result<()> {
