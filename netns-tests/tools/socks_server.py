@@ -38,12 +38,14 @@ Server:
         close id=N state=S why=W t=..            S: negotiating|idle|relay,
                                                  W: eof|idle-close|error|done
       --status FILE: rewritten (atomically) every 50 ms:
-        open=N idle=N max_idle=N accepted=N reqs=N idle_closed=N idle_eof=N
-        idle_creds=K:N,K:N t=..
+        open=N idle=N max_idle=N held=N max_held=N accepted=N reqs=N
+        idle_closed=N idle_eof=N idle_creds=K:N,K:N t=..
       idle counts the connections that are greeted and have sent nothing
       since: bytes waiting in the kernel (FIONREAD) or in our buffer mean
-      "request under way", not idle. max_idle is the largest idle seen by
-      any sample since start. idle_closed: closed by --idle-close;
+      "request under way", not idle. A client that waits for the method
+      reply before sending its request (no pipelining) shows as idle for
+      that round trip too. held: those idle for 1 s or more. max_idle and
+      max_held: the largest seen by any sample since start. idle_closed: closed by --idle-close;
       idle_eof: closed by the client while idle (a pool drained or
       refreshed). idle_creds: the idle connections per cred index.
       --ready FILE is written once listening.
@@ -56,11 +58,12 @@ Clients (one line on stdout; exit 0 when the expectation holds, else 1):
       last line is EXPECT. "ok|failed good G/N bad B errors E in S s
       [reasons...]"
 
-  spread HOST PORT N SECS EXPECT SEED
-      N HTTP GETs one after another at pseudo-random times (seeded) spread
-      over about SECS seconds (the gaps vary between 0.1 and 2*SECS/N s),
-      each on a fresh connection, each checked as in burst.
-      "ok|failed good G/N ... gaps_ms a,b,c..."
+  spread HOST PORT N EXPECT SEED LO HI [EVERY LONG_LO LONG_HI]
+      N HTTP GETs one after another, each on a fresh connection and checked
+      as in burst, with pseudo-random gaps (seeded): between LO and HI s,
+      and every EVERY-th gap between LONG_LO and LONG_HI s instead (long
+      enough for a pooled connection to meet the server's idle timeout).
+      At most 60 s in all. "ok|failed good G/N ... gaps_ms a,b,c..."
 """
 
 import asyncio
@@ -81,6 +84,7 @@ NEGOTIATE_TIMEOUT = 30
 IDLE_MAX = 300
 CONNECT_TIMEOUT = 5
 RELAY_MAX = 120
+HELD_NS = 1_000_000_000  # "held": idle for a second or more
 
 
 def raise_nofile():
@@ -138,6 +142,7 @@ class Server:
         self.idle_closed = 0
         self.idle_eof = 0
         self.max_idle = 0
+        self.max_held = 0
 
     def log(self, line):
         if self.logf:
@@ -145,24 +150,30 @@ class Server:
 
     def idle_now(self):
         n = 0
+        held = 0
         creds = {}
+        now = time.time_ns()
         for c in self.conns.values():
             if c.state != "idle":
                 continue
             if buffered(c.reader) or kernel_pending(c.fd):
                 continue
             n += 1
+            if now - c.greeted_t >= HELD_NS:
+                held += 1
             creds[c.cred] = creds.get(c.cred, 0) + 1
-        return n, creds
+        return n, held, creds
 
     async def sampler(self):
         while True:
-            n, creds = self.idle_now()
+            n, held, creds = self.idle_now()
             self.max_idle = max(self.max_idle, n)
+            self.max_held = max(self.max_held, held)
             if self.statusf:
                 cr = ",".join(f"{k}:{v}" for k, v in sorted(creds.items())) or "-"
                 line = (
                     f"open={len(self.conns)} idle={n} max_idle={self.max_idle} "
+                    f"held={held} max_held={self.max_held} "
                     f"accepted={self.accepted} reqs={self.reqs} "
                     f"idle_closed={self.idle_closed} idle_eof={self.idle_eof} "
                     f"idle_creds={cr} t={time.time_ns()}\n"
@@ -400,19 +411,21 @@ async def burst(host, port, n, conc, secs, expect):
     return summarize(results, n, t0)
 
 
-async def spread(host, port, n, secs, expect, seed):
+async def spread(host, port, n, expect, seed, lo, hi, every, long_lo, long_hi):
     rng = random.Random(seed)
     results = []
     gaps = []
     t0 = time.monotonic()
-    hi = max(0.2, 2 * secs / n)
     for i in range(n):
-        if time.monotonic() - t0 > 3 * secs:
+        if time.monotonic() - t0 > 60:
             results.append("deadline")
             continue
         results.append(await http_get(host, port, expect, 10))
         if i < n - 1:
-            g = rng.uniform(0.1, hi)
+            if every and (i + 1) % every == 0:
+                g = rng.uniform(long_lo, long_hi)
+            else:
+                g = rng.uniform(lo, hi)
             gaps.append(int(g * 1000))
             await asyncio.sleep(g)
     return summarize(results, n, t0, f" gaps_ms {','.join(map(str, gaps))}")
@@ -455,8 +468,12 @@ def main(argv):
             h, p, n, conc, secs, exp = args
             return asyncio.run(burst(h, p, int(n), int(conc), float(secs), exp))
         if cmd == "spread":
-            h, p, n, secs, exp, seed = args
-            return asyncio.run(spread(h, p, int(n), float(secs), exp, int(seed)))
+            h, p, n, exp, seed, lo, hi = args[:7]
+            every, llo, lhi = (args[7:10] + ["0", "0", "0"])[:3]
+            return asyncio.run(
+                spread(h, p, int(n), exp, int(seed), float(lo), float(hi), int(every),
+                       float(llo), float(lhi))
+            )
     except (OSError, ValueError) as e:
         out(f"error: {type(e).__name__}: {e}")
         return 1
