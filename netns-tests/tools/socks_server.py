@@ -7,8 +7,8 @@ and in time.
 
 Server:
 
-  serve ADDR PORT [--auth USER:PASS]... [--idle-close SECS] [--log FILE]
-                  [--status FILE] [--ready FILE]
+  serve ADDR PORT [--auth USER:PASS]... [--idle-close SECS] [--drop-pooled N]
+                  [--log FILE] [--status FILE] [--ready FILE]
       A correct RFC 1928 server for CONNECT (IPv4, IPv6 and domain
       addresses; it really connects from this namespace). Without --auth it
       offers method 0 (no authentication); with --auth only method 2
@@ -22,6 +22,10 @@ Server:
       (greeting, and authentication) and has not sent its request within
       SECS seconds is closed by the server (as V2Ray's handshake policy
       does). Without it a greeted connection may wait 300 s.
+      --drop-pooled N: the first N requests that arrive on a connection
+      greeted at least 0.5 s before (a pooled one) are not answered: the
+      connection is closed as if the server's idle timer had fired while
+      the request was on its way (logged "drop id=N").
 
       --log FILE: one line per event, each with t=<time.time_ns()> (the
       wall clock, comparable with `date +%s%N` in the same machine):
@@ -36,7 +40,8 @@ Server:
         reply id=N rep=R first=B t=..            B = client bytes already
                                                  behind the request
         close id=N state=S why=W t=..            S: negotiating|idle|relay,
-                                                 W: eof|idle-close|error|done
+                                                 W: eof|idle-close|error|done|
+                                                 dropped
       --status FILE: rewritten (atomically) every 50 ms:
         open=N idle=N max_idle=N held=N max_held=N accepted=N reqs=N
         idle_closed=N idle_eof=N idle_creds=K:N,K:N t=..
@@ -45,9 +50,10 @@ Server:
       "request under way", not idle. A client that waits for the method
       reply before sending its request (no pipelining) shows as idle for
       that round trip too. held: those idle for 1 s or more. max_idle and
-      max_held: the largest seen by any sample since start. idle_closed: closed by --idle-close;
-      idle_eof: closed by the client while idle (a pool drained or
-      refreshed). idle_creds: the idle connections per cred index.
+      max_held: the largest seen by any sample since start. idle_closed:
+      closed by --idle-close; idle_eof: closed by the client while idle (a
+      pool drained or refreshed). idle_creds: the idle connections per
+      cred index.
       --ready FILE is written once listening.
 
 Clients (one line on stdout; exit 0 when the expectation holds, else 1):
@@ -130,9 +136,10 @@ def kernel_pending(fd):
 
 
 class Server:
-    def __init__(self, auth, idle_close, logf, statusf):
+    def __init__(self, auth, idle_close, logf, statusf, drop_pooled=0):
         self.auth = auth  # list of (user, pass)
         self.idle_close = idle_close
+        self.drop_pooled = drop_pooled
         self.logf = open(logf, "a", buffering=1) if logf else None
         self.statusf = statusf
         self.conns = {}
@@ -272,6 +279,11 @@ class Server:
                 f"req id={c.id} dst={host}:{port} cred={c.cred} accept_t={c.accept_t} "
                 f"greeted_t={c.greeted_t} idle_ms={idle_ms:.1f} pipelined={1 if early else 0}"
             )
+            if self.drop_pooled > 0 and idle_ms >= 500:
+                self.drop_pooled -= 1
+                self.log(f"drop id={c.id} dst={host}:{port} idle_ms={idle_ms:.1f}")
+                why = "dropped"
+                return
             if ver != 5 or cmd != 1:
                 writer.write(b"\x05\x07\x00\x01\0\0\0\0\0\0")
                 await writer.drain()
@@ -438,7 +450,14 @@ def main(argv):
     cmd, args = argv[1], argv[2:]
     raise_nofile()
     if cmd == "serve":
-        opts = {"--auth": [], "--idle-close": None, "--log": None, "--status": None, "--ready": None}
+        opts = {
+            "--auth": [],
+            "--idle-close": None,
+            "--drop-pooled": "0",
+            "--log": None,
+            "--status": None,
+            "--ready": None,
+        }
         pos = []
         i = 0
         while i < len(args):
@@ -457,7 +476,7 @@ def main(argv):
             print("serve ADDR PORT [options]", file=sys.stderr)
             return 2
         idle = float(opts["--idle-close"]) if opts["--idle-close"] else None
-        srv = Server(opts["--auth"], idle, opts["--log"], opts["--status"])
+        srv = Server(opts["--auth"], idle, opts["--log"], opts["--status"], int(opts["--drop-pooled"]))
         try:
             asyncio.run(serve(pos[0], pos[1], srv, opts["--ready"]))
         except KeyboardInterrupt:
