@@ -11,14 +11,17 @@
 #  c5 10.8.0.15 ─┤  stats --prometheus    │     :1083 "short" closes them after 1.5 s
 #  c6 10.8.0.16 ─┤                        │     :1084 "burst" (warm 4)
 #  c7 10.8.0.17 ─┤                        │     :1085 "flaky" drops the first 3 requests on pooled conns
-#  c8 10.8.0.18 ─┘                        └─ exit2 100.64.2.2:1080 socks_server.py "cold" (warm 0)
+#  c8 10.8.0.18 ─┤                        │     :1086 "fair"  (warm 4; greetings slowed on demand)
+#  c9 10.8.0.19 ─┤                        └─ exit2 100.64.2.2:1080 socks_server.py "cold" (warm 0)
+#  c10 10.8.0.20 ┘
 #                                             every exit -> inet 203.0.113.10 (who-am-i :80)
 #
 # Routes: c0 -> micro (exit0, warm default, pipeline default), c1 -> good,
 # c2 -> authA (usera), c3 -> authB (userb), c4 -> idle, c5 -> short,
-# c6 -> cold (warm: 0, pipeline: false), c7 -> burst (warm: 4), c8 -> flaky.
+# c6 -> cold (warm: 0, pipeline: false), c7 -> burst (warm: 4), c8 -> flaky,
+# c9 and c10 -> fair (warm: 4).
 #
-# Checks (one PASS/FAIL line each; 22 on every path, plan_checks):
+# Checks (one PASS/FAIL line each; 23 on every path, plan_checks):
 #   6a warm: 0 opens nothing before a container connects: exit2's SYN
 #      counter and its server's accept count stay 0 for >= 3 s after start,
 #      while the same egressd has warmed "good" (control)
@@ -70,6 +73,10 @@
 #      pooled one. (Without pools, unpipelined handshakes under this burst
 #      showed up to 84 at once: the check can fail.)
 #   5d after the burst the pool is back to 4/4, 4 idle at the exit
+#   8  fair share: with refills slowed to 2 s at the exit, 4 curls at once
+#      from c9 take 2 of fair's 4 pooled connections (ceil(4/2)) and make 2
+#      fresh ones; c10 right after still gets a pooled one (accepted before
+#      c9 started); all 5 right
 #   7  nothing left gw by its uplink (leak detector)
 #   egressd starting, its rules, and its being alive at the end are
 #   preconditions (fail_unplanned), not checks.
@@ -83,13 +90,13 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
-plan_checks 22
+plan_checks 23
 
 require_root_and_tools nft iptables ip6tables curl microsocks danted python3 ss timeout ps awk
 eg_init
 T0=$(date +%s)
 
-NCONT=9
+NCONT=11
 EX0=$(exit_egress4 0)
 EX1=$(exit_egress4 1)
 EX2=$(exit_egress4 2)
@@ -206,6 +213,7 @@ srv_start idle "$E1" 100.64.1.2 1082 --idle-close 4
 srv_start short "$E1" 100.64.1.2 1083 --idle-close 1.5
 srv_start burst "$E1" 100.64.1.2 1084
 srv_start flaky "$E1" 100.64.1.2 1085 --drop-pooled 3
+srv_start fair "$E1" 100.64.1.2 1086 --delay-file "$EG_TMP/fair.delay"
 srv_start cold "$E2" 100.64.2.2 1080
 SYN_COLD0=$(socks_syn_count 2)
 
@@ -224,6 +232,7 @@ write_conf() {
 	        "burst": Socks5(server: "100.64.1.2:1084", udp: false, warm: 4),
 	        "cold": Socks5(server: "100.64.2.2:1080", udp: false, warm: 0, pipeline: false),
 	        "flaky": Socks5(server: "100.64.1.2:1085", udp: false, warm: 2),
+	        "fair": Socks5(server: "100.64.1.2:1086", udp: false, warm: 4),
 	    },
 	    routes: [
 	        (source: "10.8.0.10", tunnel: "micro"),
@@ -235,6 +244,8 @@ write_conf() {
 	        (source: "10.8.0.16", tunnel: "cold"),
 	        (source: "10.8.0.17", tunnel: "burst"),
 	        (source: "10.8.0.18", tunnel: "flaky"),
+	        (source: "10.8.0.19", tunnel: "fair"),
+	        (source: "10.8.0.20", tunnel: "fair"),
 	    ],
 	    intercept: (tcp: Redirect),
 	    control: (socket: "$SOCK"),
@@ -559,6 +570,45 @@ if [ "$rb" != absent ] && [ "$(num "$rb")" -eq 4 ] && [ "$ib" -eq 4 ]; then
 	pass "5d after the burst the pool is back to 4: pool_ready 4, 4 idle at the exit"
 else
 	fail "5d pool refilled after the burst" "pool_ready '$rb', idle at the exit $ib (want 4 / 4)"
+fi
+
+# ================================================================== 8 fair share
+wait_until 8 st_is fair idle 4
+wait_until 3 pnow_is pool_ready fair 4
+hf0=$(num "$(pnow pool_hits_total fair)")
+echo 2 >"$EG_TMP/fair.delay"
+t8=$(now_ns)
+fpids=()
+for k in 1 2 3 4; do
+	whoami "${NS_C[9]}" >"$EG_TMP/fair.c9.$k" 2>&1 &
+	fpids+=("$!")
+done
+sleep 0.4
+t8b=$(now_ns)
+got10=$(whoami "${NS_C[10]}")
+wait "${fpids[@]}"
+rm -f "$EG_TMP/fair.delay"
+ok9=0
+for k in 1 2 3 4; do [ "$(cat "$EG_TMP/fair.c9.$k")" = "$EX1" ] && ok9=$((ok9 + 1)); done
+pooled_n=0
+fresh_n=0
+while read -r line; do
+	[ -n "$line" ] || continue
+	if [ "$(kvf accept_t "$line")" -lt "$t8" ]; then pooled_n=$((pooled_n + 1)); else fresh_n=$((fresh_n + 1)); fi
+done <<<"$(reqs_after fair "$t8")"
+# c10's request: the server cannot tell c9 from c10 (egressd is its peer),
+# time does: c9's pooled requests come at once (before c10 starts, 0.4 s
+# later), and every fresh request waits 2 s for its greeting's answer. So
+# a request within 1.5 s after c10 started is c10's, on a pooled connection.
+r10=$(reqs_after fair "$t8b" | awk -v hi="$((t8b + 1500000000))" '{ t = $NF; sub(/^t=/, "", t); if (t + 0 < hi + 0) print }')
+acc10=$(kvf accept_t "$r10")
+hf1=$(num "$(pnow pool_hits_total fair)")
+if [ "$ok9" -eq 4 ] && [ "$got10" = "$EX1" ] && [ "$(printf '%s\n' "$r10" | grep -c .)" -eq 1 ] &&
+	[ "${acc10:-$t8}" -lt "$t8" ] && [ $((hf1 - hf0)) -eq 3 ] && [ "$pooled_n" -eq 3 ] && [ "$fresh_n" -eq 2 ]; then
+	pass "8 fair share: 4 curls at once from c9 took 2 of 4 pooled connections (2 fresh), c10 right after still got a pooled one; all right, pool_hits +3"
+else
+	fail "8 fair share: one source takes at most ceil(4/2) pooled connections" \
+		"c9 $ok9/4 right, c10 '$got10'; requests after c9 started: $pooled_n on pooled connections (want 3: 2 of c9's + c10's), $fresh_n fresh (want 2); c10's: '$(printf '%s' "$r10" | oneline 160)'; pool_hits +$((hf1 - hf0)) (want 3)"
 fi
 
 # ================================================================== 7 leaks, liveness

@@ -8,7 +8,7 @@ and in time.
 Server:
 
   serve ADDR PORT [--auth USER:PASS]... [--idle-close SECS] [--drop-pooled N]
-                  [--log FILE] [--status FILE] [--ready FILE]
+                  [--delay-file FILE] [--log FILE] [--status FILE] [--ready FILE]
       A correct RFC 1928 server for CONNECT (IPv4, IPv6 and domain
       addresses; it really connects from this namespace). Without --auth it
       offers method 0 (no authentication); with --auth only method 2
@@ -26,6 +26,10 @@ Server:
       greeted at least 0.5 s before (a pooled one) are not answered: the
       connection is closed as if the server's idle timer had fired while
       the request was on its way (logged "drop id=N").
+      --delay-file FILE: while FILE exists, the answer to a greeting waits
+      as many seconds as FILE says (a slow exit: refills and unpooled
+      handshakes take that long; connections greeted before are not
+      affected).
 
       --log FILE: one line per event, each with t=<time.time_ns()> (the
       wall clock, comparable with `date +%s%N` in the same machine):
@@ -136,8 +140,9 @@ def kernel_pending(fd):
 
 
 class Server:
-    def __init__(self, auth, idle_close, logf, statusf, drop_pooled=0):
+    def __init__(self, auth, idle_close, logf, statusf, drop_pooled=0, delay_file=None):
         self.auth = auth  # list of (user, pass)
+        self.delay_file = delay_file
         self.idle_close = idle_close
         self.drop_pooled = drop_pooled
         self.logf = open(logf, "a", buffering=1) if logf else None
@@ -198,6 +203,14 @@ class Server:
             return False
         methods = await reader.readexactly(nm)
         want = 2 if self.auth else 0
+        if self.delay_file:
+            try:
+                with open(self.delay_file) as f:
+                    delay = float(f.read().strip() or 0)
+            except (OSError, ValueError):
+                delay = 0
+            if delay > 0:
+                await asyncio.sleep(min(delay, 10))
         if want not in methods:
             writer.write(b"\x05\xff")
             await writer.drain()
@@ -454,6 +467,7 @@ def main(argv):
             "--auth": [],
             "--idle-close": None,
             "--drop-pooled": "0",
+            "--delay-file": None,
             "--log": None,
             "--status": None,
             "--ready": None,
@@ -476,7 +490,8 @@ def main(argv):
             print("serve ADDR PORT [options]", file=sys.stderr)
             return 2
         idle = float(opts["--idle-close"]) if opts["--idle-close"] else None
-        srv = Server(opts["--auth"], idle, opts["--log"], opts["--status"], int(opts["--drop-pooled"]))
+        srv = Server(opts["--auth"], idle, opts["--log"], opts["--status"], int(opts["--drop-pooled"]),
+                     opts["--delay-file"])
         try:
             asyncio.run(serve(pos[0], pos[1], srv, opts["--ready"]))
         except KeyboardInterrupt:
