@@ -21,7 +21,7 @@
 # c6 -> cold (warm: 0, pipeline: false), c7 -> burst (warm: 4), c8 -> flaky,
 # c9 and c10 -> fair (warm: 4).
 #
-# Checks (one PASS/FAIL line each; 23 on every path, plan_checks):
+# Checks (one PASS/FAIL line each; 24 on every path, plan_checks):
 #   6a warm: 0 opens nothing before a container connects: exit2's SYN
 #      counter and its server's accept count stay 0 for >= 3 s after start,
 #      while the same egressd has warmed "good" (control)
@@ -77,6 +77,9 @@
 #      from c9 take 2 of fair's 4 pooled connections (ceil(4/2)) and make 2
 #      fresh ones; c10 right after still gets a pooled one (accepted before
 #      c9 started); all 5 right
+#   9  `egressd stats` has a "warm pools:" line per Socks5 tunnel (10), each
+#      in the format above; the warm: 0, pipeline: false tunnel says
+#      "ready 0/0" and "pipelining off"
 #   7  nothing left gw by its uplink (leak detector)
 #   egressd starting, its rules, and its being alive at the end are
 #   preconditions (fail_unplanned), not checks.
@@ -90,7 +93,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
-plan_checks 23
+plan_checks 24
 
 require_root_and_tools nft iptables ip6tables curl microsocks danted python3 ss timeout ps awk
 eg_init
@@ -165,7 +168,10 @@ pool_line() {
 pool_field() { pool_line "$1" | awk -v k="$2" '{ for (i = 1; i < NF; i++) if ($i == k) { print $(i + 1); exit } }'; }
 pool_field_is() { [ "$(pool_field "$1" "$2")" = "$3" ]; }
 pool_field_not() { local v; v=$(pool_field "$1" "$2"); [ -n "$v" ] && [ "$v" != "$3" ]; }
-POOL_RE='^  [A-Za-z0-9_-]+ ready [0-9]+/[0-9]+ hits [0-9]+ misses [0-9]+ refills [0-9]+ discards [0-9]+ pipelining (yes|no|unknown|off)( \(.*\))?$'
+# A pool's line: the brief's fields in order; a note in parentheses (the
+# server's idle limit, "disabled: ...") may follow the discards, and more
+# (the UDP pool) may follow the pipelining word.
+POOL_RE='^  [A-Za-z0-9_-]+ ready [0-9]+/[0-9]+ hits [0-9]+ misses [0-9]+ refills [0-9]+ discards [0-9]+( \([^)]*\))? pipelining (yes|no|unknown|off)( .*)?$'
 
 # whoami NS — the who-am-i body (last line) from NS, or curl's error.
 whoami() { nsx "$1" curl -sS --max-time 8 "http://$TARGET4/" 2>&1 | tr -d '\r' | tail -n 1; }
@@ -609,6 +615,18 @@ if [ "$ok9" -eq 4 ] && [ "$got10" = "$EX1" ] && [ "$(printf '%s\n' "$r10" | grep
 else
 	fail "8 fair share: one source takes at most ceil(4/2) pooled connections" \
 		"c9 $ok9/4 right, c10 '$got10'; requests after c9 started: $pooled_n on pooled connections (want 3: 2 of c9's + c10's), $fresh_n fresh (want 2); c10's: '$(printf '%s' "$r10" | oneline 160)'; pool_hits +$((hf1 - hf0)) (want 3)"
+fi
+
+# ================================================================== 9 the stats section
+ctl_stats >"$EG_TMP/stats.end" 2>&1
+awk '/^warm pools:/ { s = 1; next } s && /^[^ ]/ { s = 0 } s && NF' "$EG_TMP/stats.end" >"$EG_TMP/pools.end"
+npl=$(grep -c . "$EG_TMP/pools.end")
+badl=$(grep -vE "$POOL_RE" "$EG_TMP/pools.end" | oneline 300)
+coldl=$(grep -E '^  cold ' "$EG_TMP/pools.end")
+if [ "$npl" -eq 10 ] && [ -z "$badl" ] && printf '%s\n' "$coldl" | grep -q ' ready 0/0 .* pipelining off'; then
+	pass "9 egressd stats: 10 lines under 'warm pools:', all in the format; cold: '$coldl'"
+else
+	fail "9 egressd stats' warm pools section" "$npl lines (want 10); not in the format: '$badl'; cold: '$coldl'"
 fi
 
 # ================================================================== 7 leaks, liveness
