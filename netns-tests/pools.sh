@@ -21,7 +21,12 @@
 # c6 -> cold (warm: 0, pipeline: false), c7 -> burst (warm: 4), c8 -> flaky,
 # c9 and c10 -> fair (warm: 4).
 #
-# Checks (one PASS/FAIL line each; 24 on every path, plan_checks):
+# Checks (one PASS/FAIL line each; 24 on every path, plan_checks), in the
+# order they run (6 first: it needs egressd's first seconds; 3a's flows run
+# in the background from the start). Against an egressd without pools most
+# of them fail, and each of 3c, 3e, 4c, 5c and 8 was seen to fail against
+# a build with the matching fault (idle limit never learned, no retry, every
+# pool drained on reload, refills not counting pending ones, no fair share):
 #   6a warm: 0 opens nothing before a container connects: exit2's SYN
 #      counter and its server's accept count stay 0 for >= 3 s after start,
 #      while the same egressd has warmed "good" (control)
@@ -71,7 +76,8 @@
 #      greeting and CONNECT in one flight to a server that takes it, so a
 #      miss never waits greeted: every greeted-and-waiting connection is a
 #      pooled one. (Without pools, unpipelined handshakes under this burst
-#      showed up to 84 at once: the check can fail.)
+#      showed up to 84 at once; with refills not counting pending ones, 553:
+#      pool_ready stays <= 4 then, only the exit sees it.)
 #   5d after the burst the pool is back to 4/4, 4 idle at the exit
 #   8  fair share: with refills slowed to 2 s at the exit, 4 curls at once
 #      from c9 take 2 of fair's 4 pooled connections (ceil(4/2)) and make 2
