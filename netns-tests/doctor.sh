@@ -13,6 +13,8 @@
 #      (exit0: UDP off; exit1: UDP ASSOCIATE accepted); the per-interface
 #      firewall lines (tcp/udp/dns intercept, kill switch in mangle FORWARD,
 #      published ports, forged sources, dns path naming dns.upstream) are ok
+#      Each SOCKS5 tunnel's line says whether pipelining works (microsocks:
+#      not taken; danted: works) and what a new connection waits for.
 #   2  the article's trap: bridge-nf-call-iptables=1 in gw (only there) → exit 1
 #      and a FAIL line naming net.bridge.bridge-nf-call-iptables with the
 #      sysctl fix; the same for bridge-nf-call-ip6tables; back to 0 → exit 0
@@ -107,10 +109,11 @@ else
 	fail "1 good setup: doctor should pass" "exit $DOC_RC: $(doc_fails)"
 	doc_show
 fi
-if doc_has '^ok   tunnel exit0 .*UDP off' && doc_has '^ok   tunnel exit1 .*UDP ASSOCIATE accepted' &&
+if doc_has '^ok   tunnel exit0 .*UDP off.*pipelining not taken.*warm pool of 2: .*~2 round trip' &&
+	doc_has '^ok   tunnel exit1 .*UDP ASSOCIATE accepted.*pipelining works.*warm pool of 2: .*~1 round trip' &&
 	doc_has '^ok   udp TPROXY v4 br0 +iptables: mangle PREROUTING -> EGRESSD_TPROXY -> TPROXY 10\.8\.0\.1:10900' &&
 	doc_has '^ok   ip rule v6 '; then
-	pass "1 doctor probed the tunnels (exit0 UDP off, exit1 UDP ASSOCIATE accepted) and read the iptables rules"
+	pass "1 doctor probed the tunnels (exit0 UDP off, microsocks takes no pipelining; exit1 UDP ASSOCIATE accepted, danted pipelines) and read the iptables rules"
 else
 	fail "1 doctor should report each tunnel and the rules" "$(tr '\n' '|' <"$DOC" | cut -c1-400)"
 fi

@@ -58,6 +58,8 @@ declare -F plan_checks >/dev/null && plan_checks 13
 
 require_root_and_tools nft iptables ip6tables curl microsocks danted python3 ss timeout prlimit
 eg_init
+# Connections to the exits are counted here: no warm pools (pools.sh tests them).
+SOCKS_OPTS="warm: 0, warm_udp: 0, "
 T0=$(date +%s)
 
 edges() {

@@ -172,14 +172,18 @@ route_c2() { ctl route set --source 10.8.0.12 --tunnel "$1" >/dev/null 2>&1; }
 # write_config FILE [TCP_EXTRA] [CONNECT_TIMEOUT] — the run's config: exit0..2
 # as in topology.sh except exit2 (the fault server's good port), one tunnel
 # per misbehaviour, the timeouts above. TCP_EXTRA goes inside `tcp: (...)`.
+# exit0 and exit1 keep no warm pool: check 4 counts the connections made to
+# them (a pool makes its own); the fault tunnels keep theirs, so refills meet
+# every misbehaviour too.
+NOPOOL="warm: 0, warm_udp: 0, "
 SOCKS_MODES="trunc:1081 garbage:1082 badver:1083 badatyp:1084 onebyte:1085 silent:1086 delay:1087 udpgarbage:1088 udpfrag:1089 ctlclose:1090"
 HTTP_MODES="good:8080 garbage:8081 bighead:8082 5xx:8083"
 write_config() {
 	local f=$1 tcpx=${2:-} cto=${3:-2} m
 	{
 		printf '(\n    listen: ["10.8.0.1:10900", "[fd08::1]:10900"],\n    tunnels: {\n'
-		printf '        "exit0": Socks5(server: "100.64.0.2:1080", udp: false),\n'
-		printf '        "exit1": Socks5(server: "100.64.1.2:1080"),\n'
+		printf '        "exit0": Socks5(%sserver: "100.64.0.2:1080", udp: false),\n' "$NOPOOL"
+		printf '        "exit1": Socks5(%sserver: "100.64.1.2:1080"),\n' "$NOPOOL"
 		printf '        "exit2": Socks5(server: "%s:1080"),\n' "$FAULT_ADDR"
 		for m in $SOCKS_MODES; do
 			printf '        "s_%s": Socks5(server: "%s:%s"),\n' "${m%%:*}" "$FAULT_ADDR" "${m#*:}"

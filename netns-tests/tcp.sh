@@ -47,6 +47,8 @@ plan_checks 36
 
 require_root_and_tools nft iptables ip6tables curl microsocks danted python3 ss timeout ps
 eg_init
+# Connections to the exits are counted here: no warm pools (pools.sh tests them).
+SOCKS_OPTS="warm: 0, warm_udp: 0, "
 T0=$(date +%s)
 
 # snap_rules — what `egressd rules` may touch in gw: iptables rules and

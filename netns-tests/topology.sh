@@ -301,7 +301,10 @@ socks_stop() {
 # ---------------------------------------------------------------- egressd
 
 # topo_write_config FILE [CONTROL_SOCKET] [EXTRA_RON] — the tests' egressd
-# config. exit0 (microsocks) has no UDP ASSOCIATE: `udp: false`. With
+# config. exit0 (microsocks) has no UDP ASSOCIATE: `udp: false`. SOCKS_OPTS
+# (e.g. "warm: 0, warm_udp: 0, ") goes into every Socks5(...): suites that
+# count connections to the exits turn the warm pools off, since a pool opens
+# connections of its own. With
 # NEXITS=4 NCONT=5, exit3 and the route c4 -> exit3 are added. EXTRA_RON is
 # copied in as top-level fields, e.g. 'udp: (max_sessions: 100),'.
 topo_write_config() {
@@ -311,11 +314,11 @@ topo_write_config() {
 		(
 		    listen: ["10.8.0.1:10900", "[fd08::1]:10900"],
 		    tunnels: {
-		        "exit0": Socks5(server: "100.64.0.2:1080", udp: false),
-		        "exit1": Socks5(server: "100.64.1.2:1080"),
-		        "exit2": Socks5(server: "100.64.2.2:1080"),
 		EOF
-		[ "$NEXITS" -gt 3 ] && printf '        "exit3": Socks5(server: "100.64.3.2:1080"),\n'
+		printf '        "exit0": Socks5(%sserver: "100.64.0.2:1080", udp: false),\n' "${SOCKS_OPTS:-}"
+		printf '        "exit1": Socks5(%sserver: "100.64.1.2:1080"),\n' "${SOCKS_OPTS:-}"
+		printf '        "exit2": Socks5(%sserver: "100.64.2.2:1080"),\n' "${SOCKS_OPTS:-}"
+		[ "$NEXITS" -gt 3 ] && printf '        "exit3": Socks5(%sserver: "100.64.3.2:1080"),\n' "${SOCKS_OPTS:-}"
 		cat <<-'EOF'
 		    },
 		    routes: [

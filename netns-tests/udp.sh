@@ -70,6 +70,8 @@ IDLE_WAIT=45
 
 require_root_and_tools nft iptables ip6tables microsocks danted python3 ss timeout ps dig awk
 eg_init
+# Connections to the exits are counted here: no warm pools (pools.sh tests them).
+SOCKS_OPTS="warm: 0, warm_udp: 0, "
 T0=$(date +%s)
 
 # field N STRING — the Nth whitespace-separated word of STRING.

@@ -4,7 +4,8 @@
 //! a container's connection arrives at a [`front`] loop, which finds its
 //! original destination and its [`route`], and hands it to a [`worker`];
 //! the worker opens the tunnel through an [`upstream`] handshake (bytes
-//! framed by [`wire`]) and then [`relay`]s both directions. [`sys`] holds
+//! framed by [`wire`]), on a greeted connection from the tunnel's warm
+//! [`pool`] when one is ready, and then [`relay`]s both directions. [`sys`] holds
 //! the only `unsafe` code. [`config`], [`rules`] and [`cli`] are the
 //! operator's side.
 #![deny(unsafe_code)]
@@ -15,6 +16,7 @@ pub mod control;
 pub mod docker;
 pub mod doctor;
 pub mod front;
+pub mod pool;
 pub mod relay;
 pub mod route;
 pub mod rules;

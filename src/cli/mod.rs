@@ -355,7 +355,7 @@ pub fn summary(s: &Settings) -> String {
     let _ = writeln!(o, "tunnels ({}):", s.tunnels.len());
     for t in &s.tunnels {
         let detail = match &t.kind {
-            TunnelKind::Socks5 { server, auth, udp, udp_relay } => {
+            TunnelKind::Socks5 { server, auth, udp, udp_relay, warm, warm_udp, pipeline } => {
                 let mut d = format!("Socks5 {server}");
                 if let Some(c) = auth {
                     let _ = write!(d, ", user {} (password set)", c.username);
@@ -364,12 +364,19 @@ pub fn summary(s: &Settings) -> String {
                 if let Some(r) = udp_relay {
                     let _ = write!(d, ", udp relay {r}");
                 }
+                let _ = write!(d, ", warm {warm}, pipelining {}", if *pipeline { "probed" } else { "off" });
+                if *udp {
+                    let _ = write!(d, ", warm_udp {warm_udp}");
+                }
                 d
             }
-            TunnelKind::HttpConnect { server, auth } => {
+            TunnelKind::HttpConnect { server, auth, pipeline } => {
                 let mut d = format!("HttpConnect {server}");
                 if let Some(c) = auth {
                     let _ = write!(d, ", user {} (password set)", c.username);
+                }
+                if *pipeline {
+                    d.push_str(", pipelining on");
                 }
                 d
             }

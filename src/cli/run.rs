@@ -80,6 +80,8 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     for t in &settings.tunnels {
         registry.tunnel(&t.name);
     }
+    // Warm pools (filled by the workers) and the pipelining probes.
+    registry.pools.apply(&settings.tunnels);
     let fail_log = Arc::new(FailLog::default());
     let live = Arc::new(Live::new(Shared::new(Arc::clone(&settings))));
     let n = settings.threads;
@@ -175,7 +177,7 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     loop {
         match sys::wait_signal() {
             Ok(sys::Signal::Stop) => break,
-            Ok(sys::Signal::Reload) => reload(config, &live, &handles),
+            Ok(sys::Signal::Reload) => reload(config, &live, &handles, &registry),
             Err(e) => {
                 error!(target: "egressd", "waiting for signals: {e}");
                 break;
@@ -212,7 +214,7 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
 
 /// SIGHUP: new flows get the new routes, tunnels and timeouts; existing
 /// flows and sessions keep going; a bad config changes nothing.
-fn reload(config: Option<&Path>, live: &Live, workers: &[WorkerHandle]) {
+fn reload(config: Option<&Path>, live: &Live, workers: &[WorkerHandle], registry: &Registry) {
     let new: Settings = match super::load(config) {
         Ok(s) => s,
         Err(e) => {
@@ -236,6 +238,8 @@ fn reload(config: Option<&Path>, live: &Live, workers: &[WorkerHandle]) {
         restart.push("control.metrics_listen");
     }
     let _ = live.update(|cur| Ok::<_, ()>(cur.reloaded(Arc::clone(&new))));
+    // A tunnel whose server or credentials changed has its pool drained here.
+    registry.pools.apply(&new.tunnels);
     let missed = workers
         .iter()
         .filter(|w| !w.command(Command::Settings(Arc::clone(&new)), Duration::from_secs(2)))
@@ -245,8 +249,8 @@ fn reload(config: Option<&Path>, live: &Live, workers: &[WorkerHandle]) {
     }
     info!(
         target: "egressd",
-        "reloaded: {} tunnels, {} routes; routes, tunnels, timeouts, tcp.splice (new flows) and the udp limits \
-         apply now; {RESTART_ONLY} only on restart",
+        "reloaded: {} tunnels, {} routes; routes, tunnels, warm pools, timeouts, tcp.splice (new flows) and the \
+         udp limits apply now; {RESTART_ONLY} only on restart",
         new.tunnels.len(),
         new.routes.len()
     );

@@ -127,12 +127,53 @@ pub struct Tunnel {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TunnelKind {
-    Socks5 { server: Server, auth: Option<Credentials>, udp: bool, udp_relay: Option<SocketAddr> },
-    HttpConnect { server: Server, auth: Option<Credentials> },
-    Direct { interface: Option<String>, mark: Option<u32>, bind: Option<IpAddr> },
+    Socks5 {
+        server: Server,
+        auth: Option<Credentials>,
+        udp: bool,
+        udp_relay: Option<SocketAddr>,
+        /// Greeted connections kept ready for this tunnel (all workers together); 0: none.
+        warm: u16,
+        /// UDP associations kept ready (control connection + relay socket); 0: none.
+        warm_udp: u16,
+        /// Pipeline the handshake (and the client's first bytes) when a probe shows the server takes it.
+        pipeline: bool,
+    },
+    HttpConnect {
+        server: Server,
+        auth: Option<Credentials>,
+        /// Send the client's first bytes right behind the CONNECT request (not probed: opt-in).
+        pipeline: bool,
+    },
+    Direct {
+        interface: Option<String>,
+        mark: Option<u32>,
+        bind: Option<IpAddr>,
+    },
 }
 
+/// The most pooled connections one tunnel may hold.
+pub const WARM_MAX: u16 = 64;
+
 impl TunnelKind {
+    /// How many greeted connections the tunnel keeps ready (0 for kinds without a pool).
+    pub fn warm(&self) -> usize {
+        match self {
+            TunnelKind::Socks5 { warm, server, .. } if server.addr.is_some() => usize::from(*warm),
+            _ => 0,
+        }
+    }
+
+    /// How many ready UDP associations the tunnel keeps (0 without UDP).
+    pub fn warm_udp(&self) -> usize {
+        match self {
+            TunnelKind::Socks5 { warm_udp, server, udp: true, .. } if server.addr.is_some() => {
+                usize::from(*warm_udp)
+            }
+            _ => 0,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             TunnelKind::Socks5 { .. } => "Socks5",
@@ -455,15 +496,28 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
     let mut tunnels = Vec::with_capacity(raw.tunnels.0.len());
     for (name, t) in raw.tunnels.0 {
         let kind = match t {
-            RawTunnel::Socks5 { server: s, username, password, udp, udp_relay } => TunnelKind::Socks5 {
+            RawTunnel::Socks5 { server: s, username, password, udp, udp_relay, warm, warm_udp, pipeline } => {
+                for (field, v) in [("warm", warm), ("warm_udp", warm_udp)] {
+                    if v > WARM_MAX {
+                        return Err(loc.err(format!(
+                            "tunnel \"{name}\": {field} is {v}; at most {WARM_MAX} pooled connections per tunnel (0 disables the pool)"
+                        )));
+                    }
+                }
+                TunnelKind::Socks5 {
+                    server: server(loc, &name, &s)?,
+                    auth: credentials(loc, &name, username, password)?,
+                    udp,
+                    udp_relay: udp_relay.map(|a| a.0),
+                    warm,
+                    warm_udp,
+                    pipeline,
+                }
+            }
+            RawTunnel::HttpConnect { server: s, username, password, pipeline } => TunnelKind::HttpConnect {
                 server: server(loc, &name, &s)?,
                 auth: credentials(loc, &name, username, password)?,
-                udp,
-                udp_relay: udp_relay.map(|a| a.0),
-            },
-            RawTunnel::HttpConnect { server: s, username, password } => TunnelKind::HttpConnect {
-                server: server(loc, &name, &s)?,
-                auth: credentials(loc, &name, username, password)?,
+                pipeline,
             },
             RawTunnel::Direct { interface, mark, bind } => {
                 if let Some(i) = &interface

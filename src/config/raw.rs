@@ -69,6 +69,12 @@ pub enum RawTunnel {
         udp: bool,
         #[serde(default)]
         udp_relay: Option<Addr>,
+        #[serde(default = "warm_default")]
+        warm: u16,
+        #[serde(default = "warm_default")]
+        warm_udp: u16,
+        #[serde(default = "yes")]
+        pipeline: bool,
     },
     HttpConnect {
         server: String,
@@ -76,6 +82,8 @@ pub enum RawTunnel {
         username: Option<String>,
         #[serde(default)]
         password: Option<String>,
+        #[serde(default)]
+        pipeline: bool,
     },
     Direct {
         #[serde(default)]
@@ -313,4 +321,11 @@ impl<'de> Deserialize<'de> for Tunnels {
         }
         d.deserialize_map(V)
     }
+}
+
+/// Warm pooled connections per SOCKS5 tunnel when the config says nothing.
+pub const WARM_DEFAULT: u16 = 2;
+
+fn warm_default() -> u16 {
+    WARM_DEFAULT
 }

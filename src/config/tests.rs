@@ -33,11 +33,13 @@ fn spec_minimal_example_parses_exactly_as_written() {
     assert_eq!(s.tunnels.len(), 2);
     assert_eq!(s.tunnels[0].name, "hk0");
     match &s.tunnels[1].kind {
-        TunnelKind::Socks5 { server, auth, udp, udp_relay } => {
+        TunnelKind::Socks5 { server, auth, udp, udp_relay, warm, warm_udp, pipeline } => {
             assert_eq!(server.addr, Some("100.64.1.2:1080".parse().unwrap()));
             assert_eq!(auth.as_ref().unwrap().username, "u");
             assert!(*udp, "udp defaults to true");
             assert_eq!(*udp_relay, None);
+            assert_eq!((*warm, *warm_udp), (2, 2), "two warm connections and associations by default");
+            assert!(*pipeline, "pipelining is probed by default");
         }
         other => panic!("wrong kind {other:?}"),
     }
@@ -325,4 +327,40 @@ fn docker_section() {
     assert!(parse(text).is_ok());
     assert!(err(&text.replace(", docker: ()", "")).msg.contains("docker: ()"));
     assert!(err(&with("udp:", "docker: (label: \"\"), udp:")).msg.contains("docker:"));
+}
+
+#[test]
+fn warm_pool_and_pipeline_settings() {
+    let s = parse(&with(
+        r#"Socks5(server: "100.64.1.2:1080""#,
+        r#"Socks5(warm: 0, warm_udp: 3, pipeline: false, server: "100.64.1.2:1080""#,
+    ))
+    .unwrap();
+    match &s.tunnels[1].kind {
+        TunnelKind::Socks5 { warm, pipeline, .. } => assert_eq!((*warm, *pipeline), (0, false)),
+        other => panic!("wrong kind {other:?}"),
+    }
+    assert_eq!((s.tunnels[1].kind.warm(), s.tunnels[1].kind.warm_udp()), (0, 3));
+    let s = parse(&with(
+        r#"Socks5(server: "100.64.1.2:1080""#,
+        r#"Socks5(udp: false, server: "100.64.1.2:1080""#,
+    ))
+    .unwrap();
+    assert_eq!(s.tunnels[1].kind.warm_udp(), 0, "no UDP, no associations");
+    let e = parse(&with(
+        r#"Socks5(server: "100.64.1.2:1080""#,
+        r#"Socks5(warm_udp: 100, server: "100.64.1.2:1080""#,
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("warm_udp is 100; at most 64"), "{e}");
+    let e =
+        parse(&with(r#"Socks5(server: "100.64.1.2:1080""#, r#"Socks5(warm: 65, server: "100.64.1.2:1080""#))
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("warm is 65; at most 64"), "{e}");
+    let h = parse(r#"(listen: ["10.8.0.1:10900"], tunnels: { "h": HttpConnect(server: "100.64.1.2:3128", pipeline: true) }, routes: [(source: "10.8.0.10", tunnel: "h")])"#)
+        .unwrap();
+    assert!(matches!(h.tunnels[0].kind, TunnelKind::HttpConnect { pipeline: true, .. }));
+    assert_eq!(h.tunnels[0].kind.warm(), 0, "HTTP CONNECT tunnels have no pool");
 }

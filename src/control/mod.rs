@@ -102,11 +102,15 @@ impl Control {
     /// Answers one request: `Ok(body)` or `Err(message)`.
     pub fn handle(&self, req: Request) -> Result<String, String> {
         match req {
-            Request::Stats => Ok(stats::table(
-                &self.registry.total(),
-                &self.registry.per_tunnel(),
-                &named_sources(&self.live.load(), self.registry.per_source()),
-            )),
+            Request::Stats => {
+                let mut t = stats::table(
+                    &self.registry.total(),
+                    &self.registry.per_tunnel(),
+                    &named_sources(&self.live.load(), self.registry.per_source()),
+                );
+                t.push_str(&self.registry.pools.table());
+                Ok(t)
+            }
             Request::Metrics => Ok(stats::prometheus(
                 &self.registry.total(),
                 &self.registry.per_tunnel(),

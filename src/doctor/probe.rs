@@ -40,10 +40,18 @@ pub(super) fn all(settings: &Settings, config: &str) -> Vec<Check> {
 fn tunnel(t: &Tunnel, config: &str) -> Check {
     let name = format!("tunnel {}", t.name);
     match &t.kind {
-        TunnelKind::Socks5 { server, auth, udp, .. } => {
-            socks(&name, &t.name, server, auth.as_ref(), *udp, config)
+        TunnelKind::Socks5 { server, auth, udp, warm, pipeline, .. } => {
+            let mut c = socks(&name, &t.name, server, auth.as_ref(), *udp, config);
+            if c.status == super::Status::Ok
+                && let Some(addr) = server.addr
+            {
+                c.saw.push_str(&first_byte_note(addr, auth.as_ref(), *warm, *pipeline));
+            }
+            c
         }
-        TunnelKind::HttpConnect { server, auth } => http_proxy(&name, &t.name, server, auth.as_ref(), config),
+        TunnelKind::HttpConnect { server, auth, .. } => {
+            http_proxy(&name, &t.name, server, auth.as_ref(), config)
+        }
         TunnelKind::Direct { interface, mark, bind } => direct(&name, interface.as_deref(), *mark, *bind),
     }
 }
@@ -205,6 +213,39 @@ fn socks(
         Err(ReadFail::Closed(e)) => refused(format!("failed: the server {e}")),
         Err(ReadFail::TimedOut) => refused(format!("got no answer within {} s", IO_TIMEOUT.as_secs())),
     }
+}
+
+/// What a new flow of a SOCKS5 tunnel waits for before its first byte:
+/// whether the server takes a pipelined handshake (probed as the daemon
+/// probes it) and whether a warm pool is kept.
+fn first_byte_note(addr: SocketAddr, auth: Option<&Credentials>, warm: u16, pipeline: bool) -> String {
+    use crate::pool::Pipelining;
+    let piped = if pipeline {
+        crate::pool::probe::pipelining(addr, auth, crate::pool::probe::TIMEOUT)
+    } else {
+        Ok(Pipelining::Off)
+    };
+    let (pipe_text, rtts_pooled, rtts_fresh) = match &piped {
+        Ok(Pipelining::Yes) => ("pipelining works (greeting, auth, request and first bytes in one flight)".to_string(), 1, 2),
+        Ok(Pipelining::Off) => ("pipelining off (`pipeline: false`)".to_string(), 2, 4 + usize::from(auth.is_some())),
+        Ok(_) => (
+            "pipelining not taken (the server drops bytes sent behind a message, as microsocks does): each step waits"
+                .to_string(),
+            2,
+            4 + usize::from(auth.is_some()),
+        ),
+        Err(e) => (format!("pipelining could not be probed ({e})"), 2, 4 + usize::from(auth.is_some())),
+    };
+    let pool = if warm > 0 {
+        format!(
+            "warm pool of {warm}: a new connection's first byte after ~{rtts_pooled} round trip(s) to the exit while one is ready, ~{rtts_fresh} when the pool is empty"
+        )
+    } else {
+        format!(
+            "no warm pool (`warm: 0`): ~{rtts_fresh} round trips to the exit before a new connection's first byte"
+        )
+    };
+    format!("; {pipe_text}; {pool}")
 }
 
 /// The method reply meant "none of your methods".

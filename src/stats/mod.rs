@@ -116,6 +116,28 @@ counters! {
     docker_unknown_tunnel,
     /// Label routes (container addresses) live now.
     docker_label_routes,
+    /// Warm pools (filled from `pool::Pools` when read, never by a thread):
+    /// flows that found a greeted connection ready, and those that did not.
+    pool_hits,
+    pool_misses,
+    /// Greeted connections added to a pool.
+    pool_refills,
+    /// Pooled connections closed unused: closed by the server, refreshed before its idle limit, drained on reload.
+    pool_discards,
+    /// Times pooling stopped for a server that closes idle connections within seconds.
+    pool_disabled,
+    /// Greeted connections ready now, and the pools' configured size.
+    pool_ready,
+    pool_size,
+    /// The same for warm UDP associations (`warm_udp`).
+    pool_udp_hits,
+    pool_udp_misses,
+    pool_udp_refills,
+    pool_udp_discards,
+    pool_udp_ready,
+    pool_udp_size,
+    /// TCP flows whose first bytes followed the request without waiting for its answer.
+    tcp_pipelined,
 }
 
 impl Counters {
@@ -145,6 +167,8 @@ impl Counters {
 /// summing on read. Threads register once; the hot path never locks.
 #[derive(Debug, Default)]
 pub struct Registry {
+    /// Warm pools per tunnel; their counters are read from here.
+    pub pools: crate::pool::Pools,
     threads: std::sync::Mutex<Vec<std::sync::Arc<Counters>>>,
     tunnels: std::sync::Mutex<Vec<(String, std::sync::Arc<Counters>)>>,
     sources: std::sync::Mutex<Vec<(String, std::sync::Arc<Counters>)>>,
@@ -186,12 +210,18 @@ impl Registry {
     /// The sum over all threads.
     pub fn total(&self) -> Snapshot {
         let t = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        snapshot(t.iter().map(|c| c.as_ref()))
+        let mut s = snapshot(t.iter().map(|c| c.as_ref()));
+        self.pools.fill(None, &mut s);
+        s
     }
 
     /// Per tunnel, summed over workers, sorted by name.
     pub fn per_tunnel(&self) -> Vec<(String, Snapshot)> {
-        sum_by_name(&self.tunnels.lock().unwrap_or_else(|e| e.into_inner()))
+        let mut v = sum_by_name(&self.tunnels.lock().unwrap_or_else(|e| e.into_inner()));
+        for (name, s) in &mut v {
+            self.pools.fill(Some(name), s);
+        }
+        v
     }
 }
 
@@ -241,7 +271,16 @@ impl Tally {
 
 /// Whether a counter is a gauge (goes up and down) rather than a total.
 pub fn is_gauge(name: &str) -> bool {
-    name.ends_with("_active") || name == "udp_reply_sockets" || name == "docker_label_routes"
+    name.ends_with("_active")
+        || matches!(
+            name,
+            "udp_reply_sockets"
+                | "docker_label_routes"
+                | "pool_ready"
+                | "pool_size"
+                | "pool_udp_ready"
+                | "pool_udp_size"
+        )
 }
 
 /// The counters as a readable table: per tunnel, then totals and drops.
@@ -360,6 +399,28 @@ pub fn prometheus(
             "dns_tcp_timeouts" => "DNS queries over TCP dropped unanswered after udp.dns_answer_timeout_secs",
             "docker_unknown_tunnel" => "Labelled containers whose label names no tunnel",
             "docker_label_routes" => "Docker label routes (container addresses) live now",
+            "pool_hits" => "TCP flows that found a greeted connection ready in the tunnel's warm pool",
+            "pool_misses" => {
+                "TCP flows of pooled tunnels that found none ready (empty, fair share, or disabled)"
+            }
+            "pool_refills" => "Greeted connections added to warm pools",
+            "pool_discards" => {
+                "Pooled connections closed unused (closed by the server, refreshed, or drained on reload)"
+            }
+            "pool_disabled" => "Times a warm pool stopped: the server closes idle connections within seconds",
+            "pool_ready" => "Greeted connections ready in warm pools now",
+            "pool_size" => "Configured size of warm pools (warm)",
+            "pool_udp_hits" => "UDP sessions that found a ready association in the tunnel's warm pool",
+            "pool_udp_misses" => "UDP sessions of pooled tunnels that found no association ready",
+            "pool_udp_refills" => "Ready UDP associations added to warm pools",
+            "pool_udp_discards" => {
+                "Pooled UDP associations closed unused (closed by the server, refreshed, or drained)"
+            }
+            "pool_udp_ready" => "UDP associations ready in warm pools now",
+            "pool_udp_size" => "Configured size of warm UDP association pools (warm_udp)",
+            "tcp_pipelined" => {
+                "TCP flows whose first bytes followed the request without waiting for its answer"
+            }
             _ => "egressd counter",
         }
     }

@@ -95,6 +95,14 @@ impl Handshake {
         }
     }
 
+    /// The request is fully sent: bytes written now follow it.
+    pub fn request_out(&self) -> bool {
+        match self {
+            Handshake::Socks5(h) => h.request_out(),
+            Handshake::Http(h) => h.transmit().is_empty(),
+        }
+    }
+
     pub fn sent(&mut self, n: usize) {
         match self {
             Handshake::Socks5(h) => h.sent(n),

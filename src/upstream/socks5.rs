@@ -15,6 +15,16 @@
 //! Input is accumulated in a small fixed buffer only while a message is
 //! split across reads; the whole machine lives in one allocation per flow
 //! and is dropped once the tunnel is open.
+//!
+//! Three other shapes of the same machine:
+//! - **pipelined** ([`Socks5Handshake::pipelined`]): greeting, credentials
+//!   and request in one flight, for servers the probe found to take it
+//!   (only the one method we will use is offered, so the server's choice
+//!   is known in advance);
+//! - **greet** ([`Socks5Handshake::greet`]): greeting and credentials only,
+//!   ending ready for a request: how a warm pool's connections are made;
+//! - **request** ([`Socks5Handshake::request`]): the request alone, on a
+//!   connection a pool greeted.
 
 use std::net::SocketAddr;
 
@@ -31,13 +41,20 @@ enum State {
     Connected,
 }
 
+/// Greeting, credentials and request, all queued at once when pipelined.
+const OUT_MAX: usize = w::GREETING_MAX + w::AUTH_MAX + w::REQUEST_MAX;
+
 #[derive(Debug)]
 pub struct Socks5Handshake {
     state: State,
     cmd: u8,
     target: SocketAddr,
     offered_auth: bool,
-    out: [u8; w::AUTH_MAX],
+    /// Everything was queued up front; answers are parsed as they come.
+    pipelined: bool,
+    /// Ends after the greeting (and auth): a connection for the warm pool.
+    greet_only: bool,
+    out: [u8; OUT_MAX],
     out_len: usize,
     out_pos: usize,
     acc: [u8; w::REPLY_MAX],
@@ -59,23 +76,71 @@ impl Socks5Handshake {
         Self::new(w::CMD_UDP_ASSOCIATE, from, with_auth)
     }
 
-    fn new(cmd: u8, target: SocketAddr, with_auth: bool) -> Self {
-        let mut h = Socks5Handshake {
+    /// CONNECT to `target` with greeting, credentials and request in one
+    /// flight. Offers only the method it will use.
+    pub fn pipelined(target: SocketAddr, auth: Option<&Credentials>) -> Self {
+        let mut h = Self::blank(w::CMD_CONNECT, target, auth.is_some());
+        h.pipelined = true;
+        let method = if auth.is_some() { w::METHOD_USERPASS } else { w::METHOD_NONE };
+        h.append(&[w::VERSION, 1, method]);
+        if let Some(c) = auth {
+            let mut b = [0; w::AUTH_MAX];
+            let len = w::encode_auth(c.username.as_bytes(), c.password.as_bytes(), &mut b);
+            h.append(&b[..len]);
+        }
+        let mut b = [0; w::REQUEST_MAX];
+        let n = w::encode_request(w::CMD_CONNECT, target, &mut b);
+        h.append(&b[..n]);
+        h
+    }
+
+    /// Greeting and credentials only: ends (`Connected`) ready for a request.
+    pub fn greet(with_auth: bool) -> Self {
+        let mut h = Self::new(0, SocketAddr::from(([0, 0, 0, 0], 0)), with_auth);
+        h.greet_only = true;
+        h
+    }
+
+    /// The request alone, on a connection [`greet`](Self::greet) made ready.
+    pub fn request(cmd: u8, target: SocketAddr) -> Self {
+        let mut h = Self::blank(cmd, target, false);
+        h.send_request();
+        h
+    }
+
+    fn blank(cmd: u8, target: SocketAddr, with_auth: bool) -> Self {
+        Socks5Handshake {
             state: State::Method,
             cmd,
             target,
             offered_auth: with_auth,
-            out: [0; w::AUTH_MAX],
+            pipelined: false,
+            greet_only: false,
+            out: [0; OUT_MAX],
             out_len: 0,
             out_pos: 0,
             acc: [0; w::REPLY_MAX],
             acc_len: 0,
             bound: None,
-        };
+        }
+    }
+
+    fn new(cmd: u8, target: SocketAddr, with_auth: bool) -> Self {
+        let mut h = Self::blank(cmd, target, with_auth);
         let mut g = [0; w::GREETING_MAX];
         let n = w::encode_greeting(with_auth, &mut g);
         h.queue(&g[..n]);
         h
+    }
+
+    /// The request is fully sent: bytes written now follow it (pipelining).
+    pub fn request_out(&self) -> bool {
+        self.transmit().is_empty() && (self.pipelined || self.state == State::Reply)
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        self.out[self.out_len..self.out_len + bytes.len()].copy_from_slice(bytes);
+        self.out_len += bytes.len();
     }
 
     pub fn bound(&self) -> Option<Bound> {
@@ -108,7 +173,7 @@ impl Socks5Handshake {
             if self.state == State::Connected {
                 return Err(HandshakeError::Unexpected);
             }
-            if !self.transmit().is_empty() {
+            if !self.pipelined && !self.transmit().is_empty() {
                 // The server answered before it had all of our message.
                 return Err(HandshakeError::Unexpected);
             }
@@ -150,6 +215,15 @@ impl Socks5Handshake {
             State::Method => match w::parse_method(buf, self.offered_auth)? {
                 Parse::Incomplete => Ok(None),
                 Parse::Done(method, n) => {
+                    if self.pipelined {
+                        // Everything is queued: only the method we offered will do.
+                        let want = if self.offered_auth { w::METHOD_USERPASS } else { w::METHOD_NONE };
+                        if method != want {
+                            return Err(w::Socks5Error::UnofferedMethod(method).into());
+                        }
+                        self.state = if self.offered_auth { State::Auth } else { State::Reply };
+                        return Ok(Some(n));
+                    }
                     match (method, auth) {
                         (w::METHOD_USERPASS, Some(c)) => {
                             let mut b = [0; w::AUTH_MAX];
@@ -168,7 +242,11 @@ impl Socks5Handshake {
             State::Auth => match w::parse_auth_status(buf)? {
                 Parse::Incomplete => Ok(None),
                 Parse::Done((), n) => {
-                    self.send_request();
+                    if self.pipelined {
+                        self.state = State::Reply;
+                    } else {
+                        self.send_request();
+                    }
                     Ok(Some(n))
                 }
             },
@@ -185,6 +263,10 @@ impl Socks5Handshake {
     }
 
     fn send_request(&mut self) {
+        if self.greet_only {
+            self.state = State::Connected;
+            return;
+        }
         let mut b = [0; w::REQUEST_MAX];
         let n = w::encode_request(self.cmd, self.target, &mut b);
         self.queue(&b[..n]);
@@ -279,6 +361,59 @@ mod tests {
         let reply = [5, 0, 0, 1, 0, 0, 0, 0, 0x9c, 0x41];
         assert_eq!(h.on_input(&reply, None), Ok(Progress::Connected { consumed: 10 }));
         assert_eq!(h.bound(), Some(Bound::Addr("0.0.0.0:40001".parse().unwrap())));
+    }
+
+    #[test]
+    fn pipelined_sends_everything_in_one_flight() {
+        let c = creds();
+        let mut h = Socks5Handshake::pipelined(TARGET.parse().unwrap(), Some(&c));
+        assert!(!h.request_out());
+        let all = drain(&mut h);
+        let mut want = vec![5, 1, 2];
+        want.extend_from_slice(b"\x01\x04user\x06secret");
+        want.extend_from_slice(&[5, 1, 0, 1, 203, 0, 113, 10, 0, 80]);
+        assert_eq!(all, want, "only user/pass offered, then credentials and request");
+        assert!(h.request_out());
+        // All three answers in one read, with the first bytes of the relay.
+        let mut answers = vec![5, 2, 1, 0];
+        answers.extend_from_slice(&REPLY);
+        answers.extend_from_slice(b"HTTP");
+        assert_eq!(h.on_input(&answers, Some(&c)), Ok(Progress::Connected { consumed: 14 }));
+        // Without auth; the answers one by one; a partly sent flight may be answered.
+        let mut h = Socks5Handshake::pipelined(TARGET.parse().unwrap(), None);
+        assert_eq!(h.transmit()[..3], [5, 1, 0]);
+        h.sent(3);
+        assert!(!h.request_out());
+        assert_eq!(h.on_input(&[5, 0], None), Ok(Progress::Continue));
+        drain(&mut h);
+        assert_eq!(h.on_input(&REPLY, None), Ok(Progress::Connected { consumed: 10 }));
+        // A server choosing a method we did not offer breaks the pipeline.
+        let mut h = Socks5Handshake::pipelined(TARGET.parse().unwrap(), Some(&c));
+        drain(&mut h);
+        assert_eq!(h.on_input(&[5, 0], Some(&c)), Err(Socks5Error::UnofferedMethod(0).into()));
+    }
+
+    #[test]
+    fn greet_then_request_is_a_pooled_connection() {
+        let c = creds();
+        let mut g = Socks5Handshake::greet(true);
+        assert_eq!(drain(&mut g), [5, 2, 0, 2]);
+        assert_eq!(g.on_input(&[5, 2], Some(&c)), Ok(Progress::Continue));
+        assert_eq!(drain(&mut g), b"\x01\x04user\x06secret");
+        assert_eq!(g.on_input(&[1, 0], Some(&c)), Ok(Progress::Connected { consumed: 2 }));
+        assert!(g.transmit().is_empty(), "nothing is sent after the greeting");
+        assert!(!g.request_out());
+        let mut g = Socks5Handshake::greet(false);
+        drain(&mut g);
+        assert_eq!(g.on_input(&[5, 0], None), Ok(Progress::Connected { consumed: 2 }));
+        // Later, on the same connection:
+        let mut r = Socks5Handshake::request(w::CMD_CONNECT, TARGET.parse().unwrap());
+        assert_eq!(drain(&mut r), [5, 1, 0, 1, 203, 0, 113, 10, 0, 80]);
+        assert!(r.request_out());
+        assert_eq!(r.on_input(&REPLY, None), Ok(Progress::Connected { consumed: 10 }));
+        let mut r = Socks5Handshake::request(w::CMD_CONNECT, TARGET.parse().unwrap());
+        drain(&mut r);
+        assert_eq!(r.on_input(&[], None), Err(HandshakeError::Closed), "a dead pooled connection");
     }
 
     #[test]

@@ -272,7 +272,7 @@ impl WorkerLoop {
                     let Some(hs) = c.hs.as_mut() else { return self.close_dns(slot, "no handshake") };
                     match drive_handshake(&mut c.stream, hs, auth_of(&c.tunnel), scratch) {
                         Drive::Pending => return,
-                        Drive::Failed(why, _) => {
+                        Drive::Failed(why, ..) => {
                             let why = format!("handshake: {why}");
                             return self.close_dns(slot, &why);
                         }

@@ -11,6 +11,13 @@
 //!                     └──── error / timeout ─────────────┴──► client reset          └─ error/idle ─► both reset
 //! ```
 //!
+//! A flow of a tunnel with a warm pool starts on a greeted connection
+//! (straight to Handshaking with the request alone, see `warm`); with a
+//! server that takes pipelining, the client's first bytes follow the
+//! request without waiting for its answer. Such bytes are kept until the
+//! answer shows they were taken: a pooled connection that turns out dead
+//! before answering is replaced once by a fresh one, and they are replayed.
+//!
 //! Flows live by value in a slab; a token carries slot, generation and side,
 //! so a stale event for a reused slot is ignored. Each flow has exactly one
 //! entry in the timer heap; when it comes due and the flow has been active
@@ -19,6 +26,7 @@
 mod dns;
 mod slab;
 mod udp;
+mod warm;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -38,7 +46,7 @@ use crate::config::{Credentials, Settings, Tunnel, TunnelKind};
 use crate::relay::{PipePool, Pump, PumpError, Pumped, RelayCtx};
 use crate::route::Cidr;
 use crate::stats::{Counters, Registry, Tally};
-use crate::upstream::{self, Handshake, Progress};
+use crate::upstream::{self, Handshake, HandshakeError, Progress, Socks5Handshake};
 use slab::{Kind, Slab};
 use std::collections::HashMap;
 pub use udp::{UdpBatch, UdpItem};
@@ -152,7 +160,20 @@ struct Flow {
     last_active: Instant,
     /// One direction has ended and the shorter half-close timer is set.
     half_closed: bool,
+    /// Client bytes read before the tunnel opened, kept until the answer
+    /// shows they were taken (replayed on a retry), and how many went out.
+    early: Vec<u8>,
+    early_sent: usize,
+    /// Read the client during the handshake (pipelined or pooled).
+    hold_early: bool,
+    /// Client bytes may follow the request before its answer.
+    pipe_data: bool,
+    /// On a pooled connection: one retry on a fresh one if it dies unanswered.
+    retry: bool,
 }
+
+/// Client bytes held during a handshake at most (then the client waits).
+const EARLY_MAX: usize = 16 * 1024;
 
 /// Why a flow ends.
 enum End {
@@ -162,6 +183,8 @@ enum End {
     Failed(&'static str, String),
     /// An error mid-relay, or the idle timeout: reset both sides.
     Reset(&'static str),
+    /// A pooled connection died before answering: start over on a fresh one.
+    Retry,
 }
 
 pub struct WorkerLoop {
@@ -182,6 +205,11 @@ pub struct WorkerLoop {
     udp: udp::Udp,
     /// Pooled DNS-over-TCP connections (slots in `udp.dns`), see `dns`.
     dns_pool: HashMap<dns::PoolKey, usize>,
+    /// Connections being greeted for warm pools.
+    warming: Slab<warm::Warm>,
+    /// Tunnel name → its pool (cleared on reload).
+    pool_cache: HashMap<String, Option<Arc<crate::pool::TunnelPool>>>,
+    next_pool_tick: Instant,
     recycle: Sender<Box<UdpBatch>>,
     sleeping: Arc<AtomicBool>,
     now: Instant,
@@ -245,6 +273,9 @@ impl WorkerLoop {
             fail_log,
             udp: udp::Udp::new(&settings.udp, settings.threads),
             dns_pool: HashMap::new(),
+            warming: Slab::default(),
+            pool_cache: HashMap::new(),
+            next_pool_tick: Instant::now(),
             recycle,
             sleeping: Arc::new(AtomicBool::new(false)),
             now: Instant::now(),
@@ -287,6 +318,7 @@ impl WorkerLoop {
             self.take_handoffs();
             self.expire();
             self.expire_udp_idle();
+            self.tick_pools();
             if stop.load(Ordering::Relaxed) {
                 let since = *stopping_since.get_or_insert(self.now);
                 // Take what is still queued, so nothing handed over is lost.
@@ -322,6 +354,7 @@ impl WorkerLoop {
     fn apply(&mut self, s: Arc<Settings>) {
         self.relay.splice = s.tcp.splice;
         self.udp.apply(&s.udp, s.threads);
+        self.pool_cache.clear();
         self.settings = s;
     }
 
@@ -342,14 +375,37 @@ impl WorkerLoop {
                 }
             },
         };
-        let handshake = upstream::for_tcp(&tunnel.kind, dest).map(Box::new);
-        let upstream = match connect(target, &tunnel.kind) {
-            Ok(s) => s,
-            Err(e) => {
-                let why = format!("cannot open a socket to {target}: {e}");
-                return self.refuse(&stream, client, orig_dst, &tunnel, &tc, &why);
+        let (pooled, pipelining) = self.take_pooled(&tunnel, client.ip());
+        let pipe = match &tunnel.kind {
+            TunnelKind::Socks5 { .. } => pipelining == crate::pool::Pipelining::Yes,
+            TunnelKind::HttpConnect { pipeline, .. } => *pipeline,
+            TunnelKind::Direct { .. } => false,
+        };
+        let (upstream, stage) = match pooled {
+            Some(conn) => {
+                let hs = Socks5Handshake::request(crate::wire::socks5::CMD_CONNECT, dest);
+                (TcpStream::from_std(conn), Stage::Handshaking(Box::new(Handshake::Socks5(hs))))
+            }
+            None => {
+                let handshake = match &tunnel.kind {
+                    TunnelKind::Socks5 { auth, .. } if pipe => {
+                        Some(Handshake::Socks5(Socks5Handshake::pipelined(dest, auth.as_ref())))
+                    }
+                    kind => upstream::for_tcp(kind, dest),
+                };
+                match connect(target, &tunnel.kind) {
+                    Ok(s) => (s, Stage::Connecting(handshake.map(Box::new))),
+                    Err(e) => {
+                        let why = format!("cannot open a socket to {target}: {e}");
+                        return self.refuse(&stream, client, orig_dst, &tunnel, &tc, &why);
+                    }
+                }
             }
         };
+        let retry = pooled_flag(&stage);
+        if pipe {
+            Counters::inc(&self.counters.tcp_pipelined);
+        }
         // Accepted with SOCK_NONBLOCK by the front loop (mio's accept4).
         let flow = Flow {
             client: TcpStream::from_std(stream),
@@ -358,12 +414,17 @@ impl WorkerLoop {
             orig_dst,
             tunnel,
             tc,
-            stage: Stage::Connecting(handshake),
+            stage,
             up: Pump::default(),
             down: Pump::default(),
             started: self.now,
             last_active: self.now,
             half_closed: false,
+            early: Vec::new(),
+            early_sent: 0,
+            hold_early: pipe || retry,
+            pipe_data: pipe,
+            retry,
         };
         let (slot, generation) = self.flows.insert(flow);
         let f = self.flows.get_mut(slot).expect("just inserted");
@@ -379,6 +440,42 @@ impl WorkerLoop {
         }
         let deadline = self.now + self.settings.tcp.connect_timeout;
         self.timers.push(Reverse((deadline, slab::token(slot, generation, Kind::Client))));
+    }
+
+    /// A pooled connection died before it answered the request: the flow
+    /// starts over on a fresh connection with the whole handshake, and its
+    /// early bytes go after the answer.
+    fn retry_fresh(&mut self, slot: usize, generation: u32) {
+        let Some(f) = self.flows.get_mut(slot) else { return };
+        let dest = self.settings.dns.target(f.orig_dst);
+        let Some(target) = f.tunnel.kind.server().and_then(|s| s.addr) else {
+            return self.end(slot, End::Failed("connect", "server address unresolved".into()));
+        };
+        let mut up = match connect(target, &f.tunnel.kind) {
+            Ok(s) => s,
+            Err(e) => {
+                let why = format!("cannot open a socket to {target}: {e}");
+                return self.end(slot, End::Failed("connect", why));
+            }
+        };
+        let token = slab::token(slot, generation, Kind::Upstream);
+        let reg = self.poll.registry();
+        let _ = reg.deregister(&mut f.upstream);
+        if reg.register(&mut up, token, Interest::READABLE | Interest::WRITABLE).is_err() {
+            return self.end(slot, End::Failed("register", "cannot register sockets with epoll".into()));
+        }
+        debug!(target: "egressd::worker", "{} -> tcp {} via {}: pooled connection closed unanswered; retrying on a fresh one",
+            f.client_addr, f.orig_dst, f.tunnel.name);
+        // The old connection is closed as it is replaced.
+        f.upstream = up;
+        f.stage = Stage::Connecting(upstream::for_tcp(&f.tunnel.kind, dest).map(Box::new));
+        f.early_sent = 0;
+        f.pipe_data = false;
+        f.retry = false;
+        let name = f.tunnel.name.clone();
+        if let Some(p) = self.pool_of(&name) {
+            p.lock().tcp.stats.discards += 1;
+        }
     }
 
     /// Moves a source to its new route: its TCP flows are reset and its UDP
@@ -454,11 +551,13 @@ impl WorkerLoop {
                     return;
                 }
                 match self.advance(slot, kind, ev) {
+                    Some(End::Retry) => self.retry_fresh(slot, generation),
                     Some(end) => self.end(slot, end),
                     None => self.watch_half_close(slot, generation),
                 }
             }
             Kind::UdpControl | Kind::UdpData | Kind::DnsTcp => self.on_udp_event(kind, slot, generation, ev),
+            Kind::Warm => self.on_warm_event(slot, generation, ev),
         }
     }
 
@@ -495,16 +594,48 @@ impl WorkerLoop {
                     // Fall through: send the greeting / start relaying now.
                 }
                 Stage::Handshaking(hs) => {
-                    if side != Kind::Upstream {
+                    if f.hold_early {
+                        if read_early(&mut f.client, &mut f.early, &mut relay.scratch).is_err() {
+                            return Some(End::Reset("read error"));
+                        }
+                    } else if side != Kind::Upstream {
                         return None;
                     }
                     match drive_handshake(&mut f.upstream, hs, auth_of(&f.tunnel), &mut relay.scratch) {
-                        Drive::Pending => return None,
-                        Drive::Failed(why, auth) => {
+                        Drive::Pending => {
+                            if f.pipe_data && hs.request_out() && f.early_sent < f.early.len() {
+                                match write_early(&mut f.upstream, &f.early[f.early_sent..]) {
+                                    Ok(n) => f.early_sent += n,
+                                    Err(_) if f.retry => return Some(End::Retry),
+                                    Err(e) => {
+                                        let why = handshake_error(&f.tunnel, format!("write to server: {e}"));
+                                        return Some(End::Failed("handshake", why));
+                                    }
+                                }
+                            }
+                            return None;
+                        }
+                        Drive::Failed(_, _, true) if f.retry => return Some(End::Retry),
+                        Drive::Failed(why, auth, _) => {
                             let kind = if auth { "auth" } else { "handshake" };
                             return Some(End::Failed(kind, handshake_error(&f.tunnel, why)));
                         }
-                        Drive::Done(extra) => f.down.preload(&relay.scratch[extra]),
+                        Drive::Done(extra) => {
+                            f.down.preload(&relay.scratch[extra]);
+                            // Early bytes: those sent were taken with the request; the rest go first.
+                            if f.early_sent < f.early.len() {
+                                f.up.preload(&f.early[f.early_sent..]);
+                            }
+                            let sent = f.early_sent as u64;
+                            if sent > 0 {
+                                f.up.bytes += sent;
+                                Counters::add(&self.counters.tcp_bytes_up, sent);
+                                f.tc.add(|c| &c.tcp_bytes_up, sent);
+                            }
+                            f.early = Vec::new();
+                            f.early_sent = 0;
+                            f.retry = false;
+                        }
                     }
                     debug!(target: "egressd::worker", "{} -> tcp {} via {}: open", f.client_addr, f.orig_dst, f.tunnel.name);
                     f.stage = Stage::Relaying;
@@ -547,6 +678,10 @@ impl WorkerLoop {
             }
             self.timers.pop();
             let Some((kind, slot, generation)) = slab::decode(token) else { continue };
+            if kind == Kind::Warm {
+                self.expire_warm(slot, generation);
+                continue;
+            }
             if kind != Kind::Client {
                 self.expire_udp(kind, slot, generation);
                 continue;
@@ -586,7 +721,8 @@ impl WorkerLoop {
         f.up.release(&mut self.relay.pipes);
         f.down.release(&mut self.relay.pipes);
         match end {
-            End::Closed => {
+            // Handled by `retry_fresh` before it comes here; as an end, a reset.
+            End::Closed | End::Retry => {
                 debug!(target: "egressd::worker", "{} -> tcp {} via {}: closed, {} bytes up, {} down",
                     f.client_addr, f.orig_dst, f.tunnel.name, f.up.bytes, f.down.bytes);
             }
@@ -672,8 +808,9 @@ enum Drive {
     Pending,
     /// Open; bytes of `scratch` in this range arrived after the handshake.
     Done(std::ops::Range<usize>),
-    /// Why, and whether it was the credentials the server rejected.
-    Failed(String, bool),
+    /// Why; whether it was the credentials the server rejected; whether
+    /// the connection was lost with no answer (closed, reset).
+    Failed(String, bool, bool),
 }
 
 /// Sends what the handshake holds and feeds it what the server sent, until
@@ -690,21 +827,55 @@ fn drive_handshake(
                 Ok(n) => hs.sent(n),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Drive::Pending,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Drive::Failed(format!("write to server: {e}"), false),
+                Err(e) => return Drive::Failed(format!("write to server: {e}"), false, true),
             }
         }
         let n = match s.read(scratch) {
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Drive::Pending,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Drive::Failed(format!("read from server: {e}"), false),
+            Err(e) => return Drive::Failed(format!("read from server: {e}"), false, true),
         };
         match hs.on_input(&scratch[..n], auth) {
             Ok(Progress::Continue) => {}
             Ok(Progress::Connected { consumed }) => return Drive::Done(consumed..n),
-            Err(e) => return Drive::Failed(e.to_string(), e.is_auth_rejected()),
+            Err(e) => return Drive::Failed(e.to_string(), e.is_auth_rejected(), e == HandshakeError::Closed),
         }
     }
+}
+
+/// Whether a flow starts on a pooled connection (straight to its request).
+fn pooled_flag(stage: &Stage) -> bool {
+    matches!(stage, Stage::Handshaking(_))
+}
+
+/// Reads what the client sent before the tunnel opened, up to EARLY_MAX.
+fn read_early(c: &mut TcpStream, early: &mut Vec<u8>, scratch: &mut [u8]) -> io::Result<()> {
+    while early.len() < EARLY_MAX {
+        let room = (EARLY_MAX - early.len()).min(scratch.len());
+        match c.read(&mut scratch[..room]) {
+            Ok(0) => return Ok(()),
+            Ok(n) => early.extend_from_slice(&scratch[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes early bytes behind the request; how many went.
+fn write_early(s: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < bytes.len() {
+        match s.write(&bytes[n..]) {
+            Ok(m) => n += m,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// A non-blocking connect to `target` with the tunnel's socket options.

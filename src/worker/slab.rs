@@ -17,6 +17,8 @@ pub enum Kind {
     UdpData = 3,
     /// A DNS-over-TCP connection.
     DnsTcp = 4,
+    /// A connection being greeted for a tunnel's warm pool.
+    Warm = 5,
 }
 
 const KIND_BITS: u32 = 3;
@@ -36,6 +38,7 @@ pub fn decode(t: Token) -> Option<(Kind, usize, u32)> {
         2 => Kind::UdpControl,
         3 => Kind::UdpData,
         4 => Kind::DnsTcp,
+        5 => Kind::Warm,
         _ => return None,
     };
     Some((kind, (t.0 & SLOT_MASK) >> KIND_BITS, (t.0 >> 32) as u32))
@@ -131,7 +134,8 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips() {
-        for kind in [Kind::Client, Kind::Upstream, Kind::UdpControl, Kind::UdpData, Kind::DnsTcp] {
+        for kind in [Kind::Client, Kind::Upstream, Kind::UdpControl, Kind::UdpData, Kind::DnsTcp, Kind::Warm]
+        {
             let t = token(12345, 0xdead_beef, kind);
             assert_eq!(decode(t), Some((kind, 12345, 0xdead_beef)));
         }

@@ -277,6 +277,13 @@ impl WorkerLoop {
                     Counters::inc(&self.counters.udp_assoc_failed);
                     return None;
                 };
+                // A ready association from the tunnel's pool: the datagram goes at once.
+                if let Some(a) = self.take_pooled_udp(d.tunnel, d.client.ip()) {
+                    return Some(Link::Relay {
+                        ctrl: TcpStream::from_std(a.ctrl),
+                        data: UdpSocket::from_std(a.data),
+                    });
+                }
                 match connect(addr, &d.tunnel.kind) {
                     Ok(ctrl) => {
                         let from = SocketAddr::new(unspecified(addr.ip()), 0);
@@ -346,7 +353,15 @@ impl WorkerLoop {
             Link::Direct { data, .. } => {
                 reg.register(data, slab::token(slot, generation, Kind::UdpData), Interest::READABLE).is_ok()
             }
-            Link::Relay { .. } | Link::DnsOverTcp { .. } | Link::Empty => true,
+            // A pooled association: both sockets at once.
+            Link::Relay { ctrl, data } => {
+                reg.register(ctrl, slab::token(slot, generation, Kind::UdpControl), Interest::READABLE)
+                    .is_ok()
+                    && reg
+                        .register(data, slab::token(slot, generation, Kind::UdpData), Interest::READABLE)
+                        .is_ok()
+            }
+            Link::DnsOverTcp { .. } | Link::Empty => true,
         }
     }
 
@@ -454,7 +469,7 @@ impl WorkerLoop {
                 }
                 match drive_handshake(ctrl, hs, auth_of(&s.tunnel), scratch) {
                     Drive::Pending => return,
-                    Drive::Failed(why, _) => (None, why),
+                    Drive::Failed(why, ..) => (None, why),
                     Drive::Done(_) => (hs.bound(), String::new()),
                 }
             }
@@ -731,7 +746,7 @@ impl WorkerLoop {
 /// it is unspecified or private where the server is not (a relay behind NAT
 /// reporting its inside address): then the server's own address, with the
 /// reported port. `udp_relay` in the config overrides both.
-fn relay_addr(bound: Bound, t: &Tunnel) -> SocketAddr {
+pub(super) fn relay_addr(bound: Bound, t: &Tunnel) -> SocketAddr {
     let TunnelKind::Socks5 { server, udp_relay, .. } = &t.kind else {
         unreachable!("only SOCKS5 associates")
     };
@@ -760,7 +775,7 @@ fn is_private(ip: IpAddr) -> bool {
     }
 }
 
-fn unspecified(like: IpAddr) -> IpAddr {
+pub(super) fn unspecified(like: IpAddr) -> IpAddr {
     match like {
         IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
         IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),

@@ -1,0 +1,399 @@
+//! Warm pools: per tunnel, a few SOCKS5 connections that have finished
+//! the greeting (and authentication) and wait for a request, so that a new
+//! flow sends its CONNECT at once — one round trip to the exit instead of
+//! three before its first byte (see `state` for the rules).
+//!
+//! A pool belongs to one tunnel's name and is shared by every worker (its
+//! size counts for all of them): the worker that takes a connection starts
+//! the refill on its own loop and hands the greeted connection back. Idle
+//! pooled connections are registered with no loop; a look (one
+//! `recv(MSG_PEEK)`) tells whether the server closed one.
+//!
+//! Each pool also holds what the probe learned about the server: whether
+//! it takes a pipelined handshake (see `probe`).
+
+pub mod probe;
+mod state;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use crate::config::{Credentials, Tunnel, TunnelKind};
+pub use state::{CHECK_EVERY, Events, Liveness, Miss, Pool};
+
+/// What the probe found out about a server's handling of pipelined bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pipelining {
+    /// Not probed yet, or the probe could not tell: handshakes wait for each answer.
+    Unknown = 0,
+    Yes = 1,
+    /// The server drops what follows a message in the same read (microsocks).
+    No = 2,
+    /// `pipeline: false` in the config.
+    Off = 3,
+}
+
+impl Pipelining {
+    pub fn text(self) -> &'static str {
+        match self {
+            Pipelining::Unknown => "unknown",
+            Pipelining::Yes => "yes",
+            Pipelining::No => "no",
+            Pipelining::Off => "off",
+        }
+    }
+
+    fn from_u8(v: u8) -> Pipelining {
+        match v {
+            1 => Pipelining::Yes,
+            2 => Pipelining::No,
+            3 => Pipelining::Off,
+            _ => Pipelining::Unknown,
+        }
+    }
+}
+
+/// What pooled connections were greeted with; a reload that changes any
+/// of it drains the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Key {
+    server: SocketAddr,
+    auth: Option<Credentials>,
+    pipeline: bool,
+    udp_relay: Option<SocketAddr>,
+}
+
+impl Key {
+    fn of(kind: &TunnelKind) -> Option<Key> {
+        match kind {
+            TunnelKind::Socks5 { server, auth, pipeline, udp_relay, .. } => Some(Key {
+                server: server.addr?,
+                auth: auth.clone(),
+                pipeline: *pipeline,
+                udp_relay: *udp_relay,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Counted under the pool's lock (taken once per new flow anyway).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PoolStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub refills: u64,
+    pub discards: u64,
+    pub disabled: u64,
+}
+
+impl PoolStats {
+    pub fn add(&mut self, ev: Events) {
+        self.discards += ev.discards;
+        self.disabled += ev.disabled;
+    }
+}
+
+/// A ready UDP association: the control connection that keeps it alive and
+/// a socket of egressd's own, connected to the relay.
+#[derive(Debug)]
+pub struct Assoc {
+    pub ctrl: TcpStream,
+    pub data: UdpSocket,
+}
+
+/// Liveness of a pooled value: one peek at its TCP connection.
+pub trait Pooled {
+    fn liveness(&self) -> Liveness;
+}
+
+impl Pooled for TcpStream {
+    fn liveness(&self) -> Liveness {
+        liveness(self)
+    }
+}
+
+impl Pooled for Assoc {
+    fn liveness(&self) -> Liveness {
+        liveness(&self.ctrl)
+    }
+}
+
+/// One kind of pooled value (greeted TCP connections, or UDP associations)
+/// and its counters.
+pub struct Side<C> {
+    pub pool: Pool<C>,
+    pub stats: PoolStats,
+}
+
+impl<C: Pooled> Side<C> {
+    fn new(size: usize) -> Self {
+        Side { pool: Pool::new(size), stats: PoolStats::default() }
+    }
+
+    /// Drains and resizes (the counters go on).
+    fn reset(&mut self, size: usize) {
+        let ev = self.pool.drain();
+        self.stats.add(ev);
+        self.pool = Pool::new(size);
+    }
+
+    /// A pooled value for a flow from `source`, counted as a hit or a miss.
+    pub fn take(&mut self, source: std::net::IpAddr) -> Option<C> {
+        let (taken, ev) = self.pool.take(source, |c| c.liveness());
+        self.stats.add(ev);
+        match taken {
+            Ok(c) => {
+                self.stats.hits += 1;
+                Some(c)
+            }
+            Err(_) => {
+                self.stats.misses += 1;
+                None
+            }
+        }
+    }
+
+    /// The periodic look at idle values; how many refills to start.
+    pub fn tick(&mut self, now: std::time::Instant) -> usize {
+        if self.pool.size() == 0 {
+            return 0;
+        }
+        if self.pool.check_due(now) {
+            let ev = self.pool.check(now, |c| c.liveness());
+            self.stats.add(ev);
+        }
+        self.pool.claim_refills(now)
+    }
+
+    /// A refill came back ready.
+    pub fn refilled(&mut self, now: std::time::Instant, c: C) {
+        self.stats.refills += 1;
+        if self.pool.refilled(now, c).is_some() {
+            self.stats.discards += 1;
+        }
+    }
+}
+
+pub struct Inner {
+    key: Key,
+    /// The tunnel as the last reload saw it (for the UDP relay address).
+    pub tunnel: Arc<Tunnel>,
+    /// Bumped when the key or a size changes: a refill made under an older
+    /// one is closed.
+    pub generation: u64,
+    pub tcp: Side<TcpStream>,
+    pub udp: Side<Assoc>,
+}
+
+/// One tunnel's pools.
+pub struct TunnelPool {
+    pub name: String,
+    inner: Mutex<Inner>,
+    pipelining: AtomicU8,
+}
+
+impl std::fmt::Debug for TunnelPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelPool").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl TunnelPool {
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn pipelining(&self) -> Pipelining {
+        Pipelining::from_u8(self.pipelining.load(Ordering::Relaxed))
+    }
+
+    pub fn set_pipelining(&self, p: Pipelining) {
+        self.pipelining.store(p as u8, Ordering::Relaxed);
+    }
+}
+
+impl Inner {
+    /// The server the pooled connections go to.
+    pub fn server(&self) -> SocketAddr {
+        self.key.server
+    }
+
+    pub fn auth(&self) -> Option<&Credentials> {
+        self.key.auth.as_ref()
+    }
+
+    /// Whether this pool's connections were greeted for `kind` as it is now.
+    pub fn serves(&self, kind: &TunnelKind) -> bool {
+        Key::of(kind).is_some_and(|k| k == self.key)
+    }
+}
+
+/// Every tunnel's pool, by tunnel name.
+#[derive(Debug, Default)]
+pub struct Pools {
+    map: RwLock<HashMap<String, Arc<TunnelPool>>>,
+}
+
+impl Pools {
+    /// Brings the pools in line with the tunnels (start and reload): a
+    /// tunnel whose server, credentials or pipeline setting changed has its
+    /// pool drained; a removed tunnel's pool is closed. Returns the pools
+    /// whose server should be probed for pipelining.
+    pub fn reconcile(&self, tunnels: &[Tunnel]) -> Vec<probe::Job> {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut probe = Vec::new();
+        let mut keep = std::collections::HashSet::new();
+        for t in tunnels {
+            let Some(key) = Key::of(&t.kind) else { continue };
+            keep.insert(t.name.clone());
+            let (size, size_udp) = (t.kind.warm(), t.kind.warm_udp());
+            let pipelining = if key.pipeline { Pipelining::Unknown } else { Pipelining::Off };
+            let tunnel = Arc::new(t.clone());
+            match map.get(&t.name) {
+                Some(p) => {
+                    let mut inner = p.lock();
+                    let sizes = (inner.tcp.pool.size(), inner.udp.pool.size());
+                    if inner.key != key || sizes != (size, size_udp) {
+                        inner.tcp.reset(size);
+                        inner.udp.reset(size_udp);
+                        inner.generation += 1;
+                    }
+                    if inner.key != key {
+                        inner.key = key;
+                        p.set_pipelining(pipelining);
+                    }
+                    inner.tunnel = tunnel;
+                    if p.pipelining() == Pipelining::Unknown {
+                        probe.push((Arc::clone(p), inner.key.server, inner.key.auth.clone()));
+                    }
+                }
+                None => {
+                    let p = Arc::new(TunnelPool {
+                        name: t.name.clone(),
+                        inner: Mutex::new(Inner {
+                            key: key.clone(),
+                            tunnel,
+                            generation: 0,
+                            tcp: Side::new(size),
+                            udp: Side::new(size_udp),
+                        }),
+                        pipelining: AtomicU8::new(pipelining as u8),
+                    });
+                    if pipelining == Pipelining::Unknown {
+                        probe.push((Arc::clone(&p), key.server, key.auth.clone()));
+                    }
+                    map.insert(t.name.clone(), p);
+                }
+            }
+        }
+        map.retain(|name, p| {
+            let k = keep.contains(name);
+            if !k {
+                let mut i = p.lock();
+                i.tcp.pool.drain();
+                i.udp.pool.drain();
+            }
+            k
+        });
+        probe
+    }
+
+    /// [`reconcile`](Self::reconcile), then probe the servers not known yet
+    /// in the background.
+    pub fn apply(&self, tunnels: &[Tunnel]) {
+        probe::spawn(self.reconcile(tunnels));
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<TunnelPool>> {
+        self.map.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    /// Every pool, sorted by tunnel name.
+    pub fn all(&self) -> Vec<Arc<TunnelPool>> {
+        let mut v: Vec<_> = self.map.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// `egressd stats`' section: one line per tunnel with a pool or a probe.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let all = self.all();
+        if all.is_empty() {
+            return String::new();
+        }
+        let mut o = String::from("\nwarm pools:\n");
+        for p in all {
+            let i = p.lock();
+            let _ = write!(o, "  {}", p.name);
+            side(&mut o, "", &i.tcp.pool, &i.tcp.stats);
+            let _ = write!(o, " pipelining {}", p.pipelining().text());
+            if i.udp.pool.size() > 0 || i.udp.stats.hits + i.udp.stats.misses > 0 {
+                side(&mut o, " udp", &i.udp.pool, &i.udp.stats);
+            }
+            o.push('\n');
+        }
+        o
+    }
+
+    /// Fills a snapshot's pool fields from the pool of `name` (all pools for `None`).
+    pub fn fill(&self, name: Option<&str>, s: &mut crate::stats::Snapshot) {
+        for p in self.all() {
+            if name.is_some_and(|n| n != p.name) {
+                continue;
+            }
+            let i = p.lock();
+            let (t, u) = (i.tcp.stats, i.udp.stats);
+            s.pool_hits += t.hits;
+            s.pool_misses += t.misses;
+            s.pool_refills += t.refills;
+            s.pool_discards += t.discards;
+            s.pool_disabled += t.disabled + u.disabled;
+            s.pool_ready += i.tcp.pool.ready() as u64;
+            s.pool_size += i.tcp.pool.size() as u64;
+            s.pool_udp_hits += u.hits;
+            s.pool_udp_misses += u.misses;
+            s.pool_udp_refills += u.refills;
+            s.pool_udp_discards += u.discards;
+            s.pool_udp_ready += i.udp.pool.ready() as u64;
+            s.pool_udp_size += i.udp.pool.size() as u64;
+        }
+    }
+}
+
+/// One pool's figures on a `stats` line.
+fn side<C>(o: &mut String, what: &str, pool: &Pool<C>, st: &PoolStats) {
+    use std::fmt::Write;
+    let _ = write!(
+        o,
+        "{what} ready {}/{} hits {} misses {} refills {} discards {}",
+        pool.ready(),
+        pool.size(),
+        st.hits,
+        st.misses,
+        st.refills,
+        st.discards
+    );
+    if pool.is_disabled() {
+        let limit = pool.idle_limit().unwrap_or_default();
+        let _ =
+            write!(o, " (disabled: the server closes idle connections after ~{:.1}s)", limit.as_secs_f64());
+    } else if let Some(l) = pool.idle_limit() {
+        let _ = write!(o, " (server idle limit ~{:.1}s)", l.as_secs_f64());
+    }
+}
+
+/// Whether an idle pooled connection is still open: one peek (pooled
+/// sockets are non-blocking). Bytes from the server while it waits for
+/// our request are out of turn.
+pub fn liveness(s: &TcpStream) -> Liveness {
+    let mut b = [0u8; 1];
+    match s.peek(&mut b) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Liveness::Alive,
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Liveness::Alive,
+        _ => Liveness::Dead,
+    }
+}

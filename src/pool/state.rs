@@ -1,0 +1,428 @@
+//! One tunnel's warm pool as a sans-IO state machine: connections are
+//! opaque values, time is passed in. The worker does the IO (connects,
+//! greets, peeks at idle connections) and tells the pool what came of it.
+//!
+//! ```text
+//!  claim_refills ──► (worker connects + greets) ──► refilled ──► ready ──take──► a flow's request
+//!        ▲                     └─ error/timeout ─► refill_failed (backoff)     │
+//!        └──────────── the pool is short: size − ready − pending ◄─────────────┘
+//!  ready ──older than refresh_after──► expire (closed, refilled)
+//!  ready ──found closed by the server──► learn its idle limit; under MIN_USEFUL: disabled
+//! ```
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// Refresh pooled connections after this long until the server's idle
+/// limit is known (a little under the 30 s negotiate timeout danted has
+/// by default).
+pub const REFRESH_DEFAULT: Duration = Duration::from_secs(25);
+/// A server that closes idle greeted connections sooner than this makes
+/// pooling pointless (a refill every few seconds per pooled connection):
+/// the pool stops until the next reload.
+pub const MIN_USEFUL: Duration = Duration::from_secs(3);
+/// Idle connections are looked at (one peek each) at most this often.
+pub const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// Short-lived pooled connections in a row that disable the pool.
+pub const SHORT_DEATHS: u32 = 3;
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// What a look at an idle pooled connection found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Alive,
+    /// Closed by the server (EOF or reset), or it sent bytes out of turn.
+    Dead,
+}
+
+/// Why a flow got no pooled connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// Every pooled connection is in use or still being made.
+    Empty,
+    /// This source already holds its share of the pool until refills come back.
+    FairShare,
+    /// The server closes idle connections too soon for a pool to help.
+    Disabled,
+}
+
+/// What changed in a call, for the caller's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Events {
+    /// Pooled connections closed unused: found dead, refreshed, or drained.
+    pub discards: u64,
+    /// Pooling was stopped for this server (at most once per pool).
+    pub disabled: u64,
+}
+
+struct Idle<C> {
+    conn: C,
+    born: Instant,
+    /// When it was last seen alive.
+    seen: Instant,
+}
+
+pub struct Pool<C> {
+    size: usize,
+    ready: Vec<Idle<C>>,
+    /// Refills claimed by a worker and not yet come back.
+    pending: usize,
+    /// Sources whose hits are not refilled yet, oldest first (≤ size).
+    debts: VecDeque<IpAddr>,
+    refresh_after: Duration,
+    /// The server's idle limit as learned (the longest age seen alive
+    /// before a pooled connection was found closed).
+    idle_limit: Option<Duration>,
+    disabled: bool,
+    /// Pooled connections in a row found closed younger than MIN_USEFUL.
+    short_deaths: u32,
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_check: Option<Instant>,
+}
+
+impl<C> Pool<C> {
+    pub fn new(size: usize) -> Self {
+        Pool {
+            size,
+            ready: Vec::with_capacity(size),
+            pending: 0,
+            debts: VecDeque::with_capacity(size),
+            refresh_after: REFRESH_DEFAULT,
+            idle_limit: None,
+            disabled: false,
+            short_deaths: 0,
+            failures: 0,
+            retry_at: None,
+            last_check: None,
+        }
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    pub fn ready(&self) -> usize {
+        self.ready.len()
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    pub fn is_disabled(&self) -> bool {
+        self.disabled
+    }
+
+    /// The server's idle limit, once a pooled connection was seen closed.
+    pub fn idle_limit(&self) -> Option<Duration> {
+        self.idle_limit
+    }
+
+    /// How many pooled connections one source may hold before refills come back.
+    fn share(&self) -> usize {
+        self.size.div_ceil(2).max(1)
+    }
+
+    /// A pooled connection for a new flow from `source`: the newest one that
+    /// `alive` passes (dead ones are dropped and teach the idle limit).
+    pub fn take(
+        &mut self,
+        source: IpAddr,
+        mut alive: impl FnMut(&C) -> Liveness,
+    ) -> (Result<C, Miss>, Events) {
+        let mut ev = Events::default();
+        if self.disabled {
+            return (Err(Miss::Disabled), ev);
+        }
+        if self.debts.iter().filter(|s| **s == source).count() >= self.share() {
+            return (Err(Miss::FairShare), ev);
+        }
+        while let Some(idle) = self.ready.pop() {
+            match alive(&idle.conn) {
+                Liveness::Alive => {
+                    self.debts.push_back(source);
+                    if self.debts.len() > self.size {
+                        self.debts.pop_front();
+                    }
+                    return (Ok(idle.conn), ev);
+                }
+                Liveness::Dead => self.found_dead(&idle, &mut ev),
+            }
+        }
+        (Err(Miss::Empty), ev)
+    }
+
+    /// How many refills the caller should start now; they count as pending
+    /// until [`refilled`](Self::refilled) or [`refill_failed`](Self::refill_failed).
+    pub fn claim_refills(&mut self, now: Instant) -> usize {
+        if self.disabled || self.retry_at.is_some_and(|t| now < t) {
+            return 0;
+        }
+        let mut n = self.size.saturating_sub(self.ready.len() + self.pending);
+        if self.failures > 0 {
+            // A server that failed: one attempt at a time until one works.
+            n = n.min(1).saturating_sub(self.pending);
+        }
+        self.pending += n;
+        n
+    }
+
+    /// A refill came back greeted. The connection is returned when the pool
+    /// has no room for it any more (drained, disabled or shrunk meanwhile).
+    pub fn refilled(&mut self, now: Instant, conn: C) -> Option<C> {
+        self.pending = self.pending.saturating_sub(1);
+        self.failures = 0;
+        self.retry_at = None;
+        self.debts.pop_front();
+        if self.disabled || self.ready.len() >= self.size {
+            return Some(conn);
+        }
+        self.ready.push(Idle { conn, born: now, seen: now });
+        None
+    }
+
+    /// A refill failed (connect, greeting or auth): back off, doubling.
+    pub fn refill_failed(&mut self, now: Instant) {
+        self.pending = self.pending.saturating_sub(1);
+        self.debts.pop_front();
+        self.failures = self.failures.saturating_add(1);
+        let wait = BACKOFF_FIRST.saturating_mul(1 << self.failures.min(8)).min(BACKOFF_MAX);
+        self.retry_at = Some(now + wait);
+    }
+
+    /// Whether the idle connections are due for a look (and marks it done).
+    pub fn check_due(&mut self, now: Instant) -> bool {
+        if self.ready.is_empty() || self.last_check.is_some_and(|t| now.duration_since(t) < CHECK_EVERY) {
+            return false;
+        }
+        self.last_check = Some(now);
+        true
+    }
+
+    /// Looks at every idle connection: dead ones are dropped (teaching the
+    /// idle limit), and those older than the refresh age are closed so that
+    /// fresh ones replace them before the server's limit.
+    pub fn check(&mut self, now: Instant, mut alive: impl FnMut(&C) -> Liveness) -> Events {
+        let mut ev = Events::default();
+        let mut i = 0;
+        while i < self.ready.len() {
+            let idle = &mut self.ready[i];
+            if alive(&idle.conn) == Liveness::Dead {
+                let idle = self.ready.swap_remove(i);
+                self.found_dead(&idle, &mut ev);
+                continue;
+            }
+            idle.seen = now;
+            if now.duration_since(idle.born) >= self.refresh_after {
+                self.ready.swap_remove(i);
+                ev.discards += 1;
+                continue;
+            }
+            i += 1;
+        }
+        ev
+    }
+
+    /// Closes every idle connection (reload, shutdown); refills start over.
+    pub fn drain(&mut self) -> Events {
+        let n = self.ready.len() as u64;
+        self.ready.clear();
+        self.debts.clear();
+        Events { discards: n, disabled: 0 }
+    }
+
+    fn found_dead(&mut self, idle: &Idle<C>, ev: &mut Events) {
+        ev.discards += 1;
+        // It lived at least this long: the server's limit is no shorter.
+        let lived = idle.seen.duration_since(idle.born);
+        if lived >= MIN_USEFUL {
+            self.short_deaths = 0;
+            self.idle_limit = Some(lived);
+            // Refresh well before the limit (a quarter early, and at least 1 s).
+            self.refresh_after = (lived * 3 / 4).min(lived.saturating_sub(Duration::from_secs(1)));
+            return;
+        }
+        // One short life may be a server restart; several in a row are its policy.
+        self.short_deaths += 1;
+        if self.short_deaths >= SHORT_DEATHS && !self.disabled {
+            self.idle_limit = Some(lived);
+            self.disabled = true;
+            ev.disabled = 1;
+            ev.discards += self.ready.len() as u64;
+            self.ready.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 8, 0, 10));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 8, 0, 11));
+
+    fn live(_: &u32) -> Liveness {
+        Liveness::Alive
+    }
+
+    /// Fills the pool to its size with connections 1, 2, …
+    fn filled(size: usize, now: Instant) -> Pool<u32> {
+        let mut p = Pool::new(size);
+        assert_eq!(p.claim_refills(now), size);
+        for c in 1..=size as u32 {
+            assert_eq!(p.refilled(now, c), None);
+        }
+        p
+    }
+
+    #[test]
+    fn refill_never_exceeds_the_size() {
+        let t = Instant::now();
+        let mut p = Pool::new(3);
+        assert_eq!(p.claim_refills(t), 3);
+        assert_eq!(p.claim_refills(t), 0, "pending refills count against the size");
+        for c in 0..3 {
+            assert_eq!(p.refilled(t, c), None);
+        }
+        assert_eq!((p.ready(), p.pending()), (3, 0));
+        // A stray refill beyond the size is handed back to be closed.
+        assert_eq!(p.refilled(t, 9), Some(9));
+        assert_eq!(p.ready(), 3);
+        let (c, _) = p.take(A, live);
+        assert_eq!(c, Ok(2), "the newest connection is taken first");
+        assert_eq!(p.claim_refills(t), 1);
+        assert_eq!(p.claim_refills(t), 0);
+    }
+
+    #[test]
+    fn empty_pool_misses_and_size_zero_never_refills() {
+        let t = Instant::now();
+        let mut p: Pool<u32> = Pool::new(0);
+        assert_eq!(p.claim_refills(t), 0);
+        assert_eq!(p.take(A, live).0, Err(Miss::Empty));
+        let mut p = filled(1, t);
+        assert_eq!(p.take(A, live).0, Ok(1));
+        assert_eq!(p.take(B, live).0, Err(Miss::Empty));
+    }
+
+    #[test]
+    fn one_source_gets_its_share_and_leaves_the_rest() {
+        let t = Instant::now();
+        let mut p = filled(4, t);
+        assert!(p.take(A, live).0.is_ok());
+        assert!(p.take(A, live).0.is_ok());
+        assert_eq!(p.take(A, live).0, Err(Miss::FairShare), "A's share of 4 is 2");
+        assert!(p.take(B, live).0.is_ok(), "B still finds one");
+        // Refills pay the oldest debt first: A may take again.
+        assert_eq!(p.claim_refills(t), 3);
+        assert_eq!(p.refilled(t, 10), None);
+        assert!(p.take(A, live).0.is_ok());
+        // A pool of one: every source may hold it.
+        let mut p = filled(1, t);
+        assert!(p.take(A, live).0.is_ok());
+    }
+
+    #[test]
+    fn dead_connections_are_skipped_and_teach_the_idle_limit() {
+        let t0 = Instant::now();
+        let mut p = filled(2, t0);
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(p.check(t1, live), Events::default());
+        // Connection 2 is closed by the server; 1 is fine.
+        let t2 = t0 + Duration::from_secs(11);
+        let (c, ev) = p.take(A, |c| if *c == 2 { Liveness::Dead } else { Liveness::Alive });
+        assert_eq!(c, Ok(1));
+        assert_eq!(ev, Events { discards: 1, disabled: 0 });
+        assert_eq!(p.idle_limit(), Some(Duration::from_secs(10)));
+        // Refreshed a quarter before the limit from now on.
+        assert_eq!(p.claim_refills(t2), 2);
+        p.refilled(t2, 3);
+        let ev = p.check(t2 + Duration::from_millis(7400), live);
+        assert_eq!(ev.discards, 0);
+        let ev = p.check(t2 + Duration::from_millis(7600), live);
+        assert_eq!(ev.discards, 1, "older than 7.5 s: closed and refilled");
+        assert_eq!(p.ready(), 0);
+    }
+
+    #[test]
+    fn a_server_closing_idle_connections_quickly_disables_the_pool() {
+        let t0 = Instant::now();
+        let mut p = filled(3, t0);
+        let t1 = t0 + Duration::from_secs(1);
+        p.check(t1, live);
+        // Two short lives may be a restart: the pool keeps going.
+        let ev =
+            p.check(
+                t1 + Duration::from_millis(300),
+                |c| if *c == 3 { Liveness::Alive } else { Liveness::Dead },
+            );
+        assert_eq!(ev, Events { discards: 2, disabled: 0 });
+        assert!(!p.is_disabled());
+        let ev = p.check(t1 + Duration::from_millis(600), |_| Liveness::Dead);
+        assert_eq!(ev, Events { discards: 1, disabled: 1 }, "the third in a row disables it");
+        assert!(p.is_disabled());
+        assert_eq!(p.idle_limit(), Some(Duration::from_millis(1300)));
+        assert_eq!(p.claim_refills(t1 + Duration::from_secs(5)), 0);
+        assert_eq!(p.take(A, live).0, Err(Miss::Disabled));
+        // A refill that was under way when it was disabled is handed back.
+        let mut p = filled(4, t0);
+        p.take(A, live).0.unwrap();
+        assert_eq!(p.claim_refills(t0), 1);
+        let ev = p.check(t1, |_| Liveness::Dead);
+        assert_eq!(ev, Events { discards: 3, disabled: 1 });
+        assert_eq!(p.refilled(t1, 7), Some(7));
+        // A long life in between resets the count.
+        let mut p = filled(3, t0);
+        p.check(t1, live);
+        p.take(A, |c| if *c == 3 { Liveness::Dead } else { Liveness::Alive }).0.unwrap();
+        let t9 = t0 + Duration::from_secs(9);
+        p.check(t9, live);
+        p.check(t9 + Duration::from_millis(300), |_| Liveness::Dead);
+        assert!(!p.is_disabled());
+        assert_eq!(p.idle_limit(), Some(Duration::from_secs(9)));
+    }
+
+    #[test]
+    fn failures_back_off_and_retry_one_at_a_time() {
+        let t0 = Instant::now();
+        let mut p: Pool<u32> = Pool::new(3);
+        assert_eq!(p.claim_refills(t0), 3);
+        for _ in 0..3 {
+            p.refill_failed(t0);
+        }
+        assert_eq!(p.claim_refills(t0 + Duration::from_millis(100)), 0, "backing off");
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(p.claim_refills(later), 1, "one probe at a time while failing");
+        assert_eq!(p.claim_refills(later), 0);
+        assert_eq!(p.refilled(later, 1), None);
+        assert_eq!(p.claim_refills(later), 2, "a success ends the backoff");
+        // The backoff is bounded.
+        let mut p: Pool<u32> = Pool::new(1);
+        let mut t = t0;
+        for _ in 0..40 {
+            t += BACKOFF_MAX;
+            if p.claim_refills(t) == 1 {
+                p.refill_failed(t);
+            }
+        }
+        assert_eq!(p.claim_refills(t + BACKOFF_MAX), 1);
+    }
+
+    #[test]
+    fn drain_closes_every_idle_connection_and_refills_start_over() {
+        let t = Instant::now();
+        let mut p = filled(3, t);
+        p.take(A, live).0.unwrap();
+        assert_eq!(p.drain(), Events { discards: 2, disabled: 0 });
+        assert_eq!(p.ready(), 0);
+        assert_eq!(p.claim_refills(t), 3);
+        assert!(!p.check_due(t), "nothing idle: nothing to check");
+        p.refilled(t, 1);
+        assert!(p.check_due(t));
+        assert!(!p.check_due(t + Duration::from_millis(100)));
+        assert!(p.check_due(t + CHECK_EVERY));
+    }
+}
