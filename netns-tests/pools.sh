@@ -1,0 +1,650 @@
+#!/usr/bin/env bash
+# netns-tests/pools.sh — warm SOCKS5 pools and pipelining (issue 13), end to
+# end in network namespaces, against exits that show what arrives on each
+# connection (tools/socks_server.py) and against microsocks.
+#
+#  c0 10.8.0.10 ─┐                        ┌─ exit0 100.64.0.2:1080 microsocks (drops pipelined bytes)
+#  c1 10.8.0.11 ─┤                        ├─ exit1 100.64.1.2 socks_server.py:
+#  c2 10.8.0.12 ─┤  gw: br0 10.8.0.1      │     :1080 "good"  (warm 2)
+#  c3 10.8.0.13 ─┼─ egressd :10900 ───────┤     :1081 "auth"  RFC 1929: usera old|new, userb
+#  c4 10.8.0.14 ─┤  control socket,       │     :1082 "idle"  closes idle greeted conns after 4 s
+#  c5 10.8.0.15 ─┤  stats --prometheus    │     :1083 "short" closes them after 1.5 s
+#  c6 10.8.0.16 ─┤                        │     :1084 "burst" (warm 4)
+#  c7 10.8.0.17 ─┤                        │     :1085 "flaky" drops the first 3 requests on pooled conns
+#  c8 10.8.0.18 ─┤                        │     :1086 "fair"  (warm 4; greetings slowed on demand)
+#  c9 10.8.0.19 ─┤                        └─ exit2 100.64.2.2:1080 socks_server.py "cold" (warm 0)
+#  c10 10.8.0.20 ┘
+#                                             every exit -> inet 203.0.113.10 (who-am-i :80)
+#
+# Routes: c0 -> micro (exit0, warm default, pipeline default), c1 -> good,
+# c2 -> authA (usera), c3 -> authB (userb), c4 -> idle, c5 -> short,
+# c6 -> cold (warm: 0, pipeline: false), c7 -> burst (warm: 4), c8 -> flaky,
+# c9 and c10 -> fair (warm: 4).
+#
+# Checks (one PASS/FAIL line each; 24 on every path, plan_checks), in the
+# order they run (6 first: it needs egressd's first seconds; 3a's flows run
+# in the background from the start). Against an egressd without pools most
+# of them fail, and each of 3c, 3e, 4c, 5c and 8 was seen to fail against
+# a build with the matching fault (idle limit never learned, no retry, every
+# pool drained on reload, refills not counting pending ones, no fair share):
+#   6a warm: 0 opens nothing before a container connects: exit2's SYN
+#      counter and its server's accept count stay 0 for >= 3 s after start,
+#      while the same egressd has warmed "good" (control)
+#   6b the first flow of c6 works, on a connection accepted after it
+#      started (SYN counter 1), and is no pool hit
+#   1a after start "good" has 2 greeted idle connections at the exit,
+#      pool_ready{good} = 2, and `egressd stats` has the line
+#      "  good ready 2/2 hits .. pipelining .."
+#   1b three curls from c1, one at a time (pool refilled in between): each
+#      gets the exit's bytes, and its CONNECT arrives on a connection the
+#      exit accepted (and greeted) before the curl started; pool_hits +3
+#   1c each hit is refilled: the exit is back to 2 idle connections,
+#      pool_refills grew by >= 3
+#   1d stats say "pipelining yes" for the server that takes pipelined bytes
+#      (the control of 2b)
+#   2a microsocks with pipeline: true (default): 5 curls from c0 all right
+#   2b stats say "pipelining no" for microsocks
+#   2c the pool still serves microsocks: pool_hits{micro} grew
+#   3a a server closing idle greeted connections after 4 s: 20 flows from
+#      c4 at spread-out times from egressd's start on, before and after it
+#      learns the limit (gaps of 0.1-0.6 s and, every 6th, 3.7-4.6 s, about
+#      18 s in all) all get the right bytes
+#   3b the server did close idle pooled connections (idle_closed >= 1) and
+#      egressd discarded them: pool_discards{idle} >= 1
+#   3c egressd learned the lifetime: in a quiet 9 s afterwards the server
+#      closes no more idle connections, egressd refreshed (closed idle ones
+#      itself), pool_disabled{idle} = 0 (4 s is long enough to pool)
+#   3d a server closing them after 1.5 s: pool_disabled{short} >= 1, then no
+#      idle connection is held at it (3 s), and 5 flows from c5 work
+#   3e a pooled connection that dies with the request on its way (the
+#      server closes it unanswered, 3 times): each of 3 curls from c8 still
+#      gets the right bytes, retried on a connection opened after it started
+#   4a SIGHUP with authA's password changed: the pooled connections greeted
+#      with the old password are closed by egressd within 5 s
+#   4b new pooled connections use the new password, and c2's new flow works,
+#      its CONNECT on a connection authenticated with the new password
+#   4c control: authB (same server, unchanged) keeps its pooled connections
+#      across the reload
+#   5a a burst of 2000 connections from c7 (at most 200 at once, 90 s
+#      bound) through "burst" (warm 4): every one gets the right bytes
+#   5b pool_ready{burst} sampled (>= 5 samples) during the burst never
+#      exceeds 4, and the burst did use and exhaust the pool (hits and
+#      misses grew)
+#   5c at the exit, greeted-but-idle connections never exceeded 4 (the
+#      server's own 50 ms sampling; bytes waiting in the kernel count as
+#      a request under way, not idle). With the pool empty egressd sends
+#      greeting and CONNECT in one flight to a server that takes it, so a
+#      miss never waits greeted: every greeted-and-waiting connection is a
+#      pooled one. (Without pools, unpipelined handshakes under this burst
+#      showed up to 84 at once; with refills not counting pending ones, 553:
+#      pool_ready stays <= 4 then, only the exit sees it.)
+#   5d after the burst the pool is back to 4/4, 4 idle at the exit
+#   8  fair share: with refills slowed to 2 s at the exit, 4 curls at once
+#      from c9 take 2 of fair's 4 pooled connections (ceil(4/2)) and make 2
+#      fresh ones; c10 right after still gets a pooled one (accepted before
+#      c9 started); all 5 right
+#   9  `egressd stats` has a "warm pools:" line per Socks5 tunnel (10), each
+#      in the format above; the warm: 0, pipeline: false tunnel says
+#      "ready 0/0" and "pipelining off"
+#   7  nothing left gw by its uplink (leak detector)
+#   egressd starting, its rules, and its being alive at the end are
+#   preconditions (fail_unplanned), not checks.
+#
+# Usage: sudo netns-tests/pools.sh   (EGRESSD=path to use another binary,
+#        EG_KEEP_TMP=1 to keep logs). Needs root; skips (exit 0) otherwise.
+
+set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+# shellcheck source=topology.sh
+. "$HERE/topology.sh"
+plan_checks 24
+
+require_root_and_tools nft iptables ip6tables curl microsocks danted python3 ss timeout ps awk
+eg_init
+T0=$(date +%s)
+
+NCONT=11
+EX0=$(exit_egress4 0)
+EX1=$(exit_egress4 1)
+EX2=$(exit_egress4 2)
+PA_OLD=pool-Old-4f1c9a
+PA_NEW=pool-New-a83e07
+PB=pool-B-77c0d2
+SOCK=$EG_TMP/egressd.sock
+CONF=$EG_TMP/egressd.ron
+
+oneline() { tr '\n' ' ' | cut -c1-"${1:-300}"; }
+
+# ---------------------------------------------------------------- helpers
+
+# srv_start NAME NS ADDR PORT ARGS... — tools/socks_server.py serve in NS;
+# log $EG_TMP/NAME.log, status $EG_TMP/NAME.st.
+srv_start() {
+	local name=$1 ns=$2 addr=$3 port=$4; shift 4
+	eg_spawn "$ns" "$EG_TMP/$name.out" "$(python_bin)" -u "$EG_TOOLS/socks_server.py" serve \
+		"$addr" "$port" --log "$EG_TMP/$name.log" --status "$EG_TMP/$name.st" \
+		--ready "$EG_TMP/$name.ready" "$@"
+	wait_until 15 test -e "$EG_TMP/$name.ready" ||
+		die "socks_server $name did not start: $(tail -n 5 "$EG_TMP/$name.out" | oneline)"
+	wait_until 5 test -s "$EG_TMP/$name.st" || die "socks_server $name writes no status"
+}
+
+# st NAME KEY — a field of server NAME's status line (open idle max_idle
+# accepted reqs idle_closed idle_eof idle_creds).
+st() {
+	local v
+	v=$(tr ' ' '\n' <"$EG_TMP/$1.st" 2>/dev/null | sed -n "s/^$2=//p" | head -n 1)
+	[ -n "$v" ] || die "status of $1 has no $2: $(oneline <"$EG_TMP/$1.st")"
+	printf '%s\n' "$v"
+}
+st_is() { [ "$(st "$1" "$2")" = "$3" ]; }
+# idle_cred NAME K — idle connections at server NAME that used cred K.
+idle_cred() {
+	st "$1" idle_creds | tr ',' '\n' | awk -F: -v k="$2" '$1 == k { print $2; f = 1 } END { if (!f) print 0 }'
+}
+idle_cred_is() { [ "$(idle_cred "$1" "$2")" = "$3" ]; }
+
+ctl_stats() { nsx "$NS_GW" timeout 10 "$(egressd_bin)" stats --socket "$SOCK" "$@"; }
+
+# pm FILE METRIC TUNNEL — a sample's value from Prometheus text
+# (egressd_METRIC{...tunnel="TUNNEL"...}), "absent" when there is none.
+pm() {
+	awk -v m="egressd_$2" -v t="tunnel=\"$3\"" '
+		index($1, m "{") == 1 && index($1, t) > 0 { print $2; f = 1; exit }
+		END { if (!f) print "absent" }' "$1"
+}
+# pnow METRIC TUNNEL — the same, from a fresh `stats --prometheus`.
+pnow() {
+	ctl_stats --prometheus >"$EG_TMP/prom.now" 2>&1 || { echo "absent"; return; }
+	pm "$EG_TMP/prom.now" "$1" "$2"
+}
+pnow_is() { local v; v=$(pnow "$1" "$2"); [ "$v" != absent ] && [ "$(num "$v")" -eq "$3" ]; }
+pnow_ge() { local v; v=$(pnow "$1" "$2"); [ "$v" != absent ] && [ "${v%.*}" -ge "$3" ]; }
+num() { case $1 in '' | absent) echo 0 ;; *) echo "${1%.*}" ;; esac; }
+
+# pool_line TUNNEL — TUNNEL's line in the "warm pools:" section of
+# `egressd stats`, or "".
+pool_line() {
+	ctl_stats >"$EG_TMP/stats.now" 2>&1 || return 0
+	awk -v t="$1" '/^warm pools:/ { s = 1; next } s && /^[^ ]/ { s = 0 } s && $1 == t { print; exit }' "$EG_TMP/stats.now"
+}
+# pool_field TUNNEL WORD — the word after WORD in TUNNEL's pool line.
+pool_field() { pool_line "$1" | awk -v k="$2" '{ for (i = 1; i < NF; i++) if ($i == k) { print $(i + 1); exit } }'; }
+pool_field_is() { [ "$(pool_field "$1" "$2")" = "$3" ]; }
+pool_field_not() { local v; v=$(pool_field "$1" "$2"); [ -n "$v" ] && [ "$v" != "$3" ]; }
+# A pool's line: the brief's fields in order; a note in parentheses (the
+# server's idle limit, "disabled: ...") may follow the discards, and more
+# (the UDP pool) may follow the pipelining word.
+POOL_RE='^  [A-Za-z0-9_-]+ ready [0-9]+/[0-9]+ hits [0-9]+ misses [0-9]+ refills [0-9]+ discards [0-9]+( \([^)]*\))? pipelining (yes|no|unknown|off)( .*)?$'
+
+# whoami NS — the who-am-i body (last line) from NS, or curl's error.
+whoami() { nsx "$1" curl -sS --max-time 8 "http://$TARGET4/" 2>&1 | tr -d '\r' | tail -n 1; }
+
+# reqs_after NAME T — server NAME's request lines for the who-am-i target
+# that arrived after T (ns).
+reqs_after() {
+	awk -v t0="$2" -v d="dst=$TARGET4:80" '
+		$1 == "req" && $3 == d { t = $NF; sub(/^t=/, "", t); if (t + 0 > t0 + 0) print }' "$EG_TMP/$1.log"
+}
+# kvf KEY LINE — KEY=value in LINE.
+kvf() { printf '%s\n' "$2" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -n 1; }
+
+# open_idle_ids NAME CRED — ids of connections at server NAME greeted with
+# CRED that have neither sent a request nor closed.
+open_idle_ids() {
+	awk -v c="cred=$2" '
+		$1 == "greeted" && $3 == c { id[$2] = 1 }
+		$1 == "req" || $1 == "close" { delete id[$2] }
+		END { for (i in id) { sub(/^id=/, "", i); print i } }' "$EG_TMP/$1.log" | sort -n | tr '\n' ' '
+}
+# closed_as NAME ID — "state why" of connection ID's close line, or "".
+closed_as() {
+	awk -v i="id=$2" '$1 == "close" && $2 == i { s = $3; w = $4; sub(/^state=/, "", s); sub(/^why=/, "", w); print s, w }' "$EG_TMP/$1.log"
+}
+all_closed() {
+	local n=$1 id; shift
+	for id in "$@"; do [ -n "$(closed_as "$n" "$id")" ] || return 1; done
+}
+
+# ---------------------------------------------------------------- topology, servers
+
+ensure_egressd || die "egressd binary $(egressd_bin) missing and cargo build --release failed"
+topo_up
+topo_start_services
+# topology.sh started danted in exit1 and exit2: this suite's exits are
+# socks_server.py there (exit0 keeps microsocks).
+socks_stop 1
+socks_stop 2
+E1=${NS_EXIT[1]}
+E2=${NS_EXIT[2]}
+srv_start good "$E1" 100.64.1.2 1080
+srv_start auth "$E1" 100.64.1.2 1081 --auth "usera:$PA_OLD" --auth "usera:$PA_NEW" --auth "userb:$PB"
+srv_start idle "$E1" 100.64.1.2 1082 --idle-close 4
+srv_start short "$E1" 100.64.1.2 1083 --idle-close 1.5
+srv_start burst "$E1" 100.64.1.2 1084
+srv_start flaky "$E1" 100.64.1.2 1085 --drop-pooled 3
+srv_start fair "$E1" 100.64.1.2 1086 --delay-file "$EG_TMP/fair.delay"
+srv_start cold "$E2" 100.64.2.2 1080
+SYN_COLD0=$(socks_syn_count 2)
+
+# write_conf PASSWORD_A — egressd's config; authA logs in with PASSWORD_A.
+write_conf() {
+	cat >"$CONF.tmp" <<-EOF
+	(
+	    listen: ["10.8.0.1:10900", "[fd08::1]:10900"],
+	    tunnels: {
+	        "micro": Socks5(server: "100.64.0.2:1080", udp: false),
+	        "good": Socks5(server: "100.64.1.2:1080", udp: false, warm: 2),
+	        "authA": Socks5(server: "100.64.1.2:1081", username: "usera", password: "$1", udp: false, warm: 2),
+	        "authB": Socks5(server: "100.64.1.2:1081", username: "userb", password: "$PB", udp: false, warm: 2),
+	        "idle": Socks5(server: "100.64.1.2:1082", udp: false, warm: 2, pipeline: true),
+	        "short": Socks5(server: "100.64.1.2:1083", udp: false, warm: 2),
+	        "burst": Socks5(server: "100.64.1.2:1084", udp: false, warm: 4),
+	        "cold": Socks5(server: "100.64.2.2:1080", udp: false, warm: 0, pipeline: false),
+	        "flaky": Socks5(server: "100.64.1.2:1085", udp: false, warm: 2),
+	        "fair": Socks5(server: "100.64.1.2:1086", udp: false, warm: 4),
+	    },
+	    routes: [
+	        (source: "10.8.0.10", tunnel: "micro"),
+	        (source: "10.8.0.11", tunnel: "good"),
+	        (source: "10.8.0.12", tunnel: "authA"),
+	        (source: "10.8.0.13", tunnel: "authB"),
+	        (source: "10.8.0.14", tunnel: "idle"),
+	        (source: "10.8.0.15", tunnel: "short"),
+	        (source: "10.8.0.16", tunnel: "cold"),
+	        (source: "10.8.0.17", tunnel: "burst"),
+	        (source: "10.8.0.18", tunnel: "flaky"),
+	        (source: "10.8.0.19", tunnel: "fair"),
+	        (source: "10.8.0.20", tunnel: "fair"),
+	    ],
+	    intercept: (tcp: Redirect),
+	    control: (socket: "$SOCK"),
+	)
+	EOF
+	mv "$CONF.tmp" "$CONF"
+}
+write_conf "$PA_OLD"
+if ! "$(egressd_bin)" check --config "$CONF" >"$EG_TMP/check.out" 2>&1; then
+	die "egressd check rejects the pool config (warm/pipeline): $(tail -n 3 "$EG_TMP/check.out" | oneline)"
+fi
+START_NS=$(now_ns)
+egressd_up_or_exit "$CONF"
+wait_until 5 test -S "$SOCK" || die "egressd's control socket $SOCK did not appear"
+LEAK_START=$(leak_count)
+# 3a runs in the background from the start: its first flows meet the pool
+# before egressd has seen the server close an idle connection.
+(
+	exec timeout -k 5 90 ip netns exec "${NS_C[4]}" "$(python_bin)" "$EG_TOOLS/socks_server.py" spread \
+		"$TARGET4" 80 20 "$EX1" 13 0.1 0.6 6 3.7 4.6
+) >"$EG_TMP/spread.res" 2>&1 </dev/null &
+SPID=$!
+EG_PIDS+=("$SPID")
+
+# ================================================================== 6a warm: 0 (and start)
+wait_until 10 st_is good idle 2
+while [ $(( $(now_ns) - START_NS )) -lt 3000000000 ]; do sleep 0.1; done
+syn_cold=$(( $(socks_syn_count 2) - SYN_COLD0 ))
+acc_cold=$(st cold accepted)
+good_idle=$(st good idle)
+if [ "$syn_cold" -eq 0 ] && [ "$acc_cold" -eq 0 ] && [ "$good_idle" -eq 2 ]; then
+	pass "6a warm: 0 opens no connection before a container connects (exit2: 0 SYNs, 0 accepted in $(( ($(now_ns) - START_NS) / 1000000 )) ms; control: good has $good_idle idle at its exit)"
+else
+	fail "6a warm: 0 must open nothing before a container connects" \
+		"exit2 saw $syn_cold SYNs, its server accepted $acc_cold; good's exit holds $good_idle idle (want 2)"
+fi
+
+# ================================================================== 6b warm: 0, first flow
+t6=$(now_ns)
+got=$(whoami "${NS_C[6]}")
+r6=$(reqs_after cold "$t6")
+acc6=$(kvf accept_t "$r6")
+syn_cold=$(( $(socks_syn_count 2) - SYN_COLD0 ))
+hits_cold=$(num "$(pnow pool_hits_total cold)")
+if [ "$got" = "$EX2" ] && [ "$(printf '%s\n' "$r6" | grep -c .)" -eq 1 ] && [ "${acc6:-0}" -gt "$t6" ] &&
+	[ "$syn_cold" -eq 1 ] && [ "$hits_cold" -eq 0 ]; then
+	pass "6b warm: 0: c6's flow works ($got) on a connection accepted $(( (acc6 - t6) / 1000000 )) ms after it started, 1 SYN, no pool hit"
+else
+	fail "6b warm: 0: c6's flow on a fresh connection" \
+		"got '$got' (want $EX2); requests: '$(printf '%s' "$r6" | oneline 200)'; t0=$t6; SYNs $syn_cold; pool_hits $hits_cold"
+fi
+
+# ================================================================== 1 a pooled connection is used
+wait_until 5 pnow_is pool_ready good 2
+ready_good=$(pnow pool_ready good)
+line=$(pool_line good)
+idle_good=$(st good idle)
+if [ "$idle_good" -eq 2 ] && [ "$(num "$ready_good")" -eq 2 ] && [ "$ready_good" != absent ] &&
+	printf '%s\n' "$line" | grep -qE "$POOL_RE" && printf '%s\n' "$line" | grep -q ' ready 2/2 '; then
+	pass "1a good is warm: 2 greeted idle connections at the exit, pool_ready 2, stats: '$line'"
+else
+	fail "1a good warm after start" \
+		"exit idle $idle_good (want 2), pool_ready '$ready_good', stats line '$line' ($(grep -A9 '^warm pools:' "$EG_TMP/stats.now" | oneline 200))"
+fi
+
+hits0=$(num "$(pnow pool_hits_total good)")
+refills0=$(num "$(pnow pool_refills_total good)")
+ok1=0
+bad1=""
+refilled=0
+for k in 1 2 3; do
+	wait_until 5 st_is good idle 2 && wait_until 3 pnow_is pool_ready good 2
+	t1=$(now_ns)
+	got=$(whoami "${NS_C[1]}")
+	r=$(reqs_after good "$t1")
+	acc=$(kvf accept_t "$r")
+	grt=$(kvf greeted_t "$r")
+	if [ "$got" = "$EX1" ] && [ "$(printf '%s\n' "$r" | grep -c .)" -eq 1 ] &&
+		[ "${acc:-$t1}" -lt "$t1" ] && [ "${grt:-$t1}" -lt "$t1" ]; then
+		ok1=$((ok1 + 1))
+		bad1="$bad1 #$k: accepted $(( (t1 - acc) / 1000000 )) ms before the curl, idle $(kvf idle_ms "$r") ms;"
+	else
+		bad1="$bad1 #$k: got '$got', t0=$t1, req '$(printf '%s' "$r" | oneline 160)';"
+	fi
+	wait_until 5 st_is good idle 2 && refilled=$((refilled + 1))
+done
+hits1=$(num "$(pnow pool_hits_total good)")
+refills1=$(num "$(pnow pool_refills_total good)")
+if [ "$ok1" -eq 3 ] && [ $((hits1 - hits0)) -eq 3 ]; then
+	pass "1b 3 curls from c1 got $EX1, each CONNECT on a connection the exit had accepted before the curl (no new handshake):$bad1 pool_hits +3"
+else
+	fail "1b pooled connection used" "$ok1/3 on pre-accepted connections:$bad1 pool_hits +$((hits1 - hits0)) (want 3)"
+fi
+if [ "$refilled" -eq 3 ] && [ $((refills1 - refills0)) -ge 3 ]; then
+	pass "1c every hit refilled: the exit was back to 2 idle connections each time, pool_refills +$((refills1 - refills0))"
+else
+	fail "1c refill after a hit" "back to 2 idle $refilled/3 times; pool_refills +$((refills1 - refills0)) (want >= 3); status: $(oneline <"$EG_TMP/good.st")"
+fi
+wait_until 5 pool_field_not good pipelining unknown
+pl=$(pool_field good pipelining)
+if [ "$pl" = yes ]; then
+	pass "1d stats: good (a server that takes pipelined bytes) pipelining yes"
+else
+	fail "1d stats: good should say pipelining yes" "pipelining '$pl': $(pool_line good)"
+fi
+
+# ================================================================== 2 microsocks
+wait_until 5 pool_field_not micro pipelining unknown
+hm0=$(num "$(pnow pool_hits_total micro)")
+ok2=0
+res2=""
+for k in 1 2 3 4 5; do
+	got=$(whoami "${NS_C[0]}")
+	[ "$got" = "$EX0" ] && ok2=$((ok2 + 1))
+	res2="$res2 $got"
+	sleep 0.3
+done
+hm1=$(num "$(pnow pool_hits_total micro)")
+if [ "$ok2" -eq 5 ]; then
+	pass "2a microsocks (pipeline: true by default): 5/5 curls from c0 got $EX0"
+else
+	fail "2a microsocks: 5 curls from c0" "$ok2/5 right:$res2"
+fi
+pl=$(pool_field micro pipelining)
+if [ "$pl" = no ]; then
+	pass "2b stats: micro (microsocks drops pipelined bytes) pipelining no: $(pool_line micro)"
+else
+	fail "2b stats: microsocks should say pipelining no" "pipelining '$pl': $(pool_line micro)"
+fi
+if [ $((hm1 - hm0)) -ge 1 ]; then
+	pass "2c the pool serves microsocks too: pool_hits{micro} +$((hm1 - hm0)) over 5 flows"
+else
+	fail "2c the pool should serve microsocks (greeting done, request later)" "pool_hits{micro} +$((hm1 - hm0)): $(pool_line micro)"
+fi
+
+# ================================================================== 3d a server closing idle ones after 1.5 s
+wait_until 12 pnow_ge pool_disabled_total short 1
+dis_short=$(pnow pool_disabled_total short)
+sleep 1
+idle_max=0
+for k in $(seq 1 15); do
+	v=$(st short idle)
+	[ "$v" -gt "$idle_max" ] && idle_max=$v
+	sleep 0.2
+done
+ok3d=0
+for k in 1 2 3 4 5; do [ "$(whoami "${NS_C[5]}")" = "$EX1" ] && ok3d=$((ok3d + 1)); done
+if [ "$(num "$dis_short")" -ge 1 ] && [ "$idle_max" -eq 0 ] && [ "$ok3d" -eq 5 ]; then
+	pass "3d idle timeout 1.5 s: pool_disabled{short} $dis_short, no idle connection held at the exit over 3 s, 5/5 flows from c5 right"
+else
+	fail "3d a server closing idle connections after 1.5 s: pooling stops" \
+		"pool_disabled '$dis_short' (want >= 1), up to $idle_max idle at the exit (want 0), $ok3d/5 flows right; $(pool_line short)"
+fi
+
+# ================================================================== 3e a pooled connection dies under a request
+# flaky's server closes, unanswered, a request that arrives on a connection
+# greeted >= 0.5 s before (3 times): egressd must retry on a fresh one.
+ok3e=0
+det3e=""
+for k in 1 2 3; do
+	wait_until 5 st_is flaky idle 2
+	sleep 0.6
+	t3=$(now_ns)
+	got=$(whoami "${NS_C[8]}")
+	dropped=0
+	fresh=0
+	while read -r line; do
+		[ -n "$line" ] || continue
+		id=$(kvf id "$line")
+		acc=$(kvf accept_t "$line")
+		if grep -q "^drop id=$id " "$EG_TMP/flaky.log"; then
+			[ "$acc" -lt "$t3" ] && dropped=$((dropped + 1))
+		elif [ "$acc" -gt "$t3" ] && grep -q "^reply id=$id rep=0 " "$EG_TMP/flaky.log"; then
+			fresh=$((fresh + 1))
+		fi
+	done <<<"$(reqs_after flaky "$t3")"
+	det3e="$det3e #$k: '$got', $dropped dropped on a pooled connection, $fresh answered on a fresh one;"
+	[ "$got" = "$EX1" ] && [ "$dropped" -eq 1 ] && [ "$fresh" -eq 1 ] && ok3e=$((ok3e + 1))
+done
+if [ "$ok3e" -eq 3 ]; then
+	pass "3e a pooled connection closed with the request on its way costs no flow:$det3e"
+else
+	fail "3e a pooled connection that dies unanswered: retry on a fresh one" "$ok3e/3 right:$det3e"
+fi
+
+# ================================================================== 3 a server closing idle ones after 4 s
+wait_until 90 pid_gone "$SPID"
+wait "$SPID" 2>/dev/null
+out3=$(cat "$EG_TMP/spread.res")
+case $out3 in
+"ok good 20/20 "*) pass "3a idle timeout 4 s: 20 flows from c4 at spread-out times all right: $(printf '%s' "$out3" | oneline 200)" ;;
+*) fail "3a idle timeout 4 s: 20 spread-out flows from c4" "$(printf '%s' "$out3" | oneline)" ;;
+esac
+ic=$(st idle idle_closed)
+disc1=$(num "$(pnow pool_discards_total idle)")
+if [ "$ic" -ge 1 ] && [ "$disc1" -ge 1 ]; then
+	pass "3b the server closed $ic idle pooled connections and egressd discarded them: pool_discards{idle} $disc1"
+else
+	fail "3b idle pooled connections closed by the server are discarded" "server idle_closed $ic, pool_discards{idle} $disc1"
+fi
+ic0=$(st idle idle_closed)
+ie0=$(st idle idle_eof)
+sleep 9
+ic1=$(st idle idle_closed)
+ie1=$(st idle idle_eof)
+dis_idle=$(num "$(pnow pool_disabled_total idle)")
+ready_idle=$(pnow pool_ready idle)
+if [ "$ic1" -eq "$ic0" ] && [ "$ie1" -gt "$ie0" ] && [ "$dis_idle" -eq 0 ] && [ "$(num "$ready_idle")" -eq 2 ]; then
+	pass "3c lifetime learned: in 9 quiet s the server closed no idle connection, egressd refreshed $((ie1 - ie0)) itself, pool_disabled{idle} 0, ready 2"
+else
+	fail "3c egressd should refresh pooled connections before the server's 4 s" \
+		"in 9 s the server closed $((ic1 - ic0)) idle (want 0), egressd closed $((ie1 - ie0)) (want >= 1), pool_disabled $dis_idle (want 0), ready '$ready_idle'"
+fi
+
+# ================================================================== 4 SIGHUP with a changed password
+wait_until 8 idle_cred_is auth 1 2
+wait_until 8 idle_cred_is auth 3 2
+read -r -a OLD_A <<<"$(open_idle_ids auth 1)"
+read -r -a OLD_B <<<"$(open_idle_ids auth 3)"
+write_conf "$PA_NEW"
+thup=$(now_ns)
+kill -HUP "$EGRESSD_PID"
+if [ "${#OLD_A[@]}" -ge 1 ]; then
+	wait_until 5 all_closed auth "${OLD_A[@]}"
+fi
+dt4=$(( ($(now_ns) - thup) / 1000000 ))
+how=""
+nok=0
+for id in "${OLD_A[@]}"; do
+	c=$(closed_as auth "$id")
+	how="$how $id:${c:-open}"
+	[ "$c" = "idle eof" ] && nok=$((nok + 1))
+done
+if [ "${#OLD_A[@]}" -eq 2 ] && [ "$nok" -eq 2 ]; then
+	pass "4a SIGHUP with authA's password changed: its 2 pooled connections (old password) closed by egressd within ${dt4} ms:$how"
+else
+	fail "4a SIGHUP with a changed password should drain authA's pool" \
+		"${#OLD_A[@]} pooled with the old password before (want 2); after ${dt4} ms:$how (state why)"
+fi
+wait_until 5 idle_cred_is auth 2 2
+new_idle=$(idle_cred auth 2)
+old_idle=$(idle_cred auth 1)
+t4=$(now_ns)
+got=$(whoami "${NS_C[2]}")
+r4=$(reqs_after auth "$t4")
+cred4=$(kvf cred "$r4")
+if [ "$new_idle" -ge 1 ] && [ "$old_idle" -eq 0 ] && [ "$got" = "$EX1" ] && [ "$cred4" = 2 ] &&
+	[ "$(printf '%s\n' "$r4" | grep -c .)" -eq 1 ]; then
+	pass "4b after the reload authA pools with the new password ($new_idle idle, 0 with the old) and c2's flow works ($got) on a new-password connection"
+else
+	fail "4b new flows use the new password" \
+		"idle with new $new_idle, with old $old_idle (want >=1 / 0); c2 got '$got'; request: '$(printf '%s' "$r4" | oneline 200)' (want cred=2)"
+fi
+still=0
+for id in "${OLD_B[@]}"; do [ -z "$(closed_as auth "$id")" ] && still=$((still + 1)); done
+if [ "${#OLD_B[@]}" -eq 2 ] && [ "$still" -eq 2 ]; then
+	pass "4c control: authB (unchanged, same server) kept its 2 pooled connections across the reload (ids ${OLD_B[*]})"
+else
+	fail "4c control: an unchanged tunnel keeps its pool across SIGHUP" \
+		"${#OLD_B[@]} pooled before (want 2), $still still open: $(for id in "${OLD_B[@]}"; do printf '%s:%s ' "$id" "$(closed_as auth "$id")"; done)"
+fi
+
+# ================================================================== 5 a burst of 2000 connections
+wait_until 8 st_is burst idle 4
+wait_until 5 pnow_is pool_ready burst 4
+hb0=$(num "$(pnow pool_hits_total burst)")
+mb0=$(num "$(pnow pool_misses_total burst)")
+rm -f "$EG_TMP/burst.res"
+(
+	ulimit -n 65536 2>/dev/null || true
+	exec timeout -k 5 100 ip netns exec "${NS_C[7]}" "$(python_bin)" "$EG_TOOLS/socks_server.py" burst \
+		"$TARGET4" 80 2000 200 90 "$EX1"
+) >"$EG_TMP/burst.res" 2>&1 </dev/null &
+BPID=$!
+EG_PIDS+=("$BPID")
+samples=0
+rmax=-1
+rvals=""
+bad_sample=""
+tb=$(now_ns)
+while pid_alive "$BPID" && [ $(( $(now_ns) - tb )) -lt 110000000000 ]; do
+	v=$(pnow pool_ready burst)
+	case $v in
+	absent) bad_sample="absent" ;;
+	*)
+		v=${v%.*}
+		samples=$((samples + 1))
+		[ "$v" -gt "$rmax" ] && rmax=$v
+		[ "$samples" -le 40 ] && rvals="$rvals$v,"
+		;;
+	esac
+	sleep 0.1
+done
+wait "$BPID" 2>/dev/null
+bres=$(cat "$EG_TMP/burst.res")
+case $bres in
+"ok good 2000/2000 "*) pass "5a burst of 2000 connections from c7 through burst (warm 4): $(printf '%s' "$bres" | oneline 160)" ;;
+*) fail "5a burst of 2000 connections" "$(printf '%s' "$bres" | oneline)" ;;
+esac
+hb1=$(num "$(pnow pool_hits_total burst)")
+mb1=$(num "$(pnow pool_misses_total burst)")
+if [ "$samples" -ge 5 ] && [ -z "$bad_sample" ] && [ "$rmax" -le 4 ] && [ $((hb1 - hb0)) -ge 1 ] && [ $((mb1 - mb0)) -ge 1 ]; then
+	pass "5b pool_ready{burst} <= 4 in all $samples samples (max $rmax: ${rvals%,}...), the burst used and exhausted the pool (hits +$((hb1 - hb0)), misses +$((mb1 - mb0)))"
+else
+	fail "5b pool_ready never above warm during the burst" \
+		"$samples samples${bad_sample:+ (some absent)}, max $rmax (want <= 4): ${rvals%,}; hits +$((hb1 - hb0)), misses +$((mb1 - mb0)) (want both >= 1)"
+fi
+mi=$(st burst max_idle)
+npipe=$(grep -c '^req .* pipelined=1 ' "$EG_TMP/burst.log")
+nreq=$(grep -c '^req ' "$EG_TMP/burst.log")
+if [ "$mi" -le 4 ] && [ "$(st burst accepted)" -ge 5 ]; then
+	pass "5c at the exit no more than $mi (<= 4) greeted idle connections at any 50 ms sample since start, burst included ($(st burst accepted) accepted; $npipe/$nreq requests came pipelined with their greeting)"
+else
+	fail "5c greeted idle connections at the exit must stay <= 4" \
+		"max_idle $mi, idle for >= 1 s at most $(st burst max_held); $npipe/$nreq requests pipelined (a miss sent unpipelined waits idle for a round trip); $(oneline <"$EG_TMP/burst.st")"
+fi
+wait_until 5 st_is burst idle 4
+wait_until 3 pnow_is pool_ready burst 4
+rb=$(pnow pool_ready burst)
+ib=$(st burst idle)
+if [ "$rb" != absent ] && [ "$(num "$rb")" -eq 4 ] && [ "$ib" -eq 4 ]; then
+	pass "5d after the burst the pool is back to 4: pool_ready 4, 4 idle at the exit"
+else
+	fail "5d pool refilled after the burst" "pool_ready '$rb', idle at the exit $ib (want 4 / 4)"
+fi
+
+# ================================================================== 8 fair share
+wait_until 8 st_is fair idle 4
+wait_until 3 pnow_is pool_ready fair 4
+hf0=$(num "$(pnow pool_hits_total fair)")
+echo 2 >"$EG_TMP/fair.delay"
+t8=$(now_ns)
+fpids=()
+for k in 1 2 3 4; do
+	whoami "${NS_C[9]}" >"$EG_TMP/fair.c9.$k" 2>&1 &
+	fpids+=("$!")
+done
+sleep 0.4
+t8b=$(now_ns)
+got10=$(whoami "${NS_C[10]}")
+wait "${fpids[@]}"
+rm -f "$EG_TMP/fair.delay"
+ok9=0
+for k in 1 2 3 4; do [ "$(cat "$EG_TMP/fair.c9.$k")" = "$EX1" ] && ok9=$((ok9 + 1)); done
+pooled_n=0
+fresh_n=0
+while read -r line; do
+	[ -n "$line" ] || continue
+	if [ "$(kvf accept_t "$line")" -lt "$t8" ]; then pooled_n=$((pooled_n + 1)); else fresh_n=$((fresh_n + 1)); fi
+done <<<"$(reqs_after fair "$t8")"
+# c10's request: the server cannot tell c9 from c10 (egressd is its peer),
+# time does: c9's pooled requests come at once (before c10 starts, 0.4 s
+# later), and every fresh request waits 2 s for its greeting's answer. So
+# a request within 1.5 s after c10 started is c10's, on a pooled connection.
+r10=$(reqs_after fair "$t8b" | awk -v hi="$((t8b + 1500000000))" '{ t = $NF; sub(/^t=/, "", t); if (t + 0 < hi + 0) print }')
+acc10=$(kvf accept_t "$r10")
+hf1=$(num "$(pnow pool_hits_total fair)")
+if [ "$ok9" -eq 4 ] && [ "$got10" = "$EX1" ] && [ "$(printf '%s\n' "$r10" | grep -c .)" -eq 1 ] &&
+	[ "${acc10:-$t8}" -lt "$t8" ] && [ $((hf1 - hf0)) -eq 3 ] && [ "$pooled_n" -eq 3 ] && [ "$fresh_n" -eq 2 ]; then
+	pass "8 fair share: 4 curls at once from c9 took 2 of 4 pooled connections (2 fresh), c10 right after still got a pooled one; all right, pool_hits +3"
+else
+	fail "8 fair share: one source takes at most ceil(4/2) pooled connections" \
+		"c9 $ok9/4 right, c10 '$got10'; requests after c9 started: $pooled_n on pooled connections (want 3: 2 of c9's + c10's), $fresh_n fresh (want 2); c10's: '$(printf '%s' "$r10" | oneline 160)'; pool_hits +$((hf1 - hf0)) (want 3)"
+fi
+
+# ================================================================== 9 the stats section
+ctl_stats >"$EG_TMP/stats.end" 2>&1
+awk '/^warm pools:/ { s = 1; next } s && /^[^ ]/ { s = 0 } s && NF' "$EG_TMP/stats.end" >"$EG_TMP/pools.end"
+npl=$(grep -c . "$EG_TMP/pools.end")
+badl=$(grep -vE "$POOL_RE" "$EG_TMP/pools.end" | oneline 300)
+coldl=$(grep -E '^  cold ' "$EG_TMP/pools.end")
+if [ "$npl" -eq 10 ] && [ -z "$badl" ] && printf '%s\n' "$coldl" | grep -q ' ready 0/0 .* pipelining off'; then
+	pass "9 egressd stats: 10 lines under 'warm pools:', all in the format; cold: '$coldl'"
+else
+	fail "9 egressd stats' warm pools section" "$npl lines (want 10); not in the format: '$badl'; cold: '$coldl'"
+fi
+
+# ================================================================== 7 leaks, liveness
+LEAK_END=$(leak_count)
+if [ "$LEAK_END" -eq "$LEAK_START" ]; then
+	pass "7 nothing left gw by its uplink during the run"
+else
+	fail "7 leaks" "the leak detector counted $((LEAK_END - LEAK_START)) packets"
+fi
+if pid_gone "$EGRESSD_PID"; then
+	fail_unplanned "egressd still running at the end" "it exited: $(tail -n 3 "$EGRESSD_LOG" | oneline)"
+fi
+log "pools.sh took $(($(date +%s) - T0)) s"
+[ "$EG_FAILED" -gt 0 ] && show_egressd_log 40
+summary
