@@ -636,15 +636,5 @@ else
 fi
 
 # ================================================================== 7 leaks, liveness
-LEAK_END=$(leak_count)
-if [ "$LEAK_END" -eq "$LEAK_START" ]; then
-	pass "7 nothing left gw by its uplink during the run"
-else
-	fail "7 leaks" "the leak detector counted $((LEAK_END - LEAK_START)) packets"
-fi
-if pid_gone "$EGRESSD_PID"; then
-	fail_unplanned "egressd still running at the end" "it exited: $(tail -n 3 "$EGRESSD_LOG" | oneline)"
-fi
-log "pools.sh took $(($(date +%s) - T0)) s"
-[ "$EG_FAILED" -gt 0 ] && show_egressd_log 40
-summary
+no_leak_since "$LEAK_START" 7
+finish_suite pools.sh

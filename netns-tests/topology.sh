@@ -408,6 +408,28 @@ egressd_up_or_exit() {
 }
 
 # show_egressd_log [N] — the last N (30) lines of egressd's log ($EGRESSD_LOG), to stderr.
+# no_leak_since START ID — check ID: nothing left gw's uplink since the
+# leak detector read START (leak_count).
+no_leak_since() {
+	local n=$(($(leak_count) - $1))
+	if [ "$n" -eq 0 ]; then
+		pass "$2 nothing left gw's uplink around egressd during the run (leak detector: 0 packets)"
+	else
+		fail "$2 nothing may leak around egressd" "the leak detector counted $n packets"
+	fi
+}
+
+# finish_suite NAME — a suite's last lines: egressd must still run, the
+# time taken, egressd's log on failure, the summary.
+finish_suite() {
+	if pid_gone "$EGRESSD_PID"; then
+		fail_unplanned "egressd still running at the end" "it exited: $(tail -n 3 "$EGRESSD_LOG" | tr '\n' ' ')"
+	fi
+	log "$1 took $(($(date +%s) - T0)) s (logs in $EG_TMP)"
+	[ "$EG_FAILED" -gt 0 ] && show_egressd_log 40
+	summary
+}
+
 show_egressd_log() {
 	[ -n "${EGRESSD_LOG:-}" ] && [ -f "$EGRESSD_LOG" ] || return 0
 	log "---- last lines of egressd's log ($EGRESSD_LOG)"

@@ -445,16 +445,6 @@ else
 fi
 
 # ------------------------------------------------------------------ 12 no leak in the whole run
-leak_end=$(leak_count)
-if [ "$leak_end" -eq "$LEAK_START" ]; then
-	pass "12 nothing left gw's uplink around egressd during the run (leak detector: 0 packets)"
-else
-	fail "12 nothing may leak around egressd" "the leak detector counted $((leak_end - LEAK_START)) packets"
-fi
+no_leak_since "$LEAK_START" 12
 
-if pid_gone "$EGRESSD_PID"; then
-	fail_unplanned "egressd still running at the end" "it exited: $(tail -n 3 "$EGRESSD_LOG" | tr '\n' ' ')"
-fi
-log "udp.sh took $(($(date +%s) - T0)) s (logs in $EG_TMP)"
-[ "$EG_FAILED" -gt 0 ] && show_egressd_log 40
-summary
+finish_suite udp.sh

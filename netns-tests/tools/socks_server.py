@@ -81,7 +81,6 @@ import fcntl
 import ipaddress
 import os
 import random
-import resource
 import socket
 import struct
 import sys
@@ -89,6 +88,7 @@ import termios
 import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+from egtest import raise_nofile  # noqa: E402 (after dont_write_bytecode)
 
 NEGOTIATE_TIMEOUT = 30
 IDLE_MAX = 300
@@ -97,14 +97,6 @@ RELAY_MAX = 120
 HELD_NS = 1_000_000_000  # "held": idle for a second or more
 
 
-def raise_nofile():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
-    if soft < want:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        except (ValueError, OSError):
-            pass
 
 
 def out(line):
