@@ -9,7 +9,9 @@
 # Knobs (environment): OUT=dir (default bench-out/), REPS=n, DUR=seconds,
 # IMPLS="direct egressd redsocks v2ray" (any subset, in the order to interleave),
 # EGRESSD=path (default target/release/egressd, built if missing), NO_INSTALL=1,
-# IPT2SOCKS=path (an ipt2socks binary built by hand; adds it to both parts).
+# IPT2SOCKS=path (an ipt2socks binary built by hand; adds it to both parts),
+# MEASURE="rss tcp wrk dns udp" (any subset: the other metrics are n/a,
+# "not measured"; rss is both RSS figures, tcp the bulk runs and CPU per GB).
 # Latency part (scripts/bench/latency.sh; runs after the others unless
 # LATENCY=0): RTT=ms (50), LAT_N=probes per metric (200), LAT_REPS=n (2,
 # interleaved), LAT_BURST=n (64), LAT_GAP=RTTs between single probes (2),
@@ -70,6 +72,7 @@ else
 	DUR=${DUR:-4}
 fi
 IMPLS=${IMPLS:-"direct egressd redsocks v2ray${IPT2SOCKS:+ ipt2socks}"}
+MEASURE=${MEASURE:-"rss tcp wrk dns udp"}
 LAT_ONLY=${LAT_ONLY:-0}
 LATENCY=${LATENCY:-1}
 [ "$LAT_ONLY" = 1 ] && LATENCY=1
@@ -496,12 +499,15 @@ impl_up_v2ray() {
 impl_down_v2ray() { proxy_stop; manual_rules_down; }
 
 # ipt2socks (C, libev; not packaged): only with IPT2SOCKS=path, built by hand
-# outside the repo. One thread, REDIRECT for TCP (-R), TPROXY for UDP.
+# outside the repo. One thread, REDIRECT for TCP (-R), TPROXY for UDP. -R
+# comes first: it sets the listen addresses to the wildcard, and a -b before
+# it would be lost (ipt2socks then listened on 0.0.0.0 and the bench, waiting
+# for $GW_ADDR:$PORT, said it "did not start").
 impl_up_ipt2socks() {
 	[ -x "${IPT2SOCKS:-}" ] || { SETUP_ERR="no ipt2socks binary (IPT2SOCKS=path)"; return 1; }
 	manual_rules_up || { SETUP_ERR="iptables rules failed: $(tail -n 3 "$EG_TMP/rules.log" | tr '\n' ' ')"; return 1; }
-	proxy_start ipt2socks "$EG_TMP/ipt2socks.log" "$IPT2SOCKS" -s "$EXIT_ADDR" -p "$EXIT_PORT" \
-		-b "$GW_ADDR" -l "$PORT" -j 1 -4 -R
+	proxy_start ipt2socks "$EG_TMP/ipt2socks.log" "$IPT2SOCKS" -R -4 -j 1 -s "$EXIT_ADDR" -p "$EXIT_PORT" \
+		-b "$GW_ADDR" -l "$PORT"
 }
 impl_down_ipt2socks() { proxy_stop; manual_rules_down; }
 
@@ -731,6 +737,18 @@ measure_udp() { # IMPL REP
 	fi
 }
 
+not_measured() { # IMPL REP PART — the PART's metrics as n/a (MEASURE left it out)
+	local m
+	case $3 in
+	rss) m="rss_1000:MiB" ;;
+	tcp) m="tcp_1stream:Gbit/s tcp_4streams:Gbit/s tcp_download:Gbit/s cpu_per_gb:s/GB" ;;
+	wrk) m="tcp_conn_rate:conn/s" ;;
+	dns) m="dns_qps:q/s dns_loss:%" ;;
+	udp) m="udp_rate:Mbit/s udp_loss:%" ;;
+	esac
+	for m in $m; do na "$1" "${m%%:*}" "$2" "${m#*:}" "not measured (MEASURE=$MEASURE)"; done
+}
+
 run_round() { # IMPL REP
 	local impl=$1 rep=$2
 	say "== $impl, repetition $rep/$REPS ($(( $(date +%s) - T0 )) s)"
@@ -751,11 +769,17 @@ run_round() { # IMPL REP
 		"impl_down_$impl"
 		return
 	fi
-	measure_rss_1000 "$impl" "$rep"
-	measure_tcp "$impl" "$rep"
-	measure_wrk "$impl" "$rep"
-	measure_dns "$impl" "$rep"
-	measure_udp "$impl" "$rep"
+	local part
+	for part in rss tcp wrk dns udp; do
+		if [[ " $MEASURE " == *" $part "* ]]; then
+			case $part in
+			rss) measure_rss_1000 "$impl" "$rep" ;;
+			*) "measure_$part" "$impl" "$rep" ;;
+			esac
+		else
+			not_measured "$impl" "$rep" "$part"
+		fi
+	done
 	if [ -n "$PROXY_PID" ] && ! pid_alive "$PROXY_PID"; then
 		say "  WARNING: $impl exited during the round; its log: $(tail -n 3 "$EG_TMP/$impl.log" 2>/dev/null | tr '\n' ' ')"
 	fi
@@ -764,7 +788,7 @@ run_round() { # IMPL REP
 
 # ---------------------------------------------------------------- main
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 case "${1:-}" in -h|--help) usage; exit 0 ;; esac
 [ "$(id -u)" -eq 0 ] || { echo "scripts/bench.sh needs root (network namespaces)" >&2; exit 1; }
 
@@ -819,7 +843,7 @@ SAMPLES="$OUT/samples.tsv"
 printf 'impl\tmetric\trep\tvalue\tunit\tnote\n' >"$SAMPLES"
 {
 	echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-	echo "command: QUICK=$QUICK REPS=$REPS DUR=$DUR IMPLS=\"$IMPLS\" LAT_ONLY=$LAT_ONLY LATENCY=$LATENCY RTT=$RTT LAT_N=$LAT_N LAT_REPS=$LAT_REPS LAT_BURST=$LAT_BURST LAT_GAP=$LAT_GAP scripts/bench.sh"
+	echo "command: QUICK=$QUICK REPS=$REPS DUR=$DUR IMPLS=\"$IMPLS\" MEASURE=\"$MEASURE\" LAT_ONLY=$LAT_ONLY LATENCY=$LATENCY RTT=$RTT LAT_N=$LAT_N LAT_REPS=$LAT_REPS LAT_BURST=$LAT_BURST LAT_GAP=$LAT_GAP scripts/bench.sh"
 	echo "host: $(uname -srm), $(nproc) CPUs, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//')"
 	echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "egressd: ${EGRESSD_SRC:-$EGRESSD_BIN} (sha256 $(sha256sum "$EGRESSD_BIN" 2>/dev/null | cut -c1-12)), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet 2>/dev/null || echo ' (dirty tree)'), built $(date -u -r "$EGRESSD_BIN" '+%Y-%m-%d %H:%M' 2>/dev/null)"
