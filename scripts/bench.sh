@@ -10,6 +10,8 @@
 # IMPLS="direct egressd redsocks v2ray" (any subset, in the order to interleave),
 # EGRESSD=path (default target/release/egressd, built if missing), NO_INSTALL=1,
 # IPT2SOCKS=path (an ipt2socks binary built by hand; adds it to both parts),
+# EGRESSD_BASE=path (adds egressd_base: that binary, interleaved with egressd,
+# for before/after), PROBE=strace|callgrind and PROXY_WRAP (see perop_begin),
 # MEASURE="rss tcp wrk dns udp" (any subset: the other metrics are n/a,
 # "not measured"; rss is both RSS figures, tcp the bulk runs and CPU per GB).
 # Latency part (scripts/bench/latency.sh; runs after the others unless
@@ -53,6 +55,7 @@
 # Output in OUT: samples.tsv (impl, metric, repetition, value, unit, note; a
 # failed measurement is "n/a" with its reason), table.txt (medians, min..max,
 # ratios, issue 5's targets), summary.tsv, ratios.png (gnuplot), env.txt,
+# perop.txt (the proxy's CPU µs and wake-ups per connection and per query),
 # logs/ (the daemons' logs). The root namespace is never configured; processes
 # are stopped by PID; every load is bounded in count and time.
 
@@ -71,7 +74,7 @@ else
 	REPS=${REPS:-3}
 	DUR=${DUR:-4}
 fi
-IMPLS=${IMPLS:-"direct egressd redsocks v2ray${IPT2SOCKS:+ ipt2socks}"}
+IMPLS=${IMPLS:-"direct egressd${EGRESSD_BASE:+ egressd_base} redsocks v2ray${IPT2SOCKS:+ ipt2socks}"}
 MEASURE=${MEASURE:-"rss tcp wrk dns udp"}
 LAT_ONLY=${LAT_ONLY:-0}
 LATENCY=${LATENCY:-1}
@@ -377,7 +380,8 @@ manual_rules_down() {
 # proxy_start NAME LOG CMD... — run a proxy in gw, wait for its TCP listener.
 proxy_start() {
 	local name=$1 logf=$2; shift 2
-	eg_spawn "$NS_GW" "$logf" "$@"
+	# shellcheck disable=SC2086 # PROXY_WRAP is words (e.g. valgrind and its options)
+	eg_spawn "$NS_GW" "$logf" ${PROXY_WRAP:-} "$@"
 	PROXY_PID=$EG_LAST_PID
 	if ! wait_until 15 proxy_up_or_dead || ! pid_alive "$PROXY_PID"; then
 		SETUP_ERR="$name did not start: $(tail -n 3 "$logf" | tr '\n' ' ')"
@@ -437,6 +441,18 @@ impl_down_egressd() {
 			nsx "$NS_GW" sh -e "$EG_TMP/egressd-unrules.sh" >>"$EG_TMP/rules.log" 2>&1
 	fi
 	return 0
+}
+
+# egressd_base: egressd from EGRESSD_BASE=path (a build before a change), in
+# the same run as egressd, so that before and after are interleaved.
+impl_up_egressd_base() {
+	[ -x "${EGRESSD_BASE_BIN:-}" ] || { SETUP_ERR="no binary at EGRESSD_BASE=${EGRESSD_BASE:-}"; return 1; }
+	local EGRESSD_BIN=$EGRESSD_BASE_BIN
+	impl_up_egressd
+}
+impl_down_egressd_base() {
+	local EGRESSD_BIN=$EGRESSD_BASE_BIN
+	impl_down_egressd
 }
 
 impl_up_redsocks() {
@@ -545,6 +561,56 @@ kv() { # KEY LINE — value of KEY=... in a line of key=value words
 calc() { awk "BEGIN { printf \"%.6g\", ($1) }"; }
 
 proc_cpu() { btool cpu "$1" 2>/dev/null || echo ""; }
+# Context switches of all of PID's threads (voluntary = a thread slept and
+# was woken: the wake-ups a hand-off between threads costs).
+proc_ctxsw() { # PID -> "voluntary nonvoluntary"
+	cat /proc/"$1"/task/*/status 2>/dev/null |
+		awk '/^voluntary_ctxt_switches/ {v += $2} /^nonvoluntary_ctxt_switches/ {n += $2} END {print v + 0, n + 0}'
+}
+# perop_begin PREFIX REP / perop_end IMPL REP PREFIX COUNT — the proxy's CPU time and
+# context switches per operation (connection, query) over one load run:
+# PREFIX_cpu_us (user+sys, µs) and PREFIX_wakeups (voluntary switches).
+# PROBE=strace: `strace -c -f` on the proxy during each wrk and dnsperf run
+# (counts per syscall in OUT/probe/IMPL-conn|dns-REP.strace; the timing
+# figures of such a run are strace's, not the proxy's). PROBE=callgrind, with
+# PROXY_WRAP="valgrind --tool=callgrind --callgrind-out-file=OUT/probe/cg.%p":
+# counters zeroed before and dumped after each run (callgrind_control).
+PEROP0=""; PROBE_PID=""
+perop_begin() {
+	PEROP0=""
+	[ -n "$PROXY_PID" ] || return 0
+	case ${PROBE:-} in
+	strace)
+		mkdir -p "$OUT/probe"
+		strace -f -c -o "$OUT/probe/$1-$2.strace.tmp" -p "$PROXY_PID" 2>/dev/null &
+		PROBE_PID=$!
+		sleep 1 ;;
+	callgrind) callgrind_control -z "$PROXY_PID" >/dev/null 2>&1 ;;
+	esac
+	PEROP0="$(proc_cpu "$PROXY_PID") $(proc_ctxsw "$PROXY_PID")"
+}
+perop_end() {
+	local impl=$1 rep=$2 pfx=$3 n=$4 c0 v0 n0 c1 v1 n1
+	[ -n "$PROXY_PID" ] && [ -n "$PEROP0" ] || return 0
+	case ${PROBE:-} in
+	strace)
+		kill -INT "$PROBE_PID" 2>/dev/null
+		wait "$PROBE_PID" 2>/dev/null
+		PROBE_PID=""
+		{ echo "# $impl $pfx rep $rep: $n operations"; cat "$OUT/probe/$pfx-$rep.strace.tmp"; } >"$OUT/probe/$impl-$pfx-$rep.strace"
+		rm -f "$OUT/probe/$pfx-$rep.strace.tmp" ;;
+	callgrind)
+		callgrind_control -d "$impl-$pfx-$rep-n$n" "$PROXY_PID" >/dev/null 2>&1 ;;
+	esac
+	read -r c0 v0 n0 <<<"$PEROP0"
+	read -r c1 v1 n1 <<<"$(proc_cpu "$PROXY_PID") $(proc_ctxsw "$PROXY_PID")"
+	if [ -z "$c1" ] || ! [ "${n:-0}" -gt 0 ] 2>/dev/null; then
+		na "$impl" "${pfx}_cpu_us" "$rep" us "no count or /proc unreadable"
+		return 0
+	fi
+	sample "$impl" "${pfx}_cpu_us" "$rep" "$(calc "($c1 - $c0) * 1e6 / $n")" us "$(calc "$c1 - $c0") s CPU over $n"
+	sample "$impl" "${pfx}_wakeups" "$rep" "$(calc "($v1 - $v0) / $n")" "/op" "$((v1 - v0)) voluntary, $((n1 - n0)) involuntary switches over $n"
+}
 proc_rss_mib() { local k; k=$(btool rss "$1" 2>/dev/null) && calc "$k / 1024"; }
 
 # ---------------------------------------------------------------- path check
@@ -699,7 +765,9 @@ measure_tcp() { # IMPL REP
 
 measure_wrk() { # IMPL REP
 	local impl=$1 rep=$2 out rps err
+	perop_begin conn "$rep"
 	out=$(tmo $((DUR + 15)) "$NS_C" wrk -t1 -c32 -d"${DUR}s" --timeout 2s -H 'Connection: close' "http://$TARGET/" 2>&1)
+	perop_end "$impl" "$rep" conn "$(printf '%s\n' "$out" | awk '/ requests in / {print $1}')"
 	rps=$(printf '%s\n' "$out" | awk '/^Requests\/sec:/ {print $2}')
 	err=$(printf '%s\n' "$out" | grep -E 'Socket errors|Non-2xx' | tr -s ' ' | tr '\n' ';' | sed 's/;$//')
 	if [ -n "$rps" ]; then
@@ -711,7 +779,9 @@ measure_wrk() { # IMPL REP
 
 measure_dns() { # IMPL REP
 	local impl=$1 rep=$2 out qps lost
+	perop_begin dns "$rep"
 	out=$(tmo $((DUR + 15)) "$NS_C" dnsperf -s "$DNS_ADDR" -d "$EG_TMP/dnsperf.q" -l "$DUR" -c 4 -q 200 -t 2 2>&1)
+	perop_end "$impl" "$rep" dns "$(printf '%s\n' "$out" | awk '/Queries completed:/ {print $3}')"
 	qps=$(printf '%s\n' "$out" | awk '/Queries per second:/ {print $4}')
 	lost=$(printf '%s\n' "$out" | sed -n 's/.*Queries lost: *[0-9]* (\([0-9.]*\)%).*/\1/p')
 	if [ -n "$qps" ] && [ -n "$lost" ]; then
@@ -788,7 +858,7 @@ run_round() { # IMPL REP
 
 # ---------------------------------------------------------------- main
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
 case "${1:-}" in -h|--help) usage; exit 0 ;; esac
 [ "$(id -u)" -eq 0 ] || { echo "scripts/bench.sh needs root (network namespaces)" >&2; exit 1; }
 
@@ -836,6 +906,11 @@ if [ -x "$EGRESSD_BIN" ]; then
 	EGRESSD_SRC=$EGRESSD_BIN
 	EGRESSD_BIN="$EG_TMP/egressd.bin"
 fi
+EGRESSD_BASE_BIN=""
+if [ -n "${EGRESSD_BASE:-}" ] && [ -x "$EGRESSD_BASE" ]; then
+	cp -p "$EGRESSD_BASE" "$EG_TMP/egressd-base.bin"
+	EGRESSD_BASE_BIN="$EG_TMP/egressd-base.bin"
+fi
 
 mkdir -p "$OUT"
 rm -rf "$OUT/logs"
@@ -846,6 +921,7 @@ printf 'impl\tmetric\trep\tvalue\tunit\tnote\n' >"$SAMPLES"
 	echo "command: QUICK=$QUICK REPS=$REPS DUR=$DUR IMPLS=\"$IMPLS\" MEASURE=\"$MEASURE\" LAT_ONLY=$LAT_ONLY LATENCY=$LATENCY RTT=$RTT LAT_N=$LAT_N LAT_REPS=$LAT_REPS LAT_BURST=$LAT_BURST LAT_GAP=$LAT_GAP scripts/bench.sh"
 	echo "host: $(uname -srm), $(nproc) CPUs, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//')"
 	echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+	[ -n "$EGRESSD_BASE_BIN" ] && echo "egressd_base: $EGRESSD_BASE (sha256 $(sha256sum "$EGRESSD_BASE_BIN" | cut -c1-12))"
 	echo "egressd: ${EGRESSD_SRC:-$EGRESSD_BIN} (sha256 $(sha256sum "$EGRESSD_BIN" 2>/dev/null | cut -c1-12)), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet 2>/dev/null || echo ' (dirty tree)'), built $(date -u -r "$EGRESSD_BIN" '+%Y-%m-%d %H:%M' 2>/dev/null)"
 	for p in v2ray redsocks iperf3 nginx-light wrk dnsperf nsd; do
 		echo "$p: $(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || echo '?')"
@@ -882,6 +958,17 @@ if [ "$LAT_ONLY" != 1 ]; then
 		else
 			log "gnuplot failed: $(tail -n 3 "$EG_TMP/gnuplot.log")"
 		fi
+	fi
+	# Per-operation costs (not in benchtool's table): medians per implementation.
+	awk -F'\t' 'NR > 1 && $2 ~ /_(cpu_us|wakeups)$/ && $4 != "n/a" { print $2, $1, $4, $5 }' "$SAMPLES" |
+		sort -k1,1 -k2,2 -k3,3g |
+		awk 'function out() { if (n) printf "%-14s %-10s %10.4g %-4s (median of %d:%s)\n", km, ki, (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2, ku, n, all }
+			$1 != km || $2 != ki { out(); km = $1; ki = $2; ku = $4; n = 0; all = "" }
+			{ a[++n] = $3; all = all " " $3 }
+			END { out() }' >"$OUT/perop.txt"
+	if [ -s "$OUT/perop.txt" ]; then
+		{ echo "proxy CPU (user+sys) and voluntary context switches per connection (wrk) and per query (dnsperf):"; cat "$OUT/perop.txt"; } >"$OUT/perop.tmp" && mv "$OUT/perop.tmp" "$OUT/perop.txt"
+		say ""; cat "$OUT/perop.txt"
 	fi
 	[ -s "$OUT/latency.txt" ] && { say ""; cat "$OUT/latency.txt"; }
 fi
