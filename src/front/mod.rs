@@ -12,6 +12,12 @@
 //!   equal                                          → REDIRECT: orig_dst = SO_ORIGINAL_DST
 //!   orig_dst is one of our listeners (or unknown)  → closed (loop guard)
 //! ```
+//!
+//! With `intercept.tcp: Redirect` (the default) conntrack is asked first, so
+//! a REDIRECTed connection costs one syscall (getsockopt) instead of two: for
+//! a TPROXY'd connection conntrack's original destination is the untouched
+//! one, which is the local address, and without a conntrack entry (TPROXY,
+//! no conntrack) the local address is read as above.
 
 mod udp;
 
@@ -28,7 +34,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, SockRef, Socket, Type};
 
-use crate::config::{Settings, Tunnel};
+use crate::config::{Settings, TcpIntercept, Tunnel};
 use crate::docker::{LabelVerdict, Labels};
 use crate::route::Cidr;
 use crate::stats::Counters;
@@ -37,6 +43,9 @@ use crate::worker::{Handoff, TcpHandoff, WorkerHandle, reset};
 
 /// How long accepting pauses when the process is out of file descriptors.
 const EMFILE_PAUSE: Duration = Duration::from_millis(100);
+/// Hand-offs to one worker in one turn of the loop after which it is woken
+/// without waiting for the end of the turn (a small share of its queue).
+const WAKE_EVERY: u32 = 64;
 /// Tokens from here on name UDP sockets; below, TCP listeners.
 const UDP_TOKEN: usize = 1 << 16;
 
@@ -171,6 +180,11 @@ pub struct FrontLoop {
     /// The UDP batch being filled for each worker.
     batches: Vec<Option<Box<crate::worker::UdpBatch>>>,
     workers: Vec<WorkerHandle>,
+    /// Connections handed to each worker since it was last woken: each is
+    /// woken once per turn of the loop, after every listener was drained
+    /// (or after [`WAKE_EVERY`] in a long burst, so it is never idle while
+    /// its queue fills).
+    to_wake: Vec<u32>,
     live: Arc<Live>,
     seen: u64,
     shared: Arc<Shared>,
@@ -244,6 +258,7 @@ impl FrontLoop {
             slots: udp::recv_slots(),
             rdata: udp::recv_data(),
             batches: (0..workers.len()).map(|_| None).collect(),
+            to_wake: vec![0; workers.len()],
             workers,
             live,
             seen,
@@ -290,6 +305,7 @@ impl FrontLoop {
                 for i in 0..self.listeners.len() {
                     self.accept_all(i);
                 }
+                self.wake_workers();
                 continue;
             }
             for ev in events.iter() {
@@ -298,6 +314,7 @@ impl FrontLoop {
                     self.accept_all(t);
                 }
             }
+            self.wake_workers();
         }
         debug!(target: "egressd::front", "front {} stopped accepting", self.id);
         Ok(())
@@ -344,7 +361,8 @@ impl FrontLoop {
     fn dispatch(&mut self, stream: std::net::TcpStream, client: SocketAddr, listener: usize) {
         let sock = SockRef::from(&stream);
         let listen_addr = self.listeners[listener].1;
-        let orig_dst = match orig_dst(&sock, listen_addr) {
+        let conntrack_first = self.shared.settings.intercept.tcp == TcpIntercept::Redirect;
+        let orig_dst = match orig_dst(&sock, listen_addr, conntrack_first) {
             Some(d) if !self.is_own_listener(d) => d,
             other => {
                 Counters::inc(&self.counters.drop_loop_guard);
@@ -368,8 +386,14 @@ impl FrontLoop {
             source,
         }));
         match self.workers[w].try_send(h) {
-            // An atomic swap; an eventfd write only if the worker sleeps.
-            Ok(()) => self.workers[w].wake(),
+            // Woken after this turn's accepts (`wake_workers`).
+            Ok(()) => {
+                self.to_wake[w] += 1;
+                if self.to_wake[w] >= WAKE_EVERY {
+                    self.to_wake[w] = 0;
+                    self.workers[w].wake();
+                }
+            }
             Err(Handoff::Tcp(h)) => {
                 Counters::inc(&self.counters.drop_queue_full);
                 warn!(target: "egressd::front", "{client} -> tcp {orig_dst}: worker {w} queue full; reset");
@@ -379,19 +403,35 @@ impl FrontLoop {
         }
     }
 
+    /// One wake-up per worker that was handed connections: an atomic swap,
+    /// and an eventfd write only if the worker sleeps.
+    fn wake_workers(&mut self) {
+        for (w, due) in self.to_wake.iter_mut().enumerate() {
+            if std::mem::take(due) > 0 {
+                self.workers[w].wake();
+            }
+        }
+    }
+
     fn is_own_listener(&self, d: SocketAddr) -> bool {
         self.listeners.iter().any(|(_, a)| *a == d)
     }
 }
 
 /// The connection's original destination (see the module doc).
-fn orig_dst(sock: &SockRef, listen_addr: SocketAddr) -> Option<SocketAddr> {
+fn orig_dst(sock: &SockRef, listen_addr: SocketAddr, conntrack_first: bool) -> Option<SocketAddr> {
+    let conntrack = || {
+        let orig = if listen_addr.is_ipv4() { sock.original_dst_v4() } else { sock.original_dst_v6() };
+        orig.ok().and_then(|a| a.as_socket()).map(unmapped)
+    };
+    if conntrack_first && let Some(d) = conntrack() {
+        return Some(d);
+    }
     let local = unmapped(sock.local_addr().ok()?.as_socket()?);
     if local != listen_addr {
         return Some(local);
     }
-    let orig = if listen_addr.is_ipv4() { sock.original_dst_v4() } else { sock.original_dst_v6() };
-    orig.ok().and_then(|a| a.as_socket()).map(unmapped)
+    if conntrack_first { None } else { conntrack() }
 }
 
 /// The worker for a client: stable per source address, spread evenly.
