@@ -43,9 +43,6 @@ use crate::worker::{Handoff, TcpHandoff, WorkerHandle, reset};
 
 /// How long accepting pauses when the process is out of file descriptors.
 const EMFILE_PAUSE: Duration = Duration::from_millis(100);
-/// Hand-offs to one worker in one turn of the loop after which it is woken
-/// without waiting for the end of the turn (a small share of its queue).
-const WAKE_EVERY: u32 = 64;
 /// Tokens from here on name UDP sockets; below, TCP listeners.
 const UDP_TOKEN: usize = 1 << 16;
 
@@ -180,11 +177,6 @@ pub struct FrontLoop {
     /// The UDP batch being filled for each worker.
     batches: Vec<Option<Box<crate::worker::UdpBatch>>>,
     workers: Vec<WorkerHandle>,
-    /// Connections handed to each worker since it was last woken: each is
-    /// woken once per turn of the loop, after every listener was drained
-    /// (or after [`WAKE_EVERY`] in a long burst, so it is never idle while
-    /// its queue fills).
-    to_wake: Vec<u32>,
     live: Arc<Live>,
     seen: u64,
     shared: Arc<Shared>,
@@ -258,7 +250,6 @@ impl FrontLoop {
             slots: udp::recv_slots(),
             rdata: udp::recv_data(),
             batches: (0..workers.len()).map(|_| None).collect(),
-            to_wake: vec![0; workers.len()],
             workers,
             live,
             seen,
@@ -305,7 +296,6 @@ impl FrontLoop {
                 for i in 0..self.listeners.len() {
                     self.accept_all(i);
                 }
-                self.wake_workers();
                 continue;
             }
             for ev in events.iter() {
@@ -314,7 +304,6 @@ impl FrontLoop {
                     self.accept_all(t);
                 }
             }
-            self.wake_workers();
         }
         debug!(target: "egressd::front", "front {} stopped accepting", self.id);
         Ok(())
@@ -386,30 +375,14 @@ impl FrontLoop {
             source,
         }));
         match self.workers[w].try_send(h) {
-            // Woken after this turn's accepts (`wake_workers`).
-            Ok(()) => {
-                self.to_wake[w] += 1;
-                if self.to_wake[w] >= WAKE_EVERY {
-                    self.to_wake[w] = 0;
-                    self.workers[w].wake();
-                }
-            }
+            // An atomic swap; an eventfd write only if the worker sleeps.
+            Ok(()) => self.workers[w].wake(),
             Err(Handoff::Tcp(h)) => {
                 Counters::inc(&self.counters.drop_queue_full);
                 warn!(target: "egressd::front", "{client} -> tcp {orig_dst}: worker {w} queue full; reset");
                 reset(&SockRef::from(&h.stream));
             }
             Err(_) => unreachable!("a TCP hand-off comes back as TCP"),
-        }
-    }
-
-    /// One wake-up per worker that was handed connections: an atomic swap,
-    /// and an eventfd write only if the worker sleeps.
-    fn wake_workers(&mut self) {
-        for (w, due) in self.to_wake.iter_mut().enumerate() {
-            if std::mem::take(due) > 0 {
-                self.workers[w].wake();
-            }
         }
     }
 
