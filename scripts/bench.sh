@@ -11,7 +11,9 @@
 # EGRESSD=path (default target/release/egressd, built if missing), NO_INSTALL=1,
 # IPT2SOCKS=path (an ipt2socks binary built by hand; adds it to both parts),
 # EGRESSD_BASE=path (adds egressd_base: that binary, interleaved with egressd,
-# for before/after), PROBE=strace|callgrind and PROXY_WRAP (see perop_begin),
+# for before/after), EGRESSD_THREADS=n (egressd's `threads`; default 0, one
+# front loop and one worker per core; EGRESSD_BASE_THREADS for egressd_base), PROBE=perf|strace|callgrind and PROXY_WRAP
+# (see perop_begin),
 # MEASURE="rss tcp wrk dns udp" (any subset: the other metrics are n/a,
 # "not measured"; rss is both RSS figures, tcp the bulk runs and CPU per GB).
 # Latency part (scripts/bench/latency.sh; runs after the others unless
@@ -421,7 +423,8 @@ impl_up_egressd() {
 	    tunnels: { "exit0": Socks5(server: "$EXIT_ADDR:$EXIT_PORT") },
 	    routes: [ (source: "$C_ADDR", tunnel: "exit0") ],
 	    intercept: (sources: ["10.8.0.0/24"], mark: $MARK, table: $TABLE),
-	    control: (socket: "$EG_TMP/egressd.sock"),
+	    control: (socket: "$EG_TMP/egressd.sock"),${EGRESSD_THREADS:+
+	    threads: $EGRESSD_THREADS,}
 	)
 	EOF
 	"$EGRESSD_BIN" check --config "$EG_TMP/egressd.ron" >"$EG_TMP/egressd-check.log" 2>&1 ||
@@ -447,7 +450,7 @@ impl_down_egressd() {
 # the same run as egressd, so that before and after are interleaved.
 impl_up_egressd_base() {
 	[ -x "${EGRESSD_BASE_BIN:-}" ] || { SETUP_ERR="no binary at EGRESSD_BASE=${EGRESSD_BASE:-}"; return 1; }
-	local EGRESSD_BIN=$EGRESSD_BASE_BIN
+	local EGRESSD_BIN=$EGRESSD_BASE_BIN EGRESSD_THREADS=${EGRESSD_BASE_THREADS:-${EGRESSD_THREADS:-}}
 	impl_up_egressd
 }
 impl_down_egressd_base() {
@@ -570,12 +573,21 @@ proc_ctxsw() { # PID -> "voluntary nonvoluntary"
 # perop_begin PREFIX REP / perop_end IMPL REP PREFIX COUNT — the proxy's CPU time and
 # context switches per operation (connection, query) over one load run:
 # PREFIX_cpu_us (user+sys, µs) and PREFIX_wakeups (voluntary switches).
+# PROBE=perf: `perf stat` of syscall and scheduler tracepoints (PERF_EVENTS)
+# on the proxy during each run (OUT/probe/IMPL-conn|dns-REP.perf; little overhead).
 # PROBE=strace: `strace -c -f` on the proxy during each wrk and dnsperf run
 # (counts per syscall in OUT/probe/IMPL-conn|dns-REP.strace; the timing
 # figures of such a run are strace's, not the proxy's). PROBE=callgrind, with
 # PROXY_WRAP="valgrind --tool=callgrind --callgrind-out-file=OUT/probe/cg.%p":
 # counters zeroed before and dumped after each run (callgrind_control).
-PEROP0=""; PROBE_PID=""
+# Voluntary context switches per thread name ("name=n ..."), for the note.
+proc_ctxsw_threads() {
+	local t
+	for t in /proc/"$1"/task/*; do
+		printf '%s=%s\n' "$(cat "$t/comm" 2>/dev/null)" "$(awk '/^voluntary_ctxt_switches/ {print $2}' "$t/status" 2>/dev/null)"
+	done | awk -F= '{v[$1] += $2} END {for (k in v) printf "%s=%d ", k, v[k]}'
+}
+PEROP0=""; PROBE_PID=""; PEROP_T0=""
 perop_begin() {
 	PEROP0=""
 	[ -n "$PROXY_PID" ] || return 0
@@ -586,8 +598,15 @@ perop_begin() {
 		PROBE_PID=$!
 		sleep 1 ;;
 	callgrind) callgrind_control -z "$PROXY_PID" >/dev/null 2>&1 ;;
+	perf)
+		mkdir -p "$OUT/probe"
+		perf stat -e "${PERF_EVENTS:-raw_syscalls:sys_enter,syscalls:sys_enter_write,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_splice,syscalls:sys_enter_recvfrom,sched:sched_wakeup,context-switches}" \
+			-o "$OUT/probe/$1-$2.perf.tmp" -p "$PROXY_PID" 2>/dev/null &
+		PROBE_PID=$!
+		sleep 0.5 ;;
 	esac
 	PEROP0="$(proc_cpu "$PROXY_PID") $(proc_ctxsw "$PROXY_PID")"
+	PEROP_T0=$(proc_ctxsw_threads "$PROXY_PID")
 }
 perop_end() {
 	local impl=$1 rep=$2 pfx=$3 n=$4 c0 v0 n0 c1 v1 n1
@@ -599,17 +618,27 @@ perop_end() {
 		PROBE_PID=""
 		{ echo "# $impl $pfx rep $rep: $n operations"; cat "$OUT/probe/$pfx-$rep.strace.tmp"; } >"$OUT/probe/$impl-$pfx-$rep.strace"
 		rm -f "$OUT/probe/$pfx-$rep.strace.tmp" ;;
+	perf)
+		kill -INT "$PROBE_PID" 2>/dev/null
+		wait "$PROBE_PID" 2>/dev/null
+		PROBE_PID=""
+		{ echo "# $impl $pfx rep $rep: $n operations"; cat "$OUT/probe/$pfx-$rep.perf.tmp"; } >"$OUT/probe/$impl-$pfx-$rep.perf"
+		rm -f "$OUT/probe/$pfx-$rep.perf.tmp" ;;
 	callgrind)
 		callgrind_control -d "$impl-$pfx-$rep-n$n" "$PROXY_PID" >/dev/null 2>&1 ;;
 	esac
 	read -r c0 v0 n0 <<<"$PEROP0"
 	read -r c1 v1 n1 <<<"$(proc_cpu "$PROXY_PID") $(proc_ctxsw "$PROXY_PID")"
+	local per_thread
+	per_thread=$(printf '%s\n%s\n' "$PEROP_T0" "$(proc_ctxsw_threads "$PROXY_PID")" | tr ' ' '\n' | grep = |
+		awk -F= -v n="${n:-0}" '{ if (seen[$1]++) d[$1] = $2 - first[$1]; else first[$1] = $2 }
+			END { if (n > 0) for (k in d) if (d[k] > 0) printf "%s %.3f/op, ", k, d[k] / n }' | sed 's/, $//')
 	if [ -z "$c1" ] || ! [ "${n:-0}" -gt 0 ] 2>/dev/null; then
 		na "$impl" "${pfx}_cpu_us" "$rep" us "no count or /proc unreadable"
 		return 0
 	fi
 	sample "$impl" "${pfx}_cpu_us" "$rep" "$(calc "($c1 - $c0) * 1e6 / $n")" us "$(calc "$c1 - $c0") s CPU over $n"
-	sample "$impl" "${pfx}_wakeups" "$rep" "$(calc "($v1 - $v0) / $n")" "/op" "$((v1 - v0)) voluntary, $((n1 - n0)) involuntary switches over $n"
+	sample "$impl" "${pfx}_wakeups" "$rep" "$(calc "($v1 - $v0) / $n")" "/op" "$((v1 - v0)) voluntary, $((n1 - n0)) involuntary switches over $n${per_thread:+; by thread: $per_thread}"
 }
 proc_rss_mib() { local k; k=$(btool rss "$1" 2>/dev/null) && calc "$k / 1024"; }
 
@@ -858,7 +887,7 @@ run_round() { # IMPL REP
 
 # ---------------------------------------------------------------- main
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 case "${1:-}" in -h|--help) usage; exit 0 ;; esac
 [ "$(id -u)" -eq 0 ] || { echo "scripts/bench.sh needs root (network namespaces)" >&2; exit 1; }
 
