@@ -8,7 +8,8 @@
 #
 # Knobs (environment): OUT=dir (default bench-out/), REPS=n, DUR=seconds,
 # IMPLS="direct egressd redsocks v2ray" (any subset, in the order to interleave),
-# EGRESSD=path (default target/release/egressd, built if missing), NO_INSTALL=1,
+# EGRESSD=path (default: the static build of scripts/build-static.sh if there
+# is one, else target/release/egressd, built if missing), NO_INSTALL=1,
 # IPT2SOCKS=path (an ipt2socks binary built by hand; adds it to both parts),
 # EGRESSD_BASE=path (adds egressd_base: that binary, interleaved with egressd,
 # for before/after), EGRESSD_THREADS=n (egressd's `threads`; default 0, one
@@ -414,7 +415,14 @@ impl_down_direct() {
 	return 0
 }
 
-EGRESSD_BIN=${EGRESSD:-$REPO/target/release/egressd}
+# The static musl build is what users run (scripts/build-static.sh): taken
+# when it exists, else the glibc release build.
+EGRESSD_MUSL=$REPO/target/x86_64-unknown-linux-musl/release/egressd
+if [ -z "${EGRESSD:-}" ] && [ -x "$EGRESSD_MUSL" ]; then
+	EGRESSD_BIN=$EGRESSD_MUSL
+else
+	EGRESSD_BIN=${EGRESSD:-$REPO/target/release/egressd}
+fi
 impl_up_egressd() {
 	[ -x "$EGRESSD_BIN" ] || { SETUP_ERR="no egressd binary at $EGRESSD_BIN"; return 1; }
 	cat >"$EG_TMP/egressd.ron" <<-EOF
@@ -600,7 +608,7 @@ perop_begin() {
 	callgrind) callgrind_control -z "$PROXY_PID" >/dev/null 2>&1 ;;
 	perf)
 		mkdir -p "$OUT/probe"
-		perf stat -e "${PERF_EVENTS:-raw_syscalls:sys_enter,syscalls:sys_enter_write,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_splice,syscalls:sys_enter_recvfrom,sched:sched_wakeup,context-switches}" \
+		perf stat -e "${PERF_EVENTS:-raw_syscalls:sys_enter,syscalls:sys_enter_write,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_splice,syscalls:sys_enter_recvfrom,sched:sched_wakeup,context-switches}" \
 			-o "$OUT/probe/$1-$2.perf.tmp" -p "$PROXY_PID" 2>/dev/null &
 		PROBE_PID=$!
 		sleep 0.5 ;;
@@ -887,7 +895,7 @@ run_round() { # IMPL REP
 
 # ---------------------------------------------------------------- main
 
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 case "${1:-}" in -h|--help) usage; exit 0 ;; esac
 [ "$(id -u)" -eq 0 ] || { echo "scripts/bench.sh needs root (network namespaces)" >&2; exit 1; }
 
@@ -998,6 +1006,18 @@ if [ "$LAT_ONLY" != 1 ]; then
 	if [ -s "$OUT/perop.txt" ]; then
 		{ echo "proxy CPU (user+sys) and voluntary context switches per connection (wrk) and per query (dnsperf):"; cat "$OUT/perop.txt"; } >"$OUT/perop.tmp" && mv "$OUT/perop.tmp" "$OUT/perop.txt"
 		say ""; cat "$OUT/perop.txt"
+	fi
+	# PROBE=perf: each counted event per operation, medians over the repetitions.
+	if ls "$OUT"/probe/*.perf >/dev/null 2>&1; then
+		for f in "$OUT"/probe/*.perf; do
+			b=${f##*/}; b=${b%.perf}
+			awk -v k="${b%-*}" 'NR == 1 { n = $(NF - 1) } $2 ~ /:|context-switches/ && $1 ~ /^[0-9,]+$/ {
+				gsub(",", "", $1); e = $2; sub(/.*:(sys_enter_)?/, "", e); if (n > 0) print k, e, $1 / n }' "$f"
+		done | sort -k1,1 -k2,2 -k3,3g |
+			awk 'function out() { if (c) printf "%-22s %-18s %8.3f (median of %d)\n", kk, ke, (c % 2) ? a[(c + 1) / 2] : (a[c / 2] + a[c / 2 + 1]) / 2, c }
+				$1 != kk || $2 != ke { out(); kk = $1; ke = $2; c = 0 } { a[++c] = $3 } END { out() }' >"$OUT/probe.txt"
+		{ echo "per operation (perf stat on the proxy; sys_enter = all syscalls):"; cat "$OUT/probe.txt"; } >"$OUT/probe.tmp" && mv "$OUT/probe.tmp" "$OUT/probe.txt"
+		say ""; cat "$OUT/probe.txt"
 	fi
 	[ -s "$OUT/latency.txt" ] && { say ""; cat "$OUT/latency.txt"; }
 fi
