@@ -8,8 +8,15 @@
 #
 # Knobs (environment): OUT=dir (default bench-out/), REPS=n, DUR=seconds,
 # IMPLS="direct egressd redsocks v2ray" (any subset, in the order to interleave),
-# EGRESSD=path (default target/release/egressd, built if missing), NO_INSTALL=1,
-# IPT2SOCKS=path (an ipt2socks binary built by hand; adds it to both parts).
+# EGRESSD=path (default: the static build of scripts/build-static.sh if there
+# is one, else target/release/egressd, built if missing), NO_INSTALL=1,
+# IPT2SOCKS=path (an ipt2socks binary built by hand; adds it to both parts),
+# EGRESSD_BASE=path (adds egressd_base: that binary, interleaved with egressd,
+# for before/after), EGRESSD_THREADS=n (egressd's `threads`; default 0, one
+# front loop and one worker per core; EGRESSD_BASE_THREADS for egressd_base), PROBE=perf|strace|callgrind and PROXY_WRAP
+# (see perop_begin),
+# MEASURE="rss tcp wrk dns udp" (any subset: the other metrics are n/a,
+# "not measured"; rss is both RSS figures, tcp the bulk runs and CPU per GB).
 # Latency part (scripts/bench/latency.sh; runs after the others unless
 # LATENCY=0): RTT=ms (50), LAT_N=probes per metric (200), LAT_REPS=n (2,
 # interleaved), LAT_BURST=n (64), LAT_GAP=RTTs between single probes (2),
@@ -51,6 +58,7 @@
 # Output in OUT: samples.tsv (impl, metric, repetition, value, unit, note; a
 # failed measurement is "n/a" with its reason), table.txt (medians, min..max,
 # ratios, issue 5's targets), summary.tsv, ratios.png (gnuplot), env.txt,
+# perop.txt (the proxy's CPU µs and wake-ups per connection and per query),
 # logs/ (the daemons' logs). The root namespace is never configured; processes
 # are stopped by PID; every load is bounded in count and time.
 
@@ -69,7 +77,8 @@ else
 	REPS=${REPS:-3}
 	DUR=${DUR:-4}
 fi
-IMPLS=${IMPLS:-"direct egressd redsocks v2ray${IPT2SOCKS:+ ipt2socks}"}
+IMPLS=${IMPLS:-"direct egressd${EGRESSD_BASE:+ egressd_base} redsocks v2ray${IPT2SOCKS:+ ipt2socks}"}
+MEASURE=${MEASURE:-"rss tcp wrk dns udp"}
 LAT_ONLY=${LAT_ONLY:-0}
 LATENCY=${LATENCY:-1}
 [ "$LAT_ONLY" = 1 ] && LATENCY=1
@@ -374,7 +383,8 @@ manual_rules_down() {
 # proxy_start NAME LOG CMD... — run a proxy in gw, wait for its TCP listener.
 proxy_start() {
 	local name=$1 logf=$2; shift 2
-	eg_spawn "$NS_GW" "$logf" "$@"
+	# shellcheck disable=SC2086 # PROXY_WRAP is words (e.g. valgrind and its options)
+	eg_spawn "$NS_GW" "$logf" ${PROXY_WRAP:-} "$@"
 	PROXY_PID=$EG_LAST_PID
 	if ! wait_until 15 proxy_up_or_dead || ! pid_alive "$PROXY_PID"; then
 		SETUP_ERR="$name did not start: $(tail -n 3 "$logf" | tr '\n' ' ')"
@@ -405,7 +415,14 @@ impl_down_direct() {
 	return 0
 }
 
-EGRESSD_BIN=${EGRESSD:-$REPO/target/release/egressd}
+# The static musl build is what users run (scripts/build-static.sh): taken
+# when it exists, else the glibc release build.
+EGRESSD_MUSL=$REPO/target/x86_64-unknown-linux-musl/release/egressd
+if [ -z "${EGRESSD:-}" ] && [ -x "$EGRESSD_MUSL" ]; then
+	EGRESSD_BIN=$EGRESSD_MUSL
+else
+	EGRESSD_BIN=${EGRESSD:-$REPO/target/release/egressd}
+fi
 impl_up_egressd() {
 	[ -x "$EGRESSD_BIN" ] || { SETUP_ERR="no egressd binary at $EGRESSD_BIN"; return 1; }
 	cat >"$EG_TMP/egressd.ron" <<-EOF
@@ -414,7 +431,8 @@ impl_up_egressd() {
 	    tunnels: { "exit0": Socks5(server: "$EXIT_ADDR:$EXIT_PORT") },
 	    routes: [ (source: "$C_ADDR", tunnel: "exit0") ],
 	    intercept: (sources: ["10.8.0.0/24"], mark: $MARK, table: $TABLE),
-	    control: (socket: "$EG_TMP/egressd.sock"),
+	    control: (socket: "$EG_TMP/egressd.sock"),${EGRESSD_THREADS:+
+	    threads: $EGRESSD_THREADS,}
 	)
 	EOF
 	"$EGRESSD_BIN" check --config "$EG_TMP/egressd.ron" >"$EG_TMP/egressd-check.log" 2>&1 ||
@@ -434,6 +452,18 @@ impl_down_egressd() {
 			nsx "$NS_GW" sh -e "$EG_TMP/egressd-unrules.sh" >>"$EG_TMP/rules.log" 2>&1
 	fi
 	return 0
+}
+
+# egressd_base: egressd from EGRESSD_BASE=path (a build before a change), in
+# the same run as egressd, so that before and after are interleaved.
+impl_up_egressd_base() {
+	[ -x "${EGRESSD_BASE_BIN:-}" ] || { SETUP_ERR="no binary at EGRESSD_BASE=${EGRESSD_BASE:-}"; return 1; }
+	local EGRESSD_BIN=$EGRESSD_BASE_BIN EGRESSD_THREADS=${EGRESSD_BASE_THREADS:-${EGRESSD_THREADS:-}}
+	impl_up_egressd
+}
+impl_down_egressd_base() {
+	local EGRESSD_BIN=$EGRESSD_BASE_BIN
+	impl_down_egressd
 }
 
 impl_up_redsocks() {
@@ -496,12 +526,15 @@ impl_up_v2ray() {
 impl_down_v2ray() { proxy_stop; manual_rules_down; }
 
 # ipt2socks (C, libev; not packaged): only with IPT2SOCKS=path, built by hand
-# outside the repo. One thread, REDIRECT for TCP (-R), TPROXY for UDP.
+# outside the repo. One thread, REDIRECT for TCP (-R), TPROXY for UDP. -R
+# comes first: it sets the listen addresses to the wildcard, and a -b before
+# it would be lost (ipt2socks then listened on 0.0.0.0 and the bench, waiting
+# for $GW_ADDR:$PORT, said it "did not start").
 impl_up_ipt2socks() {
 	[ -x "${IPT2SOCKS:-}" ] || { SETUP_ERR="no ipt2socks binary (IPT2SOCKS=path)"; return 1; }
 	manual_rules_up || { SETUP_ERR="iptables rules failed: $(tail -n 3 "$EG_TMP/rules.log" | tr '\n' ' ')"; return 1; }
-	proxy_start ipt2socks "$EG_TMP/ipt2socks.log" "$IPT2SOCKS" -s "$EXIT_ADDR" -p "$EXIT_PORT" \
-		-b "$GW_ADDR" -l "$PORT" -j 1 -4 -R
+	proxy_start ipt2socks "$EG_TMP/ipt2socks.log" "$IPT2SOCKS" -R -4 -j 1 -s "$EXIT_ADDR" -p "$EXIT_PORT" \
+		-b "$GW_ADDR" -l "$PORT"
 }
 impl_down_ipt2socks() { proxy_stop; manual_rules_down; }
 
@@ -539,6 +572,82 @@ kv() { # KEY LINE — value of KEY=... in a line of key=value words
 calc() { awk "BEGIN { printf \"%.6g\", ($1) }"; }
 
 proc_cpu() { btool cpu "$1" 2>/dev/null || echo ""; }
+# Context switches of all of PID's threads (voluntary = a thread slept and
+# was woken: the wake-ups a hand-off between threads costs).
+proc_ctxsw() { # PID -> "voluntary nonvoluntary"
+	cat /proc/"$1"/task/*/status 2>/dev/null |
+		awk '/^voluntary_ctxt_switches/ {v += $2} /^nonvoluntary_ctxt_switches/ {n += $2} END {print v + 0, n + 0}'
+}
+# perop_begin PREFIX REP / perop_end IMPL REP PREFIX COUNT — the proxy's CPU time and
+# context switches per operation (connection, query) over one load run:
+# PREFIX_cpu_us (user+sys, µs) and PREFIX_wakeups (voluntary switches).
+# PROBE=perf: `perf stat` of syscall and scheduler tracepoints (PERF_EVENTS)
+# on the proxy during each run (OUT/probe/IMPL-conn|dns-REP.perf; little overhead).
+# PROBE=strace: `strace -c -f` on the proxy during each wrk and dnsperf run
+# (counts per syscall in OUT/probe/IMPL-conn|dns-REP.strace; the timing
+# figures of such a run are strace's, not the proxy's). PROBE=callgrind, with
+# PROXY_WRAP="valgrind --tool=callgrind --callgrind-out-file=OUT/probe/cg.%p":
+# counters zeroed before and dumped after each run (callgrind_control).
+# Voluntary context switches per thread name ("name=n ..."), for the note.
+proc_ctxsw_threads() {
+	local t
+	for t in /proc/"$1"/task/*; do
+		printf '%s=%s\n' "$(cat "$t/comm" 2>/dev/null)" "$(awk '/^voluntary_ctxt_switches/ {print $2}' "$t/status" 2>/dev/null)"
+	done | awk -F= '{v[$1] += $2} END {for (k in v) printf "%s=%d ", k, v[k]}'
+}
+PEROP0=""; PROBE_PID=""; PEROP_T0=""
+perop_begin() {
+	PEROP0=""
+	[ -n "$PROXY_PID" ] || return 0
+	case ${PROBE:-} in
+	strace)
+		mkdir -p "$OUT/probe"
+		strace -f -c -o "$OUT/probe/$1-$2.strace.tmp" -p "$PROXY_PID" 2>/dev/null &
+		PROBE_PID=$!
+		sleep 1 ;;
+	callgrind) callgrind_control -z "$PROXY_PID" >/dev/null 2>&1 ;;
+	perf)
+		mkdir -p "$OUT/probe"
+		perf stat -e "${PERF_EVENTS:-raw_syscalls:sys_enter,syscalls:sys_enter_write,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_splice,syscalls:sys_enter_recvfrom,sched:sched_wakeup,context-switches}" \
+			-o "$OUT/probe/$1-$2.perf.tmp" -p "$PROXY_PID" 2>/dev/null &
+		PROBE_PID=$!
+		sleep 0.5 ;;
+	esac
+	PEROP0="$(proc_cpu "$PROXY_PID") $(proc_ctxsw "$PROXY_PID")"
+	PEROP_T0=$(proc_ctxsw_threads "$PROXY_PID")
+}
+perop_end() {
+	local impl=$1 rep=$2 pfx=$3 n=$4 c0 v0 n0 c1 v1 n1
+	[ -n "$PROXY_PID" ] && [ -n "$PEROP0" ] || return 0
+	case ${PROBE:-} in
+	strace)
+		kill -INT "$PROBE_PID" 2>/dev/null
+		wait "$PROBE_PID" 2>/dev/null
+		PROBE_PID=""
+		{ echo "# $impl $pfx rep $rep: $n operations"; cat "$OUT/probe/$pfx-$rep.strace.tmp"; } >"$OUT/probe/$impl-$pfx-$rep.strace"
+		rm -f "$OUT/probe/$pfx-$rep.strace.tmp" ;;
+	perf)
+		kill -INT "$PROBE_PID" 2>/dev/null
+		wait "$PROBE_PID" 2>/dev/null
+		PROBE_PID=""
+		{ echo "# $impl $pfx rep $rep: $n operations"; cat "$OUT/probe/$pfx-$rep.perf.tmp"; } >"$OUT/probe/$impl-$pfx-$rep.perf"
+		rm -f "$OUT/probe/$pfx-$rep.perf.tmp" ;;
+	callgrind)
+		callgrind_control -d "$impl-$pfx-$rep-n$n" "$PROXY_PID" >/dev/null 2>&1 ;;
+	esac
+	read -r c0 v0 n0 <<<"$PEROP0"
+	read -r c1 v1 n1 <<<"$(proc_cpu "$PROXY_PID") $(proc_ctxsw "$PROXY_PID")"
+	local per_thread
+	per_thread=$(printf '%s\n%s\n' "$PEROP_T0" "$(proc_ctxsw_threads "$PROXY_PID")" | tr ' ' '\n' | grep = |
+		awk -F= -v n="${n:-0}" '{ if (seen[$1]++) d[$1] = $2 - first[$1]; else first[$1] = $2 }
+			END { if (n > 0) for (k in d) if (d[k] > 0) printf "%s %.3f/op, ", k, d[k] / n }' | sed 's/, $//')
+	if [ -z "$c1" ] || ! [ "${n:-0}" -gt 0 ] 2>/dev/null; then
+		na "$impl" "${pfx}_cpu_us" "$rep" us "no count or /proc unreadable"
+		return 0
+	fi
+	sample "$impl" "${pfx}_cpu_us" "$rep" "$(calc "($c1 - $c0) * 1e6 / $n")" us "$(calc "$c1 - $c0") s CPU over $n"
+	sample "$impl" "${pfx}_wakeups" "$rep" "$(calc "($v1 - $v0) / $n")" "/op" "$((v1 - v0)) voluntary, $((n1 - n0)) involuntary switches over $n${per_thread:+; by thread: $per_thread}"
+}
 proc_rss_mib() { local k; k=$(btool rss "$1" 2>/dev/null) && calc "$k / 1024"; }
 
 # ---------------------------------------------------------------- path check
@@ -693,7 +802,9 @@ measure_tcp() { # IMPL REP
 
 measure_wrk() { # IMPL REP
 	local impl=$1 rep=$2 out rps err
+	perop_begin conn "$rep"
 	out=$(tmo $((DUR + 15)) "$NS_C" wrk -t1 -c32 -d"${DUR}s" --timeout 2s -H 'Connection: close' "http://$TARGET/" 2>&1)
+	perop_end "$impl" "$rep" conn "$(printf '%s\n' "$out" | awk '/ requests in / {print $1}')"
 	rps=$(printf '%s\n' "$out" | awk '/^Requests\/sec:/ {print $2}')
 	err=$(printf '%s\n' "$out" | grep -E 'Socket errors|Non-2xx' | tr -s ' ' | tr '\n' ';' | sed 's/;$//')
 	if [ -n "$rps" ]; then
@@ -705,7 +816,9 @@ measure_wrk() { # IMPL REP
 
 measure_dns() { # IMPL REP
 	local impl=$1 rep=$2 out qps lost
+	perop_begin dns "$rep"
 	out=$(tmo $((DUR + 15)) "$NS_C" dnsperf -s "$DNS_ADDR" -d "$EG_TMP/dnsperf.q" -l "$DUR" -c 4 -q 200 -t 2 2>&1)
+	perop_end "$impl" "$rep" dns "$(printf '%s\n' "$out" | awk '/Queries completed:/ {print $3}')"
 	qps=$(printf '%s\n' "$out" | awk '/Queries per second:/ {print $4}')
 	lost=$(printf '%s\n' "$out" | sed -n 's/.*Queries lost: *[0-9]* (\([0-9.]*\)%).*/\1/p')
 	if [ -n "$qps" ] && [ -n "$lost" ]; then
@@ -731,6 +844,18 @@ measure_udp() { # IMPL REP
 	fi
 }
 
+not_measured() { # IMPL REP PART — the PART's metrics as n/a (MEASURE left it out)
+	local m
+	case $3 in
+	rss) m="rss_1000:MiB" ;;
+	tcp) m="tcp_1stream:Gbit/s tcp_4streams:Gbit/s tcp_download:Gbit/s cpu_per_gb:s/GB" ;;
+	wrk) m="tcp_conn_rate:conn/s" ;;
+	dns) m="dns_qps:q/s dns_loss:%" ;;
+	udp) m="udp_rate:Mbit/s udp_loss:%" ;;
+	esac
+	for m in $m; do na "$1" "${m%%:*}" "$2" "${m#*:}" "not measured (MEASURE=$MEASURE)"; done
+}
+
 run_round() { # IMPL REP
 	local impl=$1 rep=$2
 	say "== $impl, repetition $rep/$REPS ($(( $(date +%s) - T0 )) s)"
@@ -751,11 +876,17 @@ run_round() { # IMPL REP
 		"impl_down_$impl"
 		return
 	fi
-	measure_rss_1000 "$impl" "$rep"
-	measure_tcp "$impl" "$rep"
-	measure_wrk "$impl" "$rep"
-	measure_dns "$impl" "$rep"
-	measure_udp "$impl" "$rep"
+	local part
+	for part in rss tcp wrk dns udp; do
+		if [[ " $MEASURE " == *" $part "* ]]; then
+			case $part in
+			rss) measure_rss_1000 "$impl" "$rep" ;;
+			*) "measure_$part" "$impl" "$rep" ;;
+			esac
+		else
+			not_measured "$impl" "$rep" "$part"
+		fi
+	done
 	if [ -n "$PROXY_PID" ] && ! pid_alive "$PROXY_PID"; then
 		say "  WARNING: $impl exited during the round; its log: $(tail -n 3 "$EG_TMP/$impl.log" 2>/dev/null | tr '\n' ' ')"
 	fi
@@ -764,7 +895,7 @@ run_round() { # IMPL REP
 
 # ---------------------------------------------------------------- main
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 case "${1:-}" in -h|--help) usage; exit 0 ;; esac
 [ "$(id -u)" -eq 0 ] || { echo "scripts/bench.sh needs root (network namespaces)" >&2; exit 1; }
 
@@ -812,6 +943,11 @@ if [ -x "$EGRESSD_BIN" ]; then
 	EGRESSD_SRC=$EGRESSD_BIN
 	EGRESSD_BIN="$EG_TMP/egressd.bin"
 fi
+EGRESSD_BASE_BIN=""
+if [ -n "${EGRESSD_BASE:-}" ] && [ -x "$EGRESSD_BASE" ]; then
+	cp -p "$EGRESSD_BASE" "$EG_TMP/egressd-base.bin"
+	EGRESSD_BASE_BIN="$EG_TMP/egressd-base.bin"
+fi
 
 mkdir -p "$OUT"
 rm -rf "$OUT/logs"
@@ -819,9 +955,10 @@ SAMPLES="$OUT/samples.tsv"
 printf 'impl\tmetric\trep\tvalue\tunit\tnote\n' >"$SAMPLES"
 {
 	echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-	echo "command: QUICK=$QUICK REPS=$REPS DUR=$DUR IMPLS=\"$IMPLS\" LAT_ONLY=$LAT_ONLY LATENCY=$LATENCY RTT=$RTT LAT_N=$LAT_N LAT_REPS=$LAT_REPS LAT_BURST=$LAT_BURST LAT_GAP=$LAT_GAP scripts/bench.sh"
+	echo "command: QUICK=$QUICK REPS=$REPS DUR=$DUR IMPLS=\"$IMPLS\" MEASURE=\"$MEASURE\" LAT_ONLY=$LAT_ONLY LATENCY=$LATENCY RTT=$RTT LAT_N=$LAT_N LAT_REPS=$LAT_REPS LAT_BURST=$LAT_BURST LAT_GAP=$LAT_GAP scripts/bench.sh"
 	echo "host: $(uname -srm), $(nproc) CPUs, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//')"
 	echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+	[ -n "$EGRESSD_BASE_BIN" ] && echo "egressd_base: $EGRESSD_BASE (sha256 $(sha256sum "$EGRESSD_BASE_BIN" | cut -c1-12))"
 	echo "egressd: ${EGRESSD_SRC:-$EGRESSD_BIN} (sha256 $(sha256sum "$EGRESSD_BIN" 2>/dev/null | cut -c1-12)), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet 2>/dev/null || echo ' (dirty tree)'), built $(date -u -r "$EGRESSD_BIN" '+%Y-%m-%d %H:%M' 2>/dev/null)"
 	for p in v2ray redsocks iperf3 nginx-light wrk dnsperf nsd; do
 		echo "$p: $(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || echo '?')"
@@ -858,6 +995,29 @@ if [ "$LAT_ONLY" != 1 ]; then
 		else
 			log "gnuplot failed: $(tail -n 3 "$EG_TMP/gnuplot.log")"
 		fi
+	fi
+	# Per-operation costs (not in benchtool's table): medians per implementation.
+	awk -F'\t' 'NR > 1 && $2 ~ /_(cpu_us|wakeups)$/ && $4 != "n/a" { print $2, $1, $4, $5 }' "$SAMPLES" |
+		sort -k1,1 -k2,2 -k3,3g |
+		awk 'function out() { if (n) printf "%-14s %-10s %10.4g %-4s (median of %d:%s)\n", km, ki, (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2, ku, n, all }
+			$1 != km || $2 != ki { out(); km = $1; ki = $2; ku = $4; n = 0; all = "" }
+			{ a[++n] = $3; all = all " " $3 }
+			END { out() }' >"$OUT/perop.txt"
+	if [ -s "$OUT/perop.txt" ]; then
+		{ echo "proxy CPU (user+sys) and voluntary context switches per connection (wrk) and per query (dnsperf):"; cat "$OUT/perop.txt"; } >"$OUT/perop.tmp" && mv "$OUT/perop.tmp" "$OUT/perop.txt"
+		say ""; cat "$OUT/perop.txt"
+	fi
+	# PROBE=perf: each counted event per operation, medians over the repetitions.
+	if ls "$OUT"/probe/*.perf >/dev/null 2>&1; then
+		for f in "$OUT"/probe/*.perf; do
+			b=${f##*/}; b=${b%.perf}
+			awk -v k="${b%-*}" 'NR == 1 { n = $(NF - 1) } $2 ~ /:|context-switches/ && $1 ~ /^[0-9,]+$/ {
+				gsub(",", "", $1); e = $2; sub(/.*:(sys_enter_)?/, "", e); if (n > 0) print k, e, $1 / n }' "$f"
+		done | sort -k1,1 -k2,2 -k3,3g |
+			awk 'function out() { if (c) printf "%-22s %-18s %8.3f (median of %d)\n", kk, ke, (c % 2) ? a[(c + 1) / 2] : (a[c / 2] + a[c / 2 + 1]) / 2, c }
+				$1 != kk || $2 != ke { out(); kk = $1; ke = $2; c = 0 } { a[++c] = $3 } END { out() }' >"$OUT/probe.txt"
+		{ echo "per operation (perf stat on the proxy; sys_enter = all syscalls):"; cat "$OUT/probe.txt"; } >"$OUT/probe.tmp" && mv "$OUT/probe.tmp" "$OUT/probe.txt"
+		say ""; cat "$OUT/probe.txt"
 	fi
 	[ -s "$OUT/latency.txt" ] && { say ""; cat "$OUT/latency.txt"; }
 fi

@@ -12,6 +12,12 @@
 //!   equal                                          → REDIRECT: orig_dst = SO_ORIGINAL_DST
 //!   orig_dst is one of our listeners (or unknown)  → closed (loop guard)
 //! ```
+//!
+//! With `intercept.tcp: Redirect` (the default) conntrack is asked first, so
+//! a REDIRECTed connection costs one syscall (getsockopt) instead of two: for
+//! a TPROXY'd connection conntrack's original destination is the untouched
+//! one, which is the local address, and without a conntrack entry (TPROXY,
+//! no conntrack) the local address is read as above.
 
 mod udp;
 
@@ -28,7 +34,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, SockRef, Socket, Type};
 
-use crate::config::{Settings, Tunnel};
+use crate::config::{Settings, TcpIntercept, Tunnel};
 use crate::docker::{LabelVerdict, Labels};
 use crate::route::Cidr;
 use crate::stats::Counters;
@@ -344,7 +350,8 @@ impl FrontLoop {
     fn dispatch(&mut self, stream: std::net::TcpStream, client: SocketAddr, listener: usize) {
         let sock = SockRef::from(&stream);
         let listen_addr = self.listeners[listener].1;
-        let orig_dst = match orig_dst(&sock, listen_addr) {
+        let conntrack_first = self.shared.settings.intercept.tcp == TcpIntercept::Redirect;
+        let orig_dst = match orig_dst(&sock, listen_addr, conntrack_first) {
             Some(d) if !self.is_own_listener(d) => d,
             other => {
                 Counters::inc(&self.counters.drop_loop_guard);
@@ -385,13 +392,19 @@ impl FrontLoop {
 }
 
 /// The connection's original destination (see the module doc).
-fn orig_dst(sock: &SockRef, listen_addr: SocketAddr) -> Option<SocketAddr> {
+fn orig_dst(sock: &SockRef, listen_addr: SocketAddr, conntrack_first: bool) -> Option<SocketAddr> {
+    let conntrack = || {
+        let orig = if listen_addr.is_ipv4() { sock.original_dst_v4() } else { sock.original_dst_v6() };
+        orig.ok().and_then(|a| a.as_socket()).map(unmapped)
+    };
+    if conntrack_first && let Some(d) = conntrack() {
+        return Some(d);
+    }
     let local = unmapped(sock.local_addr().ok()?.as_socket()?);
     if local != listen_addr {
         return Some(local);
     }
-    let orig = if listen_addr.is_ipv4() { sock.original_dst_v4() } else { sock.original_dst_v6() };
-    orig.ok().and_then(|a| a.as_socket()).map(unmapped)
+    if conntrack_first { None } else { conntrack() }
 }
 
 /// The worker for a client: stable per source address, spread evenly.
