@@ -48,6 +48,7 @@ use crate::route::Cidr;
 use crate::stats::{Counters, Registry, Tally};
 use crate::upstream::{self, Handshake, HandshakeError, Progress, Socks5Handshake};
 use slab::{Kind, Slab};
+use crate::udp::FoldState;
 use std::collections::HashMap;
 pub use udp::{UdpBatch, UdpItem};
 
@@ -199,8 +200,9 @@ pub struct WorkerLoop {
     counters: Arc<Counters>,
     registry: Arc<Registry>,
     /// This worker's counters per tunnel name and per route source.
-    per_tunnel: HashMap<String, Arc<Counters>>,
-    per_source: HashMap<Option<Cidr>, Arc<Counters>>,
+    /// (Keyed by a fast keyed hash: looked up for every new flow.)
+    per_tunnel: HashMap<String, Arc<Counters>, FoldState>,
+    per_source: HashMap<Option<Cidr>, Arc<Counters>, FoldState>,
     fail_log: Arc<FailLog>,
     udp: udp::Udp,
     /// Pooled DNS-over-TCP connections (slots in `udp.dns`), see `dns`.
@@ -208,7 +210,7 @@ pub struct WorkerLoop {
     /// Connections being greeted for warm pools.
     warming: Slab<warm::Warm>,
     /// Tunnel name → its pool (cleared on reload).
-    pool_cache: HashMap<String, Option<Arc<crate::pool::TunnelPool>>>,
+    pool_cache: HashMap<String, Option<Arc<crate::pool::TunnelPool>>, FoldState>,
     next_pool_tick: Instant,
     recycle: Sender<Box<UdpBatch>>,
     sleeping: Arc<AtomicBool>,
@@ -268,13 +270,13 @@ impl WorkerLoop {
             settings: Arc::clone(&settings),
             counters,
             registry,
-            per_tunnel: HashMap::new(),
-            per_source: HashMap::new(),
+            per_tunnel: HashMap::default(),
+            per_source: HashMap::default(),
             fail_log,
             udp: udp::Udp::new(&settings.udp, settings.threads),
             dns_pool: HashMap::new(),
             warming: Slab::default(),
-            pool_cache: HashMap::new(),
+            pool_cache: HashMap::default(),
             next_pool_tick: Instant::now(),
             recycle,
             sleeping: Arc::new(AtomicBool::new(false)),
@@ -579,10 +581,14 @@ impl WorkerLoop {
                             return Some(End::Failed("connect", connect_error(&f.tunnel, e)));
                         }
                     }
-                    match f.upstream.peer_addr() {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == ErrorKind::NotConnected => return None,
-                        Err(e) => return Some(End::Failed("connect", connect_error(&f.tunnel, e))),
+                    // Writable with no error is connected; only other wake-ups
+                    // (hang-up, error flags) need the getpeername to tell.
+                    if !ev.is_writable() || ev.is_error() {
+                        match f.upstream.peer_addr() {
+                            Ok(_) => {}
+                            Err(e) if e.kind() == ErrorKind::NotConnected => return None,
+                            Err(e) => return Some(End::Failed("connect", connect_error(&f.tunnel, e))),
+                        }
                     }
                     let _ = keepalive(&SockRef::from(&f.upstream));
                     let _ = f.upstream.set_nodelay(true);
