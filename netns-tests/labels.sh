@@ -13,7 +13,8 @@
 #      container is rejected (TCP reset, nothing leaks) until the route is live
 #   L  with the socket there: labelled containers leave by their own exit for
 #      TCP v4/v6, UDP and DNS via Docker's embedded DNS; time from `docker run`
-#      returning to the route being live is measured
+#      returning to the route being live is measured; `egressd stats` and
+#      `egressd top` name the container on its source's row
 #   U  an unlabelled container is rejected, nothing leaks
 #   T  a label naming an unknown tunnel: rejected, counted once, doctor FAILs
 #   R  relabel by re-creating: the new exit; restart keeps the exit
@@ -30,7 +31,7 @@ set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
-plan_checks 22
+plan_checks 23
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
 # shellcheck source=tools/docker_lib.sh
@@ -186,6 +187,13 @@ if [ -n "$row" ]; then
 	pass "L6 stats name a label-routed source by its container: $(printf '%s' "$row" | awk '{ print $1, $2 }')"
 else
 	fail "L6 stats should name w2's source by its container" "$(ctl stats 2>&1 | grep -F "$A2" | head -n 2 | tr '\n' ' ')"
+fi
+# `egressd top` (plain snapshot: stdout is not a terminal) names it too.
+trow=$(ctl top --once 2>/dev/null | grep -F "$A2/32 (w2)")
+if [ -n "$trow" ]; then
+	pass "L7 egressd top names the container on its source's row: $(printf '%s' "$trow" | awk '{ print $1, $2, $3 }')"
+else
+	fail "L7 egressd top should name w2 on its row" "$(ctl top --once 2>&1 | head -n 6 | tr '\n' '|')"
 fi
 
 # ------------------------------------------------------------------ U unlabelled

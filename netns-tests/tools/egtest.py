@@ -125,6 +125,22 @@ async def start_tcp(handler, host, port, **kw):
     return await asyncio.start_server(handler, host=host, port=port, backlog=4096, reuse_address=True, **kw)
 
 
+async def pump(reader, writer, quiet=(OSError,)):
+    """Copy one direction until EOF, then pass the EOF on (half-close).
+    Exceptions of the QUIET kinds end it silently."""
+    try:
+        while True:
+            b = await reader.read(65536)
+            if not b:
+                break
+            writer.write(b)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except quiet:
+        pass
+
+
 def dispatch(table, cmd, args, errors=(OSError, ValueError)):
     if cmd not in table:
         print(f"unknown command {cmd}", file=sys.stderr)

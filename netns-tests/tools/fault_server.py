@@ -74,6 +74,7 @@ import sys
 import time
 
 from egtest import dispatch, family, mark_ready, out, raise_nofile, start_tcp
+from egtest import pump as egtest_pump
 
 
 # ------------------------------------------------------------------ SOCKS5 bits
@@ -136,17 +137,7 @@ async def hang(reader, secs=60):
 
 
 async def pump(reader, writer):
-    try:
-        while True:
-            b = await reader.read(65536)
-            if not b:
-                break
-            writer.write(b)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (OSError, asyncio.CancelledError):
-        pass
+    await egtest_pump(reader, writer, quiet=(OSError, asyncio.CancelledError))
 
 
 async def relay_tcp(cr, cw, ur, uw):

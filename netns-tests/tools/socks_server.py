@@ -88,7 +88,7 @@ import termios
 import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
-from egtest import raise_nofile  # noqa: E402 (after dont_write_bytecode)
+from egtest import pump, raise_nofile  # noqa: E402 (after dont_write_bytecode)
 
 NEGOTIATE_TIMEOUT = 30
 IDLE_MAX = 300
@@ -331,20 +331,6 @@ class Server:
                         w.close()
                     except OSError:
                         pass
-
-
-async def pump(r, w):
-    try:
-        while True:
-            b = await r.read(65536)
-            if not b:
-                break
-            w.write(b)
-            await w.drain()
-        if w.can_write_eof():
-            w.write_eof()
-    except OSError:
-        pass
 
 
 async def serve(addr, port, srv, ready):

@@ -46,9 +46,9 @@ use crate::config::{Credentials, Settings, Tunnel, TunnelKind};
 use crate::relay::{PipePool, Pump, PumpError, Pumped, RelayCtx};
 use crate::route::Cidr;
 use crate::stats::{Counters, Registry, Tally};
+use crate::udp::FoldState;
 use crate::upstream::{self, Handshake, HandshakeError, Progress, Socks5Handshake};
 use slab::{Kind, Slab};
-use crate::udp::FoldState;
 use std::collections::HashMap;
 pub use udp::{UdpBatch, UdpItem};
 
