@@ -620,18 +620,12 @@ perop_end() {
 	local impl=$1 rep=$2 pfx=$3 n=$4 c0 v0 n0 c1 v1 n1
 	[ -n "$PROXY_PID" ] && [ -n "$PEROP0" ] || return 0
 	case ${PROBE:-} in
-	strace)
+	strace | perf)
 		kill -INT "$PROBE_PID" 2>/dev/null
 		wait "$PROBE_PID" 2>/dev/null
 		PROBE_PID=""
-		{ echo "# $impl $pfx rep $rep: $n operations"; cat "$OUT/probe/$pfx-$rep.strace.tmp"; } >"$OUT/probe/$impl-$pfx-$rep.strace"
-		rm -f "$OUT/probe/$pfx-$rep.strace.tmp" ;;
-	perf)
-		kill -INT "$PROBE_PID" 2>/dev/null
-		wait "$PROBE_PID" 2>/dev/null
-		PROBE_PID=""
-		{ echo "# $impl $pfx rep $rep: $n operations"; cat "$OUT/probe/$pfx-$rep.perf.tmp"; } >"$OUT/probe/$impl-$pfx-$rep.perf"
-		rm -f "$OUT/probe/$pfx-$rep.perf.tmp" ;;
+		{ echo "# $impl $pfx rep $rep: $n operations"; cat "$OUT/probe/$pfx-$rep.$PROBE.tmp"; } >"$OUT/probe/$impl-$pfx-$rep.$PROBE"
+		rm -f "$OUT/probe/$pfx-$rep.$PROBE.tmp" ;;
 	callgrind)
 		callgrind_control -d "$impl-$pfx-$rep-n$n" "$PROXY_PID" >/dev/null 2>&1 ;;
 	esac

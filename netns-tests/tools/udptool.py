@@ -60,7 +60,7 @@ import struct
 import sys
 import time
 
-from egtest import dispatch, family, mark_ready, out, pop_opt, raise_nofile, start_tcp, write_atomic
+from egtest import dispatch, family, mark_ready, out, pop_opt, pump, raise_nofile, start_tcp, write_atomic
 
 PORT_WHO = 5000
 PORT_WHO2 = 5003
@@ -357,17 +357,7 @@ async def socks_session(reader, writer, stats):
             up = w2
             writer.write(b"\x05\x00\x00" + pack_addr(w2.get_extra_info("sockname")))
 
-            async def pipe(r, w):
-                try:
-                    while b := await r.read(65536):
-                        w.write(b)
-                        await w.drain()
-                    if w.can_write_eof():
-                        w.write_eof()
-                except OSError:
-                    pass
-
-            await asyncio.gather(pipe(reader, w2), pipe(r2, writer))
+            await asyncio.gather(pump(reader, w2), pump(r2, writer))
             return
         if cmd != 3:
             writer.write(b"\x05\x07\x00\x01\0\0\0\0\0\0")

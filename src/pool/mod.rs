@@ -17,7 +17,7 @@ mod state;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::config::{Credentials, Tunnel, TunnelKind};
@@ -66,6 +66,19 @@ struct Key {
 }
 
 impl Key {
+    /// Whether `kind` is what this key was made from (no copy: asked for every new flow).
+    fn matches(&self, kind: &TunnelKind) -> bool {
+        match kind {
+            TunnelKind::Socks5 { server, auth, pipeline, udp_relay, .. } => {
+                server.addr == Some(self.server)
+                    && *auth == self.auth
+                    && *pipeline == self.pipeline
+                    && *udp_relay == self.udp_relay
+            }
+            _ => false,
+        }
+    }
+
     fn of(kind: &TunnelKind) -> Option<Key> {
         match kind {
             TunnelKind::Socks5 { server, auth, pipeline, udp_relay, .. } => Some(Key {
@@ -193,6 +206,8 @@ pub struct TunnelPool {
     pub name: String,
     inner: Mutex<Inner>,
     pipelining: AtomicU8,
+    /// A probe thread is on it (see `probe::spawn`).
+    probing: AtomicBool,
 }
 
 impl std::fmt::Debug for TunnelPool {
@@ -227,7 +242,7 @@ impl Inner {
 
     /// Whether this pool's connections were greeted for `kind` as it is now.
     pub fn serves(&self, kind: &TunnelKind) -> bool {
-        Key::of(kind).is_some_and(|k| k == self.key)
+        self.key.matches(kind)
     }
 }
 
@@ -242,7 +257,7 @@ impl Pools {
     /// tunnel whose server, credentials or pipeline setting changed has its
     /// pool drained; a removed tunnel's pool is closed. Returns the pools
     /// whose server should be probed for pipelining.
-    pub fn reconcile(&self, tunnels: &[Tunnel]) -> Vec<probe::Job> {
+    pub fn reconcile(&self, tunnels: &[Tunnel]) -> Vec<Arc<TunnelPool>> {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         let mut probe = Vec::new();
         let mut keep = std::collections::HashSet::new();
@@ -267,7 +282,7 @@ impl Pools {
                     }
                     inner.tunnel = tunnel;
                     if p.pipelining() == Pipelining::Unknown {
-                        probe.push((Arc::clone(p), inner.key.server, inner.key.auth.clone()));
+                        probe.push(Arc::clone(p));
                     }
                 }
                 None => {
@@ -281,9 +296,10 @@ impl Pools {
                             udp: Side::new(size_udp),
                         }),
                         pipelining: AtomicU8::new(pipelining as u8),
+                        probing: AtomicBool::new(false),
                     });
                     if pipelining == Pipelining::Unknown {
-                        probe.push((Arc::clone(&p), key.server, key.auth.clone()));
+                        probe.push(Arc::clone(&p));
                     }
                     map.insert(t.name.clone(), p);
                 }
@@ -345,10 +361,11 @@ impl Pools {
 
     /// Fills a snapshot's pool fields from the pool of `name` (all pools for `None`).
     pub fn fill(&self, name: Option<&str>, s: &mut crate::stats::Snapshot) {
-        for p in self.all() {
-            if name.is_some_and(|n| n != p.name) {
-                continue;
-            }
+        let pools = match name {
+            Some(n) => self.get(n).into_iter().collect(),
+            None => self.all(),
+        };
+        for p in pools {
             let i = p.lock();
             let (t, u) = (i.tcp.stats, i.udp.stats);
             s.pool_hits += t.hits;

@@ -14,6 +14,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::{Pipelining, TunnelPool};
@@ -80,48 +81,112 @@ pub fn pipelining(
 const RETRY: [Duration; 4] =
     [Duration::from_secs(5), Duration::from_secs(15), Duration::from_secs(60), Duration::ZERO];
 
-/// A pool to probe, with its server and credentials.
-pub type Job = (Arc<TunnelPool>, SocketAddr, Option<Credentials>);
-
 /// Probes each pool's server on background threads (a few at a time) and
-/// records what it found; a probe that cannot tell leaves `Unknown`.
-pub fn spawn(jobs: Vec<Job>) {
+/// records what it found; a probe that cannot tell leaves `Unknown`. A pool
+/// already being probed is left to that probe, which always asks the
+/// server the pool has now and records an answer only if the pool's server
+/// and credentials did not change while it asked (a reload may change them).
+pub fn spawn(pools: Vec<Arc<TunnelPool>>) {
     const PARALLEL: usize = 8;
+    let jobs: Vec<_> = pools.into_iter().filter(|p| !p.probing.swap(true, Ordering::AcqRel)).collect();
     if jobs.is_empty() {
         return;
     }
+    let n = PARALLEL.min(jobs.len());
     let jobs = Arc::new(std::sync::Mutex::new(jobs));
-    for _ in 0..PARALLEL.min(jobs.lock().map(|j| j.len()).unwrap_or(1)) {
-        let jobs = Arc::clone(&jobs);
+    for _ in 0..n {
+        let mine = Arc::clone(&jobs);
         let spawned = std::thread::Builder::new().name("egressd-probe".into()).spawn(move || {
             loop {
-                let job = jobs.lock().ok().and_then(|mut j| j.pop());
-                let Some((pool, server, auth)) = job else { return };
-                // A probe that could not tell is tried again a little later
-                // (a server still starting, a loaded host), a few times.
-                for (attempt, wait) in RETRY.iter().enumerate() {
-                    match pipelining(server, auth.as_ref(), TIMEOUT) {
-                        Ok(p) => {
-                            log::info!(target: "egressd::pool", "tunnel \"{}\": pipelined handshakes {}", pool.name,
-                                if p == Pipelining::Yes { "work (one flight)" } else { "are not taken: one message at a time" });
-                            pool.set_pipelining(p);
-                            break;
-                        }
-                        Err(e) => log::info!(target: "egressd::pool",
-                            "tunnel \"{}\": pipelining probe {}: {e}; handshakes wait for each answer{}", pool.name,
-                            attempt + 1, if wait.is_zero() { "" } else { " (asking again later)" }),
-                    }
-                    // Settled meanwhile (a reload re-probes), or out of tries.
-                    if wait.is_zero() || pool.pipelining() != Pipelining::Unknown {
-                        break;
-                    }
-                    std::thread::sleep(*wait);
-                }
+                let job = mine.lock().ok().and_then(|mut j| j.pop());
+                let Some(pool) = job else { return };
+                probe_pool(&pool);
+                pool.probing.store(false, Ordering::Release);
             }
         });
         if let Err(e) = spawned {
             log::warn!(target: "egressd::pool", "cannot start the pipelining probe: {e}");
+            // Those not taken may be probed at the next reload.
+            for p in jobs.lock().map(|mut j| std::mem::take(&mut *j)).unwrap_or_default() {
+                p.probing.store(false, Ordering::Release);
+            }
             return;
         }
+    }
+}
+
+/// Asks until the pool's pipelining is known or the tries are spent. A probe
+/// that could not tell is tried again a little later (a server still
+/// starting, a loaded host).
+fn probe_pool(pool: &TunnelPool) {
+    let mut attempt = 0;
+    while attempt < RETRY.len() {
+        if pool.pipelining() != Pipelining::Unknown {
+            return; // known, or `pipeline: false` now
+        }
+        let (server, auth) = {
+            let i = pool.lock();
+            (i.server(), i.auth().cloned())
+        };
+        let found = pipelining(server, auth.as_ref(), TIMEOUT);
+        let same = {
+            let i = pool.lock();
+            i.server() == server && i.auth() == auth.as_ref()
+        };
+        if !same {
+            continue; // asked the old server: ask the new one
+        }
+        let wait = RETRY[attempt];
+        attempt += 1;
+        match found {
+            Ok(p) => {
+                log::info!(target: "egressd::pool", "tunnel \"{}\": pipelined handshakes {}", pool.name,
+                    if p == Pipelining::Yes { "work (one flight)" } else { "are not taken: one message at a time" });
+                pool.set_pipelining(p);
+                return;
+            }
+            Err(e) => log::info!(target: "egressd::pool",
+                "tunnel \"{}\": pipelining probe {attempt}: {e}; handshakes wait for each answer{}", pool.name,
+                if wait.is_zero() { "" } else { " (asking again later)" }),
+        }
+        if wait.is_zero() {
+            return;
+        }
+        std::thread::sleep(wait);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A one-connection server on loopback: reads the probe's flight, then
+    /// writes `answer` and holds the connection open for a while.
+    fn server(answer: &'static [u8]) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(answer);
+            std::thread::sleep(Duration::from_millis(800));
+        });
+        addr
+    }
+
+    #[test]
+    fn any_answer_to_the_request_means_pipelining_works() {
+        let t = Duration::from_millis(400);
+        // A refusal of the unreachable target still answers the request.
+        let refused = server(&[5, 0, 5, 1, 0, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(pipelining(refused, None, t), Ok(Pipelining::Yes));
+        // microsocks: the greeting answered, the rest of the flight dropped.
+        let greeting_only = server(&[5, 0]);
+        assert_eq!(pipelining(greeting_only, None, t), Ok(Pipelining::No));
+        // Nothing at all: cannot tell.
+        let silent = server(&[]);
+        assert!(pipelining(silent, None, t).unwrap_err().contains("no answer to the greeting"));
     }
 }

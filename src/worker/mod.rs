@@ -383,10 +383,10 @@ impl WorkerLoop {
             TunnelKind::HttpConnect { pipeline, .. } => *pipeline,
             TunnelKind::Direct { .. } => false,
         };
-        let (upstream, stage) = match pooled {
+        let (upstream, stage, pooled) = match pooled {
             Some(conn) => {
                 let hs = Socks5Handshake::request(crate::wire::socks5::CMD_CONNECT, dest);
-                (TcpStream::from_std(conn), Stage::Handshaking(Box::new(Handshake::Socks5(hs))))
+                (TcpStream::from_std(conn), Stage::Handshaking(Box::new(Handshake::Socks5(hs))), true)
             }
             None => {
                 let handshake = match &tunnel.kind {
@@ -396,7 +396,7 @@ impl WorkerLoop {
                     kind => upstream::for_tcp(kind, dest),
                 };
                 match connect(target, &tunnel.kind) {
-                    Ok(s) => (s, Stage::Connecting(handshake.map(Box::new))),
+                    Ok(s) => (s, Stage::Connecting(handshake.map(Box::new)), false),
                     Err(e) => {
                         let why = format!("cannot open a socket to {target}: {e}");
                         return self.refuse(&stream, client, orig_dst, &tunnel, &tc, &why);
@@ -404,7 +404,7 @@ impl WorkerLoop {
                 }
             }
         };
-        let retry = pooled_flag(&stage);
+        let retry = pooled;
         if pipe {
             Counters::inc(&self.counters.tcp_pipelined);
         }
@@ -848,11 +848,6 @@ fn drive_handshake(
             Err(e) => return Drive::Failed(e.to_string(), e.is_auth_rejected(), e == HandshakeError::Closed),
         }
     }
-}
-
-/// Whether a flow starts on a pooled connection (straight to its request).
-fn pooled_flag(stage: &Stage) -> bool {
-    matches!(stage, Stage::Handshaking(_))
 }
 
 /// Reads what the client sent before the tunnel opened, up to EARLY_MAX.

@@ -19,7 +19,7 @@ use socket2::SockRef;
 
 use super::slab::{self, Kind};
 use super::{Drive, WorkerLoop, connect, drive_handshake, keepalive};
-use crate::config::{Credentials, Tunnel, TunnelKind};
+use crate::config::{Credentials, Tunnel};
 use crate::pool::{self, Assoc, TunnelPool};
 use crate::upstream::{Handshake, Socks5Handshake};
 
@@ -36,11 +36,14 @@ pub(super) struct Warm {
     udp: bool,
 }
 
-/// What a refill needs to know, read under the pool's lock.
+/// What a refill needs to know, read under the pool's lock (only when
+/// there is a refill to start: the credentials are cloned).
 struct Refill {
     generation: u64,
     server: SocketAddr,
     auth: Option<Credentials>,
+    /// The tunnel as the pool knows it: the upstream socket's options.
+    tunnel: Arc<Tunnel>,
 }
 
 impl WorkerLoop {
@@ -63,30 +66,51 @@ impl WorkerLoop {
     ) -> (Option<std::net::TcpStream>, pool::Pipelining) {
         let Some(p) = self.pool_of(&tunnel.name) else { return (None, pool::Pipelining::Unknown) };
         let pipelining = p.pipelining();
-        let mut i = p.lock();
-        if i.tcp.pool.size() == 0 || !i.serves(&tunnel.kind) {
-            return (None, pipelining);
-        }
-        let taken = i.tcp.take(source);
-        let n = i.tcp.pool.claim_refills(self.now);
-        let r = refill_of(&i);
-        drop(i);
-        self.start_warms(&p, &r, n, 0);
+        // No lock for a tunnel without a pool.
+        let taken = if tunnel.kind.warm() == 0 {
+            None
+        } else {
+            self.take_from(&p, tunnel, source, false, |i| &mut i.tcp)
+        };
         (taken, pipelining)
     }
 
     /// A ready UDP association for a new session of `tunnel` from `source`.
     pub(super) fn take_pooled_udp(&mut self, tunnel: &Tunnel, source: IpAddr) -> Option<Assoc> {
-        let p = self.pool_of(&tunnel.name)?;
-        let mut i = p.lock();
-        if i.udp.pool.size() == 0 || !i.serves(&tunnel.kind) {
+        if tunnel.kind.warm_udp() == 0 {
             return None;
         }
-        let taken = i.udp.take(source);
-        let n = i.udp.pool.claim_refills(self.now);
-        let r = refill_of(&i);
+        let p = self.pool_of(&tunnel.name)?;
+        self.take_from(&p, tunnel, source, true, |i| &mut i.udp)
+    }
+
+    /// Takes from one side of `p` (counted as a hit or a miss) and starts
+    /// the refills that makes due.
+    fn take_from<C: pool::Pooled>(
+        &mut self,
+        p: &Arc<TunnelPool>,
+        tunnel: &Tunnel,
+        source: IpAddr,
+        udp: bool,
+        side: impl Fn(&mut pool::Inner) -> &mut pool::Side<C>,
+    ) -> Option<C> {
+        let mut i = p.lock();
+        if !i.serves(&tunnel.kind) {
+            return None;
+        }
+        let s = side(&mut i);
+        if s.pool.size() == 0 {
+            return None;
+        }
+        let taken = s.take(source);
+        let n = s.pool.claim_refills(self.now);
+        let r = (n > 0).then(|| refill_of(&i));
         drop(i);
-        self.start_warms(&p, &r, 0, n);
+        if let Some(r) = r {
+            for _ in 0..n {
+                self.start_warm(p, &r, udp);
+            }
+        }
         taken
     }
 
@@ -95,29 +119,10 @@ impl WorkerLoop {
         self.pool_of(&tunnel.name).is_some_and(|p| p.pipelining() == pool::Pipelining::Yes)
     }
 
-    fn start_warms(&mut self, p: &Arc<TunnelPool>, r: &Refill, tcp: usize, udp: usize) {
-        for k in 0..tcp + udp {
-            self.start_warm(p, r, k >= tcp);
-        }
-    }
-
     /// Opens a connection to make ready for `p`; a failure to even start
     /// counts as a failed refill.
     fn start_warm(&mut self, p: &Arc<TunnelPool>, r: &Refill, udp: bool) {
-        let kind = TunnelKind::Socks5 {
-            server: crate::config::Server {
-                host: String::new(),
-                port: r.server.port(),
-                addr: Some(r.server),
-            },
-            auth: None,
-            udp,
-            udp_relay: None,
-            warm: 0,
-            warm_udp: 0,
-            pipeline: false,
-        };
-        let stream = match connect(r.server, &kind) {
+        let stream = match connect(r.server, &r.tunnel.kind) {
             Ok(s) => s,
             Err(e) => {
                 debug!(target: "egressd::pool", "tunnel \"{}\": cannot open a pooled connection to {}: {e}", p.name, r.server);
@@ -252,15 +257,25 @@ impl WorkerLoop {
         for p in self.registry.pools.all() {
             let mut i = p.lock();
             let (tcp, udp) = (i.tcp.tick(now), i.udp.tick(now));
+            if tcp + udp == 0 {
+                continue;
+            }
             let r = refill_of(&i);
             drop(i);
-            self.start_warms(&p, &r, tcp, udp);
+            for k in 0..tcp + udp {
+                self.start_warm(&p, &r, k >= tcp);
+            }
         }
     }
 }
 
 fn refill_of(i: &pool::Inner) -> Refill {
-    Refill { generation: i.generation, server: i.server(), auth: i.auth().cloned() }
+    Refill {
+        generation: i.generation,
+        server: i.server(),
+        auth: i.auth().cloned(),
+        tunnel: Arc::clone(&i.tunnel),
+    }
 }
 
 /// A non-blocking UDP socket of egressd's own, connected to the relay.
