@@ -13,7 +13,7 @@
 # IPT2SOCKS=path (an ipt2socks binary built by hand; adds it to both parts),
 # EGRESSD_BASE=path (adds egressd_base: that binary, interleaved with egressd,
 # for before/after), EGRESSD_THREADS=n (egressd's `threads`; default 0, one
-# front loop and one worker per core; EGRESSD_BASE_THREADS for egressd_base), PROBE=perf|strace|callgrind and PROXY_WRAP
+# front loop and one worker per core; EGRESSD_BASE_THREADS for egressd_base), PROBE=perf|record|strace|callgrind and PROXY_WRAP
 # (see perop_begin),
 # MEASURE="rss tcp wrk dns udp" (any subset: the other metrics are n/a,
 # "not measured"; rss is both RSS figures, tcp the bulk runs and CPU per GB).
@@ -583,6 +583,8 @@ proc_ctxsw() { # PID -> "voluntary nonvoluntary"
 # PREFIX_cpu_us (user+sys, µs) and PREFIX_wakeups (voluntary switches).
 # PROBE=perf: `perf stat` of syscall and scheduler tracepoints (PERF_EVENTS)
 # on the proxy during each run (OUT/probe/IMPL-conn|dns-REP.perf; little overhead).
+# PROBE=record: `perf record -g` on the proxy during each run
+# (OUT/probe/IMPL-conn|dns-REP-nOPS.data, for `perf report`: where the CPU goes).
 # PROBE=strace: `strace -c -f` on the proxy during each wrk and dnsperf run
 # (counts per syscall in OUT/probe/IMPL-conn|dns-REP.strace; the timing
 # figures of such a run are strace's, not the proxy's). PROBE=callgrind, with
@@ -606,6 +608,11 @@ perop_begin() {
 		PROBE_PID=$!
 		sleep 1 ;;
 	callgrind) callgrind_control -z "$PROXY_PID" >/dev/null 2>&1 ;;
+	record)
+		mkdir -p "$OUT/probe"
+		perf record -q -g -o "$OUT/probe/$1-$2.record.tmp" -p "$PROXY_PID" >/dev/null 2>&1 &
+		PROBE_PID=$!
+		sleep 0.5 ;;
 	perf)
 		mkdir -p "$OUT/probe"
 		perf stat -e "${PERF_EVENTS:-raw_syscalls:sys_enter,syscalls:sys_enter_write,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_splice,syscalls:sys_enter_recvfrom,sched:sched_wakeup,context-switches}" \
@@ -626,6 +633,11 @@ perop_end() {
 		PROBE_PID=""
 		{ echo "# $impl $pfx rep $rep: $n operations"; cat "$OUT/probe/$pfx-$rep.$PROBE.tmp"; } >"$OUT/probe/$impl-$pfx-$rep.$PROBE"
 		rm -f "$OUT/probe/$pfx-$rep.$PROBE.tmp" ;;
+	record)
+		kill -INT "$PROBE_PID" 2>/dev/null
+		wait "$PROBE_PID" 2>/dev/null
+		PROBE_PID=""
+		mv "$OUT/probe/$pfx-$rep.record.tmp" "$OUT/probe/$impl-$pfx-$rep-n$n.data" ;;
 	callgrind)
 		callgrind_control -d "$impl-$pfx-$rep-n$n" "$PROXY_PID" >/dev/null 2>&1 ;;
 	esac

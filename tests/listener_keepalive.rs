@@ -7,7 +7,7 @@ use socket2::SockRef;
 
 #[test]
 fn accepted_sockets_inherit_keepalive() {
-    let l = egressd::front::tcp_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let l = egressd::front::tcp_listener("127.0.0.1:0".parse().unwrap(), 1).unwrap();
     let addr = l.local_addr().unwrap();
     let _c = std::net::TcpStream::connect(addr).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -19,11 +19,13 @@
 //! one, which is the local address, and without a conntrack entry (TPROXY,
 //! no conntrack) the local address is read as above.
 
+mod steer;
 mod udp;
 
 use std::collections::HashSet;
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -186,8 +188,10 @@ pub struct FrontLoop {
     pause_warned: Option<Instant>,
 }
 
-/// A listening socket for `addr`, as every front loop opens it.
-pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+/// A listening socket for `addr`, as every front loop opens it (`fronts`
+/// of them: the kernel hands each source's connections to the front loop
+/// that serves it, see `steer`).
+pub fn tcp_listener(addr: SocketAddr, fronts: usize) -> io::Result<TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), None)?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
@@ -207,6 +211,10 @@ pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     }
     s.bind(&addr.into())?;
     s.listen(4096)?;
+    // On the group, so attaching again as each front joins changes nothing.
+    if let Err(e) = crate::sys::attach_reuseport_cbpf(s.as_fd(), &steer::program(addr.is_ipv6(), fronts)) {
+        debug!(target: "egressd::front", "SO_ATTACH_REUSEPORT_CBPF on {addr}: {e} (connections spread by the kernel's hash)");
+    }
     Ok(TcpListener::from_std(s.into()))
 }
 
@@ -222,7 +230,7 @@ impl FrontLoop {
         let poll = Poll::new()?;
         let mut listeners = Vec::new();
         for (i, addr) in shared.settings.listen.iter().enumerate() {
-            let mut l = tcp_listener(*addr)
+            let mut l = tcp_listener(*addr, workers.len())
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} (TCP): {e}")))?;
             poll.registry().register(&mut l, Token(i), Interest::READABLE)?;
             listeners.push((l, *addr));
@@ -407,17 +415,10 @@ fn orig_dst(sock: &SockRef, listen_addr: SocketAddr, conntrack_first: bool) -> O
     if conntrack_first { None } else { conntrack() }
 }
 
-/// The worker for a client: stable per source address, spread evenly.
+/// The worker for a client: stable per source address, spread evenly; the
+/// front loop of the same index accepts its connections (`steer`).
 pub fn worker_for(ip: IpAddr, n: usize) -> usize {
-    let h = match ip {
-        IpAddr::V4(a) => u64::from(u32::from(a)),
-        IpAddr::V6(a) => {
-            let v = u128::from(a);
-            (v as u64) ^ ((v >> 64) as u64)
-        }
-    };
-    // Fibonacci hashing: multiply, take the high bits.
-    ((h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % n.max(1) as u64) as usize
+    steer::pick(ip, n)
 }
 
 /// Logs what the daemon will do, once at start.
@@ -446,21 +447,6 @@ pub fn log_summary(s: &Settings) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn worker_choice_is_stable_and_in_range() {
-        for n in 1..8 {
-            for i in 0..=255u8 {
-                let ip = IpAddr::from([10, 8, 0, i]);
-                let w = worker_for(ip, n);
-                assert!(w < n);
-                assert_eq!(w, worker_for(ip, n));
-            }
-        }
-        // Consecutive container addresses spread over two workers.
-        let hits = (0..=255u8).filter(|i| worker_for(IpAddr::from([10, 8, 0, *i]), 2) == 0).count();
-        assert!((64..=192).contains(&hits), "{hits}");
-    }
 
     #[test]
     fn mapped_addresses_are_normalized() {

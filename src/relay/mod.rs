@@ -54,17 +54,23 @@ impl HalfClose for mio::net::TcpStream {
     }
 }
 
+/// Two live in every flow, so they are kept small (48 bytes): bytes that
+/// `dst` could not take yet sit in a boxed slice that exists only while it is
+/// backed up, positions are `u32` (a pipe holds at most 1 GiB).
 #[derive(Debug, Default)]
 pub struct Pump {
-    held: Vec<u8>,
-    held_pos: usize,
+    /// Bytes waiting for `dst` (copy mode, or handshake leftovers), and how
+    /// many of them went already.
+    held: Option<Box<[u8]>>,
+    held_pos: u32,
+    /// Bytes in the pipe (splice mode).
+    in_pipe: u32,
     eof: bool,
     done: bool,
     /// Bytes written to `dst` so far.
     pub bytes: u64,
-    /// The pipe while it holds bytes (splice mode), and how many.
+    /// The pipe while it holds bytes (splice mode).
     pipe: Option<Pipe>,
-    in_pipe: usize,
     /// Splice or copy, fixed at the first pump from `RelayCtx::splice` (a
     /// reload that turns splice off must not strand bytes in a pipe);
     /// `Some(false)` too when splice was refused for these sockets.
@@ -84,14 +90,49 @@ impl Pump {
         self.done
     }
 
+    /// Where this pump stands without moving it: done, or waiting (which
+    /// readiness it waits for matters only to the pump itself).
+    pub fn state(&self) -> Pumped {
+        if self.done { Pumped::Done } else { Pumped::WaitRead }
+    }
+
     /// Bytes of buffer this pump holds (0 when idle).
     pub fn held_capacity(&self) -> usize {
-        self.held.capacity()
+        self.held.as_ref().map_or(0, |h| h.len())
     }
 
     /// Queues bytes that arrived before the relay started (after a handshake).
     pub fn preload(&mut self, bytes: &[u8]) {
-        self.held.extend_from_slice(bytes);
+        self.hold(bytes);
+    }
+
+    /// Keeps `bytes` for `dst`, behind any still held.
+    fn hold(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.held = Some(match self.held.take() {
+            None => bytes.into(),
+            Some(old) => [&old[self.held_pos as usize..], bytes].concat().into(),
+        });
+        self.held_pos = 0;
+    }
+
+    /// Writes held bytes; true when none are left (the buffer is freed).
+    fn flush_held<D: Write>(&mut self, dst: &mut D) -> Result<bool, PumpError> {
+        let Some(held) = &self.held else { return Ok(true) };
+        let pos = self.held_pos as usize;
+        let n = write_some(dst, &held[pos..], &mut self.bytes)?;
+        if pos + n < held.len() {
+            // `held` came from one read of at most the scratch buffer (or a
+            // handshake's leftovers): its length fits in u32.
+            self.held_pos = (pos + n) as u32;
+            return Ok(false);
+        }
+        // Drained: give the memory back; the flow may go idle now.
+        self.held = None;
+        self.held_pos = 0;
+        Ok(true)
     }
 
     /// Moves bytes between two sockets until something would block or
@@ -135,19 +176,8 @@ impl Pump {
             return Ok(Pumped::Done);
         }
         loop {
-            if self.held_pos < self.held.len() {
-                let (pos, total) = (self.held_pos, self.held.len());
-                match write_some(dst, &self.held[pos..total], &mut self.bytes)? {
-                    n if pos + n < total => {
-                        self.held_pos += n;
-                        return Ok(Pumped::WaitWrite);
-                    }
-                    _ => {
-                        // Drained: give the memory back; the flow may go idle now.
-                        self.held = Vec::new();
-                        self.held_pos = 0;
-                    }
-                }
+            if !self.flush_held(dst)? {
+                return Ok(Pumped::WaitWrite);
             }
             if self.eof {
                 // Peer may already be gone; the flow ends either way.
@@ -167,7 +197,7 @@ impl Pump {
             };
             let w = write_some(dst, &scratch[..n], &mut self.bytes)?;
             if w < n {
-                self.held.extend_from_slice(&scratch[w..n]);
+                self.hold(&scratch[w..n]);
                 return Ok(Pumped::WaitWrite);
             }
         }
@@ -256,7 +286,7 @@ mod tests {
         assert_eq!(dst.got, b"helloworld");
         assert!(dst.shut.get());
         assert_eq!(p.bytes, 10);
-        assert!(p.held.capacity() == 0, "no buffer kept after draining");
+        assert!(p.held.is_none(), "no buffer kept after draining");
     }
 
     #[test]

@@ -18,7 +18,8 @@ const POOL_MAX: usize = 128;
 pub struct Pipe {
     r: OwnedFd,
     w: OwnedFd,
-    size: usize,
+    /// At most PIPE_SIZE (or what the kernel gave): fits in u32.
+    size: u32,
 }
 
 /// Empty pipes, reused so that a burst of data costs no pipe2 call.
@@ -33,8 +34,8 @@ impl PipePool {
             return Ok(p);
         }
         let (r, w) = sys::pipe()?;
-        let size = sys::set_pipe_size(w.as_fd(), PIPE_SIZE).unwrap_or(64 * 1024);
-        Ok(Pipe { r, w, size })
+        let size = sys::set_pipe_size(w.as_fd(), PIPE_SIZE).unwrap_or(64 * 1024).min(PIPE_SIZE);
+        Ok(Pipe { r, w, size: size as u32 })
     }
 
     /// Takes back an EMPTY pipe.
@@ -61,22 +62,17 @@ impl super::Pump {
             return Ok(Pumped::Done);
         }
         // Bytes that came with the handshake reply go first, by plain write.
-        if self.held_pos < self.held.len() {
-            let n = write_some(dst, &self.held[self.held_pos..], &mut self.bytes)?;
-            self.held_pos += n;
-            if self.held_pos < self.held.len() {
-                return Ok(Pumped::WaitWrite);
-            }
-            self.held = Vec::new();
-            self.held_pos = 0;
+        if !self.flush_held(dst)? {
+            return Ok(Pumped::WaitWrite);
         }
         loop {
             if self.in_pipe > 0 {
                 let pipe = self.pipe.as_ref().expect("bytes are in a pipe");
-                match sys::splice(pipe.r.as_fd(), dst.as_fd(), self.in_pipe) {
+                match sys::splice(pipe.r.as_fd(), dst.as_fd(), self.in_pipe as usize) {
                     Ok(0) => return Err(PumpError::Write(ErrorKind::WriteZero.into())),
                     Ok(n) => {
-                        self.in_pipe -= n;
+                        // n <= in_pipe, a u32.
+                        self.in_pipe -= n as u32;
                         self.bytes += n as u64;
                         continue;
                     }
@@ -97,7 +93,7 @@ impl super::Pump {
                 Some(p) => p,
                 None => pool.get().map_err(|_| PumpError::Unsupported)?,
             };
-            let r = sys::splice(src.as_fd(), pipe.w.as_fd(), pipe.size);
+            let r = sys::splice(src.as_fd(), pipe.w.as_fd(), pipe.size as usize);
             match r {
                 // 0 is EOF, or urgent data at the head of the queue: splice
                 // (tcp_read_sock) never reads past the urgent mark. A plain
@@ -110,7 +106,7 @@ impl super::Pump {
                         Ok(n) => {
                             let w = write_some(dst, &scratch[..n], &mut self.bytes)?;
                             if w < n {
-                                self.held.extend_from_slice(&scratch[w..n]);
+                                self.hold(&scratch[w..n]);
                                 return Ok(Pumped::WaitWrite);
                             }
                         }
@@ -120,7 +116,8 @@ impl super::Pump {
                     }
                 }
                 Ok(n) => {
-                    self.in_pipe = n;
+                    // n <= pipe.size, a u32.
+                    self.in_pipe = n as u32;
                     self.pipe = Some(pipe);
                 }
                 // The pipe is empty, so this means the socket is: idle again,

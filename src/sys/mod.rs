@@ -228,6 +228,37 @@ pub fn recv_msg(
     })
 }
 
+/// SO_ATTACH_REUSEPORT_CBPF (asm-generic/socket.h; libc names it for
+/// Android only).
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+
+/// Attaches a classic BPF program to the SO_REUSEPORT group of `fd`: for
+/// each new connection it returns the index of the socket in the group that
+/// takes it (an index past the end falls back to the kernel's hash).
+pub fn attach_reuseport_cbpf(fd: BorrowedFd<'_>, prog: &[libc::sock_filter]) -> io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: prog.len().try_into().map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+        // The kernel only reads the instructions (it copies them in).
+        filter: prog.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fd` is a live socket borrowed for the call; `fprog` points at
+    // `prog.len()` valid instructions that outlive the call, and its size is
+    // passed alongside it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A non-blocking, close-on-exec pipe: (read end, write end).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];

@@ -270,7 +270,7 @@ impl WorkerLoop {
                 }
                 Stage::Handshaking => {
                     let Some(hs) = c.hs.as_mut() else { return self.close_dns(slot, "no handshake") };
-                    match drive_handshake(&mut c.stream, hs, auth_of(&c.tunnel), scratch) {
+                    match drive_handshake(&mut c.stream, hs, auth_of(&c.tunnel), scratch, true) {
                         Drive::Pending => return,
                         Drive::Failed(why, ..) => {
                             let why = format!("handshake: {why}");

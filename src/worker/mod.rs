@@ -138,10 +138,29 @@ impl WorkerHandle {
 }
 
 enum Stage {
-    /// Waiting for the upstream connect; the handshake to run after (none for Direct).
-    Connecting(Option<Box<Handshake>>),
-    Handshaking(Box<Handshake>),
+    /// Connecting and handshaking: boxed, so that a relaying flow (most
+    /// flows, for most of their life) carries one pointer for it.
+    Opening(Box<Opening>),
     Relaying,
+}
+
+/// What a flow needs only until its tunnel is open.
+struct Opening {
+    /// Waiting for the upstream connect (the handshake comes after).
+    connecting: bool,
+    /// The handshake to run (none for Direct).
+    handshake: Option<Handshake>,
+    started: Instant,
+    /// Client bytes read before the tunnel opened, kept until the answer
+    /// shows they were taken (replayed on a retry), and how many went out.
+    early: Vec<u8>,
+    early_sent: usize,
+    /// Read the client during the handshake (pipelined or pooled).
+    hold_early: bool,
+    /// Client bytes may follow the request before its answer.
+    pipe_data: bool,
+    /// On a pooled connection: one retry on a fresh one if it dies unanswered.
+    retry: bool,
 }
 
 struct Flow {
@@ -157,20 +176,9 @@ struct Flow {
     up: Pump,
     /// upstream → client
     down: Pump,
-    started: Instant,
     last_active: Instant,
     /// One direction has ended and the shorter half-close timer is set.
     half_closed: bool,
-    /// Client bytes read before the tunnel opened, kept until the answer
-    /// shows they were taken (replayed on a retry), and how many went out.
-    early: Vec<u8>,
-    early_sent: usize,
-    /// Read the client during the handshake (pipelined or pooled).
-    hold_early: bool,
-    /// Client bytes may follow the request before its answer.
-    pipe_data: bool,
-    /// On a pooled connection: one retry on a fresh one if it dies unanswered.
-    retry: bool,
 }
 
 /// Client bytes held during a handshake at most (then the client waits).
@@ -383,10 +391,10 @@ impl WorkerLoop {
             TunnelKind::HttpConnect { pipeline, .. } => *pipeline,
             TunnelKind::Direct { .. } => false,
         };
-        let (upstream, stage, pooled) = match pooled {
+        let (upstream, connecting, handshake, pooled) = match pooled {
             Some(conn) => {
                 let hs = Socks5Handshake::request(crate::wire::socks5::CMD_CONNECT, dest);
-                (TcpStream::from_std(conn), Stage::Handshaking(Box::new(Handshake::Socks5(hs))), true)
+                (TcpStream::from_std(conn), false, Some(Handshake::Socks5(hs)), true)
             }
             None => {
                 let handshake = match &tunnel.kind {
@@ -396,7 +404,7 @@ impl WorkerLoop {
                     kind => upstream::for_tcp(kind, dest),
                 };
                 match connect(target, &tunnel.kind) {
-                    Ok(s) => (s, Stage::Connecting(handshake.map(Box::new)), false),
+                    Ok(s) => (s, true, handshake, false),
                     Err(e) => {
                         let why = format!("cannot open a socket to {target}: {e}");
                         return self.refuse(&stream, client, orig_dst, &tunnel, &tc, &why);
@@ -416,17 +424,20 @@ impl WorkerLoop {
             orig_dst,
             tunnel,
             tc,
-            stage,
+            stage: Stage::Opening(Box::new(Opening {
+                connecting,
+                handshake,
+                started: self.now,
+                early: Vec::new(),
+                early_sent: 0,
+                hold_early: pipe || retry,
+                pipe_data: pipe,
+                retry,
+            })),
             up: Pump::default(),
             down: Pump::default(),
-            started: self.now,
             last_active: self.now,
             half_closed: false,
-            early: Vec::new(),
-            early_sent: 0,
-            hold_early: pipe || retry,
-            pipe_data: pipe,
-            retry,
         };
         let (slot, generation) = self.flows.insert(flow);
         let f = self.flows.get_mut(slot).expect("just inserted");
@@ -470,10 +481,13 @@ impl WorkerLoop {
             f.client_addr, f.orig_dst, f.tunnel.name);
         // The old connection is closed as it is replaced.
         f.upstream = up;
-        f.stage = Stage::Connecting(upstream::for_tcp(&f.tunnel.kind, dest).map(Box::new));
-        f.early_sent = 0;
-        f.pipe_data = false;
-        f.retry = false;
+        if let Stage::Opening(o) = &mut f.stage {
+            o.connecting = true;
+            o.handshake = upstream::for_tcp(&f.tunnel.kind, dest);
+            o.early_sent = 0;
+            o.pipe_data = false;
+            o.retry = false;
+        }
         let name = f.tunnel.name.clone();
         if let Some(p) = self.pool_of(&name) {
             p.lock().tcp.stats.discards += 1;
@@ -568,100 +582,86 @@ impl WorkerLoop {
         let now = self.now;
         let relay = &mut self.relay;
         let f = self.flows.get_mut(slot)?;
-        loop {
-            match &mut f.stage {
-                Stage::Connecting(hs) => {
-                    if side != Kind::Upstream || !(ev.is_writable() || ev.is_error() || ev.is_write_closed())
-                    {
-                        return None;
-                    }
-                    match f.upstream.take_error() {
-                        Ok(None) => {}
-                        Ok(Some(e)) | Err(e) => {
-                            return Some(End::Failed("connect", connect_error(&f.tunnel, e)));
-                        }
-                    }
-                    // Writable with no error is connected; only other wake-ups
-                    // (hang-up, error flags) need the getpeername to tell.
-                    if !ev.is_writable() || ev.is_error() {
-                        match f.upstream.peer_addr() {
-                            Ok(_) => {}
-                            Err(e) if e.kind() == ErrorKind::NotConnected => return None,
-                            Err(e) => return Some(End::Failed("connect", connect_error(&f.tunnel, e))),
-                        }
-                    }
-                    let _ = keepalive(&SockRef::from(&f.upstream));
-                    let _ = f.upstream.set_nodelay(true);
-                    f.stage = match hs.take() {
-                        Some(h) => Stage::Handshaking(h),
-                        None => Stage::Relaying,
-                    };
-                    f.last_active = now;
-                    // Fall through: send the greeting / start relaying now.
-                }
-                Stage::Handshaking(hs) => {
-                    if f.hold_early {
-                        if read_early(&mut f.client, &mut f.early, &mut relay.scratch).is_err() {
-                            return Some(End::Reset("read error"));
-                        }
-                    } else if side != Kind::Upstream {
-                        return None;
-                    }
-                    match drive_handshake(&mut f.upstream, hs, auth_of(&f.tunnel), &mut relay.scratch) {
-                        Drive::Pending => {
-                            if f.pipe_data && hs.request_out() && f.early_sent < f.early.len() {
-                                match write_early(&mut f.upstream, &f.early[f.early_sent..]) {
-                                    Ok(n) => f.early_sent += n,
-                                    Err(_) if f.retry => return Some(End::Retry),
-                                    Err(e) => {
-                                        let why = handshake_error(&f.tunnel, format!("write to server: {e}"));
-                                        return Some(End::Failed("handshake", why));
-                                    }
-                                }
-                            }
-                            return None;
-                        }
-                        Drive::Failed(_, _, true) if f.retry => return Some(End::Retry),
-                        Drive::Failed(why, auth, _) => {
-                            let kind = if auth { "auth" } else { "handshake" };
-                            return Some(End::Failed(kind, handshake_error(&f.tunnel, why)));
-                        }
-                        Drive::Done(extra) => {
-                            f.down.preload(&relay.scratch[extra]);
-                            // Early bytes: those sent were taken with the request; the rest go first.
-                            if f.early_sent < f.early.len() {
-                                f.up.preload(&f.early[f.early_sent..]);
-                            }
-                            let sent = f.early_sent as u64;
-                            if sent > 0 {
-                                f.up.bytes += sent;
-                                Counters::add(&self.counters.tcp_bytes_up, sent);
-                                f.tc.add(|c| &c.tcp_bytes_up, sent);
-                            }
-                            f.early = Vec::new();
-                            f.early_sent = 0;
-                            f.retry = false;
-                        }
-                    }
-                    debug!(target: "egressd::worker", "{} -> tcp {} via {}: open", f.client_addr, f.orig_dst, f.tunnel.name);
-                    f.stage = Stage::Relaying;
-                    f.last_active = now;
-                }
-                Stage::Relaying => {
-                    // Events are hints: pump both ways; each stops at WouldBlock.
-                    let (up0, down0) = (f.up.bytes, f.down.bytes);
-                    let r = pump_both(f, relay);
-                    if f.up.bytes != up0 || f.down.bytes != down0 {
-                        f.last_active = now;
-                        Counters::add(&self.counters.tcp_bytes_up, f.up.bytes - up0);
-                        Counters::add(&self.counters.tcp_bytes_down, f.down.bytes - down0);
-                        f.tc.add(|c| &c.tcp_bytes_up, f.up.bytes - up0);
-                        f.tc.add(|c| &c.tcp_bytes_down, f.down.bytes - down0);
-                    }
-                    return r;
+        let Stage::Opening(o) = &mut f.stage else {
+            let (up, down) = directions(side, ev);
+            return relay_some(f, relay, &self.counters, now, up, down);
+        };
+        if o.connecting {
+            if side != Kind::Upstream || !(ev.is_writable() || ev.is_error() || ev.is_write_closed()) {
+                return None;
+            }
+            match f.upstream.take_error() {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => {
+                    return Some(End::Failed("connect", connect_error(&f.tunnel, e)));
                 }
             }
+            // Writable with no error is connected; only other wake-ups
+            // (hang-up, error flags) need the getpeername to tell.
+            if !ev.is_writable() || ev.is_error() {
+                match f.upstream.peer_addr() {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::NotConnected => return None,
+                    Err(e) => return Some(End::Failed("connect", connect_error(&f.tunnel, e))),
+                }
+            }
+            let _ = keepalive(&SockRef::from(&f.upstream));
+            let _ = f.upstream.set_nodelay(true);
+            o.connecting = false;
+            f.last_active = now;
+            // Fall through: send the greeting / start relaying now.
         }
+        if let Some(hs) = &mut o.handshake {
+            if o.hold_early {
+                if side == Kind::Client
+                    && may_read(ev)
+                    && read_early(&mut f.client, &mut o.early, &mut relay.scratch).is_err()
+                {
+                    return Some(End::Reset("read error"));
+                }
+            } else if side != Kind::Upstream {
+                return None;
+            }
+            let server_spoke = side == Kind::Upstream && may_read(ev);
+            match drive_handshake(&mut f.upstream, hs, auth_of(&f.tunnel), &mut relay.scratch, server_spoke) {
+                Drive::Pending => {
+                    if o.pipe_data && hs.request_out() && o.early_sent < o.early.len() {
+                        match write_early(&mut f.upstream, &o.early[o.early_sent..]) {
+                            Ok(n) => o.early_sent += n,
+                            Err(_) if o.retry => return Some(End::Retry),
+                            Err(e) => {
+                                let why = handshake_error(&f.tunnel, format!("write to server: {e}"));
+                                return Some(End::Failed("handshake", why));
+                            }
+                        }
+                    }
+                    return None;
+                }
+                Drive::Failed(_, _, true) if o.retry => return Some(End::Retry),
+                Drive::Failed(why, auth, _) => {
+                    let kind = if auth { "auth" } else { "handshake" };
+                    return Some(End::Failed(kind, handshake_error(&f.tunnel, why)));
+                }
+                Drive::Done(extra) => {
+                    f.down.preload(&relay.scratch[extra]);
+                    // Early bytes: those sent were taken with the request; the rest go first.
+                    if o.early_sent < o.early.len() {
+                        f.up.preload(&o.early[o.early_sent..]);
+                    }
+                    let sent = o.early_sent as u64;
+                    if sent > 0 {
+                        f.up.bytes += sent;
+                        Counters::add(&self.counters.tcp_bytes_up, sent);
+                        f.tc.add(|c| &c.tcp_bytes_up, sent);
+                    }
+                }
+            }
+            debug!(target: "egressd::worker", "{} -> tcp {} via {}: open", f.client_addr, f.orig_dst, f.tunnel.name);
+        }
+        // Open: the handshake's state and early bytes are freed here.
+        f.stage = Stage::Relaying;
+        f.last_active = now;
+        relay_some(f, relay, &self.counters, now, true, true)
     }
 
     /// When one direction of a relaying flow has just ended, its (shorter)
@@ -696,7 +696,7 @@ impl WorkerLoop {
                 continue;
             }
             let f = self.flows.get_mut(slot).expect("live");
-            let (due, end) = match f.stage {
+            let (due, end) = match &f.stage {
                 Stage::Relaying if f.half_closed => {
                     let limit = self.settings.tcp.half_close_timeout.min(self.settings.tcp.idle_timeout);
                     (f.last_active + limit, End::Reset("half-close timeout"))
@@ -704,12 +704,12 @@ impl WorkerLoop {
                 Stage::Relaying => {
                     (f.last_active + self.settings.tcp.idle_timeout, End::Reset("idle timeout"))
                 }
-                _ => {
+                Stage::Opening(o) => {
                     let why = format!(
                         "no answer from the tunnel within {}s (connect_timeout_secs)",
                         self.settings.tcp.connect_timeout.as_secs()
                     );
-                    (f.started + self.settings.tcp.connect_timeout, End::Failed("timeout", why))
+                    (o.started + self.settings.tcp.connect_timeout, End::Failed("timeout", why))
                 }
             };
             if due > self.now {
@@ -769,10 +769,53 @@ impl WorkerLoop {
     }
 }
 
-/// Relays both directions; `Some` when the flow is over.
-fn pump_both(f: &mut Flow, relay: &mut RelayCtx) -> Option<End> {
-    let up = f.up.pump(&mut f.client, &mut f.upstream, relay);
-    let down = f.down.pump(&mut f.upstream, &mut f.client, relay);
+/// The event says the socket may have bytes (or an EOF, or an error) to read.
+fn may_read(ev: &mio::event::Event) -> bool {
+    ev.is_readable() || ev.is_read_closed() || ev.is_error()
+}
+
+/// The directions an event on one side can move: readable on a side feeds
+/// the direction reading it, writable the direction writing to it; errors
+/// and hang-ups are looked at both ways.
+fn directions(side: Kind, ev: &mio::event::Event) -> (bool, bool) {
+    let both = ev.is_error();
+    let readable = may_read(ev);
+    let writable = both || ev.is_writable() || ev.is_write_closed();
+    match side {
+        // client → upstream is `up`.
+        Kind::Client => (readable, writable),
+        _ => (writable, readable),
+    }
+}
+
+/// Relays the directions asked for and counts the bytes; `Some` when the
+/// flow is over.
+fn relay_some(
+    f: &mut Flow,
+    relay: &mut RelayCtx,
+    counters: &Counters,
+    now: Instant,
+    up: bool,
+    down: bool,
+) -> Option<End> {
+    let (up0, down0) = (f.up.bytes, f.down.bytes);
+    let r = pump_some(f, relay, up, down);
+    if f.up.bytes != up0 || f.down.bytes != down0 {
+        f.last_active = now;
+        Counters::add(&counters.tcp_bytes_up, f.up.bytes - up0);
+        Counters::add(&counters.tcp_bytes_down, f.down.bytes - down0);
+        f.tc.add(|c| &c.tcp_bytes_up, f.up.bytes - up0);
+        f.tc.add(|c| &c.tcp_bytes_down, f.down.bytes - down0);
+    }
+    r
+}
+
+/// Pumps the directions asked for (each until it would block); `Some`
+/// when the flow is over. A direction not asked for keeps its last state:
+/// edge-triggered readiness wakes it when it can move again.
+fn pump_some(f: &mut Flow, relay: &mut RelayCtx, up: bool, down: bool) -> Option<End> {
+    let up = if up { f.up.pump(&mut f.client, &mut f.upstream, relay) } else { Ok(f.up.state()) };
+    let down = if down { f.down.pump(&mut f.upstream, &mut f.client, relay) } else { Ok(f.down.state()) };
     match (up, down) {
         (Err(e), _) | (_, Err(e)) => {
             let why = match e {
@@ -820,12 +863,17 @@ enum Drive {
 }
 
 /// Sends what the handshake holds and feeds it what the server sent, until
-/// either would block or the handshake ends.
+/// either would block or the handshake ends. `may_read`: the event says the
+/// server may have sent something. When it does not, or a short read has
+/// just drained the socket, the server's next bytes come with an event of
+/// their own (edge-triggered epoll reports every arrival), so the read that
+/// could only find nothing is skipped.
 fn drive_handshake(
     s: &mut TcpStream,
     hs: &mut Handshake,
     auth: Option<&Credentials>,
     scratch: &mut [u8],
+    mut may_read: bool,
 ) -> Drive {
     loop {
         while !hs.transmit().is_empty() {
@@ -836,12 +884,17 @@ fn drive_handshake(
                 Err(e) => return Drive::Failed(format!("write to server: {e}"), false, true),
             }
         }
+        if !may_read {
+            return Drive::Pending;
+        }
         let n = match s.read(scratch) {
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Drive::Pending,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Drive::Failed(format!("read from server: {e}"), false, true),
         };
+        // A short read took all the socket had (handshakes carry no urgent data).
+        may_read = n == scratch.len();
         match hs.on_input(&scratch[..n], auth) {
             Ok(Progress::Continue) => {}
             Ok(Progress::Connected { consumed }) => return Drive::Done(consumed..n),

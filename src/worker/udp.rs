@@ -476,7 +476,7 @@ impl WorkerLoop {
                     }
                     let _ = keepalive(&SockRef::from(&*ctrl));
                 }
-                match drive_handshake(ctrl, hs, auth_of(&s.tunnel), scratch) {
+                match drive_handshake(ctrl, hs, auth_of(&s.tunnel), scratch, true) {
                     Drive::Pending => return,
                     Drive::Failed(why, ..) => (None, why),
                     Drive::Done(_) => (hs.bound(), String::new()),

@@ -18,7 +18,7 @@ use mio::net::TcpStream;
 use socket2::SockRef;
 
 use super::slab::{self, Kind};
-use super::{Drive, WorkerLoop, connect, drive_handshake, keepalive};
+use super::{Drive, WorkerLoop, connect, drive_handshake, keepalive, may_read};
 use crate::config::{Credentials, Tunnel};
 use crate::pool::{self, Assoc, TunnelPool};
 use crate::upstream::{Handshake, Socks5Handshake};
@@ -194,7 +194,13 @@ impl WorkerLoop {
             let _ = w.stream.set_nodelay(true);
             w.connected = true;
         }
-        match drive_handshake(&mut w.stream, &mut w.hs, w.auth.as_ref(), &mut self.relay.scratch) {
+        match drive_handshake(
+            &mut w.stream,
+            &mut w.hs,
+            w.auth.as_ref(),
+            &mut self.relay.scratch,
+            may_read(ev),
+        ) {
             Drive::Pending => {}
             // Bytes after the answers are out of turn: not a connection to pool.
             Drive::Done(extra) if extra.is_empty() => {
