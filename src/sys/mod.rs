@@ -73,7 +73,7 @@ pub fn wait_signal() -> io::Result<Signal> {
 pub fn wait_signal_timeout(timeout: std::time::Duration) -> io::Result<Option<Signal>> {
     let set = handled_set();
     let ts = libc::timespec {
-        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as _, // time_t (an alias musl deprecates by name)
         tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
     };
     // SAFETY: `set` and `ts` are valid for the call; a null siginfo pointer is allowed.

@@ -24,6 +24,7 @@
 //! since, it is pushed again with the new deadline.
 
 mod dns;
+mod queue;
 mod slab;
 mod udp;
 mod warm;
@@ -36,10 +37,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use log::{debug, warn};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
+use queue::{QueueRx, QueueTx};
 use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 
 use crate::config::{Credentials, Settings, Tunnel, TunnelKind};
@@ -57,8 +59,8 @@ const WAKER: Token = Token(usize::MAX);
 /// allocator maps it on its own: pages never used cost no memory.
 const SCRATCH: usize = 256 * 1024;
 /// Hand-off queue length per worker: deep enough for a burst of thousands of
-/// connects from one container (the load test opens 3 000+ at once). Slots
-/// are 32 bytes (hand-offs are boxed), so the queue is ~128 KiB at rest.
+/// connects from one container (the load test opens 3 000+ at once). It
+/// costs memory only while it holds hand-offs (see `queue`).
 pub const QUEUE: usize = 4096;
 
 /// A client connection the front loop accepted and routed.
@@ -96,7 +98,7 @@ const COMMANDS: usize = 64;
 /// The sending side of a worker, held by every front loop.
 #[derive(Clone)]
 pub struct WorkerHandle {
-    tx: Sender<Handoff>,
+    tx: QueueTx<Handoff>,
     commands: Sender<Command>,
     waker: Arc<Waker>,
     /// Set while the worker is (about to be) blocked in epoll: only then is a
@@ -110,9 +112,7 @@ pub struct WorkerHandle {
 impl WorkerHandle {
     /// Queues without blocking; gives the hand-off back if the queue is full.
     pub fn try_send(&self, h: Handoff) -> Result<(), Handoff> {
-        self.tx.try_send(h).map_err(|e| match e {
-            TrySendError::Full(h) | TrySendError::Disconnected(h) => h,
-        })
+        self.tx.try_send(h)
     }
 
     /// Queues a command and wakes the worker; waits at most `wait` for room.
@@ -199,7 +199,7 @@ enum End {
 pub struct WorkerLoop {
     id: usize,
     poll: Poll,
-    rx: Receiver<Handoff>,
+    rx: QueueRx<Handoff>,
     commands: Receiver<Command>,
     flows: Slab<Flow>,
     timers: BinaryHeap<Reverse<(Instant, Token)>>,
@@ -260,7 +260,7 @@ impl WorkerLoop {
         let counters = registry.thread();
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let (tx, rx) = queue::queue(QUEUE);
         let (recycle, recycled) = crossbeam_channel::bounded(16);
         let (commands_tx, commands) = crossbeam_channel::bounded(COMMANDS);
         let w = WorkerLoop {
@@ -350,7 +350,7 @@ impl WorkerLoop {
                 Command::ResetSource(c) => self.reset_source(c),
             }
         }
-        while let Ok(h) = self.rx.try_recv() {
+        while let Some(h) = self.rx.try_recv() {
             match h {
                 Handoff::Tcp(t) => self.start_flow(*t),
                 Handoff::Udp(b) => self.on_batch(b),
