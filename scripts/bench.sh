@@ -580,7 +580,8 @@ proc_ctxsw() { # PID -> "voluntary nonvoluntary"
 }
 # perop_begin PREFIX REP / perop_end IMPL REP PREFIX COUNT — the proxy's CPU time and
 # context switches per operation (connection, query) over one load run:
-# PREFIX_cpu_us (user+sys, µs) and PREFIX_wakeups (voluntary switches).
+# PREFIX_cpu_us (user+sys, µs), PREFIX_machine_us (all CPUs' busy time, µs)
+# and PREFIX_wakeups (voluntary switches).
 # PROBE=perf: `perf stat` of syscall and scheduler tracepoints (PERF_EVENTS)
 # on the proxy during each run (OUT/probe/IMPL-conn|dns-REP.perf; little overhead).
 # PROBE=record: `perf record -g` on the proxy during each run
@@ -620,11 +621,11 @@ perop_begin() {
 		PROBE_PID=$!
 		sleep 0.5 ;;
 	esac
-	PEROP0="$(proc_cpu "$PROXY_PID") $(proc_ctxsw "$PROXY_PID")"
+	PEROP0="$(proc_cpu "$PROXY_PID") $(proc_ctxsw "$PROXY_PID") $(machine_busy_s)"
 	PEROP_T0=$(proc_ctxsw_threads "$PROXY_PID")
 }
 perop_end() {
-	local impl=$1 rep=$2 pfx=$3 n=$4 c0 v0 n0 c1 v1 n1
+	local impl=$1 rep=$2 pfx=$3 n=$4 c0 v0 n0 m0 c1 v1 n1 m1
 	[ -n "$PROXY_PID" ] && [ -n "$PEROP0" ] || return 0
 	case ${PROBE:-} in
 	strace | perf)
@@ -641,8 +642,8 @@ perop_end() {
 	callgrind)
 		callgrind_control -d "$impl-$pfx-$rep-n$n" "$PROXY_PID" >/dev/null 2>&1 ;;
 	esac
-	read -r c0 v0 n0 <<<"$PEROP0"
-	read -r c1 v1 n1 <<<"$(proc_cpu "$PROXY_PID") $(proc_ctxsw "$PROXY_PID")"
+	read -r c0 v0 n0 m0 <<<"$PEROP0"
+	read -r c1 v1 n1 m1 <<<"$(proc_cpu "$PROXY_PID") $(proc_ctxsw "$PROXY_PID") $(machine_busy_s)"
 	local per_thread
 	per_thread=$(printf '%s\n%s\n' "$PEROP_T0" "$(proc_ctxsw_threads "$PROXY_PID")" | tr ' ' '\n' | grep = |
 		awk -F= -v n="${n:-0}" '{ if (seen[$1]++) d[$1] = $2 - first[$1]; else first[$1] = $2 }
@@ -652,9 +653,19 @@ perop_end() {
 		return 0
 	fi
 	sample "$impl" "${pfx}_cpu_us" "$rep" "$(calc "($c1 - $c0) * 1e6 / $n")" us "$(calc "$c1 - $c0") s CPU over $n"
+	# Everything the machine ran for it (client, target, exit, proxy, the
+	# bench itself): the proxy's share of this bounds what a cheaper proxy
+	# can gain in operations per second when the CPUs are saturated.
+	[ -n "$m0" ] && [ -n "$m1" ] &&
+		sample "$impl" "${pfx}_machine_us" "$rep" "$(calc "($m1 - $m0) * 1e6 / $n")" us "$(calc "$m1 - $m0") s busy CPU (all CPUs, /proc/stat) over $n"
 	sample "$impl" "${pfx}_wakeups" "$rep" "$(calc "($v1 - $v0) / $n")" "/op" "$((v1 - v0)) voluntary, $((n1 - n0)) involuntary switches over $n${per_thread:+; by thread: $per_thread}"
 }
 proc_rss_mib() { local k; k=$(btool rss "$1" 2>/dev/null) && calc "$k / 1024"; }
+# The whole machine's busy CPU time so far, in seconds (every CPU: user,
+# nice, system, irq, softirq of /proc/stat's "cpu" line).
+machine_busy_s() {
+	awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" { printf "%.6f\n", ($2 + $3 + $4 + $7 + $8) / hz; exit }' /proc/stat
+}
 
 # ---------------------------------------------------------------- path check
 
@@ -1003,14 +1014,14 @@ if [ "$LAT_ONLY" != 1 ]; then
 		fi
 	fi
 	# Per-operation costs (not in benchtool's table): medians per implementation.
-	awk -F'\t' 'NR > 1 && $2 ~ /_(cpu_us|wakeups)$/ && $4 != "n/a" { print $2, $1, $4, $5 }' "$SAMPLES" |
+	awk -F'\t' 'NR > 1 && $2 ~ /_(cpu_us|machine_us|wakeups)$/ && $4 != "n/a" { print $2, $1, $4, $5 }' "$SAMPLES" |
 		sort -k1,1 -k2,2 -k3,3g |
 		awk 'function out() { if (n) printf "%-14s %-10s %10.4g %-4s (median of %d:%s)\n", km, ki, (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2, ku, n, all }
 			$1 != km || $2 != ki { out(); km = $1; ki = $2; ku = $4; n = 0; all = "" }
 			{ a[++n] = $3; all = all " " $3 }
 			END { out() }' >"$OUT/perop.txt"
 	if [ -s "$OUT/perop.txt" ]; then
-		{ echo "proxy CPU (user+sys) and voluntary context switches per connection (wrk) and per query (dnsperf):"; cat "$OUT/perop.txt"; } >"$OUT/perop.tmp" && mv "$OUT/perop.tmp" "$OUT/perop.txt"
+		{ echo "proxy CPU (user+sys), the whole machine's busy CPU (machine_us) and the proxy's voluntary context switches per connection (wrk) and per query (dnsperf):"; cat "$OUT/perop.txt"; } >"$OUT/perop.tmp" && mv "$OUT/perop.tmp" "$OUT/perop.txt"
 		say ""; cat "$OUT/perop.txt"
 	fi
 	# PROBE=perf: each counted event per operation, medians over the repetitions.
