@@ -1016,7 +1016,7 @@ if [ "$LAT_ONLY" != 1 ]; then
 	# Per-operation costs (not in benchtool's table): medians per implementation.
 	awk -F'\t' 'NR > 1 && $2 ~ /_(cpu_us|machine_us|wakeups)$/ && $4 != "n/a" { print $2, $1, $4, $5 }' "$SAMPLES" |
 		sort -k1,1 -k2,2 -k3,3g |
-		awk 'function out() { if (n) printf "%-14s %-10s %10.4g %-4s (median of %d:%s)\n", km, ki, (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2, ku, n, all }
+		awk 'function out() { if (n) printf "%-16s %-10s %10.4g %-4s (median of %d:%s)\n", km, ki, (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2, ku, n, all }
 			$1 != km || $2 != ki { out(); km = $1; ki = $2; ku = $4; n = 0; all = "" }
 			{ a[++n] = $3; all = all " " $3 }
 			END { out() }' >"$OUT/perop.txt"
