@@ -13,15 +13,16 @@
 #  c7 10.8.0.17 ─┤                        │     :1085 "flaky" drops the first 3 requests on pooled conns
 #  c8 10.8.0.18 ─┤                        │     :1086 "fair"  (warm 4; greetings slowed on demand)
 #  c9 10.8.0.19 ─┤                        └─ exit2 100.64.2.2:1080 socks_server.py "cold" (warm 0)
-#  c10 10.8.0.20 ┘
+#  c10 10.8.0.20 ┤                                     :1081 socks_server.py "late" (warm 0)
+#  c11 10.8.0.21 ┘
 #                                             every exit -> inet 203.0.113.10 (who-am-i :80)
 #
 # Routes: c0 -> micro (exit0, warm default, pipeline default), c1 -> good,
 # c2 -> authA (usera), c3 -> authB (userb), c4 -> idle, c5 -> short,
 # c6 -> cold (warm: 0, pipeline: false), c7 -> burst (warm: 4), c8 -> flaky,
-# c9 and c10 -> fair (warm: 4).
+# c9 and c10 -> fair (warm: 4), c11 -> late (warm: 0, pipelining probed).
 #
-# Checks (one PASS/FAIL line each; 24 on every path, plan_checks), in the
+# Checks (one PASS/FAIL line each; 25 on every path, plan_checks), in the
 # order they run (6 first: it needs egressd's first seconds; 3a's flows run
 # in the background from the start). Against an egressd without pools most
 # of them fail, and each of 3c, 3e, 4c, 5c and 8 was seen to fail against
@@ -83,7 +84,14 @@
 #      from c9 take 2 of fair's 4 pooled connections (ceil(4/2)) and make 2
 #      fresh ones; c10 right after still gets a pooled one (accepted before
 #      c9 started); all 5 right
-#   9  `egressd stats` has a "warm pools:" line per Socks5 tunnel (10), each
+#   10 a container's first bytes that come while the connect to the exit
+#      is still under way (its first SYN dropped at the exit: the connect
+#      takes a retransmit, ~1 s) leave with the greeting and CONNECT in one
+#      flight: the exit holds the HTTP request when it answers the CONNECT
+#      ("first=N" > 0) and curl gets the right bytes (a build that spent
+#      the client's readiness while connecting sent them a round trip
+#      later, after the answer)
+#   9  `egressd stats` has a "warm pools:" line per Socks5 tunnel (11), each
 #      in the format above; the warm: 0, pipeline: false tunnel says
 #      "ready 0/0" and "pipelining off"
 #   7  nothing left gw by its uplink (leak detector)
@@ -99,13 +107,13 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
-plan_checks 24
+plan_checks 25
 
 require_root_and_tools nft iptables ip6tables curl microsocks danted python3 ss timeout ps awk
 eg_init
 T0=$(date +%s)
 
-NCONT=11
+NCONT=12
 EX0=$(exit_egress4 0)
 EX1=$(exit_egress4 1)
 EX2=$(exit_egress4 2)
@@ -227,6 +235,7 @@ srv_start burst "$E1" 100.64.1.2 1084
 srv_start flaky "$E1" 100.64.1.2 1085 --drop-pooled 3
 srv_start fair "$E1" 100.64.1.2 1086 --delay-file "$EG_TMP/fair.delay"
 srv_start cold "$E2" 100.64.2.2 1080
+srv_start late "$E2" 100.64.2.2 1081
 SYN_COLD0=$(socks_syn_count 2)
 
 # write_conf PASSWORD_A — egressd's config; authA logs in with PASSWORD_A.
@@ -245,6 +254,7 @@ write_conf() {
 	        "cold": Socks5(server: "100.64.2.2:1080", udp: false, warm: 0, pipeline: false),
 	        "flaky": Socks5(server: "100.64.1.2:1085", udp: false, warm: 2),
 	        "fair": Socks5(server: "100.64.1.2:1086", udp: false, warm: 4),
+	        "late": Socks5(server: "100.64.2.2:1081", udp: false, warm: 0),
 	    },
 	    routes: [
 	        (source: "10.8.0.10", tunnel: "micro"),
@@ -258,6 +268,7 @@ write_conf() {
 	        (source: "10.8.0.18", tunnel: "flaky"),
 	        (source: "10.8.0.19", tunnel: "fair"),
 	        (source: "10.8.0.20", tunnel: "fair"),
+	        (source: "10.8.0.21", tunnel: "late"),
 	    ],
 	    intercept: (tcp: Redirect),
 	    control: (socket: "$SOCK"),
@@ -623,16 +634,48 @@ else
 		"c9 $ok9/4 right, c10 '$got10'; requests after c9 started: $pooled_n on pooled connections (want 3: 2 of c9's + c10's), $fresh_n fresh (want 2); c10's: '$(printf '%s' "$r10" | oneline 160)'; pool_hits +$((hf1 - hf0)) (want 3)"
 fi
 
+# ================================================================== 10 first bytes during a slow connect
+wait_until 10 pool_field_not late pipelining unknown
+pl10=$(pool_field late pipelining)
+nsx "$E2" nft -f - <<-'EOF' || die "exit2: nft could not add the SYN drop (table inet eglate)"
+	table inet eglate {
+		chain in {
+			type filter hook input priority -10;
+			tcp dport 1081 tcp flags & (syn | ack) == syn drop
+		}
+	}
+	EOF
+t10=$(now_ns)
+whoami "${NS_C[11]}" >"$EG_TMP/late.c11" 2>&1 &
+lpid=$!
+sleep 0.5
+nsx "$E2" nft delete table inet eglate
+wait "$lpid"
+got11=$(cat "$EG_TMP/late.c11")
+r11=$(reqs_after late "$t10")
+id11=$(kvf id "$r11")
+rep11=$(awk -v i="id=$id11" '$1 == "reply" && $2 == i' "$EG_TMP/late.log")
+first11=$(kvf first "$rep11")
+acc11=$(kvf accept_t "$r11")
+if [ "$pl10" = yes ] && [ "$got11" = "$EX2" ] && [ "$(printf '%s
+' "$r11" | grep -c .)" -eq 1 ] &&
+	[ "${first11:-0}" -gt 0 ] && [ $(( ${acc11:-$t10} - t10 )) -ge 800000000 ]; then
+	pass "10 first bytes sent during a slow connect (accepted $(( (acc11 - t10) / 1000000 )) ms after curl started) went with the CONNECT: the exit held $first11 bytes when it answered; curl right"
+else
+	fail "10 a container's first bytes must go with the request after a slow connect" \
+		"pipelining '$pl10' (want yes), curl '$got11' (want $EX2), requests '$(printf '%s' "$r11" | oneline 160)', answer '$rep11' (want first > 0), accepted ${acc11:-?} vs start $t10 (want >= 0.8 s later: the first SYN dropped)"
+fi
+
 # ================================================================== 9 the stats section
 ctl_stats >"$EG_TMP/stats.end" 2>&1
 awk '/^warm pools:/ { s = 1; next } s && /^[^ ]/ { s = 0 } s && NF' "$EG_TMP/stats.end" >"$EG_TMP/pools.end"
 npl=$(grep -c . "$EG_TMP/pools.end")
 badl=$(grep -vE "$POOL_RE" "$EG_TMP/pools.end" | oneline 300)
 coldl=$(grep -E '^  cold ' "$EG_TMP/pools.end")
-if [ "$npl" -eq 10 ] && [ -z "$badl" ] && printf '%s\n' "$coldl" | grep -q ' ready 0/0 .* pipelining off'; then
-	pass "9 egressd stats: 10 lines under 'warm pools:', all in the format; cold: '$coldl'"
+if [ "$npl" -eq 11 ] && [ -z "$badl" ] && printf '%s\n' "$coldl" | grep -q ' ready 0/0 .* pipelining off'; then
+	pass "9 egressd stats: 11 lines under 'warm pools:', all in the format; cold: '$coldl'"
 else
-	fail "9 egressd stats' warm pools section" "$npl lines (want 10); not in the format: '$badl'; cold: '$coldl'"
+	fail "9 egressd stats' warm pools section" "$npl lines (want 11); not in the format: '$badl'; cold: '$coldl'"
 fi
 
 # ================================================================== 7 leaks, liveness

@@ -157,6 +157,9 @@ struct Opening {
     early_sent: usize,
     /// Read the client during the handshake (pipelined or pooled).
     hold_early: bool,
+    /// The client became readable while the upstream was connecting: its
+    /// edge is spent, so its bytes are read once the handshake starts.
+    client_unread: bool,
     /// Client bytes may follow the request before its answer.
     pipe_data: bool,
     /// On a pooled connection: one retry on a fresh one if it dies unanswered.
@@ -431,6 +434,7 @@ impl WorkerLoop {
                 early: Vec::new(),
                 early_sent: 0,
                 hold_early: pipe || retry,
+                client_unread: false,
                 pipe_data: pipe,
                 retry,
             })),
@@ -588,6 +592,7 @@ impl WorkerLoop {
         };
         if o.connecting {
             if side != Kind::Upstream || !(ev.is_writable() || ev.is_error() || ev.is_write_closed()) {
+                o.client_unread |= side == Kind::Client && may_read(ev);
                 return None;
             }
             match f.upstream.take_error() {
@@ -613,12 +618,12 @@ impl WorkerLoop {
         }
         if let Some(hs) = &mut o.handshake {
             if o.hold_early {
-                if side == Kind::Client
-                    && may_read(ev)
+                if (o.client_unread || (side == Kind::Client && may_read(ev)))
                     && read_early(&mut f.client, &mut o.early, &mut relay.scratch).is_err()
                 {
                     return Some(End::Reset("read error"));
                 }
+                o.client_unread = false;
             } else if side != Kind::Upstream {
                 return None;
             }
