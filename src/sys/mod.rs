@@ -141,16 +141,21 @@ pub fn set_recv_orig_dst(fd: BorrowedFd<'_>, ipv6: bool) -> io::Result<()> {
     } else {
         (libc::SOL_IP, libc::IP_RECVORIGDSTADDR)
     };
-    let on: libc::c_int = 1;
-    // SAFETY: `fd` is a live socket borrowed for the call; `on` is a valid
-    // c_int whose size is passed alongside it.
+    set_option(fd, level, name, &(1 as libc::c_int))
+}
+
+/// setsockopt(2) with a value of type `T` (an option socket2 does not offer).
+fn set_option<T>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `fd` is a live socket borrowed for the call; `value` points at
+    // a valid `T` whose size is passed alongside it, and the kernel only
+    // reads it (copying in anything it points to) during the call.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             level,
             name,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc != 0 {
@@ -241,22 +246,8 @@ pub fn attach_reuseport_cbpf(fd: BorrowedFd<'_>, prog: &[libc::sock_filter]) -> 
         // The kernel only reads the instructions (it copies them in).
         filter: prog.as_ptr().cast_mut(),
     };
-    // SAFETY: `fd` is a live socket borrowed for the call; `fprog` points at
-    // `prog.len()` valid instructions that outlive the call, and its size is
-    // passed alongside it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_ATTACH_REUSEPORT_CBPF,
-            (&fprog as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // `fprog` points at `prog.len()` instructions that outlive the call.
+    set_option(fd, libc::SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &fprog)
 }
 
 /// A non-blocking, close-on-exec pipe: (read end, write end).
