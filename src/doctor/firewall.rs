@@ -3,7 +3,8 @@
 //! Pure: text in, chains out. Every table's declared chains (built-in ones
 //! with their policy and the kernel's priority for that table), every `-A`
 //! rule with the matches doctor understands (`-s -d -i -o -p`, ports,
-//! multiport, conntrack/state, addrtype LOCAL, rpfilter) and its target;
+//! multiport, conntrack direction/state/status (`--ctstate DNAT` included),
+//! state, addrtype LOCAL, rpfilter) and its target;
 //! any other match is kept as unknown (a maybe when walked).
 
 use super::model::{Base, Chain, Match, Rule, Ruleset, Verdict, port_range, proto_number};
@@ -118,6 +119,11 @@ fn ipt_rule(words: &[String], text: &str, declared: &dyn Fn(&str) -> bool) -> Ru
             "--ctstate" | "--state" => {
                 Some(Match::CtState(val.split(',').map(str::to_ascii_lowercase).collect(), neg))
             }
+            // SEEN_REPLY, as nft names the bits: seen-reply.
+            "--ctstatus" => Some(Match::CtStatus(
+                val.split(',').map(|b| b.to_ascii_lowercase().replace('_', "-")).collect(),
+                neg,
+            )),
             "--dst-type" if val == "LOCAL" => Some(Match::DstLocal(neg)),
             "--comment" => None,
             "--limit-iface-in" | "--limit-iface-out" => {

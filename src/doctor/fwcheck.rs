@@ -10,8 +10,12 @@
 //!                        local address, all intercepted: no reserved/local RETURN comes first
 //!   kill switch          ICMP, TCP, UDP and DNS that would be forwarded are dropped, and not after
 //!                        an ACCEPT (Docker's filter FORWARD): says which rule comes first
-//!   published ports      replies of connections into a container (ctdir REPLY) are neither
-//!                        diverted nor dropped (docker -p)
+//!   published ports      replies of connections DNAT'd into a container (conntrack REPLY, status
+//!                        DNAT: docker -p) are neither diverted nor dropped
+//!   stranger replies     replies without DNAT (an answer to a remote that wrote first to a
+//!                        container's full-cone mapping, a reply of an inbound connection that
+//!                        was not published), UDP and TCP, are intercepted or dropped: passing the
+//!                        kill switch they would leave from the container's own address
 //!   forged sources       a source the interface has no route back to is dropped (rpfilter)
 //! once: ipv6 (an interface with IPv6 but nothing intercepting it), dns path (which resolver answers)
 //! ```
@@ -120,6 +124,7 @@ impl FwInput<'_> {
             sport: 40000,
             dport,
             reply: false,
+            dnat: false,
         }
     }
 
@@ -312,6 +317,7 @@ pub(super) fn firewall_checks(inp: &FwInput) -> Vec<Check> {
         kill_ok[usize::from(s.v6)] &= k.status != super::Status::Fail;
         v.push(k);
         v.push(published_check(inp, s, &tag));
+        v.push(answers_check(inp, s, &tag));
         v.push(forged_check(inp, s, &tag));
     }
     v.extend(ipv6_check(inp, kill_ok[1]));
@@ -485,6 +491,7 @@ fn published_check(inp: &FwInput, s: &Side, tag: &str) -> Check {
         let mut p = inp.packet(s, proto, inp.public(s.v6, 77), 40000);
         p.sport = sport;
         p.reply = true;
+        p.dnat = true;
         let what = format!(
             "a reply from {}:{sport} ({}) to a client of a published port (docker -p)",
             s.ifname,
@@ -499,7 +506,8 @@ fn published_check(inp: &FwInput, s: &Side, tag: &str) -> Check {
             return Check::fail(
                 name,
                 format!(
-                    "{what} is taken by {}: only connections a container opens (ctdir ORIGINAL) may be intercepted",
+                    "{what} is taken by {}: replies of DNAT'd connections (conntrack REPLY, status DNAT) must be \
+                     left alone before the intercept",
                     rs.show(at)
                 ),
                 inp.fix.clone(),
@@ -519,8 +527,8 @@ fn published_check(inp: &FwInput, s: &Side, tag: &str) -> Check {
                 return Check::fail(
                     name,
                     format!(
-                        "{what} is dropped by {}: published ports break; the kill switch must RETURN conntrack \
-                         direction REPLY before its DROP",
+                        "{what} is dropped by {}: published ports break; the kill switch must RETURN replies of \
+                         DNAT'd connections (conntrack REPLY, status DNAT) before its DROP",
                         rs.show(at)
                     ),
                     inp.fix.clone(),
@@ -531,8 +539,77 @@ fn published_check(inp: &FwInput, s: &Side, tag: &str) -> Check {
     }
     Check::ok(
         name,
-        "replies of connections into the containers (ctdir REPLY) are neither intercepted nor dropped",
+        "replies of connections DNAT'd into the containers (conntrack REPLY, status DNAT) are neither \
+         intercepted nor dropped",
     )
+}
+
+/// A container's answer to a remote that wrote to it first (egressd hands
+/// it a datagram from a full-cone session's stranger, conntrack records
+/// that remote as the originator) or a reply of an inbound connection that
+/// was not DNAT'd: conntrack REPLY without DNAT. Forwarded, it leaves by
+/// the host's uplink from the container's own address; it must be
+/// intercepted (UDP: egressd sends it through the container's session) or
+/// dropped.
+fn answers_check(inp: &FwInput, s: &Side, tag: &str) -> Check {
+    let rs = inp.rs;
+    let name = format!("stranger replies {tag}");
+    let mut how = Vec::new();
+    for (proto, sport, dport) in [(UDP, 40000, 5001), (TCP, 80, 40000)] {
+        let mut p = inp.packet(s, proto, inp.public(s.v6, 11), dport);
+        p.sport = sport;
+        p.reply = true;
+        let what = format!(
+            "{} from {} ({}) port {sport}, a reply without DNAT (conntrack REPLY: {})",
+            describe(&p),
+            s.ifname,
+            s.src_text,
+            if proto == UDP {
+                "an answer to a remote that wrote first"
+            } else {
+                "an inbound connection not published"
+            }
+        );
+        let taken =
+            |v: &Verdict| matches!(v, Verdict::Tproxy { .. } | Verdict::Redirect { .. } | Verdict::Drop);
+        let pre = rs.hook("prerouting", &p, &|v| !taken(v));
+        if let Some((_, d)) = &pre.decided {
+            how.push(format!("{}: {}", describe(&p), verdict_text(&d.verdict)));
+            continue;
+        }
+        let fwd = rs.hook("forward", &p, &|v| *v != Verdict::Drop);
+        match fwd.decided {
+            Some((b, d)) if d.policy => {
+                how.push(format!("{}: DROP (policy of {})", describe(&p), rs.chains[b].label()))
+            }
+            Some((_, d)) => how.push(format!("{}: {} DROP", describe(&p), route(rs, &d.path))),
+            None => {
+                return Check::fail(
+                    name,
+                    format!(
+                        "{what} passes the kill switch{}: it would leave by this host's uplink from the \
+                         container's own address, around its tunnel",
+                        lets_out(rs, &fwd)
+                    ),
+                    inp.fix.clone(),
+                );
+            }
+        }
+    }
+    Check::ok(name, format!("replies without DNAT are intercepted or dropped ({})", how.join("; ")))
+}
+
+/// `: RULE lets it out`: the RETURN of a chain that would have dropped it,
+/// or the ACCEPT that ended its walk.
+fn lets_out(rs: &Ruleset, res: &HookResult) -> String {
+    let drops = |v: &Verdict| *v == Verdict::Drop;
+    let ret = res.passed.iter().flat_map(|(_, d)| d.returned.iter()).find(|at| rs.reaches(at.0, &drops, 0));
+    let accept =
+        res.passed.iter().find(|(_, d)| d.verdict == Verdict::Accept).and_then(|(_, d)| first_rule(d));
+    match ret.copied().or(accept) {
+        Some(at) => format!(": {} lets it out", rs.show(at)),
+        None => String::new(),
+    }
 }
 
 fn forged_check(inp: &FwInput, s: &Side, tag: &str) -> Check {

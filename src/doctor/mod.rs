@@ -6,7 +6,8 @@
 //! capability ─ listen addresses ─ listeners (is egressd running?) ─ bridge netfilter
 //!   ─ ip rule / local route ─ container interfaces
 //!   ─ per interface and family: TCP, UDP and DNS intercept, kill switch (and what comes
-//!     first), published ports, forged sources ─ IPv6 left to the kill switch ─ DNS path
+//!     first), published ports, stranger replies, forged sources ─ IPv6 left to the
+//!     kill switch ─ DNS path
 //!   ─ UdpNoPorts over one second ─ each tunnel (TCP, SOCKS5 greeting/auth/ASSOCIATE, HTTP)
 //! ```
 //!
@@ -168,7 +169,13 @@ pub fn fuzz_firewall(text: &str) {
     firewall::add_iptables(&mut rs, text, true);
     nft::add_nft(&mut rs, text, [false, firewall::is_nft_flavour(text)]);
     for (v6, dst) in [(false, "203.0.113.10"), (true, "2001:db8:203::10")] {
-        for (proto, reply) in [(model::TCP, false), (model::UDP, true), (model::ICMP, false)] {
+        let samples = [
+            (model::TCP, false, false),
+            (model::UDP, true, true),
+            (model::UDP, true, false),
+            (model::ICMP, false, false),
+        ];
+        for (proto, reply, dnat) in samples {
             let p = model::Packet {
                 v6,
                 iif: "br0".into(),
@@ -180,6 +187,7 @@ pub fn fuzz_firewall(text: &str) {
                 sport: 40000,
                 dport: 53,
                 reply,
+                dnat,
             };
             for hook in ["prerouting", "forward"] {
                 let r = rs.hook(hook, &p, &|v| *v != model::Verdict::Drop);

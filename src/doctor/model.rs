@@ -62,8 +62,12 @@ pub(super) enum Match {
     Sport(Vec<(u16, u16)>, bool),
     /// conntrack direction: reply (true) or original.
     CtDir(bool, bool),
-    /// conntrack states, lower case (`new`, `established`, ...).
+    /// conntrack states, lower case (`new`, `established`, ...), with
+    /// iptables' virtual `dnat` and `snat` (`--ctstate DNAT`): any of them.
     CtState(Vec<String>, bool),
+    /// conntrack status bits, lower case as nft names them (`dnat`,
+    /// `seen-reply`, ...; `--ctstatus`, `ct status`): any of them set.
+    CtStatus(Vec<String>, bool),
     /// `-m addrtype --dst-type LOCAL`, `fib daddr type local`.
     DstLocal(bool),
     /// rpfilter: true when it matches a forged source (`--invert`, `oif missing`).
@@ -156,9 +160,13 @@ pub(super) struct Packet {
     pub proto: u8,
     pub sport: u16,
     pub dport: u16,
-    /// A reply of a connection that entered the container (conntrack
-    /// REPLY, ESTABLISHED); else a new connection the container opens.
+    /// A reply: conntrack REPLY, ESTABLISHED (of a connection that entered
+    /// the container, or an answer to a remote that wrote to it first);
+    /// else a new connection the container opens.
     pub reply: bool,
+    /// Its connection's destination was rewritten on the way in (conntrack
+    /// status DNAT: a published port's).
+    pub dnat: bool,
 }
 
 pub(super) const TCP: u8 = 6;
@@ -210,14 +218,46 @@ impl Match {
             Match::Dport(v, neg) => ports(v, p.dport, *neg),
             Match::Sport(v, neg) => ports(v, p.sport, *neg),
             Match::CtDir(reply, neg) => Tri::of(*reply == p.reply).neg(*neg),
-            Match::CtState(states, neg) => {
-                let s = if p.reply { "established" } else { "new" };
-                Tri::of(states.iter().any(|x| x == s)).neg(*neg)
-            }
+            Match::CtState(states, neg) => any(states, |s| ct_state(s, p)).neg(*neg),
+            Match::CtStatus(bits, neg) => any(bits, |b| ct_status(b, p)).neg(*neg),
             Match::DstLocal(neg) => Tri::of(p.dst_local).neg(*neg),
             Match::Rpfilter(forged) => Tri::of(p.forged == *forged),
             Match::Unknown(_) => Tri::Maybe,
         }
+    }
+}
+
+/// Yes when one of `items` is, else Maybe when one may be, else No.
+fn any(items: &[String], f: impl Fn(&str) -> Tri) -> Tri {
+    items.iter().fold(Tri::No, |t, x| match (t, f(x)) {
+        (Tri::Yes, _) | (_, Tri::Yes) => Tri::Yes,
+        (Tri::Maybe, _) | (_, Tri::Maybe) => Tri::Maybe,
+        _ => Tri::No,
+    })
+}
+
+/// A sample is a connection's first packet (`new`, no NAT set up yet) or
+/// a reply (`established`, DNAT as sampled). SNAT happens after the hooks
+/// doctor walks, and is not known here.
+fn ct_state(state: &str, p: &Packet) -> Tri {
+    match state {
+        "new" => Tri::of(!p.reply),
+        "established" => Tri::of(p.reply),
+        "related" | "invalid" | "untracked" => Tri::No,
+        "dnat" => Tri::of(p.dnat),
+        _ => Tri::Maybe,
+    }
+}
+
+/// Status bits: a first packet has none yet (not even `confirmed`); a
+/// reply's connection is confirmed and has seen a reply.
+fn ct_status(bit: &str, p: &Packet) -> Tri {
+    match bit {
+        "dnat" => Tri::of(p.dnat),
+        "confirmed" | "seen-reply" => Tri::of(p.reply),
+        // `--ctstatus NONE` tests no bit: it never matches.
+        "expected" | "dying" | "none" => Tri::No,
+        _ => Tri::Maybe,
     }
 }
 

@@ -3,8 +3,8 @@
 //! Pure. Tables of the ip, ip6 and inet families (bridge, netdev and arp
 //! ones are not on the routed path); base chains with their hook, priority
 //! and policy; named sets of addresses; each rule tokenised (`{ ... }` and
-//! `"..."` kept whole) into the matches doctor understands, the rest kept
-//! as unknown. The tables iptables-nft manages are left out when its
+//! `"..."` kept whole) into the matches doctor understands (`ct status
+//! dnat` among them), the rest kept as unknown. The tables iptables-nft manages are left out when its
 //! `iptables-save` was read (they would be counted twice, and nft shows
 //! their TPROXY/REDIRECT targets only as opaque `xt target`).
 
@@ -292,6 +292,11 @@ fn nft_rule(text: &str, table: &str, sets: &HashMap<String, Vec<Range>>) -> Rule
                 }
                 i = next;
             }
+            "ct" if word(i + 1) == "status" => {
+                let (m, next) = ct_status(&t, i + 2);
+                matches.push(m);
+                i = next;
+            }
             "fib" => {
                 // `fib daddr type [!=] local`, `fib saddr . iif oif missing|0|exists`.
                 let end = (i + 1..t.len()).find(|&j| matches!(word(j), "type" | "oif")).unwrap_or(t.len());
@@ -385,6 +390,35 @@ fn nft_rule(text: &str, table: &str, sets: &HashMap<String, Vec<Range>>) -> Rule
         }
     }
     Rule { matches, verdict, text: counterless(text) }
+}
+
+/// `ct status` from word `j` on, as nft prints it: `dnat`, `snat,dnat`
+/// (any of them set), `! dnat` (not set), `& dnat == dnat`, `& dnat != 0`,
+/// `& dnat == 0`. An exact comparison (`!= dnat`, `== dnat`) or a set is
+/// a match doctor cannot judge. Returns the match and the word after it.
+fn ct_status(t: &[String], j: usize) -> (Match, usize) {
+    let word = |k: usize| t.get(k).map(String::as_str).unwrap_or("");
+    let bits = |v: &str| v.split(',').map(str::to_string).collect::<Vec<_>>();
+    let plain = |v: &str| !v.is_empty() && v.chars().all(|c| c.is_ascii_lowercase() || c == '-' || c == ',');
+    let unknown =
+        |n: usize| Match::Unknown(format!("ct status {}", t[j.min(t.len())..(j + n).min(t.len())].join(" ")));
+    match word(j) {
+        "!" if plain(word(j + 1)) => (Match::CtStatus(bits(word(j + 1)), true), j + 2),
+        "&" => {
+            let (mask, op, val) = (word(j + 1), word(j + 2), word(j + 3));
+            let single = plain(mask) && !mask.contains(',');
+            let neg = match (op, val) {
+                ("==", v) if v == mask && single => Some(false),
+                ("!=", "0") if plain(mask) => Some(false),
+                ("==", "0") if plain(mask) => Some(true),
+                _ => None,
+            };
+            (neg.map_or_else(|| unknown(4), |n| Match::CtStatus(bits(mask), n)), j + 4)
+        }
+        "==" | "!=" => (unknown(2), j + 2),
+        v if plain(v) => (Match::CtStatus(bits(v), false), j + 1),
+        _ => (unknown(1), j + 1),
+    }
 }
 
 /// `10.8.0.1:10900`, `[fd08::1]:10900`, `:10900`, `10.8.0.1`.

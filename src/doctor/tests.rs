@@ -5,7 +5,10 @@
 //! TPROXY one (v4 listener only, intercept.sources 10.8.0.8/29, a bypass),
 //! Docker's filter FORWARD rules around the new rules, and an older
 //! egressd's source-keyed rules with Docker's ACCEPT inserted above its
-//! filter FORWARD kill switch. Edits of them stand for the broken setups.
+//! filter FORWARD kill switch. `prev-*`: the previous version's install
+//! (intercept for conntrack ORIGINAL only, every REPLY exempt from the kill
+//! switch), which lets a container's answers to strangers out. Edits of
+//! them stand for the broken setups.
 
 use std::net::SocketAddr;
 
@@ -32,6 +35,9 @@ const IP_RULE: &str = include_str!("fixtures/iprule.txt");
 const ROUTE4: &str = include_str!("fixtures/route4.txt");
 const ROUTE6: &str = include_str!("fixtures/route6.txt");
 const SNMP: &str = include_str!("fixtures/snmp.txt");
+const PREV_IPTABLES: &str = include_str!("fixtures/prev-iptables-save.txt");
+const PREV_IP6TABLES: &str = include_str!("fixtures/prev-ip6tables-save.txt");
+const PREV_NFT: &str = include_str!("fixtures/prev-nft-egressd.txt");
 
 fn without(text: &str, needle: &str) -> String {
     text.lines().filter(|l| !l.contains(needle)).collect::<Vec<_>>().join("\n")
@@ -234,7 +240,15 @@ fn iptables_install_passes_every_check() {
     all_ok(&c);
     let names: Vec<&str> = c.iter().map(|c| c.name.as_str()).collect();
     for fam in ["v4", "v6"] {
-        for n in ["tcp REDIRECT", "udp TPROXY", "dns", "kill switch", "published ports", "forged sources"] {
+        for n in [
+            "tcp REDIRECT",
+            "udp TPROXY",
+            "dns",
+            "kill switch",
+            "published ports",
+            "stranger replies",
+            "forged sources",
+        ] {
             assert!(names.contains(&format!("{n} {fam} br0").as_str()), "{n} {fam}: {names:?}");
         }
     }
@@ -250,9 +264,15 @@ fn iptables_install_passes_every_check() {
     assert!(get(&c, "kill switch v4 br0").saw.contains("mangle FORWARD -> EGRESSD_KILL: DROP"));
     assert!(get(&c, "forged sources v6 br0").saw.contains("raw PREROUTING -> EGRESSD_RPF: DROP"));
     assert!(!names.contains(&"ipv6"), "v6 is intercepted");
-    // Nothing at all: every intercept and the kill switch FAIL, forged sources warn.
+    let a = &get(&c, "stranger replies v4 br0").saw;
+    assert!(
+        a.contains("UDP to 203.0.113.11:5001: TPROXY 10.8.0.1:10900")
+            && a.contains("TCP to 203.0.113.11:40000: iptables: mangle FORWARD -> EGRESSD_KILL DROP"),
+        "{a}"
+    );
+    // Nothing at all: every intercept, the kill switch and the answers to strangers FAIL, forged sources warn.
     let none = fw("", "", "").run(REDIRECT_CONF);
-    assert_eq!(none.iter().filter(|c| c.status == Status::Fail).count(), 8, "{none:#?}");
+    assert_eq!(none.iter().filter(|c| c.status == Status::Fail).count(), 10, "{none:#?}");
     assert!(get(&none, "kill switch v6 br0").saw.contains("nothing drops it (no kill switch for br0)"));
     assert_eq!(get(&none, "forged sources v4 br0").status, Status::Warn);
 }
@@ -385,11 +405,22 @@ fn published_ports_need_the_reply_return() {
     );
     assert_eq!(p.fix.as_deref(), Some("egressd rules --config FILE | sh -e"));
     assert_eq!(get(&c, "published ports v6 br0").status, Status::Ok);
-    let c = fw("", "", &without(NFT_EGRESSD, "ct direction reply return")).run(REDIRECT_CONF);
+    let c = fw("", "", &without(NFT_EGRESSD, "ct direction reply ct status dnat return")).run(REDIRECT_CONF);
     assert_eq!(get(&c, "published ports v6 br0").status, Status::Fail);
-    // Without ctdir ORIGINAL, TPROXY takes the replies of published UDP ports.
-    let c = fw(&IPTABLES.replace(" -m conntrack --ctdir ORIGINAL", ""), IP6TABLES, "").run(REDIRECT_CONF);
-    assert!(get(&c, "published ports v4 br0").saw.contains("is taken by"));
+    // Without the RETURN first in the TPROXY chain, TPROXY takes the replies of published UDP ports.
+    let c = fw(
+        &IPTABLES.replace("-A EGRESSD_TPROXY -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN\n", ""),
+        IP6TABLES,
+        "",
+    )
+    .run(REDIRECT_CONF);
+    let p = get(&c, "published ports v4 br0");
+    assert!(
+        p.saw.contains("(UDP)") && p.saw.contains("is taken by") && p.saw.contains("status DNAT"),
+        "{}",
+        p.saw
+    );
+    assert_eq!(get(&c, "stranger replies v4 br0").status, Status::Ok);
 }
 
 #[test]
@@ -401,7 +432,7 @@ fn dns_and_intercept_faults_are_named() {
     assert_eq!(d.status, Status::Fail);
     assert!(
         d.saw.contains("UDP to 10.255.255.53:53")
-            && d.saw.contains("-d 10.0.0.0/8 -j RETURN` (mangle EGRESSD_TPROXY rule 3) returns it first"),
+            && d.saw.contains("-d 10.0.0.0/8 -j RETURN` (mangle EGRESSD_TPROXY rule 4) returns it first"),
         "{}",
         d.saw
     );
@@ -456,7 +487,10 @@ fn parsers_take_garbage() {
     crate::doctor::fuzz_firewall(
         "*mangle\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -d 10.0.0.0/8 -j\n-A PREROUTING -g\n",
     );
-    for junk in ["", "}}}}", "{{{{", "table", "table inet x {\n chain y {\n type\n", "-A", "*", "\u{0}\u{ff}"]
+    // Truncated `ct status` forms and conntrack options without values.
+    let ct = "table inet x {\n chain y {\n ct status &\n ct status\n ct status & dnat ==\n ct status !\n }\n}\n*mangle\n-A X -m conntrack --ctstatus\n-A X --ctstate\n";
+    for junk in
+        ["", "}}}}", "{{{{", "table", "table inet x {\n chain y {\n type\n", "-A", "*", "\u{0}\u{ff}", ct]
     {
         let mut rs = Ruleset::default();
         add_nft(&mut rs, junk, [false, false]);
@@ -526,4 +560,104 @@ fn statements_are_not_mistaken_for_matches() {
         "-A EGRESSD_KILL -m comment --comment \"the end\" -j LOG --log-prefix \"kill \"\n-A EGRESSD_KILL -j DROP",
     );
     assert_eq!(get(&fw(&ipt, IP6TABLES, "").run(REDIRECT_CONF), "kill switch v4 br0").status, Status::Ok);
+}
+
+// ---------------------------------------------------------------- answers to strangers
+
+#[test]
+fn previous_rules_let_answers_to_strangers_out() {
+    // iptables: the kill switch's bare REPLY RETURN lets them out, v4 and v6.
+    let c = fw(PREV_IPTABLES, PREV_IP6TABLES, "").run(REDIRECT_CONF);
+    for (fam, tool) in [("v4", ""), ("v6", "ip6tables ")] {
+        let a = get(&c, &format!("stranger replies {fam} br0"));
+        assert_eq!(a.status, Status::Fail, "{}", a.line());
+        assert!(
+            a.saw.contains("UDP to ")
+                && a.saw.contains("an answer to a remote that wrote first")
+                && a.saw.contains(&format!(
+                    "`-A EGRESSD_KILL -m conntrack --ctdir REPLY -j RETURN` ({tool}mangle EGRESSD_KILL rule 1) lets it out"
+                ))
+                && a.saw.contains("from the container's own address"),
+            "{}",
+            a.saw
+        );
+        assert_eq!(a.fix.as_deref(), Some("egressd rules --config FILE | sh -e"));
+        // Published ports work under the old rules, and everything else passes.
+        assert_eq!(get(&c, &format!("published ports {fam} br0")).status, Status::Ok);
+    }
+    let fails: Vec<&str> = c.iter().filter(|c| c.status != Status::Ok).map(|c| c.name.as_str()).collect();
+    assert_eq!(fails, ["stranger replies v4 br0", "stranger replies v6 br0"]);
+    // nft: the same with `ct direction reply return`.
+    let c = fw("", "", PREV_NFT).run(REDIRECT_CONF);
+    let a = get(&c, "stranger replies v6 br0");
+    assert_eq!(a.status, Status::Fail, "{}", a.line());
+    assert!(a.saw.contains("`ct direction reply return` (inet egressd kill) lets it out"), "{}", a.saw);
+    let fails: Vec<&str> = c.iter().filter(|c| c.status != Status::Ok).map(|c| c.name.as_str()).collect();
+    assert_eq!(fails, ["stranger replies v4 br0", "stranger replies v6 br0"]);
+    // The new rules, both backends: every check passes (see *_passes_every_check).
+    for c in [fw(IPTABLES, IP6TABLES, "").run(REDIRECT_CONF), fw("", "", NFT_EGRESSD).run(REDIRECT_CONF)] {
+        assert_eq!(get(&c, "stranger replies v6 br0").status, Status::Ok);
+    }
+}
+
+#[test]
+fn answers_to_strangers_with_tproxy_tcp_and_narrowed_sources() {
+    for f in [fw(TPROXY4, TPROXY6, ""), fw("", "", TPROXY_NFT)] {
+        let c = f.run(TPROXY_CONF);
+        let a = get(&c, "stranger replies v4 br0");
+        assert_eq!(a.status, Status::Ok, "{}", a.line());
+        // Sources outside intercept.sources are on br0 too: not intercepted, so the kill switch drops them.
+        assert!(a.saw.contains("DROP"), "{}", a.saw);
+        assert_eq!(get(&c, "stranger replies v6 br0").status, Status::Ok);
+    }
+}
+
+/// The conntrack forms egressd and Docker write, and others an operator
+/// might: only a reply of a DNAT'd connection may pass.
+#[test]
+fn conntrack_forms_are_modelled() {
+    let kill = "-A EGRESSD_KILL -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN";
+    let strangers =
+        |ipt: &str| get(&fw(ipt, IP6TABLES, "").run(REDIRECT_CONF), "stranger replies v4 br0").clone();
+    let published =
+        |ipt: &str| get(&fw(ipt, IP6TABLES, "").run(REDIRECT_CONF), "published ports v4 br0").clone();
+    for (rule, ok) in [
+        // DNAT alone (any direction) or in a state list: replies without DNAT still meet the DROP.
+        ("-A EGRESSD_KILL -m conntrack --ctstate DNAT -j RETURN", true),
+        ("-A EGRESSD_KILL -m conntrack --ctdir REPLY --ctstate DNAT -j RETURN", true),
+        // Docker's and the usual stateful forms let any reply out.
+        ("-A EGRESSD_KILL -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN", false),
+        ("-A EGRESSD_KILL -m state --state ESTABLISHED -j RETURN", false),
+        ("-A EGRESSD_KILL -m conntrack --ctstatus SEEN_REPLY -j RETURN", false),
+        ("-A EGRESSD_KILL -m conntrack --ctstate ESTABLISHED,DNAT -j RETURN", false),
+        // What doctor cannot judge is never trusted.
+        ("-A EGRESSD_KILL -m conntrack --ctstate DNAT --ctorigdst 10.0.0.0/8 -j RETURN", true),
+        ("-A EGRESSD_KILL -m conntrack --ctstatus ASSURED -j RETURN", false),
+    ] {
+        let a = strangers(&IPTABLES.replace(kill, rule));
+        assert_eq!(a.status == Status::Ok, ok, "{rule}: {}", a.line());
+        if !ok {
+            assert!(a.saw.contains(&format!("`{rule}`")), "{}", a.saw);
+        }
+    }
+    // `! --ctstate DNAT`: published replies are dropped, and doctor says so.
+    let p = published(&IPTABLES.replace(kill, "-A EGRESSD_KILL -m conntrack ! --ctstate DNAT -j RETURN"));
+    assert_eq!(p.status, Status::Fail, "{}", p.line());
+    // nft: `ct status` as nft prints it.
+    let nft_kill = "ct direction reply ct status dnat return";
+    for (rule, ok) in [
+        ("ct direction reply ct status & dnat == dnat return", true),
+        ("ct direction reply ct status snat,dnat return", false),
+        ("ct direction reply ct status ! dnat return", false),
+        ("ct direction reply ct status != dnat return", false),
+        ("ct state established,related return", false),
+        ("ct status dnat return", true),
+    ] {
+        let c = fw("", "", &NFT_EGRESSD.replace(nft_kill, rule)).run(REDIRECT_CONF);
+        let a = get(&c, "stranger replies v4 br0");
+        assert_eq!(a.status == Status::Ok, ok, "{rule}: {}", a.line());
+    }
+    let c = fw("", "", &NFT_EGRESSD.replace(nft_kill, "ct direction reply ct status ! dnat return"))
+        .run(REDIRECT_CONF);
+    assert_eq!(get(&c, "published ports v4 br0").status, Status::Fail);
 }

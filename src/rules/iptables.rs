@@ -3,7 +3,15 @@
 //! egressd's chains are (re)built with `iptables-restore --noflush`: a chain
 //! declared there is created, or flushed if it exists, and refilled in one
 //! commit per table, so a re-run never leaves a half-filled kill switch.
-//! The jumps into them are added with `-C ... || -I ...`, so once, first.
+//! The jumps into them are added with `-C ... || -I ...` (once, first), and
+//! then every other jump into the same chain from the same hook is deleted
+//! (`prune`): one of an older config or an older egressd, whose spec
+//! differs. New before old, so there is never a moment with neither (a
+//! changed jump spec would otherwise stay beside the new one). Jumps into
+//! chains this setup does not use (an older egressd's, the nat chain after
+//! a switch to TPROXY, a family's intercept once it has no listener) go
+//! too, and those chains with them: a re-run converges on what a fresh
+//! install gives.
 //! Every call waits for the xtables lock (`-w`): Docker and kube-proxy hold it often.
 //! Delete removes every jump into egressd's chains whatever it names (so also
 //! those of an older config or an older egressd), then the chains.
@@ -42,7 +50,25 @@ const ALL_JUMPS: [(&str, &str, &str); 7] = [
     ("filter", "FORWARD", KILL_CHAIN),
 ];
 
+/// The (table, hook, chain) of an older egressd, never written now: an
+/// install removes their jumps (once its own are in) and the chains.
+const OLDER_JUMPS: [(&str, &str, &str); 3] = [
+    ("mangle", "PREROUTING", "EGRESSD"),
+    ("mangle", "PREROUTING", "EGRESSD_UDP"),
+    ("filter", "FORWARD", KILL_CHAIN),
+];
+
+/// The conntrack match of the replies left alone: those of connections
+/// whose destination was rewritten on the way in (DNAT: Docker's published
+/// ports). Written as `iptables -S` prints it. Replies of any other
+/// connection (an answer to a remote that wrote to a container's full-cone
+/// mapping first, a reply of an inbound connection that was not DNAT'd)
+/// are intercepted or dropped like everything else a container sends.
+pub(super) const PUBLISHED_REPLY: &str = "-m conntrack --ctstate DNAT --ctdir REPLY";
+
 pub(super) fn install(plan: &Plan, out: &mut Out) {
+    out.blank();
+    helpers(out);
     for f in &plan.families {
         out.blank();
         out.comment("", format!("==== {} ({}) ====", f.family.name(), f.family.iptables()));
@@ -51,7 +77,10 @@ pub(super) fn install(plan: &Plan, out: &mut Out) {
         if f.intercepts() {
             bridge_sysctl(f, out);
             policy_routing(plan, f, out);
-            intercept_jumps(plan, f, out);
+        }
+        intercept_jumps(plan, f, out);
+        unused_chains(plan, f, out);
+        if f.intercepts() {
             forget_udp_conntrack(f, out);
         }
     }
@@ -59,21 +88,7 @@ pub(super) fn install(plan: &Plan, out: &mut Out) {
 
 pub(super) fn delete(plan: &Plan, out: &mut Out) {
     out.blank();
-    out.comment("", "Rules read back from `iptables -S` are split into words below: never glob them.");
-    out.line("set -f");
-    out.comment(
-        "",
-        "unjump TOOL TABLE HOOK CHAIN: delete every rule in HOOK that jumps to CHAIN, whatever it matches.",
-    );
-    out.line("unjump() {");
-    out.line(r#"	"$1" -w -t "$2" -S "$3" | sed -n "s/^-A $3 \(.*-j $4\)\$/\1/p" | while read -r rule; do"#);
-    out.line(r#"		"$1" -w -t "$2" -D "$3" $rule"#);
-    out.line("	done");
-    out.line("}");
-    out.comment("", "drop_chain TOOL TABLE CHAIN: flush and delete CHAIN if it exists.");
-    out.line("drop_chain() {");
-    out.line(r#"	if "$1" -w -t "$2" -n -L "$3" >/dev/null 2>&1; then "$1" -w -t "$2" -F "$3"; "$1" -w -t "$2" -X "$3"; fi"#);
-    out.line("}");
+    helpers(out);
     for f in &plan.families {
         let tool = f.family.iptables();
         out.blank();
@@ -84,7 +99,7 @@ pub(super) fn delete(plan: &Plan, out: &mut Out) {
              meanwhile; also an older egressd's), then the chains.",
         );
         for (table, hook, chain) in ALL_JUMPS {
-            out.line(format!("unjump {tool} {table} {hook} {chain}"));
+            out.line(format!("prune {tool} {table} {hook} {chain}"));
         }
         for (table, _, chain) in ALL_JUMPS {
             out.line(format!("drop_chain {tool} {table} {chain}"));
@@ -92,6 +107,30 @@ pub(super) fn delete(plan: &Plan, out: &mut Out) {
         policy_routing_delete(plan, f, out);
         bridge_sysctl_note(f, out);
     }
+}
+
+/// The shell functions both actions use.
+fn helpers(out: &mut Out) {
+    out.comment("", "Rules read back from `iptables -S` are split into words below: never glob them.");
+    out.line("set -f");
+    out.comment(
+        "",
+        "prune TOOL TABLE HOOK CHAIN [KEEP...]: delete every rule of HOOK that jumps to CHAIN, whatever it \
+         matches, except the KEEP ones (as `TOOL -S` prints them); a table the kernel lacks has none.",
+    );
+    out.line("prune() {");
+    out.line(r#"	tool=$1 table=$2 hook=$3 chain=$4"#);
+    out.line("	shift 4");
+    out.line(r#"	"$tool" -w -t "$table" -S "$hook" 2>/dev/null | sed -n "s/^-A $hook \(.*-j $chain\)\$/\1/p" | while read -r rule; do"#);
+    out.line(r#"		for keep in "$@"; do [ "$rule" = "$keep" ] && continue 2; done"#);
+    out.line(r#"		echo "egressd rules: removing $tool -t $table -A $hook $rule" >&2"#);
+    out.line(r#"		"$tool" -w -t "$table" -D "$hook" $rule"#);
+    out.line("	done");
+    out.line("}");
+    out.comment("", "drop_chain TOOL TABLE CHAIN: flush and delete CHAIN if it exists.");
+    out.line("drop_chain() {");
+    out.line(r#"	if "$1" -w -t "$2" -n -L "$3" >/dev/null 2>&1; then "$1" -w -t "$2" -F "$3"; "$1" -w -t "$2" -X "$3"; fi"#);
+    out.line("}");
 }
 
 /// `-A CHAIN -d C -j RETURN` for each of `cidrs`.
@@ -152,9 +191,11 @@ fn chains(plan: &Plan, f: &FamilyPlan, out: &mut Out) {
     out.line(format!(":{KILL_CHAIN} - [0:0]"));
     out.comment(
         "",
-        "... except replies of connections that entered a container (published ports, docker -p) ...",
+        "... except replies of connections DNAT'd into a container (published ports, docker -p); replies of \
+         any other connection (an answer to a remote that wrote first to a container's mapping, an inbound \
+         connection that was not published) go the way of everything else ...",
     );
-    out.line(format!("-A {KILL_CHAIN} -m conntrack --ctdir REPLY -j RETURN"));
+    out.line(format!("-A {KILL_CHAIN} {PUBLISHED_REPLY} -j RETURN"));
     bypass_returns(f, KILL_CHAIN, out);
     out.comment("", "... never DNS, whatever resolver it asks (the intercept takes it, or nothing does) ...");
     out.line(format!("-A {KILL_CHAIN} -p udp --dport 53 -j DROP"));
@@ -186,6 +227,13 @@ fn chains(plan: &Plan, f: &FamilyPlan, out: &mut Out) {
         ),
     );
     out.line(format!(":{TPROXY_CHAIN} - [0:0]"));
+    out.comment(
+        "",
+        "Every packet of the containers comes here; replies of published ports (DNAT'd into a container) are \
+         left alone, while an answer to a remote that wrote first is intercepted like any datagram: egressd \
+         sends it through the container's own session.",
+    );
+    out.line(format!("-A {TPROXY_CHAIN} {PUBLISHED_REPLY} -j RETURN"));
     bypass_returns(f, TPROXY_CHAIN, out);
     out.comment(
         "",
@@ -239,41 +287,88 @@ fn once(tool: &str, table: &str, hook: &str, spec: &str, out: &mut Out) {
     ));
 }
 
+/// Adds the jumps `specs` (each ending in `-j CHAIN`, written as `iptables
+/// -S` prints them, so that `prune` recognises them) into CHAIN from HOOK,
+/// then deletes every other jump from HOOK into CHAIN: new before old.
+fn jumps(tool: &str, table: &str, hook: &str, chain: &str, specs: &[String], out: &mut Out) {
+    for spec in specs {
+        once(tool, table, hook, spec, out);
+    }
+    let keep: Vec<String> = specs.iter().map(|s| format!(" '{s}'")).collect();
+    out.line(format!("prune {tool} {table} {hook} {chain}{}", keep.concat()));
+}
+
 fn kill_jumps(plan: &Plan, f: &FamilyPlan, out: &mut Out) {
     let tool = f.family.iptables();
     out.comment(
         "",
         "Everything forwarded from a container interface passes the kill switch, whatever its source: mangle \
          FORWARD comes before filter FORWARD, where Docker puts its ACCEPTs. Traffic to egressd itself is \
-         local (INPUT), not forwarded.",
+         local (INPUT), not forwarded. Then jumps of an older config are removed.",
     );
-    for i in &plan.interfaces {
-        once(tool, "mangle", "FORWARD", &format!("-i {} -j {KILL_CHAIN}", i.iptables()), out);
-    }
+    let specs: Vec<String> =
+        plan.interfaces.iter().map(|i| format!("-i {} -j {KILL_CHAIN}", i.iptables())).collect();
+    jumps(tool, "mangle", "FORWARD", KILL_CHAIN, &specs, out);
     out.comment("", "Forged sources on a container interface are dropped on arrival.");
-    for i in &plan.interfaces {
-        once(tool, "raw", "PREROUTING", &format!("-i {} -j {RPF_CHAIN}", i.iptables()), out);
+    let specs: Vec<String> =
+        plan.interfaces.iter().map(|i| format!("-i {} -j {RPF_CHAIN}", i.iptables())).collect();
+    jumps(tool, "raw", "PREROUTING", RPF_CHAIN, &specs, out);
+}
+
+/// The intercept's jumps, `-s` before `-i` as `iptables -S` prints them;
+/// none for a family that only has the kill switch.
+fn intercept_specs(plan: &Plan, f: &FamilyPlan, chain: &str) -> Vec<String> {
+    if !f.intercepts() || (chain == NAT_CHAIN && plan.tcp != TcpIntercept::Redirect) {
+        return Vec::new();
     }
+    let mut v = Vec::new();
+    for i in &plan.interfaces {
+        for s in f.source_selectors() {
+            let src = s.map(|c| format!("-s {c} ")).unwrap_or_default();
+            v.push(format!("{src}-i {} -j {chain}", i.iptables()));
+        }
+    }
+    v
 }
 
 fn intercept_jumps(plan: &Plan, f: &FamilyPlan, out: &mut Out) {
     let tool = f.family.iptables();
-    let narrowed = if f.narrow.is_some() { " from intercept.sources" } else { "" };
+    let tproxy = intercept_specs(plan, f, TPROXY_CHAIN);
+    let nat = intercept_specs(plan, f, NAT_CHAIN);
+    if tproxy.is_empty() {
+        out.comment("", "No intercept for this family: jumps into it left by an earlier run are removed.");
+    } else {
+        let narrowed = if f.narrow.is_some() { " from intercept.sources" } else { "" };
+        out.comment(
+            "",
+            format!(
+                "Every packet the containers{narrowed} send goes into the intercept (replies of published ports \
+                 return from its first rule; nat sees only a connection's first packet); then jumps of an \
+                 older config (an older egressd's: conntrack ORIGINAL only) are removed."
+            ),
+        );
+    }
+    jumps(tool, "mangle", "PREROUTING", TPROXY_CHAIN, &tproxy, out);
+    jumps(tool, "nat", "PREROUTING", NAT_CHAIN, &nat, out);
+}
+
+/// Once this setup's jumps are in: an older egressd's jumps and chains, and
+/// this version's chains that this config does not use, are removed.
+fn unused_chains(plan: &Plan, f: &FamilyPlan, out: &mut Out) {
+    let tool = f.family.iptables();
     out.comment(
         "",
-        format!(
-            "Connections the containers{narrowed} originate (conntrack ORIGINAL: not replies of connections \
-             that entered a container through a published port) into the intercept."
-        ),
+        "Chains this setup does not use (an older egressd's, or ones an earlier config needed): no jump \
+         into them is left, and they go.",
     );
-    for i in &plan.interfaces {
-        for s in f.source_selectors() {
-            let src = s.map(|c| format!(" -s {c}")).unwrap_or_default();
-            let spec = format!("-i {}{src} -m conntrack --ctdir ORIGINAL -j {TPROXY_CHAIN}", i.iptables());
-            once(tool, "mangle", "PREROUTING", &spec, out);
-            if plan.tcp == TcpIntercept::Redirect {
-                once(tool, "nat", "PREROUTING", &format!("-i {}{src} -j {NAT_CHAIN}", i.iptables()), out);
-            }
-        }
+    for (table, hook, chain) in OLDER_JUMPS {
+        out.line(format!("prune {tool} {table} {hook} {chain}"));
+        out.line(format!("drop_chain {tool} {table} {chain}"));
+    }
+    if intercept_specs(plan, f, TPROXY_CHAIN).is_empty() {
+        out.line(format!("drop_chain {tool} mangle {TPROXY_CHAIN}"));
+    }
+    if intercept_specs(plan, f, NAT_CHAIN).is_empty() {
+        out.line(format!("drop_chain {tool} nat {NAT_CHAIN}"));
     }
 }

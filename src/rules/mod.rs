@@ -11,21 +11,26 @@
 //!
 //! ```text
 //! raw PREROUTING     ─► -i IF: a source the interface cannot have (forged) is dropped (rpfilter)
-//! PREROUTING         ─► -i IF, connections the containers originate (conntrack ORIGINAL):
+//! PREROUTING         ─► -i IF, every packet but replies of published ports (conntrack REPLY of a
+//!                        DNAT'd connection); nat sees only connections' first packets:
 //!                        port 53 to anywhere ─► egressd (DNS never leaves outside a tunnel)
 //!                        TCP: nat REDIRECT (or mangle TPROXY) ─► egressd listener
 //!                        UDP: mangle TPROXY + mark ─► ip rule fwmark → table: local default dev lo
+//!                        (an answer to a remote that wrote first, conntrack REPLY, is UDP like any)
 //!                        (reserved ranges, bypass and the host's own addresses: left alone)
 //! mangle FORWARD     ─► -i IF: kill switch: whatever else would be forwarded (ICMP, other
-//!                        protocols, a family without a listener) is dropped, except replies of
-//!                        connections that entered a container (published ports) and reserved/bypass
-//!                        destinations; Docker never touches mangle, so it cannot get ahead of it
+//!                        protocols, a family without a listener, replies of inbound connections
+//!                        that were not DNAT'd) is dropped, except replies of published ports and
+//!                        reserved/bypass destinations; Docker never touches mangle, so it cannot
+//!                        get ahead of it
 //! sysctl             ─► bridge-nf-call-iptables=0 (else TPROXY'd UDP dies as UdpNoPorts)
 //! ```
 //!
 //! Both backends (`iptables.rs`, `nft.rs`) write the same plan, computed once
-//! here; the script is idempotent, and `Delete` undoes `Install` (also when
-//! run twice, with nothing installed, or after an older egressd's install).
+//! here; the script is idempotent and converges: run over an older config's
+//! or an older egressd's install it leaves what a fresh install would (the
+//! new rules are in before the old ones go). `Delete` undoes `Install` (also
+//! when run twice, with nothing installed, or after an older egressd's install).
 
 pub mod host;
 mod iptables;
@@ -342,8 +347,8 @@ fn header(plan: &Plan, backend: Backend, action: Action, out: &mut Out) {
             match backend {
                 Backend::Iptables => out.comment(
                     "",
-                    "After a config change run it again; if the change removes interfaces or sources, switches \
-                     intercept.tcp or changes mark/table, remove the old setup first.",
+                    "After a config change run it again: jumps and chains no longer wanted (an older egressd's \
+                     too) are removed once the new ones are in; if mark/table changed, remove the old setup first.",
                 ),
                 Backend::Nft => out.comment(
                     "",

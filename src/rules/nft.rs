@@ -2,8 +2,10 @@
 //!
 //! The table is replaced in one `nft -f` transaction (`add table` so the
 //! `delete table` cannot fail, then the new definition), which makes a re-run
-//! atomic and idempotent; Delete is the same `add` + `delete` without the
-//! definition. Written for nft 1.0.6 (Debian 12), which has no `destroy`.
+//! atomic, idempotent and convergent (an older egressd's table, whatever it
+//! held, is gone in the same commit the new one appears: no moment with
+//! neither); Delete is the same `add` + `delete` without the definition.
+//! Written for nft 1.0.6 (Debian 12), which has no `destroy`.
 //!
 //! A drop in any base chain is final in nftables, whatever other tables
 //! (Docker's iptables-nft ones included) accept later: the kill switch needs
@@ -16,6 +18,12 @@ use super::{
 use crate::config::TcpIntercept;
 
 pub(super) const TABLE: &str = "inet egressd";
+
+/// The replies left alone, as `nft list ruleset` prints it: those of
+/// connections DNAT'd into a container (published ports). Any other reply
+/// (an answer to a remote that wrote first, an inbound connection that was
+/// not published) is intercepted or dropped.
+pub(super) const PUBLISHED_REPLY: &str = "ct direction reply ct status dnat";
 
 pub(super) fn install(plan: &Plan, out: &mut Out) {
     for f in &plan.families {
@@ -63,8 +71,8 @@ pub(super) fn install(plan: &Plan, out: &mut Out) {
         out.line("\tchain tproxy_prerouting {");
         out.comment(
             "\t\t",
-            "mangle priority: TPROXY must run before nat and the routing decision. Only connections the \
-             containers originate (not replies of ones that entered a container: published ports).",
+            "mangle priority: TPROXY must run before nat and the routing decision. Every packet of the \
+             containers: the intercept chain's first rule lets replies of published ports go.",
         );
         out.line("\t\ttype filter hook prerouting priority mangle; policy accept;");
         for f in &intercepting {
@@ -79,7 +87,8 @@ pub(super) fn install(plan: &Plan, out: &mut Out) {
         out.line("\tchain tcp_redirect {");
         out.comment(
             "\t\t",
-            "dstnat priority, as iptables nat PREROUTING: REDIRECT sees each connection's first packet.",
+            "dstnat priority, as iptables nat PREROUTING: REDIRECT sees each connection's first packet (never \
+             a reply).",
         );
         out.line("\t\ttype nat hook prerouting priority dstnat; policy accept;");
         for f in &intercepting {
@@ -92,10 +101,10 @@ pub(super) fn install(plan: &Plan, out: &mut Out) {
     out.comment(
         "\t\t",
         "Kill switch: what the containers would send past this host (ICMP, other protocols, whatever the \
-         intercept leaves, a family without a listener) is dropped, except replies of connections that \
-         entered a container (published ports) ...",
+         intercept leaves, a family without a listener, replies of inbound connections that were not \
+         DNAT'd) is dropped, except replies of connections DNAT'd into a container (published ports) ...",
     );
-    out.line("\t\tct direction reply return");
+    out.line(format!("\t\t{PUBLISHED_REPLY} return"));
     for f in &plan.families {
         if !f.bypass.is_empty() {
             let (n, v) = (f.family.nft(), f.family.suffix());
@@ -196,7 +205,7 @@ fn set(name: &str, ty: &str, elements: &str, out: &mut Out) {
 }
 
 /// The jumps from a base chain into a family's `NAME_v4`/`NAME_v6` chain,
-/// one per interface, only for connections the containers originate.
+/// one per interface, for every packet (replies too: see [`PUBLISHED_REPLY`]).
 fn dispatch(plan: &Plan, f: &FamilyPlan, name: &str, out: &mut Out) {
     let (n, v) = (f.family.nft(), f.family.suffix());
     let sel = match &f.narrow {
@@ -204,7 +213,7 @@ fn dispatch(plan: &Plan, f: &FamilyPlan, name: &str, out: &mut Out) {
         None => format!("meta nfproto {}", if f.family == Family::V4 { "ipv4" } else { "ipv6" }),
     };
     for i in &plan.interfaces {
-        out.line(format!("\t\tiifname {} {sel} ct direction original jump {name}_{v}", i.nft()));
+        out.line(format!("\t\tiifname {} {sel} jump {name}_{v}", i.nft()));
     }
 }
 
@@ -224,10 +233,12 @@ fn intercept_chain(plan: &Plan, f: &FamilyPlan, out: &mut Out) {
         "\t\t",
         format!(
             "To egressd's transparent socket on {listen}, destination unchanged, marked {mark} for the local \
-             route: UDP{}. The config's bypass first.",
+             route: UDP{}. Replies of published ports (DNAT'd into a container) are left alone; an answer to \
+             a remote that wrote first is intercepted like any datagram. The config's bypass next.",
             if tcp_too { " and TCP" } else { "" }
         ),
     );
+    out.line(format!("\t\t{PUBLISHED_REPLY} return"));
     out.line(format!("\t\t{n} daddr @bypass_{v} return"));
     out.comment("\t\t", "DNS to any resolver, private and local ones included.");
     out.line(format!("\t\tudp dport 53 {to}"));

@@ -99,20 +99,22 @@ fn minimal_iptables_install_exact_lines() {
         assert_lacks(&s, doc);
     }
     assert_has(&s, "iptables-restore -w --noflush <<'EOF'");
-    // Kill switch: replies of published ports pass, DNS never, the rest drops.
+    // Kill switch: replies of published ports (DNAT'd) pass, DNS never, the rest drops.
     assert_has(&s, ":EGRESSD_KILL - [0:0]");
-    assert_has(&s, "-A EGRESSD_KILL -m conntrack --ctdir REPLY -j RETURN");
+    assert_has(&s, "-A EGRESSD_KILL -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN");
     assert_has(&s, "-A EGRESSD_KILL -p udp --dport 53 -j DROP");
     assert_has(&s, "-A EGRESSD_KILL -p tcp --dport 53 -j DROP");
     assert_has(&s, "-A EGRESSD_KILL -j DROP");
     let kill: Vec<&str> = commands(&s).into_iter().filter(|l| l.starts_with("-A EGRESSD_KILL")).collect();
     let pos = |needle: &str| kill.iter().position(|l| l.contains(needle)).unwrap();
-    assert!(pos("--ctdir REPLY") < pos("--dport 53") && pos("--dport 53") < pos("10.0.0.0/8"), "{kill:?}");
+    assert_eq!(kill.first(), Some(&"-A EGRESSD_KILL -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN"));
+    assert!(pos("--dport 53") < pos("10.0.0.0/8"), "{kill:?}");
     assert_eq!(kill.last(), Some(&"-A EGRESSD_KILL -j DROP"));
     // Forged sources.
     assert_has(&s, "-A EGRESSD_RPF -m rpfilter --invert -j DROP");
     // DNS to any resolver before the local and reserved exceptions.
     let tp = "--on-ip 10.8.0.1 --on-port 10900 --tproxy-mark 10900/10900";
+    assert_has(&s, "-A EGRESSD_TPROXY -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN");
     assert_has(&s, &format!("-A EGRESSD_TPROXY -p udp --dport 53 -j TPROXY {tp}"));
     assert_has(&s, &format!("-A EGRESSD_TPROXY -p udp -j TPROXY {tp}"));
     assert_has(&s, "-A EGRESSD -p tcp --dport 53 -j REDIRECT --to-ports 10900");
@@ -123,19 +125,25 @@ fn minimal_iptables_install_exact_lines() {
         let pos = |needle: &str| c.iter().position(|l| l.contains(needle)).unwrap();
         assert!(pos("--dport 53") < pos("--dst-type LOCAL") && pos("--dst-type LOCAL") < pos("10.0.0.0/8"));
     }
-    // Jumps: by interface, never by source; first in their hooks.
+    // Jumps: by interface, never by source; first in their hooks; every
+    // packet (no conntrack direction), then every other jump into the chain pruned.
     let once = |tool: &str, table: &str, hook: &str, spec: &str| {
         format!("{tool} -w -t {table} -C {hook} {spec} 2>/dev/null || {tool} -w -t {table} -I {hook} {spec}")
     };
     for tool in ["iptables", "ip6tables"] {
         assert_has(&s, &once(tool, "mangle", "FORWARD", "-i br0 -j EGRESSD_KILL"));
         assert_has(&s, &once(tool, "raw", "PREROUTING", "-i br0 -j EGRESSD_RPF"));
-        assert_has(
-            &s,
-            &once(tool, "mangle", "PREROUTING", "-i br0 -m conntrack --ctdir ORIGINAL -j EGRESSD_TPROXY"),
-        );
+        assert_has(&s, &once(tool, "mangle", "PREROUTING", "-i br0 -j EGRESSD_TPROXY"));
         assert_has(&s, &once(tool, "nat", "PREROUTING", "-i br0 -j EGRESSD"));
+        assert_has(&s, &format!("prune {tool} mangle FORWARD EGRESSD_KILL '-i br0 -j EGRESSD_KILL'"));
+        assert_has(&s, &format!("prune {tool} mangle PREROUTING EGRESSD_TPROXY '-i br0 -j EGRESSD_TPROXY'"));
+        assert_has(&s, &format!("prune {tool} nat PREROUTING EGRESSD '-i br0 -j EGRESSD'"));
+        // An older egressd's chains go once the new jumps are in.
+        assert_has(&s, &format!("prune {tool} filter FORWARD EGRESSD_KILL"));
+        assert_has(&s, &format!("drop_chain {tool} filter EGRESSD_KILL"));
+        assert_has(&s, &format!("drop_chain {tool} mangle EGRESSD_UDP"));
     }
+    assert_lacks(&s, "--ctdir ORIGINAL");
     assert!(commands(&s).iter().filter(|l| l.contains(" -I ")).all(|l| !l.contains(" -s ")), "{s}");
     assert!(commands(&s).iter().all(|l| !l.contains(" -t filter ")), "{s}");
     assert_has(
@@ -212,11 +220,19 @@ fn bypass_returns_and_tproxy_tcp() {
     assert_has(&s, "-A EGRESSD_TPROXY -p tcp -j TPROXY --on-ip fd08::1 --on-port 10901 --tproxy-mark 7/7");
     assert_has(&s, "-A EGRESSD_TPROXY -p udp -j TPROXY --on-ip fd08::1 --on-port 10901 --tproxy-mark 7/7");
     // intercept.sources narrows within the interface; 10.8.0.12 is inside 10.8.0.0/24.
-    let j = "PREROUTING -i br0 -s 10.8.0.0/24 -m conntrack --ctdir ORIGINAL -j EGRESSD_TPROXY";
+    // `-s` before `-i`, as `iptables -S` prints it (prune compares that text).
+    let j = "PREROUTING -s 10.8.0.0/24 -i br0 -j EGRESSD_TPROXY";
     assert_has(&s, &format!("iptables -w -t mangle -C {j} 2>/dev/null || iptables -w -t mangle -I {j}"));
+    assert_has(
+        &s,
+        "prune iptables mangle PREROUTING EGRESSD_TPROXY '-s 10.8.0.0/24 -i br0 -j EGRESSD_TPROXY'",
+    );
     assert_lacks(&s, "10.8.0.12");
-    let j6 = "PREROUTING -i br0 -s fd08::/64 -m conntrack --ctdir ORIGINAL -j EGRESSD_TPROXY";
+    let j6 = "PREROUTING -s fd08::/64 -i br0 -j EGRESSD_TPROXY";
     assert_has(&s, &format!("ip6tables -w -t mangle -C {j6} 2>/dev/null || ip6tables -w -t mangle -I {j6}"));
+    // TPROXY for TCP: REDIRECT jumps of an earlier config are pruned, the nat chain dropped.
+    assert_has(&s, "prune iptables nat PREROUTING EGRESSD");
+    assert_has(&s, "drop_chain iptables nat EGRESSD");
     // ... but the kill switch still covers every source on it.
     assert_has(
         &s,
@@ -279,8 +295,9 @@ fn nft_install_exact_lines() {
     assert_has(&s, &format!("elements = {{ {} }}", V4_RESERVED.join(", ")));
     assert_lacks(&s, "sources_v4");
     assert_has(&s, "type nat hook prerouting priority dstnat; policy accept;");
-    assert_has(&s, "iifname \"br0\" meta nfproto ipv4 ct direction original jump redirect_v4");
-    assert_has(&s, "iifname \"br0\" meta nfproto ipv4 ct direction original jump intercept_v4");
+    assert_has(&s, "iifname \"br0\" meta nfproto ipv4 jump redirect_v4");
+    assert_has(&s, "iifname \"br0\" meta nfproto ipv4 jump intercept_v4");
+    assert_lacks(&s, "ct direction original");
     assert_has(&s, "tcp dport 53 redirect to :10900");
     assert_has(&s, "meta l4proto tcp redirect to :10900");
     // The packet's other mark bits are kept (iptables sets M/M).
@@ -290,7 +307,10 @@ fn nft_install_exact_lines() {
     assert_has(&s, "fib daddr type local return");
     assert_has(&s, "type filter hook forward priority mangle; policy accept;");
     assert_has(&s, "iifname \"br0\" jump kill");
-    assert_has(&s, "ct direction reply return");
+    // Replies of published ports only: first in each intercept chain and in the kill switch.
+    let exempt = commands(&s).iter().filter(|l| **l == "ct direction reply ct status dnat return").count();
+    assert_eq!(exempt, 3, "intercept_v4, intercept_v6, kill:\n{s}");
+    assert_lacks(&s, "ct direction reply return");
     assert_has(&s, "meta l4proto { tcp, udp } th dport 53 drop");
     assert_has(&s, "iifname \"br0\" meta nfproto ipv4 fib saddr . iif oif missing drop");
     assert_has(
@@ -302,7 +322,7 @@ fn nft_install_exact_lines() {
     let d = render(DUAL, Backend::Nft, Action::Install);
     assert_lacks(&d, "chain tcp_redirect");
     assert_has(&d, "meta l4proto tcp meta mark set meta mark or 7 tproxy ip6 to [fd08::1]:10901 accept");
-    assert_has(&d, "iifname \"br0\" ip6 saddr @sources_v6 ct direction original jump intercept_v6");
+    assert_has(&d, "iifname \"br0\" ip6 saddr @sources_v6 jump intercept_v6");
     // Overlaps pruned: an interval set refuses them.
     assert_has(&d, "elements = { 100.64.0.0/10 }");
     assert_has(&d, "elements = { 2001:db8:abc::/48 }");
@@ -371,7 +391,7 @@ fn removed(s: &str) -> BTreeSet<String> {
     for l in s.lines() {
         let words: Vec<&str> = l.split_whitespace().collect();
         match words.as_slice() {
-            ["unjump", tool, table, hook, chain] => {
+            ["prune", tool, table, hook, chain] => {
                 set.insert(format!("jump {tool} {table} {hook} {chain}"));
             }
             ["drop_chain", tool, table, chain] => {
@@ -451,23 +471,153 @@ fn delete_does_not_touch_the_sysctl_and_says_so() {
         assert_eq!(s.lines().find(|l| !l.starts_with('#')), Some("set -e"));
     }
     let s = render(MINIMAL, Backend::Iptables, Action::Delete);
-    assert_has(&s, "unjump iptables nat PREROUTING EGRESSD");
-    assert_has(&s, "unjump iptables mangle PREROUTING EGRESSD_TPROXY");
+    // Delete keeps no jump: `prune` with nothing to keep.
+    assert_has(&s, "prune iptables nat PREROUTING EGRESSD");
+    assert_has(&s, "prune iptables mangle PREROUTING EGRESSD_TPROXY");
     assert_has(&s, "drop_chain iptables mangle EGRESSD_KILL");
     // An older egressd's chains go too.
-    assert_has(&s, "unjump iptables filter FORWARD EGRESSD_KILL");
-    assert_has(&s, "unjump iptables mangle PREROUTING EGRESSD_UDP");
+    assert_has(&s, "prune iptables filter FORWARD EGRESSD_KILL");
+    assert_has(&s, "prune iptables mangle PREROUTING EGRESSD_UDP");
     assert_has(&s, "while ip rule del fwmark 10900/10900 lookup 10900 2>/dev/null; do :; done");
     // The kill switch goes last: nothing leaks while the rest is taken down.
-    let unjumps: Vec<&str> = commands(&s).into_iter().filter(|l| l.starts_with("unjump iptables ")).collect();
+    let prunes: Vec<&str> = commands(&s).into_iter().filter(|l| l.starts_with("prune iptables ")).collect();
     assert!(
-        unjumps.ends_with(&[
-            "unjump iptables mangle FORWARD EGRESSD_KILL",
-            "unjump iptables filter FORWARD EGRESSD_KILL"
+        prunes.ends_with(&[
+            "prune iptables mangle FORWARD EGRESSD_KILL",
+            "prune iptables filter FORWARD EGRESSD_KILL"
         ]),
-        "{unjumps:?}"
+        "{prunes:?}"
     );
-    assert_has(&s, "unjump ip6tables mangle FORWARD EGRESSD_KILL");
+    assert!(prunes.iter().all(|l| !l.contains('\'')), "delete keeps nothing: {prunes:?}");
+    assert_has(&s, "prune ip6tables mangle FORWARD EGRESSD_KILL");
+}
+
+/// (tool, table, hook, chain) of a `-C ... || -I ...` jump line, or of a `prune` line.
+fn jump_key(l: &str) -> Option<(String, String, String, String)> {
+    let w: Vec<&str> = l.split_whitespace().collect();
+    if let Some((check, _)) = l.split_once(" 2>/dev/null || ") {
+        let c: Vec<&str> = check.split_whitespace().collect();
+        return Some((c[0].into(), c[3].into(), c[5].into(), c.last()?.to_string()));
+    }
+    match w.as_slice() {
+        ["prune", tool, table, hook, chain, ..] => {
+            Some((tool.to_string(), table.to_string(), hook.to_string(), chain.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// Convergence: every hook that gets a jump into one of egressd's chains
+/// is pruned right after, keeping exactly the jumps just added (written as
+/// `iptables -S` prints them), so a re-run over an older config or an
+/// older egressd leaves no stale jump; and the new jumps are in before
+/// anything is pruned (no moment with neither).
+#[test]
+fn install_adds_new_jumps_then_prunes_every_other() {
+    for text in [MINIMAL, DUAL, V6_NO_LISTENER] {
+        let s = render(text, Backend::Iptables, Action::Install);
+        let cmds = commands(&s);
+        for (i, l) in cmds.iter().enumerate() {
+            let Some(key) = jump_key(l) else { continue };
+            if l.starts_with("prune ") {
+                // Its KEEP list is exactly the specs added just before for this hook and chain.
+                let keep: Vec<String> =
+                    l.split(" '").skip(1).map(|k| k.trim_end_matches('\'').to_string()).collect();
+                let added: Vec<String> = cmds[..i]
+                    .iter()
+                    .rev()
+                    .take_while(|p| jump_key(p).as_ref() == Some(&key) && !p.starts_with("prune "))
+                    .map(|p| {
+                        let spec = p.split(" 2>/dev/null").next().unwrap();
+                        spec.split_once(&format!(" -C {} ", key.2)).unwrap().1.to_string()
+                    })
+                    .collect();
+                let mut added = added;
+                added.reverse();
+                assert_eq!(keep, added, "{l}\nin\n{s}");
+                continue;
+            }
+            // A jump line: a prune of the same hook and chain follows, after only more such jumps.
+            let next =
+                cmds[i + 1..].iter().find(|n| jump_key(n).as_ref() != Some(&key) || n.starts_with("prune "));
+            assert!(
+                next.is_some_and(|n| n.starts_with("prune ") && jump_key(n) == Some(key.clone())),
+                "{l} is not followed by its prune in\n{s}"
+            );
+        }
+        // An older egressd's jumps go only once this version's kill switch and intercept are in.
+        for tool in ["iptables", "ip6tables"] {
+            let pos = |needle: &str| cmds.iter().position(|l| l.starts_with(needle)).unwrap();
+            let kill_in = pos(&format!("prune {tool} mangle FORWARD EGRESSD_KILL"));
+            let intercept_in = pos(&format!("prune {tool} nat PREROUTING EGRESSD"));
+            for old in
+                ["filter FORWARD EGRESSD_KILL", "mangle PREROUTING EGRESSD_UDP", "mangle PREROUTING EGRESSD"]
+            {
+                let at = cmds.iter().position(|l| *l == format!("prune {tool} {old}")).unwrap();
+                assert!(kill_in < at && intercept_in < at, "{tool} {old} pruned too early in\n{s}");
+            }
+        }
+    }
+    // A family with no listener: no intercept jump is kept, its chains go.
+    let s = render(V6_NO_LISTENER, Backend::Iptables, Action::Install);
+    assert_has(&s, "prune ip6tables mangle PREROUTING EGRESSD_TPROXY");
+    assert_has(&s, "prune ip6tables nat PREROUTING EGRESSD");
+    assert_has(&s, "drop_chain ip6tables mangle EGRESSD_TPROXY");
+    assert_has(&s, "drop_chain ip6tables nat EGRESSD");
+    assert_lacks(&s, "drop_chain iptables mangle EGRESSD_TPROXY");
+}
+
+/// The exemption of replies is exactly "REPLY of a DNAT'd connection",
+/// first in the intercept chains and in the kill switch, in both backends;
+/// no jump is limited to a conntrack direction any more.
+#[test]
+fn only_replies_of_published_ports_are_exempt() {
+    for text in [MINIMAL, DUAL, V6_NO_LISTENER] {
+        let s = render(text, Backend::Iptables, Action::Install);
+        for chain in ["EGRESSD_KILL", "EGRESSD_TPROXY"] {
+            for rules in s.split(&format!(":{chain} - [0:0]\n")).skip(1) {
+                let first = commands(rules).into_iter().find(|l| l.starts_with("-A ")).unwrap();
+                assert_eq!(first, format!("-A {chain} -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN"));
+            }
+        }
+        assert_eq!(s.matches("--ctdir").count(), s.matches("--ctstate DNAT --ctdir REPLY -j RETURN").count());
+        let n = render(text, Backend::Nft, Action::Install);
+        for chain in ["kill", "intercept_v4", "intercept_v6"] {
+            let Some(body) = n.split(&format!("\tchain {chain} {{\n")).nth(1) else { continue };
+            let first = commands(body).into_iter().next().unwrap();
+            assert_eq!(first, "ct direction reply ct status dnat return", "{chain}:\n{n}");
+        }
+        assert_eq!(
+            n.matches("ct direction").count(),
+            n.matches("ct direction reply ct status dnat return").count()
+        );
+    }
+}
+
+/// Golden files: the whole install script for the minimal config, both
+/// backends. After an intended change, rewrite them with
+/// `EGRESSD_BLESS=1 cargo test golden` and review the diff.
+#[test]
+fn golden_install_scripts() {
+    for (backend, file, golden) in [
+        (
+            Backend::Iptables,
+            "golden-iptables-minimal.sh",
+            include_str!("fixtures/golden-iptables-minimal.sh"),
+        ),
+        (Backend::Nft, "golden-nft-minimal.sh", include_str!("fixtures/golden-nft-minimal.sh")),
+    ] {
+        let s = render(MINIMAL, backend, Action::Install);
+        if std::env::var_os("EGRESSD_BLESS").is_some() {
+            let path = format!("{}/src/rules/fixtures/{file}", env!("CARGO_MANIFEST_DIR"));
+            std::fs::write(&path, &s).expect("write golden file");
+            continue;
+        }
+        assert!(
+            s == golden,
+            "{backend:?} install differs from src/rules/fixtures/{file} (EGRESSD_BLESS=1 rewrites it)"
+        );
+    }
 }
 
 #[test]
