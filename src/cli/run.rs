@@ -15,7 +15,7 @@ use crate::control::Control;
 use crate::front::{self, FrontLoop, Live, Shared};
 use crate::stats::Registry;
 use crate::sys;
-use crate::worker::{Command, FailLog, WorkerHandle, WorkerLoop};
+use crate::worker::{Command, FailLog, Routing, WorkerHandle, WorkerLoop};
 
 /// Stack of each loop thread: they keep their state on the heap, and a
 /// small stack keeps the resident set small.
@@ -89,7 +89,9 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     let mut workers = Vec::new();
     let mut handles = Vec::new();
     for i in 0..n {
-        match WorkerLoop::new(i, Arc::clone(&settings), Arc::clone(&registry), Arc::clone(&fail_log)) {
+        let routing: Arc<dyn Routing> = live.clone();
+        match WorkerLoop::new(i, Arc::clone(&settings), routing, Arc::clone(&registry), Arc::clone(&fail_log))
+        {
             Ok((w, h)) => {
                 workers.push(w);
                 handles.push(h);

@@ -66,6 +66,9 @@ impl Live {
     }
 
     /// Replaces the snapshot; `f` builds the new one from the current one.
+    /// The snapshot is swapped before the generation moves, so whoever
+    /// reads the generation and then loads never gets a snapshot older
+    /// than that generation (the stamps of `worker::routing` rely on it).
     pub fn update<E>(&self, f: impl FnOnce(&Shared) -> Result<Shared, E>) -> Result<(), E> {
         let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let next = f(&cur)?;
@@ -166,6 +169,35 @@ impl Shared {
             Some((c, id)) => Some((Some(c), id)),
             None => self.settings.default.map(|id| (None, id)),
         }
+    }
+}
+
+impl crate::worker::RouteView for Shared {
+    fn route(&self, client: IpAddr) -> Option<(Option<Cidr>, u16)> {
+        self.route_id(client)
+    }
+
+    fn tunnels(&self) -> &Arc<[Arc<Tunnel>]> {
+        &self.tunnels
+    }
+
+    fn holds_container(&self, addr: IpAddr) -> bool {
+        // A /0 is "every source", not a container network; the longest
+        // route containing the address stands for all of them.
+        let inside = |c: &Cidr| c.len() > 0 && c.contains(addr);
+        self.settings.intercept.sources.iter().any(inside)
+            || self.settings.routes.lookup_route(addr).is_some_and(|(c, _)| inside(&c))
+            || self.labels.lookup(addr) != LabelVerdict::None
+    }
+}
+
+impl crate::worker::Routing for Live {
+    fn generation(&self) -> u64 {
+        Live::generation(self)
+    }
+
+    fn view(&self) -> Arc<dyn crate::worker::RouteView> {
+        self.load()
     }
 }
 
@@ -381,6 +413,7 @@ impl FrontLoop {
             orig_dst,
             tunnel: Arc::clone(tunnel),
             source,
+            generation: self.seen,
         }));
         match self.workers[w].try_send(h) {
             // An atomic swap; an eventfd write only if the worker sleeps.

@@ -140,12 +140,18 @@ impl FrontLoop {
             return;
         }
         let w = worker_for(client.ip(), self.workers.len());
+        // A batch holds the items of one snapshot of the routes: its tunnel
+        // indexes point into that snapshot's tunnels, and the worker reads
+        // its generation (see the worker's `routing`). One routed with an
+        // older snapshot goes first.
+        if let Some(b) = self.batches[w].as_mut()
+            && !b.routed_with(self.seen, &self.shared.tunnels)
+        {
+            self.send_batch(w);
+        }
         if self.batches[w].is_none() {
             let b = match self.workers[w].recycled() {
-                Some(mut b) => {
-                    b.tunnels = Arc::clone(&self.shared.tunnels);
-                    Some(b)
-                }
+                Some(b) => Some(b),
                 None => UdpBatch::bounded(
                     Arc::clone(&self.shared.tunnels),
                     UdpBatch::max_alive(self.workers.len()),
@@ -160,6 +166,11 @@ impl FrontLoop {
             self.batches[w] = Some(b);
         }
         let Some(batch) = self.batches[w].as_mut() else { return };
+        if !batch.routed_with(self.seen, &self.shared.tunnels) {
+            // Cannot be: send_batch leaves no batch or an empty one.
+            Counters::inc(&self.counters.udp_drop_queue_full);
+            return;
+        }
         let at = k * MAX_DATAGRAM;
         batch.push(client, orig_dst, route, &self.rdata[at..at + meta.len]);
         if batch.is_full() {

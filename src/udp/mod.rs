@@ -43,6 +43,7 @@
 //! Whatever leaves is handed back to the caller, which closes its sockets and
 //! counts it; the table never drops a value silently.
 
+mod alias;
 mod hash;
 mod lru;
 mod source;
@@ -51,6 +52,7 @@ mod table;
 #[cfg(test)]
 mod sim_tests;
 
+pub use alias::DnsAliases;
 pub use hash::{FoldHasher, FoldState};
 pub use lru::Lru;
 pub use table::{Admit, DNS_PORT, Insert, Kind, Limits, SessionTable};

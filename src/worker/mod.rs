@@ -25,6 +25,7 @@
 
 mod dns;
 mod queue;
+mod routing;
 mod slab;
 mod udp;
 mod warm;
@@ -50,6 +51,7 @@ use crate::route::Cidr;
 use crate::stats::{Counters, Registry, Tally};
 use crate::udp::FoldState;
 use crate::upstream::{self, Handshake, HandshakeError, Progress, Socks5Handshake};
+pub use routing::{RouteView, Routing};
 use slab::{Kind, Slab};
 use std::collections::HashMap;
 pub use udp::{UdpBatch, UdpItem};
@@ -71,6 +73,8 @@ pub struct TcpHandoff {
     pub tunnel: Arc<Tunnel>,
     /// The route that matched (`None`: the default tunnel), for counters.
     pub source: Option<Cidr>,
+    /// The generation of the routes it was routed with (see `routing`).
+    pub generation: u64,
 }
 
 /// What travels on a worker's queue. Boxed, so that a queue slot is a few
@@ -216,6 +220,8 @@ pub struct WorkerLoop {
     per_source: HashMap<Option<Cidr>, Arc<Counters>, FoldState>,
     fail_log: Arc<FailLog>,
     udp: udp::Udp,
+    /// The live routes: reply checks, and hand-offs routed before a reset.
+    routes: routing::Routes,
     /// Pooled DNS-over-TCP connections (slots in `udp.dns`), see `dns`.
     dns_pool: HashMap<dns::PoolKey, usize>,
     /// Connections being greeted for warm pools.
@@ -257,6 +263,7 @@ impl WorkerLoop {
     pub fn new(
         id: usize,
         settings: Arc<Settings>,
+        routing: Arc<dyn Routing>,
         registry: Arc<Registry>,
         fail_log: Arc<FailLog>,
     ) -> io::Result<(WorkerLoop, WorkerHandle)> {
@@ -285,6 +292,7 @@ impl WorkerLoop {
             per_source: HashMap::default(),
             fail_log,
             udp: udp::Udp::new(&settings.udp, settings.threads),
+            routes: routing::Routes::new(routing),
             dns_pool: HashMap::new(),
             warming: Slab::default(),
             pool_cache: HashMap::default(),
@@ -323,6 +331,7 @@ impl WorkerLoop {
                 return Err(e);
             }
             self.now = Instant::now();
+            self.routes.refresh();
             for ev in events.iter() {
                 if ev.token() != WAKER {
                     self.on_event(ev);
@@ -350,13 +359,46 @@ impl WorkerLoop {
         while let Ok(c) = self.commands.try_recv() {
             match c {
                 Command::Settings(s) => self.apply(s),
-                Command::ResetSource(c) => self.reset_source(c),
+                Command::ResetSource(c) => {
+                    // Before the flows end: what a front routed before the
+                    // change and hands over later is routed again.
+                    self.routes.on_reset();
+                    self.reset_source(c)
+                }
             }
         }
         while let Some(h) = self.rx.try_recv() {
             match h {
+                Handoff::Tcp(t) if self.routes.stale(t.generation) => self.reroute_flow(*t),
                 Handoff::Tcp(t) => self.start_flow(*t),
-                Handoff::Udp(b) => self.on_batch(b),
+                Handoff::Udp(mut b) => {
+                    if self.routes.stale(b.generation) {
+                        self.reroute_batch(&mut b);
+                    }
+                    self.on_batch(b)
+                }
+            }
+        }
+    }
+
+    /// A connection routed before the last reset: routed again now, so a
+    /// source that was moved (or an address's next owner) never starts a
+    /// flow on the tunnel it was moved from.
+    fn reroute_flow(&mut self, mut h: TcpHandoff) {
+        match self.routes.route(h.client.ip()) {
+            Some((source, tunnel)) => {
+                if !Arc::ptr_eq(&tunnel, &h.tunnel) {
+                    debug!(target: "egressd::worker", "{} -> tcp {}: routed before a reset; now via {}",
+                        h.client, h.orig_dst, tunnel.name);
+                }
+                (h.source, h.tunnel) = (source, tunnel);
+                self.start_flow(h)
+            }
+            None => {
+                Counters::inc(&self.counters.drop_no_route);
+                debug!(target: "egressd::worker", "{} -> tcp {}: routed before a reset, no route now; reset",
+                    h.client, h.orig_dst);
+                reset(&SockRef::from(&h.stream));
             }
         }
     }
@@ -372,7 +414,7 @@ impl WorkerLoop {
     }
 
     fn start_flow(&mut self, h: TcpHandoff) {
-        let TcpHandoff { stream, client, orig_dst, tunnel, source } = h;
+        let TcpHandoff { stream, client, orig_dst, tunnel, source, .. } = h;
         let tc = self.tally(&tunnel.name, source);
         Counters::inc(&self.counters.tcp_flows_total);
         tc.inc(|c| &c.tcp_flows_total);
@@ -993,6 +1035,11 @@ mod tests {
         assert_eq!(Pump::default().held_capacity(), 0);
     }
 
+    /// The live routes a worker reads, for a worker made alone in a test.
+    fn live(s: &Arc<Settings>) -> Arc<dyn Routing> {
+        Arc::new(crate::front::Live::new(crate::front::Shared::new(Arc::clone(s))))
+    }
+
     fn settings(extra: &str) -> Arc<Settings> {
         let text = format!(
             r#"(listen: ["10.8.0.1:10900"], tunnels: {{ "a": Direct() }},
@@ -1009,7 +1056,8 @@ mod tests {
             "tcp: (idle_timeout_secs: 7, splice: false), \
              udp: (idle_timeout_secs: 9, max_sessions: 5, pending_datagrams: 3, dns_over_tcp: false)",
         );
-        let (mut w, h) = WorkerLoop::new(0, a, Arc::default(), Arc::default()).unwrap();
+        let (mut w, h) =
+            WorkerLoop::new(0, Arc::clone(&a), live(&a), Arc::default(), Arc::default()).unwrap();
         assert!(w.relay.splice);
         assert!(h.command(Command::Settings(b), Duration::from_secs(1)));
         w.take_handoffs();
@@ -1027,15 +1075,16 @@ mod tests {
         use crate::control::{Control, Request};
         use crate::front::{Live, Shared};
         let s = settings("");
-        let (w, h) = WorkerLoop::new(0, Arc::clone(&s), Arc::default(), Arc::default()).unwrap();
+        let live = Arc::new(Live::new(Shared::new(Arc::clone(&s))));
+        let routing: Arc<dyn Routing> = live.clone();
+        let (w, h) = WorkerLoop::new(0, Arc::clone(&s), routing, Arc::default(), Arc::default()).unwrap();
         let tunnels: Arc<[Arc<Tunnel>]> = s.tunnels.iter().cloned().map(Arc::new).collect();
         let mut full = 0;
         while h.try_send(Handoff::Udp(Box::new(UdpBatch::new(Arc::clone(&tunnels))))).is_ok() {
             full += 1;
         }
         assert_eq!(full, QUEUE, "the hand-off queue is full");
-        let ctl =
-            Control { live: Arc::new(Live::new(Shared::new(s))), workers: vec![h], registry: Arc::default() };
+        let ctl = Control { live, workers: vec![h], registry: Arc::default() };
         let source: Cidr = "10.8.0.11/32".parse().unwrap();
         let set = Request::RouteSet { source, tunnel: "a".into(), reset: true };
         let body = ctl.handle(set.clone()).unwrap();

@@ -33,7 +33,7 @@ use super::{Drive, WorkerLoop, auth_of, connect, drive_handshake, keepalive};
 use crate::config::{Tunnel, TunnelKind, UdpSettings};
 use crate::route::Cidr;
 use crate::stats::{Counters, Tally};
-use crate::udp::{Admit, FoldState, Insert, Limits, SessionTable};
+use crate::udp::{Admit, DnsAliases, FoldState, Insert, Limits, SessionTable};
 use crate::upstream::{Handshake, Socks5Handshake};
 use crate::wire::sockaddr::unmapped;
 use crate::wire::socks5::{self, Bound};
@@ -85,10 +85,10 @@ enum Link {
 
 struct Session {
     client: SocketAddr,
-    /// A DNS query of this session that egressd sent elsewhere (`dns.upstream`
-    /// instead of a resolver no exit can reach): (where it went, what the
-    /// client asked), so that the answer comes from the address asked.
-    dns_alias: Option<(SocketAddr, SocketAddr)>,
+    /// DNS queries of this session that egressd sent elsewhere (`dns.upstream`
+    /// instead of a resolver no exit can reach), so that each answer comes
+    /// from the address asked (boxed: most sessions never have one).
+    dns_alias: Option<Box<DnsAliases>>,
     tunnel: Arc<Tunnel>,
     /// This worker's counters for the tunnel and the route source.
     tc: Tally,
@@ -192,6 +192,17 @@ impl Udp {
 }
 
 impl WorkerLoop {
+    /// A batch routed before the last reset: its datagrams are routed again
+    /// (see `routing`), so no session starts on a tunnel its source was
+    /// moved from; those no route takes now are dropped and counted.
+    pub(super) fn reroute_batch(&mut self, b: &mut UdpBatch) {
+        let rejected = b.reroute(self.routes.view());
+        if rejected > 0 {
+            Counters::add(&self.counters.udp_drop_no_route, rejected as u64);
+            debug!(target: "egressd::udp", "{rejected} datagrams routed before a reset have no route now; dropped");
+        }
+    }
+
     /// Handles a batch, then sends it back empty for the fronts to reuse.
     pub(super) fn on_batch(&mut self, mut b: Box<UdpBatch>) {
         for it in &b.items {
@@ -381,7 +392,7 @@ impl WorkerLoop {
         let target = self.settings.dns.target(dst);
         let Some(s) = self.udp.sessions.get_mut(slot) else { return };
         if target != dst {
-            s.dns_alias = Some((target, dst));
+            s.dns_alias.get_or_insert_default().record(target, data, dst);
         }
         let sent = match &mut s.link {
             Link::Associating { pending, .. } => {
@@ -569,10 +580,13 @@ impl WorkerLoop {
             };
             // The answer to a redirected query comes from the address asked:
             // egressd's own choice, so the relay's word is not checked.
-            let alias = self.udp.sessions.get(slot).and_then(|s| s.dns_alias);
-            let (remote, redirected) = match alias {
-                Some((went, asked)) if went == remote => (asked, true),
-                _ => (remote, false),
+            let asked =
+                self.udp.sessions.get(slot).and_then(|s| s.dns_alias.as_ref()).and_then(|a| {
+                    a.answer(remote, self.relay.scratch.get(payload.clone()).unwrap_or_default())
+                });
+            let (remote, redirected) = match asked {
+                Some(asked) => (asked, true),
+                None => (remote, false),
             };
             if !redirected && let Err(why) = self.check_reply_source(remote.ip()) {
                 Counters::inc(&self.counters.udp_drop_reply_source);
@@ -616,14 +630,12 @@ impl WorkerLoop {
         }
     }
 
-    /// Whether a reply may name `remote` as its source (see `reply`).
+    /// Whether a reply may name `remote` as its source (see `reply`): the
+    /// live routes say which addresses are containers' (config routes,
+    /// `route set`, label routes and `intercept.sources`).
     fn check_reply_source(&mut self, remote: IpAddr) -> Result<(), reply::Refused> {
-        let settings = &self.settings;
-        // The longest route containing it stands for all of them (a /0 one is
-        // no container network): one lookup per reply, not a walk of the table.
-        let route = settings.routes.lookup_route(remote).map(|(c, _)| c);
-        let containers = settings.intercept.sources.iter().copied().chain(route);
-        self.udp.source_check.check(remote, containers, self.now)
+        let container = self.routes.view().holds_container(remote);
+        self.udp.source_check.check(remote, container, self.now)
     }
 
     /// Counts (and for a failed bind, logs once) a reply's fate.

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use super::heavy;
 use crate::config::Tunnel;
 use crate::route::Cidr;
+use crate::worker::RouteView;
 
 /// Datagrams a front loop received and routed for one worker, packed into
 /// one buffer: one hand-off (and one wake) per batch, and the batch comes
@@ -30,6 +31,10 @@ use crate::route::Cidr;
 pub struct UdpBatch {
     /// The tunnels `UdpItem::tunnel` indexes (one Arc clone per batch).
     pub tunnels: Arc<[Arc<Tunnel>]>,
+    /// The generation of the routes its items were routed with: one for
+    /// the whole batch, which a front fills within one snapshot (see
+    /// [`UdpBatch::routed_with`] and the worker's `routing`).
+    pub generation: u64,
     pub items: Vec<UdpItem>,
     pub data: Vec<u8>,
     /// What this batch was charged against [`IN_FLIGHT`] when handed over.
@@ -42,6 +47,8 @@ pub struct UdpBatch {
 const BATCH_DATA: usize = 16 * 1024;
 const BATCH_FULL: usize = 64 * 1024;
 const BATCH_ITEMS: usize = 256;
+/// A tunnel index no tunnel list reaches (an item rejected by `reroute`).
+const REJECTED: u16 = u16::MAX;
 /// The batches alive now, and the bytes handed over and not yet handled.
 /// Process-wide by design: the bound is on the process's memory, and
 /// batches travel between every front and worker.
@@ -94,7 +101,13 @@ impl UdpBatch {
     }
 
     fn unbounded(tunnels: Arc<[Arc<Tunnel>]>) -> UdpBatch {
-        UdpBatch { tunnels, items: Vec::with_capacity(16), data: Vec::with_capacity(BATCH_DATA), charged: 0 }
+        UdpBatch {
+            tunnels,
+            generation: 0,
+            items: Vec::with_capacity(16),
+            data: Vec::with_capacity(BATCH_DATA),
+            charged: 0,
+        }
     }
 
     /// Charges the batch against the bytes in flight before a front hands
@@ -122,6 +135,41 @@ impl UdpBatch {
         IN_FLIGHT.load(Relaxed) * 2 >= UdpBatch::in_flight_max(workers) && heavy::named(source)
     }
 
+    /// Makes an empty batch carry the routes of `generation` (the tunnels
+    /// its items will index). A batch that still holds items routed with
+    /// other routes must be sent first: `false`, nothing changed. Items of
+    /// one batch always index the tunnels they were routed against, even
+    /// when a reload reorders the tunnels between two datagrams.
+    pub fn routed_with(&mut self, generation: u64, tunnels: &Arc<[Arc<Tunnel>]>) -> bool {
+        if self.generation == generation && Arc::ptr_eq(&self.tunnels, tunnels) {
+            return true;
+        }
+        if !self.items.is_empty() {
+            return false;
+        }
+        self.generation = generation;
+        self.tunnels = Arc::clone(tunnels);
+        true
+    }
+
+    /// Routes every item again with `view` (the batch was routed before a
+    /// reset); items the view rejects are marked so that no tunnel matches
+    /// them. Returns how many were rejected.
+    pub fn reroute(&mut self, view: &dyn RouteView) -> usize {
+        let mut rejected = 0;
+        for it in &mut self.items {
+            match view.route(it.client.ip()) {
+                Some((source, tunnel)) => (it.source, it.tunnel) = (source, tunnel),
+                None => {
+                    it.tunnel = REJECTED;
+                    rejected += 1;
+                }
+            }
+        }
+        self.tunnels = Arc::clone(view.tunnels());
+        rejected
+    }
+
     pub fn push(
         &mut self,
         client: SocketAddr,
@@ -138,5 +186,76 @@ impl UdpBatch {
     /// Whether the batch should go now (its buffers stay under 128 KiB).
     pub fn is_full(&self) -> bool {
         self.items.len() >= BATCH_ITEMS || self.data.len() >= BATCH_FULL
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn tunnels(names: &[&str]) -> Arc<[Arc<Tunnel>]> {
+        let list: Vec<String> = names.iter().map(|n| format!(r#""{n}": Direct()"#)).collect();
+        let text = format!(
+            r#"(listen: ["10.8.0.1:10900"], tunnels: {{ {} }}, routes: [], default: Tunnel("a"))"#,
+            list.join(", ")
+        );
+        Settings::parse("t.ron", &text).unwrap().tunnels.iter().cloned().map(Arc::new).collect()
+    }
+
+    fn push(b: &mut UdpBatch, client: &str, tunnel: u16) {
+        b.push(client.parse().unwrap(), "203.0.113.10:53".parse().unwrap(), (None, tunnel), b"q");
+    }
+
+    /// Issue 21: a batch kept (empty) after a failed budget charge, then a
+    /// SIGHUP that reorders the tunnels: a new datagram's index must point
+    /// into the new list, not the one the batch was made with.
+    #[test]
+    fn a_kept_batch_takes_the_tunnels_of_the_routes_that_fill_it() {
+        let old = tunnels(&["a", "b"]);
+        let new = tunnels(&["b", "a"]);
+        let mut b = UdpBatch::new(Arc::clone(&old));
+        assert!(b.routed_with(0, &old));
+        push(&mut b, "10.8.0.10:5000", 1); // "b" in the old order
+        // Routed with the old snapshot and not yet sent: it must go first.
+        assert!(!b.routed_with(1, &new));
+        assert!(Arc::ptr_eq(&b.tunnels, &old));
+        // Sent (or dropped: the front clears it and keeps it for reuse).
+        b.items.clear();
+        b.data.clear();
+        assert!(b.routed_with(1, &new));
+        assert_eq!(b.generation, 1);
+        push(&mut b, "10.8.0.10:5000", 0); // "b" in the new order
+        let it = b.items[0];
+        assert_eq!(b.tunnels[usize::from(it.tunnel)].name, "b");
+    }
+
+    struct OneRoute(Arc<[Arc<Tunnel>]>, Option<u16>);
+
+    impl RouteView for OneRoute {
+        fn route(&self, client: IpAddr) -> Option<(Option<Cidr>, u16)> {
+            self.1.filter(|_| client == "10.8.0.10".parse::<IpAddr>().unwrap()).map(|t| (None, t))
+        }
+        fn tunnels(&self) -> &Arc<[Arc<Tunnel>]> {
+            &self.0
+        }
+        fn holds_container(&self, _: IpAddr) -> bool {
+            false
+        }
+    }
+
+    /// Issue 21: a batch routed before a reset is routed again, every item,
+    /// against the new view's tunnels; what the view rejects matches none.
+    #[test]
+    fn a_batch_routed_before_a_reset_is_routed_again() {
+        let old = tunnels(&["a", "b"]);
+        let mut b = UdpBatch::new(Arc::clone(&old));
+        push(&mut b, "10.8.0.10:5000", 0);
+        push(&mut b, "10.8.0.11:5000", 0);
+        let new = tunnels(&["a", "b", "c"]);
+        assert_eq!(b.reroute(&OneRoute(Arc::clone(&new), Some(2))), 1);
+        assert!(Arc::ptr_eq(&b.tunnels, &new));
+        assert_eq!(b.tunnels.get(usize::from(b.items[0].tunnel)).map(|t| t.name.as_str()), Some("c"));
+        assert!(b.tunnels.get(usize::from(b.items[1].tunnel)).is_none(), "rejected");
     }
 }
