@@ -12,6 +12,7 @@ use log::{error, info, warn};
 
 use crate::config::{Settings, UdpSettings};
 use crate::control::Control;
+use crate::docker::client::Docker;
 use crate::front::{self, FrontLoop, Live, Shared};
 use crate::stats::Registry;
 use crate::sys;
@@ -147,12 +148,9 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
         }
     }
 
-    if let Some(d) = settings.docker.clone() {
-        let sock = d.socket.display().to_string();
-        if let Err(e) = crate::docker::client::spawn(d, Arc::clone(&live), handles.clone(), registry.thread())
-        {
-            warn!(target: "egressd", "cannot follow Docker at {sock}: {e}; running with the config routes only");
-        }
+    let mut docker = Docker::new(Arc::clone(&live), handles.clone(), Arc::clone(&registry));
+    if let Err(e) = docker.apply(settings.docker.as_ref()) {
+        warn!(target: "egressd", "{e}; running with the config routes only");
     }
 
     let mut threads = Vec::new();
@@ -179,7 +177,7 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     loop {
         match sys::wait_signal() {
             Ok(sys::Signal::Stop) => break,
-            Ok(sys::Signal::Reload) => reload(config, &live, &handles, &registry),
+            Ok(sys::Signal::Reload) => reload(config, &live, &handles, &registry, &mut docker),
             Err(e) => {
                 error!(target: "egressd", "waiting for signals: {e}");
                 break;
@@ -216,7 +214,13 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
 
 /// SIGHUP: new flows get the new routes, tunnels and timeouts; existing
 /// flows and sessions keep going; a bad config changes nothing.
-fn reload(config: Option<&Path>, live: &Live, workers: &[WorkerHandle], registry: &Registry) {
+fn reload(
+    config: Option<&Path>,
+    live: &Live,
+    workers: &[WorkerHandle],
+    registry: &Registry,
+    docker: &mut Docker,
+) {
     let new: Settings = match super::load(config) {
         Ok(s) => s,
         Err(e) => {
@@ -251,13 +255,20 @@ fn reload(config: Option<&Path>, live: &Live, workers: &[WorkerHandle], registry
     }
     info!(
         target: "egressd",
-        "reloaded: {} tunnels, {} routes; routes, tunnels, warm pools, timeouts, tcp.splice (new flows) and the \
+        "reloaded: {} tunnels, {} routes; routes, tunnels, docker, warm pools, timeouts, tcp.splice (new flows) and the \
          udp limits apply now; {RESTART_ONLY} only on restart",
         new.tunnels.len(),
         new.routes.len()
     );
     if !restart.is_empty() {
         warn!(target: "egressd", "reload: {} changed, which applies only on restart", restart.join(", "));
+    }
+    // After the new settings are live: a restarted follower resolves
+    // labels against the new tunnels.
+    match docker.apply(new.docker.as_ref()) {
+        Ok(Some(what)) => info!(target: "egressd", "reload: {what}"),
+        Ok(None) => {}
+        Err(e) => warn!(target: "egressd", "reload: {e}; label routes are not followed"),
     }
 }
 

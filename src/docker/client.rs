@@ -1,157 +1,367 @@
-//! The thread that follows the Docker Engine API over its Unix socket:
-//! list the labelled containers, follow `/events`, resync on every event
-//! that can change a container's addresses, and reconnect with backoff when
-//! the socket goes away (the label routes stay meanwhile).
+//! The thread that follows the Docker Engine API over its Unix socket and
+//! keeps the label routes equal to the labelled containers Docker lists.
 //!
-//! Synchronous and bounded: a response head is at most 16 KiB, the
-//! container list 16 MiB, one event 1 MiB; anything else ends the session
-//! (and the next one starts from a full resync).
+//! ```text
+//!        ┌─ session ─────────────────────────────────────────────────┐
+//!  ┌───► │ GET /events?since=T-1s ─► its head ─► list ─► follow:     │
+//!  │     │   an event that matters ─► list (timer re-armed)          │
+//!  │     │   30 s without a list (the read times out) ─► list:       │
+//!  │     │     it changed a route no event announced ─► end: Missed ─┼─► at once ───┐
+//!  │     │   a step past its deadline, EOF, bad bytes ─► end: Failed ┼─► one list, ─┤
+//!  │     └───────────────────────────────────────────────────────────┘   backoff    │
+//!  │                                                                     0.2–5 s    │
+//!  └────────────────────────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! Why each step:
+//! - The stream's head before the list: a list taken while the events
+//!   request is still on its way misses an event that falls in between.
+//!   dockerd flushes the head just *before* it subscribes the stream (moby
+//!   `getEvents`), so the request also asks for the events `since` a second
+//!   before it was sent: dockerd replays them from its event log, and the
+//!   gap is closed. A replayed event costs one more list, nothing else.
+//! - A read timeout equal to the resync period, and on timeout a list while
+//!   the stream is kept: dockerd sends nothing at all on an idle stream, so
+//!   silence says nothing about the stream; re-subscribing every 30 s would
+//!   be churn. The list is the probe: it goes over a connection of its own
+//!   with its own deadline (`io`), so a dockerd that hangs ends the session
+//!   there, and the next sessions keep trying with backoff. A list the timer
+//!   made that changed a route shows the stream lost or withheld an event:
+//!   the session reconnects at once (a fresh stream), logging why.
+//! - Every event-driven list re-arms the timer: the routes are never older
+//!   than one resync period plus one list's round trip, whatever happens to
+//!   the stream (`Timing::resync`; README "Containers choose their exit by
+//!   label" says what that window means).
+//! - A session that fails is followed by one list on its own: a dockerd
+//!   whose event stream hangs (even the head of a new one) but which still
+//!   answers lists keeps the routes current, one list per attempt.
+//! - Docker unreachable or hung: the label routes stay as they are (a
+//!   dockerd restart must not cut every labelled container off).
+//!
+//! [`Docker`] is what `run` holds: it starts the follower and, on SIGHUP,
+//! restarts it when `docker:` changed (the old thread is stopped and joined
+//! first, so only one follower ever writes the label routes).
 
-use std::collections::HashSet;
-use std::io::{self, Read, Write};
 use std::net::IpAddr;
+use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info, warn};
 
 use super::Labels;
-use super::model::{self, Container};
+pub use super::conn::list;
+use super::conn::{self, Got};
+use super::model::{self, Container, EventLines, Warned};
 use crate::config::DockerSettings;
 use crate::front::Live;
 use crate::route::Cidr;
-use crate::stats::Counters;
-use crate::wire::Parse;
-use crate::wire::http1::{self, Body, Framing};
+use crate::stats::{Counters, Registry};
 use crate::worker::{Command, WorkerHandle};
 
-const MAX_LIST: usize = 16 << 20;
-const MAX_EVENT: usize = 1 << 20;
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The follower's clocks.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timing {
+    /// The longest time between two full lists.
+    pub resync: Duration,
+    /// The deadline of each connect, events head and whole list.
+    pub io: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+pub(super) const TIMING: Timing = Timing {
+    resync: Duration::from_secs(30),
+    io: Duration::from_secs(10),
+    backoff_min: Duration::from_millis(200),
+    backoff_max: Duration::from_secs(5),
+};
+
+/// How far before the events request its `since` lies.
+const SINCE_MARGIN: Duration = Duration::from_secs(1);
+const EVENT_FILTERS: &str = r#"{"type":["container","network"]}"#;
 /// How long a reset waits for room on a worker's command queue.
 const RESET_WAIT: Duration = Duration::from_secs(5);
+/// Follower trouble is logged as a warning at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
-/// Follows Docker on a thread of its own until the process ends.
-pub fn spawn(
-    d: DockerSettings,
-    live: Arc<Live>,
-    workers: Vec<WorkerHandle>,
-    counters: Arc<Counters>,
-) -> io::Result<JoinHandle<()>> {
-    let mut f = Follower { d, live, workers, counters, warned: HashSet::new() };
-    std::thread::Builder::new().name("egressd-docker".into()).spawn(move || f.run())
+/// What a list did to the routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Applied {
+    Same,
+    Changed,
 }
 
-struct Follower {
-    d: DockerSettings,
-    live: Arc<Live>,
-    workers: Vec<WorkerHandle>,
-    counters: Arc<Counters>,
-    /// (container id, tunnel) already reported as naming no tunnel.
-    warned: HashSet<(String, String)>,
+/// Where the follower's lists go: the live label routes (or a test's log).
+pub(super) trait Sink: Send + 'static {
+    fn apply(&mut self, containers: &[Container]) -> Applied;
+    /// For the log when Docker goes away.
+    fn routes(&self) -> usize;
 }
 
-impl Follower {
+/// How a session ended.
+#[derive(Debug)]
+enum End {
+    /// A list the timer made changed a route no event announced.
+    Missed,
+    Failed(String),
+}
+
+/// Ends a follower from another thread: wakes its backoff sleep and shuts
+/// its sockets down (a read waiting for up to a resync period returns).
+#[derive(Default)]
+pub(super) struct Stop {
+    state: Mutex<Watched>,
+    woken: Condvar,
+}
+
+#[derive(Default)]
+struct Watched {
+    stopped: bool,
+    next: u64,
+    streams: Vec<(u64, UnixStream)>,
+}
+
+/// A socket that a [`Stop`] shuts down; forgotten when dropped (with its
+/// connection).
+pub(super) struct Watch {
+    stop: Arc<Stop>,
+    key: u64,
+}
+
+impl Stop {
+    fn lock(&self) -> MutexGuard<'_, Watched> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Watches `s`; refused once stopped, so no socket opened after the
+    /// stop can block the thread.
+    pub fn watch(self: &Arc<Self>, s: &UnixStream) -> Result<Watch, String> {
+        let clone = s.try_clone().map_err(|e| format!("docker socket: {e}"))?;
+        let mut w = self.lock();
+        if w.stopped {
+            return Err("stopped".into());
+        }
+        w.next += 1;
+        let key = w.next;
+        w.streams.push((key, clone));
+        Ok(Watch { stop: Arc::clone(self), key })
+    }
+
+    pub fn stop(&self) {
+        let mut w = self.lock();
+        w.stopped = true;
+        for (_, s) in &w.streams {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        self.woken.notify_all();
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.lock().stopped
+    }
+
+    /// Sleeps for `d` unless stopped meanwhile; whether it was stopped.
+    fn sleep(&self, d: Duration) -> bool {
+        let w = self.lock();
+        let (w, _) = self.woken.wait_timeout_while(w, d, |w| !w.stopped).unwrap_or_else(|e| e.into_inner());
+        w.stopped
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.lock().streams.retain(|(k, _)| *k != self.key);
+    }
+}
+
+/// A follower thread and the means to end it.
+pub(super) struct Running {
+    d: DockerSettings,
+    stop: Arc<Stop>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the thread and waits for it (bounded: every socket it can
+    /// block on is shut down; a reset in progress takes at most `RESET_WAIT`
+    /// per worker).
+    pub fn end(mut self) -> DockerSettings {
+        self.stop.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.d.clone()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.stop();
+    }
+}
+
+/// Starts a follower of `d` feeding `sink`.
+pub(super) fn start<S: Sink>(d: DockerSettings, timing: Timing, sink: S) -> std::io::Result<Running> {
+    let stop = Arc::new(Stop::default());
+    let mut f = Follow { d: d.clone(), timing, sink, stop: Arc::clone(&stop), ever: false, last_warn: None };
+    let thread = std::thread::Builder::new().name("egressd-docker".into()).spawn(move || f.run())?;
+    Ok(Running { d, stop, thread: Some(thread) })
+}
+
+struct Follow<S: Sink> {
+    d: DockerSettings,
+    timing: Timing,
+    sink: S,
+    stop: Arc<Stop>,
+    /// A session has listed at least once.
+    ever: bool,
+    last_warn: Option<Instant>,
+}
+
+impl<S: Sink> Follow<S> {
     fn run(&mut self) {
-        let mut backoff = BACKOFF_MIN;
-        let mut ever = false;
-        let mut said_down = false;
+        let t = self.timing;
+        let mut backoff = t.backoff_min;
         loop {
             let started = Instant::now();
-            match self.session(&mut ever) {
-                Ok(()) => {}
-                Err(e) if !said_down => {
-                    if ever {
-                        warn!(target: "egressd::docker",
-                            "docker: {e}; keeping the {} label routes, reconnecting", self.live.load().labels.routes().count());
-                    } else {
-                        warn!(target: "egressd::docker",
-                            "docker: {e}; running with the config routes only until {} answers", self.d.socket.display());
-                    }
-                    said_down = true;
+            let end = self.session().unwrap_or_else(End::Failed);
+            if self.stop.stopped() {
+                return;
+            }
+            self.say(&end);
+            if let End::Failed(_) = end {
+                // A dockerd whose event stream fails or hangs may still
+                // answer a list: the routes keep up with it meanwhile.
+                if let Err(e) = self.resync() {
+                    debug!(target: "egressd::docker", "docker: list between sessions: {e}");
                 }
-                Err(e) => debug!(target: "egressd::docker", "docker: {e}"),
             }
-            if started.elapsed() > BACKOFF_MAX {
-                backoff = BACKOFF_MIN;
-                said_down = false;
+            if started.elapsed() > t.backoff_max || matches!(end, End::Missed) {
+                backoff = t.backoff_min;
             }
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            if self.stop.sleep(backoff) {
+                return;
+            }
+            backoff = (backoff * 2).min(t.backoff_max);
         }
     }
 
-    /// One connection's life: follow events, resync at start and on each
-    /// event that matters. Returns when the socket fails.
-    fn session(&mut self, ever: &mut bool) -> Result<(), String> {
-        // The event stream first, so that nothing between the list and the
-        // stream is missed.
-        let filters = r#"{"type":["container","network"]}"#;
-        let mut events = self.get(&format!("/events?filters={}", encode(filters)), None)?;
+    /// Logs how a session ended: a warning at most once a minute.
+    fn say(&mut self, end: &End) {
+        let text = match end {
+            End::Missed => format!(
+                "docker: a periodic resync found a change no event announced (events lost or held back); \
+                 reconnecting the event stream of {}",
+                self.d.socket.display()
+            ),
+            End::Failed(e) if self.ever => {
+                format!("docker: {e}; keeping the {} label routes, reconnecting", self.sink.routes())
+            }
+            End::Failed(e) => format!(
+                "docker: {e}; running with the config routes only until {} answers",
+                self.d.socket.display()
+            ),
+        };
+        if self.last_warn.is_none_or(|w| w.elapsed() >= WARN_EVERY) {
+            self.last_warn = Some(Instant::now());
+            warn!(target: "egressd::docker", "{text}");
+        } else {
+            debug!(target: "egressd::docker", "{text}");
+        }
+    }
+
+    /// One connection's life; returns how it ended.
+    fn session(&mut self) -> Result<End, String> {
+        let t = self.timing;
+        let since =
+            SystemTime::now().checked_sub(SINCE_MARGIN).and_then(|s| s.duration_since(UNIX_EPOCH).ok());
+        let since = since.unwrap_or_default();
+        let path = format!(
+            "/events?since={}.{:09}&filters={}",
+            since.as_secs(),
+            since.subsec_nanos(),
+            conn::encode(EVENT_FILTERS)
+        );
+        let mut events = conn::get(&self.d.socket, &path, Instant::now() + t.io, Some(&self.stop))?;
+        let mut lines = EventLines::default();
+        // What came with the head happened before the list below: the
+        // list covers it (the lines still count for the framing).
+        let early = events.read_head(Instant::now() + t.io)?;
+        lines.feed(&early)?;
         self.resync()?;
-        if !*ever {
+        if !self.ever {
             info!(target: "egressd::docker", "docker: following {} (label {})", self.d.socket.display(), self.d.label);
         }
-        *ever = true;
-        let mut line: Vec<u8> = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut out: Vec<u8> = Vec::new();
+        self.ever = true;
+        let mut next = Instant::now() + t.resync;
+        let mut out = Vec::new();
         loop {
-            let n = match events.stream.read(&mut buf) {
-                Ok(0) => return Err("the event stream ended (dockerd restarting?)".into()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("reading events: {e}")),
-            };
-            events.take(&buf[..n], &mut out)?;
-            let mut relevant = false;
-            for &b in out.iter() {
-                if b == b'\n' {
-                    relevant |= model::event_matters(&line);
-                    line.clear();
-                } else if line.len() < MAX_EVENT {
-                    line.push(b);
-                } else {
-                    return Err(format!("an event longer than {MAX_EVENT} bytes"));
+            match events.read(next, &mut out)? {
+                Got::Closed => return Err("the event stream ended (dockerd restarting?)".into()),
+                Got::Data => {
+                    let relevant = lines.feed(&out)?;
+                    out.clear();
+                    if relevant {
+                        self.resync()?;
+                        next = Instant::now() + t.resync;
+                    }
+                    if events.body_done() {
+                        return Err("the event stream ended".into());
+                    }
                 }
-            }
-            out.clear();
-            if relevant {
-                self.resync()?;
-            }
-            if events.body.is_done() {
-                return Err("the event stream ended".into());
+                Got::TimedOut => {
+                    debug!(target: "egressd::docker", "docker: periodic resync");
+                    if self.resync()? == Applied::Changed {
+                        return Ok(End::Missed);
+                    }
+                    next = Instant::now() + t.resync;
+                }
             }
         }
     }
 
-    /// Lists the labelled containers and makes the label routes match.
-    fn resync(&mut self) -> Result<(), String> {
-        let containers = list(&self.d)?;
-        self.apply(&containers);
-        Ok(())
+    /// Lists the labelled containers (by its own deadline) and makes the
+    /// label routes match.
+    fn resync(&mut self) -> Result<Applied, String> {
+        let containers = conn::list_by(&self.d, Instant::now() + self.timing.io, Some(&self.stop))?;
+        if self.stop.stopped() {
+            return Err("stopped".into());
+        }
+        Ok(self.sink.apply(&containers))
     }
+}
 
-    fn apply(&mut self, containers: &[Container]) {
+/// The label routes in the live snapshot, with the flows of changed
+/// addresses reset on the workers.
+pub(super) struct LiveSink {
+    pub label: String,
+    pub live: Arc<Live>,
+    pub workers: Vec<WorkerHandle>,
+    pub counters: Arc<Counters>,
+    pub warned: Warned,
+}
+
+impl Sink for LiveSink {
+    fn apply(&mut self, containers: &[Container]) -> Applied {
         let shared = self.live.load();
         let current: Vec<model::LabelRoute> = shared.labels.routes().cloned().collect();
         let sync = model::sync(&current, containers);
-        for c in containers {
-            if shared.settings.tunnel_id(&c.tunnel).is_none()
-                && self.warned.insert((c.id.clone(), c.tunnel.clone()))
-            {
-                Counters::inc(&self.counters.docker_unknown_tunnel);
-                warn!(target: "egressd::docker",
-                    "container {} ({}): label {}={:?} names no tunnel of the config; it is rejected (never sent through another tunnel)",
-                    c.name, c.id.get(..12).unwrap_or(&c.id), self.d.label, c.tunnel);
-            }
+        let unknown = containers
+            .iter()
+            .filter(|c| shared.settings.tunnel_id(&c.tunnel).is_none())
+            .map(|c| (c.id.as_str(), c.tunnel.as_str()));
+        for (id, tunnel) in self.warned.sync(unknown) {
+            let name = containers.iter().find(|c| c.id == id).map_or("", |c| c.name.as_str());
+            Counters::inc(&self.counters.docker_unknown_tunnel);
+            warn!(target: "egressd::docker",
+                "container {name} ({}): label {}={tunnel:?} names no tunnel of the config; it is rejected (never sent through another tunnel)",
+                id.get(..12).unwrap_or(&id), self.label);
         }
         if sync.added.is_empty() && sync.reset.is_empty() {
-            return;
+            return Applied::Same;
         }
         let _ = self
             .live
@@ -161,139 +371,98 @@ impl Follower {
         }
         for &addr in &sync.reset {
             info!(target: "egressd::docker", "route {addr} removed or changed: its flows are reset");
-            self.reset(addr);
+            reset(&self.workers, addr);
         }
         Counters::set(&self.counters.docker_label_routes, sync.routes.len() as u64);
+        Applied::Changed
     }
 
-    /// Ends the address's flows on every worker, on their command queues
-    /// (never dropped behind a full hand-off queue): a later owner of the
-    /// address must never inherit them.
-    fn reset(&self, addr: IpAddr) {
-        let source = Cidr::host(addr);
-        let missed =
-            self.workers.iter().filter(|w| !w.command(Command::ResetSource(source), RESET_WAIT)).count();
-        if missed > 0 {
-            warn!(target: "egressd::docker", "route {addr}: {missed} worker(s) did not take the reset within {RESET_WAIT:?}");
+    fn routes(&self) -> usize {
+        self.live.load().labels.routes().count()
+    }
+}
+
+/// Ends the address's flows on every worker, on their command queues
+/// (never dropped behind a full hand-off queue): a later owner of the
+/// address must never inherit them.
+fn reset(workers: &[WorkerHandle], addr: IpAddr) {
+    let source = Cidr::host(addr);
+    let missed = workers.iter().filter(|w| !w.command(Command::ResetSource(source), RESET_WAIT)).count();
+    if missed > 0 {
+        warn!(target: "egressd::docker", "route {addr}: {missed} worker(s) did not take the reset within {RESET_WAIT:?}");
+    }
+}
+
+/// The Docker follower as `run` keeps it across reloads.
+pub struct Docker {
+    live: Arc<Live>,
+    workers: Vec<WorkerHandle>,
+    registry: Arc<Registry>,
+    /// One counter block for every follower this process runs.
+    counters: Option<Arc<Counters>>,
+    running: Option<Running>,
+}
+
+impl Docker {
+    pub fn new(live: Arc<Live>, workers: Vec<WorkerHandle>, registry: Arc<Registry>) -> Docker {
+        Docker { live, workers, registry, counters: None, running: None }
+    }
+
+    /// Starts, restarts or stops the follower to match `want` (the
+    /// config's `docker:`). Returns what changed, for the reload's log.
+    ///
+    /// A new label: the old label's routes go at once (their flows reset),
+    /// whether or not the new socket answers; the follower then adds the
+    /// new label's. A new socket with the same label: the routes stay until
+    /// it answers, as when dockerd restarts. No `docker:` any more: the
+    /// label routes go.
+    pub fn apply(&mut self, want: Option<&DockerSettings>) -> Result<Option<String>, String> {
+        if self.running.as_ref().map(|r| &r.d) == want {
+            return Ok(None);
         }
-    }
-
-    fn get(&self, path: &str, timeout: Option<Duration>) -> Result<Conn, String> {
-        get(&self.d, path, timeout)
-    }
-}
-
-/// The running containers that carry the label (also for `doctor`).
-pub fn list(d: &DockerSettings) -> Result<Vec<Container>, String> {
-    let filters = format!(r#"{{"label":["{}"]}}"#, d.label);
-    let body = get_body(d, &format!("/containers/json?filters={}", encode(&filters)))?;
-    model::parse_list(&body, &d.label)
-}
-
-/// A GET whose whole body is read (bounded).
-fn get_body(d: &DockerSettings, path: &str) -> Result<Vec<u8>, String> {
-    let mut c = get(d, path, Some(IO_TIMEOUT))?;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match c.stream.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("GET {path}: {e}")),
+        let old = self.running.take().map(Running::end);
+        let cleared = match (&old, want) {
+            (Some(o), Some(n)) if o.label != n.label => self.clear_routes(),
+            (Some(_), None) => self.clear_routes(),
+            _ => 0,
         };
-        if n == 0 {
-            // Closed: the end only for a body framed by the close.
-            return if c.head_done && (c.body.is_done() || c.to_eof) {
-                Ok(out)
-            } else {
-                Err(format!("GET {path}: connection closed early"))
-            };
-        }
-        c.take(&buf[..n], &mut out)?;
-        if out.len() > MAX_LIST {
-            return Err(format!("GET {path}: answer larger than {MAX_LIST} bytes"));
-        }
-        if c.head_done && c.body.is_done() {
-            return Ok(out);
-        }
+        let Some(d) = want else {
+            return Ok(Some(format!(
+                "docker: no longer followed; its {cleared} label routes removed and their flows reset"
+            )));
+        };
+        let counters = Arc::clone(self.counters.get_or_insert_with(|| self.registry.thread()));
+        let sink = LiveSink {
+            label: d.label.clone(),
+            live: Arc::clone(&self.live),
+            workers: self.workers.clone(),
+            counters,
+            warned: Warned::default(),
+        };
+        let r = start(d.clone(), TIMING, sink)
+            .map_err(|e| format!("cannot follow Docker at {}: {e}", d.socket.display()))?;
+        self.running = Some(r);
+        let what = format!("{} (label {})", d.socket.display(), d.label);
+        Ok(Some(match old {
+            None => format!("docker: now following {what}"),
+            Some(o) if o.label != d.label => format!(
+                "docker: following {what}; the {cleared} routes of label {} removed and their flows reset",
+                o.label
+            ),
+            Some(_) => format!("docker: following {what}; the label routes stay until it answers"),
+        }))
     }
-}
 
-/// Connects and sends a GET for `path`.
-fn get(d: &DockerSettings, path: &str, timeout: Option<Duration>) -> Result<Conn, String> {
-    let mut stream = UnixStream::connect(&d.socket)
-        .map_err(|e| format!("cannot connect to {}: {e}", d.socket.display()))?;
-    stream.set_read_timeout(timeout).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
-    let req =
-        format!("GET {path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: egressd\r\nConnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).map_err(|e| format!("GET {path}: {e}"))?;
-    Ok(Conn {
-        stream,
-        what: format!("GET {path}"),
-        pending: Vec::new(),
-        head_done: false,
-        body: Body::new(Framing::Length(0)),
-        to_eof: false,
-    })
-}
-
-struct Conn {
-    stream: UnixStream,
-    /// `GET /path`, for errors.
-    what: String,
-    pending: Vec<u8>,
-    head_done: bool,
-    body: Body,
-    /// The body ends when the connection closes.
-    to_eof: bool,
-}
-
-impl Conn {
-    /// Takes bytes read from the socket: the head first (its status must be
-    /// 200), then the body's payload, appended to `out`.
-    fn take(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-        let what = &self.what;
-        if self.head_done {
-            return self.body.feed(input, out).map(|_| ()).map_err(|e| format!("{what}: {e}"));
+    /// Removes every label route, resetting its flows; how many there were.
+    fn clear_routes(&self) -> usize {
+        let old: Vec<IpAddr> = self.live.load().labels.routes().map(|r| r.addr).collect();
+        let _ = self.live.update(|cur| Ok::<_, ()>(cur.with_labels(Labels::default())));
+        for &addr in &old {
+            reset(&self.workers, addr);
         }
-        self.pending.extend_from_slice(input);
-        match http1::parse_head(&self.pending).map_err(|e| format!("{what}: {e}"))? {
-            Parse::Incomplete => Ok(()),
-            Parse::Done(h, used) => {
-                if h.status != 200 {
-                    return Err(format!("{what} answered {}", h.status));
-                }
-                self.body = Body::new(h.framing);
-                self.head_done = true;
-                self.to_eof = h.framing == Framing::ToEof;
-                let rest = self.pending.split_off(used);
-                self.body.feed(&rest, out).map(|_| ()).map_err(|e| format!("{what}: {e}"))
-            }
+        if let Some(c) = &self.counters {
+            Counters::set(&c.docker_label_routes, 0);
         }
-    }
-}
-
-/// Percent-encodes a query value (everything but unreserved characters).
-fn encode(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            o.push(char::from(b));
-        } else {
-            o.push_str(&format!("%{b:02X}"));
-        }
-    }
-    o
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn encodes_filters() {
-        assert_eq!(
-            super::encode(r#"{"label":["egressd.tunnel"]}"#),
-            "%7B%22label%22%3A%5B%22egressd.tunnel%22%5D%7D"
-        );
+        old.len()
     }
 }

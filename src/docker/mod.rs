@@ -9,14 +9,23 @@
 //!  model::sync(current, containers) ──► Labels (Live snapshot) + flows of changed addresses reset
 //! ```
 //!
-//! `model` and [`Labels`] are pure; `client` is the one thread that talks to
-//! the socket (synchronous, no async runtime), reconnecting with backoff.
+//! `model` and [`Labels`] are pure; `conn` makes one bounded GET over the
+//! socket; `client` is the one thread that talks to it (synchronous, no
+//! async runtime): it reads the event stream's head before it lists, lists
+//! again at least every 30 s and at once on reconnect, and gives every step
+//! a deadline, so a lost event or a hung dockerd leaves a route at most one
+//! resync period (plus one list) behind Docker.
 //! Precedence: a container's label route (its own addresses, /32 and /128)
 //! comes before config routes and `route set`; a label naming an unknown
 //! tunnel rejects the container, never falls back to another tunnel or to
-//! `default`. Label routes come from Docker, so they survive SIGHUP.
+//! `default`. Label routes come from Docker, so they survive SIGHUP; a
+//! SIGHUP that changes `docker:` itself restarts the follower
+//! ([`client::Docker::apply`]).
 
 pub mod client;
+mod conn;
+#[cfg(test)]
+mod fake;
 pub mod model;
 
 use std::net::IpAddr;

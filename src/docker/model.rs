@@ -2,7 +2,7 @@
 //! and what changed since the last sync (which addresses must have their
 //! flows reset so that a later owner of the address never inherits them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use serde_json::Value;
@@ -143,6 +143,85 @@ pub fn event_matters(event: &[u8]) -> bool {
     }
 }
 
+/// The longest event line kept; a longer one ends the session (the next
+/// starts with a full resync).
+pub const MAX_EVENT: usize = 1 << 20;
+
+/// Splits the `/events` payload (one JSON object a line, in reads split
+/// anywhere) into events.
+#[derive(Debug, Default)]
+pub struct EventLines {
+    line: Vec<u8>,
+}
+
+impl EventLines {
+    /// Takes payload bytes; whether a completed event [matters](event_matters).
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<bool, String> {
+        let mut relevant = false;
+        for &b in bytes {
+            if b == b'\n' {
+                relevant |= event_matters(&self.line);
+                self.line.clear();
+            } else if self.line.len() < MAX_EVENT {
+                self.line.push(b);
+            } else {
+                return Err(format!("an event longer than {MAX_EVENT} bytes"));
+            }
+        }
+        Ok(relevant)
+    }
+}
+
+/// How many containers that left the list stay remembered in [`Warned`]:
+/// enough that one restarting (briefly not listed) is not reported again.
+pub const WARNED_UNLISTED: usize = 256;
+
+/// The containers already reported as naming no tunnel, so that each is
+/// logged and counted once. Bounded: entries of containers in the current
+/// list, and of the [`WARNED_UNLISTED`] most recently listed others.
+#[derive(Debug, Default)]
+pub struct Warned {
+    /// (container id, tunnel) → the sync it was last listed in.
+    seen: HashMap<(String, String), u64>,
+    sync: u64,
+}
+
+impl Warned {
+    /// One sync: `unknown` are the listed containers whose label names no
+    /// tunnel, as (id, tunnel). Returns those not reported before.
+    pub fn sync<'a>(
+        &mut self,
+        unknown: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Vec<(String, String)> {
+        self.sync += 1;
+        let mut new = Vec::new();
+        for (id, tunnel) in unknown {
+            let key = (id.to_string(), tunnel.to_string());
+            if self.seen.insert(key.clone(), self.sync).is_none() {
+                new.push(key);
+            }
+        }
+        let mut gone: Vec<u64> = self.seen.values().copied().filter(|&s| s < self.sync).collect();
+        if gone.len() > WARNED_UNLISTED {
+            gone.sort_unstable();
+            // The newest sync number to forget: everything up to it goes
+            // (ties too: the bound holds, at worst one more report).
+            let cut = gone.get(gone.len() - WARNED_UNLISTED - 1).copied().unwrap_or(0);
+            let now = self.sync;
+            self.seen.retain(|_, s| *s == now || *s > cut);
+        }
+        new
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +309,57 @@ mod tests {
         assert!(!event_matters(br#"{"Type":"container","Action":"exec_start: sh"}"#));
         assert!(!event_matters(br#"{"Type":"image","Action":"pull"}"#));
         assert!(!event_matters(b"garbage"));
+    }
+
+    #[test]
+    fn event_lines_split_anywhere() {
+        let stream = concat!(
+            r#"{"Type":"container","Action":"exec_start: sh"}"#,
+            "\n",
+            r#"{"Type":"container","Action":"die","Actor":{"ID":"x"}}"#,
+            "\n",
+            r#"{"Type":"image","Action":"pull"}"#,
+            "\n"
+        )
+        .as_bytes();
+        // Whole: one event matters.
+        assert_eq!(EventLines::default().feed(stream), Ok(true));
+        // Split at every byte: it matters exactly when its newline arrives.
+        let die_end = stream.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(1).map(|(i, _)| i).unwrap();
+        let mut l = EventLines::default();
+        for (i, b) in stream.iter().enumerate() {
+            assert_eq!(l.feed(std::slice::from_ref(b)), Ok(i == die_end), "byte {i}");
+        }
+        // Irrelevant events, a partial line: nothing to do yet.
+        let mut l = EventLines::default();
+        assert_eq!(l.feed(br#"{"Type":"image","Action":"pull"}"#), Ok(false));
+        assert_eq!(l.feed(b"\n{\"Type\":\"network\",\"Action\":\"connect\""), Ok(false));
+        assert_eq!(l.feed(b"}\n"), Ok(true));
+        // An endless line is refused, not buffered.
+        let mut l = EventLines::default();
+        assert!(l.feed(&vec![b'x'; MAX_EVENT]).is_ok());
+        assert!(l.feed(b"x").is_err());
+    }
+
+    #[test]
+    fn warned_once_per_container_and_bounded() {
+        let mut w = Warned::default();
+        assert_eq!(w.sync([("a", "typo")]), [("a".to_string(), "typo".to_string())]);
+        assert!(w.sync([("a", "typo")]).is_empty());
+        // Restarting: not listed for a sync, then back: not reported again.
+        assert!(w.sync([]).is_empty());
+        assert!(w.sync([("a", "typo")]).is_empty());
+        // Many containers come and go: the entries stay bounded, the listed
+        // ones are kept whatever the churn.
+        for i in 0..(3 * WARNED_UNLISTED) {
+            let id = format!("c{i}");
+            assert_eq!(w.sync([("a", "typo"), (id.as_str(), "typo")]).len(), 1);
+            assert!(w.len() <= WARNED_UNLISTED + 2, "{} entries", w.len());
+        }
+        assert!(w.sync([("a", "typo")]).is_empty());
+        // The newest unlisted are remembered, the oldest forgotten.
+        let last = format!("c{}", 3 * WARNED_UNLISTED - 1);
+        assert!(w.sync([(last.as_str(), "typo")]).is_empty());
+        assert_eq!(w.sync([("c0", "typo")]).len(), 1);
     }
 }
