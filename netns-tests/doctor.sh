@@ -15,9 +15,8 @@
 #      published ports, forged sources, dns path naming dns.upstream) are ok
 #      Each SOCKS5 tunnel's line says whether pipelining works (microsocks:
 #      not taken; danted: works) and what a new connection waits for.
-#   2  the article's trap: bridge-nf-call-iptables=1 in gw (only there) → exit 1
-#      and a FAIL line naming net.bridge.bridge-nf-call-iptables with the
-#      sysctl fix; the same for bridge-nf-call-ip6tables; back to 0 → exit 0
+#   2  (the article's bridge trap: moved to docker.sh BR3 and BR5, where
+#      dockerd itself has loaded br_netfilter)
 #   3  a deleted `ip rule fwmark` (v4) → FAIL `ip rule v4`; running the fix
 #      doctor prints → exit 0 again. Same for the `local default dev lo` route.
 #   4  a deleted intercept jump (v4, mangle PREROUTING) and a deleted final
@@ -53,8 +52,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
 
+plan_checks 21 # before the root and tool check: a skip counts all 21
 require_root_and_tools nft iptables ip6tables iptables-save ip6tables-save microsocks danted python3 ss timeout ps ping
-plan_checks 24
 eg_init
 T0=$(date +%s)
 
@@ -81,7 +80,6 @@ doc_show() { sed 's/^/#   /' "$DOC" >&2; }
 # doc_fails — the FAIL lines of the last output, on one line.
 doc_fails() { grep '^FAIL' "$DOC" | cut -c1-160 | tr '\n' '|'; }
 
-bridge_sysctl() { nsx "$NS_GW" sysctl -qw "net.bridge.bridge-nf-call-$1=$2" >/dev/null; }
 
 topo_up
 topo_start_services
@@ -129,33 +127,6 @@ if [ -z "$missing" ] && doc_has '^ok   kill switch v6 br0 +iptables: ip6tables m
 else
 	fail "1 the firewall lines should all be ok" "missing:$missing; $(doc_fails)"
 	doc_show
-fi
-
-# ------------------------------------------------------------------ 2 bridge trap
-if ! nsx "$NS_GW" test -e /proc/sys/net/bridge/bridge-nf-call-iptables; then
-	for t in iptables ip6tables control; do
-		skip_check "2 bridge trap ($t)" "br_netfilter is not loaded on this kernel (no bridge-nf-call-iptables in gw)"
-	done
-else
-	for t in iptables ip6tables; do
-		bridge_sysctl "$t" 1
-		doctor "$CONF"
-		fix=$(doc_fix "bridge-nf-call-$t")
-		if [ "$DOC_RC" -eq 1 ] && doc_has "^FAIL bridge-nf-call-$t .*net\.bridge\.bridge-nf-call-$t = 1.*UdpNoPorts" &&
-			[ "${fix%% *}" = sysctl ] && [[ "$fix" == *"net.bridge.bridge-nf-call-$t=0"* ]]; then
-			pass "2 bridge-nf-call-$t=1 in gw: doctor exits 1 and names the trap (fix: ${fix%%   *})"
-		else
-			fail "2 bridge-nf-call-$t=1 in gw should be a FAIL naming it" "exit $DOC_RC: $(doc_fails)"
-			doc_show
-		fi
-		bridge_sysctl "$t" 0
-	done
-	doctor "$CONF"
-	if [ "$DOC_RC" -eq 0 ] && doc_has '^ok   bridge-nf-call-iptables .*= 0 \(10\.8\.0\.1 is on bridge br0\)'; then
-		pass "2 control: back to 0, doctor passes and sees 10.8.0.1 on bridge br0"
-	else
-		fail "2 control: with the sysctls at 0 doctor should pass" "exit $DOC_RC: $(doc_fails)"
-	fi
 fi
 
 # ------------------------------------------------------------------ 3 ip rule / route

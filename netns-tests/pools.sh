@@ -22,12 +22,22 @@
 # c6 -> cold (warm: 0, pipeline: false), c7 -> burst (warm: 4), c8 -> flaky,
 # c9 and c10 -> fair (warm: 4), c11 -> late (warm: 0, pipelining probed).
 #
-# Checks (one PASS/FAIL line each; 25 on every path, plan_checks), in the
-# order they run (6 first: it needs egressd's first seconds; 3a's flows run
-# in the background from the start). Against an egressd without pools most
-# of them fail, and each of 3c, 3e, 4c, 5c and 8 was seen to fail against
-# a build with the matching fault (idle limit never learned, no retry, every
-# pool drained on reload, refills not counting pending ones, no fair share):
+# Checks (one PASS/FAIL line each; 26 on every path, plan_checks), in the
+# order they run (0 before egressd; 6 first after it: it needs egressd's
+# first seconds; 3a's flows run in the background from the start). Against
+# an egressd without pools most of them fail, and each of 3c, 3e, 4c, 5c
+# and 8 was seen to fail against a build with the matching fault (idle
+# limit never learned, no retry, every pool drained on reload, refills not
+# counting pending ones, no fair share).
+# Nothing here waits a fixed time for something to happen: each wait is
+# for a condition (the exits' logs, egressd's counters, nft counters),
+# bounded, so a busy machine only makes the suite slower. egressd
+# refreshes a pooled connection at 19.5-25 s of age while it knows no idle
+# limit for the server: 3e, 4 and 8, which must not meet such a refresh,
+# first wait (30 s at most) until the pool's connections are < 14 s old.
+#   0  control of 7: before egressd and its rules, c3's curls (v4, v6)
+#      leave by gw's uplink (the target sees .200 / ::c8) and the leak
+#      detector counts them
 #   6a warm: 0 opens nothing before a container connects: exit2's SYN
 #      counter and its server's accept count stay 0 for >= 3 s after start,
 #      while the same egressd has warmed "good" (control)
@@ -52,20 +62,29 @@
 #      18 s in all) all get the right bytes
 #   3b the server did close idle pooled connections (idle_closed >= 1) and
 #      egressd discarded them: pool_discards{idle} >= 1
-#   3c egressd learned the lifetime: in a quiet 9 s afterwards the server
-#      closes no more idle connections, egressd refreshed (closed idle ones
-#      itself), pool_disabled{idle} = 0 (4 s is long enough to pool)
-#   3d a server closing them after 1.5 s: pool_disabled{short} >= 1, then no
-#      idle connection is held at it (3 s), and 5 flows from c5 work
+#   3c egressd learned the lifetime: from then on it replaces every pooled
+#      connection before the server's 4 s. Read from the exit's log, over
+#      a window of events (not a duration): every connection pooled at its
+#      start and >= 4 in all are closed by egressd (EOF while idle; their
+#      idle ages are reported) and the server closes none (the window ends
+#      at the first it closes: 40 s bound); pool_disabled{idle} = 0 (4 s is
+#      long enough to pool), and the pool is back to ready 2
+#   3d a server closing them after 1.5 s (3 short lives in a row):
+#      pool_disabled{short} >= 1, then no idle connection is held at it
+#      (15 samples over 3 s), and 5 flows from c5 work
 #   3e a pooled connection that dies with the request on its way (the
-#      server closes it unanswered, 3 times): each of 3 curls from c8 still
-#      gets the right bytes, retried on a connection opened after it started
+#      server closes unanswered a request on a connection greeted >= 0.5 s
+#      before, 3 times; the check waits until both pooled ones are): each
+#      of 3 curls from c8 still gets the right bytes, retried on a
+#      connection opened after it started
 #   4a SIGHUP with authA's password changed: the pooled connections greeted
-#      with the old password are closed by egressd within 5 s
+#      with the old password are closed by egressd within 5 s (none was due
+#      for a refresh)
 #   4b new pooled connections use the new password, and c2's new flow works,
 #      its CONNECT on a connection authenticated with the new password
 #   4c control: authB (same server, unchanged) keeps its pooled connections
-#      across the reload
+#      across the reload (still open once authA's are closed: the reload
+#      has reached every pool by then)
 #   5a a burst of 2000 connections from c7 (at most 200 at once, 90 s
 #      bound) through "burst" (warm 4): every one gets the right bytes
 #   5b pool_ready{burst} sampled (>= 5 samples) during the burst never
@@ -80,13 +99,16 @@
 #      showed up to 84 at once; with refills not counting pending ones, 553:
 #      pool_ready stays <= 4 then, only the exit sees it.)
 #   5d after the burst the pool is back to 4/4, 4 idle at the exit
-#   8  fair share: with refills slowed to 2 s at the exit, 4 curls at once
-#      from c9 take 2 of fair's 4 pooled connections (ceil(4/2)) and make 2
-#      fresh ones; c10 right after still gets a pooled one (accepted before
-#      c9 started); all 5 right
+#   8  fair share: with greetings slowed to 5 s at the exit (no refill or
+#      fresh connection is ready before all 5 flows are placed), 4 curls
+#      at once from c9 take 2 of fair's 4 pooled connections (ceil(4/2))
+#      and make 2 fresh ones; once egressd has placed all 4 (pool hits +
+#      misses +4, c9's pooled requests at the exit), c10 still gets a pooled
+#      one (accepted before c9 started); all 5 right, pool_hits +3
 #   10 a container's first bytes that come while the connect to the exit
-#      is still under way (its first SYN dropped at the exit: the connect
-#      takes a retransmit, ~1 s) leave with the greeting and CONNECT in one
+#      is still under way (its first SYN dropped at the exit, counted: the
+#      drop stays until it took one, and the connect takes a retransmit,
+#      >= 1 s) leave with the greeting and CONNECT in one
 #      flight: the exit holds the HTTP request when it answers the CONNECT
 #      ("first=N" > 0) and curl gets the right bytes (a build that spent
 #      the client's readiness while connecting sent them a round trip
@@ -94,7 +116,8 @@
 #   9  `egressd stats` has a "warm pools:" line per Socks5 tunnel (11), each
 #      in the format above; the warm: 0, pipeline: false tunnel says
 #      "ready 0/0" and "pipelining off"
-#   7  nothing left gw by its uplink (leak detector)
+#   7  nothing left gw by its uplink (leak detector) since egressd's rules
+#      went in (its control: 0)
 #   egressd starting, its rules, and its being alive at the end are
 #   preconditions (fail_unplanned), not checks.
 #
@@ -105,9 +128,9 @@ set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
+plan_checks 26
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
-plan_checks 25
 
 require_root_and_tools nft iptables ip6tables curl microsocks danted python3 ss timeout ps awk
 eg_init
@@ -187,14 +210,21 @@ pool_field_not() { local v; v=$(pool_field "$1" "$2"); [ -n "$v" ] && [ "$v" != 
 # (the UDP pool) may follow the pipelining word.
 POOL_RE='^  [A-Za-z0-9_-]+ ready [0-9]+/[0-9]+ hits [0-9]+ misses [0-9]+ refills [0-9]+ discards [0-9]+( \([^)]*\))? pipelining (yes|no|unknown|off)( .*)?$'
 
-# whoami NS — the who-am-i body (last line) from NS, or curl's error.
-whoami() { nsx "$1" curl -sS --max-time 8 "http://$TARGET4/" 2>&1 | tr -d '\r' | tail -n 1; }
+# whoami NS [SECS] — the who-am-i body (last line) from NS, or curl's
+# error; curl's time bound SECS (8).
+whoami() { nsx "$1" curl -sS --max-time "${2:-8}" "http://$TARGET4/" 2>&1 | tr -d '\r' | tail -n 1; }
 
 # reqs_after NAME T — server NAME's request lines for the who-am-i target
 # that arrived after T (ns).
 reqs_after() {
 	awk -v t0="$2" -v d="dst=$TARGET4:80" '
 		$1 == "req" && $3 == d { t = $NF; sub(/^t=/, "", t); if (t + 0 > t0 + 0) print }' "$EG_TMP/$1.log"
+}
+# pooled_reqs NAME T [T2] — server NAME's who-am-i requests after T2 (T)
+# on connections it accepted before T (pooled when T came).
+pooled_reqs() {
+	reqs_after "$1" "${3:-$2}" | awk -v t0="$2" '
+		{ for (i = 1; i <= NF; i++) if ($i ~ /^accept_t=/) { a = $i; sub(/^accept_t=/, "", a); if (a + 0 < t0 + 0) print } }'
 }
 # kvf KEY LINE — KEY=value in LINE.
 kvf() { printf '%s\n' "$2" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -n 1; }
@@ -207,9 +237,48 @@ open_idle_ids() {
 		$1 == "req" || $1 == "close" { delete id[$2] }
 		END { for (i in id) { sub(/^id=/, "", i); print i } }' "$EG_TMP/$1.log" | sort -n | tr '\n' ' '
 }
+# greeted_t NAME ID — when server NAME answered connection ID's greeting (ns).
+greeted_t() { awk -v i="id=$2" '$1 == "greeted" && $2 == i { t = $NF; sub(/^t=/, "", t); print t; exit }' "$EG_TMP/$1.log"; }
+# idle_aged NAME CRED N MIN_MS MAX_MS — server NAME holds exactly N idle
+# connections greeted with CRED, each greeted between MIN_MS and MAX_MS
+# ago. egressd refreshes a pooled connection at 19.5-25 s of age until it
+# learns a server's idle limit (REFRESH_DEFAULT 25 s, staggered by up to
+# 7/32 of it): a check that must not meet a refresh waits until the pool's
+# connections are young (MAX_MS 14000), whatever time the suite has taken
+# to get there.
+idle_aged() {
+	local ids id g age now
+	read -r -a ids <<<"$(open_idle_ids "$1" "$2")"
+	[ "${#ids[@]}" -eq "$3" ] || return 1
+	now=$(now_ns)
+	for id in "${ids[@]}"; do
+		g=$(greeted_t "$1" "$id")
+		[ -n "$g" ] || return 1
+		age=$(( (now - g) / 1000000 ))
+		[ "$age" -ge "$4" ] && [ "$age" -le "$5" ] || return 1
+	done
+}
 # closed_as NAME ID — "state why" of connection ID's close line, or "".
 closed_as() {
 	awk -v i="id=$2" '$1 == "close" && $2 == i { s = $3; w = $4; sub(/^state=/, "", s); sub(/^why=/, "", w); print s, w }' "$EG_TMP/$1.log"
+}
+# idle_closes_after NAME T WHY — how many idle greeted connections at
+# server NAME closed after T (ns) for WHY (eof: by the client, egressd;
+# idle-close: by the server's idle timer).
+idle_closes_after() {
+	awk -v t0="$2" -v w="why=$3" '
+		$1 == "close" && $3 == "state=idle" && $4 == w { t = $NF; sub(/^t=/, "", t); if (t + 0 > t0 + 0) n++ }
+		END { print n + 0 }' "$EG_TMP/$1.log"
+}
+# idle_eof_ages NAME T — for those closed by the client (eof) after T: how
+# long each had been idle (greeted to close, ms), comma-separated.
+idle_eof_ages() {
+	awk -v t0="$2" '
+		{ t = $NF; sub(/^t=/, "", t) }
+		$1 == "greeted" { g[$2] = t }
+		$1 == "close" && $3 == "state=idle" && $4 == "why=eof" && t + 0 > t0 + 0 && ($2 in g) {
+			printf "%s%d", sep, (t - g[$2]) / 1000000; sep = ","
+		}' "$EG_TMP/$1.log"
 }
 all_closed() {
 	local n=$1 id; shift
@@ -280,6 +349,20 @@ write_conf "$PA_OLD"
 if ! "$(egressd_bin)" check --config "$CONF" >"$EG_TMP/check.out" 2>&1; then
 	die "egressd check rejects the pool config (warm/pipeline): $(tail -n 3 "$EG_TMP/check.out" | oneline)"
 fi
+# ================================================================== 0 control of 7's detector
+# Before egressd and its rules, c3's traffic leaves by gw's uplink
+# (MASQUERADE): the leak detector that check 7 reads must count it.
+leak0=$(leak_count)
+seen4=$(curl_whoami "${NS_C[3]}")
+seen6=$(curl_whoami "${NS_C[3]}" -6)
+leak1=$(leak_count)
+if [ "$seen4" = "$GW_UPLINK4" ] && [ "$seen6" = "$GW_UPLINK6" ] && [ "$leak1" -gt "$leak0" ]; then
+	pass "0 control: without egressd c3 leaves by gw's uplink as $seen4 / $seen6 and the leak detector counts it ($((leak1 - leak0)) packets)"
+else
+	fail "0 control: without egressd c3 should leak via the uplink and the leak detector count it" \
+		"target saw v4 '$seen4' v6 '$seen6' (want $GW_UPLINK4 / $GW_UPLINK6), detector +$((leak1 - leak0)) (want > 0)"
+fi
+
 START_NS=$(now_ns)
 egressd_up_or_exit "$CONF"
 wait_until 5 test -S "$SOCK" || die "egressd's control socket $SOCK did not appear"
@@ -407,7 +490,8 @@ fi
 # ================================================================== 3d a server closing idle ones after 1.5 s
 wait_until 12 pnow_ge pool_disabled_total short 1
 dis_short=$(pnow pool_disabled_total short)
-sleep 1
+# (the pooled connections closed and a refill under way handed back)
+wait_until 5 st_is short idle 0
 idle_max=0
 for k in $(seq 1 15); do
 	v=$(st short idle)
@@ -429,8 +513,10 @@ fi
 ok3e=0
 det3e=""
 for k in 1 2 3; do
-	wait_until 5 st_is flaky idle 2
-	sleep 0.6
+	# both pooled connections greeted >= 0.6 s ago (the server drops what
+	# comes on those) and not due for a refresh during the curl
+	wait_until 30 idle_aged flaky - 2 600 14000 ||
+		log "3e #$k: flaky's pool is not 2 idle connections 0.6-14 s old: $(open_idle_ids flaky -)"
 	t3=$(now_ns)
 	got=$(whoami "${NS_C[8]}")
 	dropped=0
@@ -469,23 +555,42 @@ if [ "$ic" -ge 1 ] && [ "$disc1" -ge 1 ]; then
 else
 	fail "3b idle pooled connections closed by the server are discarded" "server idle_closed $ic, pool_discards{idle} $disc1"
 fi
-ic0=$(st idle idle_closed)
-ie0=$(st idle idle_eof)
-sleep 9
-ic1=$(st idle idle_closed)
-ie1=$(st idle idle_eof)
+# 3c: from now on (the limit learned during 3a) the server must close no
+# pooled connection: egressd replaces each before its 4 s. The window is
+# events, not a duration: it ends when every connection pooled at its start
+# and >= 4 in all were closed by egressd (EOF while idle at the exit), or at
+# the first idle connection the server closes (the failure), 40 s at most.
+wait_until 5 idle_aged idle - 2 0 4000 || wait_until 5 idle_aged idle - 1 0 4000
+t3c=$(now_ns)
+read -r -a IDLE0 <<<"$(open_idle_ids idle -)"
+idle_done() {
+	[ "$(idle_closes_after idle "$t3c" idle-close)" -ge 1 ] && return 0
+	[ "$(idle_closes_after idle "$t3c" eof)" -ge 4 ] && all_closed idle "${IDLE0[@]}"
+}
+wait_until 40 idle_done
+dt3c=$(( ($(now_ns) - t3c) / 1000000 ))
+srv3c=$(idle_closes_after idle "$t3c" idle-close)
+eof3c=$(idle_closes_after idle "$t3c" eof)
+ages3c=$(idle_eof_ages idle "$t3c")
 dis_idle=$(num "$(pnow pool_disabled_total idle)")
+wait_until 5 pnow_is pool_ready idle 2
 ready_idle=$(pnow pool_ready idle)
-if [ "$ic1" -eq "$ic0" ] && [ "$ie1" -gt "$ie0" ] && [ "$dis_idle" -eq 0 ] && [ "$(num "$ready_idle")" -eq 2 ]; then
-	pass "3c lifetime learned: in 9 quiet s the server closed no idle connection, egressd refreshed $((ie1 - ie0)) itself, pool_disabled{idle} 0, ready 2"
+open3c=""
+for id in "${IDLE0[@]}"; do [ "$(closed_as idle "$id")" = "idle eof" ] || open3c="$open3c $id:$(closed_as idle "$id")"; done
+if [ "${#IDLE0[@]}" -ge 1 ] && [ -z "$open3c" ] && [ "$srv3c" -eq 0 ] && [ "$eof3c" -ge 4 ] &&
+	[ "$dis_idle" -eq 0 ] && [ "$(num "$ready_idle")" -eq 2 ]; then
+	pass "3c lifetime learned: in ${dt3c} ms egressd replaced the ${#IDLE0[@]} pooled connections and $((eof3c - ${#IDLE0[@]})) more itself (idle ages at its close, ms: $ages3c; the server's limit 4000), the server closed none, pool_disabled{idle} 0, ready 2"
 else
 	fail "3c egressd should refresh pooled connections before the server's 4 s" \
-		"in 9 s the server closed $((ic1 - ic0)) idle (want 0), egressd closed $((ie1 - ie0)) (want >= 1), pool_disabled $dis_idle (want 0), ready '$ready_idle'"
+		"in ${dt3c} ms the server closed $srv3c idle (want 0), egressd closed $eof3c (want >= 4; ages ms: $ages3c), pooled at the start: ${#IDLE0[@]} (ids ${IDLE0[*]}; not closed by egressd:${open3c:- none}), pool_disabled $dis_idle (want 0), ready '$ready_idle' (want 2)"
 fi
 
 # ================================================================== 4 SIGHUP with a changed password
 wait_until 8 idle_cred_is auth 1 2
 wait_until 8 idle_cred_is auth 3 2
+# no refresh may close one of them in the check's window: all 4 young
+young4=yes
+{ wait_until 30 idle_aged auth 1 2 0 14000 && wait_until 30 idle_aged auth 3 2 0 14000; } || young4=no
 read -r -a OLD_A <<<"$(open_idle_ids auth 1)"
 read -r -a OLD_B <<<"$(open_idle_ids auth 3)"
 write_conf "$PA_NEW"
@@ -495,6 +600,15 @@ if [ "${#OLD_A[@]}" -ge 1 ]; then
 	wait_until 5 all_closed auth "${OLD_A[@]}"
 fi
 dt4=$(( ($(now_ns) - thup) / 1000000 ))
+# 4c's evidence is taken now: the reload has been applied to every pool at
+# once (authA's drained), before anything else could close authB's.
+still=0
+how4c=""
+for id in "${OLD_B[@]}"; do
+	c=$(closed_as auth "$id")
+	[ -z "$c" ] && still=$((still + 1))
+	how4c="$how4c $id:${c:-open}"
+done
 how=""
 nok=0
 for id in "${OLD_A[@]}"; do
@@ -502,11 +616,11 @@ for id in "${OLD_A[@]}"; do
 	how="$how $id:${c:-open}"
 	[ "$c" = "idle eof" ] && nok=$((nok + 1))
 done
-if [ "${#OLD_A[@]}" -eq 2 ] && [ "$nok" -eq 2 ]; then
+if [ "${#OLD_A[@]}" -eq 2 ] && [ "$nok" -eq 2 ] && [ "$young4" = yes ]; then
 	pass "4a SIGHUP with authA's password changed: its 2 pooled connections (old password) closed by egressd within ${dt4} ms:$how"
 else
 	fail "4a SIGHUP with a changed password should drain authA's pool" \
-		"${#OLD_A[@]} pooled with the old password before (want 2); after ${dt4} ms:$how (state why)"
+		"${#OLD_A[@]} pooled with the old password before (want 2); after ${dt4} ms:$how (state why); pooled connections < 14 s old at the reload (so no refresh closed them instead): $young4"
 fi
 wait_until 5 idle_cred_is auth 2 2
 new_idle=$(idle_cred auth 2)
@@ -522,13 +636,11 @@ else
 	fail "4b new flows use the new password" \
 		"idle with new $new_idle, with old $old_idle (want >=1 / 0); c2 got '$got'; request: '$(printf '%s' "$r4" | oneline 200)' (want cred=2)"
 fi
-still=0
-for id in "${OLD_B[@]}"; do [ -z "$(closed_as auth "$id")" ] && still=$((still + 1)); done
-if [ "${#OLD_B[@]}" -eq 2 ] && [ "$still" -eq 2 ]; then
-	pass "4c control: authB (unchanged, same server) kept its 2 pooled connections across the reload (ids ${OLD_B[*]})"
+if [ "${#OLD_B[@]}" -eq 2 ] && [ "$still" -eq 2 ] && [ "$young4" = yes ]; then
+	pass "4c control: authB (unchanged, same server) kept its 2 pooled connections across the reload (ids ${OLD_B[*]}, open when authA's were drained)"
 else
 	fail "4c control: an unchanged tunnel keeps its pool across SIGHUP" \
-		"${#OLD_B[@]} pooled before (want 2), $still still open: $(for id in "${OLD_B[@]}"; do printf '%s:%s ' "$id" "$(closed_as auth "$id")"; done)"
+		"${#OLD_B[@]} pooled before (want 2), $still still open when authA's were drained:$how4c; pooled connections < 14 s old at the reload (none due for a refresh): $young4"
 fi
 
 # ================================================================== 5 a burst of 2000 connections
@@ -596,19 +708,37 @@ else
 fi
 
 # ================================================================== 8 fair share
+# fair's exit answers greetings only after 5 s for the check's length, so
+# no refill (nor fresh connection) is ready before c9's 4 flows are placed:
+# whatever the machine's speed, the pool holds exactly the 4 connections it
+# had when c9 started. c10 starts once egressd has decided all 4 of c9's
+# flows (pool hits + misses +4) and the exit has logged c9's pooled
+# requests, so a request on a pre-t8 connection logged after that is c10's.
 wait_until 8 st_is fair idle 4
+# (none of the 4 due for a refresh while the check runs)
+young8=yes
+wait_until 30 idle_aged fair - 4 0 14000 || young8=no
 wait_until 3 pnow_is pool_ready fair 4
 hf0=$(num "$(pnow pool_hits_total fair)")
-echo 2 >"$EG_TMP/fair.delay"
+mf0=$(num "$(pnow pool_misses_total fair)")
+echo 5 >"$EG_TMP/fair.delay"
 t8=$(now_ns)
 fpids=()
 for k in 1 2 3 4; do
-	whoami "${NS_C[9]}" >"$EG_TMP/fair.c9.$k" 2>&1 &
+	whoami "${NS_C[9]}" 20 >"$EG_TMP/fair.c9.$k" 2>&1 &
 	fpids+=("$!")
 done
-sleep 0.4
+c9_placed() {
+	local h m
+	ctl_stats --prometheus >"$EG_TMP/prom.fair" 2>&1 || return 1
+	h=$(( $(num "$(pm "$EG_TMP/prom.fair" pool_hits_total fair)") - hf0 ))
+	m=$(( $(num "$(pm "$EG_TMP/prom.fair" pool_misses_total fair)") - mf0 ))
+	[ $((h + m)) -ge 4 ] && [ "$(pooled_reqs fair "$t8" | grep -c .)" -ge "$h" ]
+}
+placed8=yes
+wait_until 15 c9_placed || placed8="no (hits/misses +$(( $(num "$(pnow pool_hits_total fair)") - hf0 ))/+$(( $(num "$(pnow pool_misses_total fair)") - mf0 )) after 15 s)"
 t8b=$(now_ns)
-got10=$(whoami "${NS_C[10]}")
+got10=$(whoami "${NS_C[10]}" 20)
 wait "${fpids[@]}"
 rm -f "$EG_TMP/fair.delay"
 ok9=0
@@ -619,19 +749,17 @@ while read -r line; do
 	[ -n "$line" ] || continue
 	if [ "$(kvf accept_t "$line")" -lt "$t8" ]; then pooled_n=$((pooled_n + 1)); else fresh_n=$((fresh_n + 1)); fi
 done <<<"$(reqs_after fair "$t8")"
-# c10's request: the server cannot tell c9 from c10 (egressd is its peer),
-# time does: c9's pooled requests come at once (before c10 starts, 0.4 s
-# later), and every fresh request waits 2 s for its greeting's answer. So
-# a request within 1.5 s after c10 started is c10's, on a pooled connection.
-r10=$(reqs_after fair "$t8b" | awk -v hi="$((t8b + 1500000000))" '{ t = $NF; sub(/^t=/, "", t); if (t + 0 < hi + 0) print }')
-acc10=$(kvf accept_t "$r10")
+r10=$(pooled_reqs fair "$t8" "$t8b")
 hf1=$(num "$(pnow pool_hits_total fair)")
-if [ "$ok9" -eq 4 ] && [ "$got10" = "$EX1" ] && [ "$(printf '%s\n' "$r10" | grep -c .)" -eq 1 ] &&
-	[ "${acc10:-$t8}" -lt "$t8" ] && [ $((hf1 - hf0)) -eq 3 ] && [ "$pooled_n" -eq 3 ] && [ "$fresh_n" -eq 2 ]; then
-	pass "8 fair share: 4 curls at once from c9 took 2 of 4 pooled connections (2 fresh), c10 right after still got a pooled one; all right, pool_hits +3"
+# The first greeting answered after t8 (a refill's or a fresh connection's):
+# no pooled connection could be added before it.
+g8=$(awk -v t0="$t8" '$1 == "greeted" { t = $NF; sub(/^t=/, "", t); if (t + 0 > t0 + 0) { print t; exit } }' "$EG_TMP/fair.log")
+if [ "$placed8" = yes ] && [ "$ok9" -eq 4 ] && [ "$got10" = "$EX1" ] && [ "$(printf '%s\n' "$r10" | grep -c .)" -eq 1 ] &&
+	[ $((hf1 - hf0)) -eq 3 ] && [ "$pooled_n" -eq 3 ] && [ "$fresh_n" -eq 2 ]; then
+	pass "8 fair share: 4 curls at once from c9 took 2 of 4 pooled connections (2 fresh), c10 after them still got a pooled one ($(( (t8b - t8) / 1000000 )) ms after c9 started); all right, pool_hits +3"
 else
 	fail "8 fair share: one source takes at most ceil(4/2) pooled connections" \
-		"c9 $ok9/4 right, c10 '$got10'; requests after c9 started: $pooled_n on pooled connections (want 3: 2 of c9's + c10's), $fresh_n fresh (want 2); c10's: '$(printf '%s' "$r10" | oneline 160)'; pool_hits +$((hf1 - hf0)) (want 3)"
+		"pool 4 connections < 14 s old at the start: $young8; c9's 4 flows placed before c10: $placed8; c9 $ok9/4 right, c10 '$got10'; requests after c9 started: $pooled_n on pooled connections (want 3: 2 of c9's + c10's), $fresh_n fresh (want 2); c10's (pooled, after c9's were placed): '$(printf '%s' "$r10" | oneline 160)'; pool_hits +$((hf1 - hf0)) (want 3); c10 started $(( (t8b - t8) / 1000000 )) ms and the first greeting after t8 was answered $(( (${g8:-$t8} - t8) / 1000000 )) ms after c9 started (a refill back before c10 would void the count)"
 fi
 
 # ================================================================== 10 first bytes during a slow connect
@@ -639,17 +767,23 @@ wait_until 10 pool_field_not late pipelining unknown
 pl10=$(pool_field late pipelining)
 nsx "$E2" nft -f - <<-'EOF' || die "exit2: nft could not add the SYN drop (table inet eglate)"
 	table inet eglate {
+		counter dropped { }
 		chain in {
 			type filter hook input priority -10;
-			tcp dport 1081 tcp flags & (syn | ack) == syn drop
+			tcp dport 1081 tcp flags & (syn | ack) == syn counter name dropped drop
 		}
 	}
 	EOF
 t10=$(now_ns)
-whoami "${NS_C[11]}" >"$EG_TMP/late.c11" 2>&1 &
+whoami "${NS_C[11]}" 15 >"$EG_TMP/late.c11" 2>&1 &
 lpid=$!
-sleep 0.5
-nsx "$E2" nft delete table inet eglate
+# The drop stays until it has taken egressd's first SYN (the connect then
+# waits for the retransmit, >= 1 s after it), however long curl and egressd
+# take to get there.
+syn_dropped() { [ "$(nft_counter "$E2" eglate dropped)" -ge 1 ]; }
+wait_until 10 syn_dropped
+drop10=$(nft_counter "$E2" eglate dropped)
+nsx "$E2" nft delete table inet eglate || die "exit2: nft could not remove the SYN drop (table inet eglate)"
 wait "$lpid"
 got11=$(cat "$EG_TMP/late.c11")
 r11=$(reqs_after late "$t10")
@@ -657,13 +791,12 @@ id11=$(kvf id "$r11")
 rep11=$(awk -v i="id=$id11" '$1 == "reply" && $2 == i' "$EG_TMP/late.log")
 first11=$(kvf first "$rep11")
 acc11=$(kvf accept_t "$r11")
-if [ "$pl10" = yes ] && [ "$got11" = "$EX2" ] && [ "$(printf '%s
-' "$r11" | grep -c .)" -eq 1 ] &&
+if [ "$pl10" = yes ] && [ "$drop10" -ge 1 ] && [ "$got11" = "$EX2" ] && [ "$(printf '%s\n' "$r11" | grep -c .)" -eq 1 ] &&
 	[ "${first11:-0}" -gt 0 ] && [ $(( ${acc11:-$t10} - t10 )) -ge 800000000 ]; then
-	pass "10 first bytes sent during a slow connect (accepted $(( (acc11 - t10) / 1000000 )) ms after curl started) went with the CONNECT: the exit held $first11 bytes when it answered; curl right"
+	pass "10 first bytes sent during a slow connect ($drop10 SYN dropped, accepted $(( (acc11 - t10) / 1000000 )) ms after curl started) went with the CONNECT: the exit held $first11 bytes when it answered; curl right"
 else
 	fail "10 a container's first bytes must go with the request after a slow connect" \
-		"pipelining '$pl10' (want yes), curl '$got11' (want $EX2), requests '$(printf '%s' "$r11" | oneline 160)', answer '$rep11' (want first > 0), accepted ${acc11:-?} vs start $t10 (want >= 0.8 s later: the first SYN dropped)"
+		"pipelining '$pl10' (want yes), SYNs dropped $drop10 (want >= 1), curl '$got11' (want $EX2), requests '$(printf '%s' "$r11" | oneline 160)', answer '$rep11' (want first > 0), accepted ${acc11:-?} vs start $t10 (want >= 0.8 s later: the first SYN dropped)"
 fi
 
 # ================================================================== 9 the stats section

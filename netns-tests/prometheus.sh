@@ -12,9 +12,12 @@
 #                   (socat answering garbage: a failed handshake); inet targets
 #
 # Checks (one PASS/FAIL line each; 10 on every path, plan_checks):
-#   1  promtool check metrics passes on GET /metrics (after traffic: tunnel and
-#      source series present)
-#   2  control: promtool rejects the same text without its HELP lines
+#   1  promtool check metrics passes (exit 0, nothing said) on GET /metrics
+#      (after traffic: tunnel and source series present)
+#   2  control: promtool rejects the same text without its HELP lines, for
+#      that reason only: exit 3 (lint problems; 1 would be "could not run or
+#      parse"), and its complaints are exactly "NAME no help text" for each
+#      metric whose HELP line was removed
 #   3  Prometheus scrapes egressd: up{job="egressd"} == 1
 #   4-5 PromQL egressd_tcp_bytes_{up,down}_total{tunnel="exit1"} = what c1
 #      sent and received (within 2 %)
@@ -25,7 +28,10 @@
 #      drop_no_route (c3) >= 3
 #   9  every expression of contrib/grafana-dashboard.json returns data
 #   10 control: an expression naming a metric egressd does not export
-#      returns no data (so 9 can fail)
+#      returns no data (so 9 can fail): Prometheus answers it with success
+#      and 0 series, while the same expression over a metric egressd does
+#      export, asked just before and after, returns series (an unreachable
+#      Prometheus or a failed query fails the check)
 #
 # Usage: sudo netns-tests/prometheus.sh (EGRESSD=path, EG_KEEP_TMP=1 keeps logs).
 
@@ -33,9 +39,9 @@ set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
+plan_checks 10
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
-declare -F plan_checks >/dev/null && plan_checks 10
 
 require_root_and_tools nft iptables ip6tables curl python3 ss timeout ps awk prometheus promtool socat microsocks danted
 eg_init
@@ -129,16 +135,30 @@ sleep 2.5 # a few more scrapes, so rate() over the dashboard's window has sample
 nsx "$NS_GW" curl -sS --max-time 5 "http://$METRICS/metrics" >"$EG_TMP/metrics.txt" 2>&1
 nseries=$(grep -c '^egressd_' "$EG_TMP/metrics.txt")
 nlab=$(grep -cE '^egressd_[a-z_]+\{(tunnel|source)=' "$EG_TMP/metrics.txt")
-if out=$(promtool check metrics <"$EG_TMP/metrics.txt" 2>&1) && [ "$nlab" -gt 0 ]; then
-	pass "1 promtool check metrics: clean on GET /metrics ($nseries series, $nlab with tunnel/source labels, $(grep -c '^# HELP' "$EG_TMP/metrics.txt") HELP lines)"
+nhelp=$(grep -c '^# HELP' "$EG_TMP/metrics.txt")
+out=$(promtool check metrics <"$EG_TMP/metrics.txt" 2>&1)
+rc=$?
+if [ "$rc" -eq 0 ] && [ -z "$out" ] && [ "$nlab" -gt 0 ] && [ "$nhelp" -gt 0 ]; then
+	pass "1 promtool check metrics: clean on GET /metrics ($nseries series, $nlab with tunnel/source labels, $nhelp HELP lines)"
 else
-	fail "1 promtool check metrics" "$(printf '%s' "$out" | head -n 5 | tr '\n' ' ') ($nlab labelled series)"
+	fail "1 promtool check metrics" "exit $rc: $(printf '%s' "$out" | head -n 5 | tr '\n' ' ') ($nlab labelled series, $nhelp HELP lines)"
 fi
+# promtool's exit codes: 0 clean, 3 lint problems found, 1 failure (could
+# not read or parse the text). The control wants 3, and a "no help text"
+# complaint for each metric whose HELP went, nothing else.
 grep -v '^# HELP' "$EG_TMP/metrics.txt" >"$EG_TMP/metrics-nohelp.txt"
-if out=$(promtool check metrics <"$EG_TMP/metrics-nohelp.txt" 2>&1); then
-	fail "2 control: promtool must reject the text without HELP lines" "it passed"
+out=$(promtool check metrics <"$EG_TMP/metrics-nohelp.txt" 2>&1)
+rc=$?
+awk '$1 == "#" && $2 == "HELP" { print $3 }' "$EG_TMP/metrics.txt" | sort -u >"$EG_TMP/help-names.txt"
+printf '%s\n' "$out" | sed -n 's/^\([a-zA-Z_:][a-zA-Z0-9_:]*\) no help text$/\1/p' | sort -u >"$EG_TMP/nohelp-names.txt"
+nother=$(printf '%s' "$out" | grep -vc ' no help text$')
+ncompl=$(wc -l <"$EG_TMP/nohelp-names.txt")
+if [ "$rc" -eq 3 ] && [ "$ncompl" -gt 0 ] && [ "$nother" -eq 0 ] &&
+	cmp -s "$EG_TMP/help-names.txt" "$EG_TMP/nohelp-names.txt"; then
+	pass "2 control: promtool rejects the same text without HELP: exit 3 (lint problems), 'no help text' for each of the $ncompl metrics, nothing else"
 else
-	pass "2 control: promtool rejects the same text without HELP ($(printf '%s\n' "$out" | grep -c 'no help text') complaints)"
+	fail "2 control: promtool must reject the text without HELP lines, for that only" \
+		"exit $rc (want 3), $ncompl 'no help text' complaints for $(wc -l <"$EG_TMP/help-names.txt") metrics with HELP, $nother other lines: $(printf '%s' "$out" | grep -v ' no help text$' | head -n 3 | tr '\n' ' ')"
 fi
 
 # ------------------------------------------------------------------ 3 scraped
@@ -183,12 +203,26 @@ if n == 0:
     sys.exit("no expressions")
 EOF
 [ -s "$EG_TMP/exprs.txt" ] || die "no expressions extracted from $DASH: $(cat "$EG_TMP/exprs.err")"
-# nonempty EXPR — the answer is a success with at least one series.
-nonempty() {
+# nseries EXPR — how many series a successful answer holds, or "error: ..."
+# (Prometheus unreachable, a failed query, an answer that is not JSON).
+nseries() {
 	promql "$1" | python3 -c '
 import json, sys
-r = json.load(sys.stdin)
-sys.exit(0 if r.get("status") == "success" and r["data"]["result"] else 1)' 2>/dev/null
+text = sys.stdin.read()
+try:
+    r = json.loads(text)
+    if r.get("status") != "success":
+        raise ValueError(r.get("error") or r.get("status"))
+    print(len(r["data"]["result"]))
+except Exception as e:
+    print("error:", type(e).__name__, str(e)[:80], "|", " ".join(text.split())[:120])'
+}
+# nonempty EXPR — the answer is a success with at least one series.
+nonempty() {
+	local n
+	n=$(nseries "$1")
+	case $n in '' | *[!0-9]*) return 1 ;; esac
+	[ "$n" -gt 0 ]
 }
 total=0
 bad=""
@@ -210,10 +244,19 @@ if [ -z "$bad" ] && [ "$total" -gt 0 ]; then
 else
 	fail "9 dashboard expressions without data" "$(printf '%s' "$bad" | cut -c1-600)"
 fi
-if nonempty 'sum by (tunnel) (rate(egressd_no_such_metric_total{tunnel!=""}[30s]))'; then
-	fail "10 control: an expression for a metric egressd does not export must return nothing" "it returned data"
+# The same expression over a metric egressd exports (before and after) must
+# return series: the query shape works and Prometheus answers.
+ctl_expr() { printf 'sum by (tunnel) (rate(%s{tunnel!=""}[30s]))' "$1"; }
+real_before=$(nseries "$(ctl_expr egressd_tcp_bytes_up_total)")
+absent=$(nseries "$(ctl_expr egressd_no_such_metric_total)")
+real_after=$(nseries "$(ctl_expr egressd_tcp_bytes_up_total)")
+is_count() { case $1 in '' | *[!0-9]*) return 1 ;; esac; }
+if is_count "$real_before" && is_count "$absent" && is_count "$real_after" &&
+	[ "$absent" -eq 0 ] && [ "$real_before" -gt 0 ] && [ "$real_after" -gt 0 ]; then
+	pass "10 control: an expression for a metric egressd does not export returns no data (success, 0 series; the same over egressd_tcp_bytes_up_total: $real_before series)"
 else
-	pass "10 control: an expression for a metric egressd does not export returns no data"
+	fail "10 control: an expression for a metric egressd does not export must return nothing" \
+		"absent metric: '$absent' (want 0 series); egressd_tcp_bytes_up_total before/after: '$real_before' / '$real_after' (want series)"
 fi
 
 for p in "$EGRESSD_PID" "$PROM_PID"; do

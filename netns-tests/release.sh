@@ -33,7 +33,7 @@ set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
-declare -F plan_checks >/dev/null && plan_checks 9
+plan_checks 9
 
 require_root_and_tools chroot tar gzip sha256sum busybox readelf
 eg_init
@@ -46,7 +46,10 @@ else
 	log "building the release (scripts/release.sh)"
 	OUT="$EG_TMP/dist" bash "$EG_REPO/scripts/release.sh" >"$EG_TMP/release.out" 2>&1 ||
 		die "scripts/release.sh failed: $(tail -n 5 "$EG_TMP/release.out" | tr '\n' ' ')"
-	TARBALL=$(ls "$EG_TMP"/dist/egressd-*-x86_64-linux-musl.tar.gz 2>/dev/null | head -n 1)
+	TARBALL=""
+	for f in "$EG_TMP"/dist/egressd-*-x86_64-linux-musl.tar.gz; do
+		[ -f "$f" ] && TARBALL=$f && break
+	done
 fi
 [ -f "$TARBALL" ] || die "no release tarball ($TARBALL)"
 NAME=$(basename "$TARBALL" .tar.gz)
@@ -76,7 +79,7 @@ D=/opt/$NAME
 want_sum=""
 [ -f "$TARBALL.sha256" ] && want_sum=$(cut -d' ' -f1 "$TARBALL.sha256")
 got_sum=$(sha256sum "$TARBALL" | cut -d' ' -f1)
-files=$(cd "$ROOT$D" && ls -A | tr '\n' ' ')
+files=$(cd "$ROOT$D" && find . -mindepth 1 -maxdepth 1 -printf '%f\n' | LC_ALL=C sort | tr '\n' ' ')
 want_files="README.md SHA256SUMS egressd egressd.example.ron egressd.service grafana-dashboard.json "
 sums=$(inroot sh -c "cd $D && sha256sum -c SHA256SUMS" 2>&1)
 sums_rc=$?

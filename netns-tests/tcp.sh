@@ -13,8 +13,16 @@
 #      reply (so 5's "ping unanswered" can fail); afterwards c0 no longer leaks
 #   1  c0/c1/c2 each leave via their own exit (the target sees .1/.2/.3)
 #   2  50 MB up and 50 MB down per container arrive intact (sha256 both ends)
-#   3  half-close: after shutdown(SHUT_WR) the full reply still arrives
-#      (through danted; microsocks itself does not pass half-close)
+#   3  half-close passes through egressd in both directions (through the
+#      danted exits: microsocks ends both directions on the first EOF, so no
+#      proxy in front of it could pass a half-close):
+#      - the client ends first (c1 v4, c2 v6): after its shutdown(SHUT_WR)
+#        the full 2 MB echo still arrives (the echo only starts at EOF, so it
+#        also shows the EOF reached the target);
+#      - the target ends first (c1 v4, tools/halfclose_tool.py on port 9010):
+#        the client reads "bye" and the target's EOF, and only then sends
+#        2 MB, which the target receives whole.
+#      A relay that closes both ways on the first EOF fails all three.
 #   4  1000 concurrent flows from c0 (microsocks exit) all complete
 #   5  c3 (no route) gets a reset, and nothing at all reaches inet from it
 #      (TCP, UDP, ICMP; v4 and v6): the pings were sent and went unanswered
@@ -74,6 +82,12 @@ ensure_egressd || die "egressd binary $(egressd_bin) missing and cargo build --r
 
 topo_up
 topo_start_services
+# The target that ends first (check 3): tools/halfclose_tool.py in inet.
+HC_PORT=9010
+eg_spawn "$NS_INET" "$EG_TMP/halfclose-serve.log" "$(python_bin)" "$EG_TOOLS/halfclose_tool.py" serve \
+	"$TARGET4" "$TARGET6" --port "$HC_PORT" --log "$EG_TMP/halfclose.log" --ready "$EG_TMP/halfclose.ready"
+wait_until 15 test -e "$EG_TMP/halfclose.ready" ||
+	die "halfclose_tool.py serve did not start: $(tail -n 5 "$EG_TMP/halfclose-serve.log")"
 CONF=$EG_TMP/egressd.ron
 topo_write_config "$CONF" "$EG_TMP/egressd.sock"
 
@@ -151,16 +165,26 @@ ok*) pass "2 c0 10 MB IPv6 download arrives intact" ;;
 esac
 
 # ------------------------------------------------------------------ 3 half-close
-# Through the danted exits: microsocks itself closes both directions when
-# either side sends EOF, so no proxy in front of it could pass half-close.
-skip_check "3 c0 half-close through exit0" "microsocks closes both directions on EOF (not egressd's doing)"
-for i in 1 2; do
-	out=$(egtool "${NS_C[i]}" halfclose "$TARGET4" 9003 $((2 * 1000 * 1000)) 2>&1)
+# Through the danted exits (they keep a half-close): microsocks itself
+# closes both directions when either side sends EOF, so c0 (exit0) cannot
+# show it. The client ends first: c1 over IPv4, c2 over IPv6.
+client_ends_first() { # I HOST FAMILY
+	local out
+	out=$(egtool "${NS_C[$1]}" halfclose "$2" 9003 $((2 * 1000 * 1000)) 2>&1)
 	case $out in
-	ok*) pass "3 c$i half-close: full 2 MB reply after shutdown(SHUT_WR) (exit$i)" ;;
-	*) fail "3 c$i half-close through exit$i" "$out" ;;
+	ok*) pass "3 c$1 half-close ($3), the client ends first: full 2 MB echo after its shutdown(SHUT_WR) (exit$1)" ;;
+	*) fail "3 c$1 half-close ($3) through exit$1, the client ends first" "$out" ;;
 	esac
-done
+}
+client_ends_first 1 "$TARGET4" v4
+client_ends_first 2 "$TARGET6" v6
+# The target ends first: the download direction is over, the upload must
+# still carry 2 MB (sent only after the client saw the target's EOF).
+out=$(pytool halfclose_tool "${NS_C[1]}" client "$TARGET4" "$HC_PORT" $((2 * 1000 * 1000)) --log "$EG_TMP/halfclose.log" 2>&1)
+case $out in
+ok*) pass "3 c1 half-close (v4), the target ends first: $out (exit1)" ;;
+*) fail "3 c1 half-close (v4) through exit1, the target ends first" "$out" ;;
+esac
 
 # ------------------------------------------------------------------ 4 1000 concurrent
 out=$(egtool "${NS_C[0]}" many "$TARGET4" 9004 1000 "$(exit_egress4 0)" 2>&1)

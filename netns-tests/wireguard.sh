@@ -34,7 +34,13 @@
 #   10 full-size UDP datagrams (1472 bytes v4, 1452 v6: larger than the
 #      tunnel's MTU) arrive, fragmented by gw's own stack
 #   11 rp_filter=1 (strict) on the WireGuard interface drops the replies (their
-#      source is routed via the uplink): TCP v4 fails, nothing leaks; 2 (loose) works
+#      source is routed via the uplink), shown by what failed and by the
+#      kernel's counter: c0's curl connects (to egressd's listener) and then
+#      times out with 0 bytes (exit 28), the replies did arrive on the
+#      interface (its rx_packets grew) and gw's IPReversePathFilter counter
+#      (/proc/net/netstat) grew, nothing leaks; positive control: rp_filter
+#      back to 2 (loose), the same curl gets the exit's address and the
+#      counter does not move
 #   12 IPv6 without the `oif` rule: the flow is reset (ENETUNREACH), nothing leaks
 #   13-15 the WireGuard interface down: TCP v4 and v6 reset, UDP and DNS get
 #      nothing, nothing leaks
@@ -47,11 +53,11 @@ set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
+plan_checks 16
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
 NEXITS=0
 NCONT=1
-declare -F plan_checks >/dev/null && plan_checks 16
 
 require_root_and_tools nft iptables ip6tables curl python3 ss timeout ps dig awk wg wireguard-go
 eg_init
@@ -91,6 +97,35 @@ reset_within() {
 # wg_bytes NS IF — rx+tx bytes of the interface's peers.
 wg_bytes() {
 	nsx "$1" wg show "$2" transfer | awk '{ s += $2 + $3 } END { print s + 0 }'
+}
+# rpf_drops — packets gw's kernel dropped by reverse-path filtering
+# (TcpExt IPReversePathFilter); dies when it cannot be read (never "0").
+rpf_drops() {
+	local n
+	# shellcheck disable=SC2016  # awk's own $ fields
+	n=$(nsx "$NS_GW" awk '$1 == "TcpExt:" { if (!h) { for (i = 2; i <= NF; i++) if ($i == "IPReversePathFilter") c = i; h = 1 } else if (c) { print $c; exit } }' /proc/net/netstat)
+	case $n in '' | *[!0-9]*) die "cannot read IPReversePathFilter from gw's /proc/net/netstat: '$n'" ;; esac
+	printf '%s\n' "$n"
+}
+# wg_rx_packets — packets received on gw's WireGuard interface.
+wg_rx_packets() {
+	local n
+	n=$(nsx "$NS_GW" cat "/sys/class/net/$WG_GW/statistics/rx_packets" 2>&1)
+	case $n in '' | *[!0-9]*) die "cannot read rx_packets of $WG_GW: '$n'" ;; esac
+	printf '%s\n' "$n"
+}
+# rp_curl — c0's HTTP GET of the v4 who-am-i: "RC CONNECT_S BYTES BODY" (curl's
+# exit code, the time its TCP connect took, 0 if it never connected, the
+# bytes received and the body), then curl's error if any.
+rp_curl() {
+	local w rc
+	# curl creates the body file only when bytes came
+	: >"$EG_TMP/rp.body"
+	w=$(nsx "${NS_C[0]}" curl -sS --max-time 5 -o "$EG_TMP/rp.body" -w '%{time_connect} %{size_download}' \
+		"http://$TARGET4/" 2>"$EG_TMP/rp.err")
+	rc=$?
+	printf '%s %s %s %s\n' "$rc" "${w:-? ?}" "$(tr -d '\r\n' <"$EG_TMP/rp.body")" "$(tr '\n' ' ' <"$EG_TMP/rp.err")"
+	rm -f "$EG_TMP/rp.body" "$EG_TMP/rp.err"
 }
 # wg_handshake NS IF — seconds since the epoch of the latest handshake (0: none).
 wg_handshake() {
@@ -230,22 +265,40 @@ esac
 # ------------------------------------------------------------------ 11 strict reverse-path filtering
 # Replies arrive on the WireGuard interface from addresses that gw's main
 # table routes via the uplink: with rp_filter=1 (strict; RHEL's default) the
-# kernel drops them and c0's TCP never connects; 2 (loose) lets them in.
+# kernel drops them (counting each in IPReversePathFilter), so egressd's
+# connect over the tunnel never completes and c0's curl, connected to
+# egressd, times out with nothing; 2 (loose) lets them in.
 leak0=$(leak_count)
 nsx "$NS_GW" sysctl -qw "net.ipv4.conf.$WG_GW.rp_filter=1" >/dev/null
-seen=$(curl_whoami "${NS_C[0]}")
+rp_mode=$(nsx "$NS_GW" sysctl -n "net.ipv4.conf.$WG_GW.rp_filter" 2>&1)
+rpf0=$(rpf_drops)
+rx0=$(wg_rx_packets)
+strict=$(rp_curl)
+rpf1=$(rpf_drops)
+rx1=$(wg_rx_packets)
 nsx "$NS_GW" sysctl -qw "net.ipv4.conf.$WG_GW.rp_filter=2" >/dev/null
 leak1=$(leak_count)
-case $seen in
-"$E4" | "$GW_UPLINK4") fail "11 rp_filter=1 on $WG_GW should drop the replies" "target saw '$seen'; leak detector counted $((leak1 - leak0))" ;;
-*)
-	if [ "$leak1" -eq "$leak0" ]; then
-		pass "11 rp_filter=1 (strict) on $WG_GW drops the replies: c0 TCP v4 gets '$seen'; nothing leaks"
-	else
-		fail "11 rp_filter=1: nothing may leak" "leak detector counted $((leak1 - leak0))"
-	fi
-	;;
-esac
+# positive control: loose again, the same request works and nothing is dropped
+rpf2=$(rpf_drops)
+loose=$(rp_curl)
+rpf3=$(rpf_drops)
+read -r s_rc s_conn s_bytes _ <<<"$strict"
+read -r l_rc _ _ l_body _ <<<"$loose"
+why=""
+[ "$rp_mode" = 1 ] || why="$why rp_filter read back '$rp_mode', not 1;"
+[ "$s_rc" = 28 ] && [ "$s_bytes" = 0 ] || why="$why strict: curl did not time out with 0 bytes;"
+awk -v t="$s_conn" 'BEGIN { exit !(t + 0 > 0) }' || why="$why strict: curl never connected to egressd;"
+[ "$rpf1" -gt "$rpf0" ] || why="$why IPReversePathFilter did not grow;"
+[ "$rx1" -gt "$rx0" ] || why="$why no packet arrived on $WG_GW;"
+[ "$leak1" -eq "$leak0" ] || why="$why the leak detector counted $((leak1 - leak0));"
+[ "$l_rc" = 0 ] && [ "$l_body" = "$E4" ] || why="$why control (loose): curl did not get $E4;"
+[ "$rpf3" -eq "$rpf2" ] || why="$why control (loose): IPReversePathFilter grew by $((rpf3 - rpf2));"
+if [ -z "$why" ]; then
+	pass "11 rp_filter=1 (strict) on $WG_GW drops the replies: c0's curl connected and timed out with 0 bytes (exit 28), $((rx1 - rx0)) packets arrived on $WG_GW, IPReversePathFilter +$((rpf1 - rpf0)), nothing leaks; control: rp_filter=2, curl gets $l_body, counter +0"
+else
+	fail "11 rp_filter=1 on $WG_GW must drop the replies (and only then)" \
+		"${why# } strict curl: [rc conn bytes body err] $strict; loose curl: $loose; IPReversePathFilter +$((rpf1 - rpf0)) / +$((rpf3 - rpf2)), rx +$((rx1 - rx0))"
+fi
 
 # ------------------------------------------------------------------ 12 IPv6 without the oif rule
 leak0=$(leak_count)

@@ -13,8 +13,17 @@ secs=${FUZZ_SECONDS:-300}
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 
+# Every target fuzz/Cargo.toml declares must be run: a target cargo-fuzz
+# does not list, or a list that comes back empty, fails the run instead of
+# passing with nothing fuzzed.
+mapfile -t declared < <(awk '/^\[\[bin\]\]/ {b = 1; next} b && /^name *=/ {gsub(/.*= *"|".*/, ""); print; b = 0}' fuzz/Cargo.toml)
+[ ${#declared[@]} -gt 0 ] || { echo "fuzz: fuzz/Cargo.toml declares no targets" >&2; exit 1; }
+mapfile -t listed < <(cargo +nightly fuzz list)
+for d in "${declared[@]}"; do
+    printf '%s\n' "${listed[@]}" | grep -qx -- "$d" || { echo "fuzz: target $d (fuzz/Cargo.toml) is not listed by cargo fuzz list" >&2; exit 1; }
+done
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo +nightly fuzz list)
+[ ${#targets[@]} -gt 0 ] || targets=("${declared[@]}")
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 fails=0
@@ -23,12 +32,22 @@ for t in "${targets[@]}"; do
     out="$scratch/$t.log"
     if cargo +nightly fuzz run "$t" "$scratch/$t" "fuzz/corpus/$t" -- \
         -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 >"$out" 2>&1; then
+        # libFuzzer ends a run that reached its time with "Done N runs in S
+        # second(s)"; without that line (or with 0 runs) nothing was fuzzed.
         runs=$(grep -oE 'Done [0-9]+ runs in [0-9]+ second' "$out" | tail -n 1)
-        echo "fuzz $t: ok (${runs:-no run count})"
+        n=$(printf '%s' "$runs" | grep -oE '[0-9]+' | head -n 1)
+        if [ -z "$runs" ] || [ "${n:-0}" -eq 0 ]; then
+            echo "fuzz $t: FAILED (no 'Done N runs' line with N > 0: the target did not fuzz)"
+            tail -n 20 "$out"
+            fails=$((fails + 1))
+        else
+            echo "fuzz $t: ok ($runs)"
+        fi
     else
         echo "fuzz $t: FAILED"
         tail -n 40 "$out"
         fails=$((fails + 1))
     fi
 done
+echo "fuzz: ${#targets[@]} targets run, $fails failed"
 [ "$fails" -eq 0 ]

@@ -4,13 +4,16 @@
 # danted, v2ray, tinyproxy), WireGuard in user space (wireguard-go, wg),
 # Prometheus and promtool, Debian's dockerd (docker.io) with busybox-static
 # (the Docker suites' image and the release test's minimal root), and the
-# clients (curl, dig, python3, iperf3, tmux for `egressd top`).
+# clients (curl, dig, ping, python3, iperf3, tmux for `egressd top`), and the C
+# toolchain cargo links with and the fuzz targets compile libFuzzer with (gcc,
+# g++, libc6-dev).
 # Services these packages would start are not needed: egressd's scripts run
 # their own copies inside network namespaces.
 set -euo pipefail
 pkgs=(iptables nftables iproute2 dante-server microsocks iperf3 dnsutils socat curl
       python3 tcpdump procps netcat-openbsd binutils libcap2-bin v2ray tinyproxy util-linux conntrack
-      docker.io busybox-static wireguard-go wireguard-tools prometheus tmux)
+      docker.io busybox-static wireguard-go wireguard-tools prometheus tmux
+      iputils-ping gcc g++ libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

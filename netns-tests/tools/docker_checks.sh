@@ -1,8 +1,14 @@
 # shellcheck shell=bash
 # netns-tests/tools/docker_checks.sh — probes and check groups of
-# netns-tests/docker.sh (sourced by it, after docker_lib.sh). Every probe runs
-# inside a real container by `docker exec`; every check group prints its
-# PASS/FAIL lines through `verdict`.
+# netns-tests/docker.sh (its probes also serve netns-tests/labels.sh; sourced
+# after docker_lib.sh). Every probe runs inside a real container by `docker
+# exec`; every check group prints its PASS/FAIL lines through `verdict`.
+# A probe reports what happened, never "nothing" on its own failure: a
+# rejection is a reset (p_reset), "no answer" is a timeout or an answer-less
+# status (p_dns, p_ping), "no reply" is the UDP client's own verdict
+# (p_udp_none); a failing `docker exec` or tool reads as none of these.
+# Probes that expect an answer retry within one flow (dig 3 tries, UDP 3
+# sends): groups run up to ten `docker exec`s at once on a 2-core machine.
 
 # verdict RC NAME DETAIL — PASS when RC is 0, else FAIL with DETAIL. Use right
 # after the condition: `[ ... ] && [ ... ]; verdict $? "name" "detail"`.
@@ -63,6 +69,10 @@ leak_total() {
 	printf '%s\n' $((a + b + c))
 }
 
+# leak_above N — the leak detector has counted more than N (a control waits
+# for its packets to arrive, bounded, instead of a fixed sleep).
+leak_above() { [ "$(leak_total)" -gt "$1" ]; }
+
 # ---------------------------------------------------------------- probes (in containers)
 py() { local n=$1; shift; dx "$n" env PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 "$@"; }
 
@@ -73,27 +83,36 @@ p_whoami() {
 	dx "$1" /usr/bin/curl -sS --max-time 5 "$url" 2>&1 | tr -d '\r' | tail -n 1
 }
 
-# p_udp NAME HOST — the address the UDP who-am-i at HOST:5000 sees.
+# p_udp NAME HOST [PORT] — the address the UDP who-am-i at HOST:PORT (5000)
+# sees. Up to 3 sends, 2 s apart, on one socket (one flow): a reply delayed by
+# a burst of parallel `docker exec`s on a busy machine is still counted, and
+# any reply must still come through the container's own exit.
 p_udp() {
 	local r
-	r=$(py "$1" /tools/udptool.py ask "$2" 5000 2 2 2>&1)
+	r=$(py "$1" /tools/udptool.py ask "$2" "${3:-5000}" 2 3 2>&1)
 	case $r in
 	"reply from "*) r=$(printf '%s\n' "$r" | awk '{ print $4 }'); r=${r%:*}; r=${r#[}; printf '%s\n' "${r%]}" ;;
 	*) printf '%s\n' "$r" | tail -n 1 ;;
 	esac
 }
 
-# p_udp_none NAME HOST — exit 0 when nothing came back.
-p_udp_none() { py "$1" /tools/udptool.py none "$2" 5000 2; }
+# p_udp_none NAME HOST [PORT] — exit 0 when nothing came back to 3
+# datagrams within 2 s (any failure of the probe itself: non-zero).
+p_udp_none() { py "$1" /tools/udptool.py none "$2" "${3:-5000}" 2; }
 
 # p_dns NAME [SERVER] — the TXT of whoami.test (the resolver's view of the
 # asker), through /etc/resolv.conf (Docker's 127.0.0.11) or from SERVER.
 # Without an answer: "timeout" (dig got no reply), "status: X" (a reply
 # without an answer, e.g. the embedded DNS's SERVFAIL) or "error: ...".
+# dig tries 3 times, 2 s each (DNS_TRIES, DNS_TIME): probes run in bursts of
+# parallel `docker exec`s, and on a busy 2-core machine one lost or late
+# answer must not read as "no answer" — nor does an answer that comes on a
+# retry prove less (it still names the exit it came through). A check that
+# expects no answer then waits 6 s for one that must never come.
 p_dns() {
 	local at=() out rc
 	[ -n "${2:-}" ] && at=("@$2")
-	out=$(dx "$1" /usr/bin/dig +time=3 +tries=1 "${at[@]}" TXT whoami.test 2>&1)
+	out=$(dx "$1" /usr/bin/dig +time="${DNS_TIME:-2}" +tries="${DNS_TRIES:-3}" "${at[@]}" TXT whoami.test 2>&1)
 	rc=$?
 	if [ "$rc" = 0 ] && printf '%s\n' "$out" | grep -q 'status: NOERROR'; then
 		printf '%s\n' "$out" | awk '$4 == "TXT" { gsub(/"/, "", $5); print $5; exit }'
@@ -440,7 +459,7 @@ nft_round() {
 
 	dk network create --subnet 10.8.0.192/27 late2 >/dev/null || log "network late2 failed"
 	dockerd_stop
-	dockerd_start && wait_until 40 dk_running 6 && wait_until 20 p0_ready || log "dockerd restart (nft round) incomplete"
+	dockerd_start && wait_until 120 dk_running 6 && wait_until 60 p0_ready || log "dockerd restart (nft round) incomplete"
 	killswitch_check "T nft: after a new network and a dockerd restart"
 
 	dk_snap >"$EG_TMP/snapn.2"
@@ -450,4 +469,121 @@ nft_round() {
 		! nsx "$NS_GW" nft list tables 2>/dev/null | grep -qi egressd
 	verdict $? "T nft: \`rules --delete\` removes egressd's table and leaves every iptables line as it was" \
 		"delete ok=$del; tables: $(nsx "$NS_GW" nft list tables 2>&1 | tr '\n' ' '); $(diff "$EG_TMP/snapn.2" "$EG_TMP/snapn.3" | grep '^[<>]' | head -n 3 | tr '\n' ';')"
+}
+
+# ---------------------------------------------------------------- the bridge trap
+# dk_doctor CONFIG — `egressd doctor` in gw (bounded in time); its output in
+# $DOC, its exit code in $DOC_RC.
+dk_doctor() {
+	DOC=$EG_TMP/doctor.$(date +%s%N).out
+	timeout -k 5 90 ip netns exec "$NS_GW" "$(egressd_bin)" doctor --config "$1" >"$DOC" 2>&1
+	DOC_RC=$?
+}
+# doc_line NAME — doctor's line for check NAME ("ok   NAME ..." / "FAIL NAME ..."), one line.
+doc_line() { grep -E "^[A-Za-z]+ +$1 " "$DOC" | head -n 1; }
+
+# brnf_in NS — "iptables/ip6tables" as bridge-nf-call-ip(6)tables read in NS.
+brnf_in() {
+	printf '%s/%s\n' "$(nsx "$1" cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null)" \
+		"$(nsx "$1" cat /proc/sys/net/bridge/bridge-nf-call-ip6tables 2>/dev/null)"
+}
+# brnf_set V — both sysctls to V, in gw only (never outside the test namespaces).
+brnf_set() {
+	nsx "$NS_GW" sysctl -qw "net.bridge.bridge-nf-call-iptables=$1" "net.bridge.bridge-nf-call-ip6tables=$1" >/dev/null ||
+		die "could not set bridge-nf-call-ip(6)tables=$1 in gw"
+	[ "$(brnf_in "$NS_GW")" = "$1/$1" ] || die "bridge-nf-call-ip(6)tables in gw read $(brnf_in "$NS_GW") after setting $1"
+}
+# noports NS [6] — gw's Udp(6)NoPorts; dies when unreadable (never "0").
+noports() {
+	local v
+	v=$(udp_noports "$@")
+	case $v in '' | *[!0-9]*) die "cannot read Udp${2:-}NoPorts in $1 (got '$v')" ;; esac
+	printf '%s\n' "$v"
+}
+
+# bridge_trap_checks NAME N CONFIG — 5 checks, the article's trap on a real
+# Docker host: br_netfilter is there because dockerd loaded it (the suite
+# never loads a module), gw's bridge-nf-call-ip(6)tables are 0 (egressd's
+# rules set them). Set to 1 in gw only: NAME's (a routed container's) UDP to a
+# port egressd has never answered from ($UDP_WHO_PORT2: no reply socket bound
+# there would take the datagram) gets no reply and gw's Udp(6)NoPorts grows,
+# nothing leaks; doctor exits 1 and FAILs both sysctls with their fix. Back
+# to 0: the same UDP is answered via NAME's exit N (NoPorts still),
+# and doctor's two lines are ok.
+bridge_trap_checks() {
+	local n=$1 x=$2 conf=$3 e4 e6 g i np4 np6 np4b np6b np4c np6c l0 l1 bad o4 o6 t v
+	e4=$(exit_egress4 "$x")
+	e6=$(exit_egress6 "$x")
+	if ! nsx "$NS_GW" test -e /proc/sys/net/bridge/bridge-nf-call-iptables; then
+		fail_n 5 "BR bridge trap" "no /proc/sys/net/bridge in gw although dockerd has started (dockerd loads br_netfilter)"
+		return
+	fi
+	g=$(brnf_in "$NS_GW")
+	i=$(brnf_in "$NS_INET")
+	if [ "$g" != 0/0 ]; then
+		fail_n 5 "BR bridge trap" "gw's bridge-nf-call-ip(6)tables read $g, not 0/0 as egressd's rules set them"
+		return
+	fi
+	if [ "$i" = "$g" ]; then
+		# inet keeps the kernel's default (1): reading the same as gw, the
+		# sysctl may not be per network namespace here, and writing it in gw
+		# would change the host's. Not touched.
+		fail_n 5 "BR bridge trap" "inet reads $i as gw does: cannot show the sysctl is per network namespace on this kernel, not touching it"
+		return
+	fi
+	np4=$(noports "$NS_GW")
+	np6=$(noports "$NS_GW" 6)
+	l0=$(leak_total)
+	brnf_set 1
+	par n4 p_udp_none "$n" "$TARGET4" "$UDP_WHO_PORT2"
+	par n6 p_udp_none "$n" "$TARGET6" "$UDP_WHO_PORT2"
+	par_wait
+	np4b=$(noports "$NS_GW")
+	np6b=$(noports "$NS_GW" 6)
+	l1=$(leak_total)
+	dk_doctor "$conf"
+	cp "$DOC" "$EG_TMP/doctor.trap"
+	brnf_set 0
+	[ "$(prc n4)" = 0 ] && [ "$np4b" -gt "$np4" ] && [ "$l1" -eq "$l0" ]
+	verdict $? "BR1 bridge-nf-call-iptables=1 in gw: $n's UDP (routed) to $TARGET4:$UDP_WHO_PORT2 gets no reply, gw's UdpNoPorts grows by $((np4b - np4)), nothing leaks (the article's trap)" \
+		"client rc=$(prc n4) '$(po n4)'; UdpNoPorts +$((np4b - np4)); detector +$((l1 - l0))"
+	[ "$(prc n6)" = 0 ] && [ "$np6b" -gt "$np6" ] && [ "$l1" -eq "$l0" ]
+	verdict $? "BR2 bridge-nf-call-ip6tables=1 in gw: $n's UDP (routed) to [$TARGET6]:$UDP_WHO_PORT2 gets no reply, gw's Udp6NoPorts grows by $((np6b - np6)), nothing leaks" \
+		"client rc=$(prc n6) '$(po n6)'; Udp6NoPorts +$((np6b - np6)); detector +$((l1 - l0))"
+	bad=""
+	for t in iptables ip6tables; do
+		v=$(doc_line "bridge-nf-call-$t")
+		case $v in
+		"FAIL bridge-nf-call-$t "*"net.bridge.bridge-nf-call-$t = 1 and "*" is on bridge br-egress"*UdpNoPorts*"; fix: sysctl -w net.bridge.bridge-nf-call-$t=0"*) ;;
+		*) bad="$bad $t: '$(printf '%s' "$v" | cut -c1-200)';" ;;
+		esac
+	done
+	[ "$DOC_RC" = 1 ] && [ -z "$bad" ]
+	verdict $? "BR3 with both at 1 doctor exits 1 and FAILs bridge-nf-call-iptables and bridge-nf-call-ip6tables (on br-egress), fix 'sysctl -w net.bridge.bridge-nf-call-ip(6)tables=0'" \
+		"doctor exit $DOC_RC;$bad"
+	np4b=$(noports "$NS_GW")
+	np6b=$(noports "$NS_GW" 6)
+	par u4 p_udp "$n" "$TARGET4" "$UDP_WHO_PORT2"
+	par u6 p_udp "$n" "$TARGET6" "$UDP_WHO_PORT2"
+	par_wait
+	o4=$(po u4)
+	o6=$(po u6)
+	np4c=$(noports "$NS_GW")
+	np6c=$(noports "$NS_GW" 6)
+	[ "$o4" = "$e4" ] && [ "$o6" = "$e6" ] && [ "$np4c" -eq "$np4b" ] && [ "$np6c" -eq "$np6b" ]
+	verdict $? "BR4 control: back to 0, $n's UDP to the same destinations is answered via exit$x (v4 $o4, v6 $o6); Udp(6)NoPorts still" \
+		"v4 '$o4' v6 '$o6' (want $e4 / $e6); UdpNoPorts +$((np4c - np4b)), Udp6NoPorts +$((np6c - np6b))"
+	dk_doctor "$conf"
+	cp "$DOC" "$EG_TMP/doctor.control"
+	bad=""
+	for t in iptables ip6tables; do
+		v=$(doc_line "bridge-nf-call-$t")
+		case $v in
+		"ok "*"bridge-nf-call-$t "*"net.bridge.bridge-nf-call-$t = 0 ("*" is on bridge br-egress)") ;;
+		*) bad="$bad $t: '$(printf '%s' "$v" | cut -c1-200)';" ;;
+		esac
+	done
+	[ -z "$bad" ]
+	verdict $? "BR5 control: back to 0, doctor's bridge-nf-call-iptables and bridge-nf-call-ip6tables lines are ok (= 0, the listeners on br-egress; doctor exit $DOC_RC)" \
+		"$bad FAILs: $(grep '^FAIL' "$DOC" | cut -c1-120 | tr '\n' '|')"
 }

@@ -24,6 +24,13 @@
 #   dk_running N               are N containers running?
 #   dk_cleanup_hook            containers, dockerd, leftovers by PID, mounts, cgroups
 #   dk_snap FILE               Docker's (and anyone's) iptables lines in gw, normalised
+#
+# Time bounds are generous on purpose: on a busy 2-core machine (other suites
+# at once and a CPU hog, load average ~70) a `docker network create` has been
+# seen to take over a minute. A bound only stops a hang; it is never what a
+# check measures. DK_TIMEOUT (120 s) bounds every docker client call,
+# DX_TIMEOUT (60 s) a `docker exec` (the probes inside have their own, shorter
+# timeouts), DK_START_WAIT (120 s) dockerd's start.
 
 DOCKER_CLI=/usr/bin/docker
 DOCKERD_BIN=/usr/sbin/dockerd
@@ -46,6 +53,7 @@ dk_vars() {
 }
 
 dk_host_up() {
+	# shellcheck disable=SC2034  # topology.sh's: no plain-namespace containers here
 	NCONT=0
 	topo_up
 	# topo_up's br0 is for plain-namespace containers; here Docker makes the bridges.
@@ -54,17 +62,17 @@ dk_host_up() {
 }
 
 dk() {
-	DOCKER_CONFIG=$DK_ROOT/cli timeout -k 5 "${DK_TIMEOUT:-60}" \
+	DOCKER_CONFIG=$DK_ROOT/cli timeout -k 5 "${DK_TIMEOUT:-120}" \
 		"$DOCKER_CLI" -H "unix://$DK_SOCK" "$@"
 }
 
 # dx NAME CMD... — run CMD in container NAME (PATH has the host's /usr first).
 dx() {
 	local name=$1; shift
-	DK_TIMEOUT=${DX_TIMEOUT:-25} dk exec "$name" "$@"
+	DK_TIMEOUT=${DX_TIMEOUT:-60} dk exec "$name" "$@"
 }
 
-dockerd_ready() { dk info >/dev/null 2>&1; }
+dockerd_ready() { DK_TIMEOUT=10 dk info >/dev/null 2>&1; }
 
 # dockerd_start [EXTRA-ARGS...] — start dockerd in gw; PID in DOCKERD_PID.
 # --dns is the private resolver the embedded DNS forwards to (DK_DNS).
@@ -83,11 +91,14 @@ dockerd_start() {
 	DOCKERD_PID=$!
 	EG_PIDS+=("$DOCKERD_PID")
 	disown "$DOCKERD_PID" 2>/dev/null || true
-	if ! wait_until 40 dockerd_ready; then
-		log "dockerd did not answer within 40 s; its log:"
+	local t0
+	t0=$(date +%s)
+	if ! wait_until "${DK_START_WAIT:-120}" dockerd_ready; then
+		log "dockerd did not answer within ${DK_START_WAIT:-120} s; its log:"
 		tail -n 15 "$DK_LOG" | sed 's/^/#   /' >&2
 		return 1
 	fi
+	log "dockerd answers after $(($(date +%s) - t0)) s"
 }
 
 # dockerd_stop — SIGTERM dockerd by PID (it stops its containers; ours run
@@ -148,6 +159,9 @@ dk_leftover_pids() {
 	done | sort -u
 }
 
+# dk_run_containerd_s_gone — /run/containerd/s is not there (removed when empty).
+dk_run_containerd_s_gone() { [ ! -d /run/containerd/s ] || rmdir /run/containerd/s 2>/dev/null; }
+
 # dk_cleanup_hook — called first by lib.sh's cleanup: remove the containers,
 # stop dockerd, kill (by PID) whatever of it survived, unmount what it left
 # under $EG_TMP, remove its cgroups.
@@ -168,13 +182,16 @@ dk_cleanup_hook() {
 	done
 	if awk -v r="$EG_TMP/" 'index($5, r) == 1 { f = 1 } END { exit !f }' /proc/self/mountinfo; then
 		log "mounts left under $EG_TMP: keeping it"
+		# shellcheck disable=SC2034  # read by lib.sh's cleanup, after this hook
 		EG_KEEP_TMP=1
 	fi
 	for d in /sys/fs/cgroup/*/"$DK_CGROUP" /sys/fs/cgroup/"$DK_CGROUP"; do
 		[ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
 	done
 	if [ "$DK_RUN_CONTAINERD_NEW" = 1 ]; then
-		rmdir /run/containerd/s /run/containerd 2>/dev/null
+		# The shims' sockets may outlive dockerd for a moment.
+		wait_until 10 dk_run_containerd_s_gone
+		rmdir /run/containerd 2>/dev/null
 	fi
 	return 0
 }

@@ -31,8 +31,19 @@ Clients:
       one socket bound to LOCAL_PORT asks N times, INTERVAL s apart, each
       answer awaited at most TIMEOUT s: "answered A/N max_ms M" (exit 0 if
       A == N)
-  silent-tcp HOST PORT SECS
-      connects and sends nothing for SECS s (a slow client)
+  silent-scrape HOST PORT N [TRIES]
+      opens N connections to HOST:PORT that send nothing, then (all N
+      connected) scrapes "GET /metrics" on one more and reads the answer
+      to its end, then looks at the N silent ones again; a silent one is
+      open when neither EOF nor an error waits on it. An attempt is good
+      when all N stayed open, the answer is HTTP 200 and has
+      egressd_tcp_flows_total. egressd closes a metrics connection 2 s
+      after accepting it: an attempt that is not good and took longer
+      than that from its first connect proves nothing (the machine was
+      too slow) and is made again, TRIES (5) in all; one that took less
+      fails at once. "ok|failed #1: silent N connected, A open after the
+      scrape; scrape HTTP C in M ms, B bytes, flows_total yes|no; T ms in
+      all; #2: ..." (exit 0 iff an attempt was good)
   dns-many HOST N WINDOW TIMEOUT [PREFIX]
       N lookups, each from a new socket (a new port, as glibc does), at most
       WINDOW at once, every query with the SAME ID 0x1234 and its own name
@@ -190,12 +201,73 @@ def cmd_udp_steady(host, port, local_port, n, interval, timeout):
     return 0 if answered == int(n) else 1
 
 
-def cmd_silent_tcp(host, port, secs):
-    c = socket.create_connection((host, int(port)), timeout=5)
-    time.sleep(float(secs))
-    c.close()
-    out("done")
-    return 0
+def still_open(c):
+    """True when nothing but silence waits on c: no EOF, no error. (A
+    socket with a timeout would first wait that long for bytes: c is made
+    non-blocking, so the look is immediate.)"""
+    c.setblocking(False)
+    try:
+        d = c.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return bool(d)  # bytes out of turn would be odd, but not a close
+
+
+METRICS_DEADLINE = 2.0  # egressd's metrics endpoint: a connection's whole life
+
+
+def silent_scrape_once(host, port, n):
+    """One attempt: (ok, elapsed s since the first silent connect, text)."""
+    silent = []
+    t_first = time.monotonic()
+    try:
+        for _ in range(n):
+            silent.append(socket.create_connection((host, int(port)), timeout=5))
+    except OSError as e:
+        for c in silent:
+            c.close()
+        return False, time.monotonic() - t_first, f"silent {len(silent)}/{n} connected ({type(e).__name__}: {e}); no scrape"
+    t0 = time.monotonic()
+    code, body = "none", b""
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as c:
+            c.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            data = read_to_eof(c)
+        head, _, body = data.partition(b"\r\n\r\n")
+        parts = head.split(b" ", 2)
+        code = parts[1].decode(errors="replace") if len(parts) > 1 else "?"
+    except OSError as e:
+        code = type(e).__name__
+    ms = int((time.monotonic() - t0) * 1000)
+    still = sum(1 for c in silent if still_open(c))
+    elapsed = time.monotonic() - t_first
+    for c in silent:
+        c.close()
+    flows = any(line.startswith(b"egressd_tcp_flows_total") for line in body.splitlines())
+    ok = still == n and code == "200" and flows
+    return ok, elapsed, (f"silent {n} connected, {still} open after the scrape; scrape HTTP {code} in {ms} ms, "
+                         f"{len(body)} bytes, flows_total {'yes' if flows else 'no'}; {int(elapsed * 1000)} ms in all")
+
+
+def cmd_silent_scrape(host, port, n, tries="5"):
+    n, tries = int(n), int(tries)
+    seen = []
+    for k in range(1, tries + 1):
+        ok, elapsed, text = silent_scrape_once(host, port, n)
+        seen.append(f"#{k}: {text}")
+        if ok:
+            out(f"ok {'; '.join(seen)}")
+            return 0
+        if elapsed < METRICS_DEADLINE:
+            # Decided within the silent ones' deadline: nothing excuses it.
+            out(f"failed {'; '.join(seen)}")
+            return 1
+        # Slower than the deadline: egressd may rightly have closed them.
+        time.sleep(0.2)
+    out(f"failed (no attempt within {METRICS_DEADLINE:.0f} s) {'; '.join(seen)}")
+    return 1
 
 
 def cmd_dns_many(host, n, window, timeout, prefix="q"):
@@ -291,7 +363,7 @@ def main(argv):
         "halfclose": cmd_halfclose,
         "idle": cmd_idle,
         "udp-steady": cmd_udp_steady,
-        "silent-tcp": cmd_silent_tcp,
+        "silent-scrape": cmd_silent_scrape,
         "dns-many": cmd_dns_many,
     }
     if cmd not in fns:

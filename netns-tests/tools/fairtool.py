@@ -18,6 +18,14 @@ library only. Every loop is bounded in count and in time.
       over the answered; mean_ms over all sent, an unanswered one counting
       TIMEOUT_MS)
 
+  held HOST PORT READY_FILE STOP_FILE MAX_SECS
+      One UDP session held idle: one socket asks HOST:PORT (a who-am-i
+      service, which answers with the address it saw: our association at
+      the exit), writes that address to READY_FILE, stays silent until
+      STOP_FILE exists (at most MAX_SECS), then asks again on the same
+      socket. Each ask: up to 3 tries, 2 s apart.
+      "first ADDR second ADDR"  ("none" for an ask never answered)
+
   cone HOST PORT SECS MAP_FILE [--keepalive]
       One socket: sends to HOST:PORT (a who-am-i service), writes the
       address the service saw (our mapping at the exit) to MAP_FILE, then
@@ -138,6 +146,41 @@ def cmd_lookups(host, n, gap_ms, timeout_ms, *opts):
     return 0 if sent and len(lat) == sent else 1
 
 
+def ask_whoami(s, host, port, tag):
+    """The address the who-am-i service saw for socket s, or "none"."""
+    for _ in range(3):
+        s.sendto(tag, (host, port))
+        end = time.monotonic() + 2
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            s.settimeout(left)
+            try:
+                data, frm = s.recvfrom(4096)
+            except (socket.timeout, OSError):
+                break
+            if frm[0] == host and frm[1] == port and data:
+                return data.decode(errors="replace").split()[0]
+    return "none"
+
+
+def cmd_held(host, port, ready_file, stop_file, max_secs):
+    port, max_secs = int(port), float(max_secs)
+    with socket.socket(family(host), socket.SOCK_DGRAM) as s:
+        first = ask_whoami(s, host, port, b"held first")
+        if first == "none":
+            out("first none second none")
+            return 1
+        write_atomic(ready_file, first + "\n")
+        end = time.monotonic() + max_secs
+        while time.monotonic() < end and not os.path.exists(stop_file):
+            time.sleep(0.05)
+        second = ask_whoami(s, host, port, b"held second")
+    out(f"first {first} second {second}")
+    return 0 if second != "none" else 1
+
+
 def cmd_cone(host, port, secs, map_file, *opts):
     port, secs = int(port), float(secs)
     keep = "--keepalive" in opts
@@ -242,8 +285,8 @@ def cmd_rss(pid, out_file, stop_file):
 
 
 def main(argv):
-    cmds = {"flood": cmd_flood, "lookups": cmd_lookups, "cone": cmd_cone, "spray": cmd_spray, "collect": cmd_collect,
-            "rss": cmd_rss}
+    cmds = {"flood": cmd_flood, "lookups": cmd_lookups, "held": cmd_held, "cone": cmd_cone, "spray": cmd_spray,
+            "collect": cmd_collect, "rss": cmd_rss}
     if len(argv) < 2 or argv[1] not in cmds:
         sys.stderr.write(__doc__)
         return 2

@@ -666,15 +666,3 @@ fn outermost_drops_nested_and_repeated_prefixes() {
     );
     assert_eq!(got, [c("10.8.0.0/24"), c("10.9.0.0/16"), c("fd08::/64")]);
 }
-
-#[test]
-#[ignore = "prints the scripts for a reader"]
-fn print_scripts() {
-    for text in [MINIMAL, DUAL, V6_NO_LISTENER] {
-        for backend in [Backend::Iptables, Backend::Nft] {
-            for action in [Action::Install, Action::Delete] {
-                println!("======== {backend:?} {action:?}\n{}", render(text, backend, action));
-            }
-        }
-    }
-}
