@@ -12,7 +12,8 @@
 #   1  the good setup: doctor exits 0, no FAIL line; every tunnel probed ok
 #      (exit0: UDP off; exit1: UDP ASSOCIATE accepted); the per-interface
 #      firewall lines (tcp/udp/dns intercept, kill switch in mangle FORWARD,
-#      published ports, forged sources, dns path naming dns.upstream) are ok
+#      published ports, stranger replies, forged sources, dns path naming
+#      dns.upstream) are ok
 #      Each SOCKS5 tunnel's line says whether pipelining works (microsocks:
 #      not taken; danted: works) and what a new connection waits for.
 #   2  (the article's bridge trap: moved to docker.sh BR3 and BR5, where
@@ -35,9 +36,14 @@
 #      leak detector; an older egressd's filter FORWARD kill switch appended
 #      behind the ACCEPT → the FAIL names both rules in order; rules re-applied
 #      → ok (mangle comes first whatever filter holds) and no ping leaks
-#   8  published ports: the kill switch's `ctdir REPLY -j RETURN` deleted →
-#      FAIL `published ports v4 br0` naming the DROP; the raw rpfilter jump
-#      deleted → warn `forged sources v4 br0`; rules re-applied → exit 0
+#   8  published ports: the kill switch's `--ctstate DNAT --ctdir REPLY -j
+#      RETURN` deleted → FAIL `published ports v4 br0` naming the DROP; the raw
+#      rpfilter jump deleted → warn `forged sources v4 br0`; rules re-applied
+#      → exit 0. The previous version's exemption (`--ctdir REPLY -j RETURN`,
+#      every reply) put back → FAIL `stranger replies v4 br0` naming it (a
+#      container's answer to a remote that wrote first would leave natively),
+#      published ports still ok; rules re-applied → the bare RETURN is gone
+#      (replaced, not kept beside the new one) and doctor passes
 #   9  a v4-only config (fd08::1/64 stays on br0): `ipv6` ok (only
 #      kill-switched); the v6 mangle FORWARD jump deleted → FAIL `ipv6`
 #  10  egressd stopped → FAIL `listener ...`: not running
@@ -52,7 +58,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
 
-plan_checks 21 # before the root and tool check: a skip counts all 21
+plan_checks 23 # before the root and tool check: a skip counts all 23
 require_root_and_tools nft iptables ip6tables iptables-save ip6tables-save microsocks danted python3 ss timeout ps ping
 eg_init
 T0=$(date +%s)
@@ -117,13 +123,13 @@ else
 fi
 missing=""
 for f in v4 v6; do
-	for n in "tcp REDIRECT" "udp TPROXY" dns "kill switch" "published ports" "forged sources"; do
+	for n in "tcp REDIRECT" "udp TPROXY" dns "kill switch" "published ports" "stranger replies" "forged sources"; do
 		doc_has "^ok   $n $f br0 " || missing="$missing|$n $f"
 	done
 done
 if [ -z "$missing" ] && doc_has '^ok   kill switch v6 br0 +iptables: ip6tables mangle FORWARD -> EGRESSD_KILL: DROP' &&
 	doc_has '^ok   dns path .*dns\.upstream 192\.0\.2\.53:53' && doc_has '^ok   interfaces +br0 \(subnets: 10\.8\.0\.0/24, fd08::/64\)'; then
-	pass "1 per interface and family: intercepts, kill switch (mangle FORWARD), published ports, forged sources ok; dns path names dns.upstream"
+	pass "1 per interface and family: intercepts, kill switch (mangle FORWARD), published ports, stranger replies, forged sources ok; dns path names dns.upstream"
 else
 	fail "1 the firewall lines should all be ok" "missing:$missing; $(doc_fails)"
 	doc_show
@@ -163,7 +169,7 @@ fi
 
 # ------------------------------------------------------------------ 4 intercept rules
 TPROXY_ARGS="--on-port $LISTEN_PORT --on-ip"
-nsx "$NS_GW" iptables -w -t mangle -D PREROUTING -i br0 -m conntrack --ctdir ORIGINAL -j EGRESSD_TPROXY
+nsx "$NS_GW" iptables -w -t mangle -D PREROUTING -i br0 -j EGRESSD_TPROXY
 # shellcheck disable=SC2086  # TPROXY_ARGS is words
 nsx "$NS_GW" ip6tables -w -t mangle -D EGRESSD_TPROXY -p udp -j TPROXY $TPROXY_ARGS fd08::1 \
 	--tproxy-mark "$LISTEN_PORT/$LISTEN_PORT"
@@ -287,14 +293,14 @@ nsx "$NS_GW" iptables -w -X EGRESSD_OLD_KILL
 nsx "$NS_GW" iptables -w -D FORWARD -i br0 ! -o br0 -j ACCEPT
 
 # ------------------------------------------------------------------ 8 published ports, forged sources
-nsx "$NS_GW" iptables -w -t mangle -D EGRESSD_KILL -m conntrack --ctdir REPLY -j RETURN
+nsx "$NS_GW" iptables -w -t mangle -D EGRESSD_KILL -m conntrack --ctstate DNAT --ctdir REPLY -j RETURN
 nsx "$NS_GW" iptables -w -t raw -D PREROUTING -i br0 -j EGRESSD_RPF
 doctor "$CONF"
 if [ "$DOC_RC" -eq 1 ] &&
 	doc_has '^FAIL published ports v4 br0 .*\(TCP\) .*is dropped by `-A EGRESSD_KILL -j DROP` .*published ports break.*REPLY' &&
 	doc_has '^ok   published ports v6 br0 ' && doc_has '^warn forged sources v4 br0 .*CAP_NET_RAW' &&
 	doc_has '^ok   forged sources v6 br0 '; then
-	pass "8 ctdir REPLY RETURN deleted: FAIL published ports v4 (docker -p); rpfilter jump deleted: warn forged sources v4"
+	pass "8 REPLY+DNAT RETURN deleted: FAIL published ports v4 (docker -p); rpfilter jump deleted: warn forged sources v4"
 else
 	fail "8 published ports / forged sources should be named" "exit $DOC_RC: $(doc_fails)"
 	doc_show
@@ -305,6 +311,28 @@ if [ "$DOC_RC" -eq 0 ] && ! doc_has '^warn forged'; then
 	pass "8 control: rules re-applied, doctor passes with no forged-source warning"
 else
 	fail "8 control: re-applied rules should pass" "exit $DOC_RC: $(doc_fails)"
+fi
+
+# The previous version's exemption: every reply, an answer to a stranger's
+# datagram (conntrack REPLY without DNAT) included.
+nsx "$NS_GW" iptables -w -t mangle -R EGRESSD_KILL 1 -m conntrack --ctdir REPLY -j RETURN
+doctor "$CONF"
+if [ "$DOC_RC" -eq 1 ] &&
+	doc_has '^FAIL stranger replies v4 br0 .* from br0 .*a reply without DNAT.* passes the kill switch: `-A EGRESSD_KILL -m conntrack --ctdir REPLY -j RETURN` \(mangle EGRESSD_KILL rule 1\) lets it out' &&
+	doc_has '^ok   stranger replies v6 br0 ' && doc_has '^ok   published ports v4 br0 ' &&
+	[[ "$(doc_fix 'stranger replies v4 br0')" == "egressd rules --config "*" | sh -e" ]]; then
+	pass "8 the previous version's bare REPLY RETURN: FAIL stranger replies v4 naming it, with the rules fix; published ports ok"
+else
+	fail "8 a kill switch that lets every reply out should FAIL stranger replies v4" "exit $DOC_RC: $(doc_fails)"
+	doc_show
+fi
+egressd_rules_apply --config "$CONF" >"$EG_TMP/rules.out" 2>&1
+doctor "$CONF"
+if [ "$DOC_RC" -eq 0 ] && ! nsx "$NS_GW" iptables-save -t mangle | grep -q -- '-m conntrack --ctdir REPLY -j RETURN$' &&
+	[ "$(nsx "$NS_GW" iptables-save -t mangle | grep -c -- '--ctstate DNAT --ctdir REPLY -j RETURN')" -eq 2 ]; then
+	pass "8 control: rules re-applied replace the bare REPLY RETURN (none left beside the new one); doctor passes"
+else
+	fail "8 control: rules re-applied should replace the bare REPLY RETURN" "exit $DOC_RC: $(doc_fails) $(nsx "$NS_GW" iptables-save -t mangle | grep -- '--ctdir REPLY' | tr '\n' '|')"
 fi
 
 # ------------------------------------------------------------------ 9 IPv6 with a v4-only config
