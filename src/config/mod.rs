@@ -93,9 +93,17 @@ impl IfacePattern {
         Some(IfacePattern { prefix: prefix.to_string(), wildcard })
     }
 
-    /// An exact interface name.
+    /// An exact interface name, trusted (tests, and names already checked).
     pub fn exact(name: &str) -> IfacePattern {
         IfacePattern { prefix: name.to_string(), wildcard: false }
+    }
+
+    /// An exact interface name found on the host, checked as a config
+    /// pattern is: it goes into a shell script, and Linux allows names such
+    /// as `$(reboot)` or `br0;x`. `None` for a name with any other character
+    /// or one that would read as a pattern (`br+`).
+    pub fn found(name: &str) -> Option<IfacePattern> {
+        IfacePattern::parse(name).filter(|p| !p.wildcard)
     }
 
     pub fn matches(&self, name: &str) -> bool {

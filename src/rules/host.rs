@@ -89,7 +89,15 @@ pub fn scope(settings: &Settings, addrs: &[AddrEntry]) -> Result<Scope, String> 
                     l.ip()
                 ));
             }
-            let p = IfacePattern::exact(&e.ifname);
+            let Some(p) = IfacePattern::found(&e.ifname) else {
+                return Err(format!(
+                    "listen address {} is on an interface whose name cannot be written safely into the rules \
+                     script ({:?}: only letters, digits and -_.@: are taken, at most 15): rename the interface, \
+                     or name the container bridges in intercept.interfaces",
+                    l.ip(),
+                    e.ifname
+                ));
+            };
             if !found.contains(&p) {
                 found.push(p);
             }
@@ -125,6 +133,26 @@ fn unmapped_ip(a: SocketAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 22: an interface name found on the host goes into a shell
+    /// script; one that could inject shell is refused, never written.
+    #[test]
+    fn host_interface_names_cannot_inject_shell() {
+        let settings = Settings::parse(
+            "t.ron",
+            r#"(listen: ["10.8.0.1:10900"], tunnels: { "a": Direct() }, routes: [(source: "10.8.0.10", tunnel: "a")])"#,
+        )
+        .unwrap();
+        for evil in ["$(reboot)", "br0;id", "br`id`", "a'b", "br\\n", "br+", "br*", "x\"y"] {
+            let text = format!("5: {evil}    inet 10.8.0.1/24 brd 10.8.0.255 scope global {evil}\\");
+            let addrs = parse_ip_addr(&text);
+            assert_eq!(addrs.len(), 1, "{evil}");
+            let e = scope(&settings, &addrs).unwrap_err();
+            assert!(e.contains("cannot be written safely"), "{evil}: {e}");
+        }
+        let ok = parse_ip_addr("5: br-1a2b.3@if4    inet 10.8.0.1/24 scope global br-1a2b.3\\");
+        assert_eq!(scope(&settings, &ok).unwrap().interfaces, vec![IfacePattern::exact("br-1a2b.3")]);
+    }
 
     const ADDRS: &str = "\
 1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever

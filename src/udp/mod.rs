@@ -44,6 +44,7 @@
 //! counts it; the table never drops a value silently.
 
 mod alias;
+pub mod dns_tcp;
 mod hash;
 mod lru;
 mod source;

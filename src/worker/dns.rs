@@ -19,7 +19,6 @@
 //!     EOF / error / idle for dns_idle_timeout_secs ────────────┘   counted; the next query opens a new one
 //! ```
 
-use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,12 +33,9 @@ use super::slab::{self, Kind};
 use super::{Drive, WorkerLoop, auth_of, connect, drive_handshake, keepalive};
 use crate::config::Tunnel;
 use crate::stats::Counters;
+use crate::udp::dns_tcp::{DnsStream, Next, QueryRefused};
 use crate::upstream::{self, Handshake};
-use crate::wire::Parse;
 use crate::wire::dns;
-
-/// Queries in flight on one connection; more are dropped and counted.
-const MAX_INFLIGHT: usize = 1024;
 
 /// The pool's key: the tunnel (by identity: a reloaded tunnel is another
 /// one) and the DNS server the client asked.
@@ -50,14 +46,6 @@ enum Stage {
     Connecting,
     Handshaking,
     Open,
-}
-
-/// A query waiting for its answer.
-struct Query {
-    client: SocketAddr,
-    /// The client's own ID, put back into the answer.
-    id: u16,
-    sent: Instant,
 }
 
 pub(super) struct DnsConn {
@@ -72,62 +60,12 @@ pub(super) struct DnsConn {
     /// Framed queries not yet written.
     out: Vec<u8>,
     out_pos: usize,
-    /// Queries sent or queued and not yet answered.
-    inflight: Inflight,
-    /// Bytes of answers read but not yet a whole frame.
-    inbuf: Vec<u8>,
+    /// Queries in flight and answers read (sans-IO, see `udp::dns_tcp`).
+    stream_state: DnsStream,
     started: Instant,
     last_used: Instant,
     /// When this connection's timer is due, if one is set.
     timer_at: Option<Instant>,
-}
-
-/// The queries in flight on one connection, by wire ID (sans-IO).
-#[derive(Default)]
-struct Inflight {
-    by_id: HashMap<u16, Query>,
-    /// Wire IDs in the order sent, for the answer timeout (answered ones
-    /// are skipped lazily).
-    order: VecDeque<(u16, Instant)>,
-    next_id: u16,
-}
-
-impl Inflight {
-    fn len(&self) -> usize {
-        self.by_id.len()
-    }
-
-    /// Takes a query with the client's `id`; returns the wire ID to send it
-    /// with, unique among those in flight (`None` when full).
-    fn add(&mut self, client: SocketAddr, id: u16, now: Instant) -> Option<u16> {
-        if self.by_id.len() >= MAX_INFLIGHT {
-            return None;
-        }
-        while self.by_id.contains_key(&self.next_id) {
-            self.next_id = self.next_id.wrapping_add(1);
-        }
-        let wire = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
-        self.by_id.insert(wire, Query { client, id, sent: now });
-        self.order.push_back((wire, now));
-        Some(wire)
-    }
-
-    /// The client and its own ID for an answer with this wire ID.
-    fn answer(&mut self, wire: u16) -> Option<(SocketAddr, u16)> {
-        self.by_id.remove(&wire).map(|q| (q.client, q.id))
-    }
-
-    /// The send time of the oldest query still unanswered.
-    fn oldest(&mut self) -> Option<Instant> {
-        while let Some(&(id, sent)) = self.order.front() {
-            if self.by_id.get(&id).is_some_and(|q| q.sent == sent) {
-                return Some(sent);
-            }
-            self.order.pop_front();
-        }
-        None
-    }
 }
 
 impl WorkerLoop {
@@ -158,18 +96,18 @@ impl WorkerLoop {
         };
         let now = self.now;
         let Some(c) = self.udp.dns.get_mut(slot) else { return };
-        let Ok(prefix) = dns::encode_len(q.len()) else {
-            Counters::inc(&self.counters.udp_drop_bad_header);
-            return;
-        };
-        let Some(wire) = c.inflight.add(client, u16::from_be_bytes([q[0], q[1]]), now) else {
-            Counters::inc(&self.counters.udp_drop_pending);
-            return;
-        };
+        match c.stream_state.query(client, q, now, &mut c.out) {
+            Ok(()) => {}
+            Err(QueryRefused::NotAQuery) => {
+                Counters::inc(&self.counters.udp_drop_bad_header);
+                return;
+            }
+            Err(QueryRefused::Full) => {
+                Counters::inc(&self.counters.udp_drop_pending);
+                return;
+            }
+        }
         c.last_used = now;
-        c.out.extend_from_slice(&prefix);
-        c.out.extend_from_slice(&wire.to_be_bytes());
-        c.out.extend_from_slice(&q[2..]);
         let open = c.stage == Stage::Open;
         Counters::inc(&self.counters.dns_tcp_queries);
         Counters::inc(&self.counters.udp_dgrams_up);
@@ -218,8 +156,7 @@ impl WorkerLoop {
             hs: Some(hs),
             out: Vec::new(),
             out_pos: 0,
-            inflight: Inflight::default(),
-            inbuf: Vec::new(),
+            stream_state: DnsStream::default(),
             started: self.now,
             last_used: self.now,
             timer_at: None,
@@ -277,7 +214,7 @@ impl WorkerLoop {
                             return self.close_dns(slot, &why);
                         }
                         Drive::Done(extra) => {
-                            c.inbuf.extend_from_slice(&scratch[extra]);
+                            c.stream_state.feed(scratch.get(extra).unwrap_or_default());
                             c.stage = Stage::Open;
                             c.hs = None;
                         }
@@ -309,7 +246,6 @@ impl WorkerLoop {
 
     /// Reads answers and sends each back to the client as a datagram.
     fn read_dns(&mut self, slot: usize) {
-        let now = self.now;
         loop {
             let Some(c) = self.udp.dns.get_mut(slot) else { return };
             let n = match c.stream.read(&mut self.relay.scratch) {
@@ -322,43 +258,37 @@ impl WorkerLoop {
                     return self.close_dns(slot, &why);
                 }
             };
-            c.inbuf.extend_from_slice(&self.relay.scratch[..n]);
+            c.stream_state.feed(self.relay.scratch.get(..n).unwrap_or_default());
+            if let Err(why) = self.answer_dns(slot) {
+                return self.close_dns(slot, &why);
+            }
+        }
+    }
+
+    /// Sends every whole answer read so far to its client (from the address
+    /// it asked); answers nobody waits for are counted and dropped.
+    fn answer_dns(&mut self, slot: usize) -> Result<(), String> {
+        let now = self.now;
+        loop {
+            let Some(c) = self.udp.dns.get_mut(slot) else { return Ok(()) };
             let dst = c.dst;
-            let mut used = 0;
-            loop {
-                let c = self.udp.dns.get_mut(slot).expect("live");
-                let (msg, len) = match dns::parse_frame(&c.inbuf[used..]) {
-                    Ok(Parse::Done(msg, len)) => (msg, len),
-                    Ok(Parse::Incomplete) => break,
-                    Err(e) => {
-                        let why = format!("bad answer framing: {e}");
-                        return self.close_dns(slot, &why);
-                    }
-                };
-                used += len;
-                let wire = u16::from_be_bytes([msg[0], msg[1]]);
-                let Some((client, id)) = c.inflight.answer(wire) else {
-                    // Late (its query timed out) or not ours: nobody to give it to.
+            // The scratch buffer is free again: what was read is in the stream.
+            let (client, len) = match c.stream_state.next_answer(&mut self.relay.scratch) {
+                Next::Answer { client, len } => (client, len),
+                Next::NeedMore => return Ok(()),
+                Next::Stray => {
+                    // Late (its query timed out), not ours, or not DNS.
                     Counters::inc(&self.counters.udp_drop_bad_header);
                     continue;
-                };
-                // The client's own ID back in, in the scratch buffer (free
-                // again: what was read is in `inbuf`).
-                let out = &mut self.relay.scratch[..msg.len()];
-                out.copy_from_slice(msg);
-                out[..2].copy_from_slice(&id.to_be_bytes());
-                c.last_used = now;
-                let r = self.udp.replies.send(dst, client, out);
-                let sent = out.len() as u64;
-                self.count_reply(r, dst, client, sent);
-                Counters::inc(&self.counters.dns_tcp_answers);
-                self.udp.table.touch_inbound(&client, now);
-            }
-            let c = self.udp.dns.get_mut(slot).expect("live");
-            c.inbuf.drain(..used);
-            if c.inbuf.is_empty() {
-                c.inbuf = Vec::new();
-            }
+                }
+                Next::Broken(e) => return Err(format!("bad answer framing: {e}")),
+            };
+            c.last_used = now;
+            let out = self.relay.scratch.get(..len).unwrap_or_default();
+            let r = self.udp.replies.send(dst, client, out);
+            self.count_reply(r, dst, client, len as u64);
+            Counters::inc(&self.counters.dns_tcp_answers);
+            self.udp.table.touch_inbound(&client, now);
         }
     }
 
@@ -376,9 +306,9 @@ impl WorkerLoop {
         if c.stage != Stage::Open && c.started + connect <= now {
             return self.close_dns(slot, "no answer from the tunnel in time (connect_timeout_secs)");
         }
-        let next = match c.inflight.oldest() {
+        let next = match c.stream_state.inflight.oldest() {
             Some(sent) if sent + answer <= now => {
-                Counters::add(&self.counters.dns_tcp_timeouts, c.inflight.len() as u64);
+                Counters::add(&self.counters.dns_tcp_timeouts, c.stream_state.inflight.len() as u64);
                 return self.close_dns(slot, "a query unanswered for dns_answer_timeout_secs; replaced");
             }
             Some(sent) => sent + answer,
@@ -392,58 +322,10 @@ impl WorkerLoop {
     pub(super) fn close_dns(&mut self, slot: usize, why: &str) {
         if let Some(c) = self.udp.dns.remove(slot) {
             debug!(target: "egressd::udp", "dns {} via {}: connection closed: {why}; {} queries unanswered",
-                c.dst, c.tunnel.name, c.inflight.len());
+                c.dst, c.tunnel.name, c.stream_state.inflight.len());
             if self.dns_pool.get(&c.key) == Some(&slot) {
                 self.dns_pool.remove(&c.key);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn colliding_ids_get_their_own_wire_ids_and_come_back() {
-        let mut f = Inflight::default();
-        let t0 = Instant::now();
-        let a: SocketAddr = "10.8.0.10:40000".parse().unwrap();
-        let b: SocketAddr = "10.8.0.11:40001".parse().unwrap();
-        let wa = f.add(a, 0x1234, t0).unwrap();
-        let wb = f.add(b, 0x1234, t0).unwrap();
-        assert_ne!(wa, wb, "the same client ID twice on one connection");
-        assert_eq!(f.answer(wb), Some((b, 0x1234)));
-        assert_eq!(f.answer(wb), None, "answered once");
-        assert_eq!(f.answer(wa), Some((a, 0x1234)));
-        assert_eq!(f.len(), 0);
-    }
-
-    #[test]
-    fn wire_ids_skip_those_in_flight_and_the_table_is_bounded() {
-        let mut f = Inflight::default();
-        let t0 = Instant::now();
-        let c: SocketAddr = "10.8.0.10:1".parse().unwrap();
-        let ids: std::collections::HashSet<u16> =
-            (0..MAX_INFLIGHT).map(|_| f.add(c, 7, t0).unwrap()).collect();
-        assert_eq!(ids.len(), MAX_INFLIGHT);
-        assert_eq!(f.add(c, 7, t0), None, "full");
-        // Free one, wrap around: the freed ID is the only one left to reuse.
-        f.answer(5).unwrap();
-        f.next_id = 0;
-        assert_eq!(f.add(c, 7, t0), Some(5));
-    }
-
-    #[test]
-    fn the_oldest_unanswered_query_sets_the_timeout() {
-        let mut f = Inflight::default();
-        let t0 = Instant::now();
-        let c: SocketAddr = "10.8.0.10:1".parse().unwrap();
-        let w0 = f.add(c, 1, t0).unwrap();
-        let _w1 = f.add(c, 2, t0 + Duration::from_secs(1)).unwrap();
-        assert_eq!(f.oldest(), Some(t0));
-        f.answer(w0);
-        assert_eq!(f.oldest(), Some(t0 + Duration::from_secs(1)));
     }
 }
