@@ -105,9 +105,13 @@ impl FrontLoop {
     }
 
     fn route_datagram(&mut self, k: usize, listen_addr: SocketAddr) {
-        let slot = &self.slots[k];
+        // The lengths are the kernel's (clamped to the buffers by `sys`);
+        // read through get() all the same: a slice out of bounds here would
+        // stop every container's traffic.
+        let Some(slot) = self.slots.get(k) else { return };
         let meta = slot.meta;
-        let Some(client) = sockaddr::parse(&slot.name.0[..meta.name_len]).map(unmapped) else { return };
+        let name = slot.name.0.get(..meta.name_len).unwrap_or_default();
+        let Some(client) = sockaddr::parse(name).map(unmapped) else { return };
         if meta.truncated {
             Counters::inc(&self.counters.udp_drop_truncated);
             return;
@@ -115,7 +119,7 @@ impl FrontLoop {
         let orig = if meta.ctrl_truncated {
             Err(CmsgError::Truncated)
         } else {
-            orig_dst_from_cmsgs(&slot.ctrl.0[..meta.ctrl_len])
+            slot.ctrl.0.get(..meta.ctrl_len).ok_or(CmsgError::Truncated).and_then(orig_dst_from_cmsgs)
         };
         let orig_dst = match orig.map(unmapped) {
             Ok(d) if d != listen_addr && !self.is_own_listener(d) => d,
@@ -172,7 +176,12 @@ impl FrontLoop {
             return;
         }
         let at = k * MAX_DATAGRAM;
-        batch.push(client, orig_dst, route, &self.rdata[at..at + meta.len]);
+        // Never past the slot's own chunk: that is the next datagram's.
+        let Some(payload) = self.rdata.get(at..at + meta.len).filter(|_| meta.len <= MAX_DATAGRAM) else {
+            Counters::inc(&self.counters.udp_drop_truncated);
+            return;
+        };
+        batch.push(client, orig_dst, route, payload);
         if batch.is_full() {
             self.send_batch(w);
         }

@@ -71,8 +71,10 @@ impl super::Pump {
                 match sys::splice(pipe.r.as_fd(), dst.as_fd(), self.in_pipe as usize) {
                     Ok(0) => return Err(PumpError::Write(ErrorKind::WriteZero.into())),
                     Ok(n) => {
-                        // n <= in_pipe, a u32.
-                        self.in_pipe -= n as u32;
+                        // n <= in_pipe (splice moves at most what it is
+                        // asked); saturating all the same, a count the
+                        // kernel reports must not wrap into a huge one.
+                        self.in_pipe = self.in_pipe.saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
                         self.bytes += n as u64;
                         continue;
                     }

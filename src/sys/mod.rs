@@ -224,8 +224,12 @@ pub fn recv_msg(
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
+    // The kernel reports lengths; they are clamped to the buffers they
+    // describe, so a caller's slice by them is always in bounds (without
+    // MSG_TRUNC in the flags a datagram's length never exceeds the buffer;
+    // a longer one is reported by MSG_TRUNC in msg_flags).
     Ok(RecvMeta {
-        len: n as usize,
+        len: (n as usize).min(buf.len()),
         name_len: (msg.msg_namelen as usize).min(name.0.len()),
         ctrl_len: (msg.msg_controllen as usize).min(ctrl.0.len()),
         truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
@@ -323,7 +327,9 @@ pub fn recv_mmsg(
     chunk: usize,
     slots: &mut [RecvSlot],
 ) -> io::Result<usize> {
-    let n = slots.len().min(MMSG_MAX).min(data.len() / chunk.max(1));
+    // A zero chunk would make every slot's buffer empty (and chunks_exact panic).
+    let chunk = chunk.max(1);
+    let n = slots.len().min(MMSG_MAX).min(data.len() / chunk);
     // SAFETY: iovec and mmsghdr are plain data; the used entries are set below.
     let mut iov: [libc::iovec; MMSG_MAX] = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -353,11 +359,14 @@ pub fn recv_mmsg(
     if got < 0 {
         return Err(io::Error::last_os_error());
     }
-    let got = got as usize;
+    // Lengths are clamped to the buffers they describe (see `recv_msg`), and
+    // the count to the slots offered, so a caller indexes and slices by them
+    // without a check of its own.
+    let got = (got as usize).min(n);
     for (slot, m) in slots.iter_mut().zip(msgs.iter()).take(got) {
         let h = &m.msg_hdr;
         slot.meta = RecvMeta {
-            len: m.msg_len as usize,
+            len: (m.msg_len as usize).min(chunk),
             name_len: (h.msg_namelen as usize).min(slot.name.0.len()),
             ctrl_len: (h.msg_controllen as usize).min(slot.ctrl.0.len()),
             truncated: h.msg_flags & libc::MSG_TRUNC != 0,
@@ -405,6 +414,55 @@ mod tests {
         let s = socket2::SockAddr::from(a);
         // SAFETY: `as_ptr` points at `len` valid bytes owned by `s`.
         unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), s.len() as usize) }.to_vec()
+    }
+
+    /// Datagrams longer than a slot's chunk: the lengths handed back never
+    /// exceed the buffers they describe (and the truncation is reported),
+    /// however many datagrams wait; a zero chunk is not a panic.
+    #[test]
+    fn recv_mmsg_lengths_stay_within_their_buffers() {
+        use std::os::fd::AsFd;
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        for i in 0..3u8 {
+            tx.send_to(&[i; 100], to).unwrap();
+        }
+        let mut slots: Vec<RecvSlot> = (0..2).map(|_| RecvSlot::default()).collect();
+        let mut data = vec![0u8; 2 * 10];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut seen = 0;
+        while seen < 3 {
+            assert!(std::time::Instant::now() < deadline, "datagrams did not arrive");
+            let got = match recv_mmsg(rx.as_fd(), &mut data, 10, &mut slots) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("{e}"),
+            };
+            assert!(got <= slots.len());
+            for (k, s) in slots.iter().take(got).enumerate() {
+                assert_eq!(s.meta.len, 10);
+                assert!(s.meta.truncated);
+                assert!(s.meta.name_len <= s.name.0.len() && s.meta.ctrl_len <= s.ctrl.0.len());
+                assert_eq!(&data[k * 10..(k + 1) * 10], &[(seen + k) as u8; 10]);
+            }
+            seen += got;
+        }
+        tx.send_to(&[7; 5], to).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            assert!(std::time::Instant::now() < deadline, "datagram did not arrive");
+            match recv_mmsg(rx.as_fd(), &mut data, 0, &mut slots) {
+                Ok(0) => {}
+                Ok(got) => {
+                    assert!(got <= slots.len());
+                    assert!(slots[0].meta.len <= 1 && slots[0].meta.truncated);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     #[test]

@@ -56,7 +56,14 @@ impl HttpConnect {
             Parse::Done(_, head_len) => {
                 self.done = true;
                 self.acc = Vec::new();
-                Ok(Progress::Connected { consumed: head_len - before })
+                // The head ends past the part kept (the parser called that
+                // part incomplete) and within what it was given; both come
+                // from the proxy's bytes, so both are checked: the caller
+                // slices `consumed..read`.
+                match head_len.checked_sub(before) {
+                    Some(consumed) if consumed <= data.len() => Ok(Progress::Connected { consumed }),
+                    _ => Err(HandshakeError::Unexpected),
+                }
             }
             Parse::Incomplete => {
                 if before == 0 {
@@ -101,6 +108,25 @@ mod tests {
             assert_eq!(h.on_input(&r[..cut]), Ok(Progress::Continue), "cut {cut}");
             assert_eq!(h.on_input(&r[cut..]), Ok(Progress::Connected { consumed: head - cut }), "cut {cut}");
         }
+    }
+
+    /// The blank line cut between its CR and LF, and after a bare LF: the
+    /// head ends in the second read, one byte into it.
+    #[test]
+    fn head_end_cut_inside_the_blank_line() {
+        for (a, b) in
+            [(&b"HTTP/1.1 200 OK\r\n\r"[..], &b"\nDATA"[..]), (&b"HTTP/1.0 200 OK\n"[..], &b"\nx"[..])]
+        {
+            let mut h = ready(None);
+            assert_eq!(h.on_input(a), Ok(Progress::Continue));
+            assert_eq!(h.on_input(b), Ok(Progress::Connected { consumed: 1 }));
+        }
+        // Cut in three, the last read holding only the final LF and data.
+        let mut h = ready(None);
+        assert_eq!(h.on_input(b"HTTP/1.1 200 OK\r"), Ok(Progress::Continue));
+        assert_eq!(h.on_input(b"\n\r"), Ok(Progress::Continue));
+        assert_eq!(h.on_input(b"\nSSH"), Ok(Progress::Connected { consumed: 1 }));
+        assert_eq!(h.on_input(b"more"), Err(HandshakeError::Unexpected));
     }
 
     #[test]

@@ -204,7 +204,17 @@ impl Socks5Handshake {
                     return Ok(Progress::Continue);
                 }
                 Some(n) => {
-                    used += if from_acc { n - std::mem::take(&mut self.acc_len) } else { n };
+                    // A parser takes no more than it was given, and a message
+                    // split across reads ends past the part kept (its parser
+                    // called that part incomplete). The server's bytes decide
+                    // both, so both are checked: a range the caller slices
+                    // with (`consumed..read`) must never run backwards.
+                    let own =
+                        if from_acc { n.checked_sub(std::mem::take(&mut self.acc_len)) } else { Some(n) };
+                    used = match own.and_then(|k| used.checked_add(k)) {
+                        Some(u) if u <= data.len() => u,
+                        _ => return Err(HandshakeError::Unexpected),
+                    };
                     if self.state == State::Connected {
                         return Ok(Progress::Connected { consumed: used });
                     }
@@ -426,6 +436,114 @@ mod tests {
         let mut r = Socks5Handshake::request(w::CMD_CONNECT, TARGET.parse().unwrap());
         drain(&mut r);
         assert_eq!(r.on_input(&[], None), Err(HandshakeError::Closed), "a dead pooled connection");
+    }
+
+    /// Feeds the server's `answers` (one per message of ours), each cut in
+    /// two at `cut`, the last followed by relay bytes, sending what the
+    /// handshake holds before each read.
+    fn feed_cut(
+        h: &mut Socks5Handshake,
+        auth: Option<&Credentials>,
+        answers: &[Vec<u8>],
+        cut: usize,
+    ) -> Result<Progress, HandshakeError> {
+        let mut last = Ok(Progress::Continue);
+        for (i, a) in answers.iter().enumerate() {
+            let k = cut.min(a.len());
+            let mut second = a[k..].to_vec();
+            if i + 1 == answers.len() {
+                second.extend_from_slice(b"tail");
+            }
+            for part in [&a[..k], &second[..]] {
+                if part.is_empty() {
+                    continue;
+                }
+                drain(h);
+                last = h.on_input(part, auth);
+                if last != Ok(Progress::Continue) {
+                    return last;
+                }
+            }
+        }
+        last
+    }
+
+    /// Every shape, each answer cut at every byte (through the accumulator):
+    /// open, with only the last answer's own bytes consumed, and the same
+    /// bound address.
+    #[test]
+    fn every_shape_with_each_answer_cut_at_every_byte() {
+        let c = creds();
+        let dom: Vec<u8> = [&[5u8, 0, 0, 3, 255][..], &[b'x'; 255], &[0, 1]].concat();
+        let assoc = vec![5, 0, 0, 1, 0, 0, 0, 0, 0x9c, 0x41];
+        let v4 = Some(Bound::Addr("198.51.100.1:40000".parse().unwrap()));
+        type Case = (fn(&Credentials) -> Socks5Handshake, bool, Vec<Vec<u8>>, Option<Bound>);
+        let cases: Vec<Case> = vec![
+            (
+                |_| Socks5Handshake::connect(TARGET.parse().unwrap(), false),
+                false,
+                vec![vec![5, 0], REPLY.to_vec()],
+                v4,
+            ),
+            (
+                |_| Socks5Handshake::connect(TARGET.parse().unwrap(), true),
+                true,
+                vec![vec![5, 2], vec![1, 0], REPLY.to_vec()],
+                v4,
+            ),
+            (
+                |_| Socks5Handshake::associate("0.0.0.0:0".parse().unwrap(), false),
+                false,
+                vec![vec![5, 0], assoc],
+                Some(Bound::Addr("0.0.0.0:40001".parse().unwrap())),
+            ),
+            (
+                |c| Socks5Handshake::pipelined(w::CMD_CONNECT, TARGET.parse().unwrap(), Some(c)),
+                true,
+                vec![vec![5, 2], vec![1, 0], REPLY.to_vec()],
+                v4,
+            ),
+            (|_| Socks5Handshake::greet(true), true, vec![vec![5, 2], vec![1, 0]], None),
+            (
+                |_| Socks5Handshake::request(w::CMD_CONNECT, TARGET.parse().unwrap()),
+                false,
+                vec![dom],
+                Some(Bound::Domain(1)),
+            ),
+        ];
+        for (i, (make, with_auth, answers, bound)) in cases.iter().enumerate() {
+            let auth = with_auth.then_some(&c);
+            let last = answers.last().unwrap().len();
+            for cut in 0..=answers.iter().map(Vec::len).max().unwrap() {
+                let mut h = make(&c);
+                let k = cut.min(last);
+                let consumed = if k == last { last } else { last - k };
+                assert_eq!(
+                    feed_cut(&mut h, auth, answers, cut),
+                    Ok(Progress::Connected { consumed }),
+                    "case {i} cut {cut}"
+                );
+                assert_eq!(h.bound(), *bound, "case {i} cut {cut}");
+            }
+        }
+    }
+
+    /// A cut answer completed in the same read as bytes that answer a message
+    /// we have not sent yet: out of turn, whichever way it is cut.
+    #[test]
+    fn bytes_out_of_turn_after_a_cut_answer_fail() {
+        let mut h = Socks5Handshake::connect(TARGET.parse().unwrap(), false);
+        drain(&mut h);
+        let both: Vec<u8> = [&[5u8, 0][..], &REPLY].concat();
+        assert_eq!(h.on_input(&both[..1], None), Ok(Progress::Continue));
+        assert_eq!(h.on_input(&both[1..], None), Err(HandshakeError::Unexpected));
+        // The same inside a reply kept in the accumulator: the method and
+        // the credentials' status with the reply, before the request went.
+        let c = creds();
+        let mut h = Socks5Handshake::connect(TARGET.parse().unwrap(), true);
+        drain(&mut h);
+        assert_eq!(h.on_input(&[5], Some(&c)), Ok(Progress::Continue));
+        assert_eq!(h.on_input(&[2, 1, 0], Some(&c)), Err(HandshakeError::Unexpected));
     }
 
     #[test]

@@ -55,15 +55,19 @@ pub fn orig_dst_from_cmsgs(ctrl: &[u8]) -> Result<SocketAddr, CmsgError> {
     // The kernel writes cmsg_len as a size_t at offset 0 whatever libc's
     // field type (musl splits it into socklen_t + padding).
     while ctrl.len() - off >= HDR {
-        let len_bytes: [u8; size_of::<usize>()] =
-            ctrl[off..off + size_of::<usize>()].try_into().map_err(|_| CmsgError::BadLength)?;
+        let len_bytes: [u8; size_of::<usize>()] = ctrl
+            .get(off..off + size_of::<usize>())
+            .and_then(|b| b.try_into().ok())
+            .ok_or(CmsgError::BadLength)?;
         let len = usize::from_ne_bytes(len_bytes);
         if len < HDR || len > ctrl.len() - off {
             return Err(CmsgError::BadLength);
         }
         let level = read_int(ctrl, off + offset_of!(cmsghdr, cmsg_level)).ok_or(CmsgError::BadLength)?;
         let kind = read_int(ctrl, off + offset_of!(cmsghdr, cmsg_type)).ok_or(CmsgError::BadLength)?;
-        let data = &ctrl[off + align(HDR)..off + len.max(align(HDR))];
+        // Where HDR is not a multiple of the alignment, a message may end
+        // before its (aligned) data would start: empty data, or past the end.
+        let data = ctrl.get(off + align(HDR)..off + len.max(align(HDR))).ok_or(CmsgError::BadLength)?;
         let want = match (level, kind) {
             (libc::SOL_IP, libc::IP_ORIGDSTADDR) => Some(libc::AF_INET),
             (libc::SOL_IPV6, libc::IPV6_ORIGDSTADDR) => Some(libc::AF_INET6),
@@ -143,6 +147,26 @@ mod tests {
         assert_eq!(orig_dst_from_cmsgs(&c), Err(CmsgError::BadLength));
         c[..size_of::<usize>()].copy_from_slice(&3usize.to_ne_bytes());
         assert_eq!(orig_dst_from_cmsgs(&c), Err(CmsgError::BadLength));
+    }
+
+    /// Headers whose length leaves no data, or whose length word itself is
+    /// cut off: errors, read through bounds-checked slices.
+    #[test]
+    fn headers_without_data_or_cut_short() {
+        let bare = msg(libc::SOL_IP, libc::IP_ORIGDSTADDR, &[]);
+        assert_eq!(bare.len(), align(HDR));
+        assert_eq!(orig_dst_from_cmsgs(&bare), Err(CmsgError::BadAddress));
+        let mut two = msg(libc::SOL_SOCKET, libc::SO_TIMESTAMP, &[]);
+        two.extend(msg(libc::SOL_IP, libc::IP_ORIGDSTADDR, &sin([198, 51, 100, 7], 53)));
+        assert_eq!(orig_dst_from_cmsgs(&two), Ok("198.51.100.7:53".parse().unwrap()));
+        // A length of exactly the header, then a second header cut anywhere.
+        for cut in align(HDR)..two.len() {
+            assert!(orig_dst_from_cmsgs(&two[..cut]).is_err(), "cut {cut}");
+        }
+        // The largest length a header can claim.
+        let mut huge = bare.clone();
+        huge[..size_of::<usize>()].copy_from_slice(&usize::MAX.to_ne_bytes());
+        assert_eq!(orig_dst_from_cmsgs(&huge), Err(CmsgError::BadLength));
     }
 
     #[test]

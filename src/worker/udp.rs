@@ -494,12 +494,17 @@ impl WorkerLoop {
                 }
             }
             Link::Relay { ctrl, .. } => {
-                // The association lives as long as this connection; anything
-                // the server says on it is ignored until it closes.
+                // The association lives as long as this connection, and
+                // nothing follows the reply on it (RFC 1928 §7): a server
+                // that keeps writing there is not speaking SOCKS5, and
+                // reading it until it stops would hold the whole worker.
                 loop {
                     match ctrl.read(scratch) {
                         Ok(0) => return self.fail_session(slot, "control connection closed by the server"),
-                        Ok(_) => {}
+                        Ok(_) => {
+                            return self
+                                .fail_session(slot, "bytes on the control connection after the reply");
+                        }
                         Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                         Err(e) if e.kind() == ErrorKind::Interrupted => {}
                         Err(e) => return self.fail_session(slot, &format!("control connection: {e}")),
@@ -550,7 +555,7 @@ impl WorkerLoop {
             let scratch = &mut self.relay.scratch[..];
             let (remote, payload, solicited) = match &mut s.link {
                 Link::Relay { data, .. } => match data.recv(scratch) {
-                    Ok(n) => match socks5::parse_udp_header(&scratch[..n]) {
+                    Ok(n) => match socks5::parse_udp_header(scratch.get(..n).unwrap_or_default()) {
                         Ok((remote, off)) => (unmapped(remote), off..n, true),
                         Err(socks5::UdpHeaderError::Fragmented(_)) => {
                             Counters::inc(&self.counters.udp_drop_frag);
@@ -601,7 +606,9 @@ impl WorkerLoop {
             if solicited {
                 self.udp.table.touch_inbound(&client, now);
             }
-            let bytes = &self.relay.scratch[payload];
+            // `payload` lies within what recv returned (the header parser
+            // takes no more than it is given); read through get() all the same.
+            let Some(bytes) = self.relay.scratch.get(payload) else { continue };
             let r = self.udp.replies.send_as(remote, client, bytes, solicited);
             let n = bytes.len() as u64;
             if r.is_ok()
