@@ -103,6 +103,15 @@ impl Handshake {
         }
     }
 
+    /// What `transmit` holds ends with the request: bytes written right
+    /// behind it follow the request.
+    pub fn request_queued(&self) -> bool {
+        match self {
+            Handshake::Socks5(h) => h.request_queued(),
+            Handshake::Http(h) => !h.transmit().is_empty(),
+        }
+    }
+
     pub fn sent(&mut self, n: usize) {
         match self {
             Handshake::Socks5(h) => h.sent(n),

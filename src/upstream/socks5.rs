@@ -143,6 +143,11 @@ impl Socks5Handshake {
         self.transmit().is_empty() && (self.pipelined || self.state == State::Reply)
     }
 
+    /// The bytes waiting to be sent end with the request (pipelining).
+    pub fn request_queued(&self) -> bool {
+        !self.transmit().is_empty() && (self.pipelined || self.state == State::Reply)
+    }
+
     fn append(&mut self, bytes: &[u8]) {
         self.out[self.out_len..self.out_len + bytes.len()].copy_from_slice(bytes);
         self.out_len += bytes.len();
@@ -397,6 +402,7 @@ mod tests {
         // Without auth; the answers one by one; a partly sent flight may be answered.
         let mut h = Socks5Handshake::pipelined(w::CMD_CONNECT, TARGET.parse().unwrap(), None);
         assert_eq!(h.transmit()[..3], [5, 1, 0]);
+        assert!(h.request_queued(), "the flight ends with the request: early bytes may ride behind it");
         h.sent(3);
         assert!(!h.request_out());
         assert_eq!(h.on_input(&[5, 0], None), Ok(Progress::Continue));
@@ -419,6 +425,7 @@ mod tests {
     fn greet_then_request_is_a_pooled_connection() {
         let c = creds();
         let mut g = Socks5Handshake::greet(true);
+        assert!(!g.request_queued(), "a greeting is no request: nothing may ride behind it");
         assert_eq!(drain(&mut g), [5, 2, 0, 2]);
         assert_eq!(g.on_input(&[5, 2], Some(&c)), Ok(Progress::Continue));
         assert_eq!(drain(&mut g), b"\x01\x04user\x06secret");
@@ -430,6 +437,7 @@ mod tests {
         assert_eq!(g.on_input(&[5, 0], None), Ok(Progress::Connected { consumed: 2 }));
         // Later, on the same connection:
         let mut r = Socks5Handshake::request(w::CMD_CONNECT, TARGET.parse().unwrap());
+        assert!(r.request_queued());
         assert_eq!(drain(&mut r), [5, 1, 0, 1, 203, 0, 113, 10, 0, 80]);
         assert!(r.request_out());
         assert_eq!(r.on_input(&REPLY, None), Ok(Progress::Connected { consumed: 10 }));

@@ -32,7 +32,7 @@ mod warm;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -670,7 +670,19 @@ impl WorkerLoop {
                 return None;
             }
             let server_spoke = side == Kind::Upstream && may_read(ev);
-            match drive_handshake(&mut f.upstream, hs, auth_of(&f.tunnel), &mut relay.scratch, server_spoke) {
+            // Early bytes ride behind a pipelined request in the same write:
+            // written apart, the exit could answer (or read) between them.
+            let behind = if o.pipe_data { &o.early[..] } else { &[][..] };
+            let step = drive_handshake_then(
+                &mut f.upstream,
+                hs,
+                auth_of(&f.tunnel),
+                &mut relay.scratch,
+                server_spoke,
+                behind,
+                &mut o.early_sent,
+            );
+            match step {
                 Drive::Pending => {
                     if o.pipe_data && hs.request_out() && o.early_sent < o.early.len() {
                         match write_early(&mut f.upstream, &o.early[o.early_sent..]) {
@@ -920,12 +932,36 @@ fn drive_handshake(
     hs: &mut Handshake,
     auth: Option<&Credentials>,
     scratch: &mut [u8],
+    may_read: bool,
+) -> Drive {
+    drive_handshake_then(s, hs, auth, scratch, may_read, &[], &mut 0)
+}
+
+/// [`drive_handshake`], with `early[*early_sent..]`: client bytes sent right
+/// behind the request, in the same write (one segment).
+fn drive_handshake_then(
+    s: &mut TcpStream,
+    hs: &mut Handshake,
+    auth: Option<&Credentials>,
+    scratch: &mut [u8],
     mut may_read: bool,
+    early: &[u8],
+    early_sent: &mut usize,
 ) -> Drive {
     loop {
         while !hs.transmit().is_empty() {
-            match s.write(hs.transmit()) {
-                Ok(n) => hs.sent(n),
+            let behind = early.get(*early_sent..).unwrap_or_default();
+            let wrote = if hs.request_queued() && !behind.is_empty() {
+                s.write_vectored(&[IoSlice::new(hs.transmit()), IoSlice::new(behind)])
+            } else {
+                s.write(hs.transmit())
+            };
+            match wrote {
+                Ok(n) => {
+                    let head = n.min(hs.transmit().len());
+                    hs.sent(head);
+                    *early_sent += n - head;
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Drive::Pending,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Drive::Failed(format!("write to server: {e}"), false, true),
