@@ -120,6 +120,13 @@ c_sees() { [ "$(curl_whoami "${NS_C[$1]}")" = "$2" ]; }
 grew() { [ "$(stat_now "$2")" -gt "$(sv "$1" "$2")" ]; }
 # delta A B NAME — NAME's growth from snapshot A to snapshot B.
 delta() { echo $(($(sv "$2" "$3") - $(sv "$1" "$3"))); }
+# tv FILE NAME TUNNEL — one tunnel's value from a snapshot (absent: 0).
+tv() {
+	awk -v a="egressd_$2{tunnel=\"$3\"}" -v b="egressd_$2_total{tunnel=\"$3\"}" \
+		'$1 == a || $1 == b { print $2; found = 1; exit } END { if (!found) print 0 }' "$1"
+}
+# tdelta A B NAME TUNNEL — how much one tunnel's counter grew between snapshots.
+tdelta() { echo $(($(tv "$2" "$3" "$4") - $(tv "$1" "$3" "$4"))); }
 
 # fd_count — egressd's open fds; "dead" (and non-zero) when it is not
 # running: a live egressd always holds some, so 0 never means "no leak".
@@ -304,8 +311,9 @@ hostile_tcp() {
 	wait_until 5 quiet
 	stats_snap "$b"
 	fds=$(fds_back)
-	d_fail=$(delta "$a" "$b" tcp_upstream_failed)
-	d_to=$(delta "$a" "$b" tcp_connect_timeout)
+	# This tunnel's own counters: c1's flow and the pools' refills run meanwhile.
+	d_fail=$(tdelta "$a" "$b" tcp_upstream_failed "$tunnel")
+	d_to=$(tdelta "$a" "$b" tcp_connect_timeout "$tunnel")
 	logl=$(log_since "$mark" | grep -F "via $tunnel:" | grep -F "client reset" | head -n 1)
 	why=""
 	case $expect in
