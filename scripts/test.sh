@@ -22,9 +22,9 @@ repo=$(pwd)
 log() { printf '\n== %s\n' "$*"; }
 failed_stages=()
 stage() { # stage NAME CMD...: run, remember failure, keep going
-    local name=$1; shift
+    local name=$1 t0=$SECONDS; shift
     log "$name"
-    if "$@"; then echo "-- $name: ok"; else echo "-- $name: FAILED"; failed_stages+=("$name"); fi
+    if "$@"; then echo "-- $name: ok ($((SECONDS - t0)) s)"; else echo "-- $name: FAILED ($((SECONDS - t0)) s)"; failed_stages+=("$name"); fi
 }
 
 # --- 1. What the tests need, installed idempotently -----------------------

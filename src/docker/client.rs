@@ -206,7 +206,8 @@ impl Drop for Running {
 /// Starts a follower of `d` feeding `sink`.
 pub(super) fn start<S: Sink>(d: DockerSettings, timing: Timing, sink: S) -> std::io::Result<Running> {
     let stop = Arc::new(Stop::default());
-    let mut f = Follow { d: d.clone(), timing, sink, stop: Arc::clone(&stop), ever: false, last_warn: None };
+    let mut f =
+        Follow { d: d.clone(), timing, sink, stop: Arc::clone(&stop), ever: false, last_warn: [None; 3] };
     let thread = std::thread::Builder::new().name("egressd-docker".into()).spawn(move || f.run())?;
     Ok(Running { d, stop, thread: Some(thread) })
 }
@@ -218,7 +219,9 @@ struct Follow<S: Sink> {
     stop: Arc<Stop>,
     /// A session has listed at least once.
     ever: bool,
-    last_warn: Option<Instant>,
+    /// When each kind of end (missed event, lost stream, no dockerd) was
+    /// last logged at warn: one kind never silences another.
+    last_warn: [Option<Instant>; 3],
 }
 
 impl<S: Sink> Follow<S> {
@@ -251,22 +254,29 @@ impl<S: Sink> Follow<S> {
 
     /// Logs how a session ended: a warning at most once a minute.
     fn say(&mut self, end: &End) {
-        let text = match end {
-            End::Missed => format!(
-                "docker: a periodic resync found a change no event announced (events lost or held back); \
+        let (kind, text) = match end {
+            End::Missed => (
+                0,
+                format!(
+                    "docker: a periodic resync found a change no event announced (events lost or held back); \
                  reconnecting the event stream of {}",
-                self.d.socket.display()
+                    self.d.socket.display()
+                ),
             ),
             End::Failed(e) if self.ever => {
-                format!("docker: {e}; keeping the {} label routes, reconnecting", self.sink.routes())
+                (1, format!("docker: {e}; keeping the {} label routes, reconnecting", self.sink.routes()))
             }
-            End::Failed(e) => format!(
-                "docker: {e}; running with the config routes only until {} answers",
-                self.d.socket.display()
+            End::Failed(e) => (
+                2,
+                format!(
+                    "docker: {e}; running with the config routes only until {} answers",
+                    self.d.socket.display()
+                ),
             ),
         };
-        if self.last_warn.is_none_or(|w| w.elapsed() >= WARN_EVERY) {
-            self.last_warn = Some(Instant::now());
+        let last = &mut self.last_warn[kind];
+        if last.is_none_or(|w| w.elapsed() >= WARN_EVERY) {
+            *last = Some(Instant::now());
             warn!(target: "egressd::docker", "{text}");
         } else {
             debug!(target: "egressd::docker", "{text}");
