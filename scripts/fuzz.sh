@@ -24,6 +24,11 @@ for d in "${declared[@]}"; do
 done
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${declared[@]}")
+# All of them: one build of every target first (one cargo run compiles and
+# links them in parallel); `cargo fuzz run` below then finds each one built.
+if [ $# -eq 0 ]; then
+    cargo +nightly fuzz build >/dev/null 2>&1 || cargo +nightly fuzz build
+fi
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 fails=0

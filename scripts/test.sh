@@ -68,7 +68,7 @@ rm -f "$unit_log"
 
 # --- 3. Fuzz targets, briefly (scripts/fuzz.sh runs them for longer) ----------
 if [ -x scripts/fuzz.sh ]; then
-    stage "fuzz (brief)" env FUZZ_SECONDS="${FUZZ_SECONDS:-10}" scripts/fuzz.sh
+    stage "fuzz (brief)" env FUZZ_SECONDS="${FUZZ_SECONDS:-4}" scripts/fuzz.sh
 fi
 
 # --- 4. The static binary, then the network-namespace end-to-end tests ---------
