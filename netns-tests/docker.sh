@@ -41,6 +41,9 @@
 #      routed a1's UDP v4/v6 gets no reply, gw's Udp(6)NoPorts grows, nothing
 #      leaks; doctor exits 1 and FAILs both sysctls with the fix. Controls,
 #      back to 0: the same UDP is answered via exit1, doctor's lines are ok
+#      BR6: the running egressd says it by itself within 10 s (hostwatch):
+#      egressd_bridge_nf_call_iptables/_ip6tables go 0 0 -> 1 1 and an ERROR
+#      names the fix; BR7 (control): back to 0, the metrics read 0 0 again
 #   N  after a new Docker network: kill switch holds (a1 ICMP, a3), and l0 on
 #      the new br-<id> bridge is covered by "br-+"
 #   D  after a dockerd restart: containers back, routes work, nothing leaks,
@@ -70,7 +73,7 @@ set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
-plan_checks 61
+plan_checks 63
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
 # shellcheck source=tools/docker_lib.sh

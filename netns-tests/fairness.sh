@@ -126,30 +126,7 @@ LIMITED="max_sessions: $MAX_SESSIONS, new_sessions_per_source_per_sec: $RATE, ne
 UNLIMITED="max_sessions: $MAX_SESSIONS, pending_bytes_per_worker: 1073741824, pending_bytes_per_source: 1073741824, new_sessions_per_source_per_sec: 1000000, new_sessions_per_source_burst: 1000000"
 
 fair() { EG_TOOL_TIMEOUT=120 pytool fairtool "$@"; }
-ctl() { nsx "$NS_GW" timeout 10 "$(egressd_bin)" stats --socket "$SOCK" --prometheus; }
-# prom_or_die — egressd's counters now; an unreadable control socket must
-# never read as "all counters 0".
-prom_or_die() {
-	local p
-	p=$(ctl 2>&1)
-	case $p in
-	*"egressd_udp_sessions_total "*) printf '%s\n' "$p" ;;
-	*) die "egressd stats --prometheus failed: $(printf '%s' "$p" | tail -n 3 | tr '\n' ' ')" ;;
-	esac
-}
-# metric PROM NAME [LABEL] — a value from `egressd stats --prometheus`, 0 if absent.
-metric() {
-	printf '%s\n' "$1" | awk -v m="$2" -v l="${3:-}" '
-		{ k = $1 } l == "" && k == m { v = $2 } l != "" && k == m "{" l "}" { v = $2 }
-		END { print (v == "" ? 0 : v) }'
-}
-# drops_of PROM LABEL — every udp_drop_* counter of one source, "name=N" for those not 0.
-drops_of() {
-	printf '%s\n' "$1" | awk -v l="{$2}" '
-		$1 ~ /^egressd_udp_drop_/ && substr($1, length($1) - length(l) + 1) == l && $2 != 0 {
-			n = $1; sub(/^egressd_/, "", n); sub(/_total\{.*/, "", n); printf "%s%s=%s", sep, n, $2; sep = " " }'
-}
-field() { printf '%s\n' "$2" | awk -v k="$1" '{ for (i = 1; i < NF; i++) if ($i == k) print $(i + 1) }'; }
+drops_of() { drops_matching "$1" "$2" '^egressd_udp_drop_'; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null; }
 # median N... — the middle value (the lower middle of an even count).
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }

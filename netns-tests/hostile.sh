@@ -104,7 +104,7 @@
 #        dns_tcp_timeouts >= 1, udp_drop_bad_header >= 3 (the stray frames).
 #  F1-F6 a chaos exit (tools/chaos_exit.py on 100.64.0.2 in exit0: SOCKS5
 #        :1090, SOCKS5 with username/password :1091, HTTP CONNECT :1092) that,
-#        for CHAOS_SECS (30 s) a run, answers every stage — greeting, auth,
+#        for CHAOS_SECS (20 s) a run, answers every stage — greeting, auth,
 #        CONNECT / UDP ASSOCIATE, the association's control connection, each
 #        relay datagram, the HTTP CONNECT head and the relayed stream — with a
 #        kind dealt from that stage's deck: correct, split (1 byte a write),
@@ -605,7 +605,7 @@ else
 fi
 
 # ================================================================== F
-CHAOS_SECS=${CHAOS_SECS:-30}
+CHAOS_SECS=${CHAOS_SECS:-20}
 WARM_SECS=6
 ctl route set --source 10.8.0.11 --tunnel chaos_auth >/dev/null || fail_unplanned "route set" "c1 v4 -> chaos_auth failed"
 ctl route set --source fd08::11 --tunnel chaos_tcp >/dev/null || fail_unplanned "route set" "c1 v6 -> chaos_tcp failed"

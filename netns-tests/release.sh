@@ -80,7 +80,7 @@ want_sum=""
 [ -f "$TARBALL.sha256" ] && want_sum=$(cut -d' ' -f1 "$TARBALL.sha256")
 got_sum=$(sha256sum "$TARBALL" | cut -d' ' -f1)
 files=$(cd "$ROOT$D" && find . -mindepth 1 -maxdepth 1 -printf '%f\n' | LC_ALL=C sort | tr '\n' ' ')
-want_files="README.md SHA256SUMS egressd egressd.example.ron egressd.service grafana-dashboard.json "
+want_files="99-egressd-bridge.conf README.md SHA256SUMS egressd egressd.example.ron egressd.service grafana-dashboard.json "
 sums=$(inroot sh -c "cd $D && sha256sum -c SHA256SUMS" 2>&1)
 sums_rc=$?
 if [ "$got_sum" = "$want_sum" ] && [ "$files" = "$want_files" ] && [ "$sums_rc" -eq 0 ]; then

@@ -352,6 +352,32 @@ topo_write_config() {
 
 egressd_bin() { printf '%s\n' "${EGRESSD:-$EG_REPO/target/release/egressd}"; }
 
+# prom_or_die — egressd's counters now (`stats --prometheus` on $SOCK, in
+# gw); an unreadable control socket must never read as "all counters 0".
+prom_or_die() {
+	local p
+	p=$(nsx "$NS_GW" timeout 10 "$(egressd_bin)" stats --prometheus --socket "$SOCK" </dev/null 2>&1)
+	case $p in
+	*"egressd_tcp_flows_total "*"egressd_udp_sessions_total "*) printf '%s\n' "$p" ;;
+	*) die "egressd stats --prometheus failed: $(printf '%s' "$p" | tail -n 3 | tr '\n' ' ')" ;;
+	esac
+}
+# metric PROM NAME [LABEL] — one value of prom_or_die's text, 0 if absent.
+metric() {
+	printf '%s\n' "$1" | awk -v m="$2" -v l="${3:-}" '
+		{ k = $1 } l == "" && k == m { v = $2 } l != "" && k == m "{" l "}" { v = $2 }
+		END { print (v == "" ? 0 : v) }'
+}
+# drops_matching PROM LABEL REGEX — the counters of one source (LABEL, e.g.
+# source="10.8.0.11/32") whose names match REGEX and are not 0: "name=N ...".
+drops_matching() {
+	printf '%s\n' "$1" | awk -v l="{$2}" -v re="$3" '
+		$1 ~ re && substr($1, length($1) - length(l) + 1) == l && $2 != 0 {
+			n = $1; sub(/^egressd_/, "", n); sub(/_total\{.*/, "", n); printf "%s%s=%s", sep, n, $2; sep = " " }'
+}
+# field KEY TEXT — the word after KEY in TEXT ("ok 5/5 ..." -> 5/5).
+field() { printf '%s\n' "$2" | awk -v k="$1" '{ for (i = 1; i < NF; i++) if ($i == k) print $(i + 1) }'; }
+
 # ensure_egressd — build the release binary if it is missing.
 ensure_egressd() {
 	local bin

@@ -148,7 +148,9 @@ cat >"$CONF" <<EOF
         (source: "10.8.0.12", tunnel: "exit2"),
     ],
     intercept: (sources: ["10.8.0.0/24", "fd08::/64"]),
-    tcp: (connect_timeout_secs: 30),
+    // The load measures how many flows one process holds, not the
+    // per-source shares: three containers may take every descriptor.
+    tcp: (connect_timeout_secs: 30, fd_share: false),
     // The load measures the table's bounds, not the per-source fairness
     // limits: a source may open sessions as fast as the client can.
     udp: (idle_timeout_secs: 3, dns_idle_timeout_secs: 3,

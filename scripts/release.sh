@@ -3,7 +3,8 @@
 # musl binary (scripts/build-static.sh) in
 #   dist/egressd-VERSION-x86_64-linux-musl.tar.gz
 # with contrib/egressd.service, an example config (contrib/egressd.example.ron),
-# the Grafana dashboard, README.md and SHA256SUMS (of the files inside), plus
+# the Grafana dashboard, the sysctl.d snippet (contrib/99-egressd-bridge.conf),
+# README.md and SHA256SUMS (of the files inside), plus
 # dist/egressd-VERSION-x86_64-linux-musl.tar.gz.sha256 next to it. Prints the
 # tarball's size and sha256. OUT=dir changes dist/.
 #
@@ -29,8 +30,9 @@ install -m 0755 "$bin" "$stage/$name/egressd"
 install -m 0644 contrib/egressd.service "$stage/$name/egressd.service"
 install -m 0644 contrib/egressd.example.ron "$stage/$name/egressd.example.ron"
 install -m 0644 contrib/grafana-dashboard.json "$stage/$name/grafana-dashboard.json"
+install -m 0644 contrib/99-egressd-bridge.conf "$stage/$name/99-egressd-bridge.conf"
 install -m 0644 README.md "$stage/$name/README.md"
-(cd "$stage/$name" && sha256sum egressd egressd.service egressd.example.ron grafana-dashboard.json README.md >SHA256SUMS)
+(cd "$stage/$name" && sha256sum egressd egressd.service egressd.example.ron grafana-dashboard.json 99-egressd-bridge.conf README.md >SHA256SUMS)
 # The example must pass the binary's own check.
 "$stage/$name/egressd" check --config "$stage/$name/egressd.example.ron" >/dev/null
 

@@ -16,6 +16,8 @@ pub mod control;
 pub mod docker;
 pub mod doctor;
 pub mod front;
+pub mod hostwatch;
+pub mod lograte;
 pub mod pool;
 pub mod relay;
 pub mod route;

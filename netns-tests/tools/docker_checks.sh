@@ -510,31 +510,49 @@ noports() {
 # nothing leaks; doctor exits 1 and FAILs both sysctls with their fix. Back
 # to 0: the same UDP is answered via NAME's exit N (NoPorts still),
 # and doctor's two lines are ok.
+# brnf_metrics — egressd's view of the two bridge sysctls, "IPT IP6T".
+brnf_metrics() {
+	local t
+	t=$(nsx "$NS_GW" timeout 10 "$(egressd_bin)" stats --socket "$EG_TMP/egressd.sock" --prometheus 2>/dev/null) || { echo "no answer"; return; }
+	printf '%s\n' "$t" | awk '$1 == "egressd_bridge_nf_call_iptables" { a = $2 } $1 == "egressd_bridge_nf_call_ip6tables" { b = $2 }
+		END { print (a == "" ? "none" : a), (b == "" ? "none" : b) }'
+}
+brnf_metrics_are() { [ "$(brnf_metrics)" = "$1" ]; }
+
 bridge_trap_checks() {
 	local n=$1 x=$2 conf=$3 e4 e6 g i np4 np6 np4b np6b np4c np6c l0 l1 bad o4 o6 t v
 	e4=$(exit_egress4 "$x")
 	e6=$(exit_egress6 "$x")
 	if ! nsx "$NS_GW" test -e /proc/sys/net/bridge/bridge-nf-call-iptables; then
-		fail_n 5 "BR bridge trap" "no /proc/sys/net/bridge in gw although dockerd has started (dockerd loads br_netfilter)"
+		fail_n 7 "BR bridge trap" "no /proc/sys/net/bridge in gw although dockerd has started (dockerd loads br_netfilter)"
 		return
 	fi
 	g=$(brnf_in "$NS_GW")
 	i=$(brnf_in "$NS_INET")
 	if [ "$g" != 0/0 ]; then
-		fail_n 5 "BR bridge trap" "gw's bridge-nf-call-ip(6)tables read $g, not 0/0 as egressd's rules set them"
+		fail_n 7 "BR bridge trap" "gw's bridge-nf-call-ip(6)tables read $g, not 0/0 as egressd's rules set them"
 		return
 	fi
 	if [ "$i" = "$g" ]; then
 		# inet keeps the kernel's default (1): reading the same as gw, the
 		# sysctl may not be per network namespace here, and writing it in gw
 		# would change the host's. Not touched.
-		fail_n 5 "BR bridge trap" "inet reads $i as gw does: cannot show the sysctl is per network namespace on this kernel, not touching it"
+		fail_n 7 "BR bridge trap" "inet reads $i as gw does: cannot show the sysctl is per network namespace on this kernel, not touching it"
 		return
 	fi
 	np4=$(noports "$NS_GW")
 	np6=$(noports "$NS_GW" 6)
 	l0=$(leak_total)
+	local m0 w0 t1 w1 ms1 ms0 logged
+	m0=$(brnf_metrics)
+	w0=$(grep -c 'bridge-nf-call-iptables is 1' "$EGRESSD_LOG")
 	brnf_set 1
+	t1=$(date +%s%N)
+	# egressd, running, says so by itself (hostwatch reads every 5 s).
+	wait_until 10 brnf_metrics_are "1 1"
+	ms1=$(( ($(date +%s%N) - t1) / 1000000 ))
+	w1=$(brnf_metrics)
+	logged=$(grep -c 'bridge-nf-call-iptables is 1' "$EGRESSD_LOG")
 	par n4 p_udp_none "$n" "$TARGET4" "$UDP_WHO_PORT2"
 	par n6 p_udp_none "$n" "$TARGET6" "$UDP_WHO_PORT2"
 	par_wait
@@ -544,6 +562,16 @@ bridge_trap_checks() {
 	dk_doctor "$conf"
 	cp "$DOC" "$EG_TMP/doctor.trap"
 	brnf_set 0
+	t1=$(date +%s%N)
+	wait_until 10 brnf_metrics_are "0 0"
+	ms0=$(( ($(date +%s%N) - t1) / 1000000 ))
+	[ "$m0" = "0 0" ] && [ "$w1" = "1 1" ] && [ "$logged" -gt "$w0" ] &&
+		grep 'bridge-nf-call-iptables is 1' "$EGRESSD_LOG" | tail -n 1 | grep -q 'ERROR.*Fix: sysctl -w net.bridge.bridge-nf-call-iptables=0'
+	verdict $? "BR6 the running egressd says it within 10 s: egressd_bridge_nf_call_iptables/_ip6tables 0 0 -> 1 1 ($ms1 ms) and an ERROR naming the fix" \
+		"metrics before '$m0' (want 0 0), at 1 after ${ms1} ms '$w1' (want 1 1); ERROR lines $w0 -> $logged: '$(grep 'bridge-nf-call' "$EGRESSD_LOG" | tail -n 1 | cut -c1-200)'"
+	m0=$(brnf_metrics)
+	[ "$m0" = "0 0" ]
+	verdict $? "BR7 control: back to 0, the metrics read 0 0 again within 10 s ($ms0 ms)" "metrics '$m0' after ${ms0} ms"
 	[ "$(prc n4)" = 0 ] && [ "$np4b" -gt "$np4" ] && [ "$l1" -eq "$l0" ]
 	verdict $? "BR1 bridge-nf-call-iptables=1 in gw: $n's UDP (routed) to $TARGET4:$UDP_WHO_PORT2 gets no reply, gw's UdpNoPorts grows by $((np4b - np4)), nothing leaks (the article's trap)" \
 		"client rc=$(prc n4) '$(po n4)'; UdpNoPorts +$((np4b - np4)); detector +$((l1 - l0))"

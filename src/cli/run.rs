@@ -16,7 +16,7 @@ use crate::docker::client::Docker;
 use crate::front::{self, FrontLoop, Live, Shared};
 use crate::stats::Registry;
 use crate::sys;
-use crate::worker::{Command, FailLog, Routing, WorkerHandle, WorkerLoop};
+use crate::worker::{Command, FailLog, Routing, SharedLimits, WorkerHandle, WorkerLoop};
 
 /// Stack of each loop thread: they keep their state on the heap, and a
 /// small stack keeps the resident set small.
@@ -50,9 +50,19 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     if let Some(w) = config.and_then(|p| super::secrets_exposed(p, &settings)) {
         warn!(target: "egressd", "{w}");
     }
+    // The TCP descriptor share is taken from the limit as raised here.
+    let mut limits = SharedLimits::default();
     match sys::raise_fd_limit() {
         Ok(n) => {
             info!(target: "egressd", "open file limit {n}");
+            limits = SharedLimits::new(n);
+            info!(
+                target: "egressd",
+                "TCP flows may hold {} of them (the rest is egressd's reserve); one source at most half of what \
+                 the others leave free{}",
+                limits.fds.budget(),
+                if settings.tcp.fd_share { "" } else { " (off: tcp.fd_share is false)" }
+            );
             // A UDP session holds up to two descriptors (control connection and relay socket);
             // both bounds are split across the workers (at least 1 each).
             let u = &settings.udp;
@@ -84,6 +94,7 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     // Warm pools (filled by the workers) and the pipelining probes.
     registry.pools.apply(&settings.tunnels);
     let fail_log = Arc::new(FailLog::default());
+    let limits = Arc::new(limits);
     let live = Arc::new(Live::new(Shared::new(Arc::clone(&settings))));
     let n = settings.threads;
     let stop = Arc::new(AtomicBool::new(false));
@@ -91,8 +102,14 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     let mut handles = Vec::new();
     for i in 0..n {
         let routing: Arc<dyn Routing> = live.clone();
-        match WorkerLoop::new(i, Arc::clone(&settings), routing, Arc::clone(&registry), Arc::clone(&fail_log))
-        {
+        match WorkerLoop::new(
+            i,
+            Arc::clone(&settings),
+            routing,
+            Arc::clone(&registry),
+            Arc::clone(&fail_log),
+            Arc::clone(&limits),
+        ) {
             Ok((w, h)) => {
                 workers.push(w);
                 handles.push(h);
@@ -148,6 +165,11 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
         }
     }
 
+    // The bridge sysctl can be set back to 1 while egressd runs (br_netfilter
+    // loaded later): said within seconds, not only by `doctor`.
+    if let Err(e) = crate::hostwatch::spawn(registry.thread()) {
+        warn!(target: "egressd", "cannot watch the bridge sysctl: {e}");
+    }
     let mut docker = Docker::new(Arc::clone(&live), handles.clone(), Arc::clone(&registry));
     if let Err(e) = docker.apply(settings.docker.as_ref()) {
         warn!(target: "egressd", "{e}; running with the config routes only");
@@ -256,7 +278,7 @@ fn reload(
     info!(
         target: "egressd",
         "reloaded: {} tunnels, {} routes; routes, tunnels, docker, warm pools, timeouts, tcp.splice (new flows) and the \
-         udp limits apply now; {RESTART_ONLY} only on restart",
+         tcp and udp limits apply now; {RESTART_ONLY} only on restart",
         new.tunnels.len(),
         new.routes.len()
     );

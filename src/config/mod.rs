@@ -40,6 +40,9 @@ pub struct Settings {
     pub dns: DnsSettings,
     /// Label routes from the Docker Engine API, when set.
     pub docker: Option<DockerSettings>,
+    /// Distinct source addresses a prefix route (or the default route) may
+    /// have at once, TCP and UDP together; host routes are not capped.
+    pub max_sources_per_route: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +254,17 @@ pub struct TcpSettings {
     /// never longer than `idle_timeout`.
     pub half_close_timeout: Duration,
     pub splice: bool,
+    /// Flows one source address may have open at once.
+    pub max_flows_per_source: u32,
+    /// New flows per source: the token bucket's rate and size.
+    pub new_flows_per_source_per_sec: u32,
+    pub new_flows_per_source_burst: u32,
+    /// One source may hold at most half of the descriptors the other
+    /// sources leave free (of the process's limit less a reserve).
+    pub fd_share: bool,
+    /// Client bytes held while tunnels open, per worker; past it a client
+    /// is not read until its tunnel is open.
+    pub early_bytes_per_worker: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -271,7 +285,17 @@ pub struct UdpSettings {
     /// worker, and what one source may hold of it.
     pub pending_bytes_per_worker: usize,
     pub pending_bytes_per_source: usize,
+    /// DNS over TCP: the longest query carried, and the unwritten query
+    /// bytes one connection may queue.
+    pub dns_max_query_bytes: usize,
+    pub dns_queue_bytes_per_connection: usize,
+    /// Sources holding no session whose new-session token bucket is kept
+    /// (process-wide, split across the workers; 0 forgets it at once).
+    pub max_idle_sources: usize,
 }
+
+/// The most `udp.max_idle_sources` may be (about 128 bytes each).
+const MAX_IDLE_SOURCES: usize = 1 << 20;
 
 impl UdpSettings {
     /// Each worker's share of a process-wide bound (`max_sessions`,
@@ -654,6 +678,24 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
                 .into(),
         ));
     }
+    if !(crate::wire::dns::HEADER_LEN..=crate::wire::dns::MAX_MESSAGE).contains(&u.dns_max_query_bytes) {
+        return Err(loc.err(format!(
+            "udp.dns_max_query_bytes is {}; it must be between 12 (a DNS header) and 65535",
+            u.dns_max_query_bytes
+        )));
+    }
+    if u.dns_queue_bytes_per_connection < u.dns_max_query_bytes + 2 {
+        return Err(loc.err(format!(
+            "udp.dns_queue_bytes_per_connection ({}) must hold one framed query: at least dns_max_query_bytes + 2 ({})",
+            u.dns_queue_bytes_per_connection,
+            u.dns_max_query_bytes + 2
+        )));
+    }
+    if u.max_idle_sources > MAX_IDLE_SOURCES {
+        return Err(
+            loc.err(format!("udp.max_idle_sources is {}; at most {MAX_IDLE_SOURCES}", u.max_idle_sources))
+        );
+    }
     if u.pending_bytes_per_source > u.pending_bytes_per_worker {
         return Err(loc.err(format!(
             "udp: pending_bytes_per_source ({}) is more than pending_bytes_per_worker ({}); lower it",
@@ -689,6 +731,11 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
             idle_timeout: secs(loc, "tcp.idle_timeout_secs", raw.tcp.idle_timeout_secs)?,
             half_close_timeout: secs(loc, "tcp.half_close_timeout_secs", raw.tcp.half_close_timeout_secs)?,
             splice: raw.tcp.splice,
+            max_flows_per_source: raw.tcp.max_flows_per_source.0,
+            new_flows_per_source_per_sec: raw.tcp.new_flows_per_source_per_sec.0,
+            new_flows_per_source_burst: raw.tcp.new_flows_per_source_burst.0,
+            fd_share: raw.tcp.fd_share,
+            early_bytes_per_worker: raw.tcp.early_bytes_per_worker,
         },
         udp: UdpSettings {
             idle_timeout: secs(loc, "udp.idle_timeout_secs", u.idle_timeout_secs)?,
@@ -703,6 +750,9 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
             new_sessions_per_source_burst: u.new_sessions_per_source_burst,
             pending_bytes_per_worker: u.pending_bytes_per_worker,
             pending_bytes_per_source: u.pending_bytes_per_source,
+            dns_max_query_bytes: u.dns_max_query_bytes,
+            dns_queue_bytes_per_connection: u.dns_queue_bytes_per_connection,
+            max_idle_sources: u.max_idle_sources,
         },
         threads,
         control: ControlSettings {
@@ -712,6 +762,7 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
         bypass: raw.bypass.iter().map(|c| c.cidr).collect(),
         dns: DnsSettings { upstream },
         docker,
+        max_sources_per_route: raw.max_sources_per_route.0 as usize,
     })
 }
 

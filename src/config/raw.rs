@@ -38,6 +38,10 @@ pub struct RawConfig {
     pub dns: RawDns,
     #[serde(default)]
     pub docker: Option<RawDocker>,
+    /// Distinct source addresses a prefix route (or the default) may have
+    /// at once, TCP and UDP together; host routes are not capped.
+    #[serde(default = "max_sources_default")]
+    pub max_sources_per_route: Positive,
 }
 
 /// Containers choose their tunnel by label, followed on the Engine API.
@@ -167,6 +171,15 @@ pub struct RawTcp {
     /// Idle limit once one direction has ended (half-closed flows).
     pub half_close_timeout_secs: u64,
     pub splice: bool,
+    /// Per source address: flows open at once, and new flows (a token
+    /// bucket: a rate and a burst).
+    pub max_flows_per_source: Positive,
+    pub new_flows_per_source_per_sec: Positive,
+    pub new_flows_per_source_burst: Positive,
+    /// One source holds at most half of the descriptors the others leave free.
+    pub fd_share: bool,
+    /// Client bytes held while tunnels open, per worker (then clients wait).
+    pub early_bytes_per_worker: usize,
 }
 
 impl Default for RawTcp {
@@ -176,6 +189,11 @@ impl Default for RawTcp {
             idle_timeout_secs: 3600,
             half_close_timeout_secs: 60,
             splice: true,
+            max_flows_per_source: Positive(16384),
+            new_flows_per_source_per_sec: Positive(5000),
+            new_flows_per_source_burst: Positive(10000),
+            fd_share: true,
+            early_bytes_per_worker: 4 << 20,
         }
     }
 }
@@ -198,6 +216,14 @@ pub struct RawUdp {
     pub new_sessions_per_source_burst: u32,
     pub pending_bytes_per_worker: usize,
     pub pending_bytes_per_source: usize,
+    /// DNS over TCP: longer queries are dropped (counted).
+    pub dns_max_query_bytes: usize,
+    /// DNS over TCP: unwritten query bytes one connection may queue (while
+    /// it connects, or while the server does not read).
+    pub dns_queue_bytes_per_connection: usize,
+    /// Sources holding no session whose new-session rate state is kept
+    /// (process-wide, split across workers; 0: forgotten with the last session).
+    pub max_idle_sources: usize,
 }
 
 impl Default for RawUdp {
@@ -215,6 +241,9 @@ impl Default for RawUdp {
             new_sessions_per_source_burst: 4096,
             pending_bytes_per_worker: 4 << 20,
             pending_bytes_per_source: 1 << 20,
+            dns_max_query_bytes: 4096,
+            dns_queue_bytes_per_connection: 64 << 10,
+            max_idle_sources: 4096,
         }
     }
 }
@@ -248,6 +277,11 @@ pub struct CidrField {
     pub text: String,
 }
 
+/// A count that must be at least 1 (a limit of 0 would refuse everything),
+/// checked in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Positive(pub u32);
+
 /// A bare IP address, checked in place.
 #[derive(Debug, Clone, Copy)]
 pub struct IpField(pub IpAddr);
@@ -273,6 +307,15 @@ impl<'de> Deserialize<'de> for CidrField {
         match text.parse::<Cidr>() {
             Ok(cidr) => Ok(CidrField { cidr, text }),
             Err(e) => Err(de::Error::custom(format!("\"{text}\": {e}"))),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Positive {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u32::deserialize(d)? {
+            0 => Err(de::Error::custom("this limit must be at least 1 (0 would refuse everything)")),
+            n => Ok(Positive(n)),
         }
     }
 }
@@ -328,4 +371,12 @@ pub const WARM_DEFAULT: u16 = 2;
 
 fn warm_default() -> u16 {
     WARM_DEFAULT
+}
+
+/// Distinct sources per prefix route when the config says nothing: four
+/// times a host with a thousand containers behind one prefix.
+pub const MAX_SOURCES_DEFAULT: u32 = 4096;
+
+fn max_sources_default() -> Positive {
+    Positive(MAX_SOURCES_DEFAULT)
 }

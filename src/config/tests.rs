@@ -313,6 +313,71 @@ fn udp_fairness_keys_default_and_parse() {
     assert!(e.msg.contains("pending_bytes_per_source"), "{}", e.msg);
 }
 
+/// Issue 23: per-source TCP limits, the descriptor share, early bytes and
+/// the cap on sources per route.
+#[test]
+fn tcp_source_limits_and_the_source_cap_default_and_parse() {
+    let s = parse(MINIMAL).unwrap();
+    assert_eq!(s.tcp.max_flows_per_source, 16384);
+    assert_eq!(s.tcp.new_flows_per_source_per_sec, 5000);
+    assert_eq!(s.tcp.new_flows_per_source_burst, 10000);
+    assert!(s.tcp.fd_share);
+    assert_eq!(s.tcp.early_bytes_per_worker, 4 << 20);
+    assert_eq!(s.max_sources_per_route, 4096);
+    let s = parse(&with(
+        "udp: (idle_timeout_secs: 300)",
+        "tcp: (max_flows_per_source: 3, new_flows_per_source_per_sec: 4, new_flows_per_source_burst: 5, \
+         fd_share: false, early_bytes_per_worker: 0), max_sources_per_route: 6, udp: (idle_timeout_secs: 300)",
+    ))
+    .unwrap();
+    assert_eq!(s.tcp.max_flows_per_source, 3);
+    assert_eq!(s.tcp.new_flows_per_source_per_sec, 4);
+    assert_eq!(s.tcp.new_flows_per_source_burst, 5);
+    assert!(!s.tcp.fd_share);
+    assert_eq!(s.tcp.early_bytes_per_worker, 0);
+    assert_eq!(s.max_sources_per_route, 6);
+    // A 0 is refused where it stands.
+    for (bad, col) in [
+        ("tcp: (max_flows_per_source: 0),", 29),
+        ("tcp: (splice: true, new_flows_per_source_per_sec: 0),", 51),
+        ("tcp: (new_flows_per_source_burst: 0),", 35),
+        ("max_sources_per_route: 0,", 24),
+    ] {
+        let e = err(&with("udp: (idle_timeout_secs: 300)", &format!("\n{bad} udp: ()")));
+        assert!(e.msg.contains("at least 1"), "{bad}: {e}");
+        assert_eq!((e.line, e.col), (12, col), "{bad}: {e}");
+    }
+}
+
+/// Issue 23: DNS over TCP within bounds, rate state that outlives sessions.
+#[test]
+fn udp_dns_tcp_and_idle_source_keys_default_and_parse() {
+    let s = parse(MINIMAL).unwrap();
+    assert_eq!(s.udp.dns_max_query_bytes, 4096);
+    assert_eq!(s.udp.dns_queue_bytes_per_connection, 64 << 10);
+    assert_eq!(s.udp.max_idle_sources, 4096);
+    let s = parse(&with(
+        "udp: (idle_timeout_secs: 300)",
+        "udp: (dns_max_query_bytes: 512, dns_queue_bytes_per_connection: 514, max_idle_sources: 0)",
+    ))
+    .unwrap();
+    assert_eq!(s.udp.dns_max_query_bytes, 512);
+    assert_eq!(s.udp.dns_queue_bytes_per_connection, 514);
+    assert_eq!(s.udp.max_idle_sources, 0);
+    for (bad, says) in [
+        ("udp: (dns_max_query_bytes: 11)", "dns_max_query_bytes"),
+        ("udp: (dns_max_query_bytes: 65536)", "dns_max_query_bytes"),
+        (
+            "udp: (dns_max_query_bytes: 512, dns_queue_bytes_per_connection: 513)",
+            "dns_queue_bytes_per_connection",
+        ),
+        ("udp: (max_idle_sources: 2000000)", "max_idle_sources"),
+    ] {
+        let e = err(&with("udp: (idle_timeout_secs: 300)", bad));
+        assert!(e.msg.contains(says), "{bad}: {}", e.msg);
+    }
+}
+
 #[test]
 fn docker_section() {
     let s = parse(&with("udp:", "docker: (), udp:")).unwrap();

@@ -103,11 +103,9 @@ impl Control {
     pub fn handle(&self, req: Request) -> Result<String, String> {
         match req {
             Request::Stats => {
-                let mut t = stats::table(
-                    &self.registry.total(),
-                    &self.registry.per_tunnel(),
-                    &named_sources(&self.live.load(), self.registry.per_source()),
-                );
+                let sources = named_sources(&self.live.load(), self.registry.per_source());
+                let mut t = stats::table(&self.registry.total(), &self.registry.per_tunnel(), &sources);
+                t.push_str(&refusals(&sources));
                 t.push_str(&self.registry.pools.table());
                 Ok(t)
             }
@@ -272,12 +270,7 @@ fn top_rows(s: &Shared, sources: &[(String, stats::Snapshot)]) -> String {
                 _ => "-",
             },
         };
-        let drops: u64 = snap
-            .fields()
-            .into_iter()
-            .filter(|(n, _)| n.starts_with("drop_") || n.starts_with("udp_drop_"))
-            .map(|(_, v)| v)
-            .sum();
+        let drops: u64 = snap.fields().into_iter().filter(|(n, _)| is_drop(n)).map(|(_, v)| v).sum();
         o.push_str(&format!(
             "{label}\t{}\t{tunnel}\t{}\t{}\t{}\t{}\t{drops}\n",
             clean(name),
@@ -288,6 +281,30 @@ fn top_rows(s: &Shared, sources: &[(String, stats::Snapshot)]) -> String {
         ));
     }
     o
+}
+
+/// Whether a counter counts connections reset or datagrams dropped (the
+/// DROPS column of `top`, the refusals of `stats`).
+fn is_drop(name: &str) -> bool {
+    name.starts_with("drop_") || name.starts_with("udp_drop_") || name.starts_with("tcp_drop_")
+}
+
+/// `stats`' section on what each route source had refused or dropped, by
+/// counter (per-source limits among them); empty when nothing was.
+fn refusals(sources: &[(String, stats::Snapshot)]) -> String {
+    let mut o = String::new();
+    for (name, snap) in sources {
+        let list: Vec<String> = snap
+            .fields()
+            .into_iter()
+            .filter(|&(n, v)| v > 0 && is_drop(n))
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect();
+        if !list.is_empty() {
+            o.push_str(&format!("  {name:<24} {}\n", list.join(", ")));
+        }
+    }
+    if o.is_empty() { o } else { format!("\nrefused or dropped, per route source:\n{o}") }
 }
 
 /// A container name as one tab-separated field: no tabs, newlines or
@@ -495,6 +512,7 @@ mod tests {
         stats::Counters::inc(&w2.udp_sessions_active);
         stats::Counters::add(&w2.udp_drop_shed, 3);
         stats::Counters::add(&w2.drop_queue_full, 2);
+        stats::Counters::add(&w2.tcp_drop_fd_share, 4);
         stats::Counters::add(&w2.udp_sessions_total, 50); // not a drop
         r.source("10.8.0.0/24");
         r.source("10.8.0.5/32");
@@ -504,10 +522,18 @@ mod tests {
         let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split('\t').collect()).collect();
         assert!(rows.iter().all(|f| f.len() == 8), "{out}");
         let row = |src: &str| rows.iter().find(|f| f[0] == src).unwrap_or_else(|| panic!("{src}: {out}"));
-        assert_eq!(row("10.8.0.4/32"), &["10.8.0.4/32", "w2?x", "b", "1", "1", "15", "1000", "5"]);
+        assert_eq!(row("10.8.0.4/32"), &["10.8.0.4/32", "w2?x", "b", "1", "1", "15", "1000", "9"]);
         assert_eq!(row("10.8.0.0/24")[1..3], ["-", "a"]);
         assert_eq!(row("10.8.0.5/32")[1..3], ["bad", "reject"]);
         assert_eq!(row("10.8.0.9/32")[1..3], ["-", "-"]);
         assert_eq!(row("(default)")[1..3], ["-", "b"]);
+        // `stats` lists what each source had refused, by counter.
+        let text = refusals(&r.per_source());
+        assert!(
+            text.contains("10.8.0.4/32              drop_queue_full 2, tcp_drop_fd_share 4, udp_drop_shed 3"),
+            "{text}"
+        );
+        assert!(!text.contains("10.8.0.5/32"), "{text}");
+        assert_eq!(refusals(&[]), "");
     }
 }

@@ -60,11 +60,7 @@ pub(super) fn command(prog: &str, args: &[&str]) -> Result<String, String> {
 }
 
 /// `UdpNoPorts` and `Udp6NoPorts` now (absent ones as `None`).
-pub(super) fn noports() -> (Option<u64>, Option<u64>) {
-    let v4 = std::fs::read_to_string("/proc/net/snmp").ok().and_then(|t| parse::snmp_udp_noports(&t));
-    let v6 = std::fs::read_to_string("/proc/net/snmp6").ok().and_then(|t| parse::snmp6_udp_noports(&t));
-    (v4, v6)
-}
+pub(super) use crate::hostwatch::noports;
 
 impl<'a> Host<'a> {
     pub(super) fn read(settings: &'a Settings, config: String, upstream_default: bool) -> Host<'a> {

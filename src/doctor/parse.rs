@@ -91,24 +91,6 @@ pub(super) fn has_local_default_lo(text: &str) -> bool {
     })
 }
 
-/// `Udp: ... NoPorts ...` from `/proc/net/snmp` (a header line, then values).
-pub(super) fn snmp_udp_noports(text: &str) -> Option<u64> {
-    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
-    let header = lines.next()?;
-    let values = lines.next()?;
-    let col = header.split_whitespace().position(|w| w == "NoPorts")?;
-    values.split_whitespace().nth(col)?.parse().ok()
-}
-
-/// `Udp6NoPorts   N` from `/proc/net/snmp6`.
-pub(super) fn snmp6_udp_noports(text: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let mut w = l.split_whitespace();
-        (w.next()? == "Udp6NoPorts").then_some(())?;
-        w.next()?.parse().ok()
-    })
-}
-
 /// One socket from `/proc/net/{tcp,udp}{,6}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct ProcSocket {

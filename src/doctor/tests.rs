@@ -120,13 +120,13 @@ fn local_route() {
 
 #[test]
 fn snmp_counters() {
-    assert_eq!(snmp_udp_noports(SNMP), Some(42));
-    assert_eq!(snmp_udp_noports("Udp: InDatagrams\nUdp: 1\n"), None);
-    assert_eq!(snmp_udp_noports(""), None);
+    assert_eq!(crate::hostwatch::snmp_udp_noports(SNMP), Some(42));
+    assert_eq!(crate::hostwatch::snmp_udp_noports("Udp: InDatagrams\nUdp: 1\n"), None);
+    assert_eq!(crate::hostwatch::snmp_udp_noports(""), None);
     let snmp6 =
         "Udp6InDatagrams                 \t12\nUdp6NoPorts                     \t7\nUdpLite6NoPorts \t0\n";
-    assert_eq!(snmp6_udp_noports(snmp6), Some(7));
-    assert_eq!(snmp6_udp_noports("Udp6NoPorts x"), None);
+    assert_eq!(crate::hostwatch::snmp6_udp_noports(snmp6), Some(7));
+    assert_eq!(crate::hostwatch::snmp6_udp_noports("Udp6NoPorts x"), None);
 }
 
 #[test]

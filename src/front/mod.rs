@@ -218,6 +218,8 @@ pub struct FrontLoop {
     paused_until: Option<Instant>,
     /// When a pause was last logged at warn (once a minute at most).
     pause_warned: Option<Instant>,
+    /// The full-queue warning, once a minute at most.
+    queue_warned: crate::lograte::Every,
 }
 
 /// A listening socket for `addr`, as every front loop opens it (`fronts`
@@ -297,6 +299,7 @@ impl FrontLoop {
             counters,
             paused_until: None,
             pause_warned: None,
+            queue_warned: Default::default(),
         })
     }
 
@@ -420,7 +423,12 @@ impl FrontLoop {
             Ok(()) => self.workers[w].wake(),
             Err(Handoff::Tcp(h)) => {
                 Counters::inc(&self.counters.drop_queue_full);
-                warn!(target: "egressd::front", "{client} -> tcp {orig_dst}: worker {w} queue full; reset");
+                if let Some(n) = self.queue_warned.due(Instant::now()) {
+                    warn!(target: "egressd::front", "{client} -> tcp {orig_dst}: worker {w} queue full; reset (counted: drop_queue_full){}",
+                        crate::lograte::more(n));
+                } else {
+                    debug!(target: "egressd::front", "{client} -> tcp {orig_dst}: worker {w} queue full; reset");
+                }
                 reset(&SockRef::from(&h.stream));
             }
             Err(_) => unreachable!("a TCP hand-off comes back as TCP"),

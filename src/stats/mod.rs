@@ -57,6 +57,18 @@ counters! {
     tcp_bytes_down,
     /// Flows currently open (incremented and decremented by the owner).
     tcp_flows_active,
+    /// Reset: the source had tcp.max_flows_per_source flows open.
+    tcp_drop_source_flows,
+    /// Reset: the source was over tcp.new_flows_per_source_per_sec.
+    tcp_drop_source_rate,
+    /// Reset: the source held its share of the file descriptors.
+    tcp_drop_fd_share,
+    /// Reset: a new source past its route's max_sources_per_route.
+    tcp_drop_source_cap,
+    /// Client bytes held while tunnels open (gauge), and the flows whose
+    /// client was left unread because the worker's early-byte budget was spent.
+    tcp_early_bytes,
+    tcp_early_waits,
     /// Datagrams from clients accepted for a tunnel, and their bytes.
     udp_dgrams_up,
     udp_bytes_up,
@@ -81,6 +93,8 @@ counters! {
     udp_drop_pending_bytes,
     /// Dropped: a new session from a source over new_sessions_per_source_per_sec.
     udp_drop_source_rate,
+    /// Dropped: a new source past its route's max_sources_per_route.
+    udp_drop_source_cap,
     /// Sessions a source gave up at max_sessions_per_source (its own oldest).
     udp_source_full,
     /// Dropped: a reply naming a host, loopback or container address as its source.
@@ -108,10 +122,22 @@ counters! {
     /// DNS queries carried over TCP, and their answers.
     dns_tcp_queries,
     dns_tcp_answers,
-    /// DNS over TCP: connections opened (pooled per tunnel and resolver),
-    /// and queries dropped unanswered after udp.dns_answer_timeout_secs.
+    /// DNS over TCP: connections opened (pooled per tunnel, source address
+    /// and resolver), and queries dropped unanswered after
+    /// udp.dns_answer_timeout_secs (each on its own; the connection stays).
     dns_tcp_connections,
     dns_tcp_timeouts,
+    /// DNS over TCP, dropped: a query longer than udp.dns_max_query_bytes;
+    /// a query its connection could not take (udp.dns_queue_bytes_per_connection
+    /// unwritten, or 1 024 in flight).
+    dns_tcp_drop_too_big,
+    dns_tcp_drop_queue_full,
+    /// DNS-over-TCP connections closed because queries went late and the
+    /// server answered nothing for udp.dns_answer_timeout_secs; queries in
+    /// flight lost when their connection closed (stalled, closed by the
+    /// server, failed, or not open in time).
+    dns_tcp_stalled,
+    dns_tcp_lost,
     /// Labelled containers whose label names no tunnel (each counted once).
     docker_unknown_tunnel,
     /// Label routes (container addresses) live now.
@@ -138,6 +164,12 @@ counters! {
     pool_udp_size,
     /// TCP flows whose first bytes followed the request without waiting for its answer.
     tcp_pipelined,
+    /// The host's net.bridge.bridge-nf-call-ip(6)tables (1: the bridge trap,
+    /// every container's UDP is dropped), and its UdpNoPorts + Udp6NoPorts,
+    /// read every few seconds (`hostwatch`).
+    bridge_nf_call_iptables,
+    bridge_nf_call_ip6tables,
+    host_udp_noports,
 }
 
 impl Counters {
@@ -275,11 +307,14 @@ pub fn is_gauge(name: &str) -> bool {
         || matches!(
             name,
             "udp_reply_sockets"
+                | "tcp_early_bytes"
                 | "docker_label_routes"
                 | "pool_ready"
                 | "pool_size"
                 | "pool_udp_ready"
                 | "pool_udp_size"
+                | "bridge_nf_call_iptables"
+                | "bridge_nf_call_ip6tables"
         )
 }
 
@@ -360,6 +395,20 @@ pub fn prometheus(
             "tcp_bytes_up" => "TCP bytes from clients to tunnels",
             "tcp_bytes_down" => "TCP bytes from tunnels to clients",
             "tcp_flows_active" => "TCP flows open now",
+            "tcp_drop_source_flows" => "TCP connections reset: the source had tcp.max_flows_per_source open",
+            "tcp_drop_source_rate" => {
+                "TCP connections reset: the source was over tcp.new_flows_per_source_per_sec"
+            }
+            "tcp_drop_fd_share" => {
+                "TCP connections reset: the source held its share of the file descriptors (tcp.fd_share)"
+            }
+            "tcp_drop_source_cap" => {
+                "TCP connections reset: a new source past its route's max_sources_per_route"
+            }
+            "tcp_early_bytes" => "Client bytes held while TCP tunnels open now",
+            "tcp_early_waits" => {
+                "TCP flows whose client was left unread while opening: the worker's early-byte budget was spent"
+            }
             "udp_dgrams_up" => "UDP datagrams from clients accepted for a tunnel",
             "udp_bytes_up" => "UDP payload bytes from clients accepted for a tunnel",
             "udp_dgrams_down" => "UDP datagrams delivered to clients",
@@ -376,6 +425,9 @@ pub fn prometheus(
             }
             "udp_drop_source_rate" => {
                 "UDP datagrams dropped: a new session over new_sessions_per_source_per_sec"
+            }
+            "udp_drop_source_cap" => {
+                "UDP datagrams dropped: a new source past its route's max_sources_per_route"
             }
             "udp_source_full" => "UDP sessions a source gave up at max_sessions_per_source (its own oldest)",
             "udp_drop_reply_source" => {
@@ -395,8 +447,18 @@ pub fn prometheus(
             "udp_reply_sockets" => "UDP reply sockets open now",
             "dns_tcp_queries" => "DNS queries carried over the tunnel's TCP",
             "dns_tcp_answers" => "DNS answers received over the tunnel's TCP",
-            "dns_tcp_connections" => "DNS-over-TCP connections opened (pooled per tunnel and resolver)",
+            "dns_tcp_connections" => {
+                "DNS-over-TCP connections opened (pooled per tunnel, source address and resolver)"
+            }
             "dns_tcp_timeouts" => "DNS queries over TCP dropped unanswered after udp.dns_answer_timeout_secs",
+            "dns_tcp_drop_too_big" => "DNS queries over TCP dropped: longer than udp.dns_max_query_bytes",
+            "dns_tcp_drop_queue_full" => {
+                "DNS queries over TCP dropped: their connection's queue was full (unwritten bytes or queries in flight)"
+            }
+            "dns_tcp_stalled" => {
+                "DNS-over-TCP connections closed: queries late and no answer from the server for dns_answer_timeout_secs"
+            }
+            "dns_tcp_lost" => "DNS queries over TCP lost in flight when their connection closed",
             "docker_unknown_tunnel" => "Labelled containers whose label names no tunnel",
             "docker_label_routes" => "Docker label routes (container addresses) live now",
             "pool_hits" => "TCP flows that found a greeted connection ready in the tunnel's warm pool",
@@ -420,6 +482,15 @@ pub fn prometheus(
             "pool_udp_size" => "Configured size of warm UDP association pools (warm_udp)",
             "tcp_pipelined" => {
                 "TCP flows whose first bytes followed the request without waiting for its answer"
+            }
+            "bridge_nf_call_iptables" => {
+                "net.bridge.bridge-nf-call-iptables in egressd's namespace (1: bridged UDP to egressd is dropped)"
+            }
+            "bridge_nf_call_ip6tables" => {
+                "net.bridge.bridge-nf-call-ip6tables in egressd's namespace (1: bridged UDP to egressd is dropped)"
+            }
+            "host_udp_noports" => {
+                "The host's UdpNoPorts + Udp6NoPorts (datagrams to a closed port, any port)"
             }
             _ => "egressd counter",
         }

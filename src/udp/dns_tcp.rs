@@ -1,32 +1,54 @@
 //! One DNS-over-TCP connection's bytes, sans-IO: queries framed out with
 //! wire IDs of their own, answers cut back into datagrams with each
-//! client's ID restored.
+//! client's ID restored, and each query's own answer timeout.
 //!
-//! Queries of many clients share one connection (pipelined, RFC 7766 §6.2.1),
-//! and clients' IDs collide, so each query goes out with a wire ID unique on
-//! the connection; the answer's wire ID finds the client and its own ID
-//! again. Everything read here comes from a remote (the resolver, through an
-//! exit that may itself be hostile), so every step is total: a frame too
-//! short to hold a DNS header, an ID nobody asked with, a frame split at
-//! any byte, a stream that never completes — each is a value, never a panic.
+//! Queries of one source share one connection per resolver (pipelined,
+//! RFC 7766 §6.2.1), and clients' IDs collide, so each query goes out with
+//! a wire ID unique on the connection; the answer's wire ID finds the client
+//! and its own ID again. Everything read here comes from a remote (the
+//! resolver, through an exit that may itself be hostile), so every step is
+//! total: a frame too short to hold a DNS header, an ID nobody asked with,
+//! a frame split at any byte, a stream that never completes — each is a
+//! value, never a panic.
 //!
 //! ```text
-//!   query(client, msg) ─► [len][wire id][msg[2..]] ─► out  (the worker writes it)
+//!   query(client, msg) ─► [len][wire id][msg[2..]] ─► unwritten ─► wrote(n)  (the worker writes it)
+//!     refused: NotAQuery, TooBig (> max_query), QueueFull (> max_queued unwritten), Full (1 024 in flight)
 //!   bytes read ─► feed ─► next_answer ─► Answer { client, len }  (msg with the client's ID, in `out`)
 //!                                   ├──► Stray       (too short for a header, or an ID not in flight)
 //!                                   ├──► NeedMore    (a partial frame is kept)
 //!                                   └──► Broken      (a zero-length frame: the stream is not DNS)
+//!   expire(now, timeout) ─► Keep { late, next }  each query unanswered for `timeout` dropped alone
+//!                       └─► Stalled { late, lost }  queries went late and the server answered
+//!                                                   nothing for `timeout`: close the connection
 //! ```
+//!
+//! [`DnsStream::cost`] is what the connection holds beyond its fixed size:
+//! unwritten query bytes, [`QUERY_OVERHEAD`] per query in flight and the
+//! answer bytes of a frame not yet whole; the worker counts it against the
+//! source's pending budget. Buffers larger than a few hundred bytes are freed
+//! when they empty, so an idle connection holds next to nothing.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::wire::Parse;
 use crate::wire::dns::{self, DnsFrameError};
 
 /// Queries in flight on one connection; more are refused.
 pub const MAX_INFLIGHT: usize = 1024;
+
+/// What a query in flight costs beyond its bytes: its record and its slots
+/// in the tables (about 100 bytes; see the test `a_query_record_is_small`).
+pub const QUERY_OVERHEAD: usize = 128;
+
+/// Buffers (and tables) larger than this are freed when they empty.
+const KEEP: usize = 512;
+
+/// Answered entries `Inflight::order` may keep beyond twice the queries in
+/// flight before it is swept.
+const ORDER_SLACK: usize = 32;
 
 /// A query waiting for its answer.
 #[derive(Debug, Clone, Copy)]
@@ -42,7 +64,8 @@ struct Query {
 pub struct Inflight {
     by_id: HashMap<u16, Query>,
     /// Wire IDs in the order sent, for the answer timeout (answered ones
-    /// are skipped lazily).
+    /// are skipped lazily; at most twice those in flight, plus
+    /// `ORDER_SLACK`).
     order: VecDeque<(u16, Instant)>,
     next_id: u16,
 }
@@ -69,12 +92,21 @@ impl Inflight {
         self.next_id = self.next_id.wrapping_add(1);
         self.by_id.insert(wire, Query { client, id, sent: now });
         self.order.push_back((wire, now));
+        // Answered queries behind a slow one stay in `order` until it goes;
+        // past twice those in flight they are swept out (amortised: a sweep
+        // removes more than half of what it walks).
+        if self.order.len() > 2 * self.by_id.len() + ORDER_SLACK {
+            let by_id = &self.by_id;
+            self.order.retain(|&(id, sent)| by_id.get(&id).is_some_and(|q| q.sent == sent));
+        }
         Some(wire)
     }
 
     /// The client and its own ID for an answer with this wire ID.
     fn answer(&mut self, wire: u16) -> Option<(SocketAddr, u16)> {
-        self.by_id.remove(&wire).map(|q| (q.client, q.id))
+        let q = self.by_id.remove(&wire).map(|q| (q.client, q.id));
+        self.trim();
+        q
     }
 
     /// The send time of the oldest query still unanswered.
@@ -87,13 +119,61 @@ impl Inflight {
         }
         None
     }
+
+    /// Drops every query sent `timeout` or longer before `now`; how many.
+    fn expire(&mut self, now: Instant, timeout: Duration) -> usize {
+        let mut late = 0;
+        while let Some(sent) = self.oldest() {
+            if sent.checked_add(timeout).is_none_or(|due| due > now) {
+                break;
+            }
+            if let Some((id, _)) = self.order.pop_front() {
+                self.by_id.remove(&id);
+                late += 1;
+            }
+        }
+        self.trim();
+        late
+    }
+
+    fn clear(&mut self) -> usize {
+        let n = self.by_id.len();
+        self.by_id.clear();
+        self.order.clear();
+        self.trim();
+        n
+    }
+
+    /// Empty tables grown by a burst are freed.
+    fn trim(&mut self) {
+        if self.by_id.is_empty()
+            && self.by_id.capacity() * std::mem::size_of::<(u16, Query)>()
+                + self.order.capacity() * std::mem::size_of::<(u16, Instant)>()
+                > KEEP
+        {
+            self.by_id = HashMap::new();
+            self.order = VecDeque::new();
+        }
+    }
+}
+
+/// What one connection may hold (`udp.dns_max_query_bytes`,
+/// `udp.dns_queue_bytes_per_connection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    pub max_query: usize,
+    pub max_queued: usize,
 }
 
 /// Why a query was not framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueryRefused {
-    /// Not a DNS query (no whole header, the QR bit set, or too long).
+    /// Not a DNS query (no whole header, the QR bit set, or too long to frame).
     NotAQuery,
+    /// Longer than [`Caps::max_query`].
+    TooBig,
+    /// [`Caps::max_queued`] unwritten bytes would be exceeded.
+    QueueFull,
     /// [`MAX_INFLIGHT`] queries are waiting on this connection.
     Full,
 }
@@ -113,24 +193,70 @@ pub enum Next {
     Broken(DnsFrameError),
 }
 
+/// What the answer timeout did (see [`DnsStream::expire`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// `late` queries dropped, each alone; the next one is due at `next`
+    /// (`None`: nothing in flight).
+    Keep { late: usize, next: Option<Instant> },
+    /// `late` queries went late and the server has answered nothing for
+    /// the timeout (bytes that never make an answer — a trickle, strays —
+    /// do not count): it stopped answering (or reading). Close the connection;
+    /// `lost` more queries were in flight on it (all dropped now).
+    Stalled { late: usize, lost: usize },
+}
+
 /// One connection's queries and answers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DnsStream {
     pub inflight: Inflight,
+    /// Framed queries; `out[out_pos..]` not yet written.
+    out: Vec<u8>,
+    out_pos: usize,
     /// Answer bytes read and not yet cut into frames; `used` of them done.
     inbuf: Vec<u8>,
     used: usize,
+    /// When the server last answered a query in flight (or the stream
+    /// began, or opened), and when it last sent bytes.
+    heard: Instant,
+    fed_at: Instant,
 }
 
 impl DnsStream {
-    /// Frames `query` of `client` with a wire ID of its own onto `out`.
+    pub fn new(now: Instant) -> DnsStream {
+        DnsStream {
+            inflight: Inflight::default(),
+            out: Vec::new(),
+            out_pos: 0,
+            inbuf: Vec::new(),
+            used: 0,
+            heard: now,
+            fed_at: now,
+        }
+    }
+
+    /// What framing a query of `len` bytes adds to [`cost`](Self::cost).
+    pub fn cost_of(len: usize) -> usize {
+        len + dns::PREFIX_LEN + QUERY_OVERHEAD
+    }
+
+    /// What the connection holds beyond its fixed size, in bytes: unwritten
+    /// queries, [`QUERY_OVERHEAD`] per query in flight, a partial answer.
+    pub fn cost(&self) -> usize {
+        self.unwritten().len() + self.inflight.len() * QUERY_OVERHEAD + self.buffered()
+    }
+
+    /// Frames `query` of `client` with a wire ID of its own, to be written.
     pub fn query(
         &mut self,
         client: SocketAddr,
         query: &[u8],
         now: Instant,
-        out: &mut Vec<u8>,
+        caps: Caps,
     ) -> Result<(), QueryRefused> {
+        if query.len() > caps.max_query {
+            return Err(QueryRefused::TooBig);
+        }
         if !dns::is_query(query) {
             return Err(QueryRefused::NotAQuery);
         }
@@ -139,16 +265,50 @@ impl DnsStream {
         else {
             return Err(QueryRefused::NotAQuery);
         };
+        if self.unwritten().len() + dns::PREFIX_LEN + query.len() > caps.max_queued {
+            return Err(QueryRefused::QueueFull);
+        }
         let wire = self.inflight.add(client, id, now).ok_or(QueryRefused::Full)?;
-        out.extend_from_slice(&prefix);
-        out.extend_from_slice(&wire.to_be_bytes());
-        out.extend_from_slice(rest);
+        // What was written is dropped before the buffer grows past twice
+        // what is still to write.
+        if self.out_pos > 0 && self.out_pos >= self.out.len() / 2 {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+        self.out.extend_from_slice(&prefix);
+        self.out.extend_from_slice(&wire.to_be_bytes());
+        self.out.extend_from_slice(rest);
         Ok(())
     }
 
-    /// Bytes the server sent.
-    pub fn feed(&mut self, bytes: &[u8]) {
+    /// The framed queries not yet written.
+    pub fn unwritten(&self) -> &[u8] {
+        self.out.get(self.out_pos..).unwrap_or_default()
+    }
+
+    /// `n` bytes of [`unwritten`](Self::unwritten) were written.
+    pub fn wrote(&mut self, n: usize) {
+        self.out_pos = self.out_pos.saturating_add(n).min(self.out.len());
+        if self.out_pos == self.out.len() {
+            if self.out.capacity() > KEEP {
+                self.out = Vec::new();
+            } else {
+                self.out.clear();
+            }
+            self.out_pos = 0;
+        }
+    }
+
+    /// The tunnel is open at `now` (the exit finished its handshake): the
+    /// server's silence counts from here.
+    pub fn opened(&mut self, now: Instant) {
+        self.heard = now;
+    }
+
+    /// Bytes the server sent at `now`.
+    pub fn feed(&mut self, bytes: &[u8], now: Instant) {
         self.inbuf.extend_from_slice(bytes);
+        self.fed_at = now;
     }
 
     /// Bytes held for a frame not yet whole.
@@ -181,15 +341,36 @@ impl DnsStream {
         let (head, tail) = dst.split_at_mut(2);
         head.copy_from_slice(&id.to_be_bytes());
         tail.copy_from_slice(body);
+        self.heard = self.fed_at;
         Next::Answer { client, len: msg.len() }
     }
 
-    /// Drops the frames already cut; frees the buffer when nothing is left.
+    /// Drops each query unanswered for `timeout` at `now`, on its own: the
+    /// others on the connection go on. Only when the server has also
+    /// answered nothing for that long is the connection done for
+    /// ([`Expiry::Stalled`]).
+    pub fn expire(&mut self, now: Instant, timeout: Duration) -> Expiry {
+        let late = self.inflight.expire(now, timeout);
+        if late > 0 && self.heard.checked_add(timeout).is_some_and(|t| t <= now) {
+            let lost = self.inflight.clear();
+            return Expiry::Stalled { late, lost };
+        }
+        Expiry::Keep { late, next: self.inflight.oldest().and_then(|t| t.checked_add(timeout)) }
+    }
+
+    /// Drops the frames already cut; frees a buffer grown past what it holds.
     fn compact(&mut self) {
         if self.used >= self.inbuf.len() {
-            self.inbuf = Vec::new();
+            if self.inbuf.capacity() > KEEP {
+                self.inbuf = Vec::new();
+            } else {
+                self.inbuf.clear();
+            }
         } else if self.used > 0 {
             self.inbuf.drain(..self.used);
+            if self.inbuf.capacity() > KEEP.max(2 * self.inbuf.len()) {
+                self.inbuf.shrink_to(KEEP.max(self.inbuf.len()));
+            }
         }
         self.used = 0;
     }
@@ -198,7 +379,9 @@ impl DnsStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    const CAPS: Caps = Caps { max_query: dns::MAX_MESSAGE, max_queued: usize::MAX };
+    const S: Duration = Duration::from_secs(1);
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -220,6 +403,13 @@ mod tests {
         a
     }
 
+    /// Takes everything framed so far, as the worker's write would.
+    fn take(s: &mut DnsStream) -> Vec<u8> {
+        let v = s.unwritten().to_vec();
+        s.wrote(v.len());
+        v
+    }
+
     fn drain(s: &mut DnsStream) -> Vec<Next> {
         let mut out = vec![0u8; dns::MAX_MESSAGE];
         let mut v = Vec::new();
@@ -237,17 +427,17 @@ mod tests {
 
     #[test]
     fn colliding_ids_get_their_own_wire_ids_and_come_back() {
-        let mut s = DnsStream::default();
         let t0 = Instant::now();
-        let (a, b) = (addr("10.8.0.10:40000"), addr("10.8.0.11:40001"));
-        let mut out = Vec::new();
-        s.query(a, &query(0x1234, b"a"), t0, &mut out).unwrap();
-        let first = out.len();
-        s.query(b, &query(0x1234, b"b"), t0, &mut out).unwrap();
+        let mut s = DnsStream::new(t0);
+        let (a, b) = (addr("10.8.0.10:40000"), addr("10.8.0.10:40001"));
+        s.query(a, &query(0x1234, b"a"), t0, CAPS).unwrap();
+        let first = s.unwritten().len();
+        s.query(b, &query(0x1234, b"b"), t0, CAPS).unwrap();
+        let out = take(&mut s);
         assert_ne!(out[2..4], out[first + 2..first + 4], "the same client ID twice on one connection");
         // Answers out of order (RFC 7766 §7).
-        s.feed(&answer_to(&out[first..]));
-        s.feed(&answer_to(&out[..first]));
+        s.feed(&answer_to(&out[first..]), t0);
+        s.feed(&answer_to(&out[..first]), t0);
         let mut msg = vec![0u8; dns::MAX_MESSAGE];
         assert_eq!(s.next_answer(&mut msg), Next::Answer { client: b, len: 13 });
         assert_eq!(&msg[..2], &0x1234u16.to_be_bytes());
@@ -263,42 +453,42 @@ mod tests {
     /// header, are strays, not a crash; the stream goes on after them.
     #[test]
     fn hostile_frames_are_strays_or_a_broken_stream() {
-        let mut s = DnsStream::default();
-        let mut out = Vec::new();
-        s.query(addr("10.8.0.10:1"), &query(7, b""), Instant::now(), &mut out).unwrap();
+        let t0 = Instant::now();
+        let mut s = DnsStream::new(t0);
+        s.query(addr("10.8.0.10:1"), &query(7, b""), t0, CAPS).unwrap();
+        let out = take(&mut s);
         for short in [&[0u8, 1, 0][..], &[0, 2, 0, 0], &[0, 11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]] {
-            s.feed(short);
+            s.feed(short, t0);
             assert_eq!(drain(&mut s), vec![Next::Stray], "{short:?}");
         }
         // An ID nobody asked with: a stray too.
-        s.feed(&answer_to(&[&[0u8, 12][..], &query(999, b"")[..]].concat()));
+        s.feed(&answer_to(&[&[0u8, 12][..], &query(999, b"")[..]].concat()), t0);
         assert_eq!(drain(&mut s), vec![Next::Stray]);
         // The real answer still finds its client.
-        s.feed(&answer_to(&out));
+        s.feed(&answer_to(&out), t0);
         assert!(matches!(drain(&mut s)[..], [Next::Answer { len: 12, .. }]));
         // A zero-length frame: the stream is not DNS.
-        s.feed(&[0, 0]);
+        s.feed(&[0, 0], t0);
         assert_eq!(drain(&mut s), vec![Next::Broken(DnsFrameError::ZeroLength)]);
     }
 
     #[test]
     fn a_stream_split_at_every_byte_gives_the_same_answers() {
         let t0 = Instant::now();
-        let mut whole = DnsStream::default();
-        let mut out = Vec::new();
+        let mut whole = DnsStream::new(t0);
         for i in 0..3u16 {
-            whole.query(addr("10.8.0.10:1"), &query(i, &[i as u8; 5]), t0, &mut out).unwrap();
+            whole.query(addr("10.8.0.10:1"), &query(i, &[i as u8; 5]), t0, CAPS).unwrap();
         }
-        let answers = answer_to_all(&out);
+        let answers = answer_to_all(&take(&mut whole));
         for cut in 0..=answers.len() {
-            let mut s = DnsStream::default();
-            let mut o = Vec::new();
+            let mut s = DnsStream::new(t0);
             for i in 0..3u16 {
-                s.query(addr("10.8.0.10:1"), &query(i, &[i as u8; 5]), t0, &mut o).unwrap();
+                s.query(addr("10.8.0.10:1"), &query(i, &[i as u8; 5]), t0, CAPS).unwrap();
             }
-            s.feed(&answers[..cut]);
+            take(&mut s);
+            s.feed(&answers[..cut], t0);
             let mut got = drain(&mut s);
-            s.feed(&answers[cut..]);
+            s.feed(&answers[cut..], t0);
             got.extend(drain(&mut s));
             assert_eq!(got.len(), 3, "cut at {cut}");
             assert!(got.iter().all(|n| matches!(n, Next::Answer { len: 17, .. })), "cut at {cut}");
@@ -318,20 +508,183 @@ mod tests {
 
     #[test]
     fn what_is_not_a_query_is_refused_and_the_table_is_bounded() {
-        let mut s = DnsStream::default();
         let t0 = Instant::now();
+        let mut s = DnsStream::new(t0);
         let c = addr("10.8.0.10:1");
-        let mut out = Vec::new();
-        assert_eq!(s.query(c, &[0, 1], t0, &mut out), Err(QueryRefused::NotAQuery));
+        assert_eq!(s.query(c, &[0, 1], t0, CAPS), Err(QueryRefused::NotAQuery));
         let mut response = query(1, b"");
         response[2] |= 0x80;
-        assert_eq!(s.query(c, &response, t0, &mut out), Err(QueryRefused::NotAQuery));
-        assert!(out.is_empty());
+        assert_eq!(s.query(c, &response, t0, CAPS), Err(QueryRefused::NotAQuery));
+        assert!(s.unwritten().is_empty());
         for _ in 0..MAX_INFLIGHT {
-            s.query(c, &query(7, b""), t0, &mut out).unwrap();
+            s.query(c, &query(7, b""), t0, CAPS).unwrap();
         }
-        assert_eq!(s.query(c, &query(7, b""), t0, &mut out), Err(QueryRefused::Full));
+        assert_eq!(s.query(c, &query(7, b""), t0, CAPS), Err(QueryRefused::Full));
         assert_eq!(s.inflight.len(), MAX_INFLIGHT);
+    }
+
+    /// Issue 23: a query longer than the cap, and one the connection's
+    /// queue of unwritten bytes cannot take, are refused; what the stream
+    /// holds is what `cost` says, and goes back to nothing.
+    #[test]
+    fn size_and_queue_caps_and_what_a_connection_costs() {
+        let t0 = Instant::now();
+        let mut s = DnsStream::new(t0);
+        let c = addr("10.8.0.10:1");
+        let caps = Caps { max_query: 100, max_queued: 250 };
+        assert_eq!(s.query(c, &query(1, &[0; 89]), t0, caps), Err(QueryRefused::TooBig));
+        assert_eq!(s.cost(), 0);
+        s.query(c, &query(1, &[0; 88]), t0, caps).unwrap();
+        s.query(c, &query(2, &[0; 88]), t0, caps).unwrap();
+        assert_eq!(s.cost(), 2 * DnsStream::cost_of(100));
+        // 204 unwritten: a third (102) would pass 250.
+        assert_eq!(s.query(c, &query(3, &[0; 88]), t0, caps), Err(QueryRefused::QueueFull));
+        // Written in part: room again once enough is gone.
+        s.wrote(150);
+        assert_eq!(s.cost(), 54 + 2 * QUERY_OVERHEAD);
+        s.query(c, &query(3, &[0; 88]), t0, caps).unwrap();
+        let rest = take(&mut s);
+        assert_eq!(rest.len(), 54 + 102);
+        assert_eq!(s.cost(), 3 * QUERY_OVERHEAD);
+        // A partial answer is held (and counted) until it is whole.
+        s.feed(&[0, 100, 1, 2, 3], t0);
+        assert_eq!(drain(&mut s), vec![]);
+        assert_eq!(s.cost(), 3 * QUERY_OVERHEAD + 5);
+        // All three late, nothing heard for the timeout: the connection is done.
+        assert_eq!(s.expire(t0 + 10 * S, S), Expiry::Stalled { late: 3, lost: 0 });
+        assert_eq!(s.cost(), 5);
+    }
+
+    #[test]
+    fn buffers_grown_by_a_burst_are_freed_when_empty() {
+        let t0 = Instant::now();
+        let mut s = DnsStream::new(t0);
+        let c = addr("10.8.0.10:1");
+        for i in 0..200 {
+            s.query(c, &query(i, &[0; 100]), t0, CAPS).unwrap();
+        }
+        let out = take(&mut s);
+        assert_eq!(s.out.capacity(), 0, "written: freed");
+        s.feed(&answer_to_all(&out), t0);
+        assert_eq!(drain(&mut s).len(), 200);
+        assert_eq!((s.inbuf.capacity(), s.inflight.by_id.capacity(), s.inflight.order.capacity()), (0, 0, 0));
+        // Small ones are kept: no allocation per query in the common case.
+        s.query(c, &query(1, b""), t0, CAPS).unwrap();
+        let small = take(&mut s);
+        assert!(s.out.capacity() > 0);
+        s.feed(&answer_to(&small), t0);
+        assert_eq!(drain(&mut s).len(), 1);
+        assert!(s.inbuf.capacity() > 0);
+    }
+
+    /// Issue 23: a query unanswered for the timeout is dropped alone; the
+    /// others on the connection are still answered.
+    #[test]
+    fn a_late_query_is_dropped_alone() {
+        let t0 = Instant::now();
+        let mut s = DnsStream::new(t0);
+        let (slow, other) = (addr("10.8.0.10:1"), addr("10.8.0.10:2"));
+        s.query(slow, &query(1, b"slow"), t0, CAPS).unwrap();
+        let slow_q = take(&mut s);
+        assert_eq!(s.expire(t0 + S, 5 * S), Expiry::Keep { late: 0, next: Some(t0 + 5 * S) });
+        let mut answered = 0;
+        for i in 1..=10u32 {
+            let at = t0 + i * S;
+            s.query(other, &query(100 + i as u16, b""), at, CAPS).unwrap();
+            let q = take(&mut s);
+            if i == 5 {
+                // The slow one goes late at 5 s, alone.
+                assert_eq!(s.expire(at, 5 * S), Expiry::Keep { late: 1, next: Some(at + 5 * S) });
+            }
+            s.feed(&answer_to(&q), at + S / 2);
+            answered += drain(&mut s)
+                .iter()
+                .filter(|n| matches!(n, Next::Answer { client, .. } if *client == other))
+                .count();
+        }
+        assert_eq!(answered, 10);
+        // Its answer, if it ever comes, is a stray.
+        s.feed(&answer_to(&slow_q), t0 + 11 * S);
+        assert_eq!(drain(&mut s), vec![Next::Stray]);
+    }
+
+    /// A server that answers nothing while queries go late is done for; one
+    /// that answers others is not.
+    #[test]
+    fn queries_late_and_nothing_heard_is_a_stall() {
+        let t0 = Instant::now();
+        let c = addr("10.8.0.10:1");
+        let mut s = DnsStream::new(t0);
+        s.query(c, &query(1, b""), t0, CAPS).unwrap();
+        s.query(c, &query(2, b""), t0 + 3 * S, CAPS).unwrap();
+        assert_eq!(s.expire(t0 + 5 * S, 5 * S), Expiry::Stalled { late: 1, lost: 1 });
+        assert!(s.inflight.is_empty());
+        // Another query answered 4 s ago: only the late query goes.
+        let mut s = DnsStream::new(t0);
+        s.query(c, &query(1, b""), t0, CAPS).unwrap();
+        take(&mut s);
+        s.query(c, &query(9, b""), t0, CAPS).unwrap();
+        let q9 = take(&mut s);
+        s.feed(&answer_to(&q9), t0 + S);
+        assert!(matches!(drain(&mut s)[..], [Next::Answer { .. }]));
+        s.query(c, &query(2, b""), t0 + 3 * S, CAPS).unwrap();
+        assert_eq!(s.expire(t0 + 5 * S, 5 * S), Expiry::Keep { late: 1, next: Some(t0 + 8 * S) });
+        // The tunnel opened 4 s ago (a slow handshake): the silence counts from then.
+        let mut s = DnsStream::new(t0);
+        s.query(c, &query(1, b""), t0, CAPS).unwrap();
+        s.opened(t0 + S);
+        assert_eq!(s.expire(t0 + 5 * S, 5 * S), Expiry::Keep { late: 1, next: None });
+        // Bytes that never make an answer do not keep it: a trickle of a
+        // frame that never completes, or stray frames.
+        let mut s = DnsStream::new(t0);
+        s.query(c, &query(1, b""), t0, CAPS).unwrap();
+        take(&mut s);
+        s.feed(&[0, 100], t0);
+        for i in 1..=16u32 {
+            s.feed(&[0], t0 + i * S / 4);
+            assert_eq!(drain(&mut s), vec![]);
+        }
+        assert_eq!(s.expire(t0 + 5 * S, 5 * S), Expiry::Stalled { late: 1, lost: 0 });
+        let mut s = DnsStream::new(t0);
+        s.query(c, &query(1, b""), t0, CAPS).unwrap();
+        take(&mut s);
+        s.feed(&answer_to(&[&[0u8, 12][..], &query(999, b"")[..]].concat()), t0 + 4 * S);
+        assert_eq!(drain(&mut s), vec![Next::Stray]);
+        assert_eq!(s.expire(t0 + 5 * S, 5 * S), Expiry::Stalled { late: 1, lost: 0 });
+        // Nothing in flight, nothing late: no stall, however long the silence.
+        let mut s = DnsStream::new(t0);
+        assert_eq!(s.expire(t0 + 3600 * S, 5 * S), Expiry::Keep { late: 0, next: None });
+        // A timeout too large for `Instant` never expires anything.
+        s.query(c, &query(1, b""), t0, CAPS).unwrap();
+        assert_eq!(s.expire(t0 + 3600 * S, Duration::MAX), Expiry::Keep { late: 0, next: None });
+    }
+
+    /// What `QUERY_OVERHEAD` stands for: a record in the ID table (at its
+    /// load factor, with a control byte) and one in the send order.
+    #[test]
+    fn a_query_record_is_small() {
+        let by_id = (std::mem::size_of::<(u16, Query)>() + 1) * 8 / 7;
+        // Up to two entries a query in the send order (see `add`).
+        let order = 2 * std::mem::size_of::<(u16, Instant)>();
+        assert!(by_id + order <= QUERY_OVERHEAD, "{by_id} + {order}");
+    }
+
+    /// Answered queries behind one that is never answered do not pile up
+    /// in the send order: it stays within twice those in flight.
+    #[test]
+    fn the_send_order_stays_bounded_behind_a_slow_query() {
+        let mut f = Inflight::default();
+        let t0 = Instant::now();
+        let c = addr("10.8.0.10:1");
+        let slow = f.add(c, 1, t0).unwrap();
+        for i in 0..10_000u32 {
+            let w = f.add(c, 2, t0 + Duration::from_micros(u64::from(i))).unwrap();
+            f.answer(w).unwrap();
+            assert!(f.order.len() <= 2 * (f.len() + 1) + ORDER_SLACK, "{i}: {}", f.order.len());
+        }
+        assert_eq!(f.oldest(), Some(t0), "the slow one still sets the timeout");
+        assert_eq!(f.expire(t0 + Duration::from_secs(1), Duration::from_secs(1)), 1);
+        assert!(f.answer(slow).is_none());
     }
 
     #[test]

@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 
 use super::{FoldState, Insert, Kind, Limits, SessionTable};
 
+/// Sources without a session a simulated table keeps (for their buckets).
+const MAX_IDLE: usize = 2;
+
 struct Rng(u64);
 
 impl Rng {
@@ -72,11 +75,14 @@ impl Sim {
                 }
             })
             .collect();
+        let mut table = SessionTable::with_hasher(limits, FoldState::with_seeds(seed, seed.rotate_left(17)));
+        // Small, so that sources move between active, idle and forgotten.
+        table.set_max_idle_sources(MAX_IDLE);
         Sim {
             rng,
             limits,
             now: Instant::now(),
-            table: SessionTable::with_hasher(limits, FoldState::with_seeds(seed, seed.rotate_left(17))),
+            table,
             model: Vec::new(),
             pool,
             next_value: 0,
@@ -218,6 +224,9 @@ impl Sim {
                 if self.table.get_mut(&a).is_some() {
                     self.touch(a, Some(port));
                 } else {
+                    // As the worker does: the source's bucket first (the
+                    // default rate never refuses at the simulation's pace).
+                    let _ = self.table.admit(a.ip(), self.now);
                     self.insert(a, port);
                 }
             }
@@ -282,7 +291,8 @@ impl Sim {
         let mut ips: Vec<_> = self.model.iter().map(|s| s.addr.ip()).collect();
         ips.sort();
         ips.dedup();
-        assert_eq!(t.sources_len(), ips.len(), "sources without sessions are forgotten");
+        assert_eq!(t.sources_len(), ips.len(), "a source holding sessions is counted once");
+        assert!(t.idle_sources_len() <= MAX_IDLE, "idle sources beyond their bound");
         let mut n = 0;
         for (a, v) in t.iter() {
             let p = self.pos(a).expect("iter yields a session the model lacks");

@@ -18,6 +18,10 @@ use super::source::Sources;
 /// Destination port of the sessions that get the short timeout.
 pub const DNS_PORT: u16 = 53;
 
+/// Sources holding no session whose token buckets a table keeps, unless
+/// told otherwise ([`SessionTable::set_max_idle_sources`]).
+pub const MAX_IDLE_SOURCES: usize = 4096;
+
 /// The table's bounds (SPEC §3 `udp:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -140,7 +144,7 @@ impl<V> SessionTable<V> {
             index: HashMap::with_hasher(hasher),
             dns: List::EMPTY,
             ordinary: List::EMPTY,
-            sources: Sources::new(hasher),
+            sources: Sources::new(hasher, MAX_IDLE_SOURCES),
         }
     }
 
@@ -155,6 +159,13 @@ impl<V> SessionTable<V> {
         limits.max_per_source = limits.max_per_source.max(1);
         limits.new_per_source_burst = limits.new_per_source_burst.max(1);
         self.limits = limits;
+    }
+
+    /// How many sources holding no session keep their token bucket (least
+    /// recently active forgotten first). 0 forgets a source with its last
+    /// session, and with it the rate it was held to.
+    pub fn set_max_idle_sources(&mut self, n: usize) {
+        self.sources.set_max_idle(n);
     }
 
     pub fn len(&self) -> usize {
@@ -233,14 +244,15 @@ impl<V> SessionTable<V> {
         self.arena.node_mut(i).map(|n| &mut n.value.value)
     }
 
-    /// Whether `source` may open a new session at `now` (its token bucket;
-    /// a source holding no session has a full one). Call before creating
-    /// what the session will cost; takes a token when it says yes.
+    /// Whether `source` may open a new session (or anything else its
+    /// token bucket stands for: a DNS-over-TCP connection) at `now`. Call
+    /// before creating what it will cost; takes a token when it says yes.
+    /// A source seen for the first time has a full bucket; one whose
+    /// sessions all ended keeps what it had (see `source`), so sessions
+    /// that fail at once still spend it.
     pub fn admit(&mut self, source: IpAddr, now: Instant) -> Admit {
-        let Some(s) = self.sources.find(&source) else { return Admit::Yes };
         let (rate, burst) = (self.limits.new_per_source_per_sec, self.limits.new_per_source_burst);
-        let Some(n) = self.sources.arena.node_mut(s) else { return Admit::Yes };
-        if n.value.bucket.take(rate, burst, now) { Admit::Yes } else { Admit::OverRate }
+        if self.sources.admit(source, rate, burst, now) { Admit::Yes } else { Admit::OverRate }
     }
 
     /// Sessions `source` holds.
@@ -251,6 +263,11 @@ impl<V> SessionTable<V> {
     /// Source addresses holding sessions.
     pub fn sources_len(&self) -> usize {
         self.sources.len()
+    }
+
+    /// Source addresses holding no session, kept for their token bucket.
+    pub fn idle_sources_len(&self) -> usize {
+        self.sources.idle_len()
     }
 
     /// A new session for `client`, whose first datagram goes to `dst_port`
@@ -479,6 +496,7 @@ impl<V: std::fmt::Debug> std::fmt::Debug for SessionTable<V> {
             .field("dns_only", &self.dns.len)
             .field("ordinary", &self.ordinary.len)
             .field("sources", &self.sources.len())
+            .field("idle_sources", &self.sources.idle_len())
             .finish_non_exhaustive()
     }
 }

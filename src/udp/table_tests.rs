@@ -290,10 +290,86 @@ fn new_sessions_per_source_are_rate_limited_with_a_burst() {
     let later = t0 + 3600 * S;
     let n = (0..20).filter(|_| t.admit(a, later) == Admit::Yes).count();
     assert_eq!(n, 5);
-    // A source whose sessions all left is forgotten, bucket and all.
+    // A source whose sessions all left keeps its bucket (issue 23): an
+    // exit that fails every association at once cannot refill it.
     for p in 0..5u16 {
         let _ = t.remove(&src_addr(10, p));
     }
-    assert_eq!(t.sources_len(), 0);
-    assert_eq!(t.admit(a, later), Admit::Yes);
+    assert_eq!((t.sources_len(), t.idle_sources_len()), (0, 2), "a idle, b admitted but never inserted");
+    assert_eq!(t.admit(a, later), Admit::OverRate);
+    assert_eq!(t.admit(a, later + Duration::from_millis(100)), Admit::Yes);
+}
+
+/// Issue 23: sessions that fail before they are even inserted (refused at
+/// once by the exit, or by a socket error) spend the bucket all the same.
+#[test]
+fn sessions_that_fail_at_once_still_spend_the_bucket() {
+    let t0 = Instant::now();
+    let limits = Limits { new_per_source_per_sec: 20, new_per_source_burst: 40, ..Limits::default() };
+    let mut t: SessionTable<u32> = SessionTable::with_hasher(limits, FoldState::with_seeds(3, 5));
+    let a = src_addr(10, 0).ip();
+    // 200 attempts a second for 3 s, each session gone before the next.
+    let mut admitted = 0;
+    for i in 0..600u32 {
+        let now = t0 + Duration::from_millis(u64::from(i) * 5);
+        if t.admit(a, now) == Admit::Yes {
+            admitted += 1;
+            if i % 2 == 0 {
+                // Half of them get as far as the table, then fail.
+                let _ = t.insert(src_addr(10, 1), 5000, i, now);
+                let _ = t.remove(&src_addr(10, 1));
+            }
+        }
+    }
+    // burst + rate × 3 s, give or take the last refill.
+    assert!((99..=100).contains(&admitted), "{admitted}");
+    // With the rate state forgotten (max_idle 0, the old behaviour) every
+    // attempt that reached the table came back with a full burst.
+    t.set_max_idle_sources(0);
+    assert_eq!(t.idle_sources_len(), 0);
+    let b = src_addr(11, 0).ip();
+    let n = (0..600u32).filter(|_| t.admit(b, t0) == Admit::Yes).count();
+    assert_eq!(n, 600);
+}
+
+#[test]
+fn idle_sources_are_bounded_least_recently_active_first() {
+    let t0 = Instant::now();
+    let limits = Limits { new_per_source_per_sec: 1, new_per_source_burst: 1, ..Limits::default() };
+    let mut t: SessionTable<u32> = SessionTable::with_hasher(limits, FoldState::with_seeds(3, 5));
+    t.set_max_idle_sources(3);
+    let ip = |h: u8| src_addr(h, 0).ip();
+    // Each spends its only token.
+    for h in 1..=3 {
+        assert_eq!(t.admit(ip(h), t0), Admit::Yes);
+    }
+    // 1 is active again (its attempt refused, but remembered as recent).
+    assert_eq!(t.admit(ip(1), t0), Admit::OverRate);
+    // A fourth idle source: the least recently active (2) is forgotten.
+    assert_eq!(t.admit(ip(4), t0), Admit::Yes);
+    assert_eq!(t.idle_sources_len(), 3);
+    assert_eq!(t.admit(ip(2), t0), Admit::Yes, "forgotten: a full bucket");
+    assert_eq!(t.admit(ip(1), t0), Admit::OverRate, "kept");
+    // A source holding a session is not idle and not counted against the bound.
+    let _ = t.insert(src_addr(1, 9), 443, 1, t0);
+    assert_eq!((t.sources_len(), t.idle_sources_len()), (1, 2));
+    let _ = t.remove(&src_addr(1, 9));
+    assert_eq!((t.sources_len(), t.idle_sources_len()), (0, 3));
+    assert_eq!(t.admit(ip(1), t0), Admit::OverRate, "its bucket survived its session");
+    // Lowering the bound applies at once.
+    t.set_max_idle_sources(1);
+    assert_eq!(t.idle_sources_len(), 1);
+    assert_eq!(t.admit(ip(1), t0), Admit::OverRate, "the most recently active is the one kept");
+}
+
+/// What a source costs while it is kept for its bucket alone: its arena
+/// node and its index entry (README: the memory of `max_idle_sources`).
+#[test]
+fn an_idle_source_is_small() {
+    use std::net::IpAddr;
+    let node = std::mem::size_of::<super::super::lru::Node<IpAddr, super::super::source::Source>>();
+    // The index: a key, a slot number and a control byte, at a load of 7/8.
+    let entry = (std::mem::size_of::<(IpAddr, u32)>() + 1) * 8 / 7;
+    eprintln!("idle source: node {node} + index {entry} bytes");
+    assert!(node + 8 + entry <= 128, "{node} + {entry}");
 }

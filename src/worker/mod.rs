@@ -24,6 +24,7 @@
 //! since, it is pushed again with the new deadline.
 
 mod dns;
+mod limits;
 mod queue;
 mod routing;
 mod slab;
@@ -51,6 +52,8 @@ use crate::route::Cidr;
 use crate::stats::{Counters, Registry, Tally};
 use crate::udp::FoldState;
 use crate::upstream::{self, Handshake, HandshakeError, Progress, Socks5Handshake};
+pub use limits::SharedLimits;
+use limits::{Refused, TcpLimits, TcpSources, UdpCapHolds};
 pub use routing::{RouteView, Routing};
 use slab::{Kind, Slab};
 use std::collections::HashMap;
@@ -168,6 +171,8 @@ struct Opening {
     pipe_data: bool,
     /// On a pooled connection: one retry on a fresh one if it dies unanswered.
     retry: bool,
+    /// The worker's early-byte budget held this client back once (counted once).
+    early_waited: bool,
 }
 
 struct Flow {
@@ -189,6 +194,7 @@ struct Flow {
 }
 
 /// Client bytes held during a handshake at most (then the client waits).
+/// All flows of a worker together hold at most `tcp.early_bytes_per_worker`.
 const EARLY_MAX: usize = 16 * 1024;
 
 /// Why a flow ends.
@@ -232,6 +238,17 @@ pub struct WorkerLoop {
     recycle: Sender<Box<UdpBatch>>,
     sleeping: Arc<AtomicBool>,
     now: Instant,
+    /// Per-source TCP limits (flows, rate) of the sources this worker serves,
+    /// and what the workers share (descriptors, sources per route).
+    tcp_sources: TcpSources,
+    limits: Arc<SharedLimits>,
+    /// The UDP sessions' hold on the sources-per-route cap (see `udp_source_first`).
+    udp_cap: UdpCapHolds,
+    /// Early client bytes held by this worker's opening flows.
+    early_held: usize,
+    /// A refusal of each kind is logged at warn once a minute (the last
+    /// one: a UDP source past its route's cap).
+    refuse_log: [crate::lograte::Every; Refused::ALL.len() + 1],
 }
 
 /// When each tunnel last had a failure logged at warn, shared by all
@@ -266,6 +283,7 @@ impl WorkerLoop {
         routing: Arc<dyn Routing>,
         registry: Arc<Registry>,
         fail_log: Arc<FailLog>,
+        limits: Arc<SharedLimits>,
     ) -> io::Result<(WorkerLoop, WorkerHandle)> {
         let counters = registry.thread();
         let poll = Poll::new()?;
@@ -300,6 +318,11 @@ impl WorkerLoop {
             recycle,
             sleeping: Arc::new(AtomicBool::new(false)),
             now: Instant::now(),
+            tcp_sources: TcpSources::default(),
+            limits,
+            udp_cap: UdpCapHolds::default(),
+            early_held: 0,
+            refuse_log: Default::default(),
         };
         let sleeping = Arc::clone(&w.sleeping);
         Ok((w, WorkerHandle { tx, commands: commands_tx, waker, sleeping, recycled }))
@@ -418,6 +441,11 @@ impl WorkerLoop {
         let tc = self.tally(&tunnel.name, source);
         Counters::inc(&self.counters.tcp_flows_total);
         tc.inc(|c| &c.tcp_flows_total);
+        // Before anything is opened for it: the source's limits and share.
+        let lim = TcpLimits::of(&self.settings);
+        if let Err(why) = self.tcp_sources.open(client.ip(), source, &lim, &self.limits, self.now) {
+            return self.refuse_source(&stream, client, orig_dst, &tunnel, &tc, why);
+        }
         // DNS over TCP to a resolver no exit can reach goes to `dns.upstream`.
         let dest = self.settings.dns.target(orig_dst);
         debug!(target: "egressd::worker", "{client} -> tcp {orig_dst} (to {dest}) via {}", tunnel.name);
@@ -479,6 +507,7 @@ impl WorkerLoop {
                 client_unread: false,
                 pipe_data: pipe,
                 retry,
+                early_waited: false,
             })),
             up: Pump::default(),
             down: Pump::default(),
@@ -576,7 +605,7 @@ impl WorkerLoop {
         Tally { tunnel: t, source: s }
     }
 
-    /// Resets a client whose flow never started.
+    /// Resets a client whose flow was admitted but never started.
     fn refuse(
         &mut self,
         s: &std::net::TcpStream,
@@ -586,10 +615,67 @@ impl WorkerLoop {
         tc: &Tally,
         why: &str,
     ) {
+        self.tcp_sources.close(client.ip(), &TcpLimits::of(&self.settings), &self.limits, self.now);
         Counters::inc(&self.counters.tcp_upstream_failed);
         tc.inc(|c| &c.tcp_upstream_failed);
         self.log_failure(client, dst, t, why);
         reset(&SockRef::from(s));
+    }
+
+    /// Resets a client its source's limits refused, and counts it (for the
+    /// process and for the route source); warns once a minute per kind.
+    fn refuse_source(
+        &mut self,
+        s: &std::net::TcpStream,
+        client: SocketAddr,
+        dst: SocketAddr,
+        t: &Tunnel,
+        tc: &Tally,
+        why: Refused,
+    ) {
+        Counters::inc(why.counter(&self.counters));
+        tc.inc(|c| why.counter(c));
+        match self.refuse_log[why.index()].due(self.now) {
+            Some(n) => {
+                warn!(target: "egressd::worker", "{client} -> tcp {dst} via {}: refused: {}; client reset{}",
+                t.name, why.why(), crate::lograte::more(n))
+            }
+            None => {
+                debug!(target: "egressd::worker", "{client} -> tcp {dst} via {}: refused: {}; client reset",
+                t.name, why.why())
+            }
+        }
+        reset(&SockRef::from(s));
+    }
+
+    /// UDP: `client`'s source, which holds no session, is about to open
+    /// one. False when its route (`route`) already has
+    /// `max_sources_per_route` sources: the datagram is dropped and counted
+    /// (udp_drop_source_cap, for the process and `tc`). Call
+    /// [`udp_source_gone`](Self::udp_source_gone) when the source's last
+    /// session ends, or when this first one is not opened after all.
+    pub(super) fn udp_source_first(&mut self, client: SocketAddr, route: Option<Cidr>, tc: &Tally) -> bool {
+        let max = self.settings.max_sources_per_route;
+        if self.udp_cap.first(&self.limits.cap, client.ip(), route, max) {
+            return true;
+        }
+        Counters::inc(&self.counters.udp_drop_source_cap);
+        tc.inc(|c| &c.udp_drop_source_cap);
+        match self.refuse_log[Refused::ALL.len()].due(self.now) {
+            Some(n) => {
+                warn!(target: "egressd::udp", "{client}: a new source past max_sources_per_route ({max}) for \
+                its route; datagram dropped (counted: udp_drop_source_cap){}", crate::lograte::more(n))
+            }
+            None => {
+                debug!(target: "egressd::udp", "{client}: a new source past max_sources_per_route; dropped")
+            }
+        }
+        false
+    }
+
+    /// UDP: the source `ip` holds no session any more.
+    pub(super) fn udp_source_gone(&mut self, ip: std::net::IpAddr) {
+        self.udp_cap.gone(&self.limits.cap, ip);
     }
 
     /// At most one warning per tunnel per minute; the rest go to debug.
@@ -626,6 +712,8 @@ impl WorkerLoop {
     /// Moves a flow on after an event; `Some` when the flow is over.
     fn advance(&mut self, slot: usize, side: Kind, ev: &mio::event::Event) -> Option<End> {
         let now = self.now;
+        let early_max = self.settings.tcp.early_bytes_per_worker;
+        let early_held = &mut self.early_held;
         let relay = &mut self.relay;
         let f = self.flows.get_mut(slot)?;
         let Stage::Opening(o) = &mut f.stage else {
@@ -660,12 +748,25 @@ impl WorkerLoop {
         }
         if let Some(hs) = &mut o.handshake {
             if o.hold_early {
-                if (o.client_unread || (side == Kind::Client && may_read(ev)))
-                    && read_early(&mut f.client, &mut o.early, &mut relay.scratch).is_err()
-                {
-                    return Some(End::Reset("read error"));
+                if o.client_unread || (side == Kind::Client && may_read(ev)) {
+                    let budget = early_max.saturating_sub(*early_held);
+                    let Ok((n, held_back)) =
+                        read_early(&mut f.client, &mut o.early, &mut relay.scratch, budget)
+                    else {
+                        return Some(End::Reset("read error"));
+                    };
+                    *early_held += n;
+                    // Held back by the budget: read again when it has room,
+                    // or by the relay once the tunnel is open (never dropped).
+                    o.client_unread = held_back;
+                    if held_back && !o.early_waited {
+                        o.early_waited = true;
+                        Counters::inc(&self.counters.tcp_early_waits);
+                    }
+                    if n > 0 {
+                        Counters::set(&self.counters.tcp_early_bytes, *early_held as u64);
+                    }
                 }
-                o.client_unread = false;
             } else if side != Kind::Upstream {
                 return None;
             }
@@ -718,6 +819,10 @@ impl WorkerLoop {
             debug!(target: "egressd::worker", "{} -> tcp {} via {}: open", f.client_addr, f.orig_dst, f.tunnel.name);
         }
         // Open: the handshake's state and early bytes are freed here.
+        if !o.early.is_empty() {
+            *early_held = early_held.saturating_sub(o.early.len());
+            Counters::set(&self.counters.tcp_early_bytes, *early_held as u64);
+        }
         f.stage = Stage::Relaying;
         f.last_active = now;
         relay_some(f, relay, &self.counters, now, true, true)
@@ -781,6 +886,13 @@ impl WorkerLoop {
 
     fn end(&mut self, slot: usize, end: End) {
         let Some(mut f) = self.flows.remove(slot) else { return };
+        self.tcp_sources.close(f.client_addr.ip(), &TcpLimits::of(&self.settings), &self.limits, self.now);
+        if let Stage::Opening(o) = &f.stage
+            && !o.early.is_empty()
+        {
+            self.early_held = self.early_held.saturating_sub(o.early.len());
+            Counters::set(&self.counters.tcp_early_bytes, self.early_held as u64);
+        }
         Counters::dec(&self.counters.tcp_flows_active);
         f.tc.dec(|c| &c.tcp_flows_active);
         f.up.release(&mut self.relay.pipes);
@@ -986,19 +1098,39 @@ fn drive_handshake_then(
     }
 }
 
-/// Reads what the client sent before the tunnel opened, up to EARLY_MAX.
-fn read_early(c: &mut TcpStream, early: &mut Vec<u8>, scratch: &mut [u8]) -> io::Result<()> {
-    while early.len() < EARLY_MAX {
-        let room = (EARLY_MAX - early.len()).min(scratch.len());
+/// Reads what the client sent before the tunnel opened, up to EARLY_MAX
+/// and at most `budget` bytes (the worker's early-byte budget left). How
+/// many bytes it read, and whether the budget stopped it with the client
+/// perhaps still readable (its edge is spent: the caller reads again later).
+fn read_early(
+    c: &mut TcpStream,
+    early: &mut Vec<u8>,
+    scratch: &mut [u8],
+    budget: usize,
+) -> io::Result<(usize, bool)> {
+    let mut n = 0;
+    loop {
+        let room = EARLY_MAX.saturating_sub(early.len()).min(scratch.len());
+        if room == 0 {
+            return Ok((n, false));
+        }
+        let room = room.min(budget - n);
+        if room == 0 {
+            return Ok((n, true));
+        }
         match c.read(&mut scratch[..room]) {
-            Ok(0) => return Ok(()),
-            Ok(n) => early.extend_from_slice(&scratch[..n]),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Ok(0) => return Ok((n, false)),
+            Ok(m) => {
+                // Exactly what is held, so the budget counts the memory.
+                early.reserve_exact(m);
+                early.extend_from_slice(&scratch[..m]);
+                n += m;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok((n, false)),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(())
 }
 
 /// Writes early bytes behind the request; how many went.
@@ -1093,7 +1225,8 @@ mod tests {
              udp: (idle_timeout_secs: 9, max_sessions: 5, pending_datagrams: 3, dns_over_tcp: false)",
         );
         let (mut w, h) =
-            WorkerLoop::new(0, Arc::clone(&a), live(&a), Arc::default(), Arc::default()).unwrap();
+            WorkerLoop::new(0, Arc::clone(&a), live(&a), Arc::default(), Arc::default(), Arc::default())
+                .unwrap();
         assert!(w.relay.splice);
         assert!(h.command(Command::Settings(b), Duration::from_secs(1)));
         w.take_handoffs();
@@ -1102,6 +1235,41 @@ mod tests {
         assert_eq!(w.udp.pending_max, 3, "udp.pending_datagrams");
         let l = w.udp.table.limits();
         assert_eq!((l.max_sessions, l.idle_timeout), (5, Duration::from_secs(9)), "udp table limits");
+    }
+
+    /// Issue 23: a UDP session of a new source takes a place under its
+    /// route's cap (shared with TCP and the other workers); the source's
+    /// last session ending gives it back.
+    #[test]
+    fn udp_sessions_count_against_the_sources_per_route_cap() {
+        let text = r#"(listen: ["10.8.0.1:10900"], tunnels: { "a": Direct() },
+            routes: [(source: "10.8.0.0/24", tunnel: "a")], threads: 1, max_sources_per_route: 2)"#;
+        let s = Arc::new(Settings::parse("t.ron", text).unwrap());
+        let limits = Arc::new(SharedLimits::default());
+        let (mut w, _h) =
+            WorkerLoop::new(0, Arc::clone(&s), live(&s), Arc::default(), Arc::default(), Arc::clone(&limits))
+                .unwrap();
+        let tunnels: Arc<[Arc<Tunnel>]> = s.tunnels.iter().cloned().map(Arc::new).collect();
+        let net: Cidr = "10.8.0.0/24".parse().unwrap();
+        let send = |w: &mut WorkerLoop, from: &str| {
+            let mut b = Box::new(UdpBatch::new(Arc::clone(&tunnels)));
+            b.push(from.parse().unwrap(), "127.0.0.1:9".parse().unwrap(), (Some(net), 0), b"x");
+            w.on_batch(b);
+        };
+        send(&mut w, "10.8.0.10:1000");
+        send(&mut w, "10.8.0.10:1001"); // the same source again: not new
+        send(&mut w, "10.8.0.11:1000");
+        send(&mut w, "10.8.0.12:1000"); // a third address: past the cap
+        assert_eq!(limits.cap.sources(Some(net)), 2);
+        assert_eq!(w.udp.table.len(), 3);
+        assert_eq!(w.counters.udp_drop_source_cap.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // .10's sessions end: its place goes to .12.
+        assert_eq!(w.end_sessions_of("10.8.0.10/32".parse().unwrap()), 2);
+        assert_eq!(limits.cap.sources(Some(net)), 1);
+        send(&mut w, "10.8.0.12:1000");
+        assert_eq!(limits.cap.sources(Some(net)), 2);
+        assert_eq!(w.udp.table.len(), 2);
+        assert_eq!(w.counters.udp_drop_source_cap.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
     /// Issue 14: `--reset-flows` is delivered even when the hand-off queue
@@ -1113,7 +1281,9 @@ mod tests {
         let s = settings("");
         let live = Arc::new(Live::new(Shared::new(Arc::clone(&s))));
         let routing: Arc<dyn Routing> = live.clone();
-        let (w, h) = WorkerLoop::new(0, Arc::clone(&s), routing, Arc::default(), Arc::default()).unwrap();
+        let (w, h) =
+            WorkerLoop::new(0, Arc::clone(&s), routing, Arc::default(), Arc::default(), Arc::default())
+                .unwrap();
         let tunnels: Arc<[Arc<Tunnel>]> = s.tunnels.iter().cloned().map(Arc::new).collect();
         let mut full = 0;
         while h.try_send(Handoff::Udp(Box::new(UdpBatch::new(Arc::clone(&tunnels))))).is_ok() {

@@ -27,7 +27,7 @@ use mio::Interest;
 use mio::net::{TcpStream, UdpSocket};
 use socket2::{Domain, SockRef, Socket, Type};
 
-use super::dns::DnsConn;
+use super::dns::{DnsConn, DnsRefused};
 use super::slab::{self, Kind, Slab};
 use super::{Drive, WorkerLoop, auth_of, connect, drive_handshake, keepalive};
 use crate::config::{Tunnel, TunnelKind, UdpSettings};
@@ -76,9 +76,10 @@ enum Link {
     /// holds fingerprints of the last destinations the client sent to, so
     /// replies from them count as solicited (see `on_data`).
     Direct { data: UdpSocket, sent: [u64; 4], next: u8 },
-    /// The tunnel has no UDP: port-53 datagrams go as DNS over TCP, on one
-    /// connection per DNS server (slots in `Udp::dns`).
-    DnsOverTcp { conns: Vec<(SocketAddr, usize)> },
+    /// The tunnel has no UDP: port-53 datagrams go as DNS over TCP, on the
+    /// source's pooled connection per DNS server (`dns`; they outlive the
+    /// session: glibc asks from a new port every lookup).
+    DnsOverTcp,
     /// Only while moving from one state to the next.
     Empty,
 }
@@ -103,8 +104,9 @@ pub(super) struct Udp {
     pub(super) replies: ReplyPool,
     pub(super) pending_max: usize,
     dns_over_tcp: bool,
-    /// Bytes queued in this worker's associating sessions, in total and
-    /// per source address (entries leave at zero), and their bounds.
+    /// Bytes queued in this worker's associating sessions and held by its
+    /// DNS-over-TCP connections (see `dns`), in total and per source
+    /// address (entries leave at zero), and their bounds.
     pending_bytes: usize,
     pending_by_source: HashMap<IpAddr, usize, FoldState>,
     pending_bytes_max: usize,
@@ -114,6 +116,11 @@ pub(super) struct Udp {
     heavy: heavy::Named,
     /// Keys the fingerprints of Direct sessions' destinations.
     fp: FoldState,
+    /// DNS-over-TCP refusals: a warning a minute per kind (see `dns`).
+    pub(super) dns_log: [crate::lograte::Every; DnsRefused::COUNT],
+    /// Reply sockets that cannot bind: once per remote, and once a minute at
+    /// most over all of them (remotes are chosen outside).
+    pub(super) bind_log: crate::lograte::Every,
 }
 
 impl Udp {
@@ -129,8 +136,10 @@ impl Udp {
             new_per_source_per_sec: s.new_sessions_per_source_per_sec,
             new_per_source_burst: s.new_sessions_per_source_burst,
         };
+        let mut table = SessionTable::new(limits);
+        table.set_max_idle_sources(idle_sources_per_worker(s.max_idle_sources, workers));
         Udp {
-            table: SessionTable::new(limits),
+            table,
             sessions: Slab::default(),
             dns: Slab::default(),
             dns_over_tcp: s.dns_over_tcp,
@@ -143,12 +152,19 @@ impl Udp {
             source_check: SourceCheck::default(),
             heavy: heavy::Named::default(),
             fp: FoldState::new(),
+            dns_log: Default::default(),
+            bind_log: Default::default(),
         }
+    }
+
+    /// The counters of a session's tunnel and route source.
+    pub(super) fn session_tally(&self, slot: usize) -> Option<&Tally> {
+        self.sessions.get(slot).map(|s| &s.tc)
     }
 
     /// Takes `n` bytes of the pending budget for `source`, if both the
     /// worker's and the source's share allow.
-    fn reserve_pending(&mut self, source: IpAddr, n: usize) -> bool {
+    pub(super) fn reserve_pending(&mut self, source: IpAddr, n: usize) -> bool {
         let held = self.pending_by_source.get(&source).copied().unwrap_or(0);
         if self.pending_bytes + n > self.pending_bytes_max || held + n > self.pending_source_max {
             return false;
@@ -159,11 +175,11 @@ impl Udp {
     }
 
     /// Notes that `source` went over one of its limits at `now`.
-    fn over_limit(&mut self, source: IpAddr, now: Instant) {
+    pub(super) fn over_limit(&mut self, source: IpAddr, now: Instant) {
         self.heavy.name(source, now);
     }
 
-    fn release_pending(&mut self, source: IpAddr, n: usize) {
+    pub(super) fn release_pending(&mut self, source: IpAddr, n: usize) {
         self.pending_bytes = self.pending_bytes.saturating_sub(n);
         if let Some(held) = self.pending_by_source.get_mut(&source) {
             *held = held.saturating_sub(n);
@@ -176,10 +192,11 @@ impl Udp {
     /// Reloaded settings, live: limits and timeouts for the table (existing
     /// sessions keep running), the reply-pool size (shrinks as it is used),
     /// pending_datagrams, the pending byte budgets and dns_over_tcp for
-    /// what comes next.
+    /// what comes next; the idle sources kept (fewer forgets the oldest now).
     pub(super) fn apply(&mut self, s: &UdpSettings, workers: usize) {
         let fresh = Udp::new(s, workers);
         self.table.set_limits(*fresh.table.limits());
+        self.table.set_max_idle_sources(idle_sources_per_worker(s.max_idle_sources, workers));
         self.replies.set_cap(UdpSettings::per_worker(s.max_reply_sockets, workers));
         (self.pending_max, self.dns_over_tcp) = (fresh.pending_max, fresh.dns_over_tcp);
         (self.pending_bytes_max, self.pending_source_max) =
@@ -242,8 +259,18 @@ impl WorkerLoop {
                 d.client, d.orig_dst);
             return;
         }
-        let Some(link) = self.open_link(&d) else { return };
         let tc = self.tally(&d.tunnel.name, d.source);
+        // A source's first session: its route's cap on distinct sources (issue 23).
+        let fresh = self.udp.table.source_len(&d.client.ip()) == 0;
+        if fresh && !self.udp_source_first(d.client, d.source, &tc) {
+            return;
+        }
+        let Some(link) = self.open_link(&d) else {
+            if fresh {
+                self.udp_source_gone(d.client.ip());
+            }
+            return;
+        };
         tc.inc(|c| &c.udp_sessions_total);
         tc.inc(|c| &c.udp_sessions_active);
         let session = Session { client: d.client, dns_alias: None, tunnel: Arc::clone(d.tunnel), tc, link };
@@ -348,7 +375,7 @@ impl WorkerLoop {
             TunnelKind::Socks5 { udp: false, .. } | TunnelKind::HttpConnect { .. }
                 if self.udp.dns_over_tcp && d.orig_dst.port() == 53 =>
             {
-                Some(Link::DnsOverTcp { conns: Vec::new() })
+                Some(Link::DnsOverTcp)
             }
             TunnelKind::Socks5 { udp: false, .. } | TunnelKind::HttpConnect { .. } => {
                 Counters::inc(&self.counters.udp_drop_no_udp);
@@ -381,7 +408,7 @@ impl WorkerLoop {
                         .register(data, slab::token(slot, generation, Kind::UdpData), Interest::READABLE)
                         .is_ok()
             }
-            Link::DnsOverTcp { .. } | Link::Empty => true,
+            Link::DnsOverTcp | Link::Empty => true,
         }
     }
 
@@ -427,7 +454,7 @@ impl WorkerLoop {
                 }
                 sock.send_to(data, target).map(|_| ())
             }
-            Link::DnsOverTcp { .. } => {
+            Link::DnsOverTcp => {
                 if dst.port() == 53 {
                     let (client, tunnel) = (s.client, Arc::clone(&s.tunnel));
                     self.dns_query(slot, client, dst, &tunnel, data);
@@ -511,7 +538,7 @@ impl WorkerLoop {
                     }
                 }
             }
-            Link::Direct { .. } | Link::DnsOverTcp { .. } | Link::Empty => return,
+            Link::Direct { .. } | Link::DnsOverTcp | Link::Empty => return,
         };
         let Some(bound) = ready else { return self.fail_session(slot, &format!("UDP ASSOCIATE: {why}")) };
         let relay = relay_addr(bound, &s.tunnel);
@@ -581,7 +608,7 @@ impl WorkerLoop {
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(_) => continue,
                 },
-                Link::Associating { .. } | Link::DnsOverTcp { .. } | Link::Empty => return,
+                Link::Associating { .. } | Link::DnsOverTcp | Link::Empty => return,
             };
             // The answer to a redirected query comes from the address asked:
             // egressd's own choice, so the relay's word is not checked.
@@ -660,9 +687,12 @@ impl WorkerLoop {
             }
             Err(ReplyError::Bind(e)) => {
                 Counters::inc(&self.counters.udp_reply_bind_failed);
-                if self.udp.replies.first_failure(remote) {
+                if self.udp.replies.first_failure(remote)
+                    && let Some(n) = self.udp.bind_log.due(self.now)
+                {
                     warn!(target: "egressd::udp",
-                            "cannot send replies from {remote} (bind: {e}); is a local service using that address and port?");
+                        "cannot send replies from {remote} (bind: {e}); is a local service using that address and port? \
+                         (counted: udp_reply_bind_failed){}", crate::lograte::more(n));
                 }
             }
             Err(ReplyError::Send(e)) => {
@@ -677,13 +707,15 @@ impl WorkerLoop {
         Counters::set(&self.counters.udp_reply_sockets, self.udp.replies.len() as u64);
     }
 
-    /// Ends every session of these sources; returns how many.
+    /// Ends every session of these sources, and closes their DNS-over-TCP
+    /// connections; returns how many sessions.
     pub(super) fn end_sessions_of(&mut self, cidr: crate::route::Cidr) -> usize {
         let slots = self.udp.sessions.slots_where(|s| cidr.contains(s.client.ip()));
         let n = slots.len();
         for slot in slots {
             self.end_session(slot, "route changed (--reset-flows)");
         }
+        self.close_dns_of(cidr);
         n
     }
 
@@ -751,20 +783,17 @@ impl WorkerLoop {
 
     fn drop_session(&mut self, slot: usize) {
         if let Some(s) = self.udp.sessions.remove(slot) {
+            if self.udp.table.source_len(&s.client.ip()) == 0 {
+                self.udp_source_gone(s.client.ip());
+            }
             Counters::dec(&self.counters.udp_sessions_active);
             s.tc.dec(|c| &c.udp_sessions_active);
-            match s.link {
-                Link::Associating { pending, .. } => {
-                    Counters::add(&self.counters.udp_drop_pending, pending.len() as u64);
-                    let bytes: usize = pending.iter().map(|(_, d)| d.len() + PENDING_OVERHEAD).sum();
-                    self.udp.release_pending(s.client.ip(), bytes);
-                }
-                Link::DnsOverTcp { conns } => {
-                    for (_, c) in conns {
-                        self.close_dns(c, "session ended");
-                    }
-                }
-                _ => {}
+            // A DNS-over-TCP session's connections are its source's, pooled
+            // (`dns`): they outlive it, until idle or closed.
+            if let Link::Associating { pending, .. } = s.link {
+                Counters::add(&self.counters.udp_drop_pending, pending.len() as u64);
+                let bytes: usize = pending.iter().map(|(_, d)| d.len() + PENDING_OVERHEAD).sum();
+                self.udp.release_pending(s.client.ip(), bytes);
             }
         }
     }
@@ -801,6 +830,12 @@ fn is_private(ip: IpAddr) -> bool {
         IpAddr::V4(a) => a.is_private() || a.is_link_local(),
         IpAddr::V6(a) => (a.segments()[0] & 0xfe00) == 0xfc00 || (a.segments()[0] & 0xffc0) == 0xfe80,
     }
+}
+
+/// Each worker's share of `udp.max_idle_sources` (a source's rate state
+/// lives in the worker its sessions do); 0 stays 0 (forget at once).
+fn idle_sources_per_worker(total: usize, workers: usize) -> usize {
+    if total == 0 { 0 } else { UdpSettings::per_worker(total, workers) }
 }
 
 pub(super) fn unspecified(like: IpAddr) -> IpAddr {

@@ -17,6 +17,9 @@ fn settings(worker: usize, source: usize) -> UdpSettings {
         new_sessions_per_source_burst: 10,
         pending_bytes_per_worker: worker,
         pending_bytes_per_source: source,
+        dns_max_query_bytes: 4096,
+        dns_queue_bytes_per_connection: 64 << 10,
+        max_idle_sources: 4096,
     }
 }
 
@@ -46,6 +49,8 @@ fn pending_bytes_have_a_worker_budget_and_a_source_share() {
 fn process_wide_bounds_are_split_across_workers() {
     let u = Udp::new(&settings(1000, 400), 3);
     assert_eq!(u.table.limits().max_sessions, 3);
+    assert_eq!(idle_sources_per_worker(4096, 3), 1365);
+    assert_eq!(idle_sources_per_worker(0, 3), 0, "0: forgotten with the last session");
     assert_eq!(UdpSettings::per_worker(65536, 2), 32768);
     assert_eq!(UdpSettings::per_worker(1, 4), 1);
 }
