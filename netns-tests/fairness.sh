@@ -135,21 +135,7 @@ topo_up
 topo_start_services
 # exit2 becomes a black hole: SYNs to its SOCKS port are counted and vanish;
 # anything leaving that port (a SYN-ACK: a connection coming up) is counted.
-nsx "${NS_EXIT[2]}" nft -f - <<-'EOF' || die "exit2: nft -f could not load the black hole (table inet eghole)"
-table inet eghole {
-	counter syn { }
-	counter out { }
-	chain in {
-		type filter hook input priority -10; policy accept;
-		tcp dport 1080 tcp flags & (syn | ack) == syn counter name syn drop
-		tcp dport 1080 drop
-	}
-	chain out {
-		type filter hook output priority -10; policy accept;
-		tcp sport 1080 counter name out
-	}
-}
-EOF
+blackhole_socks "${NS_EXIT[2]}"
 SYN0=$(nft_counter "${NS_EXIT[2]}" eghole syn)
 OUT0=$(nft_counter "${NS_EXIT[2]}" eghole out)
 

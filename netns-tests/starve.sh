@@ -222,21 +222,7 @@ topo_up
 topo_start_services
 # exit2's SOCKS port is a black hole (b): SYNs counted and dropped, and
 # anything leaving that port (a connection coming up) counted.
-nsx "${NS_EXIT[2]}" nft -f - <<-'EOF' || die "exit2: nft -f could not load the black hole (table inet eghole)"
-table inet eghole {
-	counter syn { }
-	counter out { }
-	chain in {
-		type filter hook input priority -10; policy accept;
-		tcp dport 1080 tcp flags & (syn | ack) == syn counter name syn drop
-		tcp dport 1080 drop
-	}
-	chain out {
-		type filter hook output priority -10; policy accept;
-		tcp sport 1080 counter name out
-	}
-}
-EOF
+blackhole_socks "${NS_EXIT[2]}"
 LEAK0=$(leak_count)
 EG1=$(exit_egress4 1)
 

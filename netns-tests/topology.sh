@@ -352,6 +352,27 @@ topo_write_config() {
 
 egressd_bin() { printf '%s\n' "${EGRESSD:-$EG_REPO/target/release/egressd}"; }
 
+# blackhole_socks NS — the SOCKS port 1080 in namespace NS becomes a black
+# hole: SYNs counted (nft counter eghole syn) and dropped, and anything
+# leaving that port (a connection coming up) counted (eghole out). Dies if
+# nft cannot load it (a flood against a live exit would prove nothing).
+blackhole_socks() {
+	nsx "$1" nft -f - <<-'EOF' || die "$1: nft -f could not load the black hole (table inet eghole)"
+	table inet eghole {
+		counter syn { }
+		counter out { }
+		chain in {
+			type filter hook input priority -10; policy accept;
+			tcp dport 1080 tcp flags & (syn | ack) == syn counter name syn drop
+			tcp dport 1080 drop
+		}
+		chain out {
+			type filter hook output priority -10; policy accept;
+			tcp sport 1080 counter name out
+		}
+	}
+	EOF
+}
 # prom_or_die — egressd's counters now (`stats --prometheus` on $SOCK, in
 # gw); an unreadable control socket must never read as "all counters 0".
 prom_or_die() {

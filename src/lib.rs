@@ -7,9 +7,12 @@
 //! framed by [`wire`]), on a greeted connection from the tunnel's warm
 //! [`pool`] when one is ready, and then [`relay`]s both directions. [`sys`] holds
 //! the only `unsafe` code. [`config`], [`rules`] and [`cli`] are the
-//! operator's side.
+//! operator's side. Per-source limits take tokens from a [`bucket`];
+//! [`hostwatch`] watches the host while egressd runs; [`lograte`] keeps
+//! warnings about outside events to one a minute.
 #![deny(unsafe_code)]
 
+pub mod bucket;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -25,40 +25,7 @@ use std::time::Instant;
 
 use super::hash::FoldState;
 use super::lru::{Arena, List};
-
-/// A token bucket in thousandths of a session, so that rates below one per
-/// millisecond refill exactly in integer arithmetic.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Bucket {
-    milli: u64,
-    at: Instant,
-}
-
-impl Bucket {
-    /// A full bucket less the session being created now.
-    pub(super) fn new_spent(burst: u32, now: Instant) -> Bucket {
-        Bucket { milli: u64::from(burst).saturating_sub(1) * 1000, at: now }
-    }
-
-    /// Refills at `rate` per second up to `burst`, then takes one token if
-    /// there is one.
-    pub(super) fn take(&mut self, rate: u32, burst: u32, now: Instant) -> bool {
-        let cap = u64::from(burst) * 1000;
-        let dt = now.saturating_duration_since(self.at);
-        // micro-seconds × sessions/s ÷ 1000 = milli-sessions.
-        let add = (dt.as_micros().saturating_mul(u128::from(rate)) / 1000).min(u128::from(cap)) as u64;
-        if add > 0 {
-            self.milli = (self.milli + add).min(cap);
-            self.at = now;
-        }
-        if self.milli >= 1000 {
-            self.milli -= 1000;
-            true
-        } else {
-            false
-        }
-    }
-}
+use crate::bucket::Bucket;
 
 pub(super) struct Source {
     /// Its sessions, threaded through the table's arena, oldest first.

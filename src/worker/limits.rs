@@ -49,6 +49,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use crate::bucket::Bucket;
 use crate::config::Settings;
 use crate::route::Cidr;
 use crate::stats::Counters;
@@ -134,41 +135,6 @@ impl Refused {
     /// Index into a per-kind array (log rate limiters).
     pub fn index(self) -> usize {
         self as usize
-    }
-}
-
-/// A token bucket in thousandths of a flow, so that any rate refills
-/// exactly in integer arithmetic.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    milli: u64,
-    at: Instant,
-}
-
-impl Bucket {
-    /// A full bucket less the flow being opened now.
-    fn new_spent(burst: u32, now: Instant) -> Bucket {
-        Bucket { milli: u64::from(burst).saturating_sub(1) * 1000, at: now }
-    }
-
-    /// Refills at `rate` per second up to `burst`, then takes one token if
-    /// there is one.
-    fn take(&mut self, rate: u32, burst: u32, now: Instant) -> bool {
-        let cap = u64::from(burst) * 1000;
-        let dt = now.saturating_duration_since(self.at);
-        let add = (dt.as_micros().saturating_mul(u128::from(rate)) / 1000).min(u128::from(cap)) as u64;
-        if add > 0 {
-            self.milli = (self.milli + add).min(cap);
-            self.at = now;
-        }
-        // A reload may have lowered the burst.
-        self.milli = self.milli.min(cap);
-        if self.milli >= 1000 {
-            self.milli -= 1000;
-            true
-        } else {
-            false
-        }
     }
 }
 
@@ -673,15 +639,5 @@ mod tests {
         assert!(SourceCap::applies(cidr("fd08::/64")));
         assert!(!SourceCap::applies(cidr("fd08::10/128")));
         assert!(SourceCap::applies(None));
-    }
-
-    #[test]
-    fn a_lowered_burst_applies_at_once() {
-        let t0 = Instant::now();
-        let mut b = Bucket::new_spent(100, t0);
-        assert!(b.take(1, 2, t0), "capped to the new burst of 2");
-        assert!(b.take(1, 2, t0));
-        assert!(!b.take(1, 2, t0));
-        assert!(b.take(1, 2, t0 + Duration::from_secs(1)));
     }
 }
