@@ -84,8 +84,6 @@ const SINCE_MARGIN: Duration = Duration::from_secs(1);
 const EVENT_FILTERS: &str = r#"{"type":["container","network"]}"#;
 /// How long a reset waits for room on a worker's command queue.
 const RESET_WAIT: Duration = Duration::from_secs(5);
-/// Follower trouble is logged as a warning at most this often.
-const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// What a list did to the routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,8 +204,14 @@ impl Drop for Running {
 /// Starts a follower of `d` feeding `sink`.
 pub(super) fn start<S: Sink>(d: DockerSettings, timing: Timing, sink: S) -> std::io::Result<Running> {
     let stop = Arc::new(Stop::default());
-    let mut f =
-        Follow { d: d.clone(), timing, sink, stop: Arc::clone(&stop), ever: false, last_warn: [None; 3] };
+    let mut f = Follow {
+        d: d.clone(),
+        timing,
+        sink,
+        stop: Arc::clone(&stop),
+        ever: false,
+        warn_log: Default::default(),
+    };
     let thread = std::thread::Builder::new().name("egressd-docker".into()).spawn(move || f.run())?;
     Ok(Running { d, stop, thread: Some(thread) })
 }
@@ -221,7 +225,7 @@ struct Follow<S: Sink> {
     ever: bool,
     /// When each kind of end (missed event, lost stream, no dockerd) was
     /// last logged at warn: one kind never silences another.
-    last_warn: [Option<Instant>; 3],
+    warn_log: [crate::lograte::Every; 3],
 }
 
 impl<S: Sink> Follow<S> {
@@ -274,10 +278,8 @@ impl<S: Sink> Follow<S> {
                 ),
             ),
         };
-        let last = &mut self.last_warn[kind];
-        if last.is_none_or(|w| w.elapsed() >= WARN_EVERY) {
-            *last = Some(Instant::now());
-            warn!(target: "egressd::docker", "{text}");
+        if let Some(n) = self.warn_log[kind].due(Instant::now()) {
+            warn!(target: "egressd::docker", "{text}{}", crate::lograte::more(n));
         } else {
             debug!(target: "egressd::docker", "{text}");
         }

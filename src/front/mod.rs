@@ -216,8 +216,8 @@ pub struct FrontLoop {
     shared: Arc<Shared>,
     counters: Arc<Counters>,
     paused_until: Option<Instant>,
-    /// When a pause was last logged at warn (once a minute at most).
-    pause_warned: Option<Instant>,
+    /// The accept-pause warning, once a minute at most.
+    pause_warned: crate::lograte::Every,
     /// The full-queue warning, once a minute at most.
     queue_warned: crate::lograte::Every,
 }
@@ -298,7 +298,7 @@ impl FrontLoop {
             shared,
             counters,
             paused_until: None,
-            pause_warned: None,
+            pause_warned: Default::default(),
             queue_warned: Default::default(),
         })
     }
@@ -375,9 +375,9 @@ impl FrontLoop {
                 {
                     Counters::inc(&self.counters.accept_paused);
                     let now = Instant::now();
-                    if self.pause_warned.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60)) {
-                        self.pause_warned = Some(now);
-                        warn!(target: "egressd::front", "accept: {e}; pausing accepts for {EMFILE_PAUSE:?} (raise the fd limit?); counted in accept_paused, logged once a minute");
+                    if let Some(n) = self.pause_warned.due(now) {
+                        warn!(target: "egressd::front", "accept: {e}; pausing accepts for {EMFILE_PAUSE:?} (raise the fd limit?); counted in accept_paused, logged once a minute{}",
+                            crate::lograte::more(n));
                     } else {
                         debug!(target: "egressd::front", "accept: {e}; pausing accepts for {EMFILE_PAUSE:?}");
                     }

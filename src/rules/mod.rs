@@ -171,10 +171,12 @@ impl FamilyPlan {
 
     /// The `-s` selectors of the intercept jumps: one per narrowing source,
     /// or one that matches every source.
+    /// A /0 source is every source: no `-s` (which `iptables -S` would not
+    /// print back, so `prune` would delete the jump it was compared to).
     fn source_selectors(&self) -> Vec<Option<Cidr>> {
         match &self.narrow {
             None => vec![None],
-            Some(n) => n.iter().copied().map(Some).collect(),
+            Some(n) => n.iter().map(|c| (c.len() > 0).then_some(*c)).collect(),
         }
     }
 

@@ -637,6 +637,24 @@ fn deterministic_and_independent_of_route_order() {
 }
 
 #[test]
+fn an_all_sources_narrowing_writes_no_source_selector() {
+    // `iptables -S` prints no `-s 0.0.0.0/0`: a jump written with it would
+    // never match what `prune` keeps, and be deleted after every insert.
+    let text = r#"(
+        listen: ["10.8.0.1:10900", "[fd08::1]:10900"],
+        tunnels: { "a": Socks5(server: "100.64.0.2:1080") },
+        routes: [(source: "10.8.0.10", tunnel: "a")],
+        intercept: (sources: ["0.0.0.0/0", "::/0"]),
+    )"#;
+    let s = render(text, Backend::Iptables, Action::Install);
+    let jumps: Vec<&str> = commands(&s).into_iter().filter(|l| l.contains(" -j EGRESSD")).collect();
+    assert!(jumps.iter().any(|l| l.contains("-i br0 -j EGRESSD")), "no intercept jump:\n{s}");
+    for l in jumps {
+        assert!(!l.contains("-s 0.0.0.0/0") && !l.contains("-s ::/0"), "a /0 selector: {l}");
+    }
+}
+
+#[test]
 fn default_tunnel_stays_on_the_container_interfaces() {
     let text = r#"(
         listen: ["10.8.0.1:10900", "[fd08::1]:10900"],

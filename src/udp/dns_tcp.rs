@@ -290,11 +290,7 @@ impl DnsStream {
     pub fn wrote(&mut self, n: usize) {
         self.out_pos = self.out_pos.saturating_add(n).min(self.out.len());
         if self.out_pos == self.out.len() {
-            if self.out.capacity() > KEEP {
-                self.out = Vec::new();
-            } else {
-                self.out.clear();
-            }
+            empty(&mut self.out);
             self.out_pos = 0;
         }
     }
@@ -361,11 +357,7 @@ impl DnsStream {
     /// Drops the frames already cut; frees a buffer grown past what it holds.
     fn compact(&mut self) {
         if self.used >= self.inbuf.len() {
-            if self.inbuf.capacity() > KEEP {
-                self.inbuf = Vec::new();
-            } else {
-                self.inbuf.clear();
-            }
+            empty(&mut self.inbuf);
         } else if self.used > 0 {
             self.inbuf.drain(..self.used);
             if self.inbuf.capacity() > KEEP.max(2 * self.inbuf.len()) {
@@ -373,6 +365,15 @@ impl DnsStream {
             }
         }
         self.used = 0;
+    }
+}
+
+/// Empties a buffer, freeing it when it grew past `KEEP`.
+fn empty(buf: &mut Vec<u8>) {
+    if buf.capacity() > KEEP {
+        *buf = Vec::new();
+    } else {
+        buf.clear();
     }
 }
 

@@ -108,7 +108,8 @@ pub(super) enum DnsRefused {
 }
 
 impl DnsRefused {
-    pub(super) const COUNT: usize = 6;
+    /// One warning slot per kind: `Open` is the last variant.
+    pub(super) const COUNT: usize = DnsRefused::Open as usize + 1;
 
     fn counter(self, c: &Counters) -> &AtomicU64 {
         match self {

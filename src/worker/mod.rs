@@ -229,7 +229,7 @@ pub struct WorkerLoop {
     /// The live routes: reply checks, and hand-offs routed before a reset.
     routes: routing::Routes,
     /// Pooled DNS-over-TCP connections (slots in `udp.dns`), see `dns`.
-    dns_pool: HashMap<dns::PoolKey, usize>,
+    dns_pool: HashMap<dns::PoolKey, usize, crate::udp::FoldState>,
     /// Connections being greeted for warm pools.
     warming: Slab<warm::Warm>,
     /// Tunnel name → its pool (cleared on reload).
@@ -248,30 +248,28 @@ pub struct WorkerLoop {
     early_held: usize,
     /// A refusal of each kind is logged at warn once a minute (the last
     /// one: a UDP source past its route's cap).
-    refuse_log: [crate::lograte::Every; Refused::ALL.len() + 1],
+    refuse_log: [crate::lograte::Every; Refused::ALL.len()],
+    /// The UDP source-cap warning, once a minute at most.
+    udp_cap_log: crate::lograte::Every,
 }
 
 /// When each tunnel last had a failure logged at warn, shared by all
 /// workers so that a broken tunnel warns once a minute, not once per worker.
 /// Locked only on the failure path.
 #[derive(Debug, Default)]
-pub struct FailLog(std::sync::Mutex<Vec<(String, Instant)>>);
+pub struct FailLog(std::sync::Mutex<Vec<(String, crate::lograte::Every)>>);
 
 impl FailLog {
     /// True if a warning for `tunnel` is due at `now` (and records it).
     pub fn due(&self, tunnel: &str, now: Instant) -> bool {
         let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match v.iter_mut().find(|(n, _)| n == tunnel) {
-            Some((_, last)) if now.saturating_duration_since(*last) < Duration::from_secs(60) => false,
-            Some((_, last)) => {
-                *last = now;
-                true
-            }
-            None => {
-                v.push((tunnel.to_string(), now));
-                true
-            }
+        if let Some((_, every)) = v.iter_mut().find(|(n, _)| n == tunnel) {
+            return every.due(now).is_some();
         }
+        let mut every = crate::lograte::Every::default();
+        let due = every.due(now).is_some();
+        v.push((tunnel.to_string(), every));
+        due
     }
 }
 
@@ -311,7 +309,7 @@ impl WorkerLoop {
             fail_log,
             udp: udp::Udp::new(&settings.udp, settings.threads),
             routes: routing::Routes::new(routing),
-            dns_pool: HashMap::new(),
+            dns_pool: HashMap::default(),
             warming: Slab::default(),
             pool_cache: HashMap::default(),
             next_pool_tick: Instant::now(),
@@ -323,6 +321,7 @@ impl WorkerLoop {
             udp_cap: UdpCapHolds::default(),
             early_held: 0,
             refuse_log: Default::default(),
+            udp_cap_log: Default::default(),
         };
         let sleeping = Arc::clone(&w.sleeping);
         Ok((w, WorkerHandle { tx, commands: commands_tx, waker, sleeping, recycled }))
@@ -661,7 +660,7 @@ impl WorkerLoop {
         }
         Counters::inc(&self.counters.udp_drop_source_cap);
         tc.inc(|c| &c.udp_drop_source_cap);
-        match self.refuse_log[Refused::ALL.len()].due(self.now) {
+        match self.udp_cap_log.due(self.now) {
             Some(n) => {
                 warn!(target: "egressd::udp", "{client}: a new source past max_sources_per_route ({max}) for \
                 its route; datagram dropped (counted: udp_drop_source_cap){}", crate::lograte::more(n))
