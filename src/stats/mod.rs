@@ -299,6 +299,28 @@ impl Tally {
         Counters::dec(f(&self.tunnel));
         Counters::dec(f(&self.source));
     }
+
+    /// Counts one in the thread's totals (`all`) and in this tunnel and
+    /// source: the pair of calls nearly every event of a flow makes.
+    #[inline]
+    pub fn inc_all(&self, all: &Counters, f: impl Fn(&Counters) -> &AtomicU64) {
+        Counters::inc(f(all));
+        self.inc(f);
+    }
+
+    /// [`Tally::inc_all`] for `n`.
+    #[inline]
+    pub fn add_all(&self, all: &Counters, f: impl Fn(&Counters) -> &AtomicU64, n: u64) {
+        Counters::add(f(all), n);
+        self.add(f, n);
+    }
+
+    /// [`Tally::inc_all`] for a gauge going down.
+    #[inline]
+    pub fn dec_all(&self, all: &Counters, f: impl Fn(&Counters) -> &AtomicU64) {
+        Counters::dec(f(all));
+        self.dec(f);
+    }
 }
 
 /// Whether a counter is a gauge (goes up and down) rather than a total.
