@@ -25,6 +25,7 @@ pub mod pool;
 pub mod relay;
 pub mod route;
 pub mod rules;
+pub mod snapshot;
 pub mod stats;
 pub mod sys;
 pub mod udp;

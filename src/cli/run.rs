@@ -13,10 +13,12 @@ use log::{error, info, warn};
 use crate::config::{Settings, UdpSettings};
 use crate::control::Control;
 use crate::docker::client::Docker;
-use crate::front::{self, FrontLoop, Live, Shared};
+use crate::front::{self, FrontLoop};
+use crate::pool::Pools;
+use crate::snapshot::{Live, Routing, Shared};
 use crate::stats::Registry;
 use crate::sys;
-use crate::worker::{Command, FailLog, Routing, SharedLimits, WorkerHandle, WorkerLoop};
+use crate::worker::{Command, Common, FailLog, SharedLimits, WorkerHandle, WorkerLoop};
 
 /// Stack of each loop thread: they keep their state on the heap, and a
 /// small stack keeps the resident set small.
@@ -92,9 +94,15 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
         registry.tunnel(&t.name);
     }
     // Warm pools (filled by the workers) and the pipelining probes.
-    registry.pools.apply(&settings.tunnels);
-    let fail_log = Arc::new(FailLog::default());
-    let limits = Arc::new(limits);
+    let pools = Arc::new(Pools::default());
+    pools.apply(&settings.tunnels);
+    registry.publish(pools.clone());
+    let common = Common {
+        registry: Arc::clone(&registry),
+        pools: Arc::clone(&pools),
+        fail_log: Arc::new(FailLog::default()),
+        limits: Arc::new(limits),
+    };
     let live = Arc::new(Live::new(Shared::new(Arc::clone(&settings))));
     let n = settings.threads;
     let stop = Arc::new(AtomicBool::new(false));
@@ -102,14 +110,7 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     let mut handles = Vec::new();
     for i in 0..n {
         let routing: Arc<dyn Routing> = live.clone();
-        match WorkerLoop::new(
-            i,
-            Arc::clone(&settings),
-            routing,
-            Arc::clone(&registry),
-            Arc::clone(&fail_log),
-            Arc::clone(&limits),
-        ) {
+        match WorkerLoop::new(i, Arc::clone(&settings), routing, &common) {
             Ok((w, h)) => {
                 workers.push(w);
                 handles.push(h);
@@ -140,7 +141,12 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
         }
     }
 
-    let ctl = Control { live: Arc::clone(&live), workers: handles.clone(), registry: Arc::clone(&registry) };
+    let ctl = Control {
+        live: Arc::clone(&live),
+        workers: handles.clone(),
+        registry: Arc::clone(&registry),
+        pools: Arc::clone(&pools),
+    };
     let socket = settings.control.socket.clone();
     // Removed at exit only if it is ours: never a file we refused to touch.
     let own_socket = match ctl.spawn(&socket) {
@@ -199,7 +205,7 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     loop {
         match sys::wait_signal() {
             Ok(sys::Signal::Stop) => break,
-            Ok(sys::Signal::Reload) => reload(config, &live, &handles, &registry, &mut docker),
+            Ok(sys::Signal::Reload) => reload(config, &live, &handles, &pools, &mut docker),
             Err(e) => {
                 error!(target: "egressd", "waiting for signals: {e}");
                 break;
@@ -236,13 +242,7 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
 
 /// SIGHUP: new flows get the new routes, tunnels and timeouts; existing
 /// flows and sessions keep going; a bad config changes nothing.
-fn reload(
-    config: Option<&Path>,
-    live: &Live,
-    workers: &[WorkerHandle],
-    registry: &Registry,
-    docker: &mut Docker,
-) {
+fn reload(config: Option<&Path>, live: &Live, workers: &[WorkerHandle], pools: &Pools, docker: &mut Docker) {
     let new: Settings = match super::load(config) {
         Ok(s) => s,
         Err(e) => {
@@ -267,7 +267,7 @@ fn reload(
     }
     let _ = live.update(|cur| Ok::<_, ()>(cur.reloaded(Arc::clone(&new))));
     // A tunnel whose server or credentials changed has its pool drained here.
-    registry.pools.apply(&new.tunnels);
+    pools.apply(&new.tunnels);
     let missed = workers
         .iter()
         .filter(|w| !w.command(Command::Settings(Arc::clone(&new)), Duration::from_secs(2)))

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use log::{debug, info, warn};
 
-use crate::front::{Live, Shared};
+use crate::pool::Pools;
 use crate::route::Cidr;
+use crate::snapshot::{Live, Shared};
 use crate::stats::{self, Registry};
 use crate::worker::{Command, WorkerHandle};
 
@@ -96,6 +97,7 @@ pub struct Control {
     pub live: Arc<Live>,
     pub workers: Vec<WorkerHandle>,
     pub registry: Arc<Registry>,
+    pub pools: Arc<Pools>,
 }
 
 impl Control {
@@ -106,7 +108,7 @@ impl Control {
                 let sources = named_sources(&self.live.load(), self.registry.per_source());
                 let mut t = stats::table(&self.registry.total(), &self.registry.per_tunnel(), &sources);
                 t.push_str(&refusals(&sources));
-                t.push_str(&self.registry.pools.table());
+                t.push_str(&self.pools.table());
                 Ok(t)
             }
             Request::Metrics => Ok(stats::prometheus(
@@ -403,7 +405,12 @@ mod tests {
             routes: [(source: "10.8.0.10", tunnel: "a")])"#;
         let s = crate::config::Settings::parse("t.ron", text).unwrap();
         let live = Arc::new(Live::new(Shared::new(Arc::new(s))));
-        let ctl = Control { live: Arc::clone(&live), workers: Vec::new(), registry: Arc::default() };
+        let ctl = Control {
+            live: Arc::clone(&live),
+            workers: Vec::new(),
+            registry: Arc::default(),
+            pools: Arc::default(),
+        };
         let dir = std::env::temp_dir().join(format!("egressd-ctl-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("ctl.sock");
@@ -428,7 +435,7 @@ mod tests {
         assert_eq!(live.load().route_id("10.8.0.11".parse().unwrap()), None);
         assert!(ask(&path, &Request::Stats).unwrap().contains("tunnel"));
         // A second daemon must not take over a live socket.
-        let ctl2 = Control { live, workers: Vec::new(), registry: Arc::default() };
+        let ctl2 = Control { live, workers: Vec::new(), registry: Arc::default(), pools: Arc::default() };
         assert!(ctl2.spawn(&path).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -478,6 +485,7 @@ mod tests {
             live: Arc::new(Live::new(Shared::new(Arc::new(s)))),
             workers: Vec::new(),
             registry: Arc::default(),
+            pools: Arc::default(),
         };
         let out = ctl
             .handle(Request::RouteSet { source: c("10.9.0.5/32"), tunnel: "a".into(), reset: false })
@@ -491,7 +499,7 @@ mod tests {
 
     #[test]
     fn top_rows_name_the_tunnel_and_sum_drops() {
-        use crate::docker::{LabelRoute, Labels};
+        use crate::snapshot::{LabelRoute, Labels};
         let text = r#"(listen: ["10.8.0.1:10900"], tunnels: { "a": Direct(), "b": Direct() },
             routes: [(source: "10.8.0.0/24", tunnel: "a")], default: Tunnel("b"))"#;
         let s = Arc::new(crate::config::Settings::parse("t.ron", text).unwrap());

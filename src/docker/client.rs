@@ -51,13 +51,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info, warn};
 
-use super::Labels;
 pub use super::conn::list;
 use super::conn::{self, Got};
 use super::model::{self, Container, EventLines, Warned};
 use crate::config::DockerSettings;
-use crate::front::Live;
 use crate::route::Cidr;
+use crate::snapshot::{Labels, Live};
 use crate::stats::{Counters, Registry};
 use crate::worker::{Command, WorkerHandle};
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::client::{Docker, LiveSink, Running, Timing, start};
 use super::model::Warned;
 use crate::config::{DockerSettings, Settings};
-use crate::front::{Live, Shared};
+use crate::snapshot::{Live, Shared};
 use crate::stats::{Counters, Registry};
 
 const FAST: Timing = Timing {

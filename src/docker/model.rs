@@ -7,6 +7,8 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
+pub use crate::snapshot::LabelRoute;
+
 /// A running container that carries the label.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Container {
@@ -18,24 +20,6 @@ pub struct Container {
     pub tunnel: String,
     /// Its addresses on every network it is attached to (v4 and v6).
     pub addrs: Vec<IpAddr>,
-}
-
-/// One label route: a container address and the tunnel its label names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LabelRoute {
-    pub addr: IpAddr,
-    pub id: String,
-    pub name: String,
-    /// The tunnel named by the label ("" when the address is claimed by two
-    /// containers with different choices: rejected rather than guessed).
-    pub tunnel: String,
-}
-
-impl LabelRoute {
-    /// The first 12 characters of the id, as `docker ps` shows it.
-    pub fn short_id(&self) -> &str {
-        self.id.get(..12).unwrap_or(&self.id)
-    }
 }
 
 /// The containers of a `GET /containers/json?filters={"label":[LABEL]}`

@@ -22,13 +22,11 @@
 mod steer;
 mod udp;
 
-use std::collections::HashSet;
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -36,9 +34,8 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, SockRef, Socket, Type};
 
-use crate::config::{Settings, TcpIntercept, Tunnel};
-use crate::docker::{LabelVerdict, Labels};
-use crate::route::Cidr;
+use crate::config::{Settings, TcpIntercept};
+use crate::snapshot::{Live, Shared};
 use crate::stats::Counters;
 use crate::wire::sockaddr::unmapped;
 use crate::worker::{Handoff, TcpHandoff, WorkerHandle, reset};
@@ -47,159 +44,6 @@ use crate::worker::{Handoff, TcpHandoff, WorkerHandle, reset};
 const EMFILE_PAUSE: Duration = Duration::from_millis(100);
 /// Tokens from here on name UDP sockets; below, TCP listeners.
 const UDP_TOKEN: usize = 1 << 16;
-
-/// The current [`Shared`], replaced whole by a reload or a route change.
-/// Front loops check the generation once per wake-up and take the new
-/// snapshot only when it moved: no lock per connection or datagram.
-pub struct Live {
-    generation: AtomicU64,
-    current: Mutex<Arc<Shared>>,
-}
-
-impl Live {
-    pub fn new(s: Shared) -> Live {
-        Live { generation: AtomicU64::new(0), current: Mutex::new(Arc::new(s)) }
-    }
-
-    pub fn load(&self) -> Arc<Shared> {
-        Arc::clone(&self.current.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Replaces the snapshot; `f` builds the new one from the current one.
-    /// The snapshot is swapped before the generation moves, so whoever
-    /// reads the generation and then loads never gets a snapshot older
-    /// than that generation (the stamps of `worker::routing` rely on it).
-    pub fn update<E>(&self, f: impl FnOnce(&Shared) -> Result<Shared, E>) -> Result<(), E> {
-        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        let next = f(&cur)?;
-        *cur = Arc::new(next);
-        self.generation.fetch_add(1, Ordering::Release);
-        Ok(())
-    }
-
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-}
-
-/// The routing view a front loop needs, shared read-only by all of them.
-pub struct Shared {
-    pub settings: Arc<Settings>,
-    pub tunnels: Arc<[Arc<Tunnel>]>,
-    /// Docker label routes, looked up first (`docker/`).
-    pub labels: Arc<Labels>,
-    /// Routes set through the control socket since the last (re)load.
-    pub manual: Arc<HashSet<Cidr>>,
-}
-
-impl Shared {
-    pub fn new(settings: Arc<Settings>) -> Shared {
-        let tunnels = settings.tunnels.iter().cloned().map(Arc::new).collect();
-        Shared { settings, tunnels, labels: Arc::default(), manual: Arc::default() }
-    }
-
-    /// The same snapshot with other settings (routes changed live).
-    pub fn with_settings(&self, settings: Settings) -> Shared {
-        Shared {
-            settings: Arc::new(settings),
-            tunnels: Arc::clone(&self.tunnels),
-            labels: Arc::clone(&self.labels),
-            manual: Arc::clone(&self.manual),
-        }
-    }
-
-    /// Notes a route set (or deleted) through the control socket.
-    pub fn with_manual(mut self, source: Cidr, set: bool) -> Shared {
-        let mut m = (*self.manual).clone();
-        if set {
-            m.insert(source);
-        } else {
-            m.remove(&source);
-        }
-        self.manual = Arc::new(m);
-        self
-    }
-
-    /// The same snapshot with other label routes.
-    pub fn with_labels(&self, labels: Labels) -> Shared {
-        Shared {
-            settings: Arc::clone(&self.settings),
-            tunnels: Arc::clone(&self.tunnels),
-            labels: Arc::new(labels),
-            manual: Arc::clone(&self.manual),
-        }
-    }
-
-    /// New settings, keeping the `Arc` of every tunnel that did not change,
-    /// so sessions on it see the same tunnel.
-    pub fn reloaded(&self, settings: Arc<Settings>) -> Shared {
-        let tunnels = settings
-            .tunnels
-            .iter()
-            .map(|t| match self.tunnels.iter().find(|old| ***old == *t) {
-                Some(old) => Arc::clone(old),
-                None => Arc::new(t.clone()),
-            })
-            .collect();
-        // Label routes come from Docker, not the file: they stay, resolved
-        // against the new tunnels by name.
-        let labels =
-            if self.labels.is_empty() { Arc::default() } else { Arc::new(self.labels.resolved(&settings)) };
-        // Routes set through the control socket last until a reload.
-        Shared { settings, tunnels, labels, manual: Arc::default() }
-    }
-
-    /// The route that matched (`None` for the default) and the client's
-    /// tunnel, or `None` to reject it.
-    pub fn route(&self, client: IpAddr) -> Option<(Option<Cidr>, &Arc<Tunnel>)> {
-        let (source, id) = self.route_id(client)?;
-        Some((source, self.tunnels.get(usize::from(id))?))
-    }
-
-    /// The route that matched and the index of the client's tunnel in
-    /// `tunnels`, or `None` to reject it.
-    pub fn route_id(&self, client: IpAddr) -> Option<(Option<Cidr>, u16)> {
-        match self.labels.lookup(client) {
-            LabelVerdict::Tunnel(c, id) => return Some((Some(c), id)),
-            // A label naming no tunnel rejects: a typo must not pick an exit.
-            LabelVerdict::Reject => return None,
-            LabelVerdict::None => {}
-        }
-        match self.settings.routes.lookup_route(client) {
-            Some((c, id)) => Some((Some(c), id)),
-            None => self.settings.default.map(|id| (None, id)),
-        }
-    }
-}
-
-impl crate::worker::RouteView for Shared {
-    fn route(&self, client: IpAddr) -> Option<(Option<Cidr>, u16)> {
-        self.route_id(client)
-    }
-
-    fn tunnels(&self) -> &Arc<[Arc<Tunnel>]> {
-        &self.tunnels
-    }
-
-    fn holds_container(&self, addr: IpAddr) -> bool {
-        // A /0 is "every source", not a container network; the longest
-        // route containing the address stands for all of them.
-        let inside = |c: &Cidr| c.len() > 0 && c.contains(addr);
-        self.settings.intercept.sources.iter().any(inside)
-            || self.settings.routes.lookup_route(addr).is_some_and(|(c, _)| inside(&c))
-            || self.labels.lookup(addr) != LabelVerdict::None
-    }
-}
-
-impl crate::worker::Routing for Live {
-    fn generation(&self) -> u64 {
-        Live::generation(self)
-    }
-
-    fn view(&self) -> Arc<dyn crate::worker::RouteView> {
-        self.load()
-    }
-}
 
 pub struct FrontLoop {
     id: usize,

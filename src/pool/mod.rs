@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::config::{Credentials, Tunnel, TunnelKind};
+use crate::stats::{Gauges, Snapshot};
 pub use state::{CHECK_EVERY, Events, Liveness, Miss, Pool};
 
 /// What the probe found out about a server's handling of pipelined bytes.
@@ -358,9 +359,11 @@ impl Pools {
         }
         o
     }
+}
 
+impl Gauges for Pools {
     /// Fills a snapshot's pool fields from the pool of `name` (all pools for `None`).
-    pub fn fill(&self, name: Option<&str>, s: &mut crate::stats::Snapshot) {
+    fn fill(&self, name: Option<&str>, s: &mut Snapshot) {
         let pools = match name {
             Some(n) => self.get(n).into_iter().collect(),
             None => self.all(),

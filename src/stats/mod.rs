@@ -142,7 +142,7 @@ counters! {
     docker_unknown_tunnel,
     /// Label routes (container addresses) live now.
     docker_label_routes,
-    /// Warm pools (filled from `pool::Pools` when read, never by a thread):
+    /// Warm pools (published to the registry by the pools as [`Gauges`], never counted by a thread):
     /// flows that found a greeted connection ready, and those that did not.
     pool_hits,
     pool_misses,
@@ -195,18 +195,37 @@ impl Counters {
     }
 }
 
+/// Counters kept outside the thread counters by a feature that owns them
+/// (the warm pools), published through here so that `stats` names no
+/// feature: a snapshot read from the registry asks each for its part.
+pub trait Gauges: Send + Sync + std::fmt::Debug {
+    /// Adds the gauges of the tunnel `name` (all tunnels for `None`) to `s`.
+    fn fill(&self, name: Option<&str>, s: &mut Snapshot);
+}
+
 /// Every thread's counters, and every worker's per-tunnel counters, for
 /// summing on read. Threads register once; the hot path never locks.
 #[derive(Debug, Default)]
 pub struct Registry {
-    /// Warm pools per tunnel; their counters are read from here.
-    pub pools: crate::pool::Pools,
+    /// Gauges kept elsewhere (the warm pools'), added to a snapshot when read.
+    gauges: std::sync::Mutex<Vec<std::sync::Arc<dyn Gauges>>>,
     threads: std::sync::Mutex<Vec<std::sync::Arc<Counters>>>,
     tunnels: std::sync::Mutex<Vec<(String, std::sync::Arc<Counters>)>>,
     sources: std::sync::Mutex<Vec<(String, std::sync::Arc<Counters>)>>,
 }
 
 impl Registry {
+    /// Adds `g`'s gauges to every snapshot read from now on.
+    pub fn publish(&self, g: std::sync::Arc<dyn Gauges>) {
+        self.gauges.lock().unwrap_or_else(|e| e.into_inner()).push(g);
+    }
+
+    fn fill(&self, name: Option<&str>, s: &mut Snapshot) {
+        for g in self.gauges.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            g.fill(name, s);
+        }
+    }
+
     /// Counters for a new thread.
     pub fn thread(&self) -> std::sync::Arc<Counters> {
         let c = std::sync::Arc::new(Counters::default());
@@ -243,7 +262,7 @@ impl Registry {
     pub fn total(&self) -> Snapshot {
         let t = self.threads.lock().unwrap_or_else(|e| e.into_inner());
         let mut s = snapshot(t.iter().map(|c| c.as_ref()));
-        self.pools.fill(None, &mut s);
+        self.fill(None, &mut s);
         s
     }
 
@@ -251,7 +270,7 @@ impl Registry {
     pub fn per_tunnel(&self) -> Vec<(String, Snapshot)> {
         let mut v = sum_by_name(&self.tunnels.lock().unwrap_or_else(|e| e.into_inner()));
         for (name, s) in &mut v {
-            self.pools.fill(Some(name), s);
+            self.fill(Some(name), s);
         }
         v
     }

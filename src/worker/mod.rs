@@ -47,14 +47,15 @@ use queue::{QueueRx, QueueTx};
 use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 
 use crate::config::{Credentials, Settings, Tunnel, TunnelKind};
+use crate::pool::Pools;
 use crate::relay::{PipePool, Pump, PumpError, Pumped, RelayCtx};
 use crate::route::Cidr;
+use crate::snapshot::Routing;
 use crate::stats::{Counters, Registry, Tally};
 use crate::udp::FoldState;
 use crate::upstream::{self, Handshake, HandshakeError, Progress, Socks5Handshake};
 pub use limits::SharedLimits;
 use limits::{Refused, TcpLimits, TcpSources, UdpCapHolds};
-pub use routing::{RouteView, Routing};
 use slab::{Kind, Slab};
 use std::collections::HashMap;
 pub use udp::{UdpBatch, UdpItem};
@@ -220,6 +221,7 @@ pub struct WorkerLoop {
     settings: Arc<Settings>,
     counters: Arc<Counters>,
     registry: Arc<Registry>,
+    pools: Arc<Pools>,
     /// This worker's counters per tunnel name and per route source.
     /// (Keyed by a fast keyed hash: looked up for every new flow.)
     per_tunnel: HashMap<String, Arc<Counters>, FoldState>,
@@ -273,16 +275,25 @@ impl FailLog {
     }
 }
 
+/// What every worker shares with the others (and the control side reads).
+#[derive(Debug, Default, Clone)]
+pub struct Common {
+    pub registry: Arc<Registry>,
+    /// The warm pools, by tunnel name.
+    pub pools: Arc<Pools>,
+    pub fail_log: Arc<FailLog>,
+    pub limits: Arc<SharedLimits>,
+}
+
 impl WorkerLoop {
     /// A worker and the handle front loops use to reach it.
     pub fn new(
         id: usize,
         settings: Arc<Settings>,
         routing: Arc<dyn Routing>,
-        registry: Arc<Registry>,
-        fail_log: Arc<FailLog>,
-        limits: Arc<SharedLimits>,
+        common: &Common,
     ) -> io::Result<(WorkerLoop, WorkerHandle)> {
+        let Common { registry, pools, fail_log, limits } = common.clone();
         let counters = registry.thread();
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -304,6 +315,7 @@ impl WorkerLoop {
             settings: Arc::clone(&settings),
             counters,
             registry,
+            pools,
             per_tunnel: HashMap::default(),
             per_source: HashMap::default(),
             fail_log,
@@ -1204,7 +1216,7 @@ mod tests {
 
     /// The live routes a worker reads, for a worker made alone in a test.
     fn live(s: &Arc<Settings>) -> Arc<dyn Routing> {
-        Arc::new(crate::front::Live::new(crate::front::Shared::new(Arc::clone(s))))
+        Arc::new(crate::snapshot::Live::new(crate::snapshot::Shared::new(Arc::clone(s))))
     }
 
     fn settings(extra: &str) -> Arc<Settings> {
@@ -1223,9 +1235,7 @@ mod tests {
             "tcp: (idle_timeout_secs: 7, splice: false), \
              udp: (idle_timeout_secs: 9, max_sessions: 5, pending_datagrams: 3, dns_over_tcp: false)",
         );
-        let (mut w, h) =
-            WorkerLoop::new(0, Arc::clone(&a), live(&a), Arc::default(), Arc::default(), Arc::default())
-                .unwrap();
+        let (mut w, h) = WorkerLoop::new(0, Arc::clone(&a), live(&a), &Common::default()).unwrap();
         assert!(w.relay.splice);
         assert!(h.command(Command::Settings(b), Duration::from_secs(1)));
         w.take_handoffs();
@@ -1245,9 +1255,13 @@ mod tests {
             routes: [(source: "10.8.0.0/24", tunnel: "a")], threads: 1, max_sources_per_route: 2)"#;
         let s = Arc::new(Settings::parse("t.ron", text).unwrap());
         let limits = Arc::new(SharedLimits::default());
-        let (mut w, _h) =
-            WorkerLoop::new(0, Arc::clone(&s), live(&s), Arc::default(), Arc::default(), Arc::clone(&limits))
-                .unwrap();
+        let (mut w, _h) = WorkerLoop::new(
+            0,
+            Arc::clone(&s),
+            live(&s),
+            &Common { limits: Arc::clone(&limits), ..Default::default() },
+        )
+        .unwrap();
         let tunnels: Arc<[Arc<Tunnel>]> = s.tunnels.iter().cloned().map(Arc::new).collect();
         let net: Cidr = "10.8.0.0/24".parse().unwrap();
         let send = |w: &mut WorkerLoop, from: &str| {
@@ -1276,20 +1290,18 @@ mod tests {
     #[test]
     fn a_reset_survives_a_full_queue_or_says_it_did_not() {
         use crate::control::{Control, Request};
-        use crate::front::{Live, Shared};
+        use crate::snapshot::{Live, Shared};
         let s = settings("");
         let live = Arc::new(Live::new(Shared::new(Arc::clone(&s))));
         let routing: Arc<dyn Routing> = live.clone();
-        let (w, h) =
-            WorkerLoop::new(0, Arc::clone(&s), routing, Arc::default(), Arc::default(), Arc::default())
-                .unwrap();
+        let (w, h) = WorkerLoop::new(0, Arc::clone(&s), routing, &Common::default()).unwrap();
         let tunnels: Arc<[Arc<Tunnel>]> = s.tunnels.iter().cloned().map(Arc::new).collect();
         let mut full = 0;
         while h.try_send(Handoff::Udp(Box::new(UdpBatch::new(Arc::clone(&tunnels))))).is_ok() {
             full += 1;
         }
         assert_eq!(full, QUEUE, "the hand-off queue is full");
-        let ctl = Control { live, workers: vec![h], registry: Arc::default() };
+        let ctl = Control { live, workers: vec![h], registry: Arc::default(), pools: Arc::default() };
         let source: Cidr = "10.8.0.11/32".parse().unwrap();
         let set = Request::RouteSet { source, tunnel: "a".into(), reset: true };
         let body = ctl.handle(set.clone()).unwrap();

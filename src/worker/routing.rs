@@ -32,26 +32,7 @@ use std::sync::Arc;
 
 use crate::config::Tunnel;
 use crate::route::Cidr;
-
-/// A snapshot of the routing view (implemented by the front's `Shared`).
-pub trait RouteView: Send + Sync {
-    /// The route that matched (`None`: the default) and the index of the
-    /// client's tunnel in [`RouteView::tunnels`], or `None` to reject it.
-    fn route(&self, client: IpAddr) -> Option<(Option<Cidr>, u16)>;
-    /// The tunnels route indexes point into.
-    fn tunnels(&self) -> &Arc<[Arc<Tunnel>]>;
-    /// Whether `addr` belongs to a container: inside `intercept.sources`, a
-    /// route's source (config or `route set`, not a /0) or a label route.
-    fn holds_container(&self, addr: IpAddr) -> bool;
-}
-
-/// The live routing view (implemented by the front's `Live`).
-pub trait Routing: Send + Sync {
-    /// Moves on every change of the view.
-    fn generation(&self) -> u64;
-    /// The current view, at least as new as a generation read before.
-    fn view(&self) -> Arc<dyn RouteView>;
-}
+use crate::snapshot::{RouteView, Routing};
 
 /// A worker's copy of the view, refreshed when the generation moves.
 pub(super) struct Routes {

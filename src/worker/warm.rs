@@ -52,7 +52,7 @@ impl WorkerLoop {
         if let Some(p) = self.pool_cache.get(name) {
             return p.clone();
         }
-        let p = self.registry.pools.get(name);
+        let p = self.pools.get(name);
         self.pool_cache.insert(name.to_string(), p.clone());
         p
     }
@@ -260,7 +260,7 @@ impl WorkerLoop {
         }
         self.next_pool_tick = self.now + pool::CHECK_EVERY;
         let now = self.now;
-        for p in self.registry.pools.all() {
+        for p in self.pools.all() {
             let mut i = p.lock();
             let (tcp, udp) = (i.tcp.tick(now), i.udp.tick(now));
             if tcp + udp == 0 {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use super::heavy;
 use crate::config::Tunnel;
 use crate::route::Cidr;
-use crate::worker::RouteView;
+use crate::snapshot::RouteView;
 
 /// Datagrams a front loop received and routed for one worker, packed into
 /// one buffer: one hand-off (and one wake) per batch, and the batch comes
