@@ -104,36 +104,10 @@ impl FrontLoop {
         }
     }
 
+    /// Routes the datagram in receive slot `k` and adds it to its worker's
+    /// batch (sent when full, or at the end of the wake-up).
     fn route_datagram(&mut self, k: usize, listen_addr: SocketAddr) {
-        // The lengths are the kernel's (clamped to the buffers by `sys`);
-        // read through get() all the same: a slice out of bounds here would
-        // stop every container's traffic.
-        let Some(slot) = self.slots.get(k) else { return };
-        let meta = slot.meta;
-        let name = slot.name.0.get(..meta.name_len).unwrap_or_default();
-        let Some(client) = sockaddr::parse(name).map(unmapped) else { return };
-        if meta.truncated {
-            Counters::inc(&self.counters.udp_drop_truncated);
-            return;
-        }
-        let orig = if meta.ctrl_truncated {
-            Err(CmsgError::Truncated)
-        } else {
-            slot.ctrl.0.get(..meta.ctrl_len).ok_or(CmsgError::Truncated).and_then(orig_dst_from_cmsgs)
-        };
-        let orig_dst = match orig.map(unmapped) {
-            Ok(d) if d != listen_addr && !self.is_own_listener(d) => d,
-            Ok(_) | Err(CmsgError::Missing) => {
-                Counters::inc(&self.counters.udp_drop_not_tproxied);
-                debug!(target: "egressd::front", "{client}: datagram straight to the listener; dropped");
-                return;
-            }
-            Err(e) => {
-                Counters::inc(&self.counters.udp_drop_truncated);
-                debug!(target: "egressd::front", "{client}: {e}; dropped");
-                return;
-            }
-        };
+        let Some((client, orig_dst, len)) = self.datagram_addresses(k, listen_addr) else { return };
         let Some(route) = self.shared.route_id(client.ip()) else {
             Counters::inc(&self.counters.udp_drop_no_route);
             debug!(target: "egressd::front", "{client} -> udp {orig_dst}: no route for this source; dropped");
@@ -144,6 +118,63 @@ impl FrontLoop {
             return;
         }
         let w = worker_for(client.ip(), self.workers.len());
+        if !self.open_batch(w) {
+            return;
+        }
+        let at = k * MAX_DATAGRAM;
+        // Never past the slot's own chunk: that is the next datagram's.
+        let Some(payload) = self.rdata.get(at..at + len).filter(|_| len <= MAX_DATAGRAM) else {
+            Counters::inc(&self.counters.udp_drop_truncated);
+            return;
+        };
+        let Some(batch) = self.batches[w].as_mut() else { return };
+        batch.push(client, orig_dst, route, payload);
+        if batch.is_full() {
+            self.send_batch(w);
+        }
+    }
+
+    /// The client and original destination of the datagram in receive slot
+    /// `k`, and its length; `None` (counted) when it cannot be relayed.
+    fn datagram_addresses(
+        &self,
+        k: usize,
+        listen_addr: SocketAddr,
+    ) -> Option<(SocketAddr, SocketAddr, usize)> {
+        // The lengths are the kernel's (clamped to the buffers by `sys`);
+        // read through get() all the same: a slice out of bounds here would
+        // stop every container's traffic.
+        let slot = self.slots.get(k)?;
+        let meta = slot.meta;
+        let name = slot.name.0.get(..meta.name_len).unwrap_or_default();
+        let client = sockaddr::parse(name).map(unmapped)?;
+        if meta.truncated {
+            Counters::inc(&self.counters.udp_drop_truncated);
+            return None;
+        }
+        let orig = if meta.ctrl_truncated {
+            Err(CmsgError::Truncated)
+        } else {
+            slot.ctrl.0.get(..meta.ctrl_len).ok_or(CmsgError::Truncated).and_then(orig_dst_from_cmsgs)
+        };
+        match orig.map(unmapped) {
+            Ok(d) if d != listen_addr && !self.is_own_listener(d) => Some((client, d, meta.len)),
+            Ok(_) | Err(CmsgError::Missing) => {
+                Counters::inc(&self.counters.udp_drop_not_tproxied);
+                debug!(target: "egressd::front", "{client}: datagram straight to the listener; dropped");
+                None
+            }
+            Err(e) => {
+                Counters::inc(&self.counters.udp_drop_truncated);
+                debug!(target: "egressd::front", "{client}: {e}; dropped");
+                None
+            }
+        }
+    }
+
+    /// Makes sure worker `w` has a batch to add to, routed with the current
+    /// snapshot; false (counted) when the workers are too far behind.
+    fn open_batch(&mut self, w: usize) -> bool {
         // A batch holds the items of one snapshot of the routes: its tunnel
         // indexes point into that snapshot's tunnels, and the worker reads
         // its generation (see the worker's `routing`). One routed with an
@@ -165,26 +196,17 @@ impl FrontLoop {
                 // Every batch the process may hold is queued: the workers
                 // are behind, and queueing more would only grow memory.
                 Counters::inc(&self.counters.udp_drop_queue_full);
-                return;
+                return false;
             };
             self.batches[w] = Some(b);
         }
-        let Some(batch) = self.batches[w].as_mut() else { return };
-        if !batch.routed_with(self.seen, &self.shared.tunnels) {
+        let seen = self.seen;
+        let ready = self.batches[w].as_mut().is_some_and(|b| b.routed_with(seen, &self.shared.tunnels));
+        if !ready {
             // Cannot be: send_batch leaves no batch or an empty one.
             Counters::inc(&self.counters.udp_drop_queue_full);
-            return;
         }
-        let at = k * MAX_DATAGRAM;
-        // Never past the slot's own chunk: that is the next datagram's.
-        let Some(payload) = self.rdata.get(at..at + meta.len).filter(|_| meta.len <= MAX_DATAGRAM) else {
-            Counters::inc(&self.counters.udp_drop_truncated);
-            return;
-        };
-        batch.push(client, orig_dst, route, payload);
-        if batch.is_full() {
-            self.send_batch(w);
-        }
+        ready
     }
 
     fn flush_batches(&mut self) {

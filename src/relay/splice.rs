@@ -51,6 +51,9 @@ impl PipePool {
 }
 
 impl super::Pump {
+    /// Moves what `src` has to `dst` through a pipe of the pool (taken
+    /// while bytes are in it, given back when the socket is idle), until
+    /// one side would block or the stream ends.
     pub(super) fn pump_splice(
         &mut self,
         src: &mut mio::net::TcpStream,
@@ -66,22 +69,8 @@ impl super::Pump {
             return Ok(Pumped::WaitWrite);
         }
         loop {
-            if self.in_pipe > 0 {
-                let pipe = self.pipe.as_ref().expect("bytes are in a pipe");
-                match sys::splice(pipe.r.as_fd(), dst.as_fd(), self.in_pipe as usize) {
-                    Ok(0) => return Err(PumpError::Write(ErrorKind::WriteZero.into())),
-                    Ok(n) => {
-                        // n <= in_pipe (splice moves at most what it is
-                        // asked); saturating all the same, a count the
-                        // kernel reports must not wrap into a huge one.
-                        self.in_pipe = self.in_pipe.saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
-                        self.bytes += n as u64;
-                        continue;
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Pumped::WaitWrite),
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(PumpError::Write(e)),
-                }
+            if self.in_pipe > 0 && !self.drain_pipe(dst)? {
+                return Ok(Pumped::WaitWrite);
             }
             if self.eof {
                 if let Some(p) = self.pipe.take() {
@@ -91,56 +80,101 @@ impl super::Pump {
                 self.done = true;
                 return Ok(Pumped::Done);
             }
-            let pipe = match self.pipe.take() {
-                Some(p) => p,
-                None => pool.get().map_err(|_| PumpError::Unsupported)?,
-            };
-            let r = sys::splice(src.as_fd(), pipe.w.as_fd(), pipe.size as usize);
-            match r {
-                // 0 is EOF, or urgent data at the head of the queue: splice
-                // (tcp_read_sock) never reads past the urgent mark. A plain
-                // read does (the sockets are SO_OOBINLINE, so the urgent byte
-                // is read in line) and tells the two apart.
-                Ok(0) => {
-                    pool.put(pipe);
-                    match src.read(scratch) {
-                        Ok(0) => self.eof = true,
-                        Ok(n) => {
-                            let w = write_some(dst, &scratch[..n], &mut self.bytes)?;
-                            if w < n {
-                                self.hold(&scratch[w..n]);
-                                return Ok(Pumped::WaitWrite);
-                            }
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Pumped::WaitRead),
-                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                        Err(e) => return Err(PumpError::Read(e)),
-                    }
-                }
-                Ok(n) => {
-                    // n <= pipe.size, a u32.
-                    self.in_pipe = n as u32;
-                    self.pipe = Some(pipe);
-                }
-                // The pipe is empty, so this means the socket is: idle again,
-                // and the pipe goes back to the pool.
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    pool.put(pipe);
-                    return Ok(Pumped::WaitRead);
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => self.pipe = Some(pipe),
-                Err(e)
-                    if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) && self.bytes == 0 =>
-                {
-                    pool.put(pipe);
-                    return Err(PumpError::Unsupported);
-                }
-                Err(e) => {
-                    pool.put(pipe);
-                    return Err(PumpError::Read(e));
-                }
+            if let Some(wait) = self.fill_pipe(src, dst, pool, scratch)? {
+                return Ok(wait);
             }
         }
+    }
+
+    /// Writes what the pipe holds to `dst`; false when `dst` is full first.
+    fn drain_pipe(&mut self, dst: &mut mio::net::TcpStream) -> Result<bool, PumpError> {
+        while self.in_pipe > 0 {
+            let pipe = self.pipe.as_ref().expect("bytes are in a pipe");
+            match sys::splice(pipe.r.as_fd(), dst.as_fd(), self.in_pipe as usize) {
+                Ok(0) => return Err(PumpError::Write(ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    // n <= in_pipe (splice moves at most what it is
+                    // asked); saturating all the same, a count the
+                    // kernel reports must not wrap into a huge one.
+                    self.in_pipe = self.in_pipe.saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
+                    self.bytes += n as u64;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(PumpError::Write(e)),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Splices what `src` has into a pipe; `Some` when the pump must wait.
+    fn fill_pipe(
+        &mut self,
+        src: &mut mio::net::TcpStream,
+        dst: &mut mio::net::TcpStream,
+        pool: &mut PipePool,
+        scratch: &mut [u8],
+    ) -> Result<Option<Pumped>, PumpError> {
+        let pipe = match self.pipe.take() {
+            Some(p) => p,
+            None => pool.get().map_err(|_| PumpError::Unsupported)?,
+        };
+        match sys::splice(src.as_fd(), pipe.w.as_fd(), pipe.size as usize) {
+            Ok(0) => {
+                pool.put(pipe);
+                self.read_past_urgent(src, dst, scratch)
+            }
+            Ok(n) => {
+                // n <= pipe.size, a u32.
+                self.in_pipe = n as u32;
+                self.pipe = Some(pipe);
+                Ok(None)
+            }
+            // The pipe is empty, so this means the socket is: idle again,
+            // and the pipe goes back to the pool.
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                pool.put(pipe);
+                Ok(Some(Pumped::WaitRead))
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {
+                self.pipe = Some(pipe);
+                Ok(None)
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) && self.bytes == 0 => {
+                pool.put(pipe);
+                Err(PumpError::Unsupported)
+            }
+            Err(e) => {
+                pool.put(pipe);
+                Err(PumpError::Read(e))
+            }
+        }
+    }
+
+    /// splice read 0: EOF, or urgent data at the head of the queue (splice,
+    /// in tcp_read_sock, never reads past the urgent mark). A plain read
+    /// does (the sockets are SO_OOBINLINE, so the urgent byte is read in
+    /// line) and tells the two apart.
+    fn read_past_urgent(
+        &mut self,
+        src: &mut mio::net::TcpStream,
+        dst: &mut mio::net::TcpStream,
+        scratch: &mut [u8],
+    ) -> Result<Option<Pumped>, PumpError> {
+        match src.read(scratch) {
+            Ok(0) => self.eof = true,
+            Ok(n) => {
+                let w = write_some(dst, &scratch[..n], &mut self.bytes)?;
+                if w < n {
+                    self.hold(&scratch[w..n]);
+                    return Ok(Some(Pumped::WaitWrite));
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Some(Pumped::WaitRead)),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(PumpError::Read(e)),
+        }
+        Ok(None)
     }
 }
 
