@@ -2,14 +2,23 @@
 //!
 //! The module list is the map of the data path:
 //! a container's connection arrives at a [`front`] loop, which finds its
-//! original destination and its [`route`], and hands it to a [`worker`];
-//! the worker opens the tunnel through an [`upstream`] handshake (bytes
-//! framed by [`wire`]), on a greeted connection from the tunnel's warm
-//! [`pool`] when one is ready, and then [`relay`]s both directions. [`sys`] holds
-//! the only `unsafe` code. [`config`], [`rules`] and [`cli`] are the
-//! operator's side. Per-source limits take tokens from a [`bucket`];
-//! [`hostwatch`] watches the host while egressd runs; [`lograte`] keeps
-//! warnings about outside events to one a minute.
+//! original destination and its route in the [`snapshot`] (source-CIDR
+//! routes: [`route`]; Docker label routes, kept current by [`docker`]), and
+//! hands it to a [`worker`]; the worker opens the tunnel through an
+//! [`upstream`] handshake (bytes framed by [`wire`]), on a greeted
+//! connection from the tunnel's warm [`pool`] when one is ready, and then
+//! [`relay`]s both directions; UDP sessions live in [`udp`]'s table. [`sys`]
+//! holds the only `unsafe` code; [`stats`] counts. [`config`], [`rules`],
+//! [`doctor`], [`control`] and [`cli`] are the operator's side. Per-source
+//! limits take tokens from a [`bucket`]; [`hostwatch`] watches the host
+//! while egressd runs; [`lograte`] keeps warnings about outside events to
+//! one a minute.
+//!
+//! Each layer imports only the layers below it (`scripts/structure.py`
+//! checks it on every test run):
+//! `cli` → `control` `doctor` → `front` `hostwatch` → `docker` → `worker` →
+//! `snapshot` → `relay` `upstream` `pool` `rules` → `config` → `bucket`
+//! `lograte` `sys` `wire` `route` `stats` `udp`.
 #![deny(unsafe_code)]
 
 pub mod bucket;
