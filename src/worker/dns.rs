@@ -44,6 +44,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 use socket2::SockRef;
 
+use super::connect::{Connect, connect_result};
 use super::slab::{self, Kind};
 use super::{Drive, WorkerLoop, auth_of, connect, drive_handshake, keepalive};
 use crate::config::Tunnel;
@@ -331,20 +332,13 @@ impl WorkerLoop {
         loop {
             match c.stage {
                 Stage::Connecting => {
-                    if !(ev.is_writable() || ev.is_error() || ev.is_write_closed()) {
-                        return;
-                    }
-                    if let Ok(Some(e)) | Err(e) = c.stream.take_error() {
-                        let why = format!("connect: {e}");
-                        return self.close_dns(slot, &why);
-                    }
-                    match c.stream.peer_addr() {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == ErrorKind::NotConnected => return,
-                        Err(e) => {
+                    match connect_result(&c.stream, ev) {
+                        Connect::Pending => return,
+                        Connect::Failed(e) | Connect::Unknown(e) => {
                             let why = format!("connect: {e}");
                             return self.close_dns(slot, &why);
                         }
+                        Connect::Connected => {}
                     }
                     let _ = keepalive(&SockRef::from(&c.stream));
                     c.stage = Stage::Handshaking;

@@ -23,6 +23,7 @@
 //! entry in the timer heap; when it comes due and the flow has been active
 //! since, it is pushed again with the new deadline.
 
+mod connect;
 mod dns;
 mod limits;
 mod queue;

@@ -27,6 +27,7 @@ use mio::Interest;
 use mio::net::{TcpStream, UdpSocket};
 use socket2::{Domain, SockRef, Socket, Type};
 
+use super::connect::{Connect, connect_result};
 use super::dns::{DnsConn, DnsRefused};
 use super::slab::{self, Kind, Slab};
 use super::{Drive, WorkerLoop, auth_of, connect, drive_handshake, keepalive};
@@ -497,20 +498,16 @@ impl WorkerLoop {
         let (ready, why) = match &mut s.link {
             Link::Associating { ctrl, hs, connected, .. } => {
                 if !*connected {
-                    if !(ev.is_writable() || ev.is_error() || ev.is_write_closed()) {
-                        return;
-                    }
-                    match ctrl.take_error() {
-                        Ok(None) => {}
-                        Ok(Some(e)) | Err(e) => {
+                    match connect_result(ctrl, ev) {
+                        Connect::Pending => return,
+                        Connect::Failed(e) => {
                             let why = format!("cannot connect to the tunnel server: {e}");
                             return self.fail_session(slot, &why);
                         }
-                    }
-                    match ctrl.peer_addr() {
-                        Ok(_) => *connected = true,
-                        Err(e) if e.kind() == ErrorKind::NotConnected => return,
-                        Err(e) => return self.fail_session(slot, &format!("cannot connect: {e}")),
+                        Connect::Unknown(e) => {
+                            return self.fail_session(slot, &format!("cannot connect: {e}"));
+                        }
+                        Connect::Connected => *connected = true,
                     }
                     let _ = keepalive(&SockRef::from(&*ctrl));
                 }

@@ -8,7 +8,6 @@
 //!               └──── error / timeout / bytes out of turn ────────────────────────► refill_failed
 //! ```
 
-use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -17,6 +16,7 @@ use mio::Interest;
 use mio::net::TcpStream;
 use socket2::SockRef;
 
+use super::connect::{Connect, connect_result};
 use super::slab::{self, Kind};
 use super::{Drive, WorkerLoop, connect, drive_handshake, keepalive, may_read};
 use crate::config::{Credentials, Tunnel};
@@ -179,16 +179,10 @@ impl WorkerLoop {
         }
         let w = self.warming.get_mut(slot).expect("live");
         if !w.connected {
-            if !(ev.is_writable() || ev.is_error() || ev.is_write_closed()) {
-                return;
-            }
-            if !matches!(w.stream.take_error(), Ok(None)) {
-                return self.warm_end(slot, None);
-            }
-            match w.stream.peer_addr() {
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::NotConnected => return,
-                Err(_) => return self.warm_end(slot, None),
+            match connect_result(&w.stream, ev) {
+                Connect::Pending => return,
+                Connect::Failed(_) | Connect::Unknown(_) => return self.warm_end(slot, None),
+                Connect::Connected => {}
             }
             let _ = keepalive(&SockRef::from(&w.stream));
             let _ = w.stream.set_nodelay(true);
