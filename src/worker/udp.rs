@@ -129,15 +129,7 @@ impl Udp {
     /// `max_reply_sockets` are for the whole process, split evenly across
     /// the workers (a source's sessions all live in one worker).
     pub(super) fn new(s: &UdpSettings, workers: usize) -> Udp {
-        let limits = Limits {
-            idle_timeout: s.idle_timeout,
-            dns_idle_timeout: s.dns_idle_timeout,
-            max_sessions: UdpSettings::per_worker(s.max_sessions, workers),
-            max_per_source: s.max_sessions_per_source,
-            new_per_source_per_sec: s.new_sessions_per_source_per_sec,
-            new_per_source_burst: s.new_sessions_per_source_burst,
-        };
-        let mut table = SessionTable::new(limits);
+        let mut table = SessionTable::new(limits_of(s, workers));
         table.set_max_idle_sources(idle_sources_per_worker(s.max_idle_sources, workers));
         Udp {
             table,
@@ -195,13 +187,12 @@ impl Udp {
     /// pending_datagrams, the pending byte budgets and dns_over_tcp for
     /// what comes next; the idle sources kept (fewer forgets the oldest now).
     pub(super) fn apply(&mut self, s: &UdpSettings, workers: usize) {
-        let fresh = Udp::new(s, workers);
-        self.table.set_limits(*fresh.table.limits());
+        self.table.set_limits(limits_of(s, workers));
         self.table.set_max_idle_sources(idle_sources_per_worker(s.max_idle_sources, workers));
         self.replies.set_cap(UdpSettings::per_worker(s.max_reply_sockets, workers));
-        (self.pending_max, self.dns_over_tcp) = (fresh.pending_max, fresh.dns_over_tcp);
+        (self.pending_max, self.dns_over_tcp) = (s.pending_datagrams, s.dns_over_tcp);
         (self.pending_bytes_max, self.pending_source_max) =
-            (fresh.pending_bytes_max, fresh.pending_source_max);
+            (s.pending_bytes_per_worker, s.pending_bytes_per_source);
     }
 
     pub(super) fn next_deadline(&self) -> Option<Instant> {
@@ -826,6 +817,18 @@ fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => a.is_private() || a.is_link_local(),
         IpAddr::V6(a) => (a.segments()[0] & 0xfe00) == 0xfc00 || (a.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// The session table's limits in one worker (see [`Udp::new`]).
+fn limits_of(s: &UdpSettings, workers: usize) -> Limits {
+    Limits {
+        idle_timeout: s.idle_timeout,
+        dns_idle_timeout: s.dns_idle_timeout,
+        max_sessions: UdpSettings::per_worker(s.max_sessions, workers),
+        max_per_source: s.max_sessions_per_source,
+        new_per_source_per_sec: s.new_sessions_per_source_per_sec,
+        new_per_source_burst: s.new_sessions_per_source_burst,
     }
 }
 
