@@ -31,7 +31,7 @@ use super::connect::{Connect, connect_result};
 use super::dns::{DnsConn, DnsRefused};
 use super::slab::{self, Kind, Slab};
 use super::{Drive, WorkerLoop, auth_of, connect, drive_handshake, keepalive};
-use crate::config::{Tunnel, TunnelKind, UdpSettings};
+use crate::config::{Credentials, Tunnel, TunnelKind, UdpSettings};
 use crate::route::Cidr;
 use crate::stats::{Counters, Tally};
 use crate::udp::{Admit, DnsAliases, FoldState, Insert, Limits, SessionTable};
@@ -317,17 +317,8 @@ impl WorkerLoop {
                 let pipelined = self.pipelines(d.tunnel);
                 match connect(addr, &d.tunnel.kind) {
                     Ok(ctrl) => {
-                        let from = SocketAddr::new(unspecified(addr.ip()), 0);
-                        let hs = if pipelined {
-                            Socks5Handshake::pipelined(
-                                crate::wire::socks5::CMD_UDP_ASSOCIATE,
-                                from,
-                                auth.as_ref(),
-                            )
-                        } else {
-                            Socks5Handshake::associate(from, auth.is_some())
-                        };
-                        let hs = Box::new(Handshake::Socks5(hs));
+                        let hs =
+                            Box::new(Handshake::Socks5(associate_handshake(addr, auth.as_ref(), pipelined)));
                         Some(Link::Associating { ctrl, hs, connected: false, pending: VecDeque::new() })
                     }
                     Err(e) => {
@@ -530,13 +521,8 @@ impl WorkerLoop {
         };
         let Some(bound) = ready else { return self.fail_session(slot, &format!("UDP ASSOCIATE: {why}")) };
         let relay = relay_addr(bound, &s.tunnel);
-        let data = (|| -> std::io::Result<UdpSocket> {
-            let sock = UdpSocket::bind(SocketAddr::new(unspecified(relay.ip()), 0))?;
-            sock.connect(relay)?;
-            Ok(sock)
-        })();
-        let mut data = match data {
-            Ok(d) => d,
+        let mut data = match relay_socket(relay) {
+            Ok(d) => UdpSocket::from_std(d),
             Err(e) => return self.fail_session(slot, &format!("UDP socket to relay {relay}: {e}")),
         };
         if self
@@ -836,6 +822,29 @@ fn limits_of(s: &UdpSettings, workers: usize) -> Limits {
 /// lives in the worker its sessions do); 0 stays 0 (forget at once).
 fn idle_sources_per_worker(total: usize, workers: usize) -> usize {
     if total == 0 { 0 } else { UdpSettings::per_worker(total, workers) }
+}
+
+/// UDP ASSOCIATE through the server at `server`: greeting, credentials and
+/// request in one flight when the server takes pipelining.
+pub(super) fn associate_handshake(
+    server: SocketAddr,
+    auth: Option<&Credentials>,
+    pipelined: bool,
+) -> Socks5Handshake {
+    let from = SocketAddr::new(unspecified(server.ip()), 0);
+    if pipelined {
+        Socks5Handshake::pipelined(socks5::CMD_UDP_ASSOCIATE, from, auth)
+    } else {
+        Socks5Handshake::associate(from, auth.is_some())
+    }
+}
+
+/// A non-blocking UDP socket of egressd's own, connected to the relay.
+pub(super) fn relay_socket(relay: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let s = Socket::new(Domain::for_address(relay), Type::DGRAM.nonblocking().cloexec(), None)?;
+    s.bind(&SocketAddr::new(unspecified(relay.ip()), 0).into())?;
+    s.connect(&relay.into())?;
+    Ok(s.into())
 }
 
 pub(super) fn unspecified(like: IpAddr) -> IpAddr {
