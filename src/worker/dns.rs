@@ -222,10 +222,7 @@ impl WorkerLoop {
         t: &Tunnel,
         why: DnsRefused,
     ) {
-        Counters::inc(why.counter(&self.counters));
-        if let Some(tc) = self.udp.session_tally(session) {
-            tc.inc(|c| why.counter(c));
-        }
+        self.count_session(session, |c| why.counter(c));
         if why.names_source() {
             self.udp.over_limit(client.ip(), self.now);
         }
