@@ -44,6 +44,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 use socket2::SockRef;
 
+use super::connect::{Connect, connect_result};
 use super::slab::{self, Kind};
 use super::{Drive, WorkerLoop, auth_of, connect, drive_handshake, keepalive};
 use crate::config::Tunnel;
@@ -200,12 +201,10 @@ impl WorkerLoop {
         }
         c.held += cost;
         c.last_used = now;
-        c.tc.inc(|c| &c.udp_dgrams_up);
-        c.tc.add(|c| &c.udp_bytes_up, q.len() as u64);
+        c.tc.inc_all(&self.counters, |c| &c.udp_dgrams_up);
+        c.tc.add_all(&self.counters, |c| &c.udp_bytes_up, q.len() as u64);
         let open = c.stage == Stage::Open;
         Counters::inc(&self.counters.dns_tcp_queries);
-        Counters::inc(&self.counters.udp_dgrams_up);
-        Counters::add(&self.counters.udp_bytes_up, q.len() as u64);
         self.dns_timer(slot, now + self.settings.udp.dns_answer_timeout);
         if open && self.flush_dns(slot).is_err() {
             self.close_dns(slot, "write error");
@@ -223,10 +222,7 @@ impl WorkerLoop {
         t: &Tunnel,
         why: DnsRefused,
     ) {
-        Counters::inc(why.counter(&self.counters));
-        if let Some(tc) = self.udp.session_tally(session) {
-            tc.inc(|c| why.counter(c));
-        }
+        self.count_session(session, |c| why.counter(c));
         if why.names_source() {
             self.udp.over_limit(client.ip(), self.now);
         }
@@ -320,8 +316,7 @@ impl WorkerLoop {
             return None;
         }
         self.dns_pool.insert(key, slot);
-        Counters::inc(&self.counters.dns_tcp_connections);
-        c.tc.inc(|c| &c.dns_tcp_connections);
+        c.tc.inc_all(&self.counters, |c| &c.dns_tcp_connections);
         self.dns_timer(slot, self.now + self.settings.tcp.connect_timeout);
         debug!(target: "egressd::udp", "{client} -> dns {dst} via {}: new pooled TCP connection", t.name);
         Some(slot)
@@ -334,20 +329,13 @@ impl WorkerLoop {
         loop {
             match c.stage {
                 Stage::Connecting => {
-                    if !(ev.is_writable() || ev.is_error() || ev.is_write_closed()) {
-                        return;
-                    }
-                    if let Ok(Some(e)) | Err(e) = c.stream.take_error() {
-                        let why = format!("connect: {e}");
-                        return self.close_dns(slot, &why);
-                    }
-                    match c.stream.peer_addr() {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == ErrorKind::NotConnected => return,
-                        Err(e) => {
+                    match connect_result(&c.stream, ev) {
+                        Connect::Pending => return,
+                        Connect::Failed(e) | Connect::Unknown(e) => {
                             let why = format!("connect: {e}");
                             return self.close_dns(slot, &why);
                         }
+                        Connect::Connected => {}
                     }
                     let _ = keepalive(&SockRef::from(&c.stream));
                     c.stage = Stage::Handshaking;
@@ -437,10 +425,9 @@ impl WorkerLoop {
             }
             // A partial answer held is the source's too.
             if !self.settle_dns(slot) {
-                let tc = self.udp.dns.get(slot).map(|c| c.tc.clone());
-                Counters::inc(&self.counters.udp_drop_pending_bytes);
-                if let Some(tc) = tc {
-                    tc.inc(|c| &c.udp_drop_pending_bytes);
+                match self.udp.dns.get(slot) {
+                    Some(c) => c.tc.inc_all(&self.counters, |c| &c.udp_drop_pending_bytes),
+                    None => Counters::inc(&self.counters.udp_drop_pending_bytes),
                 }
                 return self.close_dns(slot, "a partial answer larger than the source's pending bytes allow");
             }
@@ -496,9 +483,9 @@ impl WorkerLoop {
         let (late, next) = match c.stream_state.expire(now, answer) {
             Expiry::Keep { late, next } => (late, next),
             Expiry::Stalled { late, lost } => {
-                count(&self.counters, &c.tc, |c| &c.dns_tcp_timeouts, late as u64);
-                count(&self.counters, &c.tc, |c| &c.dns_tcp_lost, lost as u64);
-                count(&self.counters, &c.tc, |c| &c.dns_tcp_stalled, 1);
+                c.tc.add_all(&self.counters, |c| &c.dns_tcp_timeouts, late as u64);
+                c.tc.add_all(&self.counters, |c| &c.dns_tcp_lost, lost as u64);
+                c.tc.inc_all(&self.counters, |c| &c.dns_tcp_stalled);
                 let why = format!(
                     "{late} queries unanswered for dns_answer_timeout_secs and no answer from the server meanwhile \
                      ({lost} more in flight dropped)"
@@ -507,7 +494,7 @@ impl WorkerLoop {
             }
         };
         if late > 0 {
-            count(&self.counters, &c.tc, |c| &c.dns_tcp_timeouts, late as u64);
+            c.tc.add_all(&self.counters, |c| &c.dns_tcp_timeouts, late as u64);
             debug!(target: "egressd::udp", "dns {} via {}: {late} queries unanswered for dns_answer_timeout_secs dropped",
                 c.dst, c.tunnel.name);
         }
@@ -528,7 +515,7 @@ impl WorkerLoop {
             let lost = c.stream_state.inflight.len();
             debug!(target: "egressd::udp", "{} -> dns {} via {}: connection closed: {why}; {lost} queries unanswered",
                 c.key.1, c.dst, c.tunnel.name);
-            count(&self.counters, &c.tc, |c| &c.dns_tcp_lost, lost as u64);
+            c.tc.add_all(&self.counters, |c| &c.dns_tcp_lost, lost as u64);
             self.udp.release_pending(c.key.1, c.held);
             if self.dns_pool.get(&c.key) == Some(&slot) {
                 self.dns_pool.remove(&c.key);
@@ -546,13 +533,6 @@ impl WorkerLoop {
         }
         n
     }
-}
-
-/// Adds `n` to one counter, for the process and for a connection's tunnel
-/// and route source.
-fn count(all: &Counters, tc: &Tally, f: impl Fn(&Counters) -> &AtomicU64, n: u64) {
-    Counters::add(f(all), n);
-    tc.add(f, n);
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 //! so a stale event for a reused slot is ignored. One timer heap holds the
 //! flows', warm connections' and UDP links' deadlines.
 
+mod connect;
 mod dns;
 mod flow;
 mod handshake;

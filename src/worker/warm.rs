@@ -8,7 +8,6 @@
 //!               └──── error / timeout / bytes out of turn ────────────────────────► refill_failed
 //! ```
 
-use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -17,7 +16,9 @@ use mio::Interest;
 use mio::net::TcpStream;
 use socket2::SockRef;
 
+use super::connect::{Connect, connect_result};
 use super::slab::{self, Kind};
+use super::udp::{associate_handshake, relay_addr, relay_socket};
 use super::{Drive, WorkerLoop, connect, drive_handshake, keepalive, may_read};
 use crate::config::{Credentials, Tunnel};
 use crate::pool::{self, Assoc, TunnelPool};
@@ -129,16 +130,10 @@ impl WorkerLoop {
                 return self.warm_failed(p, r.generation, udp);
             }
         };
-        let with_auth = r.auth.is_some();
         let hs = if udp {
-            let from = SocketAddr::new(super::udp::unspecified(r.server.ip()), 0);
-            if p.pipelining() == pool::Pipelining::Yes {
-                Socks5Handshake::pipelined(crate::wire::socks5::CMD_UDP_ASSOCIATE, from, r.auth.as_ref())
-            } else {
-                Socks5Handshake::associate(from, with_auth)
-            }
+            associate_handshake(r.server, r.auth.as_ref(), p.pipelining() == pool::Pipelining::Yes)
         } else {
-            Socks5Handshake::greet(with_auth)
+            Socks5Handshake::greet(r.auth.is_some())
         };
         let w = Warm {
             stream,
@@ -179,16 +174,10 @@ impl WorkerLoop {
         }
         let w = self.warming.get_mut(slot).expect("live");
         if !w.connected {
-            if !(ev.is_writable() || ev.is_error() || ev.is_write_closed()) {
-                return;
-            }
-            if !matches!(w.stream.take_error(), Ok(None)) {
-                return self.warm_end(slot, None);
-            }
-            match w.stream.peer_addr() {
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::NotConnected => return,
-                Err(_) => return self.warm_end(slot, None),
+            match connect_result(&w.stream, ev) {
+                Connect::Pending => return,
+                Connect::Failed(_) | Connect::Unknown(_) => return self.warm_end(slot, None),
+                Connect::Connected => {}
             }
             let _ = keepalive(&SockRef::from(&w.stream));
             let _ = w.stream.set_nodelay(true);
@@ -238,7 +227,7 @@ impl WorkerLoop {
         match (done, w.udp) {
             (Some(_), false) => i.tcp.refilled(now, ctrl),
             (Some(Some(bound)), true) => {
-                let relay = super::udp::relay_addr(bound, &i.tunnel);
+                let relay = relay_addr(bound, &i.tunnel);
                 match relay_socket(relay) {
                     Ok(data) => i.udp.refilled(now, Assoc { ctrl, data }),
                     Err(e) => {
@@ -282,12 +271,4 @@ fn refill_of(i: &pool::Inner) -> Refill {
         auth: i.auth().cloned(),
         tunnel: Arc::clone(&i.tunnel),
     }
-}
-
-/// A non-blocking UDP socket of egressd's own, connected to the relay.
-fn relay_socket(relay: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    let s = std::net::UdpSocket::bind(SocketAddr::new(super::udp::unspecified(relay.ip()), 0))?;
-    s.connect(relay)?;
-    s.set_nonblocking(true)?;
-    Ok(s)
 }

@@ -54,3 +54,19 @@ fn process_wide_bounds_are_split_across_workers() {
     assert_eq!(UdpSettings::per_worker(65536, 2), 32768);
     assert_eq!(UdpSettings::per_worker(1, 4), 1);
 }
+
+#[test]
+fn a_reload_applies_what_a_fresh_start_would() {
+    let mut fresh = settings(1000, 400);
+    fresh.max_sessions = 40;
+    fresh.idle_timeout = Duration::from_secs(9);
+    fresh.new_sessions_per_source_burst = 3;
+    fresh.pending_datagrams = 5;
+    fresh.dns_over_tcp = false;
+    let mut u = Udp::new(&settings(2000, 800), 2);
+    u.apply(&fresh, 2);
+    let want = Udp::new(&fresh, 2);
+    assert_eq!(u.table.limits(), want.table.limits());
+    assert_eq!((u.pending_max, u.dns_over_tcp), (5, false));
+    assert_eq!((u.pending_bytes_max, u.pending_source_max), (1000, 400));
+}
