@@ -22,7 +22,7 @@
 //! mapped in one place to its counters and log text.
 
 use std::cmp::Reverse;
-use std::io::{self, ErrorKind};
+use std::io;
 use std::mem;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -34,6 +34,7 @@ use mio::event::Event;
 use mio::net::TcpStream;
 use socket2::SockRef;
 
+use super::connect::{Connect, connect_result};
 use super::handshake::{
     Drive, auth_of, connect, connect_error, drive_handshake_then, handshake_error, read_early, write_early,
 };
@@ -488,21 +489,14 @@ fn open_step(f: &mut Flow, o: &mut Opening, cx: &mut OpenCtx, side: Kind, ev: &E
 /// Whether the upstream connect has completed on this event (then the
 /// socket gets its options): `Ok(false)` while it is under way.
 fn on_connecting(f: &mut Flow, o: &mut Opening, side: Kind, ev: &Event) -> io::Result<bool> {
-    if side != Kind::Upstream || !(ev.is_writable() || ev.is_error() || ev.is_write_closed()) {
+    if side != Kind::Upstream {
         o.client_unread |= side == Kind::Client && may_read(ev);
         return Ok(false);
     }
-    if let Some(e) = f.upstream.take_error()? {
-        return Err(e);
-    }
-    // Writable with no error is connected; only other wake-ups
-    // (hang-up, error flags) need the getpeername to tell.
-    if !ev.is_writable() || ev.is_error() {
-        match f.upstream.peer_addr() {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::NotConnected => return Ok(false),
-            Err(e) => return Err(e),
-        }
+    match connect_result(&f.upstream, ev) {
+        Connect::Pending => return Ok(false),
+        Connect::Connected => {}
+        Connect::Failed(e) | Connect::Unknown(e) => return Err(e),
     }
     let _ = keepalive(&SockRef::from(&f.upstream));
     let _ = f.upstream.set_nodelay(true);
