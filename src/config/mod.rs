@@ -15,7 +15,10 @@ use ron::extensions::Extensions;
 
 use crate::route::{Cidr, RouteTable};
 pub use raw::TcpIntercept;
-use raw::{RawConfig, RawDefault, RawTunnel};
+use raw::{
+    Addr, RawConfig, RawControl, RawDefault, RawDns, RawDocker, RawIntercept, RawRoute, RawTcp, RawTunnel,
+    RawUdp, Tunnels,
+};
 
 /// The demo topology's config (scripts/demo.sh, `egressd run` with no --config).
 pub const DEMO_CONFIG: &str = include_str!("demo.ron");
@@ -505,14 +508,53 @@ fn credentials(
     }
 }
 
+/// Checks the raw config one section at a time; the first error found is
+/// the one reported.
 fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
-    if raw.listen.is_empty() {
+    let listen = validate_listen(loc, &raw.listen)?;
+    let tunnels = validate_tunnels(loc, raw.tunnels)?;
+    let routes = validate_routes(loc, &raw.routes, &tunnels)?;
+    let default = validate_default(loc, &raw.default, &tunnels)?;
+    // With Docker labels, routes may all come from the containers.
+    if routes.is_empty() && default.is_none() && raw.docker.is_none() {
+        return Err(loc.err(
+            "routes is empty and default is Reject: every container would be rejected; add a route, set default: Tunnel(\"name\"), or let containers choose by label with docker: ()".into(),
+        ));
+    }
+    let intercept = validate_intercept(loc, &raw.intercept)?;
+    let dns = validate_dns(loc, &raw.dns)?;
+    let docker = validate_docker(loc, raw.docker.as_ref())?;
+    validate_udp_limits(loc, &raw.udp)?;
+    let threads = validate_threads(loc, raw.threads)?;
+    let control = validate_control(loc, &raw.control)?;
+
+    // The timeouts are checked last, TCP's before UDP's, so a config with
+    // several mistakes is always told about the same one first.
+    Ok(Settings {
+        listen,
+        tunnels,
+        routes,
+        default,
+        intercept,
+        tcp: tcp_settings(loc, &raw.tcp)?,
+        udp: udp_settings(loc, &raw.udp)?,
+        threads,
+        control,
+        bypass: raw.bypass.iter().map(|c| c.cidr).collect(),
+        dns,
+        docker,
+        max_sources_per_route: raw.max_sources_per_route.0 as usize,
+    })
+}
+
+fn validate_listen(loc: &Locator, raw: &[Addr]) -> Result<Vec<SocketAddr>, ConfigError> {
+    if raw.is_empty() {
         return Err(
             loc.err("listen is empty: give at least one address, e.g. listen: [\"10.8.0.1:10900\"]".into())
         );
     }
     let mut listen: Vec<SocketAddr> = Vec::new();
-    for a in &raw.listen {
+    for a in raw {
         if a.0.port() == 0 || a.0.ip().is_unspecified() {
             return Err(loc.err(format!(
                 "listen address {} needs a specific IP and a non-zero port (the bridge's address, e.g. 10.8.0.1:10900)",
@@ -524,54 +566,71 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
         }
         listen.push(a.0);
     }
+    Ok(listen)
+}
 
-    let mut tunnels = Vec::with_capacity(raw.tunnels.0.len());
-    for (name, t) in raw.tunnels.0 {
-        let kind = match t {
-            RawTunnel::Socks5 { server: s, username, password, udp, udp_relay, warm, warm_udp, pipeline } => {
-                for (field, v) in [("warm", warm), ("warm_udp", warm_udp)] {
-                    if v > WARM_MAX {
-                        return Err(loc.err(format!(
-                            "tunnel \"{name}\": {field} is {v}; at most {WARM_MAX} pooled connections per tunnel (0 disables the pool)"
-                        )));
-                    }
-                }
-                TunnelKind::Socks5 {
-                    server: server(loc, &name, &s)?,
-                    auth: credentials(loc, &name, username, password)?,
-                    udp,
-                    udp_relay: udp_relay.map(|a| a.0),
-                    warm,
-                    warm_udp,
-                    pipeline,
-                }
-            }
-            RawTunnel::HttpConnect { server: s, username, password, pipeline } => TunnelKind::HttpConnect {
-                server: server(loc, &name, &s)?,
-                auth: credentials(loc, &name, username, password)?,
-                pipeline,
-            },
-            RawTunnel::Direct { interface, mark, bind } => {
-                if let Some(i) = &interface
-                    && (i.is_empty() || i.len() > 15 || i.contains(['/', ' ']))
-                {
-                    return Err(loc.err(format!(
-                        "tunnel \"{name}\": interface \"{i}\" is not a valid interface name (1-15 characters)"
-                    )));
-                }
-                TunnelKind::Direct { interface, mark, bind: bind.map(|b| b.0) }
-            }
-        };
+fn validate_tunnels(loc: &Locator, raw: Tunnels) -> Result<Vec<Tunnel>, ConfigError> {
+    let mut tunnels = Vec::with_capacity(raw.0.len());
+    for (name, t) in raw.0 {
+        let kind = tunnel_kind(loc, &name, t)?;
         tunnels.push(Tunnel { name, kind });
     }
     if tunnels.len() > usize::from(TunnelId::MAX) {
         return Err(loc.err(format!("too many tunnels ({}); at most {}", tunnels.len(), TunnelId::MAX)));
     }
-    let id_of = |name: &str| tunnels.iter().position(|t| t.name == name).map(|i| i as TunnelId);
+    Ok(tunnels)
+}
 
+fn tunnel_kind(loc: &Locator, name: &str, t: RawTunnel) -> Result<TunnelKind, ConfigError> {
+    Ok(match t {
+        RawTunnel::Socks5 { server: s, username, password, udp, udp_relay, warm, warm_udp, pipeline } => {
+            for (field, v) in [("warm", warm), ("warm_udp", warm_udp)] {
+                if v > WARM_MAX {
+                    return Err(loc.err(format!(
+                        "tunnel \"{name}\": {field} is {v}; at most {WARM_MAX} pooled connections per tunnel (0 disables the pool)"
+                    )));
+                }
+            }
+            TunnelKind::Socks5 {
+                server: server(loc, name, &s)?,
+                auth: credentials(loc, name, username, password)?,
+                udp,
+                udp_relay: udp_relay.map(|a| a.0),
+                warm,
+                warm_udp,
+                pipeline,
+            }
+        }
+        RawTunnel::HttpConnect { server: s, username, password, pipeline } => TunnelKind::HttpConnect {
+            server: server(loc, name, &s)?,
+            auth: credentials(loc, name, username, password)?,
+            pipeline,
+        },
+        RawTunnel::Direct { interface, mark, bind } => {
+            if let Some(i) = &interface
+                && (i.is_empty() || i.len() > 15 || i.contains(['/', ' ']))
+            {
+                return Err(loc.err(format!(
+                    "tunnel \"{name}\": interface \"{i}\" is not a valid interface name (1-15 characters)"
+                )));
+            }
+            TunnelKind::Direct { interface, mark, bind: bind.map(|b| b.0) }
+        }
+    })
+}
+
+fn id_of(tunnels: &[Tunnel], name: &str) -> Option<TunnelId> {
+    tunnels.iter().position(|t| t.name == name).map(|i| i as TunnelId)
+}
+
+fn validate_routes(
+    loc: &Locator,
+    raw: &[RawRoute],
+    tunnels: &[Tunnel],
+) -> Result<RouteTable<TunnelId>, ConfigError> {
     let mut routes = RouteTable::new();
-    for (i, r) in raw.routes.iter().enumerate() {
-        let Some(id) = id_of(&r.tunnel) else {
+    for (i, r) in raw.iter().enumerate() {
+        let Some(id) = id_of(tunnels, &r.tunnel) else {
             return Err(loc.err_at(
                 "routes",
                 &r.tunnel,
@@ -584,7 +643,7 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
         };
         if routes.insert(r.source.cidr, id).is_some() {
             // Same literal earlier? Then this is its next occurrence.
-            let nth = raw.routes[..i].iter().filter(|p| p.source.text == r.source.text).count();
+            let nth = raw[..i].iter().filter(|p| p.source.text == r.source.text).count();
             return Err(loc.err_at(
                 "routes",
                 &r.source.text,
@@ -596,10 +655,17 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
             ));
         }
     }
+    Ok(routes)
+}
 
-    let default = match &raw.default {
+fn validate_default(
+    loc: &Locator,
+    raw: &RawDefault,
+    tunnels: &[Tunnel],
+) -> Result<Option<TunnelId>, ConfigError> {
+    Ok(match raw {
         RawDefault::Reject => None,
-        RawDefault::Tunnel(name) => Some(id_of(name).ok_or_else(|| {
+        RawDefault::Tunnel(name) => Some(id_of(tunnels, name).ok_or_else(|| {
             loc.err_at(
                 "default",
                 name,
@@ -607,15 +673,10 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
                 format!("default names tunnel \"{name}\", which is not defined in tunnels"),
             )
         })?),
-    };
-    // With Docker labels, routes may all come from the containers.
-    if routes.is_empty() && default.is_none() && raw.docker.is_none() {
-        return Err(loc.err(
-            "routes is empty and default is Reject: every container would be rejected; add a route, set default: Tunnel(\"name\"), or let containers choose by label with docker: ()".into(),
-        ));
-    }
+    })
+}
 
-    let ri = &raw.intercept;
+fn validate_intercept(loc: &Locator, ri: &RawIntercept) -> Result<Intercept, ConfigError> {
     if ri.mark == 0 || ri.table == 0 || ri.table >= 253 && ri.table <= 255 {
         return Err(loc.err(format!(
             "intercept: mark ({}) must be non-zero and table ({}) must be non-zero and not a reserved table (253-255)",
@@ -640,29 +701,38 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
         }
         interfaces.push(p);
     }
-    let upstream = raw.dns.upstream.0;
+    Ok(Intercept {
+        tcp: ri.tcp,
+        mark: ri.mark,
+        table: ri.table,
+        interfaces,
+        sources: ri.sources.iter().map(|c| c.cidr).collect(),
+    })
+}
+
+fn validate_dns(loc: &Locator, raw: &RawDns) -> Result<DnsSettings, ConfigError> {
+    let upstream = raw.upstream.0;
     if upstream.port() == 0 || upstream.ip().is_unspecified() || crate::route::is_reserved(upstream.ip()) {
         return Err(loc.err(format!(
             "dns.upstream {upstream} must be a public resolver's ip:port (queries go there from the exit, \
              where private and local addresses mean nothing), e.g. \"1.1.1.1:53\""
         )));
     }
-    let docker = match &raw.docker {
-        None => None,
-        Some(d) => {
-            if d.socket.is_empty()
-                || d.label.is_empty()
-                || d.label.len() > 255
-                || d.label.contains(['"', '\\'])
-            {
-                return Err(loc.err(
-                    "docker: socket must be a path and label a label key, e.g. docker: (socket: \"/var/run/docker.sock\", label: \"egressd.tunnel\")".into(),
-                ));
-            }
-            Some(DockerSettings { socket: PathBuf::from(&d.socket), label: d.label.clone() })
-        }
-    };
-    let u = &raw.udp;
+    Ok(DnsSettings { upstream })
+}
+
+fn validate_docker(loc: &Locator, raw: Option<&RawDocker>) -> Result<Option<DockerSettings>, ConfigError> {
+    let Some(d) = raw else { return Ok(None) };
+    if d.socket.is_empty() || d.label.is_empty() || d.label.len() > 255 || d.label.contains(['"', '\\']) {
+        return Err(loc.err(
+            "docker: socket must be a path and label a label key, e.g. docker: (socket: \"/var/run/docker.sock\", label: \"egressd.tunnel\")".into(),
+        ));
+    }
+    Ok(Some(DockerSettings { socket: PathBuf::from(&d.socket), label: d.label.clone() }))
+}
+
+/// The UDP sizes and counts; [`udp_settings`] checks the timeouts.
+fn validate_udp_limits(loc: &Locator, u: &RawUdp) -> Result<(), ConfigError> {
     if u.max_sessions == 0 || u.max_reply_sockets == 0 || u.pending_datagrams == 0 {
         return Err(
             loc.err("udp: max_sessions, max_reply_sockets and pending_datagrams must be at least 1".into())
@@ -702,67 +772,57 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
             u.pending_bytes_per_source, u.pending_bytes_per_worker
         )));
     }
-    if raw.threads > 256 {
-        return Err(loc.err(format!("threads is {}; at most 256 (0 means one per core)", raw.threads)));
+    Ok(())
+}
+
+fn validate_threads(loc: &Locator, threads: usize) -> Result<usize, ConfigError> {
+    if threads > 256 {
+        return Err(loc.err(format!("threads is {threads}; at most 256 (0 means one per core)")));
     }
-    let threads = if raw.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        raw.threads
-    };
-    if raw.control.socket.is_empty() {
+    Ok(if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads })
+}
+
+fn validate_control(loc: &Locator, raw: &RawControl) -> Result<ControlSettings, ConfigError> {
+    if raw.socket.is_empty() {
         return Err(loc.err("control.socket must be a path, e.g. \"/run/egressd.sock\"".into()));
     }
+    Ok(ControlSettings {
+        socket: PathBuf::from(&raw.socket),
+        metrics_listen: raw.metrics_listen.map(|a| a.0),
+    })
+}
 
-    Ok(Settings {
-        listen,
-        tunnels,
-        routes,
-        default,
-        intercept: Intercept {
-            tcp: ri.tcp,
-            mark: ri.mark,
-            table: ri.table,
-            interfaces,
-            sources: ri.sources.iter().map(|c| c.cidr).collect(),
-        },
-        tcp: TcpSettings {
-            connect_timeout: secs(loc, "tcp.connect_timeout_secs", raw.tcp.connect_timeout_secs)?,
-            idle_timeout: secs(loc, "tcp.idle_timeout_secs", raw.tcp.idle_timeout_secs)?,
-            half_close_timeout: secs(loc, "tcp.half_close_timeout_secs", raw.tcp.half_close_timeout_secs)?,
-            splice: raw.tcp.splice,
-            max_flows_per_source: raw.tcp.max_flows_per_source.0,
-            new_flows_per_source_per_sec: raw.tcp.new_flows_per_source_per_sec.0,
-            new_flows_per_source_burst: raw.tcp.new_flows_per_source_burst.0,
-            fd_share: raw.tcp.fd_share,
-            early_bytes_per_worker: raw.tcp.early_bytes_per_worker,
-        },
-        udp: UdpSettings {
-            idle_timeout: secs(loc, "udp.idle_timeout_secs", u.idle_timeout_secs)?,
-            dns_idle_timeout: secs(loc, "udp.dns_idle_timeout_secs", u.dns_idle_timeout_secs)?,
-            max_sessions: u.max_sessions,
-            max_reply_sockets: u.max_reply_sockets,
-            pending_datagrams: u.pending_datagrams,
-            dns_over_tcp: u.dns_over_tcp,
-            dns_answer_timeout: secs(loc, "udp.dns_answer_timeout_secs", u.dns_answer_timeout_secs)?,
-            max_sessions_per_source: u.max_sessions_per_source,
-            new_sessions_per_source_per_sec: u.new_sessions_per_source_per_sec,
-            new_sessions_per_source_burst: u.new_sessions_per_source_burst,
-            pending_bytes_per_worker: u.pending_bytes_per_worker,
-            pending_bytes_per_source: u.pending_bytes_per_source,
-            dns_max_query_bytes: u.dns_max_query_bytes,
-            dns_queue_bytes_per_connection: u.dns_queue_bytes_per_connection,
-            max_idle_sources: u.max_idle_sources,
-        },
-        threads,
-        control: ControlSettings {
-            socket: PathBuf::from(&raw.control.socket),
-            metrics_listen: raw.control.metrics_listen.map(|a| a.0),
-        },
-        bypass: raw.bypass.iter().map(|c| c.cidr).collect(),
-        dns: DnsSettings { upstream },
-        docker,
-        max_sources_per_route: raw.max_sources_per_route.0 as usize,
+fn tcp_settings(loc: &Locator, t: &RawTcp) -> Result<TcpSettings, ConfigError> {
+    Ok(TcpSettings {
+        connect_timeout: secs(loc, "tcp.connect_timeout_secs", t.connect_timeout_secs)?,
+        idle_timeout: secs(loc, "tcp.idle_timeout_secs", t.idle_timeout_secs)?,
+        half_close_timeout: secs(loc, "tcp.half_close_timeout_secs", t.half_close_timeout_secs)?,
+        splice: t.splice,
+        max_flows_per_source: t.max_flows_per_source.0,
+        new_flows_per_source_per_sec: t.new_flows_per_source_per_sec.0,
+        new_flows_per_source_burst: t.new_flows_per_source_burst.0,
+        fd_share: t.fd_share,
+        early_bytes_per_worker: t.early_bytes_per_worker,
+    })
+}
+
+fn udp_settings(loc: &Locator, u: &RawUdp) -> Result<UdpSettings, ConfigError> {
+    Ok(UdpSettings {
+        idle_timeout: secs(loc, "udp.idle_timeout_secs", u.idle_timeout_secs)?,
+        dns_idle_timeout: secs(loc, "udp.dns_idle_timeout_secs", u.dns_idle_timeout_secs)?,
+        max_sessions: u.max_sessions,
+        max_reply_sockets: u.max_reply_sockets,
+        pending_datagrams: u.pending_datagrams,
+        dns_over_tcp: u.dns_over_tcp,
+        dns_answer_timeout: secs(loc, "udp.dns_answer_timeout_secs", u.dns_answer_timeout_secs)?,
+        max_sessions_per_source: u.max_sessions_per_source,
+        new_sessions_per_source_per_sec: u.new_sessions_per_source_per_sec,
+        new_sessions_per_source_burst: u.new_sessions_per_source_burst,
+        pending_bytes_per_worker: u.pending_bytes_per_worker,
+        pending_bytes_per_source: u.pending_bytes_per_source,
+        dns_max_query_bytes: u.dns_max_query_bytes,
+        dns_queue_bytes_per_connection: u.dns_queue_bytes_per_connection,
+        max_idle_sources: u.max_idle_sources,
     })
 }
 
