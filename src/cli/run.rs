@@ -52,7 +52,69 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     if let Some(w) = config.and_then(|p| super::secrets_exposed(p, &settings)) {
         warn!(target: "egressd", "{w}");
     }
-    // The TCP descriptor share is taken from the limit as raised here.
+    let limits = Arc::new(raise_fd_limit(&settings));
+    // Before any thread starts, so that every thread inherits the mask.
+    if let Err(e) = sys::block_signals() {
+        error!(target: "egressd", "cannot block signals: {e}");
+        return ExitCode::from(1);
+    }
+    front::log_summary(&settings);
+
+    let registry = Arc::new(Registry::default());
+    // Every tunnel has its series from the start, not from its first flow.
+    for t in &settings.tunnels {
+        registry.tunnel(&t.name);
+    }
+    // Warm pools (filled by the workers) and the pipelining probes.
+    let pools = Arc::new(Pools::default());
+    pools.apply(&settings.tunnels);
+    registry.publish(pools.clone());
+    let common = Common {
+        registry: Arc::clone(&registry),
+        pools: Arc::clone(&pools),
+        fail_log: Arc::new(FailLog::default()),
+        limits,
+    };
+    let live = Arc::new(Live::new(Shared::new(Arc::clone(&settings))));
+    let stop = Arc::new(AtomicBool::new(false));
+    let Some((workers, handles)) = new_workers(&settings, &live, &common) else {
+        return ExitCode::from(1);
+    };
+    let Some(fronts) = new_fronts(settings.threads, &live, &handles, &registry) else {
+        return ExitCode::from(1);
+    };
+    let own_socket = serve_control(&settings, &live, &handles, &common);
+
+    // The bridge sysctl can be set back to 1 while egressd runs (br_netfilter
+    // loaded later): said within seconds, not only by `doctor`.
+    if let Err(e) = crate::hostwatch::spawn(registry.thread()) {
+        warn!(target: "egressd", "cannot watch the bridge sysctl: {e}");
+    }
+    let mut docker = Docker::new(Arc::clone(&live), handles.clone(), Arc::clone(&registry));
+    if let Err(e) = docker.apply(settings.docker.as_ref()) {
+        warn!(target: "egressd", "{e}; running with the config routes only");
+    }
+
+    let threads = spawn_loops(workers, fronts, &stop);
+    info!(target: "egressd", "running");
+    wait_for_stop(config, &live, &handles, &pools, &mut docker);
+    info!(target: "egressd", "stopping: no new connections; flows drain for up to {DRAIN:?}");
+    let ok = stop_loops(&stop, &handles, threads);
+    if own_socket {
+        let _ = std::fs::remove_file(&settings.control.socket);
+    }
+    let s = registry.total();
+    info!(
+        target: "egressd",
+        "stopped: {} TCP flows, {} bytes up, {} bytes down; {} UDP sessions, {} datagrams up, {} down",
+        s.tcp_flows_total, s.tcp_bytes_up, s.tcp_bytes_down, s.udp_sessions_total, s.udp_dgrams_up, s.udp_dgrams_down
+    );
+    if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+/// Raises the open file limit and says what it allows; the TCP descriptor
+/// share is taken from the limit as raised here.
+fn raise_fd_limit(settings: &Settings) -> SharedLimits {
     let mut limits = SharedLimits::default();
     match sys::raise_fd_limit() {
         Ok(n) => {
@@ -81,49 +143,45 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
         }
         Err(e) => warn!(target: "egressd", "cannot raise the open file limit: {e}"),
     }
-    // Before any thread starts, so that every thread inherits the mask.
-    if let Err(e) = sys::block_signals() {
-        error!(target: "egressd", "cannot block signals: {e}");
-        return ExitCode::from(1);
-    }
-    front::log_summary(&settings);
+    limits
+}
 
-    let registry = Arc::new(Registry::default());
-    // Every tunnel has its series from the start, not from its first flow.
-    for t in &settings.tunnels {
-        registry.tunnel(&t.name);
-    }
-    // Warm pools (filled by the workers) and the pipelining probes.
-    let pools = Arc::new(Pools::default());
-    pools.apply(&settings.tunnels);
-    registry.publish(pools.clone());
-    let common = Common {
-        registry: Arc::clone(&registry),
-        pools: Arc::clone(&pools),
-        fail_log: Arc::new(FailLog::default()),
-        limits: Arc::new(limits),
-    };
-    let live = Arc::new(Live::new(Shared::new(Arc::clone(&settings))));
-    let n = settings.threads;
-    let stop = Arc::new(AtomicBool::new(false));
+/// One worker per thread, and the handles front loops reach them by;
+/// `None` (said in the log) when one cannot start.
+fn new_workers(
+    settings: &Arc<Settings>,
+    live: &Arc<Live>,
+    common: &Common,
+) -> Option<(Vec<WorkerLoop>, Vec<WorkerHandle>)> {
     let mut workers = Vec::new();
     let mut handles = Vec::new();
-    for i in 0..n {
+    for i in 0..settings.threads {
         let routing: Arc<dyn Routing> = live.clone();
-        match WorkerLoop::new(i, Arc::clone(&settings), routing, &common) {
+        match WorkerLoop::new(i, Arc::clone(settings), routing, common) {
             Ok((w, h)) => {
                 workers.push(w);
                 handles.push(h);
             }
             Err(e) => {
                 error!(target: "egressd", "cannot start worker {i}: {e}");
-                return ExitCode::from(1);
+                return None;
             }
         }
     }
+    Some((workers, handles))
+}
+
+/// `n` front loops, each with its own listeners; `None` (said in the log,
+/// with a hint for the usual causes) when one cannot listen.
+fn new_fronts(
+    n: usize,
+    live: &Arc<Live>,
+    handles: &[WorkerHandle],
+    registry: &Registry,
+) -> Option<Vec<FrontLoop>> {
     let mut fronts = Vec::new();
     for i in 0..n {
-        match FrontLoop::new(i, Arc::clone(&live), handles.clone(), registry.thread()) {
+        match FrontLoop::new(i, Arc::clone(live), handles.to_vec(), registry.thread()) {
             Ok(f) => fronts.push(f),
             Err(e) => {
                 let hint = match e.kind() {
@@ -136,20 +194,25 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
                     _ => "",
                 };
                 error!(target: "egressd", "{e}{hint}");
-                return ExitCode::from(1);
+                return None;
             }
         }
     }
+    Some(fronts)
+}
 
+/// The control socket and the Prometheus listener. Whether the socket is
+/// ours to remove at exit: never a file we refused to touch.
+fn serve_control(settings: &Settings, live: &Arc<Live>, handles: &[WorkerHandle], common: &Common) -> bool {
+    let registry = &common.registry;
     let ctl = Control {
-        live: Arc::clone(&live),
-        workers: handles.clone(),
-        registry: Arc::clone(&registry),
-        pools: Arc::clone(&pools),
+        live: Arc::clone(live),
+        workers: handles.to_vec(),
+        registry: Arc::clone(registry),
+        pools: Arc::clone(&common.pools),
     };
-    let socket = settings.control.socket.clone();
-    // Removed at exit only if it is ours: never a file we refused to touch.
-    let own_socket = match ctl.spawn(&socket) {
+    let socket = &settings.control.socket;
+    let own_socket = match ctl.spawn(socket) {
         Ok(_) => {
             info!(target: "egressd", "control socket {}", socket.display());
             true
@@ -160,30 +223,27 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
         }
     };
     if let Some(w) =
-        settings.control.metrics_listen.and_then(|m| crate::control::metrics_exposure(m, &settings))
+        settings.control.metrics_listen.and_then(|m| crate::control::metrics_exposure(m, settings))
     {
         warn!(target: "egressd", "{w}");
     }
     if let Some(addr) = settings.control.metrics_listen {
-        match crate::control::spawn_metrics(addr, Arc::clone(&registry)) {
+        match crate::control::spawn_metrics(addr, Arc::clone(registry)) {
             Ok(_) => info!(target: "egressd", "Prometheus metrics on http://{addr}/metrics"),
             Err(e) => warn!(target: "egressd", "cannot serve metrics on {addr}: {e}"),
         }
     }
+    own_socket
+}
 
-    // The bridge sysctl can be set back to 1 while egressd runs (br_netfilter
-    // loaded later): said within seconds, not only by `doctor`.
-    if let Err(e) = crate::hostwatch::spawn(registry.thread()) {
-        warn!(target: "egressd", "cannot watch the bridge sysctl: {e}");
-    }
-    let mut docker = Docker::new(Arc::clone(&live), handles.clone(), Arc::clone(&registry));
-    if let Err(e) = docker.apply(settings.docker.as_ref()) {
-        warn!(target: "egressd", "{e}; running with the config routes only");
-    }
+/// A loop's thread: the error that kept it from starting, or its handle.
+type LoopThread = std::io::Result<thread::JoinHandle<std::io::Result<()>>>;
 
+/// Starts the workers' threads, then the front loops'.
+fn spawn_loops(workers: Vec<WorkerLoop>, fronts: Vec<FrontLoop>, stop: &Arc<AtomicBool>) -> Vec<LoopThread> {
     let mut threads = Vec::new();
     for (i, w) in workers.into_iter().enumerate() {
-        let stop = Arc::clone(&stop);
+        let stop = Arc::clone(stop);
         threads.push(
             thread::Builder::new()
                 .name(format!("egressd-w{i}"))
@@ -192,7 +252,7 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
         );
     }
     for (i, f) in fronts.into_iter().enumerate() {
-        let stop = Arc::clone(&stop);
+        let stop = Arc::clone(stop);
         threads.push(
             thread::Builder::new()
                 .name(format!("egressd-f{i}"))
@@ -200,21 +260,34 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
                 .spawn(move || f.run(&stop)),
         );
     }
-    info!(target: "egressd", "running");
+    threads
+}
 
+/// Reloads on SIGHUP until SIGTERM/SIGINT (or a failure to wait).
+fn wait_for_stop(
+    config: Option<&Path>,
+    live: &Live,
+    handles: &[WorkerHandle],
+    pools: &Pools,
+    docker: &mut Docker,
+) {
     loop {
         match sys::wait_signal() {
             Ok(sys::Signal::Stop) => break,
-            Ok(sys::Signal::Reload) => reload(config, &live, &handles, &pools, &mut docker),
+            Ok(sys::Signal::Reload) => reload(config, live, handles, pools, docker),
             Err(e) => {
                 error!(target: "egressd", "waiting for signals: {e}");
                 break;
             }
         }
     }
-    info!(target: "egressd", "stopping: no new connections; flows drain for up to {DRAIN:?}");
+}
+
+/// Tells every loop to stop, wakes the workers and waits for all of them;
+/// whether every one ended well.
+fn stop_loops(stop: &AtomicBool, handles: &[WorkerHandle], threads: Vec<LoopThread>) -> bool {
     stop.store(true, Ordering::Relaxed);
-    for h in &handles {
+    for h in handles {
         h.wake();
     }
     let mut ok = true;
@@ -228,16 +301,7 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
             _ => ok = false,
         }
     }
-    if own_socket {
-        let _ = std::fs::remove_file(&socket);
-    }
-    let s = registry.total();
-    info!(
-        target: "egressd",
-        "stopped: {} TCP flows, {} bytes up, {} bytes down; {} UDP sessions, {} datagrams up, {} down",
-        s.tcp_flows_total, s.tcp_bytes_up, s.tcp_bytes_down, s.udp_sessions_total, s.udp_dgrams_up, s.udp_dgrams_down
-    );
-    if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    ok
 }
 
 /// SIGHUP: new flows get the new routes, tunnels and timeouts; existing

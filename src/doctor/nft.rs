@@ -188,208 +188,276 @@ const KEYWORDS: [&str; 22] = [
     "accept", "drop", "reject", "return", "jump", "goto", "tproxy", "redirect", "xt",
 ];
 
+/// One rule of `nft list ruleset` read into doctor's matches and verdict.
 fn nft_rule(text: &str, table: &str, sets: &HashMap<String, Vec<Range>>) -> Rule {
-    let t = tokens(text);
-    let mut matches = Vec::new();
-    let mut verdict = Verdict::Continue;
-    let mut mark: Option<(u32, u32)> = None;
+    let words = RuleWords { t: tokens(text), table, sets };
+    let mut parts = RuleParts { matches: Vec::new(), verdict: Verdict::Continue, mark: None };
     let mut i = 0;
-    // `[!=|==] VALUE` at j: (negated, value, index after it).
-    let op = |j: usize| -> (bool, String, usize) {
-        match t.get(j).map(String::as_str) {
-            Some("!=") => (true, t.get(j + 1).cloned().unwrap_or_default(), j + 2),
-            Some("==") => (false, t.get(j + 1).cloned().unwrap_or_default(), j + 2),
+    while i < words.t.len() {
+        i = parts
+            .read_match(&words, i)
+            .or_else(|| parts.read_verdict(&words, i))
+            .or_else(|| parts.read_statement(&words, i))
+            .unwrap_or_else(|| parts.read_unknown(&words, i));
+    }
+    Rule { matches: parts.matches, verdict: parts.verdict, text: counterless(text) }
+}
+
+/// A rule's words, and the named sets of its table.
+struct RuleWords<'a> {
+    t: Vec<String>,
+    table: &'a str,
+    sets: &'a HashMap<String, Vec<Range>>,
+}
+
+impl RuleWords<'_> {
+    fn word(&self, j: usize) -> &str {
+        self.t.get(j).map(String::as_str).unwrap_or("")
+    }
+
+    /// `[!=|==] VALUE` at j: (negated, value, index after it).
+    fn op(&self, j: usize) -> (bool, String, usize) {
+        match self.t.get(j).map(String::as_str) {
+            Some("!=") => (true, self.t.get(j + 1).cloned().unwrap_or_default(), j + 2),
+            Some("==") => (false, self.t.get(j + 1).cloned().unwrap_or_default(), j + 2),
             Some(v) => (false, v.to_string(), j + 1),
             None => (false, String::new(), j),
         }
-    };
-    let addrs = |v: &str| -> Option<Vec<Range>> {
+    }
+
+    fn addrs(&self, v: &str) -> Option<Vec<Range>> {
         match v.strip_prefix('@') {
-            Some(set) => sets.get(&format!("{table}/{set}")).cloned(),
+            Some(set) => self.sets.get(&format!("{}/{set}", self.table)).cloned(),
             None => Some(list(v).iter().filter_map(|e| parse_range(e)).collect()),
         }
-    };
-    let ports = |v: &str| list(v).iter().filter_map(|p| port_range(p)).collect::<Vec<_>>();
-    let word = |j: usize| t.get(j).map(String::as_str).unwrap_or("");
-    while i < t.len() {
-        let w = word(i);
-        match w {
+    }
+}
+
+fn ports(v: &str) -> Vec<(u16, u16)> {
+    list(v).iter().filter_map(|p| port_range(p)).collect()
+}
+
+/// What a rule says, filled in as its words are read. `mark` is what a
+/// `meta mark set` earlier in the rule gives a `tproxy` verdict.
+struct RuleParts {
+    matches: Vec<Match>,
+    verdict: Verdict,
+    mark: Option<(u32, u32)>,
+}
+
+/// Each `read_` method reads the expression starting at word `i` and
+/// returns the word after it, or `None` when `i` starts none of its kind.
+impl RuleParts {
+    fn read_match(&mut self, r: &RuleWords, i: usize) -> Option<usize> {
+        let w = r.word(i);
+        let next = match w {
             "iifname" | "iif" | "oifname" | "oif" => {
-                let (neg, v, next) = op(i + 1);
+                let (neg, v, next) = r.op(i + 1);
                 let pats = list(&v)
                     .iter()
                     .map(|x| IfacePattern::parse(x).unwrap_or_else(|| IfacePattern::exact(x)))
                     .collect();
-                matches.push(if w.starts_with('i') { Match::Iif(pats, neg) } else { Match::Oif(pats, neg) });
-                i = next;
+                self.matches.push(if w.starts_with('i') {
+                    Match::Iif(pats, neg)
+                } else {
+                    Match::Oif(pats, neg)
+                });
+                next
             }
-            "meta" if word(i + 1) == "nfproto" => {
-                let (neg, v, next) = op(i + 2);
-                matches.push(Match::Family((v == "ipv6") != neg));
-                i = next;
+            "meta" if r.word(i + 1) == "nfproto" => {
+                let (neg, v, next) = r.op(i + 2);
+                self.matches.push(Match::Family((v == "ipv6") != neg));
+                next
             }
-            "meta" if word(i + 1) == "l4proto" => {
-                let (neg, v, next) = op(i + 2);
-                matches.push(Match::Proto(list(&v).iter().filter_map(|p| proto_number(p)).collect(), neg));
-                i = next;
+            "meta" if r.word(i + 1) == "l4proto" => {
+                let (neg, v, next) = r.op(i + 2);
+                self.matches
+                    .push(Match::Proto(list(&v).iter().filter_map(|p| proto_number(p)).collect(), neg));
+                next
             }
-            "meta" if word(i + 1) == "mark" && word(i + 2) == "set" => {
-                // `meta mark set meta mark | 0x2a94` (keeps other bits) or `meta mark set 0x2a94`.
-                let (v, next) =
-                    if word(i + 3) == "meta" { (word(i + 6), i + 7) } else { (word(i + 3), i + 4) };
-                mark = parse_u32(v).map(|m| (m, m));
-                i = next;
-            }
-            "ip" | "ip6" => {
-                matches.push(Match::Family(w == "ip6"));
-                let (neg, v, next) = op(i + 2);
-                match word(i + 1) {
-                    "saddr" | "daddr" => {
-                        let m = match addrs(&v) {
-                            Some(r) if word(i + 1) == "saddr" => Match::Saddr(r, neg),
-                            Some(r) => Match::Daddr(r, neg),
-                            None => Match::Unknown(format!("{w} {} {v}", word(i + 1))),
-                        };
-                        matches.push(m);
-                        i = next;
-                    }
-                    "protocol" | "nexthdr" => {
-                        matches.push(Match::Proto(
-                            list(&v).iter().filter_map(|p| proto_number(p)).collect(),
-                            neg,
-                        ));
-                        i = next;
-                    }
-                    other => {
-                        matches.push(Match::Unknown(format!("{w} {other}")));
-                        i += 2;
-                    }
-                }
-            }
+            "ip" | "ip6" => self.read_ip(r, i),
             "tcp" | "udp" | "th" | "sctp" | "udplite" | "dccp"
-                if matches!(word(i + 1), "dport" | "sport") =>
+                if matches!(r.word(i + 1), "dport" | "sport") =>
             {
                 let protos =
                     if w == "th" { vec![6, 17, 33, 132, 136] } else { proto_number(w).into_iter().collect() };
-                matches.push(Match::Proto(protos, false));
-                let (neg, v, next) = op(i + 2);
+                self.matches.push(Match::Proto(protos, false));
+                let (neg, v, next) = r.op(i + 2);
                 let p = ports(&v);
-                matches.push(if word(i + 1) == "dport" {
+                self.matches.push(if r.word(i + 1) == "dport" {
                     Match::Dport(p, neg)
                 } else {
                     Match::Sport(p, neg)
                 });
-                i = next;
+                next
             }
-            "ct" if matches!(word(i + 1), "direction" | "state") => {
-                let (neg, v, next) = op(i + 2);
-                if word(i + 1) == "direction" {
-                    matches.push(Match::CtDir(v == "reply", neg));
+            "ct" if matches!(r.word(i + 1), "direction" | "state") => {
+                let (neg, v, next) = r.op(i + 2);
+                if r.word(i + 1) == "direction" {
+                    self.matches.push(Match::CtDir(v == "reply", neg));
                 } else {
                     let states =
                         v.trim_matches(['{', '}']).split(',').map(|s| s.trim().to_string()).collect();
-                    matches.push(Match::CtState(states, neg));
+                    self.matches.push(Match::CtState(states, neg));
                 }
-                i = next;
+                next
             }
-            "ct" if word(i + 1) == "status" => {
-                let (m, next) = ct_status(&t, i + 2);
-                matches.push(m);
-                i = next;
+            "ct" if r.word(i + 1) == "status" => {
+                let (m, next) = ct_status(&r.t, i + 2);
+                self.matches.push(m);
+                next
             }
-            "fib" => {
-                // `fib daddr type [!=] local`, `fib saddr . iif oif missing|0|exists`.
-                let end = (i + 1..t.len()).find(|&j| matches!(word(j), "type" | "oif")).unwrap_or(t.len());
-                let daddr = word(i + 1) == "daddr";
-                let (neg, v, next) = op(end + 1);
-                matches.push(match word(end) {
-                    "type" if daddr && v == "local" => Match::DstLocal(neg),
-                    "oif" if !daddr && matches!(v.as_str(), "missing" | "0") => Match::Rpfilter(!neg),
-                    "oif" if !daddr && v == "exists" => Match::Rpfilter(neg),
-                    _ => Match::Unknown(t[i..next.min(t.len())].join(" ")),
-                });
-                i = next;
+            "fib" => self.read_fib(r, i),
+            _ => return None,
+        };
+        Some(next)
+    }
+
+    /// `ip|ip6 saddr|daddr|protocol|nexthdr [!=] VALUE`; always a match.
+    fn read_ip(&mut self, r: &RuleWords, i: usize) -> usize {
+        let w = r.word(i);
+        self.matches.push(Match::Family(w == "ip6"));
+        let (neg, v, next) = r.op(i + 2);
+        match r.word(i + 1) {
+            "saddr" | "daddr" => {
+                let m = match r.addrs(&v) {
+                    Some(a) if r.word(i + 1) == "saddr" => Match::Saddr(a, neg),
+                    Some(a) => Match::Daddr(a, neg),
+                    None => Match::Unknown(format!("{w} {} {v}", r.word(i + 1))),
+                };
+                self.matches.push(m);
+                next
             }
-            "counter" => {
-                i += 1;
-                while matches!(word(i), "packets" | "bytes" | "name") {
-                    i += 2;
-                }
+            "protocol" | "nexthdr" => {
+                self.matches
+                    .push(Match::Proto(list(&v).iter().filter_map(|p| proto_number(p)).collect(), neg));
+                next
             }
-            "comment" => i += 2,
+            other => {
+                self.matches.push(Match::Unknown(format!("{w} {other}")));
+                i + 2
+            }
+        }
+    }
+
+    /// `fib daddr type [!=] local`, `fib saddr . iif oif missing|0|exists`.
+    fn read_fib(&mut self, r: &RuleWords, i: usize) -> usize {
+        let end = (i + 1..r.t.len()).find(|&j| matches!(r.word(j), "type" | "oif")).unwrap_or(r.t.len());
+        let daddr = r.word(i + 1) == "daddr";
+        let (neg, v, next) = r.op(end + 1);
+        self.matches.push(match r.word(end) {
+            "type" if daddr && v == "local" => Match::DstLocal(neg),
+            "oif" if !daddr && matches!(v.as_str(), "missing" | "0") => Match::Rpfilter(!neg),
+            "oif" if !daddr && v == "exists" => Match::Rpfilter(neg),
+            _ => Match::Unknown(r.t[i..next.min(r.t.len())].join(" ")),
+        });
+        next
+    }
+
+    fn read_verdict(&mut self, r: &RuleWords, i: usize) -> Option<usize> {
+        let w = r.word(i);
+        let next = match w {
             "accept" => {
-                if verdict == Verdict::Continue {
-                    verdict = Verdict::Accept;
+                if self.verdict == Verdict::Continue {
+                    self.verdict = Verdict::Accept;
                 }
-                i += 1;
+                i + 1
             }
             "drop" | "reject" => {
-                verdict = Verdict::Drop;
-                i = t.len();
+                self.verdict = Verdict::Drop;
+                r.t.len()
             }
             "return" => {
-                verdict = Verdict::Return;
-                i += 1;
+                self.verdict = Verdict::Return;
+                i + 1
             }
             "jump" | "goto" => {
-                let c = word(i + 1).to_string();
-                verdict = if w == "jump" { Verdict::Jump(c) } else { Verdict::Goto(c) };
-                i += 2;
+                let c = r.word(i + 1).to_string();
+                self.verdict = if w == "jump" { Verdict::Jump(c) } else { Verdict::Goto(c) };
+                i + 2
             }
             "tproxy" => {
                 let mut j = i + 1;
-                if matches!(word(j), "ip" | "ip6") {
+                if matches!(r.word(j), "ip" | "ip6") {
                     j += 1;
                 }
-                let to = if word(j) == "to" { word(j + 1) } else { "" };
+                let to = if r.word(j) == "to" { r.word(j + 1) } else { "" };
                 let (addr, port) = tproxy_to(to);
-                verdict = Verdict::Tproxy { addr, port, mark };
-                i = j + 2;
+                self.verdict = Verdict::Tproxy { addr, port, mark: self.mark };
+                j + 2
             }
             "redirect" => {
-                let port = if word(i + 1) == "to" {
-                    word(i + 2).trim_start_matches(':').split('-').next().and_then(|p| p.parse().ok())
+                let port = if r.word(i + 1) == "to" {
+                    r.word(i + 2).trim_start_matches(':').split('-').next().and_then(|p| p.parse().ok())
                 } else {
                     None
                 };
-                verdict = Verdict::Redirect { port };
-                i = t.len();
+                self.verdict = Verdict::Redirect { port };
+                r.t.len()
             }
             "dnat" | "snat" | "masquerade" | "queue" => {
-                verdict = Verdict::Other(w.to_string());
-                i = t.len();
+                self.verdict = Verdict::Other(w.to_string());
+                r.t.len()
             }
-            "xt" if word(i + 1) == "target" => {
-                verdict = match word(i + 2) {
+            "xt" if r.word(i + 1) == "target" => {
+                self.verdict = match r.word(i + 2) {
                     "TPROXY" => Verdict::Tproxy { addr: None, port: None, mark: None },
                     "REDIRECT" => Verdict::Redirect { port: None },
                     "MARK" | "CONNMARK" | "LOG" | "CT" | "TCPMSS" => Verdict::Continue,
                     x => Verdict::Other(format!("xt target {x}")),
                 };
-                i += 3;
+                i + 3
             }
+            _ => return None,
+        };
+        Some(next)
+    }
+
+    /// Statements that neither match nor decide: counters, comments, logs, marks.
+    fn read_statement(&mut self, r: &RuleWords, i: usize) -> Option<usize> {
+        let next = match r.word(i) {
+            "meta" if r.word(i + 1) == "mark" && r.word(i + 2) == "set" => {
+                // `meta mark set meta mark | 0x2a94` (keeps other bits) or `meta mark set 0x2a94`.
+                let (v, next) =
+                    if r.word(i + 3) == "meta" { (r.word(i + 6), i + 7) } else { (r.word(i + 3), i + 4) };
+                self.mark = parse_u32(v).map(|m| (m, m));
+                next
+            }
+            "counter" => {
+                let mut j = i + 1;
+                while matches!(r.word(j), "packets" | "bytes" | "name") {
+                    j += 2;
+                }
+                j
+            }
+            "comment" => i + 2,
             "log" => {
-                i += 1;
+                let mut j = i + 1;
                 while matches!(
-                    word(i),
+                    r.word(j),
                     "prefix" | "level" | "flags" | "group" | "snaplen" | "queue-threshold"
                 ) {
-                    i += 2;
+                    j += 2;
                 }
+                j
             }
-            "notrack" => i += 1,
+            "notrack" => i + 1,
             // Other statements that set something (`ct mark set 1`, `meta priority set ...`): no match.
-            "meta" | "ct" if word(i + 2) == "set" => i += 4,
-            _ => {
-                matches.push(Match::Unknown(w.to_string()));
-                i += 1;
-                while i < t.len() && !KEYWORDS.contains(&word(i)) {
-                    i += 1;
-                }
-            }
-        }
+            "meta" | "ct" if r.word(i + 2) == "set" => i + 4,
+            _ => return None,
+        };
+        Some(next)
     }
-    Rule { matches, verdict, text: counterless(text) }
+
+    /// A word doctor does not know: an unknown match, skipped up to the next keyword.
+    fn read_unknown(&mut self, r: &RuleWords, i: usize) -> usize {
+        self.matches.push(Match::Unknown(r.word(i).to_string()));
+        let mut j = i + 1;
+        while j < r.t.len() && !KEYWORDS.contains(&r.word(j)) {
+            j += 1;
+        }
+        j
+    }
 }
 
 /// `ct status` from word `j` on, as nft prints it: `dnat`, `snat,dnat`

@@ -21,6 +21,8 @@
 //! Docker inserts into `filter FORWARD` (when it starts, restarts or creates
 //! a network, before or after this script ran) is ever reached first.
 
+use std::net::SocketAddr;
+
 use super::{
     FamilyPlan, Out, Plan, bridge_sysctl, bridge_sysctl_note, forget_udp_conntrack, kill_only_note,
     policy_routing, policy_routing_delete,
@@ -166,12 +168,32 @@ fn bypass_returns(f: &FamilyPlan, chain: &str, out: &mut Out) {
 
 /// egressd's chains for one family, in one iptables-restore run.
 fn chains(plan: &Plan, f: &FamilyPlan, out: &mut Out) {
-    let (mark, tool) = (plan.mark, f.family.iptables());
+    let tool = f.family.iptables();
     out.comment(
         "",
         "(Re)build egressd's chains: each table's chains are flushed and refilled in one commit.",
     );
     out.line(format!("{tool}-restore -w --noflush <<'EOF'"));
+    raw_table(out);
+
+    out.line("*mangle");
+    kill_chain(f, out);
+    let Some(listen) = f.listener().filter(|_| f.intercepts()) else {
+        out.line("COMMIT");
+        out.line("EOF");
+        return;
+    };
+    tproxy_chain(plan, f, listen, out);
+    out.line("COMMIT");
+
+    if plan.tcp == TcpIntercept::Redirect {
+        nat_table(f, listen, out);
+    }
+    out.line("EOF");
+}
+
+/// The raw table: the forged-source drop.
+fn raw_table(out: &mut Out) {
     out.line("*raw");
     out.comment(
         "",
@@ -181,8 +203,10 @@ fn chains(plan: &Plan, f: &FamilyPlan, out: &mut Out) {
     out.line(format!(":{RPF_CHAIN} - [0:0]"));
     out.line(format!("-A {RPF_CHAIN} -m rpfilter --invert -j DROP"));
     out.line("COMMIT");
+}
 
-    out.line("*mangle");
+/// The kill switch, in the mangle table.
+fn kill_chain(f: &FamilyPlan, out: &mut Out) {
     out.comment(
         "",
         "Kill switch (mangle FORWARD, where Docker never writes): what the containers would send past this \
@@ -206,12 +230,11 @@ fn chains(plan: &Plan, f: &FamilyPlan, out: &mut Out) {
     }
     out.comment("", "... and the rest would leave around the tunnels.");
     out.line(format!("-A {KILL_CHAIN} -j DROP"));
+}
 
-    let Some(listen) = f.listener().filter(|_| f.intercepts()) else {
-        out.line("COMMIT");
-        out.line("EOF");
-        return;
-    };
+/// The TPROXY intercept to the family's first listener, in the mangle table.
+fn tproxy_chain(plan: &Plan, f: &FamilyPlan, listen: SocketAddr, out: &mut Out) {
+    let mark = plan.mark;
     let (ip, port) = (listen.ip(), listen.port());
     let tproxy = format!("--on-ip {ip} --on-port {port} --tproxy-mark {mark}/{mark}");
     if let Some(note) = f.listeners_note() {
@@ -254,30 +277,30 @@ fn chains(plan: &Plan, f: &FamilyPlan, out: &mut Out) {
     if tcp_too {
         out.line(format!("-A {TPROXY_CHAIN} -p tcp -j TPROXY {tproxy}"));
     }
-    out.line("COMMIT");
+}
 
-    if plan.tcp == TcpIntercept::Redirect {
-        out.line("*nat");
-        out.comment(
-            "",
-            format!(
-                "TCP by REDIRECT, as the article (nat: each connection's first packet) to the incoming \
-                 interface's primary address, port {port}, where egressd listens ({listen}); it reads the \
-                 original destination back from conntrack."
-            ),
-        );
-        out.line(format!(":{NAT_CHAIN} - [0:0]"));
-        bypass_returns(f, NAT_CHAIN, out);
-        out.comment("", "DNS over TCP to any resolver goes to egressd.");
-        out.line(format!("-A {NAT_CHAIN} -p tcp --dport 53 -j REDIRECT --to-ports {port}"));
-        out.comment("", "This host's own addresses: left alone.");
-        out.line(format!("-A {NAT_CHAIN} -m addrtype --dst-type LOCAL -j RETURN"));
-        reserved_returns(f, NAT_CHAIN, out);
-        out.comment("", "The rest, to the internet.");
-        out.line(format!("-A {NAT_CHAIN} -p tcp -j REDIRECT --to-ports {port}"));
-        out.line("COMMIT");
-    }
-    out.line("EOF");
+/// The nat table: TCP by REDIRECT to the family's first listener.
+fn nat_table(f: &FamilyPlan, listen: SocketAddr, out: &mut Out) {
+    let port = listen.port();
+    out.line("*nat");
+    out.comment(
+        "",
+        format!(
+            "TCP by REDIRECT, as the article (nat: each connection's first packet) to the incoming \
+             interface's primary address, port {port}, where egressd listens ({listen}); it reads the \
+             original destination back from conntrack."
+        ),
+    );
+    out.line(format!(":{NAT_CHAIN} - [0:0]"));
+    bypass_returns(f, NAT_CHAIN, out);
+    out.comment("", "DNS over TCP to any resolver goes to egressd.");
+    out.line(format!("-A {NAT_CHAIN} -p tcp --dport 53 -j REDIRECT --to-ports {port}"));
+    out.comment("", "This host's own addresses: left alone.");
+    out.line(format!("-A {NAT_CHAIN} -m addrtype --dst-type LOCAL -j RETURN"));
+    reserved_returns(f, NAT_CHAIN, out);
+    out.comment("", "The rest, to the internet.");
+    out.line(format!("-A {NAT_CHAIN} -p tcp -j REDIRECT --to-ports {port}"));
+    out.line("COMMIT");
 }
 
 /// `TOOL -w -t TABLE -C HOOK SPEC || TOOL -w -t TABLE -I HOOK SPEC`.

@@ -50,7 +50,30 @@ pub(super) fn install(plan: &Plan, out: &mut Out) {
     for f in &plan.families {
         sets(f, out);
     }
+    rpfilter_chain(plan, out);
+    for f in &intercepting {
+        intercept_chain(plan, f, out);
+    }
+    if !intercepting.is_empty() {
+        tproxy_prerouting_chain(plan, &intercepting, out);
+    }
+    if plan.tcp == TcpIntercept::Redirect && !intercepting.is_empty() {
+        for f in &intercepting {
+            redirect_chain(f, out);
+        }
+        tcp_redirect_chain(plan, &intercepting, out);
+    }
+    kill_chain(plan, out);
+    kill_switch_chain(plan, out);
+    out.line("}");
+    out.line("EOF");
+    for f in &intercepting {
+        forget_udp_conntrack(f, out);
+    }
+}
 
+/// The base chain dropping forged sources.
+fn rpfilter_chain(plan: &Plan, out: &mut Out) {
     out.line("\tchain rpfilter {");
     out.comment(
         "\t\t",
@@ -63,40 +86,40 @@ pub(super) fn install(plan: &Plan, out: &mut Out) {
         out.line(format!("\t\tiifname {} ip6 saddr != :: fib saddr . iif oif missing drop", i.nft()));
     }
     out.line("\t}");
+}
 
-    for f in &intercepting {
-        intercept_chain(plan, f, out);
+/// The base chain sending the containers' packets to each family's TPROXY chain.
+fn tproxy_prerouting_chain(plan: &Plan, intercepting: &[&FamilyPlan], out: &mut Out) {
+    out.line("\tchain tproxy_prerouting {");
+    out.comment(
+        "\t\t",
+        "mangle priority: TPROXY must run before nat and the routing decision. Every packet of the \
+         containers: the intercept chain's first rule lets replies of published ports go.",
+    );
+    out.line("\t\ttype filter hook prerouting priority mangle; policy accept;");
+    for f in intercepting {
+        dispatch(plan, f, "intercept", out);
     }
-    if !intercepting.is_empty() {
-        out.line("\tchain tproxy_prerouting {");
-        out.comment(
-            "\t\t",
-            "mangle priority: TPROXY must run before nat and the routing decision. Every packet of the \
-             containers: the intercept chain's first rule lets replies of published ports go.",
-        );
-        out.line("\t\ttype filter hook prerouting priority mangle; policy accept;");
-        for f in &intercepting {
-            dispatch(plan, f, "intercept", out);
-        }
-        out.line("\t}");
-    }
-    if plan.tcp == TcpIntercept::Redirect && !intercepting.is_empty() {
-        for f in &intercepting {
-            redirect_chain(f, out);
-        }
-        out.line("\tchain tcp_redirect {");
-        out.comment(
-            "\t\t",
-            "dstnat priority, as iptables nat PREROUTING: REDIRECT sees each connection's first packet (never \
-             a reply).",
-        );
-        out.line("\t\ttype nat hook prerouting priority dstnat; policy accept;");
-        for f in &intercepting {
-            dispatch(plan, f, "redirect", out);
-        }
-        out.line("\t}");
-    }
+    out.line("\t}");
+}
 
+/// The base chain sending new TCP connections to each family's REDIRECT chain.
+fn tcp_redirect_chain(plan: &Plan, intercepting: &[&FamilyPlan], out: &mut Out) {
+    out.line("\tchain tcp_redirect {");
+    out.comment(
+        "\t\t",
+        "dstnat priority, as iptables nat PREROUTING: REDIRECT sees each connection's first packet (never \
+         a reply).",
+    );
+    out.line("\t\ttype nat hook prerouting priority dstnat; policy accept;");
+    for f in intercepting {
+        dispatch(plan, f, "redirect", out);
+    }
+    out.line("\t}");
+}
+
+/// The kill switch's rules: what may pass, then the drop.
+fn kill_chain(plan: &Plan, out: &mut Out) {
     out.line("\tchain kill {");
     out.comment(
         "\t\t",
@@ -128,6 +151,10 @@ pub(super) fn install(plan: &Plan, out: &mut Out) {
     out.comment("\t\t", "... and the rest would leave around the tunnels.");
     out.line("\t\tdrop");
     out.line("\t}");
+}
+
+/// The forward base chain sending everything from a container interface to `kill`.
+fn kill_switch_chain(plan: &Plan, out: &mut Out) {
     out.line("\tchain kill_switch {");
     out.comment(
         "\t\t",
@@ -139,11 +166,6 @@ pub(super) fn install(plan: &Plan, out: &mut Out) {
         out.line(format!("\t\tiifname {} jump kill", i.nft()));
     }
     out.line("\t}");
-    out.line("}");
-    out.line("EOF");
-    for f in &intercepting {
-        forget_udp_conntrack(f, out);
-    }
 }
 
 pub(super) fn delete(plan: &Plan, out: &mut Out) {
