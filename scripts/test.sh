@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README): installs what a fresh Debian 12 machine lacks,
-# then runs format and lint checks, the unit and loopback tests, the fuzz
-# targets briefly, and the network-namespace end-to-end tests.
+# then runs the structure, format and lint checks, the unit and loopback
+# tests, the fuzz targets briefly, and the network-namespace end-to-end tests.
 #
 #   scripts/test.sh            everything (root needed for the netns tests)
 #   QUICK=1 scripts/test.sh    skip the slow netns checks (long idle waits)
@@ -42,6 +42,16 @@ install_deps() {
 stage "install dependencies" install_deps
 
 # --- 2. Static checks and unit/loopback tests ---------------------------------
+# Module layers and cycles, file and data-path fn lengths (scripts/structure.py).
+# Its self-test runs too, and first: a checker that could not find a cycle
+# would pass a tangled tree.
+check_structure() {
+    local rc=0
+    python3 scripts/structure_test.py || rc=1
+    python3 scripts/structure.py || rc=1
+    return "$rc"
+}
+stage "structure" check_structure
 stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy" cargo clippy --all-targets --locked -- -D warnings
 unit_log=$(mktemp)
