@@ -39,6 +39,7 @@ use super::handshake::{
     Drive, auth_of, connect, connect_error, drive_handshake_then, handshake_error, read_early, write_early,
 };
 use super::limits::TcpLimits;
+use super::refuse::Refusal;
 use super::slab::{self, Kind};
 use super::{TcpHandoff, WorkerLoop, keepalive, reset};
 use crate::config::{Tunnel, TunnelKind};
@@ -207,14 +208,14 @@ impl WorkerLoop {
         // Before anything is opened for it: the source's limits and share.
         let lim = TcpLimits::of(&self.settings);
         if let Err(why) = self.tcp_sources.open(client.ip(), source, &lim, &self.limits, self.now) {
-            return self.refuse_source(&stream, client, orig_dst, &tunnel, &tc, why);
+            return self.refuse(&stream, client, orig_dst, &tunnel, &tc, Refusal::Source(why));
         }
         // DNS over TCP to a resolver no exit can reach goes to `dns.upstream`.
         let dest = self.settings.dns.target(orig_dst);
         debug!(target: "egressd::worker", "{client} -> tcp {orig_dst} (to {dest}) via {}", tunnel.name);
         let up = match self.open_upstream(&tunnel, dest, client.ip()) {
             Ok(up) => up,
-            Err(why) => return self.refuse(&stream, client, orig_dst, &tunnel, &tc, &why),
+            Err(why) => return self.refuse(&stream, client, orig_dst, &tunnel, &tc, Refusal::Tunnel(&why)),
         };
         if up.pipe {
             Counters::inc(&self.counters.tcp_pipelined);

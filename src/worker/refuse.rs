@@ -16,8 +16,20 @@ use crate::config::Tunnel;
 use crate::route::Cidr;
 use crate::stats::Tally;
 
+/// Why a flow was turned away before it started.
+pub(super) enum Refusal<'a> {
+    /// Its tunnel could not be opened (admitted by the limits, so its
+    /// place under them is given back).
+    Tunnel(&'a str),
+    /// Its source's limits refused it.
+    Source(Refused),
+}
+
 impl WorkerLoop {
-    /// Resets a client whose flow was admitted but never started.
+    /// Resets a client whose flow never started, and counts it (for the
+    /// process, its tunnel and its source): its tunnel could not be opened
+    /// (warned once a minute per tunnel), or its source's limits refused it
+    /// (warned once a minute per kind).
     pub(super) fn refuse(
         &mut self,
         s: &std::net::TcpStream,
@@ -25,34 +37,26 @@ impl WorkerLoop {
         dst: SocketAddr,
         t: &Tunnel,
         tc: &Tally,
-        why: &str,
+        why: Refusal,
     ) {
-        self.tcp_sources.close(client.ip(), &TcpLimits::of(&self.settings), &self.limits, self.now);
-        Failure::Connect.count(&self.counters, tc);
-        self.log_failure(client, dst, t, why);
-        reset(&SockRef::from(s));
-    }
-
-    /// Resets a client its source's limits refused, and counts it (for the
-    /// process and for the route source); warns once a minute per kind.
-    pub(super) fn refuse_source(
-        &mut self,
-        s: &std::net::TcpStream,
-        client: SocketAddr,
-        dst: SocketAddr,
-        t: &Tunnel,
-        tc: &Tally,
-        why: Refused,
-    ) {
-        tc.inc_all(&self.counters, |c| why.counter(c));
-        match self.refuse_log[why.index()].due(self.now) {
-            Some(n) => {
-                warn!(target: "egressd::worker", "{client} -> tcp {dst} via {}: refused: {}; client reset{}",
-                t.name, why.why(), crate::lograte::more(n))
+        match why {
+            Refusal::Tunnel(why) => {
+                self.tcp_sources.close(client.ip(), &TcpLimits::of(&self.settings), &self.limits, self.now);
+                Failure::Connect.count(&self.counters, tc);
+                self.log_failure(client, dst, t, why);
             }
-            None => {
-                debug!(target: "egressd::worker", "{client} -> tcp {dst} via {}: refused: {}; client reset",
-                t.name, why.why())
+            Refusal::Source(why) => {
+                tc.inc_all(&self.counters, |c| why.counter(c));
+                match self.refuse_log[why.index()].due(self.now) {
+                    Some(n) => {
+                        warn!(target: "egressd::worker", "{client} -> tcp {dst} via {}: refused: {}; client reset{}",
+                        t.name, why.why(), crate::lograte::more(n))
+                    }
+                    None => {
+                        debug!(target: "egressd::worker", "{client} -> tcp {dst} via {}: refused: {}; client reset",
+                        t.name, why.why())
+                    }
+                }
             }
         }
         reset(&SockRef::from(s));
