@@ -355,7 +355,7 @@ pub fn summary(s: &Settings) -> String {
     let _ = writeln!(o, "tunnels ({}):", s.tunnels.len());
     for t in &s.tunnels {
         let detail = match &t.kind {
-            TunnelKind::Socks5 { server, auth, udp, udp_relay, warm, warm_udp, pipeline } => {
+            TunnelKind::Socks5 { server, auth, udp, udp_relay, warm, warm_udp, warm_idle_secs, pipeline } => {
                 let mut d = format!("Socks5 {server}");
                 if let Some(c) = auth {
                     let _ = write!(d, ", user {} (password set)", c.username);
@@ -367,6 +367,9 @@ pub fn summary(s: &Settings) -> String {
                 let _ = write!(d, ", warm {warm}, pipelining {}", if *pipeline { "probed" } else { "off" });
                 if *udp {
                     let _ = write!(d, ", warm_udp {warm_udp}");
+                }
+                if *warm_idle_secs > 0 && (*warm > 0 || (*udp && *warm_udp > 0)) {
+                    let _ = write!(d, " (closed after {warm_idle_secs} s without a flow)");
                 }
                 d
             }

@@ -95,11 +95,12 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
         warn!(target: "egressd", "{e}; running with the config routes only");
     }
 
+    let front_wakers: Vec<_> = fronts.iter().map(FrontLoop::waker).collect();
     let threads = spawn_loops(workers, fronts, &stop);
     info!(target: "egressd", "running");
     wait_for_stop(config, &live, &handles, &pools, &mut docker);
     info!(target: "egressd", "stopping: no new connections; flows drain for up to {DRAIN:?}");
-    let ok = stop_loops(&stop, &handles, threads);
+    let ok = stop_loops(&stop, &handles, &front_wakers, threads);
     if own_socket {
         let _ = std::fs::remove_file(&settings.control.socket);
     }
@@ -285,10 +286,20 @@ fn wait_for_stop(
 
 /// Tells every loop to stop, wakes the workers and waits for all of them;
 /// whether every one ended well.
-fn stop_loops(stop: &AtomicBool, handles: &[WorkerHandle], threads: Vec<LoopThread>) -> bool {
-    stop.store(true, Ordering::Relaxed);
+/// Sets the stop flag and wakes every loop to see it (they sleep until an
+/// event otherwise), then waits for them; false if one failed.
+fn stop_loops(
+    stop: &AtomicBool,
+    handles: &[WorkerHandle],
+    fronts: &[Arc<mio::Waker>],
+    threads: Vec<LoopThread>,
+) -> bool {
+    stop.store(true, Ordering::SeqCst);
+    for f in fronts {
+        let _ = f.wake();
+    }
     for h in handles {
-        h.wake();
+        h.wake_now();
     }
     let mut ok = true;
     for t in threads {

@@ -149,6 +149,9 @@ pub enum TunnelKind {
         warm: u16,
         /// UDP associations kept ready (control connection + relay socket); 0: none.
         warm_udp: u16,
+        /// Seconds without a flow after which the pools close what they hold
+        /// and stop refilling until the next flow; 0: never.
+        warm_idle_secs: u32,
         /// Pipeline the handshake (and the client's first bytes) when a probe shows the server takes it.
         pipeline: bool,
     },
@@ -174,6 +177,16 @@ impl TunnelKind {
         match self {
             TunnelKind::Socks5 { warm, server, .. } if server.addr.is_some() => usize::from(*warm),
             _ => 0,
+        }
+    }
+
+    /// How long the tunnel's pools stay warm without a flow (`None`: always).
+    pub fn warm_idle(&self) -> Option<Duration> {
+        match self {
+            TunnelKind::Socks5 { warm_idle_secs, .. } if *warm_idle_secs > 0 => {
+                Some(Duration::from_secs(u64::from(*warm_idle_secs)))
+            }
+            _ => None,
         }
     }
 

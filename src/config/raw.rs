@@ -77,6 +77,8 @@ pub enum RawTunnel {
         warm: u16,
         #[serde(default = "warm_default")]
         warm_udp: u16,
+        #[serde(default = "warm_idle_default")]
+        warm_idle_secs: u32,
         #[serde(default = "yes")]
         pipeline: bool,
     },
@@ -371,6 +373,14 @@ pub const WARM_DEFAULT: u16 = 2;
 
 fn warm_default() -> u16 {
     WARM_DEFAULT
+}
+
+/// Seconds without a flow after which a tunnel's pools close what they hold
+/// (and make no more until the next flow) when the config says nothing.
+pub const WARM_IDLE_DEFAULT: u32 = 300;
+
+fn warm_idle_default() -> u32 {
+    WARM_IDLE_DEFAULT
 }
 
 /// Distinct sources per prefix route when the config says nothing: four

@@ -33,12 +33,13 @@ fn spec_minimal_example_parses_exactly_as_written() {
     assert_eq!(s.tunnels.len(), 2);
     assert_eq!(s.tunnels[0].name, "hk0");
     match &s.tunnels[1].kind {
-        TunnelKind::Socks5 { server, auth, udp, udp_relay, warm, warm_udp, pipeline } => {
+        TunnelKind::Socks5 { server, auth, udp, udp_relay, warm, warm_udp, warm_idle_secs, pipeline } => {
             assert_eq!(server.addr, Some("100.64.1.2:1080".parse().unwrap()));
             assert_eq!(auth.as_ref().unwrap().username, "u");
             assert!(*udp, "udp defaults to true");
             assert_eq!(*udp_relay, None);
             assert_eq!((*warm, *warm_udp), (2, 2), "two warm connections and associations by default");
+            assert_eq!(*warm_idle_secs, 300, "pools go cold after 5 minutes without a flow by default");
             assert!(*pipeline, "pipelining is probed by default");
         }
         other => panic!("wrong kind {other:?}"),

@@ -90,7 +90,17 @@ fn validate_tunnels(loc: &Locator, raw: Tunnels) -> Result<Vec<Tunnel>, ConfigEr
 
 fn tunnel_kind(loc: &Locator, name: &str, t: RawTunnel) -> Result<TunnelKind, ConfigError> {
     Ok(match t {
-        RawTunnel::Socks5 { server: s, username, password, udp, udp_relay, warm, warm_udp, pipeline } => {
+        RawTunnel::Socks5 {
+            server: s,
+            username,
+            password,
+            udp,
+            udp_relay,
+            warm,
+            warm_udp,
+            warm_idle_secs,
+            pipeline,
+        } => {
             for (field, v) in [("warm", warm), ("warm_udp", warm_udp)] {
                 if v > WARM_MAX {
                     return Err(loc.err(format!(
@@ -105,6 +115,7 @@ fn tunnel_kind(loc: &Locator, name: &str, t: RawTunnel) -> Result<TunnelKind, Co
                 udp_relay: udp_relay.map(|a| a.0),
                 warm,
                 warm_udp,
+                warm_idle_secs,
                 pipeline,
             }
         }

@@ -44,6 +44,8 @@ use crate::worker::{Handoff, TcpHandoff, WorkerHandle, reset};
 const EMFILE_PAUSE: Duration = Duration::from_millis(100);
 /// Tokens from here on name UDP sockets; below, TCP listeners.
 const UDP_TOKEN: usize = 1 << 16;
+/// The stop wake-up (a front loop sleeps until an event, however long).
+const WAKER: Token = Token(usize::MAX);
 
 pub struct FrontLoop {
     id: usize,
@@ -64,6 +66,8 @@ pub struct FrontLoop {
     pause_warned: crate::lograte::Every,
     /// The full-queue warning, once a minute at most.
     queue_warned: crate::lograte::Every,
+    /// Woken to stop (see [`FrontLoop::waker`]).
+    waker: Arc<mio::Waker>,
 }
 
 /// A listening socket for `addr`, as every front loop opens it (`fronts`
@@ -128,7 +132,9 @@ impl FrontLoop {
             poll.registry().register(&mut u, Token(UDP_TOKEN + i), Interest::READABLE)?;
             udp.push((u, *addr));
         }
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
         Ok(FrontLoop {
+            waker,
             id,
             poll,
             listeners,
@@ -147,14 +153,17 @@ impl FrontLoop {
         })
     }
 
+    /// What wakes this loop to look at the stop flag: it sleeps until an
+    /// event otherwise, however long.
+    pub fn waker(&self) -> Arc<mio::Waker> {
+        Arc::clone(&self.waker)
+    }
+
     pub fn run(mut self, stop: &AtomicBool) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
-        while !stop.load(Ordering::Relaxed) {
-            let timeout = match self.paused_until {
-                Some(t) => t.saturating_duration_since(Instant::now()),
-                None => Duration::from_millis(500),
-            };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+        while !stop.load(Ordering::SeqCst) {
+            let timeout = self.paused_until.map(|t| t.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout)
                 && e.kind() != ErrorKind::Interrupted
             {
                 return Err(e);
@@ -170,7 +179,7 @@ impl FrontLoop {
             // leave the queue unread until the next datagram.
             for ev in events.iter() {
                 let t = ev.token().0;
-                if t >= UDP_TOKEN {
+                if t >= UDP_TOKEN && ev.token() != WAKER {
                     self.recv_all(t - UDP_TOKEN);
                 }
             }

@@ -5,9 +5,13 @@
 //!
 //! A pool belongs to one tunnel's name and is shared by every worker (its
 //! size counts for all of them): the worker that takes a connection starts
-//! the refill on its own loop and hands the greeted connection back. Idle
-//! pooled connections are registered with no loop; a look (one
-//! `recv(MSG_PEEK)`) tells whether the server closed one.
+//! the refill on its own loop and hands the greeted connection back. An
+//! idle pooled connection stays registered with that worker's loop
+//! ([`Watched`]): a close or a byte out of turn is an event there, and the
+//! worker that takes it for a flow unregisters it first. Nothing looks at
+//! idle connections on a timer; a pool is due only when one reaches its
+//! refresh age, or when nothing used it for `warm_idle_secs` (then it
+//! closes them all and makes no more until the next use).
 //!
 //! Each pool also holds what the probe learned about the server: whether
 //! it takes a pipelined handshake (see `probe`).
@@ -17,8 +21,10 @@ mod state;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::config::{Credentials, Tunnel, TunnelKind};
 use crate::stats::{Gauges, Snapshot};
@@ -118,50 +124,89 @@ pub struct Assoc {
     pub data: UdpSocket,
 }
 
-/// Liveness of a pooled value: one peek at its TCP connection.
+/// A pooled value: its TCP connection (the one a server closes).
 pub trait Pooled {
-    fn liveness(&self) -> Liveness;
+    fn stream(&self) -> &TcpStream;
+
+    /// One peek at the connection.
+    fn liveness(&self) -> Liveness {
+        liveness(self.stream())
+    }
 }
 
 impl Pooled for TcpStream {
-    fn liveness(&self) -> Liveness {
-        liveness(self)
+    fn stream(&self) -> &TcpStream {
+        self
     }
 }
 
 impl Pooled for Assoc {
-    fn liveness(&self) -> Liveness {
-        liveness(&self.ctrl)
+    fn stream(&self) -> &TcpStream {
+        &self.ctrl
     }
+}
+
+/// An idle pooled value, watched for readability in the loop of the worker
+/// that made it: a close or a byte out of turn is an event there, not
+/// something looked for every 250 ms.
+pub struct Watched<C> {
+    pub conn: C,
+    /// Names it in that worker's tokens.
+    pub id: u32,
+    registry: Arc<mio::Registry>,
+}
+
+impl<C: Pooled> Watched<C> {
+    /// `conn`, registered as `id` with `registry` by the caller.
+    pub fn new(conn: C, id: u32, registry: Arc<mio::Registry>) -> Self {
+        Watched { conn, id, registry }
+    }
+
+    /// The value, no longer watched: its taker registers it with its own loop.
+    fn unwatch(self) -> C {
+        let fd = self.conn.stream().as_raw_fd();
+        let _ = self.registry.deregister(&mut mio::unix::SourceFd(&fd));
+        self.conn
+    }
+}
+
+/// A number for a new pooled value (its token in the watching loop).
+pub fn next_id() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// One kind of pooled value (greeted TCP connections, or UDP associations)
 /// and its counters.
 pub struct Side<C> {
-    pub pool: Pool<C>,
+    pub pool: Pool<Watched<C>>,
     pub stats: PoolStats,
 }
 
 impl<C: Pooled> Side<C> {
-    fn new(size: usize) -> Self {
-        Side { pool: Pool::new(size), stats: PoolStats::default() }
+    fn new(size: usize, idle: Option<Duration>, now: Instant) -> Self {
+        Side { pool: Pool::new(size).with_idle(idle, now).with_events(), stats: PoolStats::default() }
     }
 
     /// Drains and resizes (the counters go on).
-    fn reset(&mut self, size: usize) {
+    fn reset(&mut self, size: usize, idle: Option<Duration>, now: Instant) {
         let ev = self.pool.drain();
         self.stats.add(ev);
-        self.pool = Pool::new(size);
+        self.pool = Pool::new(size).with_idle(idle, now).with_events();
     }
 
-    /// A pooled value for a flow from `source`, counted as a hit or a miss.
-    pub fn take(&mut self, source: std::net::IpAddr) -> Option<C> {
-        let (taken, ev) = self.pool.take(source, |c| c.liveness());
+    /// A pooled value for a flow from `source`, counted as a hit or a miss;
+    /// either way the pool is in use.
+    pub fn take(&mut self, source: std::net::IpAddr, now: Instant) -> Option<C> {
+        self.pool.used(now);
+        // No peek: a close while it waited was an event (`look`); one in the
+        // last instant costs the flow a retry on a fresh connection.
+        let (taken, ev) = self.pool.take(source, |_| Liveness::Alive);
         self.stats.add(ev);
         match taken {
-            Ok(c) => {
+            Ok(w) => {
                 self.stats.hits += 1;
-                Some(c)
+                Some(w.unwatch())
             }
             Err(_) => {
                 self.stats.misses += 1;
@@ -171,19 +216,37 @@ impl<C: Pooled> Side<C> {
     }
 
     /// The periodic look at idle values; how many refills to start.
-    pub fn tick(&mut self, now: std::time::Instant) -> usize {
+    pub fn tick(&mut self, now: Instant) -> usize {
         if self.pool.size() == 0 {
             return 0;
         }
         if self.pool.check_due(now) {
-            let ev = self.pool.check(now, |c| c.liveness());
+            // Closes come as events: this only drops connections at their
+            // refresh age, or all of them once the pool is idle.
+            let ev = self.pool.check(now, |_| Liveness::Alive);
             self.stats.add(ev);
         }
         self.pool.claim_refills(now)
     }
 
+    /// An event on the idle value `id` (if it is this side's): dropped if
+    /// the server closed it or spoke out of turn. True when it was here.
+    pub fn look(&mut self, now: Instant, id: u32) -> bool {
+        let mut here = false;
+        let ev = self.pool.look(
+            now,
+            |w| w.id == id,
+            |w| {
+                here = true;
+                w.conn.liveness()
+            },
+        );
+        self.stats.add(ev);
+        here
+    }
+
     /// A refill came back ready.
-    pub fn refilled(&mut self, now: std::time::Instant, c: C) {
+    pub fn refilled(&mut self, now: Instant, c: Watched<C>) {
         self.stats.refills += 1;
         if self.pool.refilled(now, c).is_some() {
             self.stats.discards += 1;
@@ -262,10 +325,11 @@ impl Pools {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         let mut probe = Vec::new();
         let mut keep = std::collections::HashSet::new();
+        let now = Instant::now();
         for t in tunnels {
             let Some(key) = Key::of(&t.kind) else { continue };
             keep.insert(t.name.clone());
-            let (size, size_udp) = (t.kind.warm(), t.kind.warm_udp());
+            let (size, size_udp, idle) = (t.kind.warm(), t.kind.warm_udp(), t.kind.warm_idle());
             let pipelining = if key.pipeline { Pipelining::Unknown } else { Pipelining::Off };
             let tunnel = Arc::new(t.clone());
             match map.get(&t.name) {
@@ -273,9 +337,13 @@ impl Pools {
                     let mut inner = p.lock();
                     let sizes = (inner.tcp.pool.size(), inner.udp.pool.size());
                     if inner.key != key || sizes != (size, size_udp) {
-                        inner.tcp.reset(size);
-                        inner.udp.reset(size_udp);
+                        inner.tcp.reset(size, idle, now);
+                        inner.udp.reset(size_udp, idle, now);
                         inner.generation += 1;
+                    } else {
+                        // A reload counts as a use: what it kept warms again.
+                        inner.tcp.pool.set_idle(idle, now);
+                        inner.udp.pool.set_idle(idle, now);
                     }
                     if inner.key != key {
                         inner.key = key;
@@ -293,8 +361,8 @@ impl Pools {
                             key: key.clone(),
                             tunnel,
                             generation: 0,
-                            tcp: Side::new(size),
-                            udp: Side::new(size_udp),
+                            tcp: Side::new(size, idle, now),
+                            udp: Side::new(size_udp, idle, now),
                         }),
                         pipelining: AtomicU8::new(pipelining as u8),
                         probing: AtomicBool::new(false),
@@ -309,9 +377,11 @@ impl Pools {
         map.retain(|name, p| {
             let k = keep.contains(name);
             if !k {
+                // Closed, and never refilled by a worker still holding it.
                 let mut i = p.lock();
-                i.tcp.pool.drain();
-                i.udp.pool.drain();
+                i.tcp.reset(0, None, now);
+                i.udp.reset(0, None, now);
+                i.generation += 1;
             }
             k
         });
@@ -326,6 +396,14 @@ impl Pools {
 
     pub fn get(&self, name: &str) -> Option<Arc<TunnelPool>> {
         self.map.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    /// Calls `f` on every pool, in no order, without copying the list (the
+    /// workers' tick: `f` must not reconcile).
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<TunnelPool>)) {
+        for p in self.map.read().unwrap_or_else(|e| e.into_inner()).values() {
+            f(p);
+        }
     }
 
     /// Every pool, sorted by tunnel name.

@@ -8,7 +8,12 @@
 //!        └──────────── the pool is short: size − ready − pending ◄─────────────┘
 //!  ready ──older than refresh_after──► expire (closed, refilled)
 //!  ready ──found closed by the server──► learn its idle limit; under MIN_USEFUL: disabled
+//!  no flow took or asked for one for `warm_idle` ──► drained, no refills until the next use
 //! ```
+//!
+//! A pool that nothing is due in (idle, disabled, or refills under way)
+//! says so through [`Pool::next_due`], so workers need not look at it: a
+//! thousand unused tunnels cost no wake-up and hold no connection.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -86,6 +91,15 @@ pub struct Pool<C> {
     last_check: Option<Instant>,
     /// Refills so far (for the stagger).
     refills: u64,
+    /// Drained after this long without use (`None`: never).
+    idle_after: Option<Duration>,
+    /// When a flow last took (or asked for) a pooled connection, or the
+    /// pool was made.
+    last_use: Option<Instant>,
+    /// The caller hears of a closed idle connection as an event
+    /// ([`look`](Self::look)) instead of looking every CHECK_EVERY: the pool
+    /// is due only when a connection's refresh age comes.
+    events: bool,
 }
 
 impl<C> Pool<C> {
@@ -103,6 +117,66 @@ impl<C> Pool<C> {
             retry_at: None,
             last_check: None,
             refills: 0,
+            idle_after: None,
+            last_use: None,
+            events: false,
+        }
+    }
+
+    /// Idle connections are watched for events (see [`look`](Self::look)).
+    pub fn with_events(mut self) -> Self {
+        self.events = true;
+        self
+    }
+
+    /// Drains the pool after `after` without use, counted from `now`.
+    pub fn with_idle(mut self, after: Option<Duration>, now: Instant) -> Self {
+        self.set_idle(after, now);
+        self
+    }
+
+    /// [`with_idle`](Self::with_idle) on a pool in place (a reload).
+    pub fn set_idle(&mut self, after: Option<Duration>, now: Instant) {
+        self.idle_after = after;
+        self.last_use = Some(now);
+    }
+
+    /// A flow took or asked for a pooled connection: the pool is in use
+    /// (warmed again if it had gone idle).
+    pub fn used(&mut self, now: Instant) {
+        self.last_use = Some(now);
+    }
+
+    /// Unused for `idle_after`: no refills, and what is ready is closed.
+    pub fn is_idle(&self, now: Instant) -> bool {
+        match (self.idle_after, self.last_use) {
+            (Some(after), Some(used)) => now.saturating_duration_since(used) >= after,
+            _ => false,
+        }
+    }
+
+    /// When a worker should next look at this pool (`tick`): to look at the
+    /// ready connections, to refill it, or to drain it gone idle; `None`
+    /// while nothing will be due without a use or a refill coming back.
+    pub fn next_due(&self, now: Instant) -> Option<Instant> {
+        if self.disabled || self.size == 0 {
+            return None;
+        }
+        if self.is_idle(now) {
+            return (!self.ready.is_empty()).then_some(now);
+        }
+        let look = if self.events {
+            self.ready.iter().map(|i| self.refresh_at(i)).min()
+        } else {
+            (!self.ready.is_empty()).then(|| self.last_check.map_or(now, |t| t + CHECK_EVERY))
+        };
+        // As `claim_refills` will see it: short of the size, and after a
+        // failure only once the attempt under way has come back.
+        let short = self.ready.len() + self.pending < self.size && (self.failures == 0 || self.pending == 0);
+        let refill = short.then(|| self.retry_at.map_or(now, |t| t.max(now)));
+        match (look, refill) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -164,7 +238,7 @@ impl<C> Pool<C> {
     /// How many refills the caller should start now; they count as pending
     /// until [`refilled`](Self::refilled) or [`refill_failed`](Self::refill_failed).
     pub fn claim_refills(&mut self, now: Instant) -> usize {
-        if self.disabled || self.retry_at.is_some_and(|t| now < t) {
+        if self.disabled || self.is_idle(now) || self.retry_at.is_some_and(|t| now < t) {
             return 0;
         }
         let mut n = self.size.saturating_sub(self.ready.len() + self.pending);
@@ -203,7 +277,16 @@ impl<C> Pool<C> {
 
     /// Whether the idle connections are due for a look (and marks it done).
     pub fn check_due(&mut self, now: Instant) -> bool {
-        if self.ready.is_empty() || self.last_check.is_some_and(|t| now.duration_since(t) < CHECK_EVERY) {
+        if self.ready.is_empty() {
+            return false;
+        }
+        if self.is_idle(now) {
+            return true;
+        }
+        if self.events {
+            return self.ready.iter().any(|i| self.refresh_at(i) <= now);
+        }
+        if self.last_check.is_some_and(|t| now.duration_since(t) < CHECK_EVERY) {
             return false;
         }
         self.last_check = Some(now);
@@ -214,6 +297,9 @@ impl<C> Pool<C> {
     /// idle limit), and those older than the refresh age are closed so that
     /// fresh ones replace them before the server's limit.
     pub fn check(&mut self, now: Instant, mut alive: impl FnMut(&C) -> Liveness) -> Events {
+        if self.is_idle(now) {
+            return self.drain();
+        }
         let mut ev = Events::default();
         let mut i = 0;
         while i < self.ready.len() {
@@ -224,14 +310,40 @@ impl<C> Pool<C> {
                 continue;
             }
             idle.seen = now;
-            let early = self.refresh_after / 4 * u32::from(idle.stagger) / 8;
-            if now.duration_since(idle.born) >= self.refresh_after - early {
+            if now >= refresh_time(self.refresh_after, idle) {
                 self.ready.swap_remove(i);
                 ev.discards += 1;
                 continue;
             }
             i += 1;
         }
+        ev
+    }
+
+    /// When an idle connection is to be replaced: at the refresh age, less
+    /// its stagger (so that connections made together go one by one).
+    fn refresh_at(&self, idle: &Idle<C>) -> Instant {
+        refresh_time(self.refresh_after, idle)
+    }
+
+    /// An event on the idle connection `pick` chooses: looked at once
+    /// (`alive`), and dropped when closed or talking out of turn (teaching
+    /// the idle limit: it was alive until now). Nothing when it was taken
+    /// meanwhile.
+    pub fn look(
+        &mut self,
+        now: Instant,
+        pick: impl Fn(&C) -> bool,
+        alive: impl FnOnce(&C) -> Liveness,
+    ) -> Events {
+        let mut ev = Events::default();
+        let Some(at) = self.ready.iter().position(|i| pick(&i.conn)) else { return ev };
+        if alive(&self.ready[at].conn) == Liveness::Alive {
+            return ev;
+        }
+        let mut idle = self.ready.swap_remove(at);
+        idle.seen = now;
+        self.found_dead(&idle, &mut ev);
         ev
     }
 
@@ -264,6 +376,12 @@ impl<C> Pool<C> {
             self.ready.clear();
         }
     }
+}
+
+/// When `idle` is to be replaced, refreshing after `after`: less a stagger
+/// of up to a quarter of it.
+fn refresh_time<C>(after: Duration, idle: &Idle<C>) -> Instant {
+    idle.born + after - after / 4 * u32::from(idle.stagger) / 8
 }
 
 #[cfg(test)]
@@ -447,5 +565,73 @@ mod tests {
         assert!(p.check_due(t));
         assert!(!p.check_due(t + Duration::from_millis(100)));
         assert!(p.check_due(t + CHECK_EVERY));
+    }
+
+    /// Issue 25: a pool no flow used for `warm_idle` closes what it holds,
+    /// asks for no refill and says nothing is due; the next use warms it.
+    #[test]
+    fn an_unused_pool_goes_cold_and_warms_again_on_use() {
+        let t = Instant::now();
+        let idle = Duration::from_secs(300);
+        let mut p = Pool::new(2).with_idle(Some(idle), t);
+        assert_eq!(p.next_due(t), Some(t), "a new pool fills at once");
+        assert_eq!(p.claim_refills(t), 2);
+        assert_eq!(p.next_due(t), None, "refills under way: nothing to do until they come back");
+        p.refilled(t, 1);
+        p.refilled(t, 2);
+        assert_eq!(p.next_due(t), Some(t), "never looked at yet");
+        assert!(p.check_due(t));
+        assert_eq!(p.check(t, live), Events::default());
+        assert_eq!(p.next_due(t), Some(t + CHECK_EVERY));
+        // Unused past the limit: drained at the next look, and cold.
+        let later = t + idle;
+        assert!(p.is_idle(later));
+        assert_eq!(p.next_due(later), Some(later));
+        assert!(p.check_due(later));
+        assert_eq!(p.check(later, live).discards, 2);
+        assert_eq!(p.ready(), 0);
+        assert_eq!(p.claim_refills(later), 0, "no refills while cold");
+        assert_eq!(p.next_due(later + idle), None, "a cold pool costs no look");
+        // The next flow misses, and warms it again.
+        let (taken, _) = p.take(A, live);
+        assert_eq!(taken.err(), Some(Miss::Empty));
+        p.used(later + idle);
+        assert_eq!(p.claim_refills(later + idle), 2);
+        // Without an idle limit a pool never goes cold.
+        let forever = Pool::<u32>::new(2).with_idle(None, t);
+        assert!(!forever.is_idle(t + idle * 100));
+    }
+
+    /// Issue 25: a pool told of closes by events looks at nothing on a
+    /// timer: it is due only when a connection reaches its refresh age, and
+    /// an event on a closed connection drops it and teaches the idle limit.
+    #[test]
+    fn an_evented_pool_is_due_only_at_refresh_ages() {
+        let t = Instant::now();
+        let mut p = Pool::new(2).with_events();
+        assert_eq!(p.claim_refills(t), 2);
+        p.refilled(t, 1);
+        p.refilled(t, 2);
+        let first = p.next_due(t).expect("a refresh is due some day");
+        assert!(first > t + REFRESH_DEFAULT * 3 / 4, "no look before the refresh age: {:?}", first - t);
+        assert!(!p.check_due(t + CHECK_EVERY), "no periodic look");
+        // The server closes connection 1 after 10 s: heard as an event.
+        let later = t + Duration::from_secs(10);
+        assert_eq!(
+            p.look(later, |c| *c == 2, live),
+            Events::default(),
+            "an event on a live one changes nothing"
+        );
+        let ev = p.look(later, |c| *c == 1, |_| Liveness::Dead);
+        assert_eq!(ev.discards, 1);
+        assert_eq!(p.idle_limit(), Some(Duration::from_secs(10)));
+        assert_eq!(p.ready(), 1);
+        assert_eq!(
+            p.look(later, |c| *c == 7, |_| Liveness::Dead),
+            Events::default(),
+            "taken meanwhile: nothing"
+        );
+        // Short of its size (and the survivor past the new, shorter refresh age): due now.
+        assert!(p.next_due(later).is_some_and(|d| d <= later));
     }
 }

@@ -132,6 +132,12 @@ impl WorkerHandle {
         ok
     }
 
+    /// Wakes the worker whether or not it sleeps: it looks at the stop flag
+    /// only when woken (it sleeps until its next deadline, however far).
+    pub fn wake_now(&self) {
+        let _ = self.waker.wake();
+    }
+
     /// Wakes the worker if it sleeps; call after sending.
     pub fn wake(&self) {
         if self.sleeping.swap(false, Ordering::SeqCst) {
@@ -171,7 +177,13 @@ pub struct WorkerLoop {
     warming: Slab<warm::Warm>,
     /// Tunnel name → its pool (cleared on reload).
     pool_cache: HashMap<String, Option<Arc<crate::pool::TunnelPool>>, FoldState>,
-    next_pool_tick: Instant,
+    /// The pools this worker looks at, and when the first is due (`warm`).
+    armed_pools: Vec<Arc<crate::pool::TunnelPool>>,
+    /// Pools whose idle values this worker watches (`Kind::Pooled` tokens
+    /// name them by place), and the handle takers unregister them with.
+    pool_slots: Vec<Arc<crate::pool::TunnelPool>>,
+    watch_registry: Arc<mio::Registry>,
+    next_pool_tick: Option<Instant>,
     recycle: Sender<Box<UdpBatch>>,
     sleeping: Arc<AtomicBool>,
     now: Instant,
@@ -232,10 +244,11 @@ impl WorkerLoop {
         let counters = registry.thread();
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let watch_registry = Arc::new(poll.registry().try_clone()?);
         let (tx, rx) = queue::queue(QUEUE);
         let (recycle, recycled) = crossbeam_channel::bounded(16);
         let (commands_tx, commands) = crossbeam_channel::bounded(COMMANDS);
-        let w = WorkerLoop {
+        let mut w = WorkerLoop {
             id,
             poll,
             rx,
@@ -259,7 +272,10 @@ impl WorkerLoop {
             dns_pool: HashMap::default(),
             warming: Slab::default(),
             pool_cache: HashMap::default(),
-            next_pool_tick: Instant::now(),
+            armed_pools: Vec::new(),
+            pool_slots: Vec::new(),
+            watch_registry,
+            next_pool_tick: None,
             recycle,
             sleeping: Arc::new(AtomicBool::new(false)),
             now: Instant::now(),
@@ -270,6 +286,8 @@ impl WorkerLoop {
             refuse_log: Default::default(),
             udp_cap_log: Default::default(),
         };
+        // The pools fill at start (and go cold after warm_idle_secs unused).
+        w.arm_all_pools();
         let sleeping = Arc::clone(&w.sleeping);
         Ok((w, WorkerHandle { tx, commands: commands_tx, waker, sleeping, recycled }))
     }
@@ -279,20 +297,25 @@ impl WorkerLoop {
         let mut events = Events::with_capacity(1024);
         let mut stopping_since: Option<Instant> = None;
         loop {
-            let next = match (self.timers.peek().map(|Reverse((t, _))| *t), self.udp.next_deadline()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let mut timeout = next
-                .map(|t| t.saturating_duration_since(Instant::now()))
-                .map_or(Duration::from_millis(500), |d| d.min(Duration::from_millis(500)));
+            // Sleep until the next deadline, however far: with nothing due
+            // (no flow, no session, no pool to look at) the loop costs nothing.
+            let next = [
+                self.timers.peek().map(|Reverse((t, _))| *t),
+                self.udp.next_deadline(),
+                self.next_pool_tick,
+                stopping_since.map(|t| t + grace),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let mut timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
             // Announce the sleep, then look once more: a hand-off sent before
             // the announcement is seen here, one sent after it gets a wake-up.
             self.sleeping.store(true, Ordering::SeqCst);
             if !self.rx.is_empty() || !self.commands.is_empty() {
-                timeout = Duration::ZERO;
+                timeout = Some(Duration::ZERO);
             }
-            let polled = self.poll.poll(&mut events, Some(timeout));
+            let polled = self.poll.poll(&mut events, timeout);
             self.sleeping.store(false, Ordering::SeqCst);
             if let Err(e) = polled
                 && e.kind() != ErrorKind::Interrupted
@@ -310,7 +333,7 @@ impl WorkerLoop {
             self.expire();
             self.expire_udp_idle();
             self.tick_pools();
-            if stop.load(Ordering::Relaxed) {
+            if stop.load(Ordering::SeqCst) {
                 let since = *stopping_since.get_or_insert(self.now);
                 // Take what is still queued, so nothing handed over is lost.
                 self.take_handoffs();
@@ -379,6 +402,7 @@ impl WorkerLoop {
         self.relay.splice = s.tcp.splice;
         self.udp.apply(&s.udp, s.threads);
         self.pool_cache.clear();
+        self.arm_all_pools();
         self.settings = s;
     }
 
@@ -429,6 +453,7 @@ impl WorkerLoop {
             }
             Kind::UdpControl | Kind::UdpData | Kind::DnsTcp => self.on_udp_event(kind, slot, generation, ev),
             Kind::Warm => self.on_warm_event(slot, generation, ev),
+            Kind::Pooled => self.on_pooled_event(slot, generation),
         }
     }
 

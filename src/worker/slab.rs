@@ -19,6 +19,9 @@ pub enum Kind {
     DnsTcp = 4,
     /// A connection being greeted for a tunnel's warm pool.
     Warm = 5,
+    /// An idle pooled value this worker made, watched for a close: the slot
+    /// is the pool's place in the worker's list, the generation its id.
+    Pooled = 6,
 }
 
 const KIND_BITS: u32 = 3;
@@ -39,6 +42,7 @@ pub fn decode(t: Token) -> Option<(Kind, usize, u32)> {
         3 => Kind::UdpData,
         4 => Kind::DnsTcp,
         5 => Kind::Warm,
+        6 => Kind::Pooled,
         _ => return None,
     };
     Some((kind, (t.0 & SLOT_MASK) >> KIND_BITS, (t.0 >> 32) as u32))

@@ -10,6 +10,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use log::debug;
 use mio::Interest;
@@ -21,7 +22,7 @@ use super::slab::{self, Kind};
 use super::udp::{associate_handshake, relay_addr, relay_socket};
 use super::{Drive, WorkerLoop, connect, drive_handshake, keepalive, may_read};
 use crate::config::{Credentials, Tunnel};
-use crate::pool::{self, Assoc, TunnelPool};
+use crate::pool::{self, Assoc, TunnelPool, Watched};
 use crate::upstream::{Handshake, Socks5Handshake};
 
 /// A connection being made ready for a pool.
@@ -103,10 +104,12 @@ impl WorkerLoop {
         if s.pool.size() == 0 {
             return None;
         }
-        let taken = s.take(source);
+        let taken = s.take(source, self.now);
         let n = s.pool.claim_refills(self.now);
+        let due = s.pool.next_due(self.now);
         let r = (n > 0).then(|| refill_of(&i));
         drop(i);
+        self.arm_pool(p, due);
         if let Some(r) = r {
             for _ in 0..n {
                 self.start_warm(p, &r, udp);
@@ -160,12 +163,14 @@ impl WorkerLoop {
         self.timers.push(std::cmp::Reverse((deadline, token)));
     }
 
-    fn warm_failed(&mut self, p: &TunnelPool, generation: u64, udp: bool) {
+    fn warm_failed(&mut self, p: &Arc<TunnelPool>, generation: u64, udp: bool) {
         let mut i = p.lock();
         if i.generation == generation {
             let now = self.now;
             if udp { i.udp.pool.refill_failed(now) } else { i.tcp.pool.refill_failed(now) }
         }
+        drop(i);
+        self.arm_pool(p, Some(self.now));
     }
 
     pub(super) fn on_warm_event(&mut self, slot: usize, generation: u32, ev: &mio::event::Event) {
@@ -213,10 +218,19 @@ impl WorkerLoop {
     }
 
     /// Hands a ready connection to its pool (`done`: the handshake ended,
-    /// with the address the server bound), or counts the failure.
+    /// with the address the server bound), or counts the failure. A ready
+    /// one stays registered with this loop, watched for a close.
     fn warm_end(&mut self, slot: usize, done: Option<Option<crate::wire::socks5::Bound>>) {
         let Some(mut w) = self.warming.remove(slot) else { return };
-        let _ = self.poll.registry().deregister(&mut w.stream);
+        // Back or failed: the pool has something due (a look, a retry).
+        self.arm_pool(&w.pool, Some(self.now));
+        let id = pool::next_id();
+        let token = slab::token(self.pool_slot(&w.pool), id, Kind::Pooled);
+        let reg = self.poll.registry();
+        let watched = done.is_some() && reg.reregister(&mut w.stream, token, Interest::READABLE).is_ok();
+        if !watched {
+            let _ = reg.deregister(&mut w.stream);
+        }
         let mut i = w.pool.lock();
         if i.generation != w.generation {
             // Made for settings a reload replaced: closed here.
@@ -224,12 +238,13 @@ impl WorkerLoop {
         }
         let now = self.now;
         let ctrl = std::net::TcpStream::from(std::os::fd::OwnedFd::from(w.stream));
-        match (done, w.udp) {
-            (Some(_), false) => i.tcp.refilled(now, ctrl),
+        let reg = &self.watch_registry;
+        match (done.filter(|_| watched), w.udp) {
+            (Some(_), false) => i.tcp.refilled(now, Watched::new(ctrl, id, Arc::clone(reg))),
             (Some(Some(bound)), true) => {
                 let relay = relay_addr(bound, &i.tunnel);
                 match relay_socket(relay) {
-                    Ok(data) => i.udp.refilled(now, Assoc { ctrl, data }),
+                    Ok(data) => i.udp.refilled(now, Watched::new(Assoc { ctrl, data }, id, Arc::clone(reg))),
                     Err(e) => {
                         debug!(target: "egressd::pool", "tunnel \"{}\": UDP socket to relay {relay}: {e}", w.pool.name);
                         i.udp.pool.refill_failed(now);
@@ -241,26 +256,91 @@ impl WorkerLoop {
         }
     }
 
-    /// Every CHECK_EVERY: idle pooled values are looked at (dead and old
-    /// ones closed), and pools short of their size are refilled.
+    /// An idle pooled value this worker watches was heard from: dropped if
+    /// the server closed it or spoke out of turn (the pool then refills).
+    pub(super) fn on_pooled_event(&mut self, at: usize, id: u32) {
+        let Some(p) = self.pool_slots.get(at).cloned() else { return };
+        let now = self.now;
+        let mut i = p.lock();
+        if !i.tcp.look(now, id) {
+            i.udp.look(now, id);
+        }
+        drop(i);
+        self.arm_pool(&p, Some(now));
+    }
+
+    /// The pool's place in this worker's list (its pooled values' tokens
+    /// name it); the list only grows, by the tunnels reloads add.
+    fn pool_slot(&mut self, p: &Arc<TunnelPool>) -> usize {
+        match self.pool_slots.iter().position(|q| Arc::ptr_eq(q, p)) {
+            Some(at) => at,
+            None => {
+                self.pool_slots.push(Arc::clone(p));
+                self.pool_slots.len() - 1
+            }
+        }
+    }
+
+    /// When a pool this worker armed is due: its idle pooled values are
+    /// looked at (dead and old ones closed; all of them once nothing used
+    /// the pool for `warm_idle_secs`), and it is refilled if short. Only
+    /// armed pools are looked at, and a pool leaves the list when nothing in
+    /// it will be due without a use or a refill coming back: unused tunnels
+    /// cost this loop no wake-up and no lock.
     pub(super) fn tick_pools(&mut self) {
-        if self.now < self.next_pool_tick {
+        if self.next_pool_tick.is_none_or(|t| self.now < t) {
             return;
         }
-        self.next_pool_tick = self.now + pool::CHECK_EVERY;
         let now = self.now;
-        for p in self.pools.all() {
+        let mut armed = std::mem::take(&mut self.armed_pools);
+        self.next_pool_tick = None;
+        let mut next = None;
+        armed.retain(|p| {
             let mut i = p.lock();
             let (tcp, udp) = (i.tcp.tick(now), i.udp.tick(now));
-            if tcp + udp == 0 {
-                continue;
+            let due = earliest(i.tcp.pool.next_due(now), i.udp.pool.next_due(now));
+            next = earliest(next, due);
+            if tcp + udp > 0 {
+                let r = refill_of(&i);
+                drop(i);
+                for k in 0..tcp + udp {
+                    self.start_warm(p, &r, k >= tcp);
+                }
             }
-            let r = refill_of(&i);
-            drop(i);
-            for k in 0..tcp + udp {
-                self.start_warm(&p, &r, k >= tcp);
+            due.is_some()
+        });
+        // Pools armed meanwhile (a refill that failed at once) join the list.
+        for p in std::mem::take(&mut self.armed_pools) {
+            if !armed.iter().any(|q| Arc::ptr_eq(q, &p)) {
+                armed.push(p);
             }
         }
+        self.armed_pools = armed;
+        self.next_pool_tick = earliest(self.next_pool_tick, next);
+    }
+
+    /// Puts `p` on the list `tick_pools` looks at, due at `at`.
+    fn arm_pool(&mut self, p: &Arc<TunnelPool>, at: Option<Instant>) {
+        let Some(at) = at else { return };
+        if !self.armed_pools.iter().any(|q| Arc::ptr_eq(q, p)) {
+            self.armed_pools.push(Arc::clone(p));
+        }
+        self.next_pool_tick = earliest(self.next_pool_tick, Some(at));
+    }
+
+    /// Every pool, due now: at start and after a reload, when pools fill.
+    pub(super) fn arm_all_pools(&mut self) {
+        self.armed_pools.clear();
+        let pools = Arc::clone(&self.pools);
+        pools.for_each(|p| self.armed_pools.push(Arc::clone(p)));
+        self.next_pool_tick = Some(self.now);
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
