@@ -150,6 +150,12 @@ impl Tallies {
         if !gone.is_empty() {
             registry.forget_sources(gone);
         }
+        // Memory follows the sources there are now, not the most there were.
+        let keep = self.sources.len() * 2;
+        if keep < self.sources.capacity() / 2 {
+            self.sources.shrink_to(keep);
+            self.per_source.shrink_to(keep);
+        }
     }
 }
 

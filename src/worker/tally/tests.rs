@@ -111,6 +111,7 @@ fn a_sweep_looks_at_a_bounded_number_of_sources() {
     t.forget_idle(&r, later);
     assert!(t.sources.is_empty() && t.per_source.is_empty());
     assert!(r.per_source().is_empty());
+    assert_eq!((t.sources.capacity(), t.per_source.capacity()), (0, 0), "memory given back");
 }
 
 #[test]
