@@ -12,9 +12,9 @@
 //! name's parts are next to each other in the copy.
 //!
 //! A source's entry, and so its series, lives while something counts into
-//! it. Its worker owns forgetting (see `worker::tally`): when the source has
-//! had no flow and no session for a while, the worker drops its counters and
-//! says so ([`Registry::forget_sources`]):
+//! it. The workers own forgetting: when a source has had no flow and no
+//! session for a while, a worker drops its counters of it and says so
+//! ([`Registry::forget_sources`]):
 //!
 //! ```text
 //!                source()                  forget_sources()
