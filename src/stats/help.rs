@@ -109,6 +109,10 @@ const HELP: &[(&str, &str)] = &[
         "net.bridge.bridge-nf-call-ip6tables in egressd's namespace (1: bridged UDP to egressd is dropped)",
     ),
     ("host_udp_noports", "The host's UdpNoPorts + Udp6NoPorts (datagrams to a closed port, any port)"),
+    (
+        "worker_turn_max_us",
+        "The longest turn of any worker loop (poll returning to the next poll) in the last 10 to 20 s, in seconds",
+    ),
 ];
 
 /// The help text of the counter `name`.

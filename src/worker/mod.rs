@@ -24,6 +24,7 @@ mod queue;
 mod refuse;
 mod routing;
 mod slab;
+mod tally;
 #[cfg(test)]
 mod tests;
 mod udp;
@@ -163,10 +164,8 @@ pub struct WorkerLoop {
     counters: Arc<Counters>,
     registry: Arc<Registry>,
     pools: Arc<Pools>,
-    /// This worker's counters per tunnel name and per route source.
-    /// (Keyed by a fast keyed hash: looked up for every new flow.)
-    per_tunnel: HashMap<String, Arc<Counters>, FoldState>,
-    per_source: HashMap<Option<Cidr>, Arc<Counters>, FoldState>,
+    /// This worker's counters per tunnel and per route source (see `tally`).
+    tallies: tally::Tallies,
     fail_log: Arc<FailLog>,
     udp: udp::Udp,
     /// The live routes: reply checks, and hand-offs routed before a reset.
@@ -264,8 +263,7 @@ impl WorkerLoop {
             counters,
             registry,
             pools,
-            per_tunnel: HashMap::default(),
-            per_source: HashMap::default(),
+            tallies: tally::Tallies::new(Instant::now()),
             fail_log,
             udp: udp::Udp::new(&settings.udp, settings.threads),
             routes: routing::Routes::new(routing),
@@ -303,6 +301,7 @@ impl WorkerLoop {
                 self.timers.peek().map(|Reverse((t, _))| *t),
                 self.udp.next_deadline(),
                 self.next_pool_tick,
+                self.tallies.next_due(),
                 stopping_since.map(|t| t + grace),
             ]
             .into_iter()
@@ -333,6 +332,7 @@ impl WorkerLoop {
             self.expire();
             self.expire_udp_idle();
             self.tick_pools();
+            self.tallies.end_turn(&self.registry, &self.counters, self.now);
             if stop.load(Ordering::SeqCst) {
                 let since = *stopping_since.get_or_insert(self.now);
                 // Take what is still queued, so nothing handed over is lost.
@@ -416,26 +416,9 @@ impl WorkerLoop {
         }
     }
 
-    /// Per-tunnel counters of this worker, created on first use.
+    /// This worker's counters for a flow of `source` through `tunnel`.
     fn tally(&mut self, tunnel: &str, source: Option<Cidr>) -> Tally {
-        let t = match self.per_tunnel.get(tunnel) {
-            Some(c) => Arc::clone(c),
-            None => {
-                let c = self.registry.tunnel(tunnel);
-                self.per_tunnel.insert(tunnel.to_string(), Arc::clone(&c));
-                c
-            }
-        };
-        let s = match self.per_source.get(&source) {
-            Some(c) => Arc::clone(c),
-            None => {
-                let label = source.map_or_else(|| "(default)".to_string(), |c| c.to_string());
-                let c = self.registry.source(&label);
-                self.per_source.insert(source, Arc::clone(&c));
-                c
-            }
-        };
-        Tally { tunnel: t, source: s }
+        self.tallies.tally(&self.registry, tunnel, source)
     }
 
     fn on_event(&mut self, ev: &mio::event::Event) {
