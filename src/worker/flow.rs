@@ -169,17 +169,6 @@ impl Reset {
     }
 }
 
-/// The tunnel's side of a new flow, before the flow exists.
-struct Upstream {
-    stream: TcpStream,
-    connecting: bool,
-    handshake: Option<Handshake>,
-    /// A greeted connection from the warm pool.
-    pooled: bool,
-    /// Client bytes follow the request before its answer.
-    pipe: bool,
-}
-
 /// Where an opening flow stands after an event.
 enum Open {
     Waiting,
@@ -213,49 +202,41 @@ impl WorkerLoop {
         // DNS over TCP to a resolver no exit can reach goes to `dns.upstream`.
         let dest = self.settings.dns.target(orig_dst);
         debug!(target: "egressd::worker", "{client} -> tcp {orig_dst} (to {dest}) via {}", tunnel.name);
-        let up = match self.open_upstream(&tunnel, dest, client.ip()) {
+        let (upstream, opening) = match self.open_upstream(&tunnel, dest, client.ip()) {
             Ok(up) => up,
             Err(why) => return self.refuse(&stream, client, orig_dst, &tunnel, &tc, Refusal::Tunnel(&why)),
         };
-        if up.pipe {
+        if opening.pipe_data {
             Counters::inc(&self.counters.tcp_pipelined);
         }
         // Accepted with SOCK_NONBLOCK by the front loop (mio's accept4).
-        let flow = Flow {
+        // Built in the slab's call: a flow is copied once.
+        let (slot, generation) = self.flows.insert(Flow {
             client: TcpStream::from_std(stream),
-            upstream: up.stream,
+            upstream,
             client_addr: client,
             orig_dst,
             tunnel,
             tc,
-            stage: Stage::Opening(Box::new(Opening {
-                connecting: up.connecting,
-                handshake: up.handshake,
-                started: self.now,
-                early: Vec::new(),
-                early_sent: 0,
-                hold_early: up.pipe || up.pooled,
-                client_unread: false,
-                pipe_data: up.pipe,
-                retry: up.pooled,
-                early_waited: false,
-            })),
+            stage: Stage::Opening(opening),
             up: Pump::default(),
             down: Pump::default(),
             last_active: self.now,
             half_closed: false,
-        };
-        self.insert_flow(flow);
+        });
+        self.register_flow(slot, generation);
     }
 
     /// The tunnel's side for a flow to `dest`: a greeted connection from
-    /// the tunnel's pool, or a new non-blocking connect; why not.
+    /// the tunnel's pool, or a new non-blocking connect, and what the flow
+    /// needs until the tunnel is open (boxed here, so that the handshake is
+    /// not copied again); why not.
     fn open_upstream(
         &mut self,
         tunnel: &Tunnel,
         dest: SocketAddr,
         client: IpAddr,
-    ) -> Result<Upstream, String> {
+    ) -> Result<(TcpStream, Box<Opening>), String> {
         let target = match tunnel.kind.server() {
             None => dest,
             Some(server) => server.addr.ok_or("server address unresolved")?,
@@ -266,10 +247,24 @@ impl WorkerLoop {
             TunnelKind::HttpConnect { pipeline, .. } => *pipeline,
             TunnelKind::Direct { .. } => false,
         };
+        let now = self.now;
+        let opening = |handshake: Option<Handshake>, pooled: bool| {
+            Box::new(Opening {
+                connecting: !pooled,
+                handshake,
+                started: now,
+                early: Vec::new(),
+                early_sent: 0,
+                hold_early: pipe || pooled,
+                client_unread: false,
+                pipe_data: pipe,
+                retry: pooled,
+                early_waited: false,
+            })
+        };
         if let Some(conn) = pooled {
             let hs = Handshake::Socks5(Socks5Handshake::request(CMD_CONNECT, dest));
-            let stream = TcpStream::from_std(conn);
-            return Ok(Upstream { stream, connecting: false, handshake: Some(hs), pooled: true, pipe });
+            return Ok((TcpStream::from_std(conn), opening(Some(hs), true)));
         }
         let handshake = match &tunnel.kind {
             TunnelKind::Socks5 { auth, .. } if pipe => {
@@ -279,14 +274,12 @@ impl WorkerLoop {
         };
         let stream =
             connect(target, &tunnel.kind).map_err(|e| format!("cannot open a socket to {target}: {e}"))?;
-        Ok(Upstream { stream, connecting: true, handshake, pooled: false, pipe })
+        Ok((stream, opening(handshake, false)))
     }
 
-    /// Puts a new flow in the slab, registers both of its sockets and arms
-    /// its connect timer.
-    fn insert_flow(&mut self, flow: Flow) {
-        let (slot, generation) = self.flows.insert(flow);
-        let f = self.flows.get_mut(slot).expect("just inserted");
+    /// Registers a new flow's sockets and arms its connect timer.
+    fn register_flow(&mut self, slot: usize, generation: u32) {
+        let Some(f) = self.flows.get_mut(slot) else { return };
         let both = Interest::READABLE | Interest::WRITABLE;
         let reg = self.poll.registry();
         let ok = reg.register(&mut f.client, slab::token(slot, generation, Kind::Client), both).is_ok()
