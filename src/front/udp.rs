@@ -136,6 +136,7 @@ impl FrontLoop {
 
     /// The client and original destination of the datagram in receive slot
     /// `k`, and its length; `None` (counted) when it cannot be relayed.
+    #[inline]
     fn datagram_addresses(
         &self,
         k: usize,
@@ -174,6 +175,7 @@ impl FrontLoop {
 
     /// Makes sure worker `w` has a batch to add to, routed with the current
     /// snapshot; false (counted) when the workers are too far behind.
+    #[inline]
     fn open_batch(&mut self, w: usize) -> bool {
         // A batch holds the items of one snapshot of the routes: its tunnel
         // indexes point into that snapshot's tunnels, and the worker reads
