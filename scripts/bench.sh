@@ -5,6 +5,7 @@
 #   sudo scripts/bench.sh              full run: 3 repetitions, 4 s per test (< 10 min)
 #   sudo QUICK=1 scripts/bench.sh      short run: 1 repetition, 3 s per test (~2 min)
 #   sudo LAT_ONLY=1 scripts/bench.sh   only the latency part (far exit, ~7 min)
+#   sudo scripts/bench/scale.sh        only the scale part (N=1 vs N=1000 tunnels, ~11 min)
 #
 # Knobs (environment): OUT=dir (default bench-out/), REPS=n, DUR=seconds,
 # IMPLS="direct egressd redsocks v2ray" (any subset, in the order to interleave),
@@ -21,6 +22,9 @@
 # LATENCY=0): RTT=ms (50), LAT_N=probes per metric (200), LAT_REPS=n (2,
 # interleaved), LAT_BURST=n (64), LAT_GAP=RTTs between single probes (2),
 # LAT_IMPLS (default: IMPLS without direct).
+# Scale part (scripts/bench/scale.sh, issue 25; its own namespaces, exits and
+# table in OUT/scale/; runs alone too, its header lists its knobs): off unless
+# SCALE=1, then it runs last, with this run's egressd binary.
 #
 # Topology (namespaces egb<pid>-*, none linked to the root namespace; SPEC §5 addresses):
 #
@@ -912,7 +916,7 @@ run_round() { # IMPL REP
 
 # ---------------------------------------------------------------- main
 
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
 case "${1:-}" in -h|--help) usage; exit 0 ;; esac
 [ "$(id -u)" -eq 0 ] || { echo "scripts/bench.sh needs root (network namespaces)" >&2; exit 1; }
 
@@ -1037,5 +1041,9 @@ if [ "$LAT_ONLY" != 1 ]; then
 		say ""; cat "$OUT/probe.txt"
 	fi
 	[ -s "$OUT/latency.txt" ] && { say ""; cat "$OUT/latency.txt"; }
+fi
+if [ "${SCALE:-0}" = 1 ]; then
+	say ""
+	OUT="$OUT/scale" EGRESSD="$EGRESSD_BIN" QUICK="$QUICK" "$BENCH_DIR/scale.sh" || log "scale part failed"
 fi
 say "samples: $SAMPLES${LAT_SAMPLES:+, $LAT_SAMPLES}; tables: $([ "$LAT_ONLY" != 1 ] && echo "$OUT/table.txt ")$([ -s "$OUT/latency.txt" ] && echo "$OUT/latency.txt"); elapsed $(( $(date +%s) - T0 )) s"
