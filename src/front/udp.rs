@@ -107,7 +107,35 @@ impl FrontLoop {
     /// Routes the datagram in receive slot `k` and adds it to its worker's
     /// batch (sent when full, or at the end of the wake-up).
     fn route_datagram(&mut self, k: usize, listen_addr: SocketAddr) {
-        let Some((client, orig_dst, len)) = self.datagram_addresses(k, listen_addr) else { return };
+        // The lengths are the kernel's (clamped to the buffers by `sys`);
+        // read through get() all the same: a slice out of bounds here would
+        // stop every container's traffic.
+        let Some(slot) = self.slots.get(k) else { return };
+        let meta = slot.meta;
+        let name = slot.name.0.get(..meta.name_len).unwrap_or_default();
+        let Some(client) = sockaddr::parse(name).map(unmapped) else { return };
+        if meta.truncated {
+            Counters::inc(&self.counters.udp_drop_truncated);
+            return;
+        }
+        let orig = if meta.ctrl_truncated {
+            Err(CmsgError::Truncated)
+        } else {
+            slot.ctrl.0.get(..meta.ctrl_len).ok_or(CmsgError::Truncated).and_then(orig_dst_from_cmsgs)
+        };
+        let orig_dst = match orig.map(unmapped) {
+            Ok(d) if d != listen_addr && !self.is_own_listener(d) => d,
+            Ok(_) | Err(CmsgError::Missing) => {
+                Counters::inc(&self.counters.udp_drop_not_tproxied);
+                debug!(target: "egressd::front", "{client}: datagram straight to the listener; dropped");
+                return;
+            }
+            Err(e) => {
+                Counters::inc(&self.counters.udp_drop_truncated);
+                debug!(target: "egressd::front", "{client}: {e}; dropped");
+                return;
+            }
+        };
         let Some(route) = self.shared.route_id(client.ip()) else {
             Counters::inc(&self.counters.udp_drop_no_route);
             debug!(target: "egressd::front", "{client} -> udp {orig_dst}: no route for this source; dropped");
@@ -123,7 +151,7 @@ impl FrontLoop {
         }
         let at = k * MAX_DATAGRAM;
         // Never past the slot's own chunk: that is the next datagram's.
-        let Some(payload) = self.rdata.get(at..at + len).filter(|_| len <= MAX_DATAGRAM) else {
+        let Some(payload) = self.rdata.get(at..at + meta.len).filter(|_| meta.len <= MAX_DATAGRAM) else {
             Counters::inc(&self.counters.udp_drop_truncated);
             return;
         };
@@ -131,45 +159,6 @@ impl FrontLoop {
         batch.push(client, orig_dst, route, payload);
         if batch.is_full() {
             self.send_batch(w);
-        }
-    }
-
-    /// The client and original destination of the datagram in receive slot
-    /// `k`, and its length; `None` (counted) when it cannot be relayed.
-    #[inline]
-    fn datagram_addresses(
-        &self,
-        k: usize,
-        listen_addr: SocketAddr,
-    ) -> Option<(SocketAddr, SocketAddr, usize)> {
-        // The lengths are the kernel's (clamped to the buffers by `sys`);
-        // read through get() all the same: a slice out of bounds here would
-        // stop every container's traffic.
-        let slot = self.slots.get(k)?;
-        let meta = slot.meta;
-        let name = slot.name.0.get(..meta.name_len).unwrap_or_default();
-        let client = sockaddr::parse(name).map(unmapped)?;
-        if meta.truncated {
-            Counters::inc(&self.counters.udp_drop_truncated);
-            return None;
-        }
-        let orig = if meta.ctrl_truncated {
-            Err(CmsgError::Truncated)
-        } else {
-            slot.ctrl.0.get(..meta.ctrl_len).ok_or(CmsgError::Truncated).and_then(orig_dst_from_cmsgs)
-        };
-        match orig.map(unmapped) {
-            Ok(d) if d != listen_addr && !self.is_own_listener(d) => Some((client, d, meta.len)),
-            Ok(_) | Err(CmsgError::Missing) => {
-                Counters::inc(&self.counters.udp_drop_not_tproxied);
-                debug!(target: "egressd::front", "{client}: datagram straight to the listener; dropped");
-                None
-            }
-            Err(e) => {
-                Counters::inc(&self.counters.udp_drop_truncated);
-                debug!(target: "egressd::front", "{client}: {e}; dropped");
-                None
-            }
         }
     }
 
