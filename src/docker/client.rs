@@ -31,8 +31,8 @@
 //!   made that changed a route shows the stream lost or withheld an event:
 //!   the session reconnects at once (a fresh stream), logging why.
 //! - An event costs one question about the container it names, not a list:
-//!   with a thousand containers a list is a megabyte of JSON, and ten starts
-//!   a second would list ten times a second. The inspect answer stands for
+//!   with a thousand containers a list is half a megabyte of JSON or more,
+//!   and ten starts a second would list ten times a second. The inspect answer stands for
 //!   that container alone (running with the label: its addresses; stopped,
 //!   unlabelled or 404: none) in `model::Known`, and the routes are synced
 //!   against all of them as after a list, so the flows reset are the same

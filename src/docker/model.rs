@@ -43,7 +43,11 @@ pub fn parse_list(body: &[u8], label: &str) -> Result<Vec<Container>, String> {
         let Some(tunnel) = c.get("Labels").and_then(|l| l.get(label)).and_then(Value::as_str) else {
             continue;
         };
-        let name = c.get("Names").and_then(Value::as_array).and_then(|n| n.first());
+        // Its own name, as inspect's `Name` says it: a legacy link adds
+        // aliases ("/app/db") to the list's names, in no promised order.
+        let names = c.get("Names").and_then(Value::as_array);
+        let own = |v: &&Value| v.as_str().is_some_and(|n| !n.trim_start_matches('/').contains('/'));
+        let name = names.and_then(|n| n.iter().find(own).or_else(|| n.first()));
         out.push(container(id, name, tunnel, c));
     }
     Ok(out)
@@ -584,8 +588,9 @@ mod tests {
         let c = parse_inspect(INSPECT.as_bytes(), "egressd.tunnel").unwrap().unwrap();
         assert_eq!((c.id.as_str(), c.name.as_str(), c.tunnel.as_str()), ("aaaaaaaaaaaa1111", "web", "hk0"));
         assert_eq!(c.addrs, [ip("10.8.0.2"), ip("fd08::2"), ip("172.18.0.5")]);
-        // The same container in list shape gives the same Container.
-        let listed = r#"[{"Id":"aaaaaaaaaaaa1111","Names":["/web"],"Labels":{"egressd.tunnel":" hk0 "},
+        // The same container in list shape gives the same Container (its
+        // own name, not a legacy link's alias).
+        let listed = r#"[{"Id":"aaaaaaaaaaaa1111","Names":["/app/web","/web"],"Labels":{"egressd.tunnel":" hk0 "},
             "NetworkSettings":{"Networks":{"egress":{"IPAddress":"10.8.0.2","GlobalIPv6Address":"fd08::2"},
                                            "other":{"IPAddress":"172.18.0.5"}}}}]"#;
         assert_eq!(parse_list(listed.as_bytes(), "egressd.tunnel").unwrap(), [c]);
