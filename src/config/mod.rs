@@ -5,10 +5,11 @@
 //! column and says what to change.
 
 mod raw;
+mod resolve;
 mod validate;
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -374,35 +375,20 @@ impl Settings {
         Settings::parse(&file, &text)
     }
 
-    /// Resolves tunnel servers given by host name (the system resolver).
-    /// A name that does not resolve is an error naming the tunnel.
+    /// Resolves tunnel servers given by host name (the system resolver):
+    /// each distinct name once, [`resolve::THREADS`] at a time. A name that
+    /// does not resolve is an error naming the first such tunnel.
     pub fn resolve(&mut self, file: &str) -> Result<(), ConfigError> {
-        for t in &mut self.tunnels {
-            let server = match &mut t.kind {
-                TunnelKind::Socks5 { server, .. } | TunnelKind::HttpConnect { server, .. } => server,
-                TunnelKind::Direct { .. } => continue,
-            };
-            if server.host.parse::<IpAddr>().is_ok() {
-                continue;
+        resolve::servers(&mut self.tunnels, resolve::THREADS, resolve::system).map_err(|(tunnel, host)| {
+            ConfigError {
+                file: file.to_string(),
+                line: 0,
+                col: 0,
+                msg: format!(
+                    "tunnel \"{tunnel}\": server name \"{host}\" does not resolve; fix the name or write the address as ip:port"
+                ),
             }
-            let found =
-                (server.host.as_str(), server.port).to_socket_addrs().ok().and_then(|mut it| it.next());
-            match found {
-                Some(a) => server.addr = Some(a),
-                None => {
-                    return Err(ConfigError {
-                        file: file.to_string(),
-                        line: 0,
-                        col: 0,
-                        msg: format!(
-                            "tunnel \"{}\": server name \"{}\" does not resolve; fix the name or write the address as ip:port",
-                            t.name, server.host
-                        ),
-                    });
-                }
-            }
-        }
-        Ok(())
+        })
     }
 
     pub fn tunnel_id(&self, name: &str) -> Option<TunnelId> {

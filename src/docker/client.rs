@@ -4,7 +4,9 @@
 //! ```text
 //!        ┌─ session ─────────────────────────────────────────────────┐
 //!  ┌───► │ GET /events?since=T-1s ─► its head ─► list ─► follow:     │
-//!  │     │   an event that matters ─► list (timer re-armed)          │
+//!  │     │   an event naming a container ─► inspect that one         │
+//!  │     │   a destroy ─► its routes go (no request)                 │
+//!  │     │   an event naming none, a burst ─► list (timer re-armed)  │
 //!  │     │   30 s without a list (the read times out) ─► list:       │
 //!  │     │     it changed a route no event announced ─► end: Missed ─┼─► at once ───┐
 //!  │     │   a step past its deadline, EOF, bad bytes ─► end: Failed ┼─► one list, ─┤
@@ -28,10 +30,19 @@
 //!   there, and the next sessions keep trying with backoff. A list the timer
 //!   made that changed a route shows the stream lost or withheld an event:
 //!   the session reconnects at once (a fresh stream), logging why.
-//! - Every event-driven list re-arms the timer: the routes are never older
-//!   than one resync period plus one list's round trip, whatever happens to
-//!   the stream (`Timing::resync`; README "Containers choose their exit by
-//!   label" says what that window means).
+//! - An event costs one question about the container it names, not a list:
+//!   with a thousand containers a list is half a megabyte of JSON or more,
+//!   and ten starts a second would list ten times a second. The inspect answer stands for
+//!   that container alone (running with the label: its addresses; stopped,
+//!   unlabelled or 404: none) in `model::Known`, and the routes are synced
+//!   against all of them as after a list, so the flows reset are the same
+//!   either way. A destroy needs no question; an event that names no usable
+//!   container, or more than `model::MAX_DUE` in one read, asks for a list.
+//! - Only a list re-arms the timer (an inspect covers one container): the
+//!   routes are never older than one resync period plus one list's round
+//!   trip, whatever happens to the stream and however busy it is
+//!   (`Timing::resync`; README "Containers choose their exit by label" says
+//!   what that window means).
 //! - A session that fails is followed by one list on its own: a dockerd
 //!   whose event stream hangs (even the head of a new one) but which still
 //!   answers lists keeps the routes current, one list per attempt.
@@ -53,7 +64,7 @@ use log::{debug, info, warn};
 
 pub use super::conn::list;
 use super::conn::{self, Got};
-use super::model::{self, Container, EventLines, Warned};
+use super::model::{self, Container, EventLines, Known, Look, Warned};
 use crate::config::DockerSettings;
 use crate::route::Cidr;
 use crate::snapshot::{Labels, Live};
@@ -65,7 +76,7 @@ use crate::worker::{Command, WorkerHandle};
 pub(super) struct Timing {
     /// The longest time between two full lists.
     pub resync: Duration,
-    /// The deadline of each connect, events head and whole list.
+    /// The deadline of each connect, events head, whole list and inspect.
     pub io: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -91,8 +102,10 @@ pub(super) enum Applied {
     Changed,
 }
 
-/// Where the follower's lists go: the live label routes (or a test's log).
+/// Where the follower's containers go: the live label routes (or a test's log).
 pub(super) trait Sink: Send + 'static {
+    /// All the labelled running containers known now (after a list, or an
+    /// inspect that changed one of them).
     fn apply(&mut self, containers: &[Container]) -> Applied;
     /// For the log when Docker goes away.
     fn routes(&self) -> usize;
@@ -210,6 +223,7 @@ pub(super) fn start<S: Sink>(d: DockerSettings, timing: Timing, sink: S) -> std:
         stop: Arc::clone(&stop),
         ever: false,
         warn_log: Default::default(),
+        known: Known::default(),
     };
     let thread = std::thread::Builder::new().name("egressd-docker".into()).spawn(move || f.run())?;
     Ok(Running { d, stop, thread: Some(thread) })
@@ -225,6 +239,9 @@ struct Follow<S: Sink> {
     /// When each kind of end (missed event, lost stream, no dockerd) was
     /// last logged at warn: one kind never silences another.
     warn_log: [crate::lograte::Every; 3],
+    /// The labelled running containers, as the last list and the inspects
+    /// since have left them.
+    known: Known,
 }
 
 impl<S: Sink> Follow<S> {
@@ -313,11 +330,13 @@ impl<S: Sink> Follow<S> {
             match events.read(next, &mut out)? {
                 Got::Closed => return Err("the event stream ended (dockerd restarting?)".into()),
                 Got::Data => {
-                    let relevant = lines.feed(&out)?;
+                    let due = lines.feed(&out)?;
                     out.clear();
-                    if relevant {
+                    if due.all {
                         self.resync()?;
                         next = Instant::now() + t.resync;
+                    } else {
+                        self.inspect(&due.each)?;
                     }
                     if events.body_done() {
                         return Err("the event stream ended".into());
@@ -341,7 +360,29 @@ impl<S: Sink> Follow<S> {
         if self.stop.stopped() {
             return Err("stopped".into());
         }
-        Ok(self.sink.apply(&containers))
+        self.known.replace(containers);
+        Ok(self.sink.apply(self.known.containers()))
+    }
+
+    /// Asks Docker about each container events named (each by its own
+    /// deadline; a destroyed one needs no question), and makes the label
+    /// routes match as each answers.
+    fn inspect(&mut self, each: &[(String, Look)]) -> Result<(), String> {
+        for (id, look) in each {
+            let now = match look {
+                Look::Gone => None,
+                Look::Inspect => {
+                    conn::inspect(&self.d, id, Instant::now() + self.timing.io, Some(&self.stop))?
+                }
+            };
+            if self.stop.stopped() {
+                return Err("stopped".into());
+            }
+            if self.known.set(id, now) {
+                self.sink.apply(self.known.containers());
+            }
+        }
+        Ok(())
     }
 }
 

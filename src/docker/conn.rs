@@ -4,7 +4,8 @@
 //! request's write, and each read, against a deadline the caller sets.
 //!
 //! Bounded in size too: a response head is at most 16 KiB
-//! ([`http1::MAX_HEAD`]), a whole body (the container list) [`MAX_LIST`];
+//! ([`http1::MAX_HEAD`]), a whole body (the container list, an inspect
+//! answer) [`MAX_LIST`];
 //! the event stream's body is the caller's to bound.
 
 use std::io::{self, Read, Write};
@@ -45,6 +46,23 @@ pub(super) fn list_by(
     model::parse_list(&body, &d.label)
 }
 
+/// What Docker says of one container now: `None` when it does not run,
+/// lacks the label, or is gone (404). One request, complete by `deadline`.
+pub(super) fn inspect(
+    d: &DockerSettings,
+    id: &str,
+    deadline: Instant,
+    stop: Option<&Arc<Stop>>,
+) -> Result<Option<Container>, String> {
+    let mut c = get(&d.socket, &format!("/containers/{}/json", encode(id)), deadline, stop)?;
+    c.missing_ok = true;
+    let body = c.read_body(deadline)?;
+    if c.missing {
+        return Ok(None);
+    }
+    model::parse_inspect(&body, &d.label)
+}
+
 /// How a read ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Got {
@@ -65,6 +83,10 @@ pub(super) struct Conn {
     body: Body,
     /// The body ends when the connection closes.
     to_eof: bool,
+    /// A 404 is an answer (the thing asked about does not exist), not an error.
+    missing_ok: bool,
+    /// The answer was that 404.
+    missing: bool,
     buf: Vec<u8>,
     /// Lets a stop shut the socket down; dropped with the connection.
     _watch: Option<Watch>,
@@ -95,6 +117,8 @@ pub(super) fn get(
         head_done: false,
         body: Body::new(Framing::Length(0)),
         to_eof: false,
+        missing_ok: false,
+        missing: false,
         buf: vec![0u8; 64 * 1024],
         _watch: watch,
     })
@@ -196,7 +220,8 @@ impl Conn {
         match http1::parse_head(&self.pending).map_err(|e| format!("{what}: {e}"))? {
             Parse::Incomplete => Ok(()),
             Parse::Done(h, used) => {
-                if h.status != 200 {
+                self.missing = h.status == 404 && self.missing_ok;
+                if h.status != 200 && !self.missing {
                     return Err(format!("{what} answered {}", h.status));
                 }
                 self.body = Body::new(h.framing);

@@ -1,8 +1,8 @@
 //! Tests of the follower's timing against a fake Engine API on a Unix
-//! socket: a thread that serves `/containers/json` and `/events` the way
-//! dockerd does (the stream's head, then one chunk per event, nothing while
-//! idle) and can hold the head back, hang a list, stay silent, or cut the
-//! stream. The label routes are read from the live snapshot, as the fronts
+//! socket: a thread that serves `/containers/json`, `/containers/{id}/json`
+//! and `/events` the way dockerd does (the stream's head, then one chunk per
+//! event, nothing while idle) and can hold the head back, hang a list or an
+//! inspect, stay silent, or cut the stream. The label routes are read from the live snapshot, as the fronts
 //! read them.
 
 use std::io::{Read, Write};
@@ -33,6 +33,10 @@ const DB: &str = r#"{"Id":"bbbbbbbbbbbb2222","Names":["/db"],"Labels":{"egressd.
 const OTHER: &str = r#"{"Id":"cccccccccccc3333","Names":["/other"],"Labels":{"egressd.exit":"hk0"},
     "NetworkSettings":{"Networks":{"egress":{"IPAddress":"10.8.0.4"}}}}"#;
 const DIE: &str = r#"{"Type":"container","Action":"die","Actor":{"ID":"aaaaaaaaaaaa1111"}}"#;
+const NEW: &str = r#"{"Id":"eeeeeeeeeeee5555","Names":["/new"],"Labels":{"egressd.tunnel":"hk0"},
+    "NetworkSettings":{"Networks":{"egress":{"IPAddress":"10.8.0.5"}}}}"#;
+const DB_MOVED: &str = r#"{"Id":"bbbbbbbbbbbb2222","Names":["/db"],"Labels":{"egressd.tunnel":"hk0"},
+    "NetworkSettings":{"Networks":{"other":{"IPAddress":"10.9.0.3"}}}}"#;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Req {
@@ -41,6 +45,8 @@ enum Req {
     /// The events head went out.
     Head,
     List,
+    /// An inspect, with the id asked about.
+    Inspect(String),
 }
 
 #[derive(Default)]
@@ -63,6 +69,8 @@ struct State {
     no_head: bool,
     /// Lists never answer.
     list_hangs: bool,
+    /// Inspects never answer.
+    inspect_hangs: bool,
     log: Vec<(Instant, Req)>,
     streams: Vec<UnixStream>,
 }
@@ -165,7 +173,26 @@ fn serve(mut c: UnixStream, st: &Mutex<State>) {
     let line = String::from_utf8_lossy(&req).lines().next().unwrap_or_default().to_string();
     let path = line.split(' ').nth(1).unwrap_or_default().to_string();
     let now = Instant::now();
-    if path.starts_with("/containers/json") {
+    if let Some(id) = path.strip_prefix("/containers/").and_then(|p| p.strip_suffix("/json")) {
+        let (hang, found) = {
+            let mut s = st.lock().unwrap();
+            s.log.push((now, Req::Inspect(id.to_string())));
+            (s.inspect_hangs, s.containers.iter().find_map(|c| inspected(c, id)))
+        };
+        if hang {
+            let _ = c.read(&mut buf);
+            return;
+        }
+        let (status, body) = match found {
+            Some(body) => ("200 OK", body),
+            None => ("404 Not Found", format!(r#"{{"message":"No such container: {id}"}}"#)),
+        };
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let _ = c.write_all(format!("{head}{body}").as_bytes());
+    } else if path.starts_with("/containers/json") {
         let (hang, body) = {
             let mut s = st.lock().unwrap();
             s.log.push((now, Req::List));
@@ -231,6 +258,21 @@ fn serve(mut c: UnixStream, st: &Mutex<State>) {
         // Until the client goes away.
         let _ = c.read(&mut buf);
     }
+}
+
+/// A running container's inspect answer from its list entry, if its id is `id`.
+fn inspected(listed: &str, id: &str) -> Option<String> {
+    let c: serde_json::Value = serde_json::from_str(listed).unwrap();
+    (c["Id"] == id).then(|| {
+        serde_json::json!({
+            "Id": c["Id"],
+            "Name": c["Names"][0],
+            "State": {"Status": "running", "Running": true},
+            "Config": {"Labels": c["Labels"]},
+            "NetworkSettings": c["NetworkSettings"],
+        })
+        .to_string()
+    })
 }
 
 /// A follower of `fake` writing into a fresh live snapshot.
@@ -319,16 +361,99 @@ fn events_since_just_before_the_request_cover_the_gap_before_the_subscription() 
     f.end();
 }
 
+fn container_event(action: &str, id: &str) -> String {
+    format!(r#"{{"Type":"container","Action":"{action}","Actor":{{"ID":"{id}"}}}}"#)
+}
+
+fn inspected_ids(fake: &Fake) -> Vec<String> {
+    fake.log()
+        .into_iter()
+        .filter_map(|(_, r)| match r {
+            Req::Inspect(id) => Some(id),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
-fn an_event_lists_at_once() {
-    let fake = Fake::new(vec![WEB]);
+fn an_event_asks_about_its_container_only() {
+    let fake = Fake::new(vec![WEB, DB]);
     let (f, live) = follow(&fake, Timing { resync: Duration::from_secs(30), ..FAST });
-    assert!(within(LONG, || routed(&live, "10.8.0.2")).is_some());
-    assert!(within(LONG, || fake.count(|r| *r == Req::Head) == 1).is_some());
-    fake.set(|s| s.containers.clear());
+    assert!(within(LONG, || routed(&live, "10.8.0.2") && fake.count(|r| *r == Req::Head) == 1).is_some());
+    let lists = fake.count(|r| *r == Req::List);
+    // web stops: its inspect (a 404 here) takes its route, db's stays.
+    fake.set(|s| s.containers = vec![DB]);
     fake.event(DIE);
     let took = within(LONG, || !routed(&live, "10.8.0.2")).expect("route gone");
     assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(routed(&live, "10.8.0.3"));
+    // A new container starts: its inspect brings its route.
+    fake.set(|s| s.containers = vec![DB, NEW]);
+    fake.event(&container_event("start", "eeeeeeeeeeee5555"));
+    assert!(within(LONG, || routed(&live, "10.8.0.5")).is_some());
+    // A destroy needs no question.
+    fake.set(|s| s.containers = vec![DB]);
+    fake.event(&container_event("destroy", "eeeeeeeeeeee5555"));
+    assert!(within(LONG, || !routed(&live, "10.8.0.5")).is_some());
+    // A network event names the container in its attributes.
+    fake.set(|s| s.containers = vec![DB_MOVED]);
+    fake.event(
+        r#"{"Type":"network","Action":"connect","Actor":{"ID":"n1","Attributes":{"container":"bbbbbbbbbbbb2222"}}}"#,
+    );
+    assert!(within(LONG, || routed(&live, "10.9.0.3") && !routed(&live, "10.8.0.3")).is_some());
+    assert_eq!(inspected_ids(&fake), ["aaaaaaaaaaaa1111", "eeeeeeeeeeee5555", "bbbbbbbbbbbb2222"]);
+    assert_eq!(fake.count(|r| *r == Req::List), lists, "an event that names its container lists nothing");
+    // An event that names none: a list.
+    fake.set(|s| s.containers = vec![WEB, DB]);
+    fake.event(r#"{"Type":"network","Action":"destroy","Actor":{"ID":"n1"}}"#);
+    assert!(within(LONG, || routed(&live, "10.8.0.2") && routed(&live, "10.8.0.3")).is_some());
+    assert_eq!(fake.count(|r| *r == Req::List), lists + 1);
+    assert_eq!(fake.count(|r| matches!(r, Req::Events(_))), 1, "one stream throughout");
+    f.end();
+}
+
+#[test]
+fn a_busy_stream_still_lists_every_period() {
+    let fake = Fake::new(vec![WEB, DB]);
+    let (f, live) = follow(&fake, FAST);
+    assert!(within(LONG, || routed(&live, "10.8.0.2") && fake.count(|r| *r == Req::Head) == 1).is_some());
+    // db's events come every 50 ms, each answered by an inspect; web goes
+    // with no event (lost): the periodic list still comes and finds it.
+    fake.set(|s| s.containers = vec![DB]);
+    let t0 = Instant::now();
+    let gone = within(LONG, || {
+        fake.event(&container_event("update", "bbbbbbbbbbbb2222"));
+        std::thread::sleep(Duration::from_millis(45));
+        !routed(&live, "10.8.0.2")
+    });
+    let took = gone.expect("web's route gone by a periodic list");
+    assert!(took <= FAST.resync + FAST.io + SLACK, "{took:?}");
+    assert!(fake.count(|r| matches!(r, Req::Inspect(_))) >= 2, "{:?}", fake.log());
+    assert!(routed(&live, "10.8.0.3"));
+    // The change no event announced: a fresh stream, as when idle.
+    assert!(
+        within(LONG, || fake.count(|r| matches!(r, Req::Events(_))) == 2).is_some(),
+        "{:?}",
+        t0.elapsed()
+    );
+    f.end();
+}
+
+#[test]
+fn a_hung_inspect_ends_the_session_and_a_list_catches_up() {
+    let fake = Fake::new(vec![WEB]);
+    let (f, live) = follow(&fake, Timing { resync: Duration::from_secs(30), ..FAST });
+    assert!(within(LONG, || routed(&live, "10.8.0.2") && fake.count(|r| *r == Req::Head) == 1).is_some());
+    fake.set(|s| {
+        s.inspect_hangs = true;
+        s.containers.clear();
+    });
+    fake.event(DIE);
+    // The inspect gives up by its deadline; the list between sessions and
+    // the next session's take the route away.
+    let took = within(LONG, || !routed(&live, "10.8.0.2")).expect("route gone");
+    assert!(took <= FAST.io + FAST.io + SLACK, "{took:?}");
+    assert!(within(LONG, || fake.count(|r| matches!(r, Req::Events(_))) >= 2).is_some());
     f.end();
 }
 

@@ -3,16 +3,19 @@
 //! Engine API over its Unix socket.
 //!
 //! ```text
-//!  dockerd ── GET /containers/json?filters={"label":[...]} ──► model::parse_list ─┐
-//!          ── GET /events (chunked, one JSON per event) ──► model::event_matters ─┤ resync
-//!                                                                                 ▼
-//!  model::sync(current, containers) ──► snapshot::Labels (in the Live snapshot) + flows of changed addresses reset
+//!  dockerd ── GET /containers/json?filters={"label":[...]} ──► model::parse_list ──► Known::replace ─┐
+//!          ── GET /events (chunked, one JSON per event) ──► model::event_target                    │
+//!               └─ the container it names ─► GET /containers/{id}/json ─► model::parse_inspect ─► Known::set
+//!                                                                                                   ▼
+//!  model::sync(current, Known) ──► snapshot::Labels (in the Live snapshot) + flows of changed addresses reset
 //! ```
 //!
 //! `model` and the labels' table ([`crate::snapshot::Labels`]) are pure; `conn` makes one bounded GET over the
 //! socket; `client` is the one thread that talks to it (synchronous, no
-//! async runtime): it reads the event stream's head before it lists, lists
-//! again at least every 30 s and at once on reconnect, and gives every step
+//! async runtime): it reads the event stream's head before it lists, asks
+//! about each container an event names (one request, whatever the number of
+//! containers), lists again at least every 30 s and at once on reconnect,
+//! and gives every step
 //! a deadline, so a lost event or a hung dockerd leaves a route at most one
 //! resync period (plus one list) behind Docker.
 //! Precedence: a container's label route (its own addresses, /32 and /128)

@@ -1,6 +1,14 @@
-//! Pure: Docker's container list (JSON) → the label routes egressd wants,
-//! and what changed since the last sync (which addresses must have their
-//! flows reset so that a later owner of the address never inherits them).
+//! Pure: Docker's container list and inspect answers (JSON) → the label
+//! routes egressd wants, and what changed since the last sync (which
+//! addresses must have their flows reset so that a later owner of the
+//! address never inherits them); events → which containers to look at again.
+//!
+//! ```text
+//!  list  ─► parse_list ───► Known::replace ─┐
+//!  event ─► EventLines ─► Due: each (id, Look) ─► inspect ─► parse_inspect ─► Known::set ─┤
+//!                       └─► Due::all (no id to trust) ─► list                             ▼
+//!                                                     sync(current routes, Known) ─► routes, reset, added
+//! ```
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -35,31 +43,117 @@ pub fn parse_list(body: &[u8], label: &str) -> Result<Vec<Container>, String> {
         let Some(tunnel) = c.get("Labels").and_then(|l| l.get(label)).and_then(Value::as_str) else {
             continue;
         };
-        let name = c
-            .get("Names")
-            .and_then(Value::as_array)
-            .and_then(|n| n.first())
-            .and_then(Value::as_str)
-            .map_or_else(
-                || id.get(..12).unwrap_or(id).to_string(),
-                |n| n.trim_start_matches('/').to_string(),
-            );
-        let mut addrs = Vec::new();
-        if let Some(nets) = c.pointer("/NetworkSettings/Networks").and_then(Value::as_object) {
-            for n in nets.values() {
-                for key in ["IPAddress", "GlobalIPv6Address"] {
-                    if let Some(a) = n.get(key).and_then(Value::as_str).and_then(|s| s.parse::<IpAddr>().ok())
-                        && !a.is_unspecified()
-                        && !addrs.contains(&a)
-                    {
-                        addrs.push(a);
-                    }
+        // Its own name, as inspect's `Name` says it: a legacy link adds
+        // aliases ("/app/db") to the list's names, in no promised order.
+        let names = c.get("Names").and_then(Value::as_array);
+        let own = |v: &&Value| v.as_str().is_some_and(|n| !n.trim_start_matches('/').contains('/'));
+        let name = names.and_then(|n| n.iter().find(own).or_else(|| n.first()));
+        out.push(container(id, name, tunnel, c));
+    }
+    Ok(out)
+}
+
+/// A `GET /containers/{id}/json` answer: the container if it runs and
+/// carries `label` (what a list would show of it), `None` if not (stopped,
+/// exited, or without the label). Docker's list shows a container while
+/// `State.Running` holds (paused and restarting ones too), so that decides
+/// here. A body that is not a JSON object with an `Id` is an error.
+pub fn parse_inspect(body: &[u8], label: &str) -> Result<Option<Container>, String> {
+    let c: Value = serde_json::from_slice(body).map_err(|e| format!("container inspect is not JSON: {e}"))?;
+    let id = c.get("Id").and_then(Value::as_str).ok_or("container inspect has no Id")?;
+    if c.pointer("/State/Running").and_then(Value::as_bool) != Some(true) {
+        return Ok(None);
+    }
+    let Some(tunnel) = c.pointer("/Config/Labels").and_then(|l| l.get(label)).and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    Ok(Some(container(id, c.get("Name"), tunnel, &c)))
+}
+
+/// One container from the fields a list entry and an inspect answer share
+/// (`NetworkSettings.Networks`); `name` is the list's first name or the
+/// inspect's `Name`, the short id without one.
+fn container(id: &str, name: Option<&Value>, tunnel: &str, c: &Value) -> Container {
+    let name = name
+        .and_then(Value::as_str)
+        .map_or_else(|| id.get(..12).unwrap_or(id).to_string(), |n| n.trim_start_matches('/').to_string());
+    let mut addrs = Vec::new();
+    if let Some(nets) = c.pointer("/NetworkSettings/Networks").and_then(Value::as_object) {
+        for n in nets.values() {
+            for key in ["IPAddress", "GlobalIPv6Address"] {
+                if let Some(a) = n.get(key).and_then(Value::as_str).and_then(|s| s.parse::<IpAddr>().ok())
+                    && !a.is_unspecified()
+                    && !addrs.contains(&a)
+                {
+                    addrs.push(a);
                 }
             }
         }
-        out.push(Container { id: id.to_string(), name, tunnel: tunnel.trim().to_string(), addrs });
     }
-    Ok(out)
+    Container { id: id.to_string(), name, tunnel: tunnel.trim().to_string(), addrs }
+}
+
+/// The labelled running containers as the follower last saw them: a list
+/// replaces them all, an event's inspect one. Kept sorted by id, so that
+/// an address two containers claim comes out the same whichever way the
+/// follower learnt them (a periodic list then finds nothing changed).
+#[derive(Debug, Default)]
+pub struct Known {
+    list: Vec<Container>,
+}
+
+impl Known {
+    /// A whole list.
+    pub fn replace(&mut self, mut list: Vec<Container>) {
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        list.dedup_by(|a, b| a.id == b.id);
+        self.list = list;
+    }
+
+    /// What container `id` is now (`None`: not running, unlabelled or
+    /// gone); whether that changed anything. An answer under another id
+    /// (Docker's full id for a short one) replaces `id`'s entry too.
+    pub fn set(&mut self, id: &str, now: Option<Container>) -> bool {
+        let mut changed = false;
+        if now.as_ref().is_some_and(|c| c.id != id) {
+            changed = self.remove(id);
+        }
+        let key = now.as_ref().map_or(id, |c| c.id.as_str());
+        match (self.list.binary_search_by(|c| c.id.as_str().cmp(key)), now) {
+            (Ok(i), Some(c)) => {
+                if let Some(old) = self.list.get_mut(i)
+                    && *old != c
+                {
+                    *old = c;
+                    changed = true;
+                }
+            }
+            (Ok(i), None) => {
+                self.list.remove(i);
+                changed = true;
+            }
+            (Err(i), Some(c)) => {
+                self.list.insert(i, c);
+                changed = true;
+            }
+            (Err(_), None) => {}
+        }
+        changed
+    }
+
+    fn remove(&mut self, id: &str) -> bool {
+        match self.list.binary_search_by(|c| c.id.as_str().cmp(id)) {
+            Ok(i) => {
+                self.list.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub fn containers(&self) -> &[Container] {
+        &self.list
+    }
 }
 
 /// What one sync changes.
@@ -98,32 +192,124 @@ pub fn sync(current: &[LabelRoute], containers: &[Container]) -> Sync {
             _ => reset.push(old.addr),
         }
     }
-    let added =
-        want.values().filter(|r| !current.iter().any(|o| o == *r)).cloned().collect::<Vec<LabelRoute>>();
+    // By address: a thousand containers make thousands of routes, and
+    // every event syncs them all.
+    let old: HashMap<IpAddr, &LabelRoute> = current.iter().map(|r| (r.addr, r)).collect();
+    let added = want.values().filter(|r| old.get(&r.addr) != Some(r)).cloned().collect::<Vec<LabelRoute>>();
     Sync { routes: want.into_values().collect(), reset, added }
 }
 
-/// Whether an event from `GET /events` can change the label routes.
-pub fn event_matters(event: &[u8]) -> bool {
-    let Ok(v) = serde_json::from_slice::<Value>(event) else { return false };
+/// What an event from `GET /events` asks of the follower.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Nothing: it cannot change a label route.
+    None,
+    /// This container may have changed: ask Docker about it.
+    Inspect(String),
+    /// This container is destroyed: its routes go, no need to ask.
+    Gone(String),
+    /// It names no container that can be trusted in a request path (a
+    /// network destroyed, an odd id): list them all.
+    All,
+}
+
+/// Which container an event names and what to do about it. A container
+/// event names it by `Actor.ID` (or the older top-level `id`), a network
+/// connect or disconnect by `Actor.Attributes.container`.
+pub fn event_target(event: &[u8]) -> Target {
+    let Ok(v) = serde_json::from_slice::<Value>(event) else { return Target::None };
     let ty = v.get("Type").and_then(Value::as_str).unwrap_or("");
     let action = v.get("Action").and_then(Value::as_str).unwrap_or("");
-    match ty {
-        "container" => matches!(
-            action,
-            "start"
-                | "restart"
-                | "die"
-                | "stop"
-                | "kill"
-                | "destroy"
-                | "rename"
-                | "pause"
-                | "unpause"
-                | "update"
-        ),
-        "network" => matches!(action, "connect" | "disconnect" | "destroy"),
-        _ => false,
+    let id = match (ty, action) {
+        ("container", "destroy") => return actor(&v).map_or(Target::All, Target::Gone),
+        (
+            "container",
+            "start" | "restart" | "die" | "stop" | "kill" | "rename" | "pause" | "unpause" | "update",
+        ) => actor(&v),
+        ("network", "connect" | "disconnect") => v
+            .pointer("/Actor/Attributes/container")
+            .and_then(Value::as_str)
+            .filter(|id| valid_id(id))
+            .map(str::to_string),
+        ("network", "destroy") => None,
+        _ => return Target::None,
+    };
+    id.map_or(Target::All, Target::Inspect)
+}
+
+/// A container event's container id.
+fn actor(v: &Value) -> Option<String> {
+    let id = v.pointer("/Actor/ID").or_else(|| v.get("id")).and_then(Value::as_str)?;
+    valid_id(id).then(|| id.to_string())
+}
+
+/// Whether `id` can go into a request path as it is: Docker's ids are 64
+/// hex digits; names are `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+const MAX_ID: usize = 128;
+
+/// Whether an event from `GET /events` can change the label routes.
+pub fn event_matters(event: &[u8]) -> bool {
+    event_target(event) != Target::None
+}
+
+/// What to do about one container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Look {
+    Inspect,
+    Gone,
+}
+
+/// The most containers one [`Due`] names; more in one read is a burst a
+/// single list answers more cheaply than that many inspects.
+pub const MAX_DUE: usize = 64;
+
+/// What the events of one read ask for: each container named once (a
+/// destroy wins over the rest: the container cannot come back), or, when
+/// one event names no usable container or there are more than
+/// [`MAX_DUE`], a whole list.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Due {
+    pub all: bool,
+    /// In the order first named; empty when `all`.
+    pub each: Vec<(String, Look)>,
+}
+
+impl Due {
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.each.is_empty()
+    }
+
+    fn add(&mut self, t: Target) {
+        let (id, look) = match t {
+            Target::None => return,
+            Target::All => return self.everything(),
+            Target::Inspect(id) => (id, Look::Inspect),
+            Target::Gone(id) => (id, Look::Gone),
+        };
+        if self.all {
+            return;
+        }
+        let full = self.each.len() >= MAX_DUE;
+        match self.each.iter_mut().find(|(i, _)| *i == id) {
+            Some((_, l)) => {
+                if look == Look::Gone {
+                    *l = Look::Gone;
+                }
+            }
+            None if full => self.everything(),
+            None => self.each.push((id, look)),
+        }
+    }
+
+    fn everything(&mut self) {
+        self.all = true;
+        self.each = Vec::new();
     }
 }
 
@@ -139,12 +325,13 @@ pub struct EventLines {
 }
 
 impl EventLines {
-    /// Takes payload bytes; whether a completed event [matters](event_matters).
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<bool, String> {
-        let mut relevant = false;
+    /// Takes payload bytes; what the events they complete ask for (empty:
+    /// none [matters](event_matters)).
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Due, String> {
+        let mut due = Due::default();
         for &b in bytes {
             if b == b'\n' {
-                relevant |= event_matters(&self.line);
+                due.add(event_target(&self.line));
                 self.line.clear();
             } else if self.line.len() < MAX_EVENT {
                 self.line.push(b);
@@ -152,7 +339,7 @@ impl EventLines {
                 return Err(format!("an event longer than {MAX_EVENT} bytes"));
             }
         }
-        Ok(relevant)
+        Ok(due)
     }
 }
 
@@ -290,6 +477,7 @@ mod tests {
     fn events_that_matter() {
         assert!(event_matters(br#"{"Type":"container","Action":"start","Actor":{"ID":"x"}}"#));
         assert!(event_matters(br#"{"Type":"network","Action":"disconnect"}"#));
+        assert!(event_matters(br#"{"Type":"container","Action":"destroy","Actor":{"ID":"x"}}"#));
         assert!(!event_matters(br#"{"Type":"container","Action":"exec_start: sh"}"#));
         assert!(!event_matters(br#"{"Type":"image","Action":"pull"}"#));
         assert!(!event_matters(b"garbage"));
@@ -306,23 +494,151 @@ mod tests {
             "\n"
         )
         .as_bytes();
+        let die = Due { all: false, each: vec![("x".into(), Look::Inspect)] };
         // Whole: one event matters.
-        assert_eq!(EventLines::default().feed(stream), Ok(true));
+        assert_eq!(EventLines::default().feed(stream), Ok(die.clone()));
         // Split at every byte: it matters exactly when its newline arrives.
         let die_end = stream.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(1).map(|(i, _)| i).unwrap();
         let mut l = EventLines::default();
         for (i, b) in stream.iter().enumerate() {
-            assert_eq!(l.feed(std::slice::from_ref(b)), Ok(i == die_end), "byte {i}");
+            let want = if i == die_end { die.clone() } else { Due::default() };
+            assert_eq!(l.feed(std::slice::from_ref(b)), Ok(want), "byte {i}");
         }
         // Irrelevant events, a partial line: nothing to do yet.
         let mut l = EventLines::default();
-        assert_eq!(l.feed(br#"{"Type":"image","Action":"pull"}"#), Ok(false));
-        assert_eq!(l.feed(b"\n{\"Type\":\"network\",\"Action\":\"connect\""), Ok(false));
-        assert_eq!(l.feed(b"}\n"), Ok(true));
+        assert!(l.feed(br#"{"Type":"image","Action":"pull"}"#).unwrap().is_empty());
+        assert!(l.feed(b"\n{\"Type\":\"network\",\"Action\":\"destroy\"").unwrap().is_empty());
+        assert_eq!(l.feed(b"}\n").map(|d| d.all), Ok(true));
         // An endless line is refused, not buffered.
         let mut l = EventLines::default();
         assert!(l.feed(&vec![b'x'; MAX_EVENT]).is_ok());
         assert!(l.feed(b"x").is_err());
+    }
+
+    const ID_A: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn an_event_names_its_container() {
+        let t = |e: &str| event_target(e.as_bytes());
+        let a = || ID_A.to_string();
+        assert_eq!(
+            t(&format!(r#"{{"Type":"container","Action":"start","Actor":{{"ID":"{ID_A}"}}}}"#)),
+            Target::Inspect(a())
+        );
+        // The older top-level id, when Actor has none.
+        assert_eq!(
+            t(&format!(r#"{{"Type":"container","Action":"die","id":"{ID_A}"}}"#)),
+            Target::Inspect(a())
+        );
+        assert_eq!(
+            t(&format!(r#"{{"Type":"container","Action":"destroy","Actor":{{"ID":"{ID_A}"}}}}"#)),
+            Target::Gone(a())
+        );
+        // A network event names the network; the container is an attribute.
+        let connect = format!(
+            r#"{{"Type":"network","Action":"connect","Actor":{{"ID":"net1","Attributes":{{"container":"{ID_A}","name":"egress"}}}}}}"#
+        );
+        assert_eq!(t(&connect), Target::Inspect(a()));
+        assert_eq!(t(r#"{"Type":"network","Action":"disconnect","Actor":{"ID":"net1"}}"#), Target::All);
+        assert_eq!(t(r#"{"Type":"network","Action":"destroy","Actor":{"ID":"net1"}}"#), Target::All);
+        // No id, or one that must not go into a request path: list them all.
+        assert_eq!(t(r#"{"Type":"container","Action":"start"}"#), Target::All);
+        for bad in ["", "../../version", "a b", "a?b", "a%2Fb", "a\r\nb", &"a".repeat(MAX_ID + 1)] {
+            let e = serde_json::json!({"Type": "container", "Action": "start", "Actor": {"ID": bad}});
+            assert_eq!(t(&e.to_string()), Target::All, "{bad:?}");
+        }
+        assert_eq!(t(r#"{"Type":"container","Action":"create","Actor":{"ID":"x"}}"#), Target::None);
+        assert_eq!(t(r#"{"Type":"container","Action":"start","Actor":{"ID":7}}"#), Target::All);
+        assert_eq!(t("[]"), Target::None);
+    }
+
+    #[test]
+    fn a_read_asks_for_each_container_once_or_for_a_list() {
+        let ev = |action: &str, id: &str| {
+            format!("{{\"Type\":\"container\",\"Action\":\"{action}\",\"Actor\":{{\"ID\":\"{id}\"}}}}\n")
+        };
+        let mut l = EventLines::default();
+        let read =
+            [ev("kill", "a"), ev("die", "a"), ev("start", "b"), ev("destroy", "a"), ev("stop", "a")].concat();
+        let due = l.feed(read.as_bytes()).unwrap();
+        // A destroy wins: the container cannot come back.
+        assert_eq!(
+            due,
+            Due { all: false, each: vec![("a".into(), Look::Gone), ("b".into(), Look::Inspect)] }
+        );
+        // A burst of more containers than MAX_DUE: one list instead.
+        let burst: String = (0..=MAX_DUE).map(|i| ev("start", &format!("c{i}"))).collect();
+        assert_eq!(l.feed(burst.as_bytes()).unwrap(), Due { all: true, each: vec![] });
+        let most: String = (0..MAX_DUE).map(|i| ev("start", &format!("c{i}"))).collect();
+        assert_eq!(l.feed(most.as_bytes()).unwrap().each.len(), MAX_DUE);
+        // A list asked for swallows the rest.
+        let mixed =
+            [ev("start", "a"), "{\"Type\":\"network\",\"Action\":\"destroy\"}\n".into(), ev("die", "b")]
+                .concat();
+        assert_eq!(l.feed(mixed.as_bytes()).unwrap(), Due { all: true, each: vec![] });
+    }
+
+    const INSPECT: &str = r#"{"Id":"aaaaaaaaaaaa1111","Name":"/web","State":{"Status":"running","Running":true,"Paused":false},
+      "Config":{"Labels":{"egressd.tunnel":" hk0 ","x":"y"},"Image":"egbb"},
+      "NetworkSettings":{"Networks":{"egress":{"IPAddress":"10.8.0.2","GlobalIPv6Address":"fd08::2"},
+                                     "other":{"IPAddress":"172.18.0.5","GlobalIPv6Address":""}}}}"#;
+
+    #[test]
+    fn parses_an_inspect_answer_as_the_list_would_show_it() {
+        let c = parse_inspect(INSPECT.as_bytes(), "egressd.tunnel").unwrap().unwrap();
+        assert_eq!((c.id.as_str(), c.name.as_str(), c.tunnel.as_str()), ("aaaaaaaaaaaa1111", "web", "hk0"));
+        assert_eq!(c.addrs, [ip("10.8.0.2"), ip("fd08::2"), ip("172.18.0.5")]);
+        // The same container in list shape gives the same Container (its
+        // own name, not a legacy link's alias).
+        let listed = r#"[{"Id":"aaaaaaaaaaaa1111","Names":["/app/web","/web"],"Labels":{"egressd.tunnel":" hk0 "},
+            "NetworkSettings":{"Networks":{"egress":{"IPAddress":"10.8.0.2","GlobalIPv6Address":"fd08::2"},
+                                           "other":{"IPAddress":"172.18.0.5"}}}}]"#;
+        assert_eq!(parse_list(listed.as_bytes(), "egressd.tunnel").unwrap(), [c]);
+        // Paused and restarting containers run (a list shows them too).
+        let paused = INSPECT.replace(r#""Paused":false"#, r#""Paused":true"#);
+        assert!(parse_inspect(paused.as_bytes(), "egressd.tunnel").unwrap().is_some());
+        // Stopped (after a die: no addresses either), or without the label: none.
+        let exited = INSPECT.replace(r#""Running":true"#, r#""Running":false"#);
+        assert_eq!(parse_inspect(exited.as_bytes(), "egressd.tunnel"), Ok(None));
+        assert_eq!(parse_inspect(INSPECT.as_bytes(), "egressd.exit"), Ok(None));
+        let no_state = r#"{"Id":"a","Config":{"Labels":{"egressd.tunnel":"hk0"}}}"#;
+        assert_eq!(parse_inspect(no_state.as_bytes(), "egressd.tunnel"), Ok(None));
+        // No name, no networks: the short id, no addresses.
+        let bare = r#"{"Id":"bbbbbbbbbbbb2222","State":{"Running":true},"Config":{"Labels":{"egressd.tunnel":"hk1"}}}"#;
+        let b = parse_inspect(bare.as_bytes(), "egressd.tunnel").unwrap().unwrap();
+        assert_eq!((b.name.as_str(), b.addrs.len()), ("bbbbbbbbbbbb", 0));
+        // Not an inspect answer.
+        for bad in ["", "[", "[]", "{}", r#"{"Id":7}"#, r#"{"message":"No such container: x"}"#] {
+            assert!(parse_inspect(bad.as_bytes(), "egressd.tunnel").is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn known_containers_follow_lists_and_inspects() {
+        let mut k = Known::default();
+        k.replace(vec![c("b", "hk0", &["10.8.0.3"]), c("a", "hk0", &["10.8.0.2"]), c("b", "hk1", &[])]);
+        let ids = |k: &Known| k.containers().iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&k), ["a", "b"]);
+        // Started, changed, the same again, stopped, stopped again.
+        assert!(k.set("c", Some(c("c", "hk0", &["10.8.0.4"]))));
+        assert_eq!(ids(&k), ["a", "b", "c"]);
+        assert!(k.set("a", Some(c("a", "hk0", &["10.8.0.9"]))));
+        assert!(!k.set("a", Some(c("a", "hk0", &["10.8.0.9"]))));
+        assert!(k.set("b", None));
+        assert!(!k.set("b", None));
+        assert_eq!(ids(&k), ["a", "c"]);
+        // Asked by one id, answered under another: the old entry goes.
+        assert!(k.set("c", Some(c("cfull", "hk0", &["10.8.0.4"]))));
+        assert_eq!(ids(&k), ["a", "cfull"]);
+        // Whichever way they were learnt, the same routes: an address two
+        // containers claim keeps the same owner.
+        let (x, y) = (c("x", "hk0", &["10.8.0.7"]), c("y", "hk0", &["10.8.0.7"]));
+        let mut by_list = Known::default();
+        by_list.replace(vec![y.clone(), x.clone()]);
+        let mut by_events = Known::default();
+        by_events.set("y", Some(y));
+        by_events.set("x", Some(x));
+        assert_eq!(sync(&[], by_list.containers()), sync(&[], by_events.containers()));
     }
 
     #[test]
