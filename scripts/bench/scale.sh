@@ -10,7 +10,9 @@
 #
 # Knobs (environment): SCALE_N=1000 (the large N; the run compares N=1 with
 # it; SCALE_NS="1 1000" sets the whole list), SCALE_WARM=n (each tunnel's
-# `warm`; default: egressd's own default), SCALE_EXITS=4 (SOCKS5 exits, ports
+# `warm`; default: egressd's own default), SCALE_WARM_IDLE=s (each tunnel's
+# `warm_idle_secs`; when set, the at-rest windows start once that long has
+# passed after the warm-up, i.e. with the pools gone cold), SCALE_EXITS=4 (SOCKS5 exits, ports
 # 1080.., tunnels spread over them), REPS=3 (at-rest windows), REST_S=30
 # (seconds per window), PERF_S=10 (seconds of system-call counting after each
 # window), RTT=50 (ms, the far exit of the latency part), LAT_REPS=2, LAT_N=30
@@ -312,10 +314,11 @@ egressd_conf() {
 	SOCK="$EG_TMP/egressd.sock"
 	{
 		printf '(\n    listen: ["%s:%s"],\n    tunnels: {\n' "$GW_ADDR" "$PORT"
-		awk -v n="$n" -v e="$e" -v w="$NAME_W" -v a="$EXIT_ADDR" -v p0="$EXIT_PORT0" -v warm="$SCALE_WARM" 'BEGIN {
+		awk -v n="$n" -v e="$e" -v w="$NAME_W" -v a="$EXIT_ADDR" -v p0="$EXIT_PORT0" -v warm="$SCALE_WARM" -v wi="${SCALE_WARM_IDLE:-}" 'BEGIN {
 			for (i = 0; i < n; i++)
-				printf "        \"t%0*d\": Socks5(server: \"%s:%d\", username: \"u%0*d\", password: \"p%0*d\", udp: false%s),\n",
-					w, i + 1, a, p0 + i % e, w, i + 1, w, i + 1, (warm == "" ? "" : ", warm: " warm) }'
+				printf "        \"t%0*d\": Socks5(server: \"%s:%d\", username: \"u%0*d\", password: \"p%0*d\", udp: false%s%s),\n",
+					w, i + 1, a, p0 + i % e, w, i + 1, w, i + 1, (warm == "" ? "" : ", warm: " warm),
+					(wi == "" ? "" : ", warm_idle_secs: " wi) }'
 		printf '    },\n    routes: [\n'
 		src_addrs "$SRC_BASE" 0 "$n" | awk -v w="$NAME_W" '{ printf "        (source: \"%s\", tunnel: \"t%0*d\"),\n", $1, w, NR }'
 		printf '    ],\n'
@@ -647,6 +650,10 @@ run_n() {
 	WARM=${WARM:-0}
 	say "  egressd up (PID $EG_PID, warm $WARM per tunnel); warm-up"
 	warmup "$n" "$e"
+	if [ -n "${SCALE_WARM_IDLE:-}" ]; then
+		say "  pools go cold after ${SCALE_WARM_IDLE} s without a flow: waiting $((SCALE_WARM_IDLE + 3)) s"
+		sleep $((SCALE_WARM_IDLE + 3))
+	fi
 	for rep in $(seq 1 "$REPS"); do
 		say "  at rest, window $rep/$REPS (${REST_S} s, $(elapsed))"
 		egressd_alive || break
