@@ -70,7 +70,7 @@
 #   sources   one flow from each of SCALE_SOURCES sources, then `egressd top
 #             --once` (its one-second rate sample included), `egressd stats`
 #             and curl of /metrics, 5 times each (ms), and the gauge
-#             egressd_worker_turn_max_us if /metrics has it (else n/a);
+#             egressd_worker_turn_max_seconds (in us) if /metrics has it (else n/a);
 #   10k       RSS; `egressd route set` for SCALE_10K /32 sources (two CLIs at
 #             once); RSS; one flow from each (SCALE_10K_FLOWS=1); RSS; idle
 #             SCALE_IDLE s; RSS: what egressd keeps of sources that came once;
@@ -557,11 +557,11 @@ sources_part() {
 		fi
 	done
 	# The gauge another change adds; the largest value over its series.
-	w=$(awk '/^egressd_worker_turn_max_us/ { v = $NF + 0; if (v > m) m = v; f = 1 } END { if (f) print m }' "$body" 2>/dev/null)
+	w=$(awk '/^egressd_worker_turn_max_seconds/ { v = $NF * 1e6; if (v > m) m = v; f = 1 } END { if (f) print m }' "$body" 2>/dev/null)
 	if [ -n "$w" ]; then
-		sample worker_turn_max_us 1 "$w" us "largest egressd_worker_turn_max_us series after the flows and scrapes"
+		sample worker_turn_max_us 1 "$w" us "largest egressd_worker_turn_max_seconds series after the flows and scrapes, in us"
 	else
-		na worker_turn_max_us 1 us "no egressd_worker_turn_max_us in /metrics (not in this build)"
+		na worker_turn_max_us 1 us "no egressd_worker_turn_max_seconds in /metrics (not in this build)"
 	fi
 }
 top_stats_rows() { # METRIC TIMEIT_LINE NOTE
