@@ -593,7 +593,9 @@ proc_ctxsw() { # PID -> "voluntary nonvoluntary"
 # PROBE=strace: `strace -c -f` on the proxy during each wrk and dnsperf run
 # (counts per syscall in OUT/probe/IMPL-conn|dns-REP.strace; the timing
 # figures of such a run are strace's, not the proxy's). PROBE=callgrind, with
-# PROXY_WRAP="valgrind --tool=callgrind --callgrind-out-file=OUT/probe/cg.%p":
+# PROXY_WRAP="valgrind --tool=callgrind --trace-children=yes --callgrind-out-file=OUT/probe/cg.%p"
+# (--trace-children: the proxy is started through `env`, which valgrind would
+# profile instead):
 # counters zeroed before and dumped after each run (callgrind_control).
 # Voluntary context switches per thread name ("name=n ..."), for the note.
 proc_ctxsw_threads() {
