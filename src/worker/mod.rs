@@ -301,7 +301,6 @@ impl WorkerLoop {
                 self.timers.peek().map(|Reverse((t, _))| *t),
                 self.udp.next_deadline(),
                 self.next_pool_tick,
-                self.tallies.next_due(),
                 stopping_since.map(|t| t + grace),
             ]
             .into_iter()
