@@ -220,6 +220,10 @@ pub struct DnsStream {
     /// began, or opened), and when it last sent bytes.
     heard: Instant,
     fed_at: Instant,
+    /// Queries went late since the server last answered, before it had been
+    /// silent for the timeout (they were sent while the tunnel opened): the
+    /// connection is judged again once it has been (see `expire`).
+    late_unheard: bool,
 }
 
 impl DnsStream {
@@ -232,6 +236,7 @@ impl DnsStream {
             used: 0,
             heard: now,
             fed_at: now,
+            late_unheard: false,
         }
     }
 
@@ -338,6 +343,7 @@ impl DnsStream {
         head.copy_from_slice(&id.to_be_bytes());
         tail.copy_from_slice(body);
         self.heard = self.fed_at;
+        self.late_unheard = false;
         Next::Answer { client, len: msg.len() }
     }
 
@@ -347,11 +353,24 @@ impl DnsStream {
     /// ([`Expiry::Stalled`]).
     pub fn expire(&mut self, now: Instant, timeout: Duration) -> Expiry {
         let late = self.inflight.expire(now, timeout);
-        if late > 0 && self.heard.checked_add(timeout).is_some_and(|t| t <= now) {
+        self.late_unheard |= late > 0;
+        let silent_until = self.heard.checked_add(timeout);
+        if self.late_unheard && silent_until.is_some_and(|t| t <= now) {
             let lost = self.inflight.clear();
+            self.late_unheard = false;
             return Expiry::Stalled { late, lost };
         }
-        Expiry::Keep { late, next: self.inflight.oldest().and_then(|t| t.checked_add(timeout)) }
+        let next = self.inflight.oldest().and_then(|t| t.checked_add(timeout));
+        // Late queries and a server silent since less than the timeout (the
+        // tunnel opened after they were queued): judged again when it has
+        // been silent that long, so a silent resolver does not keep its
+        // connection until idle and lose the next lookups too.
+        let recheck = if self.late_unheard { silent_until } else { None };
+        let next = match (next, recheck) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Expiry::Keep { late, next }
     }
 
     /// Drops the frames already cut; frees a buffer grown past what it holds.
@@ -594,8 +613,10 @@ mod tests {
             s.query(other, &query(100 + i as u16, b""), at, CAPS).unwrap();
             let q = take(&mut s);
             if i == 5 {
-                // The slow one goes late at 5 s, alone.
-                assert_eq!(s.expire(at, 5 * S), Expiry::Keep { late: 1, next: Some(at + 5 * S) });
+                // The slow one goes late at 5 s, alone; the connection is
+                // judged again 5 s after the server's last answer (4.5 s),
+                // should it answer nothing more.
+                assert_eq!(s.expire(at, 5 * S), Expiry::Keep { late: 1, next: Some(at + 5 * S - S / 2) });
             }
             s.feed(&answer_to(&q), at + S / 2);
             answered += drain(&mut s)
@@ -629,12 +650,28 @@ mod tests {
         s.feed(&answer_to(&q9), t0 + S);
         assert!(matches!(drain(&mut s)[..], [Next::Answer { .. }]));
         s.query(c, &query(2, b""), t0 + 3 * S, CAPS).unwrap();
-        assert_eq!(s.expire(t0 + 5 * S, 5 * S), Expiry::Keep { late: 1, next: Some(t0 + 8 * S) });
-        // The tunnel opened 4 s ago (a slow handshake): the silence counts from then.
+        // (judged again at 6 s, 5 s after that answer, unless the server answers meanwhile)
+        assert_eq!(s.expire(t0 + 5 * S, 5 * S), Expiry::Keep { late: 1, next: Some(t0 + 6 * S) });
+        // The tunnel opened 4 s ago (a slow handshake): the silence counts
+        // from then, and the connection is judged again when the server has
+        // been silent the whole timeout (issue 25: it used to stay until
+        // idle and lose the next lookups too).
         let mut s = DnsStream::new(t0);
         s.query(c, &query(1, b""), t0, CAPS).unwrap();
         s.opened(t0 + S);
-        assert_eq!(s.expire(t0 + 5 * S, 5 * S), Expiry::Keep { late: 1, next: None });
+        assert_eq!(s.expire(t0 + 5 * S, 5 * S), Expiry::Keep { late: 1, next: Some(t0 + 6 * S) });
+        assert_eq!(s.expire(t0 + 6 * S, 5 * S), Expiry::Stalled { late: 0, lost: 0 });
+        // The same, but the server answers a later query meanwhile: kept.
+        let mut s = DnsStream::new(t0);
+        s.query(c, &query(1, b""), t0, CAPS).unwrap();
+        take(&mut s);
+        s.opened(t0 + S);
+        assert_eq!(s.expire(t0 + 5 * S, 5 * S), Expiry::Keep { late: 1, next: Some(t0 + 6 * S) });
+        s.query(c, &query(2, b""), t0 + 5 * S, CAPS).unwrap();
+        let q2 = take(&mut s);
+        s.feed(&answer_to(&q2), t0 + 5 * S + S / 2);
+        assert!(matches!(drain(&mut s)[..], [Next::Answer { .. }]));
+        assert_eq!(s.expire(t0 + 6 * S, 5 * S), Expiry::Keep { late: 0, next: None });
         // Bytes that never make an answer do not keep it: a trickle of a
         // frame that never completes, or stray frames.
         let mut s = DnsStream::new(t0);

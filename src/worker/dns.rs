@@ -487,8 +487,8 @@ impl WorkerLoop {
                 c.tc.add_all(&self.counters, |c| &c.dns_tcp_lost, lost as u64);
                 c.tc.inc_all(&self.counters, |c| &c.dns_tcp_stalled);
                 let why = format!(
-                    "{late} queries unanswered for dns_answer_timeout_secs and no answer from the server meanwhile \
-                     ({lost} more in flight dropped)"
+                    "queries unanswered for dns_answer_timeout_secs ({late} just now) and no answer from the server \
+                     meanwhile ({lost} more in flight dropped)"
                 );
                 return self.close_dns(slot, &why);
             }

@@ -301,6 +301,7 @@ impl WorkerLoop {
                 self.timers.peek().map(|Reverse((t, _))| *t),
                 self.udp.next_deadline(),
                 self.next_pool_tick,
+                self.tallies.next_due(),
                 stopping_since.map(|t| t + grace),
             ]
             .into_iter()

@@ -104,6 +104,12 @@ impl Tallies {
         Tally { tunnel: t, source: s }
     }
 
+    /// When the loop must wake for the next sweep even if nothing else is
+    /// due: only while there are sources to forget.
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        (!self.sources.is_empty()).then_some(self.next_sweep)
+    }
+
     /// At the end of a loop turn that started (poll returned) at `started`:
     /// a sweep for idle sources when one is due, and the turn's length.
     pub(super) fn end_turn(&mut self, registry: &Registry, counters: &Counters, started: Instant) {
