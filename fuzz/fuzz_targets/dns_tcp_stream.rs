@@ -94,10 +94,15 @@ fuzz_target!(|data: &[u8]| {
                     Expiry::Keep { late, next } => {
                         assert_eq!(s.inflight.len() + late, in_flight);
                         assert!(next.is_none_or(|t| t > now));
-                        assert_eq!(next.is_none(), s.inflight.is_empty());
+                        // Queries in flight always have a deadline; with none
+                        // left, a deadline remains only to judge again a
+                        // server that let queries go late (late_unheard).
+                        assert!(s.inflight.is_empty() || next.is_some());
                     }
                     Expiry::Stalled { late, lost } => {
-                        assert!(late > 0);
+                        // `late` may be 0: queries that went late at an
+                        // earlier expiry, judged once the server had been
+                        // silent the whole timeout.
                         assert_eq!(late + lost, in_flight);
                         assert!(s.inflight.is_empty());
                     }
