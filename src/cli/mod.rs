@@ -343,6 +343,67 @@ pub fn secrets_exposed(path: &Path, s: &Settings) -> Option<String> {
     })
 }
 
+/// One tunnel's line in `check` (never its password).
+fn tunnel_detail(kind: &TunnelKind) -> String {
+    use std::fmt::Write;
+    match kind {
+        TunnelKind::Socks5 {
+            server,
+            auth,
+            udp,
+            udp_relay,
+            warm,
+            warm_udp,
+            warm_max,
+            warm_idle_secs,
+            pipeline,
+        } => {
+            let mut d = format!("Socks5 {server}");
+            if let Some(c) = auth {
+                let _ = write!(d, ", user {} (password set)", c.username);
+            }
+            let _ = write!(d, ", udp {}", if *udp { "on" } else { "off (DNS over TCP)" });
+            if let Some(r) = udp_relay {
+                let _ = write!(d, ", udp relay {r}");
+            }
+            let _ = write!(d, ", warm {warm}, pipelining {}", if *pipeline { "probed" } else { "off" });
+            if *udp {
+                let _ = write!(d, ", warm_udp {warm_udp}");
+            }
+            if *warm_max > *warm.max(warm_udp) {
+                let _ = write!(d, ", pools grow to {warm_max} after bursts");
+            }
+            if *warm_idle_secs > 0 && (*warm > 0 || (*udp && *warm_udp > 0)) {
+                let _ = write!(d, " (closed after {warm_idle_secs} s without a flow)");
+            }
+            d
+        }
+        TunnelKind::HttpConnect { server, auth, pipeline } => {
+            let mut d = format!("HttpConnect {server}");
+            if let Some(c) = auth {
+                let _ = write!(d, ", user {} (password set)", c.username);
+            }
+            if *pipeline {
+                d.push_str(", pipelining on");
+            }
+            d
+        }
+        TunnelKind::Direct { interface, mark, bind } => {
+            let mut d = "Direct".to_string();
+            if let Some(i) = interface {
+                let _ = write!(d, ", interface {i}");
+            }
+            if let Some(m) = mark {
+                let _ = write!(d, ", mark {m}");
+            }
+            if let Some(b) = bind {
+                let _ = write!(d, ", from {b}");
+            }
+            d
+        }
+    }
+}
+
 /// What `check` prints: listeners, tunnels, routes. Never credentials.
 pub fn summary(s: &Settings) -> String {
     use std::fmt::Write;
@@ -354,49 +415,7 @@ pub fn summary(s: &Settings) -> String {
     }
     let _ = writeln!(o, "tunnels ({}):", s.tunnels.len());
     for t in &s.tunnels {
-        let detail = match &t.kind {
-            TunnelKind::Socks5 { server, auth, udp, udp_relay, warm, warm_udp, warm_idle_secs, pipeline } => {
-                let mut d = format!("Socks5 {server}");
-                if let Some(c) = auth {
-                    let _ = write!(d, ", user {} (password set)", c.username);
-                }
-                let _ = write!(d, ", udp {}", if *udp { "on" } else { "off (DNS over TCP)" });
-                if let Some(r) = udp_relay {
-                    let _ = write!(d, ", udp relay {r}");
-                }
-                let _ = write!(d, ", warm {warm}, pipelining {}", if *pipeline { "probed" } else { "off" });
-                if *udp {
-                    let _ = write!(d, ", warm_udp {warm_udp}");
-                }
-                if *warm_idle_secs > 0 && (*warm > 0 || (*udp && *warm_udp > 0)) {
-                    let _ = write!(d, " (closed after {warm_idle_secs} s without a flow)");
-                }
-                d
-            }
-            TunnelKind::HttpConnect { server, auth, pipeline } => {
-                let mut d = format!("HttpConnect {server}");
-                if let Some(c) = auth {
-                    let _ = write!(d, ", user {} (password set)", c.username);
-                }
-                if *pipeline {
-                    d.push_str(", pipelining on");
-                }
-                d
-            }
-            TunnelKind::Direct { interface, mark, bind } => {
-                let mut d = "Direct".to_string();
-                if let Some(i) = interface {
-                    let _ = write!(d, ", interface {i}");
-                }
-                if let Some(m) = mark {
-                    let _ = write!(d, ", mark {m}");
-                }
-                if let Some(b) = bind {
-                    let _ = write!(d, ", from {b}");
-                }
-                d
-            }
-        };
+        let detail = tunnel_detail(&t.kind);
         let _ = writeln!(o, "  {:<12} {detail}", t.name);
     }
     let mut routes: Vec<_> = s.routes.iter().collect();
