@@ -4,6 +4,7 @@
 //! tunnel servers given by name. Every error carries the file, line and
 //! column and says what to change.
 
+pub mod rate;
 mod raw;
 mod resolve;
 mod validate;
