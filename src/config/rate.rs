@@ -97,20 +97,40 @@ fn digits(run: &str) -> Option<u128> {
     run.bytes().try_fold(0u128, |n, b| n.checked_mul(10)?.checked_add(u128::from(b - b'0')))
 }
 
-/// A rate as a person would write it: the largest unit that gives a whole
-/// number (`"20mbit"`, `"10KiB/s"`), else kilobits with up to three
-/// decimals (`"0.008kbit"` for 1 byte/s), which is always exact.
+/// A rate as a person would write it: in gbit or mbit when that takes at
+/// most three decimals (`"1.5gbit"`, `"20mbit"`), else in whole kbit, else
+/// in whole MiB/s or KiB/s (`"10KiB/s"`), else in kbit with three decimals
+/// at most (`"0.008kbit"` for 1 byte/s), which is always exact.
 /// [`parse_rate`] reads every output back to `bytes` (but for 0, which is
-/// no rate: `"0gbit"`, refused).
+/// no rate: `"0kbit"`, refused).
 pub fn format_rate(bytes: BytesPerSec) -> String {
     let b = u128::from(bytes);
-    if let Some((unit, per_unit)) = UNITS.iter().find(|(_, per_unit)| b % per_unit == 0) {
-        return format!("{}{unit}", b / per_unit);
+    let bits = b * 8;
+    for (unit, bits_per_unit) in [("gbit", 1_000_000_000), ("mbit", 1_000_000)] {
+        if bits >= bits_per_unit && (bits * 1000) % bits_per_unit == 0 {
+            return decimal(bits * 1000 / bits_per_unit, unit);
+        }
+    }
+    if bits % 1000 == 0 {
+        return format!("{}kbit", bits / 1000);
+    }
+    for (unit, per_unit) in [("MiB/s", 1 << 20), ("KiB/s", 1 << 10)] {
+        if b % per_unit == 0 {
+            return format!("{}{unit}", b / per_unit);
+        }
     }
     // bytes × 8 bits = thousandths of a kilobit.
-    let bits = b * 8;
-    let decimals = format!("{:03}", bits % 1000);
-    format!("{}.{}kbit", bits / 1000, decimals.trim_end_matches('0'))
+    decimal(bits, "kbit")
+}
+
+/// `thousandths` / 1000 with at most three decimals, and the unit.
+fn decimal(thousandths: u128, unit: &str) -> String {
+    let (whole, frac) = (thousandths / 1000, thousandths % 1000);
+    if frac == 0 {
+        return format!("{whole}{unit}");
+    }
+    let frac = format!("{frac:03}");
+    format!("{whole}.{}{unit}", frac.trim_end_matches('0'))
 }
 
 #[cfg(test)]
@@ -207,7 +227,11 @@ mod tests {
             (62_500, "500kbit"),
             (10_240, "10KiB/s"),
             (2 << 20, "2MiB/s"),
-            (187_500, "1500kbit"),
+            (187_500, "1.5mbit"),
+            (187_500_000, "1.5gbit"),
+            (1_024_000, "8.192mbit"),
+            (1 << 20, "1MiB/s"),
+            (125_000_125, "1000.001mbit"),
             (1, "0.008kbit"),
             (100, "0.8kbit"),
             (137, "1.096kbit"),
