@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use log::{debug, info, warn};
 
+use crate::config::RouteTarget;
 use crate::pool::Pools;
 use crate::route::Cidr;
 use crate::snapshot::{Live, Shared};
@@ -123,7 +124,8 @@ impl Control {
                 self.live.update(|cur| {
                     let mut s = (*cur.settings).clone();
                     let id = s.tunnel_id(&tunnel).ok_or_else(|| format!("no tunnel named \"{tunnel}\""))?;
-                    s.routes.insert(source, id);
+                    // The route is replaced whole: a class it had goes with it.
+                    s.routes.insert(source, RouteTarget::tunnel(id));
                     uncovered = !intercepted(&s.intercept.sources, source);
                     Ok::<_, String>(cur.with_settings(s).with_manual(source, true))
                 })?;
@@ -226,9 +228,9 @@ fn route_list(s: &Shared) -> String {
     }
     let mut routes: Vec<_> = s.settings.routes.iter().collect();
     routes.sort_by_key(|(c, _)| (!c.is_ipv4(), c.addr(), c.len()));
-    for (c, id) in routes {
+    for (c, target) in routes {
         let origin = if s.manual.contains(&c) { "route set" } else { "config" };
-        o.push_str(&format!("{c} -> {}  ({origin})\n", s.settings.tunnels[usize::from(id)].name));
+        o.push_str(&format!("{c} -> {}  ({origin})\n", s.settings.target_text(target)));
     }
     match s.settings.default {
         Some(id) => o.push_str(&format!("(default) -> {}\n", s.settings.tunnels[usize::from(id)].name)),

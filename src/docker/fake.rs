@@ -135,7 +135,11 @@ impl Fake {
     }
 
     fn settings(&self) -> DockerSettings {
-        DockerSettings { socket: self.socket.clone(), label: "egressd.tunnel".into() }
+        DockerSettings {
+            socket: self.socket.clone(),
+            label: "egressd.tunnel".into(),
+            class_label: "egressd.class".into(),
+        }
     }
 }
 
@@ -541,7 +545,7 @@ fn a_stop_ends_the_thread_promptly_whatever_it_waits_for() {
     f.end();
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     // Sleeping between attempts at a socket that is not there.
-    let gone = DockerSettings { socket: fake.dir.join("nothing.sock"), label: "x".into() };
+    let gone = DockerSettings { socket: fake.dir.join("nothing.sock"), label: "x".into(), ..fake.settings() };
     let (f, _) = follow_at(gone, Timing { backoff_min: Duration::from_secs(20), ..FAST });
     std::thread::sleep(Duration::from_millis(100));
     let t0 = Instant::now();

@@ -111,7 +111,11 @@ mod tests {
 
     #[test]
     fn an_unreadable_socket_says_how_to_grant_access() {
-        let d = DockerSettings { socket: "/run/docker.sock".into(), label: "egressd.tunnel".into() };
+        let d = DockerSettings {
+            socket: "/run/docker.sock".into(),
+            label: "egressd.tunnel".into(),
+            class_label: "egressd.class".into(),
+        };
         let c = socket_failure(&d, "cannot connect to /run/docker.sock: Permission denied (os error 13)");
         assert_eq!(c.status, crate::doctor::Status::Fail);
         assert!(c.fix.unwrap().contains("docker group"));

@@ -155,7 +155,7 @@ impl Shared {
             LabelVerdict::None => {}
         }
         match self.settings.routes.lookup_route(client) {
-            Some((c, id)) => Some((Some(c), id)),
+            Some((c, target)) => Some((Some(c), target.tunnel)),
             None => self.settings.default.map(|id| (None, id)),
         }
     }
