@@ -397,6 +397,13 @@ pub fn summary(s: &Settings) -> String {
             d.label,
             d.socket.display()
         );
+        if !s.classes.is_empty() {
+            let _ = writeln!(
+                o,
+                "docker: a label {}=CLASS gives a labelled container its class (an unknown class rejects, as an unknown tunnel does)",
+                d.class_label
+            );
+        }
     }
     let _ = writeln!(o, "threads: {} front loops, {} tunnel workers", s.threads, s.threads);
     o
@@ -502,6 +509,7 @@ mod tests {
             "  live         up no cap, down no cap, weight 4\n",
             "  10.8.0.10/32             -> hk0, class slow\n",
             "  10.8.0.11/32             -> wg\n",
+            "docker: a label egressd.class=CLASS gives a labelled container its class (an unknown class rejects, as an unknown tunnel does)\n",
         ] {
             assert!(out.contains(line), "{line:?} missing from\n{out}");
         }
