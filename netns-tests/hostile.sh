@@ -499,17 +499,20 @@ cat >"$CONF" <<EOF
 (
     listen: ["10.8.0.1:10900", "[fd08::1]:10900"],
     tunnels: {
-        "exit1": Socks5(server: "100.64.1.2:1080"),
-        "exit2": Socks5(server: "100.64.2.2:1080"),
-        "cone": Socks5(server: "100.64.3.2:1080"),
-        "forge": Socks5(server: "100.64.0.2:1081"),
+        // Fixed pools (warm_max = warm 2): F2/F4 want egressd's fds exactly
+        // back at the baseline, which a pool grown by the chaos' bursts
+        // would move (pools.sh 5 shows the learning).
+        "exit1": Socks5(warm_max: 2, server: "100.64.1.2:1080"),
+        "exit2": Socks5(warm_max: 2, server: "100.64.2.2:1080"),
+        "cone": Socks5(warm_max: 2, server: "100.64.3.2:1080"),
+        "forge": Socks5(warm_max: 2, server: "100.64.0.2:1081"),
         "direct": Direct(interface: "dlink"),
         // E: microsocks, no UDP: container DNS goes as DNS over TCP.
-        "nudp": Socks5(server: "100.64.0.2:1080", udp: false),
+        "nudp": Socks5(warm_max: 2, server: "100.64.0.2:1080", udp: false),
         // F: the chaos exit (tools/chaos_exit.py).
-        "chaos": Socks5(server: "$CHAOS_ADDR:1090"),
-        "chaos_auth": Socks5(server: "$CHAOS_ADDR:1091", username: "chaos", password: "chaos-pw"),
-        "chaos_tcp": Socks5(server: "$CHAOS_ADDR:1090", udp: false),
+        "chaos": Socks5(warm_max: 2, server: "$CHAOS_ADDR:1090"),
+        "chaos_auth": Socks5(warm_max: 2, server: "$CHAOS_ADDR:1091", username: "chaos", password: "chaos-pw"),
+        "chaos_tcp": Socks5(warm_max: 2, server: "$CHAOS_ADDR:1090", udp: false),
         "chaos_http": HttpConnect(server: "$CHAOS_ADDR:1092"),
     },
     routes: [

@@ -19,10 +19,14 @@
 #
 # Routes: c0 -> micro (exit0, warm default, pipeline default), c1 -> good,
 # c2 -> authA (usera), c3 -> authB (userb), c4 -> idle, c5 -> short,
-# c6 -> cold (warm: 0, pipeline: false), c7 -> burst (warm: 4), c8 -> flaky,
+# c6 -> cold (warm: 0, pipeline: false), c7 -> burst (warm: 4, learning
+# bursts up to the default warm_max 64), c8 -> flaky,
 # c9 and c10 -> fair (warm: 4), c11 -> late (warm: 0, pipelining probed).
+# good and idle have fixed pools (warm_max: 2): 1 and 3 count their
+# refills and refreshes one by one, which a pool grown by a burst of the
+# checks' own curls would blur; burst shows the learning (5).
 #
-# Checks (one PASS/FAIL line each; 26 on every path, plan_checks), in the
+# Checks (one PASS/FAIL line each; 27 on every path, plan_checks), in the
 # order they run (0 before egressd; 6 first after it: it needs egressd's
 # first seconds; 3a's flows run in the background from the start). Against
 # an egressd without pools most of them fail, and each of 3c, 3e, 4c, 5c
@@ -88,17 +92,23 @@
 #   5a a burst of 2000 connections from c7 (at most 200 at once, 90 s
 #      bound) through "burst" (warm 4): every one gets the right bytes
 #   5b pool_ready{burst} sampled (>= 5 samples) during the burst never
-#      exceeds 4, and the burst did use and exhaust the pool (hits and
-#      misses grew)
-#   5c at the exit, greeted-but-idle connections never exceeded 4 (the
+#      exceeds warm_max (64), exceeds warm (4) at some sample (the pool
+#      learned the burst), and the burst did use and exhaust the pool (hits
+#      and misses grew)
+#   5c at the exit, greeted-but-idle connections never exceeded 64 (the
 #      server's own 50 ms sampling; bytes waiting in the kernel count as
 #      a request under way, not idle). With the pool empty egressd sends
 #      greeting and CONNECT in one flight to a server that takes it, so a
 #      miss never waits greeted: every greeted-and-waiting connection is a
 #      pooled one. (Without pools, unpipelined handshakes under this burst
 #      showed up to 84 at once; with refills not counting pending ones, 553:
-#      pool_ready stays <= 4 then, only the exit sees it.)
-#   5d after the burst the pool is back to 4/4, 4 idle at the exit
+#      pool_ready stays in bounds then, only the exit sees it.)
+#   5d after the burst the pool holds what it learned: pool_ready 64, 64
+#      idle at the exit (exactly: nothing more is held), and `egressd
+#      stats` says "ready 64/64" and "grown to a burst of 64 (warm 4)"
+#   5e a later burst of 64 connections at once from c7 finds them ready:
+#      pool_hits +62 or more (c7's share: ceil(4/2) and the 60 the burst
+#      taught), all 64 right (a fixed pool of 4 gives at most 4 hits)
 #   8  fair share: with greetings slowed to 5 s at the exit (no refill or
 #      fresh connection is ready before all 5 flows are placed), 4 curls
 #      at once from c9 take 2 of fair's 4 pooled connections (ceil(4/2))
@@ -128,7 +138,7 @@ set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
-plan_checks 26
+plan_checks 27
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
 
@@ -332,10 +342,10 @@ write_conf() {
 	    listen: ["10.8.0.1:10900", "[fd08::1]:10900"],
 	    tunnels: {
 	        "micro": Socks5(server: "100.64.0.2:1080", udp: false),
-	        "good": Socks5(server: "100.64.1.2:1080", udp: false, warm: 2),
+	        "good": Socks5(server: "100.64.1.2:1080", udp: false, warm: 2, warm_max: 2),
 	        "authA": Socks5(server: "100.64.1.2:1081", username: "usera", password: "$1", udp: false, warm: 2),
 	        "authB": Socks5(server: "100.64.1.2:1081", username: "userb", password: "$PB", udp: false, warm: 2),
-	        "idle": Socks5(server: "100.64.1.2:1082", udp: false, warm: 2, pipeline: true),
+	        "idle": Socks5(server: "100.64.1.2:1082", udp: false, warm: 2, warm_max: 2, pipeline: true),
 	        "short": Socks5(server: "100.64.1.2:1083", udp: false, warm: 2),
 	        "burst": Socks5(server: "100.64.1.2:1084", udp: false, warm: 4),
 	        "cold": Socks5(server: "100.64.2.2:1080", udp: false, warm: 0, pipeline: false),
@@ -700,30 +710,46 @@ case $bres in
 esac
 hb1=$(num "$(pnow pool_hits_total burst)")
 mb1=$(num "$(pnow pool_misses_total burst)")
-if [ "$samples" -ge 5 ] && [ -z "$bad_sample" ] && [ "$rmax" -le 4 ] && [ $((hb1 - hb0)) -ge 1 ] && [ $((mb1 - mb0)) -ge 1 ]; then
-	pass "5b pool_ready{burst} <= 4 in all $samples samples (max $rmax: ${rvals%,}...), the burst used and exhausted the pool (hits +$((hb1 - hb0)), misses +$((mb1 - mb0)))"
+if [ "$samples" -ge 5 ] && [ -z "$bad_sample" ] && [ "$rmax" -le 64 ] && [ "$rmax" -gt 4 ] && [ $((hb1 - hb0)) -ge 1 ] && [ $((mb1 - mb0)) -ge 1 ]; then
+	pass "5b pool_ready{burst} <= 64 (warm_max) in all $samples samples and above warm 4 in some (max $rmax: ${rvals%,}...): the pool learned the burst, which used and exhausted it (hits +$((hb1 - hb0)), misses +$((mb1 - mb0)))"
 else
-	fail "5b pool_ready never above warm during the burst" \
-		"$samples samples${bad_sample:+ (some absent)}, max $rmax (want <= 4): ${rvals%,}; hits +$((hb1 - hb0)), misses +$((mb1 - mb0)) (want both >= 1)"
+	fail "5b pool_ready between warm and warm_max during the burst" \
+		"$samples samples${bad_sample:+ (some absent)}, max $rmax (want 5..64): ${rvals%,}; hits +$((hb1 - hb0)), misses +$((mb1 - mb0)) (want both >= 1)"
 fi
 mi=$(st burst max_idle)
 npipe=$(grep -c '^req .* pipelined=1 ' "$EG_TMP/burst.log")
 nreq=$(grep -c '^req ' "$EG_TMP/burst.log")
-if [ "$mi" -le 4 ] && [ "$(st burst accepted)" -ge 5 ]; then
-	pass "5c at the exit no more than $mi (<= 4) greeted idle connections at any 50 ms sample since start, burst included ($(st burst accepted) accepted; $npipe/$nreq requests came pipelined with their greeting)"
+if [ "$mi" -le 64 ] && [ "$(st burst accepted)" -ge 5 ]; then
+	pass "5c at the exit no more than $mi (<= 64, warm_max) greeted idle connections at any 50 ms sample since start, burst included ($(st burst accepted) accepted; $npipe/$nreq requests came pipelined with their greeting)"
 else
-	fail "5c greeted idle connections at the exit must stay <= 4" \
+	fail "5c greeted idle connections at the exit must stay <= warm_max 64" \
 		"max_idle $mi, idle for >= 1 s at most $(st burst max_held); $npipe/$nreq requests pipelined (a miss sent unpipelined waits idle for a round trip); $(oneline <"$EG_TMP/burst.st")"
 fi
-wait_until 5 st_is burst idle 4
-wait_until 3 pnow_is pool_ready burst 4
+wait_until 10 st_is burst idle 64
+wait_until 5 pnow_is pool_ready burst 64
 rb=$(pnow pool_ready burst)
 ib=$(st burst idle)
-if [ "$rb" != absent ] && [ "$(num "$rb")" -eq 4 ] && [ "$ib" -eq 4 ]; then
-	pass "5d after the burst the pool is back to 4: pool_ready 4, 4 idle at the exit"
+lb=$(pool_line burst)
+if [ "$rb" != absent ] && [ "$(num "$rb")" -eq 64 ] && [ "$ib" -eq 64 ] &&
+	printf '%s\n' "$lb" | grep -q ' ready 64/64 ' && printf '%s\n' "$lb" | grep -q 'grown to a burst of 64 (warm 4)'; then
+	pass "5d after the burst the pool holds what it learned: pool_ready 64, 64 idle at the exit; stats: $(printf '%s' "$lb" | oneline 160)"
 else
-	fail "5d pool refilled after the burst" "pool_ready '$rb', idle at the exit $ib (want 4 / 4)"
+	fail "5d pool refilled to the learned burst" "pool_ready '$rb', idle at the exit $ib (want 64 / 64); stats line: '$(printf '%s' "$lb" | oneline 200)'"
 fi
+hb2=$(num "$(pnow pool_hits_total burst)")
+b2=$(timeout -k 5 40 ip netns exec "${NS_C[7]}" "$(python_bin)" "$EG_TOOLS/socks_server.py" burst \
+	"$TARGET4" 80 64 64 30 "$EX1" 2>&1 </dev/null)
+hb3=$(num "$(pnow pool_hits_total burst)")
+case $b2 in
+"ok good 64/64 "*)
+	if [ $((hb3 - hb2)) -ge 62 ]; then
+		pass "5e a later burst of 64 at once finds the learned pool: pool_hits +$((hb3 - hb2)) (>= 62; fixed warm 4 would give <= 4); $(printf '%s' "$b2" | oneline 100)"
+	else
+		fail "5e a later burst is served from the learned pool" "pool_hits +$((hb3 - hb2)) (want >= 62); $(printf '%s' "$b2" | oneline 160)"
+	fi
+	;;
+*) fail "5e a later burst of 64 connections" "$(printf '%s' "$b2" | oneline)" ;;
+esac
 
 # ================================================================== 8 fair share
 # fair's exit answers greetings only after 5 s for the check's length, so

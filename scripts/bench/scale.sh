@@ -20,7 +20,9 @@
 # LAT_GAP=2 (RTTs between single probes), SCALE_SOURCES=1000 (sources of the
 # top/scrape part), SCALE_10K=10000 (sources of the forgetting part),
 # SCALE_10K_FLOWS=1 (0: routes only, no flows from those addresses),
-# SCALE_IDLE=60 (seconds idle before the last RSS), SCALE_DOCKER=1 (Docker
+# SCALE_FORGET=30 (egressd's control.forget_sources_secs), SCALE_IDLE
+# (seconds idle before the last RSS; default SCALE_FORGET + 30: past the
+# forget interval and two sweep rounds over 10 000 sources), SCALE_DOCKER=1 (Docker
 # churn: a hook, see docker_part), OUT=dir (default bench-out/scale),
 # EGRESSD=path (default target/release/egressd, or $CARGO_TARGET_DIR's; built
 # if missing), RUST_LOG (egressd's; warn).
@@ -73,7 +75,9 @@
 #             egressd_worker_turn_max_seconds (in us) if /metrics has it (else n/a);
 #   10k       RSS; `egressd route set` for SCALE_10K /32 sources (two CLIs at
 #             once); RSS; one flow from each (SCALE_10K_FLOWS=1); RSS; idle
-#             SCALE_IDLE s; RSS: what egressd keeps of sources that came once;
+#             SCALE_IDLE s; RSS and the source series left in /metrics: what
+#             egressd keeps of sources that came once; then `route del` of
+#             them all and RSS once more;
 #   docker    SCALE_DOCKER=1 only: a hook for fake_docker.py's load generator.
 # Every flow's answer is checked (the target saw the exit's egress address);
 # packets through gw's uplink are counted (leak_pkts, must be 0).
@@ -94,7 +98,7 @@ EG_ID=${SCALE_EG_ID:-egs$$}
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
 	REPS=${REPS:-1}; REST_S=${REST_S:-10}; LAT_REPS=${LAT_REPS:-1}; LAT_N=${LAT_N:-15}
-	SCALE_10K=${SCALE_10K:-2000}; SCALE_IDLE=${SCALE_IDLE:-20}
+	SCALE_10K=${SCALE_10K:-2000}; SCALE_FORGET=${SCALE_FORGET:-10}
 fi
 SCALE_N=${SCALE_N:-1000}
 SCALE_NS=${SCALE_NS:-"1 $SCALE_N"}
@@ -112,10 +116,11 @@ LAT_GAP=${LAT_GAP:-2}
 SCALE_SOURCES=${SCALE_SOURCES:-1000}
 SCALE_10K=${SCALE_10K:-10000}
 SCALE_10K_FLOWS=${SCALE_10K_FLOWS:-1}
-SCALE_IDLE=${SCALE_IDLE:-60}
+SCALE_FORGET=${SCALE_FORGET:-30}
+SCALE_IDLE=${SCALE_IDLE:-$((SCALE_FORGET + 30))}
 SCALE_DOCKER=${SCALE_DOCKER:-0}
 OUT=${OUT:-$REPO/bench-out/scale}
-for v in SCALE_N SCALE_EXITS REPS REST_S PERF_S RTT LAT_REPS LAT_N LAT_BURST LAT_LATER LAT_GAP SCALE_SOURCES SCALE_10K SCALE_IDLE; do
+for v in SCALE_N SCALE_EXITS REPS REST_S PERF_S RTT LAT_REPS LAT_N LAT_BURST LAT_LATER LAT_GAP SCALE_SOURCES SCALE_10K SCALE_FORGET SCALE_IDLE; do
 	[[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "scale.sh: $v must be a whole number > 0 (got '${!v}')" >&2; exit 2; }
 done
 for n in $SCALE_NS; do
@@ -323,7 +328,8 @@ egressd_conf() {
 		src_addrs "$SRC_BASE" 0 "$n" | awk -v w="$NAME_W" '{ printf "        (source: \"%s\", tunnel: \"t%0*d\"),\n", $1, w, NR }'
 		printf '    ],\n'
 		printf '    intercept: (sources: ["10.8.0.0/16"], mark: %s, table: %s),\n' "$MARK" "$TABLE"
-		printf '    control: (socket: "%s", metrics_listen: "%s"),\n)\n' "$SOCK" "$METRICS_ADDR"
+		printf '    control: (socket: "%s", metrics_listen: "%s", forget_sources_secs: %s),\n)\n' \
+			"$SOCK" "$METRICS_ADDR" "$SCALE_FORGET"
 	} >"$EG_CONF"
 	chmod 600 "$EG_CONF"
 }
@@ -609,7 +615,14 @@ tenk_part() {
 	fi
 	say "  idle ${SCALE_IDLE} s"
 	sleep "$SCALE_IDLE"
-	sample rss_10k_idle_mib 1 "$(rss_mib)" MiB "after ${SCALE_IDLE} s idle; $(proc_line)"
+	sample rss_10k_idle_mib 1 "$(rss_mib)" MiB "after ${SCALE_IDLE} s idle (forget_sources_secs $SCALE_FORGET); $(proc_line)"
+	tmo 20 "$NS_GW" curl -sS --max-time 10 -o "$EG_TMP/metrics-idle.txt" "http://$METRICS_ADDR/metrics" >/dev/null 2>&1
+	sample source_series_idle 1 "$(grep -c 'source="' "$EG_TMP/metrics-idle.txt" 2>/dev/null)" "" \
+		"series with a source label in /metrics after the idle wait (the 1 000 of the sources part included)"
+	sed -n 's/^--source \([^ ]*\) .*/--source \1/p' "$EG_TMP/route-set.txt" >"$EG_TMP/route-del.txt"
+	tmo 900 "$NS_GW" xargs -P 2 -L 1 "$EGRESSD_BIN" route del --socket "$SOCK" <"$EG_TMP/route-del.txt" \
+		>"$EG_TMP/route-del.log" 2>&1
+	sample rss_10k_unrouted_mib 1 "$(rss_mib)" MiB "after route del of the $SCALE_10K"
 }
 
 # docker_part — HOOK (issue 25): Docker churn. netns-tests/tools/fake_docker.py
@@ -721,7 +734,7 @@ printf 'n\tmetric\trep\tvalue\tunit\tnote\n' >"$SAMPLES"
 printf 'n\tmetric\trep\tms\tnote\n' >"$OUT/latency-samples.tsv"
 {
 	echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-	echo "command: QUICK=$QUICK SCALE_NS=\"$SCALE_NS\" SCALE_WARM=$SCALE_WARM SCALE_EXITS=$SCALE_EXITS REPS=$REPS REST_S=$REST_S RTT=$RTT LAT_REPS=$LAT_REPS LAT_N=$LAT_N LAT_BURST=$LAT_BURST LAT_LATER=$LAT_LATER LAT_GAP=$LAT_GAP SCALE_SOURCES=$SCALE_SOURCES SCALE_10K=$SCALE_10K SCALE_10K_FLOWS=$SCALE_10K_FLOWS SCALE_IDLE=$SCALE_IDLE SCALE_DOCKER=$SCALE_DOCKER scripts/bench/scale.sh"
+	echo "command: QUICK=$QUICK SCALE_NS=\"$SCALE_NS\" SCALE_WARM=$SCALE_WARM SCALE_EXITS=$SCALE_EXITS REPS=$REPS REST_S=$REST_S RTT=$RTT LAT_REPS=$LAT_REPS LAT_N=$LAT_N LAT_BURST=$LAT_BURST LAT_LATER=$LAT_LATER LAT_GAP=$LAT_GAP SCALE_SOURCES=$SCALE_SOURCES SCALE_10K=$SCALE_10K SCALE_10K_FLOWS=$SCALE_10K_FLOWS SCALE_FORGET=$SCALE_FORGET SCALE_IDLE=$SCALE_IDLE SCALE_DOCKER=$SCALE_DOCKER scripts/bench/scale.sh"
 	echo "host: $(uname -srm), $(nproc) CPUs, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//')"
 	echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "egressd: $EGRESSD_SRC ($("$EGRESSD_BIN" --version 2>/dev/null), sha256 $(sha256sum "$EGRESSD_BIN" | cut -c1-12)), tree at $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet -- src 2>/dev/null || echo ' (src/ changed)')"

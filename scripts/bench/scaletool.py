@@ -312,6 +312,8 @@ METRICS = [
     ("flows_10k_ok", "{K} sources, one flow each: ok", ""),
     ("rss_10k_flows_mib", "{K} sources: RSS after their flows", "MiB"),
     ("rss_10k_idle_mib", "{K} sources: RSS after the idle wait", "MiB"),
+    ("source_series_idle", "{K} sources: source series left after the idle wait", ""),
+    ("rss_10k_unrouted_mib", "{K} sources: RSS after route del of them all", "MiB"),
     ("leak_pkts", "packets out through gw's uplink (must be 0)", ""),
     ("docker_churn", "Docker churn (SCALE_DOCKER=1)", ""),
 ]
@@ -319,7 +321,7 @@ LATENCY = {m for m, _, _ in METRICS if m.startswith("lat_")}
 # Metrics whose note says something worth a line under the table (others'
 # notes show only when they report an error or the value is n/a).
 NOTED = {"warmup_s", "rest_syscalls_s", "flows_1000_ok", "flows_10k_ok", "route_set_10k_s",
-         "rss_10k_idle_mib", "scrape_kib", "top_once_ms"}
+         "rss_10k_idle_mib", "source_series_idle", "scrape_kib", "top_once_ms"}
 
 
 def fmt(v):

@@ -344,6 +344,67 @@ pub fn secrets_exposed(path: &Path, s: &Settings) -> Option<String> {
     })
 }
 
+/// One tunnel's line in `check` (never its password).
+fn tunnel_detail(kind: &TunnelKind) -> String {
+    use std::fmt::Write;
+    match kind {
+        TunnelKind::Socks5 {
+            server,
+            auth,
+            udp,
+            udp_relay,
+            warm,
+            warm_udp,
+            warm_max,
+            warm_idle_secs,
+            pipeline,
+        } => {
+            let mut d = format!("Socks5 {server}");
+            if let Some(c) = auth {
+                let _ = write!(d, ", user {} (password set)", c.username);
+            }
+            let _ = write!(d, ", udp {}", if *udp { "on" } else { "off (DNS over TCP)" });
+            if let Some(r) = udp_relay {
+                let _ = write!(d, ", udp relay {r}");
+            }
+            let _ = write!(d, ", warm {warm}, pipelining {}", if *pipeline { "probed" } else { "off" });
+            if *udp {
+                let _ = write!(d, ", warm_udp {warm_udp}");
+            }
+            if *warm_max > *warm.max(warm_udp) {
+                let _ = write!(d, ", pools grow to {warm_max} after bursts");
+            }
+            if *warm_idle_secs > 0 && (*warm > 0 || (*udp && *warm_udp > 0)) {
+                let _ = write!(d, " (closed after {warm_idle_secs} s without a flow)");
+            }
+            d
+        }
+        TunnelKind::HttpConnect { server, auth, pipeline } => {
+            let mut d = format!("HttpConnect {server}");
+            if let Some(c) = auth {
+                let _ = write!(d, ", user {} (password set)", c.username);
+            }
+            if *pipeline {
+                d.push_str(", pipelining on");
+            }
+            d
+        }
+        TunnelKind::Direct { interface, mark, bind } => {
+            let mut d = "Direct".to_string();
+            if let Some(i) = interface {
+                let _ = write!(d, ", interface {i}");
+            }
+            if let Some(m) = mark {
+                let _ = write!(d, ", mark {m}");
+            }
+            if let Some(b) = bind {
+                let _ = write!(d, ", from {b}");
+            }
+            d
+        }
+    }
+}
+
 /// What `check` prints: listeners, tunnels, routes. Never credentials.
 pub fn summary(s: &Settings) -> String {
     use std::fmt::Write;
@@ -355,7 +416,7 @@ pub fn summary(s: &Settings) -> String {
     }
     let _ = writeln!(o, "tunnels ({}):", s.tunnels.len());
     for t in &s.tunnels {
-        let _ = writeln!(o, "  {:<12} {}", t.name, tunnel_detail(t));
+        let _ = writeln!(o, "  {:<12} {}", t.name, tunnel_line(t));
     }
     o.push_str(&classes_summary(s));
     let mut routes: Vec<_> = s.routes.iter().collect();
@@ -409,52 +470,10 @@ pub fn summary(s: &Settings) -> String {
     o
 }
 
-/// A tunnel as `check` shows it: kind, server and settings, never a password.
-fn tunnel_detail(t: &Tunnel) -> String {
+/// One tunnel's line in `check`: its kind's details and its rate.
+fn tunnel_line(t: &Tunnel) -> String {
     use std::fmt::Write;
-    let mut detail = match &t.kind {
-        TunnelKind::Socks5 { server, auth, udp, udp_relay, warm, warm_udp, warm_idle_secs, pipeline } => {
-            let mut d = format!("Socks5 {server}");
-            if let Some(c) = auth {
-                let _ = write!(d, ", user {} (password set)", c.username);
-            }
-            let _ = write!(d, ", udp {}", if *udp { "on" } else { "off (DNS over TCP)" });
-            if let Some(r) = udp_relay {
-                let _ = write!(d, ", udp relay {r}");
-            }
-            let _ = write!(d, ", warm {warm}, pipelining {}", if *pipeline { "probed" } else { "off" });
-            if *udp {
-                let _ = write!(d, ", warm_udp {warm_udp}");
-            }
-            if *warm_idle_secs > 0 && (*warm > 0 || (*udp && *warm_udp > 0)) {
-                let _ = write!(d, " (closed after {warm_idle_secs} s without a flow)");
-            }
-            d
-        }
-        TunnelKind::HttpConnect { server, auth, pipeline } => {
-            let mut d = format!("HttpConnect {server}");
-            if let Some(c) = auth {
-                let _ = write!(d, ", user {} (password set)", c.username);
-            }
-            if *pipeline {
-                d.push_str(", pipelining on");
-            }
-            d
-        }
-        TunnelKind::Direct { interface, mark, bind } => {
-            let mut d = "Direct".to_string();
-            if let Some(i) = interface {
-                let _ = write!(d, ", interface {i}");
-            }
-            if let Some(m) = mark {
-                let _ = write!(d, ", mark {m}");
-            }
-            if let Some(b) = bind {
-                let _ = write!(d, ", from {b}");
-            }
-            d
-        }
-    };
+    let mut detail = tunnel_detail(&t.kind);
     if let Some(r) = t.rate {
         let _ = write!(detail, ", rate {} each way (shared by class weights)", format_rate(r));
     }
@@ -501,7 +520,7 @@ mod tests {
             docker: ())"#;
         let out = summary(&Settings::parse("t.ron", text).unwrap());
         for line in [
-            "  hk0          Socks5 100.64.0.2:1080, udp on, warm 2, pipelining probed, warm_udp 2 (closed after 300 s without a flow), rate 1.5gbit each way (shared by class weights)\n",
+            "  hk0          Socks5 100.64.0.2:1080, udp on, warm 2, pipelining probed, warm_udp 2, pools grow to 64 after bursts (closed after 300 s without a flow), rate 1.5gbit each way (shared by class weights)\n",
             "  wg           Direct, interface wg0\n",
             "classes (3; parsed and validated, not yet enforced by this version):\n",
             "  slow         up 20mbit, down 20mbit, weight 1\n",

@@ -191,6 +191,9 @@ pub enum TunnelKind {
         warm: u16,
         /// UDP associations kept ready (control connection + relay socket); 0: none.
         warm_udp: u16,
+        /// The most each pool grows to when bursts of new flows teach it
+        /// (never below `warm` / `warm_udp`; equal to them: fixed pools).
+        warm_max: u16,
         /// Seconds without a flow after which the pools close what they hold
         /// and stop refilling until the next flow; 0: never.
         warm_idle_secs: u32,
@@ -218,6 +221,14 @@ impl TunnelKind {
     pub fn warm(&self) -> usize {
         match self {
             TunnelKind::Socks5 { warm, server, .. } if server.addr.is_some() => usize::from(*warm),
+            _ => 0,
+        }
+    }
+
+    /// The most the tunnel's pools grow to by learning bursts (0 without a pool).
+    pub fn warm_max(&self) -> usize {
+        match self {
+            TunnelKind::Socks5 { warm_max, server, .. } if server.addr.is_some() => usize::from(*warm_max),
             _ => 0,
         }
     }
@@ -367,6 +378,9 @@ impl UdpSettings {
 pub struct ControlSettings {
     pub socket: PathBuf,
     pub metrics_listen: Option<SocketAddr>,
+    /// A route source without a flow or session this long has its counters
+    /// and series forgotten (`control.forget_sources_secs`).
+    pub forget_sources: Duration,
 }
 
 /// A config error: where it is and what to do about it.

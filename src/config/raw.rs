@@ -88,6 +88,8 @@ pub enum RawTunnel {
         warm: u16,
         #[serde(default = "warm_default")]
         warm_udp: u16,
+        #[serde(default = "warm_max_default")]
+        warm_max: u16,
         #[serde(default = "warm_idle_default")]
         warm_idle_secs: u32,
         #[serde(default = "yes")]
@@ -278,11 +280,14 @@ impl Default for RawUdp {
 pub struct RawControl {
     pub socket: String,
     pub metrics_listen: Option<Addr>,
+    /// Seconds a route source goes without a flow or session before its
+    /// counters and series are forgotten.
+    pub forget_sources_secs: u64,
 }
 
 impl Default for RawControl {
     fn default() -> Self {
-        RawControl { socket: "/run/egressd.sock".into(), metrics_listen: None }
+        RawControl { socket: "/run/egressd.sock".into(), metrics_listen: None, forget_sources_secs: 600 }
     }
 }
 
@@ -522,6 +527,10 @@ pub const WARM_DEFAULT: u16 = 2;
 
 fn warm_default() -> u16 {
     WARM_DEFAULT
+}
+
+fn warm_max_default() -> u16 {
+    crate::config::WARM_MAX
 }
 
 /// Seconds without a flow after which a tunnel's pools close what they hold

@@ -33,13 +33,24 @@ fn spec_minimal_example_parses_exactly_as_written() {
     assert_eq!(s.tunnels.len(), 2);
     assert_eq!(s.tunnels[0].name, "hk0");
     match &s.tunnels[1].kind {
-        TunnelKind::Socks5 { server, auth, udp, udp_relay, warm, warm_udp, warm_idle_secs, pipeline } => {
+        TunnelKind::Socks5 {
+            server,
+            auth,
+            udp,
+            udp_relay,
+            warm,
+            warm_udp,
+            warm_max,
+            warm_idle_secs,
+            pipeline,
+        } => {
             assert_eq!(server.addr, Some("100.64.1.2:1080".parse().unwrap()));
             assert_eq!(auth.as_ref().unwrap().username, "u");
             assert!(*udp, "udp defaults to true");
             assert_eq!(*udp_relay, None);
             assert_eq!((*warm, *warm_udp), (2, 2), "two warm connections and associations by default");
             assert_eq!(*warm_idle_secs, 300, "pools go cold after 5 minutes without a flow by default");
+            assert_eq!(*warm_max, 64, "pools learn bursts up to 64 by default");
             assert!(*pipeline, "pipelining is probed by default");
         }
         other => panic!("wrong kind {other:?}"),
@@ -69,6 +80,7 @@ fn defaults_match_the_spec() {
     assert!(s.threads >= 1);
     assert_eq!(s.control.socket, PathBuf::from("/run/egressd.sock"));
     assert_eq!(s.control.metrics_listen, None);
+    assert_eq!(s.control.forget_sources, Duration::from_secs(600), "sources forgotten after 10 idle minutes");
     assert!(s.bypass.is_empty());
 }
 
@@ -89,7 +101,7 @@ fn every_key_can_be_set() {
               max_reply_sockets: 10, pending_datagrams: 4, dns_over_tcp: false,
               dns_answer_timeout_secs: 2),
         threads: 2,
-        control: (socket: "/tmp/e.sock", metrics_listen: "127.0.0.1:9100"),
+        control: (socket: "/tmp/e.sock", metrics_listen: "127.0.0.1:9100", forget_sources_secs: 30),
         bypass: ["203.0.113.0/24"],
     )"#;
     let s = parse(text).unwrap();
@@ -101,6 +113,7 @@ fn every_key_can_be_set() {
     assert_eq!(s.udp.max_sessions, 100);
     assert_eq!(s.udp.dns_answer_timeout, Duration::from_secs(2));
     assert_eq!(s.control.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
+    assert_eq!(s.control.forget_sources, Duration::from_secs(30));
     assert_eq!(s.bypass[0].to_string(), "203.0.113.0/24");
     match &s.tunnels[0].kind {
         TunnelKind::Socks5 { server, udp, udp_relay, .. } => {
@@ -425,6 +438,16 @@ fn warm_pool_and_pipeline_settings() {
             .unwrap_err()
             .to_string();
     assert!(e.contains("warm is 65; at most 64"), "{e}");
+    // warm_max: the ceiling of learned bursts, never below warm / warm_udp.
+    let fixed = |t: &str| with(r#"Socks5(server: "100.64.1.2:1080""#, t);
+    let s = parse(&fixed(r#"Socks5(warm: 4, warm_max: 4, server: "100.64.1.2:1080""#)).unwrap();
+    assert_eq!((s.tunnels[1].kind.warm(), s.tunnels[1].kind.warm_max()), (4, 4));
+    let e = parse(&fixed(r#"Socks5(warm_udp: 8, warm_max: 4, server: "100.64.1.2:1080""#))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("warm_max is 4, below warm (2) or warm_udp (8)"), "{e}");
+    let e = parse(&fixed(r#"Socks5(warm_max: 65, server: "100.64.1.2:1080""#)).unwrap_err().to_string();
+    assert!(e.contains("warm_max is 65; at most 64"), "{e}");
     let h = parse(r#"(listen: ["10.8.0.1:10900"], tunnels: { "h": HttpConnect(server: "100.64.1.2:3128", pipeline: true) }, routes: [(source: "10.8.0.10", tunnel: "h")])"#)
         .unwrap();
     assert!(matches!(h.tunnels[0].kind, TunnelKind::HttpConnect { pipeline: true, .. }));

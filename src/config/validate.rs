@@ -106,16 +106,22 @@ fn tunnel_kind(loc: &Locator, name: &str, t: RawTunnel) -> Result<TunnelKind, Co
             udp_relay,
             warm,
             warm_udp,
+            warm_max,
             warm_idle_secs,
             pipeline,
             rate: _,
         } => {
-            for (field, v) in [("warm", warm), ("warm_udp", warm_udp)] {
+            for (field, v) in [("warm", warm), ("warm_udp", warm_udp), ("warm_max", warm_max)] {
                 if v > WARM_MAX {
                     return Err(loc.err(format!(
                         "tunnel \"{name}\": {field} is {v}; at most {WARM_MAX} pooled connections per tunnel (0 disables the pool)"
                     )));
                 }
+            }
+            if warm_max < warm.max(warm_udp) {
+                return Err(loc.err(format!(
+                    "tunnel \"{name}\": warm_max is {warm_max}, below warm ({warm}) or warm_udp ({warm_udp}); pools learn bursts from warm up to warm_max (set it equal for a fixed pool)"
+                )));
             }
             TunnelKind::Socks5 {
                 server: server(loc, name, &s)?,
@@ -124,6 +130,7 @@ fn tunnel_kind(loc: &Locator, name: &str, t: RawTunnel) -> Result<TunnelKind, Co
                 udp_relay: udp_relay.map(|a| a.0),
                 warm,
                 warm_udp,
+                warm_max,
                 warm_idle_secs,
                 pipeline,
             }
@@ -363,6 +370,7 @@ fn validate_control(loc: &Locator, raw: &RawControl) -> Result<ControlSettings, 
     Ok(ControlSettings {
         socket: PathBuf::from(&raw.socket),
         metrics_listen: raw.metrics_listen.map(|a| a.0),
+        forget_sources: secs(loc, "control.forget_sources_secs", raw.forget_sources_secs)?,
     })
 }
 

@@ -11,7 +11,9 @@
 //! worker that takes it for a flow unregisters it first. Nothing looks at
 //! idle connections on a timer; a pool is due only when one reaches its
 //! refresh age, or when nothing used it for `warm_idle_secs` (then it
-//! closes them all and makes no more until the next use).
+//! closes them all and makes no more until the next use). A pool grows to
+//! the largest burst of new flows it has seen, up to `warm_max` (see
+//! `state`), so a container's later bursts find their connections ready.
 //!
 //! Each pool also holds what the probe learned about the server: whether
 //! it takes a pipelined handshake (see `probe`).
@@ -176,6 +178,30 @@ pub fn next_id() -> u32 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A pool's configured size (`warm`) and the most it may learn to hold
+/// after bursts (`warm_max`, never below `warm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Size {
+    warm: usize,
+    max: usize,
+}
+
+impl Size {
+    const NONE: Size = Size { warm: 0, max: 0 };
+
+    fn new(warm: usize, max: usize) -> Size {
+        Size { warm, max: max.max(warm) }
+    }
+
+    fn of<C>(p: &Pool<C>) -> Size {
+        Size { warm: p.size(), max: p.learn_max() }
+    }
+
+    fn pool<C>(self, idle: Option<Duration>, now: Instant) -> Pool<C> {
+        Pool::new(self.warm).with_learning(self.max).with_idle(idle, now).with_events()
+    }
+}
+
 /// One kind of pooled value (greeted TCP connections, or UDP associations)
 /// and its counters.
 pub struct Side<C> {
@@ -184,15 +210,15 @@ pub struct Side<C> {
 }
 
 impl<C: Pooled> Side<C> {
-    fn new(size: usize, idle: Option<Duration>, now: Instant) -> Self {
-        Side { pool: Pool::new(size).with_idle(idle, now).with_events(), stats: PoolStats::default() }
+    fn new(size: Size, idle: Option<Duration>, now: Instant) -> Self {
+        Side { pool: size.pool(idle, now), stats: PoolStats::default() }
     }
 
     /// Drains and resizes (the counters go on).
-    fn reset(&mut self, size: usize, idle: Option<Duration>, now: Instant) {
+    fn reset(&mut self, size: Size, idle: Option<Duration>, now: Instant) {
         let ev = self.pool.drain();
         self.stats.add(ev);
-        self.pool = Pool::new(size).with_idle(idle, now).with_events();
+        self.pool = size.pool(idle, now);
     }
 
     /// A pooled value for a flow from `source`, counted as a hit or a miss;
@@ -329,13 +355,16 @@ impl Pools {
         for t in tunnels {
             let Some(key) = Key::of(&t.kind) else { continue };
             keep.insert(t.name.clone());
-            let (size, size_udp, idle) = (t.kind.warm(), t.kind.warm_udp(), t.kind.warm_idle());
+            let max = t.kind.warm_max();
+            let size = Size::new(t.kind.warm(), max);
+            let size_udp = Size::new(t.kind.warm_udp(), max);
+            let idle = t.kind.warm_idle();
             let pipelining = if key.pipeline { Pipelining::Unknown } else { Pipelining::Off };
             let tunnel = Arc::new(t.clone());
             match map.get(&t.name) {
                 Some(p) => {
                     let mut inner = p.lock();
-                    let sizes = (inner.tcp.pool.size(), inner.udp.pool.size());
+                    let sizes = (Size::of(&inner.tcp.pool), Size::of(&inner.udp.pool));
                     if inner.key != key || sizes != (size, size_udp) {
                         inner.tcp.reset(size, idle, now);
                         inner.udp.reset(size_udp, idle, now);
@@ -379,8 +408,8 @@ impl Pools {
             if !k {
                 // Closed, and never refilled by a worker still holding it.
                 let mut i = p.lock();
-                i.tcp.reset(0, None, now);
-                i.udp.reset(0, None, now);
+                i.tcp.reset(Size::NONE, None, now);
+                i.udp.reset(Size::NONE, None, now);
                 i.generation += 1;
             }
             k
@@ -474,13 +503,16 @@ fn side<C>(o: &mut String, notes: &mut Vec<String>, what: &str, pool: &Pool<C>, 
         o,
         "{what} ready {}/{} hits {} misses {} refills {} discards {}",
         pool.ready(),
-        pool.size(),
+        pool.target(),
         st.hits,
         st.misses,
         st.refills,
         st.discards
     );
     let who = if what.is_empty() { "tcp" } else { what.trim() };
+    if pool.target() > pool.size() {
+        notes.push(format!("{who} pool grown to a burst of {} (warm {})", pool.target(), pool.size()));
+    }
     if pool.is_disabled() {
         let limit = pool.idle_limit().unwrap_or_default();
         notes.push(format!(

@@ -5,7 +5,9 @@
 //! ```text
 //!  claim_refills ──► (worker connects + greets) ──► refilled ──► ready ──take──► a flow's request
 //!        ▲                     └─ error/timeout ─► refill_failed (backoff)     │
-//!        └──────────── the pool is short: size − ready − pending ◄─────────────┘
+//!        └────────── the pool is short: target − ready − pending ◄─────────────┘
+//!  take within BURST of a burst's first ──► target = the largest burst (≤ learn_max),
+//!        worn down by a quarter per FORGET_EVERY while bursts stay smaller
 //!  ready ──older than refresh_after──► expire (closed, refilled)
 //!  ready ──found closed by the server──► learn its idle limit; under MIN_USEFUL: disabled
 //!  no flow took or asked for one for `warm_idle` ──► drained, no refills until the next use
@@ -29,6 +31,11 @@ pub const REFRESH_DEFAULT: Duration = Duration::from_secs(25);
 pub const MIN_USEFUL: Duration = Duration::from_secs(3);
 /// Idle connections are looked at (one peek each) at most this often.
 pub const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// Takes (hits and misses) within this long count as one burst, whose size
+/// the pool learns (see [`Pool::used`]).
+pub const BURST: Duration = Duration::from_secs(1);
+/// A learned burst not seen again wears down by a quarter at most this often.
+pub const FORGET_EVERY: Duration = Duration::from_secs(30);
 /// Short-lived pooled connections in a row that disable the pool.
 pub const SHORT_DEATHS: u32 = 3;
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
@@ -100,6 +107,14 @@ pub struct Pool<C> {
     /// ([`look`](Self::look)) instead of looking every CHECK_EVERY: the pool
     /// is due only when a connection's refresh age comes.
     events: bool,
+    /// The largest burst of takes learned (decaying, at most `learn_max`),
+    /// and the current burst: when it started and how many takes it had.
+    learned: usize,
+    learn_max: usize,
+    /// When a burst last reached `learned` (or it last wore down).
+    peak_at: Option<Instant>,
+    burst_start: Option<Instant>,
+    burst_takes: usize,
 }
 
 impl<C> Pool<C> {
@@ -120,7 +135,19 @@ impl<C> Pool<C> {
             idle_after: None,
             last_use: None,
             events: false,
+            learned: 0,
+            learn_max: size,
+            peak_at: None,
+            burst_start: None,
+            burst_takes: 0,
         }
+    }
+
+    /// The pool grows past its size, up to `max`, to what bursts of takes
+    /// taught it (see [`used`](Self::used)); without it the size is fixed.
+    pub fn with_learning(mut self, max: usize) -> Self {
+        self.learn_max = max.max(self.size);
+        self
     }
 
     /// Idle connections are watched for events (see [`look`](Self::look)).
@@ -142,9 +169,40 @@ impl<C> Pool<C> {
     }
 
     /// A flow took or asked for a pooled connection: the pool is in use
-    /// (warmed again if it had gone idle).
+    /// (warmed again if it had gone idle), and the take counts towards the
+    /// current burst (the takes within BURST of its first). The pool grows
+    /// to the largest burst it has seen (up to its `learn_max`), so that the
+    /// next burst of a container that opens many connections at once finds
+    /// them ready. While bursts stay smaller, what was learned wears down by
+    /// a quarter every FORGET_EVERY, never on time alone: a pool nothing
+    /// uses keeps its size until it goes cold (`idle_after`), and the first
+    /// take of a later burst finds what the last one taught.
     pub fn used(&mut self, now: Instant) {
         self.last_use = Some(now);
+        if self.size == 0 || self.learn_max == self.size {
+            return;
+        }
+        if self.burst_start.is_none_or(|t| now.saturating_duration_since(t) >= BURST) {
+            if self.learned > self.size
+                && self.peak_at.is_some_and(|t| now.saturating_duration_since(t) >= FORGET_EVERY)
+            {
+                self.learned -= self.learned.div_ceil(4);
+                self.peak_at = Some(now);
+            }
+            self.burst_start = Some(now);
+            self.burst_takes = 0;
+        }
+        self.burst_takes += 1;
+        if self.burst_takes >= self.learned {
+            self.learned = self.burst_takes.min(self.learn_max);
+            self.peak_at = Some(now);
+        }
+    }
+
+    /// How many ready connections the pool aims at now: its configured size,
+    /// or more while it has learned larger bursts (none when disabled).
+    pub fn target(&self) -> usize {
+        if self.size == 0 { 0 } else { self.size.max(self.learned) }
     }
 
     /// Unused for `idle_after`: no refills, and what is ready is closed.
@@ -172,12 +230,18 @@ impl<C> Pool<C> {
         };
         // As `claim_refills` will see it: short of the size, and after a
         // failure only once the attempt under way has come back.
-        let short = self.ready.len() + self.pending < self.size && (self.failures == 0 || self.pending == 0);
+        let short =
+            self.ready.len() + self.pending < self.target() && (self.failures == 0 || self.pending == 0);
         let refill = short.then(|| self.retry_at.map_or(now, |t| t.max(now)));
         match (look, refill) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// The most the pool may learn to hold (its size when it does not learn).
+    pub fn learn_max(&self) -> usize {
+        self.learn_max
     }
 
     pub fn size(&self) -> usize {
@@ -201,9 +265,11 @@ impl<C> Pool<C> {
         self.idle_limit
     }
 
-    /// How many pooled connections one source may hold before refills come back.
+    /// How many pooled connections one source may hold before refills come
+    /// back: half of the configured size, and whatever bursts taught the
+    /// pool beyond it (a container's own burst is served by what it taught).
     fn share(&self) -> usize {
-        self.size.div_ceil(2).max(1)
+        self.size.div_ceil(2).max(1) + (self.target() - self.size)
     }
 
     /// A pooled connection for a new flow from `source`: the newest one that
@@ -224,7 +290,7 @@ impl<C> Pool<C> {
             match alive(&idle.conn) {
                 Liveness::Alive => {
                     self.debts.push_back(source);
-                    if self.debts.len() > self.size {
+                    if self.debts.len() > self.target() {
                         self.debts.pop_front();
                     }
                     return (Ok(idle.conn), ev);
@@ -241,7 +307,7 @@ impl<C> Pool<C> {
         if self.disabled || self.is_idle(now) || self.retry_at.is_some_and(|t| now < t) {
             return 0;
         }
-        let mut n = self.size.saturating_sub(self.ready.len() + self.pending);
+        let mut n = self.target().saturating_sub(self.ready.len() + self.pending);
         if self.failures > 0 {
             // A server that failed: one attempt at a time until one works.
             n = n.min(1).saturating_sub(self.pending);
@@ -257,7 +323,7 @@ impl<C> Pool<C> {
         self.failures = 0;
         self.retry_at = None;
         self.debts.pop_front();
-        if self.disabled || self.ready.len() >= self.size {
+        if self.disabled || self.ready.len() >= self.target() {
             return Some(conn);
         }
         let stagger = (self.refills % 8) as u8;
@@ -633,5 +699,67 @@ mod tests {
         );
         // Short of its size (and the survivor past the new, shorter refresh age): due now.
         assert!(p.next_due(later).is_some_and(|d| d <= later));
+    }
+
+    /// Issue 25: a burst of 64 takes teaches the pool to hold 64, so the
+    /// next burst finds them ready (one source may take what its burst
+    /// taught, plus half of the configured size); quieter bursts shrink it.
+    #[test]
+    fn a_pool_learns_bursts_and_forgets_them_slowly() {
+        let t = Instant::now();
+        let mut p: Pool<u32> = filled(2, t).with_learning(64);
+        for _ in 0..64 {
+            p.used(t);
+            let _ = p.take(A, live);
+        }
+        assert_eq!(p.target(), 64);
+        assert_eq!(p.claim_refills(t), 64, "refilled to the burst it saw");
+        for c in 0..64 {
+            assert_eq!(p.refilled(t, c), None);
+        }
+        let later = t + BURST * 3;
+        let mut hits = 0;
+        for _ in 0..64 {
+            p.used(later);
+            hits += usize::from(p.take(A, live).0.is_ok());
+        }
+        // Its share: half of warm (1) and the 62 the burst taught.
+        assert_eq!(hits, 63, "the next burst of 64 is served from the pool but one");
+        // Nothing on time alone, nor within FORGET_EVERY of the last burst.
+        p.used(later + FORGET_EVERY - BURST);
+        assert_eq!(p.target(), 64);
+        // Single flows FORGET_EVERY apart: a quarter back each time, back
+        // to the configured size within ~5 minutes (64 48 36 27 20 15 11 8 6 4 3 2).
+        let mut now = later;
+        let mut seen = vec![];
+        for _ in 0..12 {
+            now += FORGET_EVERY;
+            p.used(now);
+            seen.push(p.target());
+        }
+        assert_eq!(seen, [48, 36, 27, 20, 15, 11, 8, 6, 4, 3, 2, 2], "the pool wears down to warm");
+        // A later burst is learned again at once.
+        for _ in 0..40 {
+            p.used(now + BURST);
+        }
+        assert_eq!(p.target(), 40);
+        // A fresh pool has its configured size until it sees a burst.
+        let q: Pool<u32> = Pool::new(4).with_learning(64);
+        assert_eq!((q.target(), q.share()), (4, 2));
+        assert_eq!(Pool::<u32>::new(0).with_learning(64).target(), 0, "warm: 0 learns nothing");
+        // Without learning (warm_max = warm) the size is fixed.
+        let mut f: Pool<u32> = filled(2, t);
+        for _ in 0..64 {
+            f.used(t);
+            let _ = f.take(A, live);
+        }
+        assert_eq!(f.target(), 2);
+        // A smaller ceiling holds.
+        let mut g: Pool<u32> = filled(2, t).with_learning(8);
+        for _ in 0..64 {
+            g.used(t);
+            let _ = g.take(A, live);
+        }
+        assert_eq!(g.target(), 8);
     }
 }

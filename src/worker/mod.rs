@@ -332,7 +332,8 @@ impl WorkerLoop {
             self.expire();
             self.expire_udp_idle();
             self.tick_pools();
-            self.tallies.end_turn(&self.registry, &self.counters, self.now);
+            let forget = self.settings.control.forget_sources;
+            self.tallies.end_turn(&self.registry, &self.counters, self.now, forget);
             if stop.load(Ordering::SeqCst) {
                 let since = *stopping_since.get_or_insert(self.now);
                 // Take what is still queued, so nothing handed over is lost.

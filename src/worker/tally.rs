@@ -12,14 +12,14 @@
 //!            tally()                sweep: no flow, no session open
 //!   new ───────────────► busy ───────────────────────────────► idle since t
 //!                         ▲                                        │
-//!                         │ tally(), or a sweep finding            │ sweep: now - t ≥ FORGET_IDLE
+//!                         │ tally(), or a sweep finding            │ sweep: now - t ≥ forget
 //!                         │ a flow or session open                 ▼
 //!                         └────────────────────────────────── forgotten
 //! ```
 //!
 //! `t` is the first sweep that found the source idle, so its last flow or
 //! session ended before `t`: a source is forgotten after at least
-//! `FORGET_IDLE` without any (at most two sweep rounds more). Forgetting
+//! `forget` (`control.forget_sources_secs`) without any (at most two sweep rounds more). Forgetting
 //! drops this worker's cache entry and hands its counters to
 //! [`Registry::forget_sources`], which keeps them summed while a flow or a
 //! DNS connection still holds them and drops the source's series once no
@@ -36,7 +36,8 @@ use crate::stats::{Counters, Registry, Tally};
 use crate::udp::FoldState;
 
 /// How long a route source goes without a flow or session before its
-/// counters and series are forgotten.
+/// counters and series are forgotten, by default (`control.forget_sources_secs`).
+#[cfg(test)]
 pub(super) const FORGET_IDLE: Duration = Duration::from_secs(600);
 /// How often a worker looks for idle sources, and at most how many it looks
 /// at each time: a round over 10 000 sources takes 10 s.
@@ -112,17 +113,23 @@ impl Tallies {
 
     /// At the end of a loop turn that started (poll returned) at `started`:
     /// a sweep for idle sources when one is due, and the turn's length.
-    pub(super) fn end_turn(&mut self, registry: &Registry, counters: &Counters, started: Instant) {
+    pub(super) fn end_turn(
+        &mut self,
+        registry: &Registry,
+        counters: &Counters,
+        started: Instant,
+        forget: Duration,
+    ) {
         if started >= self.next_sweep {
             self.next_sweep = started + SWEEP_EVERY;
-            self.forget_idle(registry, started);
+            self.forget_idle(registry, started, forget);
         }
         self.turns.record(started, Instant::now(), &counters.worker_turn_max_us);
     }
 
     /// Looks at the next `SWEEP_BATCH` sources (see the module doc) and
-    /// forgets those idle for `FORGET_IDLE`.
-    pub(super) fn forget_idle(&mut self, registry: &Registry, now: Instant) {
+    /// forgets those idle for `forget` (`control.forget_sources_secs`).
+    pub(super) fn forget_idle(&mut self, registry: &Registry, now: Instant, forget: Duration) {
         let mut gone = Vec::new();
         let mut i = self.cursor;
         for _ in 0..SWEEP_BATCH.min(self.sources.len()) {
@@ -138,7 +145,7 @@ impl Tallies {
             match e.idle_since {
                 _ if open > 0 => e.idle_since = None,
                 None => e.idle_since = Some(now),
-                Some(t) if now.saturating_duration_since(t) >= FORGET_IDLE => {
+                Some(t) if now.saturating_duration_since(t) >= forget => {
                     // The last one moves here: looked at next.
                     let e = self.sources.swap_remove(i);
                     self.per_source.remove(&e.key);

@@ -13,7 +13,7 @@ fn labels(r: &Registry) -> Vec<String> {
 /// Sweeps until every source has been looked at, at `now`.
 fn sweep_all(t: &mut Tallies, r: &Registry, now: Instant) {
     for _ in 0..=t.sources.len() / SWEEP_BATCH {
-        t.forget_idle(r, now);
+        t.forget_idle(r, now, FORGET_IDLE);
     }
 }
 
@@ -100,15 +100,15 @@ fn a_sweep_looks_at_a_bounded_number_of_sources() {
     }
     sweep_all(&mut t, &r, t0);
     let later = t0 + FORGET_IDLE;
-    t.forget_idle(&r, later);
+    t.forget_idle(&r, later, FORGET_IDLE);
     assert_eq!(t.sources.len(), n - SWEEP_BATCH);
     assert_eq!(r.per_source().len(), n - SWEEP_BATCH);
     // The index stays right for what is left.
     for (i, e) in t.sources.iter().enumerate() {
         assert_eq!(t.per_source.get(&e.key), Some(&i));
     }
-    t.forget_idle(&r, later);
-    t.forget_idle(&r, later);
+    t.forget_idle(&r, later, FORGET_IDLE);
+    t.forget_idle(&r, later, FORGET_IDLE);
     assert!(t.sources.is_empty() && t.per_source.is_empty());
     assert!(r.per_source().is_empty());
     assert_eq!((t.sources.capacity(), t.per_source.capacity()), (0, 0), "memory given back");
