@@ -4,8 +4,9 @@
 //! one, and `docker::model::event_target` on an event line — a hostile or
 //! broken dockerd's bytes.
 //!
-//! Never panics; a container either parser returns has a trimmed tunnel,
-//! a name without Docker's `/` (or the id's start), and each address once,
+//! Never panics; a container either parser returns has a trimmed tunnel
+//! (and class, when it has one), a name without Docker's `/` (or the id's
+//! start), and each address once,
 //! none unspecified; an id an event hands on for a request path is one
 //! `valid_id` accepts; and the inspect answer, set into `model::Known`
 //! under the asked id, leaves one entry for it and the entries sorted by id.
@@ -17,6 +18,7 @@ use egressd::docker::model::{self, Known, Target};
 use libfuzzer_sys::fuzz_target;
 
 const LABEL: &str = "egressd.tunnel";
+const CLASS_LABEL: &str = "egressd.class";
 
 fuzz_target!(|data: &[u8]| {
     let Some((&ctl, body)) = data.split_first() else { return };
@@ -24,10 +26,10 @@ fuzz_target!(|data: &[u8]| {
         Target::Inspect(id) | Target::Gone(id) => assert!(model::valid_id(&id), "{id:?}"),
         Target::None | Target::All => {}
     }
-    for c in model::parse_list(body, LABEL).unwrap_or_default() {
+    for c in model::parse_list(body, LABEL, CLASS_LABEL).unwrap_or_default() {
         well_formed(&c);
     }
-    let Ok(found) = model::parse_inspect(body, LABEL) else { return };
+    let Ok(found) = model::parse_inspect(body, LABEL, CLASS_LABEL) else { return };
     let mut known = Known::default();
     known.set("0123456789ab", Some(sample("0123456789ab")));
     known.set("ffff", Some(sample("ffff")));
@@ -47,6 +49,9 @@ fuzz_target!(|data: &[u8]| {
 
 fn well_formed(c: &model::Container) {
     assert_eq!(c.tunnel, c.tunnel.trim());
+    if let Some(class) = &c.class {
+        assert_eq!(class, class.trim());
+    }
     // Its Name without the `/`, or without one, the id's first 12 characters.
     assert!(!c.name.starts_with('/') || c.id.starts_with(&c.name), "{:?} of {:?}", c.name, c.id);
     for (i, a) in c.addrs.iter().enumerate() {
@@ -56,5 +61,5 @@ fn well_formed(c: &model::Container) {
 }
 
 fn sample(id: &str) -> model::Container {
-    model::Container { id: id.into(), name: id.into(), tunnel: "hk0".into(), addrs: Vec::new() }
+    model::Container { id: id.into(), name: id.into(), tunnel: "hk0".into(), class: None, addrs: Vec::new() }
 }

@@ -39,6 +39,6 @@ fuzz_target!(|data: &[u8]| {
     }
     assert!(a.is_ok() == b.is_ok());
     // The container list parser takes the body as it comes.
-    let _ = egressd::docker::model::parse_list(rest, "egressd.tunnel");
+    let _ = egressd::docker::model::parse_list(rest, "egressd.tunnel", "egressd.class");
     let _ = egressd::docker::model::event_matters(rest);
 });

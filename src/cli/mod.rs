@@ -10,7 +10,8 @@ use std::process::ExitCode;
 
 use argh::FromArgs;
 
-use crate::config::{ConfigError, DEMO_CONFIG, Settings, TunnelKind};
+use crate::config::rate::format_rate;
+use crate::config::{ConfigError, DEMO_CONFIG, Settings, Tunnel, TunnelKind};
 use crate::control::Request;
 use crate::rules::{self, Action, Backend};
 
@@ -415,14 +416,14 @@ pub fn summary(s: &Settings) -> String {
     }
     let _ = writeln!(o, "tunnels ({}):", s.tunnels.len());
     for t in &s.tunnels {
-        let detail = tunnel_detail(&t.kind);
-        let _ = writeln!(o, "  {:<12} {detail}", t.name);
+        let _ = writeln!(o, "  {:<12} {}", t.name, tunnel_line(t));
     }
+    o.push_str(&classes_summary(s));
     let mut routes: Vec<_> = s.routes.iter().collect();
     routes.sort_by_key(|(c, _)| (!c.is_ipv4(), c.addr(), c.len()));
     let _ = writeln!(o, "routes ({}):", routes.len());
-    for (c, id) in routes {
-        let _ = writeln!(o, "  {:<24} -> {}", c.to_string(), s.tunnels[usize::from(id)].name);
+    for (c, target) in routes {
+        let _ = writeln!(o, "  {:<24} -> {}", c.to_string(), s.target_text(target));
     }
     match s.default {
         Some(id) => {
@@ -457,7 +458,85 @@ pub fn summary(s: &Settings) -> String {
             d.label,
             d.socket.display()
         );
+        if !s.classes.is_empty() {
+            let _ = writeln!(
+                o,
+                "docker: a label {}=CLASS gives a labelled container its class (an unknown class rejects, as an unknown tunnel does)",
+                d.class_label
+            );
+        }
     }
     let _ = writeln!(o, "threads: {} front loops, {} tunnel workers", s.threads, s.threads);
     o
+}
+
+/// One tunnel's line in `check`: its kind's details and its rate.
+fn tunnel_line(t: &Tunnel) -> String {
+    use std::fmt::Write;
+    let mut detail = tunnel_detail(&t.kind);
+    if let Some(r) = t.rate {
+        let _ = write!(detail, ", rate {} each way (shared by class weights)", format_rate(r));
+    }
+    detail
+}
+
+/// The classes as `check` shows them (nothing without classes, so that
+/// such a config prints as it did before they existed).
+fn classes_summary(s: &Settings) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    if s.classes.is_empty() {
+        return o;
+    }
+    let _ =
+        writeln!(o, "classes ({}; parsed and validated, not yet enforced by this version):", s.classes.len());
+    for c in &s.classes {
+        let cap = |r: Option<u64>| r.map_or_else(|| "no cap".to_string(), format_rate);
+        let _ = writeln!(
+            o,
+            "  {:<12} up {}, down {}, weight {}",
+            c.name,
+            cap(c.rate_up),
+            cap(c.rate_down),
+            c.weight
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 26: `check` shows the classes (and that they are not enforced
+    /// yet), a tunnel's rate and a route's class; a config without classes
+    /// prints no word of them.
+    #[test]
+    fn check_shows_classes_only_when_there_are_some() {
+        let text = r#"(listen: ["10.8.0.1:10900"], threads: 2,
+            classes: { "slow": (rate: "20mbit"), "asym": (rate_up: "5mbit", rate_down: "2MiB/s"), "live": (weight: 4) },
+            tunnels: { "hk0": Socks5(server: "100.64.0.2:1080", rate: "1.5gbit"), "wg": Direct(interface: "wg0") },
+            routes: [(source: "10.8.0.10", tunnel: "hk0", class: "slow"), (source: "10.8.0.11", tunnel: "wg")],
+            docker: ())"#;
+        let out = summary(&Settings::parse("t.ron", text).unwrap());
+        for line in [
+            "  hk0          Socks5 100.64.0.2:1080, udp on, warm 2, pipelining probed, warm_udp 2, pools grow to 64 after bursts (closed after 300 s without a flow), rate 1.5gbit each way (shared by class weights)\n",
+            "  wg           Direct, interface wg0\n",
+            "classes (3; parsed and validated, not yet enforced by this version):\n",
+            "  slow         up 20mbit, down 20mbit, weight 1\n",
+            "  asym         up 5mbit, down 2MiB/s, weight 1\n",
+            "  live         up no cap, down no cap, weight 4\n",
+            "  10.8.0.10/32             -> hk0, class slow\n",
+            "  10.8.0.11/32             -> wg\n",
+            "docker: a label egressd.class=CLASS gives a labelled container its class (an unknown class rejects, as an unknown tunnel does)\n",
+        ] {
+            assert!(out.contains(line), "{line:?} missing from\n{out}");
+        }
+        let plain = text
+            .replace(r#", rate: "1.5gbit""#, "")
+            .replace(r#", class: "slow""#, "")
+            .replace(r#"classes: { "slow": (rate: "20mbit"), "asym": (rate_up: "5mbit", rate_down: "2MiB/s"), "live": (weight: 4) },"#, "");
+        let out = summary(&Settings::parse("t.ron", &plain).unwrap());
+        assert!(!out.contains("class") && !out.contains("rate"), "{out}");
+    }
 }

@@ -4,6 +4,7 @@
 //! tunnel servers given by name. Every error carries the file, line and
 //! column and says what to change.
 
+pub mod rate;
 mod raw;
 mod resolve;
 mod validate;
@@ -16,8 +17,9 @@ use std::time::Duration;
 use ron::extensions::Extensions;
 
 use crate::route::{Cidr, RouteTable};
+use rate::BytesPerSec;
 use raw::RawConfig;
-pub use raw::TcpIntercept;
+pub use raw::{TcpIntercept, WEIGHT_MAX};
 use validate::validate;
 
 /// The demo topology's config (scripts/demo.sh, `egressd run` with no --config).
@@ -26,11 +28,45 @@ pub const DEMO_CONFIG: &str = include_str!("demo.ron");
 /// Index of a tunnel in [`Settings::tunnels`].
 pub type TunnelId = u16;
 
+/// Index of a class in [`Settings::classes`].
+pub type ClassId = u16;
+
+/// Where a route sends its sources: a tunnel, and the class each source
+/// address gets (`None`: no cap, weight 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteTarget {
+    pub tunnel: TunnelId,
+    pub class: Option<ClassId>,
+}
+
+impl RouteTarget {
+    /// A route to `tunnel` with no class.
+    pub fn tunnel(tunnel: TunnelId) -> RouteTarget {
+        RouteTarget { tunnel, class: None }
+    }
+}
+
+/// A bandwidth class (issue 26): what each source address it is given may
+/// use. Parsed and validated; not enforced yet (a later slice does that).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Class {
+    pub name: String,
+    /// Bytes per second from the source to the exit; `None`: no cap.
+    pub rate_up: Option<BytesPerSec>,
+    /// Bytes per second from the exit to the source; `None`: no cap.
+    pub rate_down: Option<BytesPerSec>,
+    /// The source's share of a tunnel's `rate` among its busy sources:
+    /// its weight over their sum. 1 to [`WEIGHT_MAX`]; 1 unless set.
+    pub weight: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: Vec<SocketAddr>,
     pub tunnels: Vec<Tunnel>,
-    pub routes: RouteTable<TunnelId>,
+    pub routes: RouteTable<RouteTarget>,
+    /// Bandwidth classes, in file order; routes and label routes name them by [`ClassId`].
+    pub classes: Vec<Class>,
     /// The tunnel for sources no route matches; `None` rejects them.
     pub default: Option<TunnelId>,
     pub intercept: Intercept,
@@ -54,6 +90,8 @@ pub struct DockerSettings {
     pub socket: PathBuf,
     /// The label whose value names a container's tunnel.
     pub label: String,
+    /// The label whose value names its class (read on containers that carry `label`).
+    pub class_label: String,
 }
 
 /// Where container DNS goes when it asked a resolver no exit can reach.
@@ -137,6 +175,9 @@ impl fmt::Display for IfacePattern {
 pub struct Tunnel {
     pub name: String,
     pub kind: TunnelKind,
+    /// The exit's capacity, bytes per second each direction, shared by the
+    /// classes' weights; `None`: not known, not shared.
+    pub rate: Option<BytesPerSec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -409,6 +450,24 @@ impl Settings {
         self.tunnels.iter().position(|t| t.name == name).map(|i| i as TunnelId)
     }
 
+    pub fn class_id(&self, name: &str) -> Option<ClassId> {
+        self.classes.iter().position(|c| c.name == name).map(|i| i as ClassId)
+    }
+
+    pub fn class(&self, id: ClassId) -> Option<&Class> {
+        self.classes.get(usize::from(id))
+    }
+
+    /// A route's target as `check`, `route list` and the log show it: the
+    /// tunnel's name, then `, class NAME` when the route gives one.
+    pub fn target_text(&self, t: RouteTarget) -> String {
+        let tunnel = self.tunnels.get(usize::from(t.tunnel)).map_or("?", |x| x.name.as_str());
+        match t.class.and_then(|c| self.class(c)) {
+            Some(c) => format!("{tunnel}, class {}", c.name),
+            None => tunnel.to_string(),
+        }
+    }
+
     /// The sources `rules` intercepts on the container interfaces, or
     /// `None` for all of them (intercept.sources empty).
     pub fn intercepted_sources(&self) -> Option<&[Cidr]> {
@@ -429,6 +488,24 @@ impl Locator<'_> {
         let quoted = format!("\"{literal}\"");
         let from = self.text.find(key).unwrap_or(0);
         let pos = self.text[from..].match_indices(&quoted).nth(nth).map(|(i, _)| from + i);
+        self.at(pos, msg)
+    }
+
+    /// An error at the first `key: "literal"` after `section` (spaces
+    /// around the colon allowed), so that a tunnel or a class of the same
+    /// name elsewhere in the section is not taken for it.
+    fn err_at_key(&self, section: &str, key: &str, literal: &str, msg: String) -> ConfigError {
+        let quoted = format!("\"{literal}\"");
+        let from = self.text.find(section).unwrap_or(0);
+        let pos = self.text[from..].match_indices(&quoted).map(|(i, _)| from + i).find(|&p| {
+            let before = self.text[..p].trim_end();
+            before.strip_suffix(':').is_some_and(|b| b.trim_end().ends_with(key))
+        });
+        self.at(pos, msg)
+    }
+
+    /// An error at byte `pos` of the text (nowhere when `None`).
+    fn at(&self, pos: Option<usize>, msg: String) -> ConfigError {
         let (line, col) = match pos {
             Some(p) => {
                 let before = &self.text[..p];

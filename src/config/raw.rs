@@ -1,9 +1,10 @@
 //! The config file as written: serde structs that mirror SPEC §3 key for key.
 //!
-//! Values that can be checked on their own (addresses, prefixes, duplicate
-//! tunnel names) are checked here, inside deserialisation, so that ron
-//! reports the line and column of the offending token. Checks across keys
-//! (routes naming tunnels, duplicate prefixes) happen in `validate`.
+//! Values that can be checked on their own (addresses, prefixes, rates,
+//! duplicate tunnel and class names, a class's keys) are checked here,
+//! inside deserialisation, so that ron reports the line and column of the
+//! offending token. Checks across keys (routes naming tunnels and classes,
+//! duplicate prefixes) happen in `validate`.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -11,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
+use super::rate::{BytesPerSec, parse_rate};
 use crate::route::Cidr;
 
 #[derive(Debug, Deserialize)]
@@ -20,6 +22,9 @@ pub struct RawConfig {
     pub listen: Vec<Addr>,
     pub tunnels: Tunnels,
     pub routes: Vec<RawRoute>,
+    /// Bandwidth classes (issue 26), named by routes and by a Docker label.
+    #[serde(default)]
+    pub classes: Classes,
     #[serde(default)]
     pub default: RawDefault,
     #[serde(default)]
@@ -51,11 +56,17 @@ pub struct RawConfig {
 pub struct RawDocker {
     pub socket: String,
     pub label: String,
+    /// The label naming a container's class (read on containers that carry `label`).
+    pub class_label: String,
 }
 
 impl Default for RawDocker {
     fn default() -> Self {
-        RawDocker { socket: "/var/run/docker.sock".into(), label: "egressd.tunnel".into() }
+        RawDocker {
+            socket: "/var/run/docker.sock".into(),
+            label: "egressd.tunnel".into(),
+            class_label: "egressd.class".into(),
+        }
     }
 }
 
@@ -83,6 +94,8 @@ pub enum RawTunnel {
         warm_idle_secs: u32,
         #[serde(default = "yes")]
         pipeline: bool,
+        #[serde(default)]
+        rate: Option<RateField>,
     },
     HttpConnect {
         server: String,
@@ -92,6 +105,8 @@ pub enum RawTunnel {
         password: Option<String>,
         #[serde(default)]
         pipeline: bool,
+        #[serde(default)]
+        rate: Option<RateField>,
     },
     Direct {
         #[serde(default)]
@@ -100,6 +115,8 @@ pub enum RawTunnel {
         mark: Option<u32>,
         #[serde(default)]
         bind: Option<IpField>,
+        #[serde(default)]
+        rate: Option<RateField>,
     },
 }
 
@@ -109,8 +126,13 @@ pub enum RawTunnel {
 pub struct RawRoute {
     pub source: CidrField,
     pub tunnel: String,
+    /// A class of `classes`, for each source address the route matches.
+    #[serde(default)]
+    pub class: Option<String>,
 }
 
+/// What unmatched sources get. No class: `Tunnel` is a tuple, not a route;
+/// a route for `0.0.0.0/0` and `::/0` with a class does the same with one.
 #[derive(Debug, Default, Deserialize)]
 pub enum RawDefault {
     #[default]
@@ -289,6 +311,52 @@ pub struct CidrField {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Positive(pub u32);
 
+/// A rate (`"20mbit"`, `"10KiB/s"`), checked in place: bytes per second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateField(pub BytesPerSec);
+
+/// A class's weight, 1 to [`WEIGHT_MAX`], checked in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Weight(pub u32);
+
+/// The largest class weight: a thousand to one is already a share of
+/// 0.1 %; more would only make the arithmetic of shares harder to bound.
+pub const WEIGHT_MAX: u32 = 1000;
+
+/// One bandwidth class as written: caps per direction (`rate` sets both)
+/// and a weight. Checked as a whole where it is parsed (see [`Classes`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[serde(rename = "class")]
+pub struct RawClass {
+    #[serde(default)]
+    pub rate: Option<RateField>,
+    #[serde(default)]
+    pub rate_up: Option<RateField>,
+    #[serde(default)]
+    pub rate_down: Option<RateField>,
+    #[serde(default)]
+    pub weight: Option<Weight>,
+}
+
+impl RawClass {
+    /// What is wrong with this class on its own, if anything.
+    fn problem(&self, name: &str) -> Option<String> {
+        if self.rate.is_some() && (self.rate_up.is_some() || self.rate_down.is_some()) {
+            return Some(format!(
+                "class \"{name}\": rate sets both directions; give rate alone, or rate_up and/or rate_down"
+            ));
+        }
+        if self.rate.is_none() && self.rate_up.is_none() && self.rate_down.is_none() && self.weight.is_none()
+        {
+            return Some(format!(
+                "class \"{name}\" sets nothing: give rate, rate_up, rate_down and/or weight, e.g. (rate: \"20mbit\")"
+            ));
+        }
+        None
+    }
+}
+
 /// A bare IP address, checked in place.
 #[derive(Debug, Clone, Copy)]
 pub struct IpField(pub IpAddr);
@@ -296,6 +364,18 @@ pub struct IpField(pub IpAddr);
 /// The `tunnels` map in file order; a repeated name is an error at its line.
 #[derive(Debug, Default)]
 pub struct Tunnels(pub Vec<(String, RawTunnel)>);
+
+/// The `classes` map in file order; a repeated name, or a class that sets
+/// nothing or sets `rate` with `rate_up`/`rate_down`, is an error at its line.
+#[derive(Debug, Default)]
+pub struct Classes(pub Vec<(String, RawClass)>);
+
+/// Why `name` cannot name a tunnel or a class (`what`), if it cannot.
+fn bad_name(what: &str, name: &str) -> Option<String> {
+    (name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c.is_whitespace())).then(
+        || format!("{what} name \"{name}\" must be 1-64 characters with no spaces or control characters"),
+    )
+}
 
 impl<'de> Deserialize<'de> for Addr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -356,13 +436,8 @@ impl<'de> Deserialize<'de> for Tunnels {
                             "duplicate tunnel name \"{name}\": each tunnel needs its own name"
                         )));
                     }
-                    if name.is_empty()
-                        || name.len() > 64
-                        || name.chars().any(|c| c.is_control() || c.is_whitespace())
-                    {
-                        return Err(de::Error::custom(format!(
-                            "tunnel name \"{name}\" must be 1-64 characters with no spaces or control characters"
-                        )));
+                    if let Some(e) = bad_name("tunnel", &name) {
+                        return Err(de::Error::custom(e));
                     }
                     out.push((name, map.next_value()?));
                 }
@@ -370,6 +445,80 @@ impl<'de> Deserialize<'de> for Tunnels {
             }
         }
         d.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Classes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Classes;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of class name to class, e.g. { \"slow\": (rate: \"20mbit\") }")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Classes, A::Error> {
+                let mut out: Vec<(String, RawClass)> = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if out.iter().any(|(n, _)| *n == name) {
+                        return Err(de::Error::custom(format!(
+                            "duplicate class name \"{name}\": each class needs its own name"
+                        )));
+                    }
+                    if let Some(e) = bad_name("class", &name) {
+                        return Err(de::Error::custom(e));
+                    }
+                    let class: RawClass = map.next_value()?;
+                    if let Some(e) = class.problem(&name) {
+                        return Err(de::Error::custom(e));
+                    }
+                    out.push((name, class));
+                }
+                Ok(Classes(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RateField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RateField;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a rate as a string with a unit, e.g. \"20mbit\" or \"512KiB/s\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RateField, E> {
+                parse_rate(s).map(RateField).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<RateField, E> {
+                Err(unitless(n))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<RateField, E> {
+                Err(unitless(n))
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<RateField, E> {
+                Err(unitless(n))
+            }
+        }
+        /// A bare number could mean bits or bytes: said, not guessed.
+        fn unitless<E: de::Error>(n: impl fmt::Display) -> E {
+            E::custom(format!(
+                "rate {n} has no unit; write it as a string with one, e.g. \"20mbit\" (units: kbit, mbit, gbit, KiB/s, MiB/s)"
+            ))
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Weight {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u32::deserialize(d)? {
+            w @ 1..=WEIGHT_MAX => Ok(Weight(w)),
+            w => Err(de::Error::custom(format!(
+                "weight {w} is out of range: 1 to {WEIGHT_MAX} (a source's share of its tunnel's rate is its weight over the busy sources' sum)"
+            ))),
+        }
     }
 }
 

@@ -55,8 +55,8 @@ fn spec_minimal_example_parses_exactly_as_written() {
         }
         other => panic!("wrong kind {other:?}"),
     }
-    assert_eq!(s.routes.lookup("10.8.0.10".parse().unwrap()), Some(0));
-    assert_eq!(s.routes.lookup("10.8.0.11".parse().unwrap()), Some(1));
+    assert_eq!(s.routes.lookup("10.8.0.10".parse().unwrap()), Some(RouteTarget::tunnel(0)));
+    assert_eq!(s.routes.lookup("10.8.0.11".parse().unwrap()), Some(RouteTarget::tunnel(1)));
     assert_eq!(s.routes.lookup("10.8.0.12".parse().unwrap()), None);
 }
 
@@ -452,4 +452,199 @@ fn warm_pool_and_pipeline_settings() {
         .unwrap();
     assert!(matches!(h.tunnels[0].kind, TunnelKind::HttpConnect { pipeline: true, .. }));
     assert_eq!(h.tunnels[0].kind.warm(), 0, "HTTP CONNECT tunnels have no pool");
+}
+
+/// Issue 26's example, as written there.
+const CLASSES: &str = r#"(
+    listen: ["10.8.0.1:10900"],
+    classes: {
+        "slow": (rate: "20mbit"),                          // each direction
+        "asym": (rate_up: "5mbit", rate_down: "50mbit"),
+        "bulk": (weight: 1),
+        "live": (weight: 4),
+    },
+    tunnels: { "hk0": Socks5(server: "100.64.0.2:1080", rate: "100mbit") },   // the exit's capacity, each direction
+    routes: [ (source: "10.8.0.10/32", tunnel: "hk0", class: "slow") ],
+    docker: (label: "egressd.tunnel", class_label: "egressd.class"),
+)"#;
+
+fn classes_with(replace: &str, by: &str) -> String {
+    assert!(CLASSES.contains(replace), "fixture lacks {replace}");
+    CLASSES.replacen(replace, by, 1)
+}
+
+#[test]
+fn classes_parse_as_the_issue_writes_them() {
+    let s = parse(CLASSES).unwrap();
+    let c = |name: &str, rate_up: Option<u64>, rate_down: Option<u64>, weight: u32| Class {
+        name: name.into(),
+        rate_up,
+        rate_down,
+        weight,
+    };
+    assert_eq!(
+        s.classes,
+        [
+            c("slow", Some(2_500_000), Some(2_500_000), 1),
+            c("asym", Some(625_000), Some(6_250_000), 1),
+            c("bulk", None, None, 1),
+            c("live", None, None, 4),
+        ]
+    );
+    assert_eq!(s.tunnels[0].rate, Some(12_500_000));
+    assert_eq!(s.class_id("live"), Some(3));
+    assert_eq!(s.class_id("nope"), None);
+    let target = s.routes.lookup("10.8.0.10".parse().unwrap()).unwrap();
+    assert_eq!(target, RouteTarget { tunnel: 0, class: Some(0) });
+    assert_eq!(s.target_text(target), "hk0, class slow");
+    assert_eq!(s.docker.unwrap().class_label, "egressd.class");
+    // A prefix route gives its class to each of its addresses.
+    let s = parse(&classes_with("\"10.8.0.10/32\"", "\"10.8.0.0/24\"")).unwrap();
+    for a in ["10.8.0.1", "10.8.0.200"] {
+        assert_eq!(s.routes.lookup(a.parse().unwrap()).and_then(|t| t.class), Some(0), "{a}");
+    }
+    // Units of every kind, in a class and on a tunnel.
+    let s = parse(&classes_with(r#""bulk": (weight: 1)"#, r#""bulk": (rate_down: "2MiB/s", weight: 1000)"#))
+        .unwrap();
+    assert_eq!(
+        (s.classes[2].rate_up, s.classes[2].rate_down, s.classes[2].weight),
+        (None, Some(2 << 20), 1000)
+    );
+    let s = parse(&classes_with(r#"rate: "100mbit""#, r#"rate: "1.5gbit""#)).unwrap();
+    assert_eq!(s.tunnels[0].rate, Some(187_500_000));
+}
+
+#[test]
+fn a_config_without_classes_parses_as_before() {
+    let s = parse(MINIMAL).unwrap();
+    assert!(s.classes.is_empty());
+    assert!(s.tunnels.iter().all(|t| t.rate.is_none()));
+    assert!(s.routes.iter().all(|(_, t)| t.class.is_none()));
+    assert_eq!(s.target_text(s.routes.lookup("10.8.0.10".parse().unwrap()).unwrap()), "hk0");
+    // `classes: {}` is the same as none.
+    let empty = parse(&with("udp:", "classes: {}, udp:")).unwrap();
+    assert!(empty.classes.is_empty());
+    let sorted = |s: &Settings| {
+        let mut r: Vec<_> = s.routes.iter().map(|(c, t)| (c.to_string(), t)).collect();
+        r.sort_by(|a, b| a.0.cmp(&b.0));
+        r
+    };
+    assert_eq!(sorted(&empty), sorted(&s));
+}
+
+#[test]
+fn every_tunnel_kind_takes_a_rate() {
+    let text = r#"(listen: ["10.8.0.1:10900"], routes: [], docker: (),
+        tunnels: {
+            "s": Socks5(server: "100.64.0.2:1080", rate: "100mbit"),
+            "h": HttpConnect(server: "100.64.1.2:3128", rate: "1gbit"),
+            "d": Direct(interface: "wg0", rate: "10MiB/s"),
+            "n": Direct(),
+        })"#;
+    let s = parse(text).unwrap();
+    let rates: Vec<Option<u64>> = s.tunnels.iter().map(|t| t.rate).collect();
+    assert_eq!(rates, [Some(12_500_000), Some(125_000_000), Some(10 << 20), None]);
+}
+
+#[test]
+fn rate_with_rate_up_or_down_is_an_error_at_the_class() {
+    for bad in [r#"(rate: "20mbit", rate_up: "5mbit")"#, r#"(rate_down: "5mbit", rate: "20mbit")"#] {
+        let e = err(&classes_with(r#"(rate: "20mbit")"#, bad));
+        assert!(e.msg.contains("class \"slow\": rate sets both directions"), "{e}");
+        assert_eq!(e.line, 4, "{e}");
+    }
+}
+
+#[test]
+fn a_class_must_set_something() {
+    let e = err(&classes_with(r#"(weight: 1)"#, "()"));
+    assert!(e.msg.contains("class \"bulk\" sets nothing"), "{e}");
+    assert_eq!(e.line, 6, "{e}");
+}
+
+#[test]
+fn weight_is_1_to_1000_where_it_stands() {
+    for (w, ok) in [("0", false), ("1", true), ("1000", true), ("1001", false), ("-1", false), ("1.5", false)]
+    {
+        let got = parse(&classes_with("(weight: 4)", &format!("(weight: {w})")));
+        match got {
+            Ok(s) => assert!(ok && s.classes[3].weight.to_string() == w, "{w}"),
+            Err(e) => {
+                assert!(!ok, "{w}: {e}");
+                // ron places an error after a sign, and a fraction's at its point.
+                let col = if w.starts_with('-') || w.contains('.') { 27 } else { 26 };
+                assert_eq!((e.line, e.col), (7, col), "{w}: {e}");
+            }
+        }
+    }
+    let e = err(&classes_with("(weight: 4)", "(weight: 0)"));
+    assert!(e.msg.contains("weight 0 is out of range: 1 to 1000"), "{e}");
+}
+
+#[test]
+fn bad_rates_are_placed_and_say_what_to_write() {
+    let e = err(&classes_with(r#""5mbit""#, r#""5mb""#));
+    assert_eq!((e.line, e.col), (5, 28), "{e}");
+    assert!(e.msg.contains("unknown unit \"mb\"") && e.msg.contains("kbit, mbit, gbit"), "{e}");
+    let e = err(&classes_with(r#"rate: "100mbit""#, r#"rate: "0mbit""#));
+    assert_eq!(e.line, 9, "{e}");
+    assert!(e.msg.contains("less than 1 byte per second"), "{e}");
+    // A number without a unit is not taken as bits or bytes.
+    for (bad, says, col) in [
+        ("20", "rate 20 has no unit", 24),
+        ("-3", "rate -3 has no unit", 25),
+        ("2.5", "rate 2.5 has no unit", 24),
+    ] {
+        let e = err(&classes_with(r#"(rate: "20mbit")"#, &format!("(rate: {bad})")));
+        assert_eq!((e.line, e.col), (4, col), "{e}");
+        assert!(e.msg.contains(says) && e.msg.contains("as a string"), "{e}");
+    }
+    let e = err(&classes_with(r#"(rate: "20mbit")"#, "(rate: true)"));
+    assert!(e.msg.contains("a rate as a string with a unit"), "{e}");
+}
+
+#[test]
+fn duplicate_or_bad_class_names_are_placed() {
+    let e = err(&classes_with("\"live\": (weight", "\"bulk\": (weight"));
+    assert_eq!(e.line, 7, "{e}");
+    assert!(e.msg.contains("duplicate class name \"bulk\""), "{e}");
+    let e = err(&classes_with("\"live\": (weight", "\"li ve\": (weight"));
+    assert_eq!(e.line, 7, "{e}");
+    assert!(e.msg.contains("class name \"li ve\" must be 1-64 characters"), "{e}");
+    // Keys the later slices add are unknown here, and said so.
+    let e = err(&classes_with("(weight: 4)", "(weight: 4, quota: 5)"));
+    assert!(e.msg.contains("unknown key `quota` in class"), "{e}");
+}
+
+#[test]
+fn route_to_unknown_class_is_placed() {
+    let e = err(&classes_with(r#"class: "slow""#, r#"class: "fast""#));
+    assert_eq!((e.line, e.col), (10, 62), "{e}");
+    assert!(
+        e.msg.contains("route for 10.8.0.10/32 names class \"fast\", which is not defined in classes"),
+        "{e}"
+    );
+    assert!(e.to_string().starts_with("test.ron:10:62: "), "{e}");
+    // A class named like a tunnel is found where the route names it as a
+    // class, not where it names the tunnel.
+    let text = classes_with(r#"class: "slow""#, r#"class: "hk0""#)
+        .replace("routes: [ (", "routes: [ (source: \"10.8.0.9\", tunnel: \"hk0\"),\n        (");
+    let e = err(&text);
+    assert_eq!((e.line, e.col), (11, 56), "{e}");
+    assert!(e.msg.contains("names class \"hk0\""), "{e}");
+    // With no classes at all, too.
+    let e = err(&with("tunnel: \"hk1\")", "tunnel: \"hk1\", class :  \"slow\")"));
+    assert_eq!((e.line, e.col), (9, 58), "{e}");
+}
+
+#[test]
+fn class_label_default_and_override() {
+    let s = parse(&with("udp:", "docker: (), udp:")).unwrap();
+    assert_eq!(s.docker.unwrap().class_label, "egressd.class");
+    let s = parse(&with("udp:", "docker: (class_label: \"x.class\"), udp:")).unwrap();
+    let d = s.docker.unwrap();
+    assert_eq!((d.label.as_str(), d.class_label.as_str()), ("egressd.tunnel", "x.class"));
+    assert!(err(&with("udp:", "docker: (class_label: \"\"), udp:")).msg.contains("class_label"));
+    let e = err(&with("udp:", "docker: (class_label: \"egressd.tunnel\"), udp:"));
+    assert!(e.msg.contains("label and class_label are both \"egressd.tunnel\""), "{e}");
 }

@@ -6,12 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{
-    Addr, RawConfig, RawControl, RawDefault, RawDns, RawDocker, RawIntercept, RawRoute, RawTcp, RawTunnel,
-    RawUdp, Tunnels,
+    Addr, Classes, RawConfig, RawControl, RawDefault, RawDns, RawDocker, RawIntercept, RawRoute, RawTcp,
+    RawTunnel, RawUdp, Tunnels,
 };
 use super::{
-    ConfigError, ControlSettings, Credentials, DnsSettings, DockerSettings, IfacePattern, Intercept, Locator,
-    MAX_IDLE_SOURCES, Server, Settings, TcpSettings, Tunnel, TunnelId, TunnelKind, UdpSettings, WARM_MAX,
+    Class, ClassId, ConfigError, ControlSettings, Credentials, DnsSettings, DockerSettings, IfacePattern,
+    Intercept, Locator, MAX_IDLE_SOURCES, RouteTarget, Server, Settings, TcpSettings, Tunnel, TunnelId,
+    TunnelKind, UdpSettings, WARM_MAX,
 };
 use crate::route::RouteTable;
 
@@ -20,7 +21,8 @@ use crate::route::RouteTable;
 pub(super) fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, ConfigError> {
     let listen = validate_listen(loc, &raw.listen)?;
     let tunnels = validate_tunnels(loc, raw.tunnels)?;
-    let routes = validate_routes(loc, &raw.routes, &tunnels)?;
+    let classes = validate_classes(loc, raw.classes)?;
+    let routes = validate_routes(loc, &raw.routes, &tunnels, &classes)?;
     let default = validate_default(loc, &raw.default, &tunnels)?;
     // With Docker labels, routes may all come from the containers.
     if routes.is_empty() && default.is_none() && raw.docker.is_none() {
@@ -41,6 +43,7 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, Config
         listen,
         tunnels,
         routes,
+        classes,
         default,
         intercept,
         tcp: tcp_settings(loc, &raw.tcp)?,
@@ -79,8 +82,13 @@ fn validate_listen(loc: &Locator, raw: &[Addr]) -> Result<Vec<SocketAddr>, Confi
 fn validate_tunnels(loc: &Locator, raw: Tunnels) -> Result<Vec<Tunnel>, ConfigError> {
     let mut tunnels = Vec::with_capacity(raw.0.len());
     for (name, t) in raw.0 {
+        let rate = match &t {
+            RawTunnel::Socks5 { rate, .. }
+            | RawTunnel::HttpConnect { rate, .. }
+            | RawTunnel::Direct { rate, .. } => rate.map(|r| r.0),
+        };
         let kind = tunnel_kind(loc, &name, t)?;
-        tunnels.push(Tunnel { name, kind });
+        tunnels.push(Tunnel { name, kind, rate });
     }
     if tunnels.len() > usize::from(TunnelId::MAX) {
         return Err(loc.err(format!("too many tunnels ({}); at most {}", tunnels.len(), TunnelId::MAX)));
@@ -101,6 +109,7 @@ fn tunnel_kind(loc: &Locator, name: &str, t: RawTunnel) -> Result<TunnelKind, Co
             warm_max,
             warm_idle_secs,
             pipeline,
+            rate: _,
         } => {
             for (field, v) in [("warm", warm), ("warm_udp", warm_udp), ("warm_max", warm_max)] {
                 if v > WARM_MAX {
@@ -126,12 +135,14 @@ fn tunnel_kind(loc: &Locator, name: &str, t: RawTunnel) -> Result<TunnelKind, Co
                 pipeline,
             }
         }
-        RawTunnel::HttpConnect { server: s, username, password, pipeline } => TunnelKind::HttpConnect {
-            server: server(loc, name, &s)?,
-            auth: credentials(loc, name, username, password)?,
-            pipeline,
-        },
-        RawTunnel::Direct { interface, mark, bind } => {
+        RawTunnel::HttpConnect { server: s, username, password, pipeline, rate: _ } => {
+            TunnelKind::HttpConnect {
+                server: server(loc, name, &s)?,
+                auth: credentials(loc, name, username, password)?,
+                pipeline,
+            }
+        }
+        RawTunnel::Direct { interface, mark, bind, rate: _ } => {
             if let Some(i) = &interface
                 && (i.is_empty() || i.len() > 15 || i.contains(['/', ' ']))
             {
@@ -144,15 +155,48 @@ fn tunnel_kind(loc: &Locator, name: &str, t: RawTunnel) -> Result<TunnelKind, Co
     })
 }
 
+/// The classes in file order; each was checked on its own where it was
+/// parsed (`raw::Classes`): `rate` is both directions, a weight 1 unless set.
+fn validate_classes(loc: &Locator, raw: Classes) -> Result<Vec<Class>, ConfigError> {
+    if raw.0.len() > usize::from(ClassId::MAX) {
+        return Err(loc.err(format!("too many classes ({}); at most {}", raw.0.len(), ClassId::MAX)));
+    }
+    Ok(raw
+        .0
+        .into_iter()
+        .map(|(name, c)| Class {
+            name,
+            rate_up: c.rate.or(c.rate_up).map(|r| r.0),
+            rate_down: c.rate.or(c.rate_down).map(|r| r.0),
+            weight: c.weight.map_or(1, |w| w.0),
+        })
+        .collect())
+}
+
 fn id_of(tunnels: &[Tunnel], name: &str) -> Option<TunnelId> {
     tunnels.iter().position(|t| t.name == name).map(|i| i as TunnelId)
+}
+
+/// The class a route names, placed at its `class: "name"` when unknown.
+fn route_class(loc: &Locator, r: &RawRoute, classes: &[Class]) -> Result<Option<ClassId>, ConfigError> {
+    let Some(name) = &r.class else { return Ok(None) };
+    match classes.iter().position(|c| c.name == *name) {
+        Some(i) => Ok(Some(i as ClassId)),
+        None => Err(loc.err_at_key(
+            "routes",
+            "class",
+            name,
+            format!("route for {} names class \"{name}\", which is not defined in classes", r.source.text),
+        )),
+    }
 }
 
 fn validate_routes(
     loc: &Locator,
     raw: &[RawRoute],
     tunnels: &[Tunnel],
-) -> Result<RouteTable<TunnelId>, ConfigError> {
+    classes: &[Class],
+) -> Result<RouteTable<RouteTarget>, ConfigError> {
     let mut routes = RouteTable::new();
     for (i, r) in raw.iter().enumerate() {
         let Some(id) = id_of(tunnels, &r.tunnel) else {
@@ -166,7 +210,8 @@ fn validate_routes(
                 ),
             ));
         };
-        if routes.insert(r.source.cidr, id).is_some() {
+        let class = route_class(loc, r, classes)?;
+        if routes.insert(r.source.cidr, RouteTarget { tunnel: id, class }).is_some() {
             // Same literal earlier? Then this is its next occurrence.
             let nth = raw[..i].iter().filter(|p| p.source.text == r.source.text).count();
             return Err(loc.err_at(
@@ -248,12 +293,23 @@ fn validate_dns(loc: &Locator, raw: &RawDns) -> Result<DnsSettings, ConfigError>
 
 fn validate_docker(loc: &Locator, raw: Option<&RawDocker>) -> Result<Option<DockerSettings>, ConfigError> {
     let Some(d) = raw else { return Ok(None) };
-    if d.socket.is_empty() || d.label.is_empty() || d.label.len() > 255 || d.label.contains(['"', '\\']) {
+    let bad_key = |l: &str| l.is_empty() || l.len() > 255 || l.contains(['"', '\\']);
+    if d.socket.is_empty() || bad_key(&d.label) || bad_key(&d.class_label) {
         return Err(loc.err(
-            "docker: socket must be a path and label a label key, e.g. docker: (socket: \"/var/run/docker.sock\", label: \"egressd.tunnel\")".into(),
+            "docker: socket must be a path, label and class_label label keys, e.g. docker: (socket: \"/var/run/docker.sock\", label: \"egressd.tunnel\", class_label: \"egressd.class\")".into(),
         ));
     }
-    Ok(Some(DockerSettings { socket: PathBuf::from(&d.socket), label: d.label.clone() }))
+    if d.class_label == d.label {
+        return Err(loc.err(format!(
+            "docker: label and class_label are both \"{}\"; a container names its tunnel and its class with two different labels",
+            d.label
+        )));
+    }
+    Ok(Some(DockerSettings {
+        socket: PathBuf::from(&d.socket),
+        label: d.label.clone(),
+        class_label: d.class_label.clone(),
+    }))
 }
 
 /// The UDP sizes and counts; [`udp_settings`] checks the timeouts.

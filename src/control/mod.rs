@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use log::{debug, info, warn};
 
+use crate::config::RouteTarget;
 use crate::pool::Pools;
 use crate::route::Cidr;
 use crate::snapshot::{Live, Shared};
@@ -123,7 +124,8 @@ impl Control {
                 self.live.update(|cur| {
                     let mut s = (*cur.settings).clone();
                     let id = s.tunnel_id(&tunnel).ok_or_else(|| format!("no tunnel named \"{tunnel}\""))?;
-                    s.routes.insert(source, id);
+                    // The route is replaced whole: a class it had goes with it.
+                    s.routes.insert(source, RouteTarget::tunnel(id));
                     uncovered = !intercepted(&s.intercept.sources, source);
                     Ok::<_, String>(cur.with_settings(s).with_manual(source, true))
                 })?;
@@ -214,21 +216,18 @@ impl Control {
 fn route_list(s: &Shared) -> String {
     let mut o = String::new();
     for r in s.labels.routes() {
-        let verdict = if s.settings.tunnel_id(&r.tunnel).is_some() {
-            r.tunnel.clone()
-        } else if r.tunnel.is_empty() {
-            "reject (address claimed by two containers)".to_string()
-        } else {
-            format!("reject (label names unknown tunnel {:?})", r.tunnel)
+        let verdict = match r.judge(&s.settings) {
+            Ok(target) => s.settings.target_text(target),
+            Err(why) => format!("reject ({why})"),
         };
         let host = Cidr::host(r.addr);
         o.push_str(&format!("{host} -> {verdict}  (docker: {} {})\n", r.name, r.short_id()));
     }
     let mut routes: Vec<_> = s.settings.routes.iter().collect();
     routes.sort_by_key(|(c, _)| (!c.is_ipv4(), c.addr(), c.len()));
-    for (c, id) in routes {
+    for (c, target) in routes {
         let origin = if s.manual.contains(&c) { "route set" } else { "config" };
-        o.push_str(&format!("{c} -> {}  ({origin})\n", s.settings.tunnels[usize::from(id)].name));
+        o.push_str(&format!("{c} -> {}  ({origin})\n", s.settings.target_text(target)));
     }
     match s.settings.default {
         Some(id) => o.push_str(&format!("(default) -> {}\n", s.settings.tunnels[usize::from(id)].name)),
@@ -497,6 +496,54 @@ mod tests {
         assert!(!out.contains("warning"), "{out}");
     }
 
+    /// Issue 26: `route list` names a route's class, and why a label route
+    /// rejects (an unknown class as an unknown tunnel); `route set`
+    /// replaces a route whole, its class too.
+    #[test]
+    fn route_list_shows_classes_and_rejections() {
+        use crate::snapshot::{LabelRoute, Labels};
+        let text = r#"(listen: ["10.8.0.1:10900"], tunnels: { "a": Direct(), "b": Direct() },
+            classes: { "slow": (rate: "20mbit") },
+            routes: [(source: "10.8.0.0/24", tunnel: "a", class: "slow"), (source: "10.9.0.1", tunnel: "b")])"#;
+        let s = Arc::new(crate::config::Settings::parse("t.ron", text).unwrap());
+        let lr = |addr: &str, tunnel: &str, class: Option<&str>| LabelRoute {
+            addr: addr.parse().unwrap(),
+            id: "0123456789abcdef".into(),
+            name: format!("c{addr}"),
+            tunnel: tunnel.into(),
+            class: class.map(str::to_string),
+        };
+        let labels = Labels::new(
+            vec![
+                lr("10.8.0.2", "b", Some("slow")),
+                lr("10.8.0.3", "b", Some("gold")),
+                lr("10.8.0.4", "zz", None),
+                lr("10.8.0.5", "b", None),
+            ],
+            &s,
+        );
+        let ctl = Control {
+            live: Arc::new(Live::new(Shared::new(Arc::clone(&s)).with_labels(labels))),
+            workers: Vec::new(),
+            registry: Arc::default(),
+            pools: Arc::default(),
+        };
+        let list = route_list(&ctl.live.load());
+        assert_eq!(
+            list,
+            "10.8.0.2/32 -> b, class slow  (docker: c10.8.0.2 0123456789ab)\n\
+             10.8.0.3/32 -> reject (class label names unknown class \"gold\")  (docker: c10.8.0.3 0123456789ab)\n\
+             10.8.0.4/32 -> reject (label names unknown tunnel \"zz\")  (docker: c10.8.0.4 0123456789ab)\n\
+             10.8.0.5/32 -> b  (docker: c10.8.0.5 0123456789ab)\n\
+             10.8.0.0/24 -> a, class slow  (config)\n\
+             10.9.0.1/32 -> b  (config)\n\
+             (default) -> reject\n"
+        );
+        let c = |s: &str| s.parse::<Cidr>().unwrap();
+        ctl.handle(Request::RouteSet { source: c("10.8.0.0/24"), tunnel: "b".into(), reset: false }).unwrap();
+        assert!(route_list(&ctl.live.load()).contains("10.8.0.0/24 -> b  (route set)\n"));
+    }
+
     #[test]
     fn top_rows_name_the_tunnel_and_sum_drops() {
         use crate::snapshot::{LabelRoute, Labels};
@@ -508,6 +555,7 @@ mod tests {
             id: "0123456789abcdef".into(),
             name: name.into(),
             tunnel: tunnel.into(),
+            class: None,
         };
         let labels = Labels::new(vec![lr("10.8.0.4", "w2\tx", "b"), lr("10.8.0.5", "bad", "typo")], &s);
         let shared = Shared::new(Arc::clone(&s)).with_labels(labels);

@@ -65,7 +65,7 @@ use log::{debug, info, warn};
 pub use super::conn::list;
 use super::conn::{self, Got};
 use super::model::{self, Container, EventLines, Known, Look, Warned};
-use crate::config::DockerSettings;
+use crate::config::{DockerSettings, Settings};
 use crate::route::Cidr;
 use crate::snapshot::{Labels, Live};
 use crate::stats::{Counters, Registry};
@@ -390,10 +390,41 @@ impl<S: Sink> Follow<S> {
 /// addresses reset on the workers.
 pub(super) struct LiveSink {
     pub label: String,
+    pub class_label: String,
     pub live: Arc<Live>,
     pub workers: Vec<WorkerHandle>,
     pub counters: Arc<Counters>,
     pub warned: Warned,
+    /// The same for class labels naming no class.
+    pub warned_class: Warned,
+}
+
+impl LiveSink {
+    /// Logs and counts, once per container, the labels that name no tunnel
+    /// or no class of the config: those containers are rejected.
+    fn warn_unknown(&mut self, settings: &Settings, containers: &[Container]) {
+        let unknown = containers
+            .iter()
+            .filter(|c| settings.tunnel_id(&c.tunnel).is_none())
+            .map(|c| (c.id.as_str(), c.tunnel.as_str()));
+        let name = |id: &str| containers.iter().find(|c| c.id == id).map_or("", |c| c.name.as_str());
+        for (id, tunnel) in self.warned.sync(unknown) {
+            Counters::inc(&self.counters.docker_unknown_tunnel);
+            warn!(target: "egressd::docker",
+                "container {} ({}): label {}={tunnel:?} names no tunnel of the config; it is rejected (never sent through another tunnel)",
+                name(&id), id.get(..12).unwrap_or(&id), self.label);
+        }
+        let unknown_class = containers.iter().filter_map(|c| {
+            let class = c.class.as_deref()?;
+            settings.class_id(class).is_none().then_some((c.id.as_str(), class))
+        });
+        for (id, class) in self.warned_class.sync(unknown_class) {
+            Counters::inc(&self.counters.docker_unknown_class);
+            warn!(target: "egressd::docker",
+                "container {} ({}): label {}={class:?} names no class of the config; it is rejected (never sent uncapped or in another class)",
+                name(&id), id.get(..12).unwrap_or(&id), self.class_label);
+        }
+    }
 }
 
 impl Sink for LiveSink {
@@ -401,17 +432,7 @@ impl Sink for LiveSink {
         let shared = self.live.load();
         let current: Vec<model::LabelRoute> = shared.labels.routes().cloned().collect();
         let sync = model::sync(&current, containers);
-        let unknown = containers
-            .iter()
-            .filter(|c| shared.settings.tunnel_id(&c.tunnel).is_none())
-            .map(|c| (c.id.as_str(), c.tunnel.as_str()));
-        for (id, tunnel) in self.warned.sync(unknown) {
-            let name = containers.iter().find(|c| c.id == id).map_or("", |c| c.name.as_str());
-            Counters::inc(&self.counters.docker_unknown_tunnel);
-            warn!(target: "egressd::docker",
-                "container {name} ({}): label {}={tunnel:?} names no tunnel of the config; it is rejected (never sent through another tunnel)",
-                id.get(..12).unwrap_or(&id), self.label);
-        }
+        self.warn_unknown(&shared.settings, containers);
         if sync.added.is_empty() && sync.reset.is_empty() {
             return Applied::Same;
         }
@@ -419,7 +440,8 @@ impl Sink for LiveSink {
             .live
             .update(|cur| Ok::<_, ()>(cur.with_labels(Labels::new(sync.routes.clone(), &cur.settings))));
         for r in &sync.added {
-            info!(target: "egressd::docker", "route {} -> {} (container {}, {})", r.addr, r.tunnel, r.name, r.short_id());
+            let class = r.class.as_deref().map(|c| format!(", class {c}")).unwrap_or_default();
+            info!(target: "egressd::docker", "route {} -> {}{class} (container {}, {})", r.addr, r.tunnel, r.name, r.short_id());
         }
         for &addr in &sync.reset {
             info!(target: "egressd::docker", "route {addr} removed or changed: its flows are reset");
@@ -486,10 +508,12 @@ impl Docker {
         let counters = Arc::clone(self.counters.get_or_insert_with(|| self.registry.thread()));
         let sink = LiveSink {
             label: d.label.clone(),
+            class_label: d.class_label.clone(),
             live: Arc::clone(&self.live),
             workers: self.workers.clone(),
             counters,
             warned: Warned::default(),
+            warned_class: Warned::default(),
         };
         let r = start(d.clone(), TIMING, sink)
             .map_err(|e| format!("cannot follow Docker at {}: {e}", d.socket.display()))?;

@@ -43,7 +43,7 @@ pub(super) fn list_by(
     let path = format!("/containers/json?filters={}", encode(&filters));
     let mut c = get(&d.socket, &path, deadline, stop)?;
     let body = c.read_body(deadline)?;
-    model::parse_list(&body, &d.label)
+    model::parse_list(&body, &d.label, &d.class_label)
 }
 
 /// What Docker says of one container now: `None` when it does not run,
@@ -60,7 +60,7 @@ pub(super) fn inspect(
     if c.missing {
         return Ok(None);
     }
-    model::parse_inspect(&body, &d.label)
+    model::parse_inspect(&body, &d.label, &d.class_label)
 }
 
 /// How a read ended.

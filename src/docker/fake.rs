@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::client::{Docker, LiveSink, Running, Timing, start};
-use super::model::Warned;
+use super::client::{Docker, LiveSink, Running, Sink, Timing, start};
+use super::model::{Container, Warned};
 use crate::config::{DockerSettings, Settings};
 use crate::snapshot::{Live, Shared};
 use crate::stats::{Counters, Registry};
@@ -135,7 +135,11 @@ impl Fake {
     }
 
     fn settings(&self) -> DockerSettings {
-        DockerSettings { socket: self.socket.clone(), label: "egressd.tunnel".into() }
+        DockerSettings {
+            socket: self.socket.clone(),
+            label: "egressd.tunnel".into(),
+            class_label: "egressd.class".into(),
+        }
     }
 }
 
@@ -289,10 +293,12 @@ fn follow_at(d: DockerSettings, timing: Timing) -> (Running, Arc<Live>) {
     let live = live();
     let sink = LiveSink {
         label: d.label.clone(),
+        class_label: d.class_label.clone(),
         live: Arc::clone(&live),
         workers: Vec::new(),
         counters: Arc::new(Counters::default()),
         warned: Warned::default(),
+        warned_class: Warned::default(),
     };
     (start(d, timing, sink).unwrap(), live)
 }
@@ -541,7 +547,7 @@ fn a_stop_ends_the_thread_promptly_whatever_it_waits_for() {
     f.end();
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     // Sleeping between attempts at a socket that is not there.
-    let gone = DockerSettings { socket: fake.dir.join("nothing.sock"), label: "x".into() };
+    let gone = DockerSettings { socket: fake.dir.join("nothing.sock"), label: "x".into(), ..fake.settings() };
     let (f, _) = follow_at(gone, Timing { backoff_min: Duration::from_secs(20), ..FAST });
     std::thread::sleep(Duration::from_millis(100));
     let t0 = Instant::now();
@@ -580,4 +586,40 @@ fn a_reload_restarts_the_follower_only_when_docker_changed() {
     assert!(what.contains("no longer followed; its 1 label routes removed"), "{what}");
     assert_eq!(live.load().labels.routes().count(), 0);
     assert_eq!(d.apply(None).unwrap(), None);
+}
+
+/// Issue 26: a class label naming no class rejects the container (its
+/// addresses get no route elsewhere), is counted once and stays counted
+/// once; a known class is carried on the route.
+#[test]
+fn an_unknown_class_label_rejects_and_is_counted_once() {
+    let text = r#"(listen: ["10.8.0.1:10900"], tunnels: { "hk0": Direct() }, routes: [],
+        classes: { "slow": (rate: "20mbit") }, default: Tunnel("hk0"), docker: ())"#;
+    let live = Arc::new(Live::new(Shared::new(Arc::new(Settings::parse("t.ron", text).unwrap()))));
+    let counters = Arc::new(Counters::default());
+    let mut sink = LiveSink {
+        label: "egressd.tunnel".into(),
+        class_label: "egressd.class".into(),
+        live: Arc::clone(&live),
+        workers: Vec::new(),
+        counters: Arc::clone(&counters),
+        warned: Warned::default(),
+        warned_class: Warned::default(),
+    };
+    let c = |id: &str, class: &str, addr: &str| Container {
+        id: id.into(),
+        name: id.into(),
+        tunnel: "hk0".into(),
+        class: Some(class.into()),
+        addrs: vec![addr.parse().unwrap()],
+    };
+    let list = [c("a", "slow", "10.8.0.2"), c("b", "gold", "10.8.0.3")];
+    sink.apply(&list);
+    sink.apply(&list);
+    let view = live.load();
+    let class = |a: &str| view.target(a.parse().unwrap()).map(|(_, t)| t.class);
+    assert_eq!(class("10.8.0.2"), Some(Some(0)));
+    assert_eq!(class("10.8.0.3"), None, "rejected, not sent by default");
+    assert_eq!(counters.docker_unknown_class.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.docker_unknown_tunnel.load(Ordering::Relaxed), 0);
 }

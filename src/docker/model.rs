@@ -26,54 +26,64 @@ pub struct Container {
     pub name: String,
     /// The label's value: the tunnel it asks for.
     pub tunnel: String,
+    /// The class label's value, when it carries one: the class it asks for.
+    pub class: Option<String>,
     /// Its addresses on every network it is attached to (v4 and v6).
     pub addrs: Vec<IpAddr>,
 }
 
 /// The containers of a `GET /containers/json?filters={"label":[LABEL]}`
-/// answer that carry `label`, with their addresses. Entries that are not
-/// shaped like containers are skipped; a body that is not a JSON array is
-/// an error.
-pub fn parse_list(body: &[u8], label: &str) -> Result<Vec<Container>, String> {
+/// answer that carry `label`, with their addresses and the value of
+/// `class_label` if they carry it too. Entries that are not shaped like
+/// containers are skipped; a body that is not a JSON array is an error.
+pub fn parse_list(body: &[u8], label: &str, class_label: &str) -> Result<Vec<Container>, String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("container list is not JSON: {e}"))?;
     let list = v.as_array().ok_or("container list is not a JSON array")?;
     let mut out = Vec::new();
     for c in list {
         let Some(id) = c.get("Id").and_then(Value::as_str) else { continue };
-        let Some(tunnel) = c.get("Labels").and_then(|l| l.get(label)).and_then(Value::as_str) else {
+        let labels = c.get("Labels");
+        let Some(tunnel) = labels.and_then(|l| l.get(label)).and_then(Value::as_str) else {
             continue;
         };
+        let class = labels.and_then(|l| l.get(class_label)).and_then(Value::as_str);
         // Its own name, as inspect's `Name` says it: a legacy link adds
         // aliases ("/app/db") to the list's names, in no promised order.
         let names = c.get("Names").and_then(Value::as_array);
         let own = |v: &&Value| v.as_str().is_some_and(|n| !n.trim_start_matches('/').contains('/'));
         let name = names.and_then(|n| n.iter().find(own).or_else(|| n.first()));
-        out.push(container(id, name, tunnel, c));
+        out.push(container(id, name, (tunnel, class), c));
     }
     Ok(out)
 }
 
 /// A `GET /containers/{id}/json` answer: the container if it runs and
-/// carries `label` (what a list would show of it), `None` if not (stopped,
-/// exited, or without the label). Docker's list shows a container while
-/// `State.Running` holds (paused and restarting ones too), so that decides
-/// here. A body that is not a JSON object with an `Id` is an error.
-pub fn parse_inspect(body: &[u8], label: &str) -> Result<Option<Container>, String> {
+/// carries `label` (what a list would show of it, `class_label` too),
+/// `None` if not (stopped, exited, or without the label). Docker's list
+/// shows a container while `State.Running` holds (paused and restarting
+/// ones too), so that decides here. A body that is not a JSON object with
+/// an `Id` is an error.
+pub fn parse_inspect(body: &[u8], label: &str, class_label: &str) -> Result<Option<Container>, String> {
     let c: Value = serde_json::from_slice(body).map_err(|e| format!("container inspect is not JSON: {e}"))?;
     let id = c.get("Id").and_then(Value::as_str).ok_or("container inspect has no Id")?;
     if c.pointer("/State/Running").and_then(Value::as_bool) != Some(true) {
         return Ok(None);
     }
-    let Some(tunnel) = c.pointer("/Config/Labels").and_then(|l| l.get(label)).and_then(Value::as_str) else {
+    let labels = c.pointer("/Config/Labels");
+    let Some(tunnel) = labels.and_then(|l| l.get(label)).and_then(Value::as_str) else {
         return Ok(None);
     };
-    Ok(Some(container(id, c.get("Name"), tunnel, &c)))
+    let class = labels.and_then(|l| l.get(class_label)).and_then(Value::as_str);
+    Ok(Some(container(id, c.get("Name"), (tunnel, class), &c)))
 }
 
 /// One container from the fields a list entry and an inspect answer share
 /// (`NetworkSettings.Networks`); `name` is the list's first name or the
-/// inspect's `Name`, the short id without one.
-fn container(id: &str, name: Option<&Value>, tunnel: &str, c: &Value) -> Container {
+/// inspect's `Name`, the short id without one; `choice` the values of its
+/// tunnel label and class label. A class label that is not a string is
+/// taken as absent, as a tunnel label that is not one is.
+fn container(id: &str, name: Option<&Value>, choice: (&str, Option<&str>), c: &Value) -> Container {
+    let (tunnel, class) = choice;
     let name = name
         .and_then(Value::as_str)
         .map_or_else(|| id.get(..12).unwrap_or(id).to_string(), |n| n.trim_start_matches('/').to_string());
@@ -90,7 +100,13 @@ fn container(id: &str, name: Option<&Value>, tunnel: &str, c: &Value) -> Contain
             }
         }
     }
-    Container { id: id.to_string(), name, tunnel: tunnel.trim().to_string(), addrs }
+    Container {
+        id: id.to_string(),
+        name,
+        tunnel: tunnel.trim().to_string(),
+        class: class.map(|c| c.trim().to_string()),
+        addrs,
+    }
 }
 
 /// The labelled running containers as the follower last saw them: a list
@@ -173,11 +189,19 @@ pub fn sync(current: &[LabelRoute], containers: &[Container]) -> Sync {
     let mut want: BTreeMap<IpAddr, LabelRoute> = BTreeMap::new();
     for c in containers {
         for &addr in &c.addrs {
-            let r = LabelRoute { addr, id: c.id.clone(), name: c.name.clone(), tunnel: c.tunnel.clone() };
+            let r = LabelRoute {
+                addr,
+                id: c.id.clone(),
+                name: c.name.clone(),
+                tunnel: c.tunnel.clone(),
+                class: c.class.clone(),
+            };
             match want.get_mut(&addr) {
                 // Two containers claim one address (overlapping networks):
-                // neither choice can be trusted for it.
-                Some(other) if other.id != r.id && other.tunnel != r.tunnel => other.tunnel.clear(),
+                // neither choice (of tunnel or of class) can be trusted for it.
+                Some(other) if other.id != r.id && (other.tunnel != r.tunnel || other.class != r.class) => {
+                    other.tunnel.clear()
+                }
                 Some(_) => {}
                 None => {
                     want.insert(addr, r);
@@ -188,6 +212,8 @@ pub fn sync(current: &[LabelRoute], containers: &[Container]) -> Sync {
     let mut reset = Vec::new();
     for old in current {
         match want.get(&old.addr) {
+            // Another class alone (a new class_label) is no reset: the
+            // flows keep their exit, the route takes the new class.
             Some(new) if new.id == old.id && new.tunnel == old.tunnel => {}
             _ => reset.push(old.addr),
         }
@@ -414,7 +440,7 @@ mod tests {
 
     #[test]
     fn parses_labelled_containers_and_their_addresses() {
-        let l = parse_list(LIST.as_bytes(), "egressd.tunnel").unwrap();
+        let l = parse_list(LIST.as_bytes(), "egressd.tunnel", "egressd.class").unwrap();
         assert_eq!(l.len(), 3);
         assert_eq!(l[0].name, "web");
         assert_eq!(l[0].tunnel, "hk0");
@@ -423,9 +449,9 @@ mod tests {
         assert_eq!(l[1].tunnel, "hk1");
         assert_eq!(l[2].name, "dddd");
         assert!(l[2].addrs.is_empty());
-        assert!(parse_list(b"{}", "egressd.tunnel").is_err());
-        assert!(parse_list(b"[", "egressd.tunnel").is_err());
-        assert_eq!(parse_list(b"[]", "other.label").unwrap(), vec![]);
+        assert!(parse_list(b"{}", "egressd.tunnel", "egressd.class").is_err());
+        assert!(parse_list(b"[", "egressd.tunnel", "egressd.class").is_err());
+        assert_eq!(parse_list(b"[]", "other.label", "egressd.class").unwrap(), vec![]);
     }
 
     fn c(id: &str, tunnel: &str, addrs: &[&str]) -> Container {
@@ -433,6 +459,7 @@ mod tests {
             id: id.into(),
             name: format!("n-{id}"),
             tunnel: tunnel.into(),
+            class: None,
             addrs: addrs.iter().map(|a| ip(a)).collect(),
         }
     }
@@ -471,6 +498,55 @@ mod tests {
         // The same choice twice is no conflict.
         let s = sync(&[], &[c("a", "hk0", &["10.8.0.2"]), c("b", "hk0", &["10.8.0.2"])]);
         assert_eq!(s.routes[0].tunnel, "hk0");
+    }
+
+    /// Issue 26: the class label is read beside the tunnel label (trimmed;
+    /// absent or not a string: no class); it does not make a container
+    /// followed on its own.
+    #[test]
+    fn class_labels_are_read_beside_the_tunnel_label() {
+        let list = r#"[
+          {"Id":"a1","Names":["/web"],"Labels":{"egressd.tunnel":"hk0","egressd.class":" slow "}},
+          {"Id":"b2","Names":["/db"],"Labels":{"egressd.tunnel":"hk0"}},
+          {"Id":"c3","Names":["/odd"],"Labels":{"egressd.tunnel":"hk0","egressd.class":7}},
+          {"Id":"d4","Names":["/lone"],"Labels":{"egressd.class":"slow"}},
+          {"Id":"e5","Names":["/blank"],"Labels":{"egressd.tunnel":"hk0","egressd.class":""}}
+        ]"#;
+        let l = parse_list(list.as_bytes(), "egressd.tunnel", "egressd.class").unwrap();
+        let got: Vec<(&str, Option<&str>)> =
+            l.iter().map(|c| (c.name.as_str(), c.class.as_deref())).collect();
+        assert_eq!(got, [("web", Some("slow")), ("db", None), ("odd", None), ("blank", Some(""))]);
+        // Another class_label: another value (or none).
+        let l = parse_list(list.as_bytes(), "egressd.tunnel", "x.class").unwrap();
+        assert!(l.iter().all(|c| c.class.is_none()));
+        let inspect = INSPECT.replace(r#""x":"y""#, r#""egressd.class":"live""#);
+        let c = parse_inspect(inspect.as_bytes(), "egressd.tunnel", "egressd.class").unwrap().unwrap();
+        assert_eq!(c.class.as_deref(), Some("live"));
+        let c = parse_inspect(INSPECT.as_bytes(), "egressd.tunnel", "egressd.class").unwrap().unwrap();
+        assert_eq!(c.class, None);
+    }
+
+    #[test]
+    fn a_class_is_carried_on_the_route_and_a_new_one_resets_nothing() {
+        let classed = |id: &str, class: Option<&str>, addr: &str| Container {
+            class: class.map(str::to_string),
+            ..c(id, "hk0", &[addr])
+        };
+        let s = sync(&[], &[classed("a", Some("slow"), "10.8.0.2")]);
+        assert_eq!(s.routes[0].class.as_deref(), Some("slow"));
+        // The same container with another class (a new class_label): the
+        // route changes, its flows keep their exit.
+        let again = sync(&s.routes, &[classed("a", Some("live"), "10.8.0.2")]);
+        assert!(again.reset.is_empty());
+        assert_eq!(again.added.len(), 1);
+        assert_eq!(again.routes[0].class.as_deref(), Some("live"));
+        // Two containers claim an address with one tunnel but two classes:
+        // neither is trusted, as with two tunnels.
+        let both = sync(&[], &[classed("a", Some("slow"), "10.8.0.2"), classed("b", None, "10.8.0.2")]);
+        assert_eq!(both.routes[0].tunnel, "");
+        let same =
+            sync(&[], &[classed("a", Some("slow"), "10.8.0.2"), classed("b", Some("slow"), "10.8.0.2")]);
+        assert_eq!(same.routes[0].tunnel, "hk0");
     }
 
     #[test]
@@ -585,7 +661,7 @@ mod tests {
 
     #[test]
     fn parses_an_inspect_answer_as_the_list_would_show_it() {
-        let c = parse_inspect(INSPECT.as_bytes(), "egressd.tunnel").unwrap().unwrap();
+        let c = parse_inspect(INSPECT.as_bytes(), "egressd.tunnel", "egressd.class").unwrap().unwrap();
         assert_eq!((c.id.as_str(), c.name.as_str(), c.tunnel.as_str()), ("aaaaaaaaaaaa1111", "web", "hk0"));
         assert_eq!(c.addrs, [ip("10.8.0.2"), ip("fd08::2"), ip("172.18.0.5")]);
         // The same container in list shape gives the same Container (its
@@ -593,23 +669,23 @@ mod tests {
         let listed = r#"[{"Id":"aaaaaaaaaaaa1111","Names":["/app/web","/web"],"Labels":{"egressd.tunnel":" hk0 "},
             "NetworkSettings":{"Networks":{"egress":{"IPAddress":"10.8.0.2","GlobalIPv6Address":"fd08::2"},
                                            "other":{"IPAddress":"172.18.0.5"}}}}]"#;
-        assert_eq!(parse_list(listed.as_bytes(), "egressd.tunnel").unwrap(), [c]);
+        assert_eq!(parse_list(listed.as_bytes(), "egressd.tunnel", "egressd.class").unwrap(), [c]);
         // Paused and restarting containers run (a list shows them too).
         let paused = INSPECT.replace(r#""Paused":false"#, r#""Paused":true"#);
-        assert!(parse_inspect(paused.as_bytes(), "egressd.tunnel").unwrap().is_some());
+        assert!(parse_inspect(paused.as_bytes(), "egressd.tunnel", "egressd.class").unwrap().is_some());
         // Stopped (after a die: no addresses either), or without the label: none.
         let exited = INSPECT.replace(r#""Running":true"#, r#""Running":false"#);
-        assert_eq!(parse_inspect(exited.as_bytes(), "egressd.tunnel"), Ok(None));
-        assert_eq!(parse_inspect(INSPECT.as_bytes(), "egressd.exit"), Ok(None));
+        assert_eq!(parse_inspect(exited.as_bytes(), "egressd.tunnel", "egressd.class"), Ok(None));
+        assert_eq!(parse_inspect(INSPECT.as_bytes(), "egressd.exit", "egressd.class"), Ok(None));
         let no_state = r#"{"Id":"a","Config":{"Labels":{"egressd.tunnel":"hk0"}}}"#;
-        assert_eq!(parse_inspect(no_state.as_bytes(), "egressd.tunnel"), Ok(None));
+        assert_eq!(parse_inspect(no_state.as_bytes(), "egressd.tunnel", "egressd.class"), Ok(None));
         // No name, no networks: the short id, no addresses.
         let bare = r#"{"Id":"bbbbbbbbbbbb2222","State":{"Running":true},"Config":{"Labels":{"egressd.tunnel":"hk1"}}}"#;
-        let b = parse_inspect(bare.as_bytes(), "egressd.tunnel").unwrap().unwrap();
+        let b = parse_inspect(bare.as_bytes(), "egressd.tunnel", "egressd.class").unwrap().unwrap();
         assert_eq!((b.name.as_str(), b.addrs.len()), ("bbbbbbbbbbbb", 0));
         // Not an inspect answer.
         for bad in ["", "[", "[]", "{}", r#"{"Id":7}"#, r#"{"message":"No such container: x"}"#] {
-            assert!(parse_inspect(bad.as_bytes(), "egressd.tunnel").is_err(), "{bad:?}");
+            assert!(parse_inspect(bad.as_bytes(), "egressd.tunnel", "egressd.class").is_err(), "{bad:?}");
         }
     }
 

@@ -1,6 +1,6 @@
 //! Docker labels (`docker:` in the config): can egressd read the Engine
-//! API, and does every labelled container name a tunnel and sit on an
-//! intercepted interface?
+//! API, and does every labelled container name a tunnel (and a class, if
+//! it names one) and sit on an intercepted interface?
 
 use std::net::IpAddr;
 
@@ -54,6 +54,23 @@ pub(super) fn judge(
             ));
             continue;
         }
+        if let Some(class) = c.class.as_deref().filter(|k| settings.class_id(k).is_none()) {
+            let known: Vec<&str> = settings.classes.iter().map(|k| k.name.as_str()).collect();
+            let fix = if known.is_empty() {
+                format!("define class {class:?} in classes, or re-create the container without the label")
+            } else {
+                format!(
+                    "relabel it with one of: {} (re-create the container), or define {class:?} in classes",
+                    known.join(", ")
+                )
+            };
+            out.push(Check::fail(
+                name,
+                format!("label {}={class:?} names no class: the container is rejected", d.class_label),
+                fix,
+            ));
+            continue;
+        }
         let outside: Vec<IpAddr> =
             c.addrs.iter().copied().filter(|a| !subnets.iter().any(|s| s.contains(*a))).collect();
         if c.addrs.is_empty() {
@@ -89,12 +106,14 @@ mod tests {
             id: format!("{name}-id"),
             name: name.into(),
             tunnel: tunnel.into(),
+            class: None,
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
         };
         let list = [
             c("ok", "hk0", &["10.8.0.2"]),
             c("typo", "hk9", &["10.8.0.3"]),
             c("far", "hk0", &["172.30.0.2"]),
+            Container { class: Some("slow".into()), ..c("unclassed", "hk0", &["10.8.0.5"]) },
         ];
         let got = judge(&s, &d, &list, &["10.8.0.0/24".parse().unwrap()]);
         let status: Vec<(Status, &str)> = got.iter().map(|c| (c.status, c.name.as_str())).collect();
@@ -103,15 +122,29 @@ mod tests {
             [
                 (Status::Ok, "docker socket"),
                 (Status::Fail, "container typo"),
-                (Status::Warn, "container far")
+                (Status::Warn, "container far"),
+                (Status::Fail, "container unclassed"),
             ]
         );
         assert!(got[1].saw.contains("\"hk9\"") && got[1].fix.as_deref().unwrap().contains("hk0"), "{got:?}");
+        assert!(got[3].saw.contains("egressd.class=\"slow\" names no class"), "{got:?}");
+        assert!(got[3].fix.as_deref().unwrap().contains("define class \"slow\""), "{got:?}");
+        // With the class defined, the same container is fine.
+        let s = Settings::parse(
+            "t.ron",
+            &text.replace("routes: []", r#"routes: [], classes: { "slow": (rate: "1mbit") }"#),
+        )
+        .unwrap();
+        assert_eq!(judge(&s, &d, &list[3..], &["10.8.0.0/24".parse().unwrap()]).len(), 1);
     }
 
     #[test]
     fn an_unreadable_socket_says_how_to_grant_access() {
-        let d = DockerSettings { socket: "/run/docker.sock".into(), label: "egressd.tunnel".into() };
+        let d = DockerSettings {
+            socket: "/run/docker.sock".into(),
+            label: "egressd.tunnel".into(),
+            class_label: "egressd.class".into(),
+        };
         let c = socket_failure(&d, "cannot connect to /run/docker.sock: Permission denied (os error 13)");
         assert_eq!(c.status, crate::doctor::Status::Fail);
         assert!(c.fix.unwrap().contains("docker group"));

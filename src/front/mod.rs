@@ -328,12 +328,16 @@ pub fn log_summary(s: &Settings) {
     }
     let mut routes: Vec<_> = s.routes.iter().collect();
     routes.sort_by_key(|(c, _)| (!c.is_ipv4(), c.addr(), c.len()));
-    for (c, id) in routes {
-        info!(target: "egressd", "route {c} -> {}", s.tunnels[usize::from(id)].name);
+    for (c, target) in routes {
+        info!(target: "egressd", "route {c} -> {}", s.target_text(target));
     }
     match s.default {
         Some(id) => info!(target: "egressd", "other sources -> {}", s.tunnels[usize::from(id)].name),
         None => info!(target: "egressd", "other sources -> reject"),
+    }
+    if !s.classes.is_empty() {
+        info!(target: "egressd", "{} bandwidth classes parsed; their rate caps and weights are not enforced by this version",
+            s.classes.len());
     }
     info!(target: "egressd", "{} front loops, {} tunnel workers", s.threads, s.threads);
 }

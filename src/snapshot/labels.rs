@@ -1,13 +1,15 @@
 //! The label routes of Docker containers (`docker/` keeps them current):
-//! each container address, the tunnel its label names, and the verdict a
-//! lookup gives. Pure: a table, built from a list, read by every loop.
+//! each container address, the tunnel and class its labels name, and the
+//! verdict a lookup gives. Pure: a table, built from a list, read by every loop.
 
+use std::fmt;
 use std::net::IpAddr;
 
-use crate::config::{Settings, TunnelId};
+use crate::config::{RouteTarget, Settings};
 use crate::route::{Cidr, RouteTable};
 
-/// One label route: a container address and the tunnel its label names.
+/// One label route: a container address and the tunnel (and class) its
+/// labels name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelRoute {
     pub addr: IpAddr,
@@ -16,6 +18,8 @@ pub struct LabelRoute {
     /// The tunnel named by the label ("" when the address is claimed by two
     /// containers with different choices: rejected rather than guessed).
     pub tunnel: String,
+    /// The class named by the class label; `None` without one (no class).
+    pub class: Option<String>,
 }
 
 impl LabelRoute {
@@ -23,13 +27,50 @@ impl LabelRoute {
     pub fn short_id(&self) -> &str {
         self.id.get(..12).unwrap_or(&self.id)
     }
+
+    /// Where the route sends its address, resolved by name in `settings`,
+    /// or why it rejects it: an unknown class rejects as an unknown tunnel
+    /// does (never uncapped, never another class).
+    pub fn judge(&self, settings: &Settings) -> Result<RouteTarget, Rejection> {
+        if self.tunnel.is_empty() {
+            return Err(Rejection::Claimed);
+        }
+        let tunnel =
+            settings.tunnel_id(&self.tunnel).ok_or_else(|| Rejection::UnknownTunnel(self.tunnel.clone()))?;
+        let class = match &self.class {
+            None => None,
+            Some(c) => Some(settings.class_id(c).ok_or_else(|| Rejection::UnknownClass(c.clone()))?),
+        };
+        Ok(RouteTarget { tunnel, class })
+    }
+}
+
+/// Why a label route rejects its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// Two containers claim the address with different choices.
+    Claimed,
+    /// The tunnel label names no tunnel of the config.
+    UnknownTunnel(String),
+    /// The class label names no class of the config.
+    UnknownClass(String),
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::Claimed => f.write_str("address claimed by two containers"),
+            Rejection::UnknownTunnel(t) => write!(f, "label names unknown tunnel {t:?}"),
+            Rejection::UnknownClass(c) => write!(f, "class label names unknown class {c:?}"),
+        }
+    }
 }
 
 /// The live label routes, looked up before the config's routes.
 #[derive(Debug, Clone, Default)]
 pub struct Labels {
     table: RouteTable<u32>,
-    entries: Vec<(LabelRoute, Option<TunnelId>)>,
+    entries: Vec<(LabelRoute, Option<RouteTarget>)>,
 }
 
 /// A label route's verdict for a source.
@@ -37,26 +78,27 @@ pub struct Labels {
 pub enum LabelVerdict {
     /// No label route for this source: config routes and `default` decide.
     None,
-    /// The container's tunnel.
-    Tunnel(Cidr, TunnelId),
-    /// The label names no tunnel of the config: rejected.
+    /// The container's tunnel and class.
+    Tunnel(Cidr, RouteTarget),
+    /// The labels name no tunnel or no class of the config (or two
+    /// containers claim the address): rejected.
     Reject,
 }
 
 impl Labels {
-    /// The table for these routes, tunnels resolved by name in `settings`.
+    /// The table for these routes, tunnels and classes resolved by name in `settings`.
     pub fn new(routes: Vec<LabelRoute>, settings: &Settings) -> Labels {
         let mut table = RouteTable::new();
         let mut entries = Vec::with_capacity(routes.len());
         for r in routes {
-            let id = settings.tunnel_id(&r.tunnel);
+            let target = r.judge(settings).ok();
             table.insert(Cidr::host(r.addr), entries.len() as u32);
-            entries.push((r, id));
+            entries.push((r, target));
         }
         Labels { table, entries }
     }
 
-    /// The same routes against reloaded settings (tunnel indexes may move).
+    /// The same routes against reloaded settings (tunnel and class indexes may move).
     pub fn resolved(&self, settings: &Settings) -> Labels {
         Labels::new(self.routes().cloned().collect(), settings)
     }
@@ -75,7 +117,7 @@ impl Labels {
         }
         match self.table.lookup(client).and_then(|i| self.entries.get(i as usize)) {
             None => LabelVerdict::None,
-            Some((r, Some(id))) => LabelVerdict::Tunnel(Cidr::host(r.addr), *id),
+            Some((r, Some(target))) => LabelVerdict::Tunnel(Cidr::host(r.addr), *target),
             Some((_, None)) => LabelVerdict::Reject,
         }
     }
@@ -101,11 +143,12 @@ mod tests {
             id: format!("id-{addr}"),
             name: format!("n-{addr}"),
             tunnel: tunnel.into(),
+            class: None,
         };
         let l = Labels::new(vec![r("10.8.0.2", "b"), r("10.8.0.3", "typo")], &s);
         assert_eq!(
             l.lookup("10.8.0.2".parse().unwrap()),
-            LabelVerdict::Tunnel("10.8.0.2".parse().unwrap(), 1)
+            LabelVerdict::Tunnel("10.8.0.2".parse().unwrap(), RouteTarget::tunnel(1))
         );
         assert_eq!(l.lookup("10.8.0.3".parse().unwrap()), LabelVerdict::Reject);
         assert_eq!(l.lookup("10.8.0.4".parse().unwrap()), LabelVerdict::None);
@@ -118,7 +161,74 @@ mod tests {
         .unwrap();
         assert_eq!(
             l.resolved(&s2).lookup("10.8.0.2".parse().unwrap()),
-            LabelVerdict::Tunnel("10.8.0.2".parse().unwrap(), 0)
+            LabelVerdict::Tunnel("10.8.0.2".parse().unwrap(), RouteTarget::tunnel(0))
+        );
+    }
+
+    /// Issue 26: a class label resolves to a class of the config by name;
+    /// one naming no class rejects the container as an unknown tunnel does;
+    /// without one, no class.
+    #[test]
+    fn class_labels_resolve_by_name_and_reject_unknown_classes() {
+        let text = r#"(listen: ["10.8.0.1:10900"], tunnels: { "a": Direct() }, routes: [],
+                      classes: { "slow": (rate: "20mbit"), "bulk": (weight: 1) }, docker: ())"#;
+        let s = Settings::parse("t.ron", text).unwrap();
+        let r = |addr: &str, tunnel: &str, class: Option<&str>| LabelRoute {
+            addr: addr.parse().unwrap(),
+            id: format!("id-{addr}"),
+            name: format!("n-{addr}"),
+            tunnel: tunnel.into(),
+            class: class.map(str::to_string),
+        };
+        let routes = vec![
+            r("10.8.0.2", "a", Some("bulk")),
+            r("10.8.0.3", "a", Some("fast")),
+            r("10.8.0.4", "a", None),
+            r("10.8.0.5", "typo", Some("fast")),
+            r("10.8.0.6", "", Some("slow")),
+        ];
+        let l = Labels::new(routes.clone(), &s);
+        let at = |a: &str| l.lookup(a.parse().unwrap());
+        let host = |a: &str| a.parse::<Cidr>().unwrap();
+        assert_eq!(
+            at("10.8.0.2"),
+            LabelVerdict::Tunnel(host("10.8.0.2"), RouteTarget { tunnel: 0, class: Some(1) })
+        );
+        assert_eq!(at("10.8.0.3"), LabelVerdict::Reject);
+        assert_eq!(at("10.8.0.4"), LabelVerdict::Tunnel(host("10.8.0.4"), RouteTarget::tunnel(0)));
+        assert_eq!(at("10.8.0.5"), LabelVerdict::Reject);
+        // The reasons, as `route list` and the log give them: the tunnel
+        // is judged first.
+        let why: Vec<String> =
+            routes.iter().map(|r| r.judge(&s).map_or_else(|e| e.to_string(), |_| "ok".into())).collect();
+        assert_eq!(
+            why,
+            [
+                "ok",
+                "class label names unknown class \"fast\"",
+                "ok",
+                "label names unknown tunnel \"typo\"",
+                "address claimed by two containers"
+            ]
+        );
+        // A reload that defines the class lets the container out; one that
+        // reorders the classes keeps names deciding.
+        let s2 = Settings::parse(
+            "t.ron",
+            &text.replace(
+                r#""slow": (rate: "20mbit")"#,
+                r#""fast": (rate: "1gbit"), "slow": (rate: "20mbit")"#,
+            ),
+        )
+        .unwrap();
+        let l2 = l.resolved(&s2);
+        assert_eq!(
+            l2.lookup("10.8.0.3".parse().unwrap()),
+            LabelVerdict::Tunnel(host("10.8.0.3"), RouteTarget { tunnel: 0, class: Some(0) })
+        );
+        assert_eq!(
+            l2.lookup("10.8.0.2".parse().unwrap()),
+            LabelVerdict::Tunnel(host("10.8.0.2"), RouteTarget { tunnel: 0, class: Some(2) })
         );
     }
 }

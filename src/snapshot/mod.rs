@@ -13,9 +13,9 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::config::{Settings, Tunnel};
+use crate::config::{RouteTarget, Settings, Tunnel};
 use crate::route::Cidr;
-pub use labels::{LabelRoute, LabelVerdict, Labels};
+pub use labels::{LabelRoute, LabelVerdict, Labels, Rejection};
 
 /// A snapshot of the routing view (implemented by [`Shared`]; a trait so a worker can be tested with a view of its own).
 pub trait RouteView: Send + Sync {
@@ -148,15 +148,24 @@ impl Shared {
     /// The route that matched and the index of the client's tunnel in
     /// `tunnels`, or `None` to reject it.
     pub fn route_id(&self, client: IpAddr) -> Option<(Option<Cidr>, u16)> {
+        self.target(client).map(|(source, t)| (source, t.tunnel))
+    }
+
+    /// The route that matched (`None` for the default) and where it sends
+    /// the client: its tunnel and class (the default has none), or `None`
+    /// to reject it. A prefix route's class applies to each of its
+    /// addresses on its own.
+    pub fn target(&self, client: IpAddr) -> Option<(Option<Cidr>, RouteTarget)> {
         match self.labels.lookup(client) {
-            LabelVerdict::Tunnel(c, id) => return Some((Some(c), id)),
-            // A label naming no tunnel rejects: a typo must not pick an exit.
+            LabelVerdict::Tunnel(c, target) => return Some((Some(c), target)),
+            // A label naming no tunnel or class rejects: a typo must not
+            // pick an exit, nor leave a container uncapped.
             LabelVerdict::Reject => return None,
             LabelVerdict::None => {}
         }
         match self.settings.routes.lookup_route(client) {
-            Some((c, id)) => Some((Some(c), id)),
-            None => self.settings.default.map(|id| (None, id)),
+            Some((c, target)) => Some((Some(c), target)),
+            None => self.settings.default.map(|id| (None, RouteTarget::tunnel(id))),
         }
     }
 }
@@ -187,5 +196,52 @@ impl Routing for Live {
 
     fn view(&self) -> Arc<dyn RouteView> {
         self.load()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 26: the class a source gets, as the enforcement will look it
+    /// up: its label route's, else its config route's (each address of a
+    /// prefix on its own), never the default's.
+    #[test]
+    fn a_source_gets_the_class_of_its_route() {
+        let text = r#"(listen: ["10.8.0.1:10900"], tunnels: { "a": Direct(), "b": Direct() },
+            classes: { "slow": (rate: "20mbit"), "live": (weight: 4) },
+            routes: [(source: "10.8.0.0/24", tunnel: "a", class: "slow"), (source: "10.8.0.9", tunnel: "b")],
+            default: Tunnel("b"), docker: ())"#;
+        let s = Arc::new(Settings::parse("t.ron", text).unwrap());
+        let label = |addr: &str, class: Option<&str>| LabelRoute {
+            addr: addr.parse().unwrap(),
+            id: format!("id-{addr}"),
+            name: format!("n-{addr}"),
+            tunnel: "b".into(),
+            class: class.map(str::to_string),
+        };
+        let labels = Labels::new(
+            vec![label("10.8.0.2", Some("live")), label("10.8.0.3", None), label("10.8.0.4", Some("gold"))],
+            &s,
+        );
+        let shared = Shared::new(Arc::clone(&s)).with_labels(labels);
+        let at = |a: &str| shared.target(a.parse().unwrap()).map(|(_, t)| t);
+        let to = |tunnel, class| Some(RouteTarget { tunnel, class });
+        assert_eq!(at("10.8.0.2"), to(1, Some(1)), "the label's class");
+        assert_eq!(
+            at("10.8.0.3"),
+            to(1, None),
+            "a label route without a class label: none, not the prefix's"
+        );
+        assert_eq!(at("10.8.0.4"), None, "an unknown class rejects");
+        assert_eq!(shared.route_id("10.8.0.4".parse().unwrap()), None);
+        assert_eq!(at("10.8.0.5"), to(0, Some(0)), "the prefix route's");
+        assert_eq!(at("10.8.0.200"), to(0, Some(0)));
+        assert_eq!(at("10.8.0.9"), to(1, None), "a longer route without a class");
+        assert_eq!(at("192.0.2.1"), to(1, None), "the default has no class");
+        assert_eq!(
+            shared.route_id("10.8.0.5".parse().unwrap()),
+            Some((Some("10.8.0.0/24".parse().unwrap()), 0))
+        );
     }
 }

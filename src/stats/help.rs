@@ -79,6 +79,7 @@ const HELP: &[(&str, &str)] = &[
     ),
     ("dns_tcp_lost", "DNS queries over TCP lost in flight when their connection closed"),
     ("docker_unknown_tunnel", "Labelled containers whose label names no tunnel"),
+    ("docker_unknown_class", "Labelled containers whose class label names no class"),
     ("docker_label_routes", "Docker label routes (container addresses) live now"),
     ("pool_hits", "TCP flows that found a greeted connection ready in the tunnel's warm pool"),
     ("pool_misses", "TCP flows of pooled tunnels that found none ready (empty, fair share, or disabled)"),

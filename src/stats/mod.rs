@@ -159,6 +159,8 @@ counters! {
     dns_tcp_lost,
     /// Labelled containers whose label names no tunnel (each counted once).
     docker_unknown_tunnel,
+    /// Labelled containers whose class label names no class (each counted once).
+    docker_unknown_class,
     /// Label routes (container addresses) live now.
     docker_label_routes,
     /// Warm pools (published to the registry by the pools as [`Gauges`], never counted by a thread):
