@@ -72,7 +72,9 @@
 #   sources   one flow from each of SCALE_SOURCES sources, then `egressd top
 #             --once` (its one-second rate sample included), `egressd stats`
 #             and curl of /metrics, 5 times each (ms), and the gauge
-#             egressd_worker_turn_max_seconds (in us) if /metrics has it (else n/a);
+#             egressd_worker_turn_max_seconds (in us) right after the flows,
+#             and again after 21 s (the gauge's window) and the reads done
+#             under a light load (a new flow every 100 ms);
 #   10k       RSS; `egressd route set` for SCALE_10K /32 sources (two CLIs at
 #             once); RSS; one flow from each (SCALE_10K_FLOWS=1); RSS; idle
 #             SCALE_IDLE s; RSS and the source series left in /metrics: what
@@ -544,6 +546,21 @@ sources_part() {
 	out=$(tmo 200 "$NS_C" "$PY" "$BENCH_DIR/scaletool.py" flows --srcs "$EG_TMP/srcs.txt" --target "$TARGET:80" \
 		--expect "$EXIT_EGRESS" --conc 50 --timeout-s 10 --max-secs 150 2>&1 | tail -n 1)
 	sample flows_1000_ok 1 "$(kv ok "$out")" "" "of $SCALE_SOURCES: $out"
+	w=$(turn_max_us)
+	if [ -n "$w" ]; then
+		sample turn_flows_us 1 "$w" us "during the $SCALE_SOURCES new flows, 50 at once: wall clock, on 2 cores shared with the Python client, exits and target"
+	else
+		na turn_flows_us 1 us "no egressd_worker_turn_max_seconds in /metrics"
+	fi
+	# The gauge keeps the longest turn of the last 10-20 s: let the flows'
+	# turns age out, then read stats under a light load (a new flow every
+	# 100 ms from the same sources, each registering its source again after
+	# the pools went cold), which is what a reader could hold up.
+	sleep 21
+	src_addrs "$SRC_BASE" 0 "$SCALE_SOURCES" >"$EG_TMP/srcs-light.txt"
+	eg_spawn "$NS_C" "$EG_TMP/light.log" "$PY" "$BENCH_DIR/scaletool.py" flows --srcs "$EG_TMP/srcs-light.txt" \
+		--target "$TARGET:80" --expect "$EXIT_EGRESS" --conc 1 --gap-ms 100 --timeout-s 10 --max-secs 90
+	light=$EG_LAST_PID
 	out=$(tmo 120 "$NS_GW" "$PY" "$BENCH_DIR/scaletool.py" timeit --reps 5 --timeout-s 20 -- \
 		"$EGRESSD_BIN" top --once --socket "$SOCK" 2>&1 | tail -n 1)
 	top_stats_rows top_once_ms "$out" "includes top's one-second rate sample"
@@ -562,13 +579,18 @@ sources_part() {
 			na scrape_ms "$i" ms "curl: $line"
 		fi
 	done
-	# The gauge another change adds; the largest value over its series.
-	w=$(awk '/^egressd_worker_turn_max_seconds/ { v = $NF * 1e6; if (v > m) m = v; f = 1 } END { if (f) print m }' "$body" 2>/dev/null)
+	w=$(turn_max_us)
+	stop_pid "$light" TERM
 	if [ -n "$w" ]; then
-		sample worker_turn_max_us 1 "$w" us "largest egressd_worker_turn_max_seconds series after the flows and scrapes, in us"
+		sample worker_turn_max_us 1 "$w" us "during top, stats and the scrapes with a new flow every 100 ms: largest egressd_worker_turn_max_seconds series (wall clock)"
 	else
 		na worker_turn_max_us 1 us "no egressd_worker_turn_max_seconds in /metrics (not in this build)"
 	fi
+}
+# turn_max_us — the largest egressd_worker_turn_max_seconds series now, in us.
+turn_max_us() {
+	tmo 20 "$NS_GW" curl -sS --max-time 10 "http://$METRICS_ADDR/metrics" 2>/dev/null |
+		awk '/^egressd_worker_turn_max_seconds/ { v = $NF * 1e6; if (v > m) m = v; f = 1 } END { if (f) print m }'
 }
 top_stats_rows() { # METRIC TIMEIT_LINE NOTE
 	local ms rc k=0 v

@@ -213,6 +213,8 @@ async def flows_main(args, srcs):
                 errs.append(f"{src}: {err}")
             else:
                 ok += 1
+            if args.gap_ms:
+                await asyncio.sleep(args.gap_ms / 1000)
 
     try:
         await asyncio.wait_for(asyncio.gather(*(one(s) for s in srcs)), args.max_secs + args.timeout_s + 5)
@@ -305,7 +307,8 @@ METRICS = [
     ("stats_ms", "`egressd stats`, {S} sources", "ms"),
     ("scrape_ms", "GET /metrics (curl), {S} sources", "ms"),
     ("scrape_kib", "GET /metrics: body size", "KiB"),
-    ("worker_turn_max_us", "longest worker-loop turn (gauge)", "us"),
+    ("turn_flows_us", "longest worker turn, during the {S} new flows", "us"),
+    ("worker_turn_max_us", "longest worker turn, during the reads (light load)", "us"),
     ("route_set_10k_s", "`egressd route set` x {K}", "s"),
     ("rss_10k_before_mib", "{K} sources: RSS before", "MiB"),
     ("rss_10k_set_mib", "{K} sources: RSS after route set", "MiB"),
@@ -321,7 +324,8 @@ LATENCY = {m for m, _, _ in METRICS if m.startswith("lat_")}
 # Metrics whose note says something worth a line under the table (others'
 # notes show only when they report an error or the value is n/a).
 NOTED = {"warmup_s", "rest_syscalls_s", "flows_1000_ok", "flows_10k_ok", "route_set_10k_s",
-         "rss_10k_idle_mib", "source_series_idle", "scrape_kib", "top_once_ms"}
+         "rss_10k_idle_mib", "source_series_idle", "scrape_kib", "top_once_ms", "turn_flows_us",
+         "worker_turn_max_us"}
 
 
 def fmt(v):
@@ -442,6 +446,9 @@ def main():
         s.add_argument("--timeout-s", type=float, default=10)
         s.add_argument("--max-secs", type=float, default=120)
         s.set_defaults(fn=fn)
+        if name == "flows":
+            # A pause after each flow (with --conc 1: a light, paced load).
+            s.add_argument("--gap-ms", type=float, default=0)
         if name == "probe":
             s.add_argument("--src", required=True)
             s.add_argument("--count", type=int, required=True)
