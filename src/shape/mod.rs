@@ -57,3 +57,6 @@ impl Dir {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
