@@ -25,7 +25,7 @@ from pathlib import Path
 
 # The architecture, lowest layer first: a module imports only from lower layers or its own.
 LAYERS = [
-    ["bucket", "lograte", "sys", "wire", "route", "stats", "udp"],
+    ["bucket", "shape", "lograte", "sys", "wire", "route", "stats", "udp"],
     ["config"],
     ["relay", "upstream", "pool", "rules"],
     ["snapshot"],
@@ -37,7 +37,7 @@ LAYERS = [
 ]
 MAX_FILE_LINES = 800
 MAX_FN_LINES = 70
-DATA_PATH = {"front", "worker", "relay", "udp", "pool", "upstream", "wire"}
+DATA_PATH = {"front", "worker", "relay", "udp", "pool", "upstream", "wire", "shape"}
 
 TOKEN = re.compile(r"""//|/\*|(?<!\w)[bc]?r(#*)"|"|'""")
 STRING = re.compile(r'"(?:\\.|[^"\\])*"', re.S)

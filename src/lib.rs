@@ -10,7 +10,8 @@
 //! [`relay`]s both directions; UDP sessions live in [`udp`]'s table. [`sys`]
 //! holds the only `unsafe` code; [`stats`] counts. [`config`], [`rules`],
 //! [`doctor`], [`control`] and [`cli`] are the operator's side. Per-source
-//! limits take tokens from a [`bucket`]; [`hostwatch`] watches the host
+//! limits take tokens from a [`bucket`], bandwidth classes and a tunnel's
+//! shared rate from [`shape`]'s byte buckets; [`hostwatch`] watches the host
 //! while egressd runs; [`lograte`] keeps warnings about outside events to
 //! one a minute.
 //!
@@ -18,7 +19,7 @@
 //! checks it on every test run):
 //! `cli` → `control` `doctor` → `front` `hostwatch` → `docker` → `worker` →
 //! `snapshot` → `relay` `upstream` `pool` `rules` → `config` → `bucket`
-//! `lograte` `sys` `wire` `route` `stats` `udp`.
+//! `shape` `lograte` `sys` `wire` `route` `stats` `udp`.
 #![deny(unsafe_code)]
 
 pub mod bucket;
@@ -34,6 +35,7 @@ pub mod pool;
 pub mod relay;
 pub mod route;
 pub mod rules;
+pub mod shape;
 pub mod snapshot;
 pub mod stats;
 pub mod sys;
