@@ -65,6 +65,13 @@ const WAKER: Token = Token(usize::MAX);
 /// Scratch buffer shared by every flow of a worker. Large enough that the
 /// allocator maps it on its own: pages never used cost no memory.
 const SCRATCH: usize = 256 * 1024;
+/// Work one loop turn does at most, so that no turn holds up the flows
+/// whose events wait behind it (issue 25: the longest turn is a gauge):
+/// readiness events per poll, hand-offs taken, and pools that refill or
+/// drain (a thousand pools going cold together, or filling at start). What
+/// is left waits for the next turn, which does not sleep.
+const EVENTS_PER_TURN: usize = 256;
+const HANDOFFS_PER_TURN: usize = 32;
 /// Hand-off queue length per worker: deep enough for a burst of thousands of
 /// connects from one container (the load test opens 3 000+ at once). It
 /// costs memory only while it holds hand-offs (see `queue`).
@@ -292,7 +299,7 @@ impl WorkerLoop {
 
     /// Runs until `stop` is set and every flow has ended (or `grace` passed).
     pub fn run(mut self, stop: &AtomicBool, grace: Duration) -> io::Result<()> {
-        let mut events = Events::with_capacity(1024);
+        let mut events = Events::with_capacity(EVENTS_PER_TURN);
         let mut stopping_since: Option<Instant> = None;
         loop {
             // Sleep until the next deadline, however far: with nothing due
@@ -328,7 +335,7 @@ impl WorkerLoop {
                     self.on_event(ev);
                 }
             }
-            self.take_handoffs();
+            self.take_handoffs(HANDOFFS_PER_TURN);
             self.expire();
             self.expire_udp_idle();
             self.tick_pools();
@@ -337,7 +344,7 @@ impl WorkerLoop {
             if stop.load(Ordering::SeqCst) {
                 let since = *stopping_since.get_or_insert(self.now);
                 // Take what is still queued, so nothing handed over is lost.
-                self.take_handoffs();
+                self.take_handoffs(usize::MAX);
                 if self.flows.is_empty() || self.now.duration_since(since) >= grace {
                     debug!(target: "egressd::worker", "worker {} stopping with {} flows", self.id, self.flows.len());
                     return Ok(());
@@ -346,7 +353,9 @@ impl WorkerLoop {
         }
     }
 
-    fn take_handoffs(&mut self) {
+    /// Commands, then at most `limit` hand-offs (the rest are taken next
+    /// turn: the loop does not sleep while the queue holds any).
+    fn take_handoffs(&mut self, limit: usize) {
         // Commands first: a reset must not wait behind a queue of hand-offs
         // (and a reload applies to the connections queued after it).
         while let Ok(c) = self.commands.try_recv() {
@@ -360,7 +369,8 @@ impl WorkerLoop {
                 }
             }
         }
-        while let Some(h) = self.rx.try_recv() {
+        for _ in 0..limit {
+            let Some(h) = self.rx.try_recv() else { break };
             match h {
                 Handoff::Tcp(t) if self.routes.stale(t.generation) => self.reroute_flow(*t),
                 Handoff::Tcp(t) => self.start_flow(*t),

@@ -46,7 +46,7 @@ fn a_reload_applies_live() {
     let (mut w, h) = WorkerLoop::new(0, Arc::clone(&a), live(&a), &Common::default()).unwrap();
     assert!(w.relay.splice);
     assert!(h.command(Command::Settings(b), Duration::from_secs(1)));
-    w.take_handoffs();
+    w.take_handoffs(usize::MAX);
     assert!(!w.relay.splice, "tcp.splice");
     assert_eq!(w.settings.tcp.idle_timeout, Duration::from_secs(7));
     assert_eq!(w.udp.pending_max, 3, "udp.pending_datagrams");

@@ -25,6 +25,11 @@ use crate::config::{Credentials, Tunnel};
 use crate::pool::{self, Assoc, TunnelPool, Watched};
 use crate::upstream::{Handshake, Socks5Handshake};
 
+/// Pools due now that one loop turn looks at: when a thousand go cold (or
+/// fill at start) together, each turn drains or refills this many and the
+/// flows' events come in between (issue 25: a turn stays short).
+const POOLS_PER_TURN: usize = 32;
+
 /// A connection being made ready for a pool.
 pub(super) struct Warm {
     stream: TcpStream,
@@ -295,8 +300,17 @@ impl WorkerLoop {
         let mut armed = std::mem::take(&mut self.armed_pools);
         self.next_pool_tick = None;
         let mut next = None;
+        let mut worked = 0;
         armed.retain(|p| {
+            if worked >= POOLS_PER_TURN {
+                // The rest wait for the next turn, which comes at once.
+                next = Some(now);
+                return true;
+            }
             let mut i = p.lock();
+            if earliest(i.tcp.pool.next_due(now), i.udp.pool.next_due(now)).is_some_and(|t| t <= now) {
+                worked += 1;
+            }
             let (tcp, udp) = (i.tcp.tick(now), i.udp.tick(now));
             let due = earliest(i.tcp.pool.next_due(now), i.udp.pool.next_due(now));
             next = earliest(next, due);
