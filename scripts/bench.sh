@@ -564,7 +564,7 @@ sample() {
 }
 na() { sample "$1" "$2" "$3" n/a "$4" "$5"; } # IMPL METRIC REP UNIT WHY
 
-ALL_METRICS="rss_idle:MiB rss_1000:MiB tcp_1stream:Gbit/s tcp_4streams:Gbit/s tcp_download:Gbit/s cpu_per_gb:s/GB tcp_conn_rate:conn/s dns_qps:q/s dns_loss:% udp_rate:Mbit/s udp_loss:%"
+ALL_METRICS="rss_idle:MiB rss_1000:MiB rss_after:MiB tcp_1stream:Gbit/s tcp_4streams:Gbit/s tcp_download:Gbit/s cpu_per_gb:s/GB tcp_conn_rate:conn/s dns_qps:q/s dns_loss:% udp_rate:Mbit/s udp_loss:%"
 all_na() { # IMPL REP WHY
 	local m
 	for m in $ALL_METRICS; do na "$1" "${m%%:*}" "$2" "${m#*:}" "$3"; done
@@ -752,9 +752,9 @@ held_at_least() { [ "$(held_count)" -ge "$1" ] 2>/dev/null; }
 held_at_most() { [ "$(held_count)" -le "$1" ] 2>/dev/null; }
 hold_status_ready() { test -s "$EG_TMP/hold.status"; }
 
-measure_rss_1000() { # IMPL REP
-	local impl=$1 rep=$2 hpid st v h
-	if [ -z "$PROXY_PID" ]; then na "$impl" rss_1000 "$rep" MiB "no proxy process (kernel forwarding)"; return; fi
+measure_rss_1000() { # IMPL REP [METRIC]
+	local impl=$1 rep=$2 metric=${3:-rss_1000} hpid st v h
+	if [ -z "$PROXY_PID" ]; then na "$impl" "$metric" "$rep" MiB "no proxy process (kernel forwarding)"; return; fi
 	rm -f "$EG_TMP/hold.status" "$EG_TMP/hold.status.stop"
 	wait_until 10 held_at_most 0
 	eg_spawn "$NS_C" "$EG_TMP/hold.log" "$PY" "$BENCH_DIR/benchtool.py" hold "$TARGET:7000" \
@@ -771,14 +771,14 @@ measure_rss_1000() { # IMPL REP
 		v=$(proc_rss_mib "$PROXY_PID")
 		h=$(held_count)
 		if [ -z "$v" ]; then
-			na "$impl" rss_1000 "$rep" MiB "could not read /proc/$PROXY_PID/status"
+			na "$impl" "$metric" "$rep" MiB "could not read /proc/$PROXY_PID/status"
 		elif [ "$h" -ge "$HOLD_N" ]; then
-			sample "$impl" rss_1000 "$rep" "$v" MiB
+			sample "$impl" "$metric" "$rep" "$v" MiB
 		else
-			sample "$impl" rss_1000 "$rep" "$v" MiB "with $h of $HOLD_N held (client: $st)"
+			sample "$impl" "$metric" "$rep" "$v" MiB "with $h of $HOLD_N held (client: $st)"
 		fi
 	else
-		na "$impl" rss_1000 "$rep" MiB "only ${h:-0} of $HOLD_N connections reached the target (client: ${st:-no status})"
+		na "$impl" "$metric" "$rep" MiB "only ${h:-0} of $HOLD_N connections reached the target (client: ${st:-no status})"
 	fi
 	touch "$EG_TMP/hold.status.stop"
 	wait_until 10 pid_gone "$hpid"
@@ -870,7 +870,7 @@ measure_udp() { # IMPL REP
 not_measured() { # IMPL REP PART — the PART's metrics as n/a (MEASURE left it out)
 	local m
 	case $3 in
-	rss) m="rss_1000:MiB" ;;
+	rss) m="rss_1000:MiB rss_after:MiB" ;;
 	tcp) m="tcp_1stream:Gbit/s tcp_4streams:Gbit/s tcp_download:Gbit/s cpu_per_gb:s/GB" ;;
 	wrk) m="tcp_conn_rate:conn/s" ;;
 	dns) m="dns_qps:q/s dns_loss:%" ;;
@@ -910,6 +910,11 @@ run_round() { # IMPL REP
 			not_measured "$impl" "$rep" "$part"
 		fi
 	done
+	# Once more after the load (throughput, connections, DNS, UDP): what a
+	# burst made the proxy keep (issue 25).
+	if [[ " $MEASURE " == *" rss "* ]]; then
+		measure_rss_1000 "$impl" "$rep" rss_after
+	fi
 	if [ -n "$PROXY_PID" ] && ! pid_alive "$PROXY_PID"; then
 		say "  WARNING: $impl exited during the round; its log: $(tail -n 3 "$EG_TMP/$impl.log" 2>/dev/null | tr '\n' ' ')"
 	fi

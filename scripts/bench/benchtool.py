@@ -234,6 +234,7 @@ METRICS = [
     ("cpu_per_gb", "proxy CPU (user+sys) per GB relayed", "s/GB", False),
     ("rss_idle", "proxy RSS, no flows", "MiB", False),
     ("rss_1000", "proxy RSS, 1000 idle TCP connections", "MiB", False),
+    ("rss_after", "proxy RSS, 1000 idle TCP connections, after the load", "MiB", False),
 ]
 METRIC_INFO = {k: (label, unit, hib) for k, label, unit, hib in METRICS}
 PEERS = ["redsocks", "v2ray", "ipt2socks"]
@@ -435,6 +436,7 @@ def targets(med, impls):
         line("DNS loss <= that peer's", eg <= pl, f"egressd {fmt(eg)}% vs {p} {fmt(pl)}%")
     check("udp_loss", 1.0, "UDP loss at 200 Mbit/s <= best peer")
     check("rss_1000", 1.0, "RSS with 1000 idle conns <= best peer")
+    check("rss_after", 1.0, "the same after the load <= best peer")
     eg = med.get(("egressd", "rss_idle"))
     if eg is None:
         line("RSS with no flows <= 2 MiB", None, "no value")
