@@ -31,6 +31,9 @@ pub enum Pumped {
     WaitRead,
     /// `dst` is full: wait for it to be writable.
     WaitWrite,
+    /// The allowance (the source's shaper's grant) is spent and `src` may
+    /// hold more: come back at the grant's wake-up, not on an edge.
+    Shaped,
     /// `src` ended and `dst`'s write side is shut: this direction is over.
     Done,
 }
@@ -143,13 +146,28 @@ impl Pump {
         dst: &mut mio::net::TcpStream,
         ctx: &mut RelayCtx,
     ) -> Result<Pumped, PumpError> {
+        let mut all = usize::MAX;
+        self.pump_within(src, dst, ctx, &mut all)
+    }
+
+    /// [`Pump::pump`], reading at most `*left` bytes from `src` (a shaped
+    /// source's grant): each read takes its length off `*left`, and when
+    /// none is left the pump stops with [`Pumped::Shaped`] (bytes already
+    /// read are still written first). What `*left` lost is what was read.
+    pub fn pump_within(
+        &mut self,
+        src: &mut mio::net::TcpStream,
+        dst: &mut mio::net::TcpStream,
+        ctx: &mut RelayCtx,
+        left: &mut usize,
+    ) -> Result<Pumped, PumpError> {
         if *self.splice.get_or_insert(ctx.splice) {
-            match self.pump_splice(src, dst, &mut ctx.pipes, &mut ctx.scratch) {
+            match self.pump_splice(src, dst, &mut ctx.pipes, &mut ctx.scratch, left) {
                 Err(PumpError::Unsupported) => self.splice = Some(false),
                 r => return r,
             }
         }
-        self.pump_copy(src, dst, &mut ctx.scratch)
+        self.pump_copy_within(src, dst, &mut ctx.scratch, left)
     }
 
     /// Gives the pipe back to the pool if it is empty (the flow is ending).
@@ -172,6 +190,22 @@ impl Pump {
         S: Read,
         D: Write + HalfClose,
     {
+        let mut all = usize::MAX;
+        self.pump_copy_within(src, dst, scratch, &mut all)
+    }
+
+    /// [`Pump::pump_copy`] within an allowance (see [`Pump::pump_within`]).
+    pub fn pump_copy_within<S, D>(
+        &mut self,
+        src: &mut S,
+        dst: &mut D,
+        scratch: &mut [u8],
+        left: &mut usize,
+    ) -> Result<Pumped, PumpError>
+    where
+        S: Read,
+        D: Write + HalfClose,
+    {
         if self.done {
             return Ok(Pumped::Done);
         }
@@ -185,12 +219,19 @@ impl Pump {
                 self.done = true;
                 return Ok(Pumped::Done);
             }
-            let n = match src.read(scratch) {
+            if *left == 0 {
+                return Ok(Pumped::Shaped);
+            }
+            let room = scratch.len().min(*left);
+            let n = match src.read(&mut scratch[..room]) {
                 Ok(0) => {
                     self.eof = true;
                     continue;
                 }
-                Ok(n) => n,
+                Ok(n) => {
+                    *left -= n.min(*left);
+                    n
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Pumped::WaitRead),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(PumpError::Read(e)),
