@@ -331,6 +331,27 @@ mod tests {
     }
 
     #[test]
+    fn an_allowance_stops_reading_and_says_so() {
+        let mut src = Src { chunks: vec![b"abc".to_vec(), b"def".to_vec()].into(), eof: false };
+        let mut dst = Dst { got: vec![], room: 100, shut: Cell::new(false) };
+        let mut p = Pump::default();
+        p.preload(b"P");
+        let mut scratch = [0u8; 16];
+        // Held bytes go out whatever the allowance; then 3 are read, no more.
+        let mut left = 3;
+        assert_eq!(p.pump_copy_within(&mut src, &mut dst, &mut scratch, &mut left).unwrap(), Pumped::Shaped);
+        assert_eq!((dst.got.as_slice(), left), (&b"Pabc"[..], 0));
+        // Nothing allowed: nothing read, still Shaped (not WaitRead).
+        assert_eq!(p.pump_copy_within(&mut src, &mut dst, &mut scratch, &mut 0).unwrap(), Pumped::Shaped);
+        let mut left = 10;
+        assert_eq!(
+            p.pump_copy_within(&mut src, &mut dst, &mut scratch, &mut left).unwrap(),
+            Pumped::WaitRead
+        );
+        assert_eq!((dst.got.as_slice(), left), (&b"Pabcdef"[..], 7));
+    }
+
+    #[test]
     fn preload_goes_first_and_idle_waits_for_read() {
         let mut src = Src { chunks: vec![b"B".to_vec()].into(), eof: false };
         let mut dst = Dst { got: vec![], room: 100, shut: Cell::new(false) };
