@@ -13,7 +13,7 @@
 # figures (Mbit/s, 10^6), over the run less its first second (-O 1: TCP's
 # slow start and the bucket's first burst left out).
 #
-# Checks (one PASS/FAIL line each; 9 on every path):
+# Checks (one PASS/FAIL line each; 10 on every path):
 #   1  (a) c0 down (-R): egressd's tcp_bytes_down for 10.8.0.10 over the
 #      run <= rate x wall time + burst (50 kB) + 64 kB, deterministic
 #   2  (a) c0 down: iperf3 receiver 18..21 Mbit/s
@@ -29,6 +29,8 @@
 #      udp_drop_shaped for 10.8.0.10 > 0
 #   9  (f) control: a reload without classes; c0 (same path) > 30 Mbit/s,
 #      so (a) cannot pass vacuously
+#  10  `egressd stats` names c0's class on its source row and lists it among
+#      the sources held to their rate (tcp_shaped_waits > 0); c1 in neither
 #
 # Usage: sudo netns-tests/classes.sh   (EGRESSD=path to use another binary,
 #        EG_KEEP_TMP=1 to keep logs). Needs root; skips (exit 0) otherwise.
@@ -39,7 +41,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
-plan_checks 9
+plan_checks 10
 
 require_root_and_tools nft iptables ip6tables microsocks danted python3 iperf3 timeout awk
 eg_init
@@ -170,6 +172,15 @@ if within "$r1" 40 100000 && within "$r0" 0 21 && [ "$w0" -gt 0 ] && [ "$w1" -eq
 	pass "4 (b) c1 (no class, same exit) $r1 Mbit/s beside c0 $r0; shaped waits c0 $w0, c1 $w1"
 else
 	fail "4 (b) c1 unaffected by c0's class" "c1 $r1 Mbit/s, c0 $r0; shaped waits c0 $w0, c1 $w1"
+fi
+
+ST=$(nsx "$NS_GW" timeout 10 "$(egressd_bin)" stats --socket "$SOCK" 2>&1)
+held=$(printf '%s\n' "$ST" | awk '/^held to their rate/ { on = 1; next } on && /^$/ { exit } on && /^  / { print $1 }' | tr '\n' ' ')
+if printf '%s\n' "$ST" | grep -q '^10\.8\.0\.10/32 \[class c20\]' && [ "$held" = "10.8.0.10/32 " ] &&
+	! printf '%s\n' "$ST" | grep -q '^10\.8\.0\.11/32 \[class'; then
+	pass "10 egressd stats: c0's row names class c20; held to their rate: $held"
+else
+	fail "10 egressd stats shows c0's class and its waits" "$(printf '%s\n' "$ST" | grep -E '^10\.8|^held|^  10' | tr '\n' '|')"
 fi
 
 # ---- (c) weights 1 and 3 on a 40mbit tunnel, then one alone
