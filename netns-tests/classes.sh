@@ -20,17 +20,17 @@
 #   3  (a) c0 up: iperf3 receiver 18..21 Mbit/s, and egressd's counter bound
 #   4  (b) c1 (no class, same exit) at the same time as c0: > 40 Mbit/s,
 #      while c0 stays <= 21 (tcp_shaped_waits moved for c0 only)
-#   5  (c) c2 (weight 1) and c3 (weight 3) at once on exit2's 40mbit:
-#      10 and 30 Mbit/s +-10 %
-#   6  (c) c2 alone on exit2: 36..42 Mbit/s
-#   7  (d) SIGHUP c20 20mbit -> 10mbit during a 9 s flow of c0: its 1 s
-#      intervals before 18..21, after the reload (+1 s) 9..10.5 Mbit/s
-#   8  (e) UDP: c0 sends 50 Mbit/s (iperf3 -u): received <= 21 Mbit/s and
-#      udp_drop_shaped for 10.8.0.10 > 0
-#   9  (f) control: a reload without classes; c0 (same path) > 30 Mbit/s,
-#      so (a) cannot pass vacuously
-#  10  `egressd stats` names c0's class on its source row and lists it among
+#   5  `egressd stats` names c0's class on its source row and lists it among
 #      the sources held to their rate (tcp_shaped_waits > 0); c1 in neither
+#   6  (c) c2 (weight 1) and c3 (weight 3) at once on exit2's 40mbit:
+#      10 and 30 Mbit/s +-10 %
+#   7  (c) c2 alone on exit2: 36..42 Mbit/s
+#   8  (d) SIGHUP c20 20mbit -> 10mbit during a 9 s flow of c0: its 1 s
+#      intervals before 18..21, after the reload (+1 s) 9..10.5 Mbit/s
+#   9  (e) UDP: c0 sends 50 Mbit/s (iperf3 -u): received <= 21 Mbit/s and
+#      udp_drop_shaped for 10.8.0.10 > 0
+#  10  (f) control: a reload without classes; c0 (same path) > 30 Mbit/s,
+#      so (a) cannot pass vacuously
 #
 # Usage: sudo netns-tests/classes.sh   (EGRESSD=path to use another binary,
 #        EG_KEEP_TMP=1 to keep logs). Needs root; skips (exit 0) otherwise.
@@ -136,7 +136,7 @@ t1=$(now_ns)
 P1=$(prom_or_die)
 down=$(mbps "$EG_TMP/a-down.json")
 bytes=$(($(src_metric "$P1" egressd_tcp_bytes_down_total 10.8.0.10) - $(src_metric "$P0" egressd_tcp_bytes_down_total 10.8.0.10)))
-bound=$(((t1 - t0) / 1000 * RATE20 / 1000000 + BURST + 65536))
+bound=$(((t1 - t0) * RATE20 / 1000000000 + BURST + 65536))
 if [ "$bytes" -gt 0 ] && [ "$bytes" -le "$bound" ]; then
 	pass "1 (a) egressd moved $bytes bytes down for c0 in $(((t1 - t0) / 1000000)) ms <= rate x time + burst ($bound)"
 else
@@ -150,7 +150,7 @@ t1=$(now_ns)
 P1=$(prom_or_die)
 up=$(mbps "$EG_TMP/a-up.json")
 bytes=$(($(src_metric "$P1" egressd_tcp_bytes_up_total 10.8.0.10) - $(src_metric "$P0" egressd_tcp_bytes_up_total 10.8.0.10)))
-bound=$(((t1 - t0) / 1000 * RATE20 / 1000000 + BURST + 65536))
+bound=$(((t1 - t0) * RATE20 / 1000000000 + BURST + 65536))
 if within "$up" 18 21 && [ "$bytes" -le "$bound" ]; then
 	pass "3 (a) c0 up at 20mbit: iperf3 receiver $up Mbit/s; egressd moved $bytes bytes <= $bound"
 else
@@ -178,9 +178,9 @@ ST=$(nsx "$NS_GW" timeout 10 "$(egressd_bin)" stats --socket "$SOCK" 2>&1)
 held=$(printf '%s\n' "$ST" | awk '/^held to their rate/ { on = 1; next } on && /^$/ { exit } on && /^  / { print $1 }' | tr '\n' ' ')
 if printf '%s\n' "$ST" | grep -q '^10\.8\.0\.10/32 \[class c20\]' && [ "$held" = "10.8.0.10/32 " ] &&
 	! printf '%s\n' "$ST" | grep -q '^10\.8\.0\.11/32 \[class'; then
-	pass "10 egressd stats: c0's row names class c20; held to their rate: $held"
+	pass "5 egressd stats: c0's row names class c20; held to their rate: $held"
 else
-	fail "10 egressd stats shows c0's class and its waits" "$(printf '%s\n' "$ST" | grep -E '^10\.8|^held|^  10' | tr '\n' '|')"
+	fail "5 egressd stats shows c0's class and its waits" "$(printf '%s\n' "$ST" | grep -E '^10\.8|^held|^  10' | tr '\n' '|')"
 fi
 
 # ---- (c) weights 1 and 3 on a 40mbit tunnel, then one alone
@@ -191,13 +191,13 @@ wait "$c0"
 r1=$(mbps "$EG_TMP/c-w1.json")
 r3=$(mbps "$EG_TMP/c-w3.json")
 if within "$r1" 9 11 && within "$r3" 27 33; then
-	pass "5 (c) weights 1:3 on 40mbit: $r1 and $r3 Mbit/s"
+	pass "6 (c) weights 1:3 on 40mbit: $r1 and $r3 Mbit/s"
 else
-	fail "5 (c) weights 1:3 on 40mbit: 10 and 30 +-10 %" "got $r1 and $r3"
+	fail "6 (c) weights 1:3 on 40mbit: 10 and 30 +-10 %" "got $r1 and $r3"
 fi
 ipf "${NS_C[2]}" 5202 "$EG_TMP/c-alone.json" -t "$SECS" -O 1 -R
 ra=$(mbps "$EG_TMP/c-alone.json")
-if within "$ra" 36 42; then pass "6 (c) weight 1 alone on 40mbit: $ra Mbit/s"; else fail "6 (c) alone on 40mbit 36..42" "got $ra"; fi
+if within "$ra" 36 42; then pass "7 (c) weight 1 alone on 40mbit: $ra Mbit/s"; else fail "7 (c) alone on 40mbit 36..42" "got $ra"; fi
 
 # ---- (d) SIGHUP lowers c0's class during an open flow
 write_conf 20mbit
@@ -210,9 +210,9 @@ wait "$d0"
 before=$(intervals "$EG_TMP/d.json" 1 4)
 after=$(intervals "$EG_TMP/d.json" 6 9)
 if within "$before" 18 21 && within "$after" 9 10.5; then
-	pass "7 (d) SIGHUP 20mbit -> 10mbit on an open flow: $before Mbit/s before, $after after"
+	pass "8 (d) SIGHUP 20mbit -> 10mbit on an open flow: $before Mbit/s before, $after after"
 else
-	fail "7 (d) SIGHUP applies the new rate to an open flow" "before $before (18..21), after $after (9..10.5)"
+	fail "8 (d) SIGHUP applies the new rate to an open flow" "before $before (18..21), after $after (9..10.5)"
 fi
 write_conf 20mbit
 kill -HUP "$EGRESSD_PID"
@@ -225,9 +225,9 @@ P1=$(prom_or_die)
 ru=$(mbps "$EG_TMP/e.json")
 drops=$(($(src_metric "$P1" egressd_udp_drop_shaped_total 10.8.0.10) - $(src_metric "$P0" egressd_udp_drop_shaped_total 10.8.0.10)))
 if within "$ru" 1 21 && [ "$drops" -gt 0 ]; then
-	pass "8 (e) UDP 50 Mbit/s through 20mbit: $ru Mbit/s received, udp_drop_shaped $drops"
+	pass "9 (e) UDP 50 Mbit/s through 20mbit: $ru Mbit/s received, udp_drop_shaped $drops"
 else
-	fail "8 (e) UDP held to 20mbit, drops counted" "received $ru Mbit/s, udp_drop_shaped $drops"
+	fail "9 (e) UDP held to 20mbit, drops counted" "received $ru Mbit/s, udp_drop_shaped $drops"
 fi
 
 # ---- (f) control: the same path without a class
@@ -237,9 +237,9 @@ sleep 1
 ipf "${NS_C[0]}" 5201 "$EG_TMP/f.json" -t "$SECS" -O 1 -R
 rf=$(mbps "$EG_TMP/f.json")
 if within "$rf" 30 100000; then
-	pass "9 (f) control: c0 without a class $rf Mbit/s (> 30)"
+	pass "10 (f) control: c0 without a class $rf Mbit/s (> 30)"
 else
-	fail "9 (f) control: c0 without a class exceeds 20mbit" "got $rf"
+	fail "10 (f) control: c0 without a class exceeds 20mbit" "got $rf"
 fi
 
 finish_suite classes.sh
