@@ -13,9 +13,13 @@
 //!
 //! ```text
 //!   Open ──src EOF, all written──► shutdown(dst, Write) ──► Done
-//!    │ └─ dst would block ─► (keep the rest; wait for dst writable)
+//!    │ ├─ dst would block ─► (keep the rest; wait for dst writable)
+//!    │ └─ allowance spent ─► Shaped (`pump_within`: the caller's timer pumps again)
 //!    └──── read/write error ──► Err (the flow resets both sides)
 //! ```
+//!
+//! A shaped source's pumps read at most their grant (`pump_within`, see
+//! `shape`); everyone else's read without bound, as `pump` always did.
 
 mod splice;
 

@@ -15,6 +15,10 @@
 //! before answering is replaced once by a fresh one (`End::Retry`,
 //! `retry_fresh`), and they are replayed.
 //!
+//! A flow of a shaped source (`shaping`) relays within its source's grants;
+//! stopped by one, it has one more timer entry (`Kind::Shape`) at the
+//! grant's wake-up, never two at once (`arm_shape`, `expire_shape`).
+//!
 //! Each flow has exactly one entry in the timer heap; when it comes due and
 //! the flow has been active since, it is pushed again with the new deadline
 //! (`expire_flow`). How a flow ends is an [`End`]; why a tunnel could not

@@ -75,10 +75,11 @@ impl WorkerLoop {
     /// Whether a datagram of `len` bytes of a session may go in `dir`: a
     /// shaped source's bucket must grant it whole (UDP has no backpressure
     /// to wait on, so it is policed), else it is dropped and counted in
-    /// `udp_drop_shaped`. DNS carried over TCP is policed the same way here.
+    /// `udp_drop_shaped`. DNS carried over TCP (a tunnel without UDP) is
+    /// not shaped: a few small queries, and a dropped one costs a lookup.
     pub(super) fn police(&mut self, slot: usize, dir: Dir, len: usize) -> bool {
         let Some(s) = self.udp.sessions.get(slot) else { return true };
-        if !s.shaped {
+        if !s.shaped || matches!(s.link, Link::DnsOverTcp) {
             return true;
         }
         let Some(sh) = self.shapers.get(s.client.ip()) else { return true };
