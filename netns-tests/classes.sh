@@ -13,7 +13,7 @@
 # figures (Mbit/s, 10^6), over the run less its first second (-O 1: TCP's
 # slow start and the bucket's first burst left out).
 #
-# Checks (one PASS/FAIL line each; 10 on every path):
+# Checks (one PASS/FAIL line each; 11 on every path):
 #   1  (a) c0 down (-R): egressd's tcp_bytes_down for 10.8.0.10 over the
 #      run <= rate x wall time + burst (50 kB) + 64 kB, deterministic
 #   2  (a) c0 down: iperf3 receiver 18..21 Mbit/s
@@ -31,6 +31,8 @@
 #      udp_drop_shaped for 10.8.0.10 > 0
 #  10  (f) control: a reload without classes; c0 (same path) > 30 Mbit/s,
 #      so (a) cannot pass vacuously
+#  11  no busy loop: while c0 was held to 20mbit (check 1's run) egressd
+#      used < 25 % of one core (a starved direction waits on a timer)
 #
 # Usage: sudo netns-tests/classes.sh   (EGRESSD=path to use another binary,
 #        EG_KEEP_TMP=1 to keep logs). Needs root; skips (exit 0) otherwise.
@@ -41,7 +43,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
-plan_checks 10
+plan_checks 11
 
 require_root_and_tools nft iptables ip6tables microsocks danted python3 iperf3 timeout awk
 eg_init
@@ -129,10 +131,15 @@ src_metric() {
 }
 
 # ---- (a) c0's class, down then up
+# cpu_ticks — egressd's user + system time so far, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$EGRESSD_PID/stat"; }
 P0=$(prom_or_die)
 t0=$(now_ns)
+k0=$(cpu_ticks)
 ipf "${NS_C[0]}" 5201 "$EG_TMP/a-down.json" -t "$SECS" -O 1 -R
+k1=$(cpu_ticks)
 t1=$(now_ns)
+cpu_pct=$(((k1 - k0) * 100000000000 / $(getconf CLK_TCK) / (t1 - t0)))
 P1=$(prom_or_die)
 down=$(mbps "$EG_TMP/a-down.json")
 bytes=$(($(src_metric "$P1" egressd_tcp_bytes_down_total 10.8.0.10) - $(src_metric "$P0" egressd_tcp_bytes_down_total 10.8.0.10)))
@@ -240,6 +247,12 @@ if within "$rf" 30 100000; then
 	pass "10 (f) control: c0 without a class $rf Mbit/s (> 30)"
 else
 	fail "10 (f) control: c0 without a class exceeds 20mbit" "got $rf"
+fi
+
+if [ "$cpu_pct" -lt 25 ]; then
+	pass "11 no busy loop: egressd used $cpu_pct % of a core while c0 was held to 20mbit"
+else
+	fail "11 no busy loop while shaped" "egressd used $cpu_pct % of a core during c0's 20mbit run"
 fi
 
 finish_suite classes.sh
