@@ -74,6 +74,7 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
         pools: Arc::clone(&pools),
         fail_log: Arc::new(FailLog::default()),
         limits,
+        boards: Arc::default(),
     };
     let live = Arc::new(Live::new(Shared::new(Arc::clone(&settings))));
     let stop = Arc::new(AtomicBool::new(false));

@@ -109,6 +109,7 @@ impl Control {
                 let sources = named_sources(&self.live.load(), self.registry.per_source());
                 let mut t = stats::table(&self.registry.total(), &self.registry.per_tunnel(), &sources);
                 t.push_str(&refusals(&sources));
+                t.push_str(&shaped(&sources));
                 t.push_str(&self.pools.table());
                 Ok(t)
             }
@@ -237,16 +238,25 @@ fn route_list(s: &Shared) -> String {
 }
 
 /// Per-source counters named with the container that owns the address,
-/// where Docker labels say so.
+/// where Docker labels say so, and the class its route gives it.
 fn named_sources(s: &Shared, sources: Vec<(String, stats::Snapshot)>) -> Vec<(String, stats::Snapshot)> {
-    if s.labels.is_empty() {
+    if s.labels.is_empty() && s.settings.classes.is_empty() {
         return sources;
     }
     sources
         .into_iter()
-        .map(|(name, snap)| match name.parse::<Cidr>().ok().and_then(|c| s.labels.owner(&c)) {
-            Some(r) => (format!("{name} ({})", r.name), snap),
-            None => (name, snap),
+        .map(|(name, snap)| {
+            let cidr = name.parse::<Cidr>().ok();
+            let mut label = match cidr.and_then(|c| s.labels.owner(&c)) {
+                Some(r) => format!("{name} ({})", r.name),
+                None => name,
+            };
+            // Issue 26: the class the source's route gives it now.
+            let class = cidr.and_then(|c| s.target(c.addr())).and_then(|(_, t)| s.settings.class(t.class?));
+            if let Some(c) = class {
+                label = format!("{label} [class {}]", c.name);
+            }
+            (label, snap)
         })
         .collect()
 }
@@ -306,6 +316,21 @@ fn refusals(sources: &[(String, stats::Snapshot)]) -> String {
         }
     }
     if o.is_empty() { o } else { format!("\nrefused or dropped, per route source:\n{o}") }
+}
+
+/// `stats`' section on the sources held to their rate (a class's cap or
+/// their tunnel's share, issue 26); empty when none was.
+fn shaped(sources: &[(String, stats::Snapshot)]) -> String {
+    let mut o = String::new();
+    for (name, snap) in sources.iter().filter(|(_, s)| s.tcp_shaped_waits + s.udp_drop_shaped > 0) {
+        let (w, d) = (snap.tcp_shaped_waits, snap.udp_drop_shaped);
+        o.push_str(&format!("  {name:<24} tcp_shaped_waits {w}, udp_drop_shaped {d}\n"));
+    }
+    if o.is_empty() {
+        o
+    } else {
+        format!("\nheld to their rate (class or tunnel share), per route source:\n{o}")
+    }
 }
 
 /// A container name as one tab-separated field: no tabs, newlines or

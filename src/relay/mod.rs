@@ -13,9 +13,13 @@
 //!
 //! ```text
 //!   Open ──src EOF, all written──► shutdown(dst, Write) ──► Done
-//!    │ └─ dst would block ─► (keep the rest; wait for dst writable)
+//!    │ ├─ dst would block ─► (keep the rest; wait for dst writable)
+//!    │ └─ allowance spent ─► Shaped (`pump_within`: the caller's timer pumps again)
 //!    └──── read/write error ──► Err (the flow resets both sides)
 //! ```
+//!
+//! A shaped source's pumps read at most their grant (`pump_within`, see
+//! `shape`); everyone else's read without bound, as `pump` always did.
 
 mod splice;
 
@@ -31,6 +35,9 @@ pub enum Pumped {
     WaitRead,
     /// `dst` is full: wait for it to be writable.
     WaitWrite,
+    /// The allowance (the source's shaper's grant) is spent and `src` may
+    /// hold more: come back at the grant's wake-up, not on an edge.
+    Shaped,
     /// `src` ended and `dst`'s write side is shut: this direction is over.
     Done,
 }
@@ -143,13 +150,28 @@ impl Pump {
         dst: &mut mio::net::TcpStream,
         ctx: &mut RelayCtx,
     ) -> Result<Pumped, PumpError> {
+        let mut all = usize::MAX;
+        self.pump_within(src, dst, ctx, &mut all)
+    }
+
+    /// [`Pump::pump`], reading at most `*left` bytes from `src` (a shaped
+    /// source's grant): each read takes its length off `*left`, and when
+    /// none is left the pump stops with [`Pumped::Shaped`] (bytes already
+    /// read are still written first). What `*left` lost is what was read.
+    pub fn pump_within(
+        &mut self,
+        src: &mut mio::net::TcpStream,
+        dst: &mut mio::net::TcpStream,
+        ctx: &mut RelayCtx,
+        left: &mut usize,
+    ) -> Result<Pumped, PumpError> {
         if *self.splice.get_or_insert(ctx.splice) {
-            match self.pump_splice(src, dst, &mut ctx.pipes, &mut ctx.scratch) {
+            match self.pump_splice(src, dst, &mut ctx.pipes, &mut ctx.scratch, left) {
                 Err(PumpError::Unsupported) => self.splice = Some(false),
                 r => return r,
             }
         }
-        self.pump_copy(src, dst, &mut ctx.scratch)
+        self.pump_copy_within(src, dst, &mut ctx.scratch, left)
     }
 
     /// Gives the pipe back to the pool if it is empty (the flow is ending).
@@ -172,6 +194,22 @@ impl Pump {
         S: Read,
         D: Write + HalfClose,
     {
+        let mut all = usize::MAX;
+        self.pump_copy_within(src, dst, scratch, &mut all)
+    }
+
+    /// [`Pump::pump_copy`] within an allowance (see [`Pump::pump_within`]).
+    pub fn pump_copy_within<S, D>(
+        &mut self,
+        src: &mut S,
+        dst: &mut D,
+        scratch: &mut [u8],
+        left: &mut usize,
+    ) -> Result<Pumped, PumpError>
+    where
+        S: Read,
+        D: Write + HalfClose,
+    {
         if self.done {
             return Ok(Pumped::Done);
         }
@@ -185,12 +223,19 @@ impl Pump {
                 self.done = true;
                 return Ok(Pumped::Done);
             }
-            let n = match src.read(scratch) {
+            if *left == 0 {
+                return Ok(Pumped::Shaped);
+            }
+            let room = scratch.len().min(*left);
+            let n = match src.read(&mut scratch[..room]) {
                 Ok(0) => {
                     self.eof = true;
                     continue;
                 }
-                Ok(n) => n,
+                Ok(n) => {
+                    *left -= n.min(*left);
+                    n
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Pumped::WaitRead),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(PumpError::Read(e)),
@@ -287,6 +332,27 @@ mod tests {
         assert!(dst.shut.get());
         assert_eq!(p.bytes, 10);
         assert!(p.held.is_none(), "no buffer kept after draining");
+    }
+
+    #[test]
+    fn an_allowance_stops_reading_and_says_so() {
+        let mut src = Src { chunks: vec![b"abc".to_vec(), b"def".to_vec()].into(), eof: false };
+        let mut dst = Dst { got: vec![], room: 100, shut: Cell::new(false) };
+        let mut p = Pump::default();
+        p.preload(b"P");
+        let mut scratch = [0u8; 16];
+        // Held bytes go out whatever the allowance; then 3 are read, no more.
+        let mut left = 3;
+        assert_eq!(p.pump_copy_within(&mut src, &mut dst, &mut scratch, &mut left).unwrap(), Pumped::Shaped);
+        assert_eq!((dst.got.as_slice(), left), (&b"Pabc"[..], 0));
+        // Nothing allowed: nothing read, still Shaped (not WaitRead).
+        assert_eq!(p.pump_copy_within(&mut src, &mut dst, &mut scratch, &mut 0).unwrap(), Pumped::Shaped);
+        let mut left = 10;
+        assert_eq!(
+            p.pump_copy_within(&mut src, &mut dst, &mut scratch, &mut left).unwrap(),
+            Pumped::WaitRead
+        );
+        assert_eq!((dst.got.as_slice(), left), (&b"Pabcdef"[..], 7));
     }
 
     #[test]

@@ -60,6 +60,7 @@ impl super::Pump {
         dst: &mut mio::net::TcpStream,
         pool: &mut PipePool,
         scratch: &mut [u8],
+        left: &mut usize,
     ) -> Result<Pumped, PumpError> {
         if self.done {
             return Ok(Pumped::Done);
@@ -80,7 +81,10 @@ impl super::Pump {
                 self.done = true;
                 return Ok(Pumped::Done);
             }
-            if let Some(wait) = self.fill_pipe(src, dst, pool, scratch)? {
+            if *left == 0 {
+                return Ok(Pumped::Shaped);
+            }
+            if let Some(wait) = self.fill_pipe(src, dst, pool, scratch, left)? {
                 return Ok(wait);
             }
         }
@@ -114,17 +118,19 @@ impl super::Pump {
         dst: &mut mio::net::TcpStream,
         pool: &mut PipePool,
         scratch: &mut [u8],
+        left: &mut usize,
     ) -> Result<Option<Pumped>, PumpError> {
         let pipe = match self.pipe.take() {
             Some(p) => p,
             None => pool.get().map_err(|_| PumpError::Unsupported)?,
         };
-        match sys::splice(src.as_fd(), pipe.w.as_fd(), pipe.size as usize) {
+        match sys::splice(src.as_fd(), pipe.w.as_fd(), (pipe.size as usize).min(*left)) {
             Ok(0) => {
                 pool.put(pipe);
-                self.read_past_urgent(src, dst, scratch)
+                self.read_past_urgent(src, dst, scratch, left)
             }
             Ok(n) => {
+                *left -= n.min(*left);
                 // n <= pipe.size, a u32.
                 self.in_pipe = n as u32;
                 self.pipe = Some(pipe);
@@ -160,10 +166,13 @@ impl super::Pump {
         src: &mut mio::net::TcpStream,
         dst: &mut mio::net::TcpStream,
         scratch: &mut [u8],
+        left: &mut usize,
     ) -> Result<Option<Pumped>, PumpError> {
-        match src.read(scratch) {
+        let room = scratch.len().min(*left);
+        match src.read(&mut scratch[..room]) {
             Ok(0) => self.eof = true,
             Ok(n) => {
+                *left -= n.min(*left);
                 let w = write_some(dst, &scratch[..n], &mut self.bytes)?;
                 if w < n {
                     self.hold(&scratch[w..n]);

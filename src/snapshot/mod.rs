@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::{RouteTarget, Settings, Tunnel};
 use crate::route::Cidr;
+use crate::shape::ClassLimits;
 pub use labels::{LabelRoute, LabelVerdict, Labels, Rejection};
 
 /// A snapshot of the routing view (implemented by [`Shared`]; a trait so a worker can be tested with a view of its own).
@@ -27,6 +28,11 @@ pub trait RouteView: Send + Sync {
     /// Whether `addr` belongs to a container: inside `intercept.sources`, a
     /// route's source (config or `route set`, not a /0) or a label route.
     fn holds_container(&self, addr: IpAddr) -> bool;
+    /// What the class of the client's route asks (issue 26); `None`: the
+    /// route has no class (or the client none).
+    fn class(&self, _client: IpAddr) -> Option<ClassLimits> {
+        None
+    }
 }
 
 /// The live routing view (implemented by [`Live`]).
@@ -186,6 +192,12 @@ impl RouteView for Shared {
         self.settings.intercept.sources.iter().any(inside)
             || self.settings.routes.lookup_route(addr).is_some_and(|(c, _)| inside(&c))
             || self.labels.lookup(addr) != LabelVerdict::None
+    }
+
+    fn class(&self, client: IpAddr) -> Option<ClassLimits> {
+        let id = self.target(client)?.1.class?;
+        let c = self.settings.class(id)?;
+        Some(ClassLimits { rate_up: c.rate_up, rate_down: c.rate_down, weight: c.weight })
     }
 }
 

@@ -88,6 +88,9 @@ counters! {
     /// client was left unread because the worker's early-byte budget was spent.
     tcp_early_bytes,
     tcp_early_waits,
+    /// Times a shaped source's TCP flow stopped at its class's or tunnel
+    /// share's rate and waited for its bucket (issue 26).
+    tcp_shaped_waits,
     /// Datagrams from clients accepted for a tunnel, and their bytes.
     udp_dgrams_up,
     udp_bytes_up,
@@ -134,6 +137,8 @@ counters! {
     udp_drop_bad_header,
     /// Dropped: sending failed (socket buffer full or an error).
     udp_drop_send,
+    /// Dropped: over the source's class or tunnel share rate (UDP is policed).
+    udp_drop_shaped,
     /// Replies not delivered because the reply socket could not bind.
     udp_reply_bind_failed,
     /// Reply sockets currently open.

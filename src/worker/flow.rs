@@ -15,6 +15,10 @@
 //! before answering is replaced once by a fresh one (`End::Retry`,
 //! `retry_fresh`), and they are replayed.
 //!
+//! A flow of a shaped source (`shaping`) relays within its source's grants;
+//! stopped by one, it has one more timer entry (`Kind::Shape`) at the
+//! grant's wake-up, never two at once (`arm_shape`, `expire_shape`).
+//!
 //! Each flow has exactly one entry in the timer heap; when it comes due and
 //! the flow has been active since, it is pushed again with the new deadline
 //! (`expire_flow`). How a flow ends is an [`End`]; why a tunnel could not
@@ -44,6 +48,7 @@ use super::slab::{self, Kind};
 use super::{TcpHandoff, WorkerLoop, keepalive, reset};
 use crate::config::{Tunnel, TunnelKind};
 use crate::relay::{Pump, PumpError, Pumped, RelayCtx};
+use crate::shape::{Dir, Shaper};
 use crate::stats::{Counters, Tally};
 use crate::upstream::{self, Handshake, Socks5Handshake};
 use crate::wire::socks5::CMD_CONNECT;
@@ -95,6 +100,12 @@ pub(super) struct Flow {
     last_active: Instant,
     /// One direction has ended and the shorter half-close timer is set.
     half_closed: bool,
+    /// The source has a shaper (`shaping`): the pumps ask it first.
+    shaped: bool,
+    /// A shaped direction stopped at its grant: pump again then (earliest
+    /// wake asked), and whether its `Kind::Shape` timer is in the heap.
+    shape_due: Option<Instant>,
+    shape_armed: bool,
 }
 
 /// Why a flow ends.
@@ -209,6 +220,8 @@ impl WorkerLoop {
         if opening.pipe_data {
             Counters::inc(&self.counters.tcp_pipelined);
         }
+        let routes = &self.routes;
+        let shaped = self.shapers.open(client.ip(), &tunnel, || routes.view().class(client.ip()), self.now);
         // Accepted with SOCK_NONBLOCK by the front loop (mio's accept4).
         // Built in the slab's call: a flow is copied once.
         let (slot, generation) = self.flows.insert(Flow {
@@ -223,6 +236,9 @@ impl WorkerLoop {
             down: Pump::default(),
             last_active: self.now,
             half_closed: false,
+            shaped,
+            shape_due: None,
+            shape_armed: false,
         });
         self.register_flow(slot, generation);
     }
@@ -347,11 +363,12 @@ impl WorkerLoop {
     pub(super) fn advance(&mut self, slot: usize, side: Kind, ev: &Event) -> Option<End> {
         let now = self.now;
         let f = self.flows.get_mut(slot)?;
+        let shaper = if f.shaped { self.shapers.get(f.client_addr.ip()) } else { None };
         let mut o = match mem::replace(&mut f.stage, Stage::Relaying) {
             Stage::Opening(o) => o,
             Stage::Relaying => {
                 let (up, down) = directions(side, ev);
-                return relay_some(f, &mut self.relay, &self.counters, now, up, down);
+                return relay_some(f, &mut self.relay, &self.counters, now, (up, down), shaper);
             }
         };
         let mut cx = OpenCtx {
@@ -374,7 +391,13 @@ impl WorkerLoop {
                 // Open: the handshake's state and early bytes are freed here.
                 release_early(cx.early_held, cx.counters, o.early.len());
                 f.last_active = now;
-                relay_some(f, cx.relay, cx.counters, now, true, true)
+                let mut shaper = shaper;
+                if let Some(sh) = shaper.as_deref_mut() {
+                    // Bytes that came with the handshake move unasked: debt.
+                    sh.consume(Dir::Up, f.up.held_capacity() + o.early_sent, now);
+                    sh.consume(Dir::Down, f.down.held_capacity(), now);
+                }
+                relay_some(f, cx.relay, cx.counters, now, (true, true), shaper)
             }
         }
     }
@@ -389,6 +412,37 @@ impl WorkerLoop {
         f.half_closed = true;
         let due = f.last_active + self.settings.tcp.half_close_timeout.min(self.settings.tcp.idle_timeout);
         self.timers.push(Reverse((due, slab::token(slot, generation, Kind::Client))));
+    }
+
+    /// A shaped flow stopped at its grant: its one `Kind::Shape` timer, at
+    /// the earliest wake-up its directions asked (never two at once).
+    pub(super) fn arm_shape(&mut self, slot: usize, generation: u32) {
+        let Some(f) = self.flows.get_mut(slot) else { return };
+        if let (Some(due), false) = (f.shape_due, f.shape_armed) {
+            f.shape_armed = true;
+            self.timers.push(Reverse((due, slab::token(slot, generation, Kind::Shape))));
+        }
+    }
+
+    /// A shaped flow's wake-up: both directions are pumped again (one with
+    /// nothing to read stops at once), and it waits again if still short.
+    pub(super) fn expire_shape(&mut self, slot: usize, generation: u32) {
+        if !self.flows.is_live(slot, generation) {
+            return;
+        }
+        let Some(f) = self.flows.get_mut(slot) else { return };
+        f.shape_armed = false;
+        if f.shape_due.take().is_none() || !matches!(f.stage, Stage::Relaying) {
+            return;
+        }
+        let shaper = self.shapers.get(f.client_addr.ip());
+        match relay_some(f, &mut self.relay, &self.counters, self.now, (true, true), shaper) {
+            Some(end) => self.end(slot, end),
+            None => {
+                self.watch_half_close(slot, generation);
+                self.arm_shape(slot, generation);
+            }
+        }
     }
 
     /// A flow's timer came due: it ends, or its timer moves to the deadline
@@ -429,6 +483,9 @@ impl WorkerLoop {
             release_early(&mut self.early_held, &self.counters, o.early.len());
         }
         f.tc.dec_all(&self.counters, |c| &c.tcp_flows_active);
+        if f.shaped {
+            self.shapers.close(f.client_addr.ip());
+        }
         f.up.release(&mut self.relay.pipes);
         f.down.release(&mut self.relay.pipes);
         match end {
@@ -604,18 +661,21 @@ fn directions(side: Kind, ev: &Event) -> (bool, bool) {
     }
 }
 
-/// Relays the directions asked for and counts the bytes; `Some` when the
-/// flow is over.
+/// Relays the directions asked for (`(up, down)`), within the source's
+/// shaper if it has one, and counts the bytes; `Some` when the flow is over.
 fn relay_some(
     f: &mut Flow,
     relay: &mut RelayCtx,
     counters: &Counters,
     now: Instant,
-    up: bool,
-    down: bool,
+    (up, down): (bool, bool),
+    shaper: Option<&mut Shaper>,
 ) -> Option<End> {
     let (up0, down0) = (f.up.bytes, f.down.bytes);
-    let r = pump_some(f, relay, up, down);
+    let r = match shaper {
+        None => pump_some(f, relay, up, down),
+        Some(sh) => pump_shaped(f, relay, counters, now, (up, down), sh),
+    };
     if f.up.bytes != up0 || f.down.bytes != down0 {
         f.last_active = now;
         f.tc.add_all(counters, |c| &c.tcp_bytes_up, f.up.bytes - up0);
@@ -630,6 +690,69 @@ fn relay_some(
 fn pump_some(f: &mut Flow, relay: &mut RelayCtx, up: bool, down: bool) -> Option<End> {
     let up = if up { f.up.pump(&mut f.client, &mut f.upstream, relay) } else { Ok(f.up.state()) };
     let down = if down { f.down.pump(&mut f.upstream, &mut f.client, relay) } else { Ok(f.down.state()) };
+    settle(up, down)
+}
+
+/// `pump_some` for a shaped source: each direction moves within its
+/// grants; one stopped by its grant (`Pumped::Shaped`) notes its wake-up
+/// in `shape_due` (counted in `tcp_shaped_waits` when it starts waiting).
+fn pump_shaped(
+    f: &mut Flow,
+    relay: &mut RelayCtx,
+    counters: &Counters,
+    now: Instant,
+    (up, down): (bool, bool),
+    sh: &mut Shaper,
+) -> Option<End> {
+    let mut wake = None;
+    let up = match up {
+        true => pump_within(&mut f.up, &mut f.client, &mut f.upstream, relay, (sh, Dir::Up, now), &mut wake),
+        false => Ok(f.up.state()),
+    };
+    let down = match down {
+        true => {
+            pump_within(&mut f.down, &mut f.upstream, &mut f.client, relay, (sh, Dir::Down, now), &mut wake)
+        }
+        false => Ok(f.down.state()),
+    };
+    if let Some(t) = wake {
+        if f.shape_due.is_none() {
+            f.tc.inc_all(counters, |c| &c.tcp_shaped_waits);
+        }
+        f.shape_due = Some(f.shape_due.map_or(t, |d| d.min(t)));
+    }
+    settle(up, down)
+}
+
+/// One direction of a shaped flow: asks for a grant, moves at most that,
+/// says what moved, again while whole grants go and the socket has more;
+/// stopped by a short grant, the wake-up goes to `wake`.
+fn pump_within(
+    pump: &mut Pump,
+    src: &mut TcpStream,
+    dst: &mut TcpStream,
+    relay: &mut RelayCtx,
+    (sh, dir, now): (&mut Shaper, Dir, Instant),
+    wake: &mut Option<Instant>,
+) -> Result<Pumped, PumpError> {
+    loop {
+        let g = sh.allow(dir, super::shaping::WANT, now);
+        let mut left = g.bytes;
+        let r = pump.pump_within(src, dst, relay, &mut left);
+        sh.consume(dir, g.bytes - left, now);
+        if !matches!(r, Ok(Pumped::Shaped)) {
+            return r;
+        }
+        // Else the whole ask went, and the socket may hold more.
+        if let Some(t) = g.wake {
+            *wake = Some(wake.map_or(t, |w| w.min(t)));
+            return r;
+        }
+    }
+}
+
+/// How both directions' pumps stopped: `Some` when the flow is over.
+fn settle(up: Result<Pumped, PumpError>, down: Result<Pumped, PumpError>) -> Option<End> {
     match (up, down) {
         (Err(e), _) | (_, Err(e)) => {
             let why = match e {

@@ -23,6 +23,7 @@ mod limits;
 mod queue;
 mod refuse;
 mod routing;
+mod shaping;
 mod slab;
 mod tally;
 #[cfg(test)]
@@ -53,6 +54,7 @@ use crate::stats::{Counters, Registry, Tally};
 use crate::udp::FoldState;
 use flow::{End, Flow};
 pub use limits::SharedLimits;
+pub use shaping::Boards;
 // For the session, DNS and pool files beside the flow's.
 use flow::may_read;
 use handshake::{Drive, auth_of, connect, drive_handshake};
@@ -201,6 +203,8 @@ pub struct WorkerLoop {
     udp_cap: UdpCapHolds,
     /// Early client bytes held by this worker's opening flows.
     early_held: usize,
+    /// The shapers of this worker's sources (issue 26, see `shaping`).
+    shapers: shaping::Shapers,
     /// A refusal of each kind is logged at warn once a minute (the last
     /// one: a UDP source past its route's cap).
     refuse_log: [crate::lograte::Every; Refused::ALL.len()],
@@ -236,6 +240,8 @@ pub struct Common {
     pub pools: Arc<Pools>,
     pub fail_log: Arc<FailLog>,
     pub limits: Arc<SharedLimits>,
+    /// The tunnels' shaping boards (a tunnel's `rate` shared by weight).
+    pub boards: Arc<Boards>,
 }
 
 impl WorkerLoop {
@@ -246,7 +252,7 @@ impl WorkerLoop {
         routing: Arc<dyn Routing>,
         common: &Common,
     ) -> io::Result<(WorkerLoop, WorkerHandle)> {
-        let Common { registry, pools, fail_log, limits } = common.clone();
+        let Common { registry, pools, fail_log, limits, boards } = common.clone();
         let counters = registry.thread();
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -288,6 +294,7 @@ impl WorkerLoop {
             limits,
             udp_cap: UdpCapHolds::default(),
             early_held: 0,
+            shapers: shaping::Shapers::new(&settings, boards),
             refuse_log: Default::default(),
             udp_cap_log: Default::default(),
         };
@@ -414,6 +421,10 @@ impl WorkerLoop {
         self.udp.apply(&s.udp, s.threads);
         self.pool_cache.clear();
         self.arm_all_pools();
+        // The routes' view may lag the settings by a turn: refreshed first.
+        self.routes.refresh();
+        let routes = &self.routes;
+        self.shapers.apply(&s, |ip| routes.view().class(ip), self.now);
         self.settings = s;
     }
 
@@ -442,12 +453,16 @@ impl WorkerLoop {
                 match self.advance(slot, kind, ev) {
                     Some(End::Retry) => self.retry_fresh(slot, generation),
                     Some(end) => self.end(slot, end),
-                    None => self.watch_half_close(slot, generation),
+                    None => {
+                        self.watch_half_close(slot, generation);
+                        self.arm_shape(slot, generation);
+                    }
                 }
             }
             Kind::UdpControl | Kind::UdpData | Kind::DnsTcp => self.on_udp_event(kind, slot, generation, ev),
             Kind::Warm => self.on_warm_event(slot, generation, ev),
             Kind::Pooled => self.on_pooled_event(slot, generation),
+            Kind::Shape => {}
         }
     }
 
@@ -461,6 +476,10 @@ impl WorkerLoop {
             let Some((kind, slot, generation)) = slab::decode(token) else { continue };
             if kind == Kind::Warm {
                 self.expire_warm(slot, generation);
+                continue;
+            }
+            if kind == Kind::Shape {
+                self.expire_shape(slot, generation);
                 continue;
             }
             if kind != Kind::Client {

@@ -99,6 +99,8 @@ struct Session {
     /// This worker's counters for the tunnel and the route source.
     tc: Tally,
     link: Link,
+    /// The source has a shaper (`shaping`): its datagrams are policed.
+    shaped: bool,
 }
 
 /// A worker's UDP state.

@@ -101,6 +101,9 @@ impl WorkerLoop {
             self.udp_source_gone(s.client.ip());
         }
         s.tc.dec_all(&self.counters, |c| &c.udp_sessions_active);
+        if s.shaped {
+            self.shapers.close(s.client.ip());
+        }
         // A DNS-over-TCP session's connections are its source's, pooled
         // (`dns`): they outlive it, until idle or closed.
         if let Link::Associating { pending, .. } = s.link {

@@ -21,6 +21,7 @@ use mio::Interest;
 
 use super::Link;
 use super::reply::{self, ReplyError};
+use crate::shape::Dir;
 use crate::stats::Counters;
 use crate::udp::FoldState;
 use crate::wire::sockaddr::unmapped;
@@ -98,6 +99,9 @@ impl WorkerLoop {
         }
         // `payload` lies within what recv returned (the header parser
         // takes no more than it is given); read through get() all the same.
+        if !self.police(slot, Dir::Down, payload.len()) {
+            return;
+        }
         let Some(bytes) = self.relay.scratch.get(payload) else { return };
         let r = self.udp.replies.send_as(remote, client, bytes, solicited);
         let n = bytes.len() as u64;

@@ -118,7 +118,11 @@ impl WorkerLoop {
         };
         tc.inc_all(&self.counters, |c| &c.udp_sessions_total);
         tc.inc_all(&self.counters, |c| &c.udp_sessions_active);
-        let session = Session { client: d.client, dns_alias: None, tunnel: Arc::clone(d.tunnel), tc, link };
+        let routes = &self.routes;
+        let class = || routes.view().class(d.client.ip());
+        let shaped = self.shapers.open(d.client.ip(), d.tunnel, class, now);
+        let tunnel = Arc::clone(d.tunnel);
+        let session = Session { client: d.client, dns_alias: None, tunnel, tc, link, shaped };
         let (slot, generation) = self.udp.sessions.insert(session);
         debug!(target: "egressd::udp", "{} -> udp {} via {}: new session", d.client, d.orig_dst, d.tunnel.name);
         let made_room = self.udp.table.insert(d.client, d.orig_dst.port(), slot, now);

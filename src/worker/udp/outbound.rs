@@ -20,6 +20,7 @@ use mio::net::UdpSocket;
 use socket2::SockRef;
 
 use super::{Link, PENDING_OVERHEAD};
+use crate::shape::Dir;
 use crate::stats::Counters;
 use crate::wire::socks5;
 use crate::worker::WorkerLoop;
@@ -30,6 +31,9 @@ impl WorkerLoop {
     /// `dns.upstream` instead).
     pub(super) fn send_on(&mut self, slot: usize, dst: SocketAddr, data: &[u8]) {
         let target = self.settings.dns.target(dst);
+        if !self.police(slot, Dir::Up, data.len()) {
+            return;
+        }
         let Some(s) = self.udp.sessions.get_mut(slot) else { return };
         if target != dst {
             s.dns_alias.get_or_insert_default().record(target, data, dst);
@@ -66,6 +70,25 @@ impl WorkerLoop {
                 debug!(target: "egressd::udp", "{} -> udp {dst}: send failed: {e}", s.client);
             }
         }
+    }
+
+    /// Whether a datagram of `len` bytes of a session may go in `dir`: a
+    /// shaped source's bucket must grant it whole (UDP has no backpressure
+    /// to wait on, so it is policed), else it is dropped and counted in
+    /// `udp_drop_shaped`. DNS carried over TCP (a tunnel without UDP) is
+    /// not shaped: a few small queries, and a dropped one costs a lookup.
+    pub(super) fn police(&mut self, slot: usize, dir: Dir, len: usize) -> bool {
+        let Some(s) = self.udp.sessions.get(slot) else { return true };
+        if !s.shaped || matches!(s.link, Link::DnsOverTcp) {
+            return true;
+        }
+        let Some(sh) = self.shapers.get(s.client.ip()) else { return true };
+        if sh.allow(dir, len, self.now).bytes < len {
+            s.tc.inc_all(&self.counters, |c| &c.udp_drop_shaped);
+            return false;
+        }
+        sh.consume(dir, len, self.now);
+        true
     }
 
     /// Queues a datagram of an associating session (copied once), within

@@ -1,0 +1,227 @@
+//! Bandwidth shaping in a worker (issue 26): the shapers of the sources
+//! whose flows and sessions live here, and the tunnels' shared boards.
+//!
+//! ```text
+//!  start_flow / open_session ─► Shapers::open(source) ─► shaped? (Flow.shaped, Session.shaped)
+//!      one Shaper per source and worker, counted by its flows and sessions;
+//!      the last one to end (Shapers::close) drops it
+//!  relay: grant = shaper.allow(dir, want) ─► pump_within(grant) ─► consume(read)
+//!      Pumped::Shaped with a wake ─► one Kind::Shape timer per flow ─► pumped again
+//!  UDP: a datagram the bucket cannot take whole is dropped (udp_drop_shaped)
+//!  reload ─► Shapers::apply: boards take the new tunnel rates, every shaper
+//!      is built again with its source's class now (open flows follow at once)
+//! ```
+//!
+//! Unused, it costs nothing: with no class and no tunnel `rate` in the
+//! config, `open` returns false without a lookup, a flow's pumps test one
+//! `bool` and take the unshaped path they always took.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::config::{Settings, Tunnel};
+use crate::shape::{ClassLimits, Shaper, TunnelShare};
+use crate::udp::FoldState;
+
+/// Bytes a pump asks its shaper for at a time: one scratch buffer.
+pub(super) const WANT: usize = super::SCRATCH;
+
+/// The tunnels' boards, by tunnel name, shared by every worker: a board
+/// lives as long as the process (a reload sets its rate, never replaces it,
+/// so open shapers keep sharing with the new ones). Locked only when a
+/// source's shaper is built.
+#[derive(Debug, Default)]
+pub struct Boards(Mutex<HashMap<String, Arc<TunnelShare>>>);
+
+impl Boards {
+    /// The board of `tunnel` if it has a `rate` (made at the first ask).
+    fn of(&self, tunnel: &Tunnel, now: Instant) -> Option<Arc<TunnelShare>> {
+        let rate = tunnel.rate?;
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let b = m.entry(tunnel.name.clone()).or_insert_with(|| Arc::new(TunnelShare::new(rate, now)));
+        Some(Arc::clone(b))
+    }
+
+    /// The reloaded tunnels' rates (boards of tunnels without one now stay,
+    /// unused).
+    fn apply(&self, s: &Settings) {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for t in &s.tunnels {
+            if let (Some(rate), Some(b)) = (t.rate, m.get(&t.name)) {
+                b.set_rate(rate);
+            }
+        }
+    }
+}
+
+/// A source's shaper and what built it.
+struct Entry {
+    shaper: Shaper,
+    /// Flows and sessions of the source in this worker that use it.
+    users: u32,
+    tunnel: Arc<Tunnel>,
+}
+
+/// A worker's shapers, by source address.
+pub(super) struct Shapers {
+    /// The config has a class or a tunnel rate: without, nothing is shaped.
+    on: bool,
+    boards: Arc<Boards>,
+    map: HashMap<IpAddr, Entry, FoldState>,
+}
+
+impl Shapers {
+    pub(super) fn new(s: &Settings, boards: Arc<Boards>) -> Shapers {
+        Shapers { on: in_use(s), boards, map: HashMap::default() }
+    }
+
+    /// A flow or session of `source` on `tunnel` starts: true when it is
+    /// shaped (it then holds the source's shaper until `close`). `class`
+    /// is asked only when shaping is in use.
+    pub(super) fn open(
+        &mut self,
+        source: IpAddr,
+        tunnel: &Arc<Tunnel>,
+        class: impl FnOnce() -> Option<ClassLimits>,
+        now: Instant,
+    ) -> bool {
+        if !self.on {
+            return false;
+        }
+        if let Some(e) = self.map.get_mut(&source) {
+            e.users += 1;
+            return true;
+        }
+        let limits = class().unwrap_or(ClassLimits::NONE);
+        let board = self.boards.of(tunnel, now);
+        let Some(shaper) = Shaper::new(limits, board.as_ref(), now) else { return false };
+        self.map.insert(source, Entry { shaper, users: 1, tunnel: Arc::clone(tunnel) });
+        true
+    }
+
+    /// A shaped flow or session of `source` ended.
+    pub(super) fn close(&mut self, source: IpAddr) {
+        if let Some(e) = self.map.get_mut(&source) {
+            e.users = e.users.saturating_sub(1);
+            if e.users == 0 {
+                self.map.remove(&source);
+            }
+        }
+    }
+
+    /// The shaper of a shaped source.
+    pub(super) fn get(&mut self, source: IpAddr) -> Option<&mut Shaper> {
+        self.map.get_mut(&source).map(|e| &mut e.shaper)
+    }
+
+    /// Reloaded settings: the boards take the tunnels' new rates and every
+    /// shaper is built again with its source's class now (`class`), so a
+    /// changed rate applies to open flows. A source whose new class caps
+    /// nothing keeps an uncapping shaper until its flows end.
+    pub(super) fn apply(
+        &mut self,
+        s: &Settings,
+        class: impl Fn(IpAddr) -> Option<ClassLimits>,
+        now: Instant,
+    ) {
+        self.on = in_use(s);
+        self.boards.apply(s);
+        for (ip, e) in &mut self.map {
+            let limits = class(*ip).unwrap_or(ClassLimits::NONE);
+            let board = self.boards.of(&e.tunnel, now);
+            e.shaper = Shaper::new(limits, board.as_ref(), now).unwrap_or_else(|| uncapped(now));
+        }
+    }
+
+    /// Sources with a shaper here.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// Whether a config shapes anything: a class, or a tunnel with a rate.
+fn in_use(s: &Settings) -> bool {
+    !s.classes.is_empty() || s.tunnels.iter().any(|t| t.rate.is_some())
+}
+
+/// A shaper that lets everything through (a source whose class was
+/// lifted by a reload, until its flows end).
+fn uncapped(now: Instant) -> Shaper {
+    let limits = ClassLimits { rate_up: Some(u64::MAX / 4), rate_down: Some(u64::MAX / 4), weight: 1 };
+    Shaper::new(limits, None, now).expect("a capped class has a shaper")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shape::Dir;
+
+    fn settings(text: &str) -> Settings {
+        Settings::parse("t.ron", text).unwrap()
+    }
+
+    const PLAIN: &str =
+        r#"(listen: ["10.8.0.1:10900"], tunnels: { "a": Direct() }, routes: [], default: Tunnel("a"))"#;
+    const RATED: &str = r#"(listen: ["10.8.0.1:10900"], tunnels: { "a": Direct(rate: "40mbit") },
+        classes: { "slow": (rate: "20mbit") }, routes: [], default: Tunnel("a"))"#;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn without_classes_or_rates_nothing_is_shaped_nor_looked_up() {
+        let s = settings(PLAIN);
+        let mut sh = Shapers::new(&s, Arc::default());
+        let t = Arc::new(s.tunnels[0].clone());
+        let looked = std::cell::Cell::new(false);
+        let class = || {
+            looked.set(true);
+            None
+        };
+        assert!(!sh.open(ip("10.8.0.10"), &t, class, Instant::now()));
+        assert!(!looked.get(), "no class lookup when shaping is off");
+        assert_eq!(sh.len(), 0);
+    }
+
+    #[test]
+    fn a_source_shares_one_shaper_until_its_last_user_ends() {
+        let s = settings(RATED);
+        let boards = Arc::new(Boards::default());
+        let mut sh = Shapers::new(&s, Arc::clone(&boards));
+        let t = Arc::new(s.tunnels[0].clone());
+        let now = Instant::now();
+        // No class, but the tunnel's rate is shared: shaped.
+        assert!(sh.open(ip("10.8.0.10"), &t, || None, now));
+        assert!(sh.open(ip("10.8.0.10"), &t, || None, now));
+        assert_eq!(sh.len(), 1);
+        sh.close(ip("10.8.0.10"));
+        assert_eq!(sh.len(), 1);
+        sh.close(ip("10.8.0.10"));
+        assert_eq!(sh.len(), 0);
+        // Another worker's shapers share the same board.
+        let other = Shapers::new(&s, Arc::clone(&boards));
+        assert!(Arc::ptr_eq(&boards, &other.boards));
+        assert_eq!(boards.0.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_reload_applies_the_new_class_rate_to_open_shapers() {
+        let s = settings(RATED);
+        let mut sh = Shapers::new(&s, Arc::default());
+        let plain = Arc::new(settings(PLAIN).tunnels[0].clone());
+        let now = Instant::now();
+        let cap = |r: u64| Some(ClassLimits { rate_up: Some(r), rate_down: Some(r), weight: 1 });
+        assert!(sh.open(ip("10.8.0.10"), &plain, || cap(2_500_000), now));
+        assert_eq!(sh.get(ip("10.8.0.10")).unwrap().rate(Dir::Down), Some(2_500_000));
+        sh.apply(&s, |_| cap(1_250_000), now);
+        assert_eq!(sh.get(ip("10.8.0.10")).unwrap().rate(Dir::Down), Some(1_250_000));
+        // Lifted: lets everything through until the flows end.
+        sh.apply(&s, |_| None, now);
+        let g = sh.get(ip("10.8.0.10")).unwrap().allow(Dir::Up, 1 << 20, now);
+        assert_eq!(g.bytes, 1 << 20);
+    }
+}
