@@ -440,7 +440,9 @@ impl WorkerLoop {
             Some(end) => self.end(slot, end),
             None => {
                 self.watch_half_close(slot, generation);
-                self.arm_shape(slot, generation);
+                if !self.shapers.none() {
+                    self.arm_shape(slot, generation);
+                }
             }
         }
     }

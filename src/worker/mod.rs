@@ -455,7 +455,11 @@ impl WorkerLoop {
                     Some(end) => self.end(slot, end),
                     None => {
                         self.watch_half_close(slot, generation);
-                        self.arm_shape(slot, generation);
+                        // No shaper here: no shaped flow (one holds its
+                        // source's shaper), nothing to arm.
+                        if !self.shapers.none() {
+                            self.arm_shape(slot, generation);
+                        }
                     }
                 }
             }

@@ -111,6 +111,12 @@ impl Shapers {
         }
     }
 
+    /// No source of this worker is shaped: the per-datagram test that
+    /// keeps unshaped UDP free (one load).
+    pub(super) fn none(&self) -> bool {
+        self.map.is_empty()
+    }
+
     /// The shaper of a shaped source.
     pub(super) fn get(&mut self, source: IpAddr) -> Option<&mut Shaper> {
         self.map.get_mut(&source).map(|e| &mut e.shaper)
