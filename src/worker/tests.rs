@@ -14,9 +14,10 @@ use crate::relay::Pump;
 #[test]
 fn an_idle_flow_is_small() {
     let per_flow = std::mem::size_of::<Flow>() + std::mem::size_of::<Reverse<(Instant, Token)>>();
-    // 248 bytes: handshake state boxed until the tunnel opens, 48-byte
-    // pumps. Debug builds of mio add a selector id to each stream.
-    let most = if cfg!(debug_assertions) { 288 } else { 256 };
+    // 264 bytes: handshake state boxed until the tunnel opens, 48-byte
+    // pumps, and shaping's wake-up (16 bytes, issue 26). Debug builds of
+    // mio add a selector id to each stream.
+    let most = if cfg!(debug_assertions) { 296 } else { 264 };
     assert!(per_flow <= most, "a flow takes {per_flow} bytes");
     eprintln!("an idle TCP flow: {per_flow} bytes of user space");
     assert_eq!(Pump::default().held_capacity(), 0);
