@@ -288,8 +288,10 @@ impl WorkerLoop {
             }
             kind => upstream::for_tcp(kind, dest),
         };
-        let stream =
-            connect(target, &tunnel.kind).map_err(|e| format!("cannot open a socket to {target}: {e}"))?;
+        let stream = connect(target, &tunnel.kind).map_err(|e| {
+            self.note_fds_short(&e);
+            format!("cannot open a socket to {target}: {e}")
+        })?;
         Ok((stream, opening(handshake, false)))
     }
 

@@ -203,6 +203,9 @@ pub struct WorkerLoop {
     udp_cap: UdpCapHolds,
     /// Early client bytes held by this worker's opening flows.
     early_held: usize,
+    /// Until then pools make no refill: a flow found no descriptor (see
+    /// `warm::note_fds_short`).
+    fds_short_until: Instant,
     /// The shapers of this worker's sources (issue 26, see `shaping`).
     shapers: shaping::Shapers,
     /// A refusal of each kind is logged at warn once a minute (the last
@@ -295,6 +298,7 @@ impl WorkerLoop {
             udp_cap: UdpCapHolds::default(),
             early_held: 0,
             shapers: shaping::Shapers::new(&settings, boards),
+            fds_short_until: Instant::now(),
             refuse_log: Default::default(),
             udp_cap_log: Default::default(),
         };

@@ -29,6 +29,8 @@ use crate::upstream::{Handshake, Socks5Handshake};
 /// fill at start) together, each turn drains or refills this many and the
 /// flows' events come in between (issue 25: a turn stays short).
 const POOLS_PER_TURN: usize = 32;
+/// How long pools leave descriptors to flows after a flow found none.
+const FDS_SHORT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A connection being made ready for a pool.
 pub(super) struct Warm {
@@ -131,6 +133,11 @@ impl WorkerLoop {
     /// Opens a connection to make ready for `p`; a failure to even start
     /// counts as a failed refill.
     fn start_warm(&mut self, p: &Arc<TunnelPool>, r: &Refill, udp: bool) {
+        // Out of descriptors lately: flows first. The refill counts as
+        // failed (the pool backs off) and takes no descriptor a flow needs.
+        if self.now < self.fds_short_until {
+            return self.warm_failed(p, r.generation, udp);
+        }
         let stream = match connect(r.server, &r.tunnel.kind) {
             Ok(s) => s,
             Err(e) => {
@@ -166,6 +173,16 @@ impl WorkerLoop {
         }
         let deadline = self.now + self.settings.tcp.connect_timeout;
         self.timers.push(std::cmp::Reverse((deadline, token)));
+    }
+
+    /// A flow could not open a socket for lack of descriptors: pools make
+    /// no refill for `FDS_SHORT`, so what flows close goes to flows (a
+    /// pool would take each freed descriptor first, and flows would keep
+    /// failing while the pools refill).
+    pub(super) fn note_fds_short(&mut self, e: &std::io::Error) {
+        if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+            self.fds_short_until = self.now + FDS_SHORT;
+        }
     }
 
     fn warm_failed(&mut self, p: &Arc<TunnelPool>, generation: u64, udp: bool) {
