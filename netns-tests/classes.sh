@@ -13,7 +13,7 @@
 # figures (Mbit/s, 10^6), over the run less its first second (-O 1: TCP's
 # slow start and the bucket's first burst left out).
 #
-# Checks (one PASS/FAIL line each; 11 on every path):
+# Checks (one PASS/FAIL line each; 12 on every path):
 #   1  (a) c0 down (-R): egressd's tcp_bytes_down for 10.8.0.10 over the
 #      run <= rate x wall time + burst (50 kB) + 64 kB, deterministic
 #   2  (a) c0 down: iperf3 receiver 18..21 Mbit/s
@@ -33,6 +33,10 @@
 #      so (a) cannot pass vacuously
 #  11  no busy loop: while c0 was held to 20mbit (check 1's run) egressd
 #      used < 25 % of one core (a starved direction waits on a timer)
+#  12  visible during (b): the metrics say c0 is held to 2500000 bytes/s
+#      down (shape_rate_down) with bytes held back (tcp_held_bytes > 0 in
+#      one of 3 samples) and c1 to nothing; `egressd top --once` shows c0's
+#      CAP/s 2.5M beside its DOWN/s, c1's CAP/s `-`
 #
 # Usage: sudo netns-tests/classes.sh   (EGRESSD=path to use another binary,
 #        EG_KEEP_TMP=1 to keep logs). Needs root; skips (exit 0) otherwise.
@@ -43,7 +47,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
-plan_checks 11
+plan_checks 12
 
 require_root_and_tools nft iptables ip6tables microsocks danted python3 iperf3 timeout awk
 eg_init
@@ -168,8 +172,21 @@ fi
 P0=$(prom_or_die)
 ipf "${NS_C[0]}" 5201 "$EG_TMP/b-c0.json" -t "$SECS" -O 1 -R &
 b0=$!
-ipf "${NS_C[1]}" 5202 "$EG_TMP/b-c1.json" -t "$SECS" -O 1 -R
-wait "$b0"
+ipf "${NS_C[1]}" 5202 "$EG_TMP/b-c1.json" -t "$SECS" -O 1 -R &
+b1=$!
+# Mid-run: what the metrics and top show of c0 and c1 (check 12).
+sleep $((SECS / 2))
+held_max=0
+for _ in 1 2 3; do
+	PM=$(prom_or_die)
+	h=$(src_metric "$PM" egressd_tcp_held_bytes 10.8.0.10)
+	[ "$h" -gt "$held_max" ] && held_max=$h
+	sleep 0.5
+done
+cap0=$(src_metric "$PM" egressd_shape_rate_down 10.8.0.10)
+cap1=$(src_metric "$PM" egressd_shape_rate_down 10.8.0.11)
+TOP=$(nsx "$NS_GW" timeout 10 "$(egressd_bin)" top --once --socket "$SOCK" 2>&1)
+wait "$b0" "$b1"
 P1=$(prom_or_die)
 r0=$(mbps "$EG_TMP/b-c0.json")
 r1=$(mbps "$EG_TMP/b-c1.json")
@@ -179,6 +196,16 @@ if within "$r1" 40 100000 && within "$r0" 0 21 && [ "$w0" -gt 0 ] && [ "$w1" -eq
 	pass "4 (b) c1 (no class, same exit) $r1 Mbit/s beside c0 $r0; shaped waits c0 $w0, c1 $w1"
 else
 	fail "4 (b) c1 unaffected by c0's class" "c1 $r1 Mbit/s, c0 $r0; shaped waits c0 $w0, c1 $w1"
+fi
+
+top0=$(printf '%s\n' "$TOP" | awk '$1 ~ /^10\.8\.0\.10\// { print $(NF - 4), $(NF - 1) }')
+top1=$(printf '%s\n' "$TOP" | awk '$1 ~ /^10\.8\.0\.11\// { print $(NF - 1) }')
+case $top0 in 2.[0-9]M\ 2.5M) top_ok=1 ;; *) top_ok=0 ;; esac
+if [ "$cap0" -eq "$RATE20" ] && [ "$cap1" -eq 0 ] && [ "$held_max" -gt 0 ] && [ "$top_ok" = 1 ] && [ "$top1" = "-" ]; then
+	pass "12 visible: c0 held to $cap0 B/s down, $held_max bytes held back; top: c0 DOWN/s and CAP/s '$top0', c1 CAP/s '$top1'"
+else
+	fail "12 metrics and top show c0's cap and bytes held back" \
+		"shape_rate_down c0 $cap0 c1 $cap1, held $held_max; top c0 '$top0' c1 '$top1': $(printf '%s\n' "$TOP" | tr '\n' '|')"
 fi
 
 ST=$(nsx "$NS_GW" timeout 10 "$(egressd_bin)" stats --socket "$SOCK" 2>&1)

@@ -40,15 +40,34 @@ pub struct Row {
     pub up: u64,
     pub down: u64,
     pub drops: u64,
+    /// The rates up and down the source is held to, bytes per second (0:
+    /// not shaped), and its TCP bytes held back now (issue 26).
+    pub cap_up: u64,
+    pub cap_down: u64,
+    pub held: u64,
 }
 
-/// The `top` answer's rows; malformed lines are skipped.
+impl Row {
+    /// Whether a class or a tunnel share holds the source to a rate.
+    fn shaped(&self) -> bool {
+        self.cap_up + self.cap_down > 0
+    }
+}
+
+/// The `top` answer's rows; malformed lines are skipped. A daemon from
+/// before issue 26 sends no shaping fields: read as not shaped.
 pub fn parse_rows(body: &str) -> Vec<Row> {
     body.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
-            let [source, name, tunnel, tcp, udp, up, down, drops] = f.as_slice() else { return None };
             let n = |s: &str| s.parse::<u64>().ok();
+            let (head, shaping) = match f.len() {
+                8 => (&f[..], [0, 0, 0]),
+                11 => (&f[..8], [n(f[8])?, n(f[9])?, n(f[10])?]),
+                _ => return None,
+            };
+            let [source, name, tunnel, tcp, udp, up, down, drops] = head else { return None };
+            let [cap_up, cap_down, held] = shaping;
             Some(Row {
                 source: source.to_string(),
                 name: name.to_string(),
@@ -58,6 +77,9 @@ pub fn parse_rows(body: &str) -> Vec<Row> {
                 up: n(up)?,
                 down: n(down)?,
                 drops: n(drops)?,
+                cap_up,
+                cap_down,
+                held,
             })
         })
         .collect()
@@ -89,6 +111,17 @@ fn name_widths(width: usize) -> (usize, usize) {
     }
 }
 
+/// The columns a shaped source adds (` CAP/s  HELD`), taken from the names.
+const SHAPED_COLUMNS: usize = 14;
+
+/// The SOURCE and TUNNEL widths when the shaping columns are shown: the
+/// tunnel gives up to 3 more (down to 8) when the source is at its least.
+fn shaped_widths(width: usize) -> (usize, usize) {
+    let (ww, tw) = name_widths(width.saturating_sub(SHAPED_COLUMNS));
+    let over = (ww + tw + 1 + 44 + SHAPED_COLUMNS).saturating_sub(width);
+    (ww, tw.saturating_sub(over).max(8))
+}
+
 /// `s` cut to `w` characters (the last one `~` when cut).
 fn fit(s: &str, w: usize) -> String {
     if s.chars().count() <= w {
@@ -102,7 +135,9 @@ fn fit(s: &str, w: usize) -> String {
 /// The screen for `rows`, with rates against `prev` (taken `secs` earlier;
 /// `None`: no earlier sample, rates shown as `-`), at most `max_rows`
 /// sources, every line at most `width` characters. Sorted by traffic:
-/// rate (up + down), then total bytes, then source.
+/// rate (up + down), then total bytes, then source. When a source is
+/// shaped, two columns more: CAP/s, the rate its busier direction is held
+/// to (`-`: not shaped), and HELD, its TCP bytes held back now.
 pub fn render(rows: &[Row], prev: Option<(&[Row], f64)>, width: usize, max_rows: usize) -> Vec<String> {
     let rate = |r: &Row| -> Option<(f64, f64)> {
         let (p, secs) = prev?;
@@ -123,14 +158,24 @@ pub fn render(rows: &[Row], prev: Option<(&[Row], f64)>, width: usize, max_rows:
         Some(_) => format!("up {}/s  down {}/s", human(sum_up), human(sum_down)),
         None => "rates after the next sample".to_string(),
     };
-    let (ww, tw) = name_widths(width);
+    let shaping = rows.iter().any(Row::shaped);
+    let (ww, tw) = if shaping { shaped_widths(width) } else { name_widths(width) };
+    let extra = |cap: &str, held: &str| if shaping { format!(" {cap:>6} {held:>6}") } else { String::new() };
     let mut out = vec![
         fit(&format!("egressd top - {} sources, {totals}   (q quits)", rows.len()), width),
         String::new(),
         fit(
             &format!(
-                "{:<ww$} {:<tw$} {:>5} {:>5} {:>7} {:>7} {:>7} {:>7}",
-                "SOURCE (CONTAINER)", "TUNNEL", "TCP", "UDP", "UP/s", "DOWN/s", "TOTAL", "DROPS"
+                "{:<ww$} {:<tw$} {:>5} {:>5} {:>7} {:>7} {:>7} {:>7}{}",
+                fit("SOURCE (CONTAINER)", ww),
+                fit("TUNNEL", tw),
+                "TCP",
+                "UDP",
+                "UP/s",
+                "DOWN/s",
+                "TOTAL",
+                "DROPS",
+                extra("CAP/s", "HELD")
             ),
             width,
         ),
@@ -142,9 +187,19 @@ pub fn render(rows: &[Row], prev: Option<(&[Row], f64)>, width: usize, max_rows:
             format!("{} ({})", r.source, r.name)
         };
         let (up, down) = rt.map_or(("-".to_string(), "-".to_string()), |(u, d)| (human(u), human(d)));
+        // The cap of the direction moving more now (down when equal).
+        let cap = match rt {
+            Some((u, d)) if u > d && r.cap_up > 0 => r.cap_up,
+            _ if r.cap_down > 0 => r.cap_down,
+            _ => r.cap_up,
+        };
+        let (cap, held) = match r.shaped() {
+            true => (human(cap as f64), human(r.held as f64)),
+            false => ("-".to_string(), "-".to_string()),
+        };
         out.push(fit(
             &format!(
-                "{:<ww$} {:<tw$} {:>5} {:>5} {:>7} {:>7} {:>7} {:>7}",
+                "{:<ww$} {:<tw$} {:>5} {:>5} {:>7} {:>7} {:>7} {:>7}{}",
                 fit(&who, ww),
                 fit(&r.tunnel, tw),
                 r.tcp,
@@ -152,7 +207,8 @@ pub fn render(rows: &[Row], prev: Option<(&[Row], f64)>, width: usize, max_rows:
                 up,
                 down,
                 human((r.up + r.down) as f64),
-                r.drops
+                r.drops,
+                extra(&cap, &held)
             ),
             width,
         ));
@@ -289,6 +345,9 @@ mod tests {
             up,
             down,
             drops: 0,
+            cap_up: 0,
+            cap_down: 0,
+            held: 0,
         }
     }
 
@@ -307,10 +366,52 @@ mod tests {
                 udp: 2,
                 up: 300,
                 down: 4000,
-                drops: 5
+                drops: 5,
+                cap_up: 0,
+                cap_down: 0,
+                held: 0,
             }
         );
         assert_eq!(rows[1].source, "(default)");
+        // With the shaping fields (issue 26).
+        let rows = parse_rows("10.8.0.4/32\tw2\thk0\t1\t2\t300\t4000\t5\t625000\t2500000\t65536\n");
+        assert_eq!((rows[0].cap_up, rows[0].cap_down, rows[0].held), (625_000, 2_500_000, 65_536));
+        assert!(parse_rows("10.8.0.4/32\tw2\thk0\t1\t2\t300\t4000\t5\t1\n").is_empty());
+    }
+
+    #[test]
+    fn shows_caps_and_bytes_held_back_when_a_source_is_shaped() {
+        let mut slow = row("10.8.0.10/32", "slow-container", 0, 5_000_000);
+        (slow.cap_up, slow.cap_down, slow.held) = (625_000, 2_500_000, 131_072);
+        let free = row("10.8.0.11/32", "-", 0, 1000);
+        let prev = [row("10.8.0.10/32", "-", 0, 2_500_000), row("10.8.0.11/32", "-", 0, 0)];
+        let rows = [slow.clone(), free.clone()];
+        for w in [WIDTH, 60, 140] {
+            let s = render(&rows, Some((&prev, 1.0)), w, 10);
+            assert!(s.iter().all(|l| l.chars().count() <= w), "{w}: {s:#?}");
+            // Narrower than 80, rows are cut like the others.
+            assert!(w < WIDTH || s[2].ends_with(" CAP/s   HELD"), "{w}: {s:#?}");
+        }
+        let s = render(&rows, Some((&prev, 1.0)), WIDTH, 10);
+        assert_eq!(s[3].chars().count(), WIDTH, "{s:#?}");
+        // Down is the busier direction: its cap, 2.5M/s, beside 2.5M/s moved.
+        assert!(s[3].starts_with("10.8.0.10/3~"), "{s:#?}");
+        assert!(s[3].contains("2.5M"), "{s:#?}");
+        assert!(s[3].ends_with("  2.5M 131.1K"), "{s:#?}");
+        assert!(s[4].ends_with("      -      -"), "{s:#?}");
+        // Busier up: the up cap.
+        let mut up = slow.clone();
+        up.up = 1_000_000;
+        let s = render(
+            std::slice::from_ref(&up),
+            Some((&[row("10.8.0.10/32", "-", 0, 5_000_000)], 1.0)),
+            WIDTH,
+            10,
+        );
+        assert!(s[3].ends_with("625.0K 131.1K"), "{s:#?}");
+        // Nobody shaped: the columns are not drawn.
+        let s = render(std::slice::from_ref(&free), None, WIDTH, 10);
+        assert!(s[2].ends_with("DROPS"), "{s:#?}");
     }
 
     #[test]

@@ -264,7 +264,9 @@ fn named_sources(s: &Shared, sources: Vec<(String, stats::Snapshot)>) -> Vec<(St
 /// `egressd top`'s rows, one line per route source, tab-separated: source,
 /// container name (or `-`), its tunnel now (`-`: no route any more; `reject`:
 /// a label naming no tunnel), TCP flows open, UDP sessions open, bytes up,
-/// bytes down, datagrams and connections dropped.
+/// bytes down, datagrams and connections dropped; then (issue 26) the rate
+/// up and down it is held to (bytes/s, 0: not shaped) and its bytes held
+/// back now.
 fn top_rows(s: &Shared, sources: &[(String, stats::Snapshot)]) -> String {
     let mut o = String::new();
     for (label, snap) in sources {
@@ -283,12 +285,15 @@ fn top_rows(s: &Shared, sources: &[(String, stats::Snapshot)]) -> String {
         };
         let drops: u64 = snap.fields().into_iter().filter(|(n, _)| is_drop(n)).map(|(_, v)| v).sum();
         o.push_str(&format!(
-            "{label}\t{}\t{tunnel}\t{}\t{}\t{}\t{}\t{drops}\n",
+            "{label}\t{}\t{tunnel}\t{}\t{}\t{}\t{}\t{drops}\t{}\t{}\t{}\n",
             clean(name),
             snap.tcp_flows_active,
             snap.udp_sessions_active,
             snap.tcp_bytes_up + snap.udp_bytes_up,
             snap.tcp_bytes_down + snap.udp_bytes_down,
+            snap.shape_rate_up,
+            snap.shape_rate_down,
+            snap.tcp_held_bytes,
         ));
     }
     o
@@ -319,18 +324,43 @@ fn refusals(sources: &[(String, stats::Snapshot)]) -> String {
 }
 
 /// `stats`' section on the sources held to their rate (a class's cap or
-/// their tunnel's share, issue 26); empty when none was.
+/// their tunnel's share, issue 26): the rate each direction is held to
+/// now, bytes held back (TCP waiting in the kernel now, UDP dropped in
+/// all), and how often; empty when none was.
 fn shaped(sources: &[(String, stats::Snapshot)]) -> String {
     let mut o = String::new();
-    for (name, snap) in sources.iter().filter(|(_, s)| s.tcp_shaped_waits + s.udp_drop_shaped > 0) {
-        let (w, d) = (snap.tcp_shaped_waits, snap.udp_drop_shaped);
-        o.push_str(&format!("  {name:<24} tcp_shaped_waits {w}, udp_drop_shaped {d}\n"));
+    let held =
+        |s: &stats::Snapshot| s.tcp_shaped_waits + s.udp_drop_shaped + s.shape_rate_up + s.shape_rate_down;
+    for (name, snap) in sources.iter().filter(|(_, s)| held(s) > 0) {
+        let rate = |r: u64| if r == 0 { "-".to_string() } else { format!("{}/s", bits(r)) };
+        o.push_str(&format!(
+            "  {name:<24} held to up {} down {}; held back: tcp {} B now, udp {} B ({} datagrams); tcp waits {}\n",
+            rate(snap.shape_rate_up),
+            rate(snap.shape_rate_down),
+            snap.tcp_held_bytes,
+            snap.udp_bytes_shaped,
+            snap.udp_drop_shaped,
+            snap.tcp_shaped_waits,
+        ));
     }
     if o.is_empty() {
         o
     } else {
         format!("\nheld to their rate (class or tunnel share), per route source:\n{o}")
     }
+}
+
+/// Bytes per second as the config writes rates: `20mbit`, `1.5gbit`.
+fn bits(bytes_per_sec: u64) -> String {
+    let b = bytes_per_sec as f64 * 8.0;
+    let (v, unit) = match b {
+        b if b >= 1e9 => (b / 1e9, "gbit"),
+        b if b >= 1e6 => (b / 1e6, "mbit"),
+        b => (b / 1e3, "kbit"),
+    };
+    let t = format!("{v:.2}");
+    let t = t.trim_end_matches('0').trim_end_matches('.');
+    format!("{t}{unit}")
 }
 
 /// A container name as one tab-separated field: no tabs, newlines or
@@ -595,15 +625,21 @@ mod tests {
         stats::Counters::add(&w2.drop_queue_full, 2);
         stats::Counters::add(&w2.tcp_drop_fd_share, 4);
         stats::Counters::add(&w2.udp_sessions_total, 50); // not a drop
+        stats::Counters::add(&w2.shape_rate_up, 625_000);
+        stats::Counters::add(&w2.shape_rate_down, 2_500_000);
+        stats::Counters::add(&w2.tcp_held_bytes, 4096);
         r.source("10.8.0.0/24");
         r.source("10.8.0.5/32");
         r.source("10.8.0.9/32"); // its route is gone
         r.source("(default)");
         let out = top_rows(&shared, &r.per_source());
         let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split('\t').collect()).collect();
-        assert!(rows.iter().all(|f| f.len() == 8), "{out}");
+        assert!(rows.iter().all(|f| f.len() == 11), "{out}");
         let row = |src: &str| rows.iter().find(|f| f[0] == src).unwrap_or_else(|| panic!("{src}: {out}"));
-        assert_eq!(row("10.8.0.4/32"), &["10.8.0.4/32", "w2?x", "b", "1", "1", "15", "1000", "9"]);
+        assert_eq!(
+            row("10.8.0.4/32"),
+            &["10.8.0.4/32", "w2?x", "b", "1", "1", "15", "1000", "9", "625000", "2500000", "4096"]
+        );
         assert_eq!(row("10.8.0.0/24")[1..3], ["-", "a"]);
         assert_eq!(row("10.8.0.5/32")[1..3], ["bad", "reject"]);
         assert_eq!(row("10.8.0.9/32")[1..3], ["-", "-"]);

@@ -30,6 +30,18 @@ const HELP: &[(&str, &str)] = &[
         "TCP flows whose client was left unread while opening: the worker's early-byte budget was spent",
     ),
     ("tcp_shaped_waits", "Times a shaped source's TCP flow waited for its rate (class cap or tunnel share)"),
+    (
+        "tcp_held_bytes",
+        "Bytes held back: waiting in the kernel for shaped TCP flows at their rate, as of each flow's last wait",
+    ),
+    (
+        "shape_rate_up",
+        "Rate a shaped source is held to now, client to exit, bytes per second (0: not shaped)",
+    ),
+    (
+        "shape_rate_down",
+        "Rate a shaped source is held to now, exit to client, bytes per second (0: not shaped)",
+    ),
     ("udp_dgrams_up", "UDP datagrams from clients accepted for a tunnel"),
     ("udp_bytes_up", "UDP payload bytes from clients accepted for a tunnel"),
     ("udp_dgrams_down", "UDP datagrams delivered to clients"),
@@ -61,6 +73,7 @@ const HELP: &[(&str, &str)] = &[
     ("udp_drop_bad_header", "UDP relay datagrams dropped: bad header"),
     ("udp_drop_send", "UDP datagrams dropped: sending failed"),
     ("udp_drop_shaped", "UDP datagrams dropped: over the source's rate (class cap or tunnel share)"),
+    ("udp_bytes_shaped", "UDP payload bytes dropped: over the source's rate (class cap or tunnel share)"),
     ("udp_reply_bind_failed", "UDP replies not delivered: the reply socket could not bind"),
     ("udp_reply_sockets", "UDP reply sockets open now"),
     ("dns_tcp_queries", "DNS queries carried over the tunnel's TCP"),

@@ -91,6 +91,14 @@ counters! {
     /// Times a shaped source's TCP flow stopped at its class's or tunnel
     /// share's rate and waited for its bucket (issue 26).
     tcp_shaped_waits,
+    /// Bytes waiting in the kernel for a shaped source's TCP flows while
+    /// they wait for their rate, as of each flow's last wait (a gauge).
+    tcp_held_bytes,
+    /// The rate a shaped source is held to now, bytes per second, per
+    /// direction: the lower of its class's cap and its tunnel share, summed
+    /// over the source's shaped addresses (gauges; 0: not shaped).
+    shape_rate_up,
+    shape_rate_down,
     /// Datagrams from clients accepted for a tunnel, and their bytes.
     udp_dgrams_up,
     udp_bytes_up,
@@ -139,6 +147,8 @@ counters! {
     udp_drop_send,
     /// Dropped: over the source's class or tunnel share rate (UDP is policed).
     udp_drop_shaped,
+    /// Their payload bytes.
+    udp_bytes_shaped,
     /// Replies not delivered because the reply socket could not bind.
     udp_reply_bind_failed,
     /// Reply sockets currently open.
@@ -233,6 +243,16 @@ impl Counters {
     pub fn dec(c: &AtomicU64) {
         c.fetch_sub(1, Relaxed);
     }
+
+    /// Moves a gauge owned by one thread from `was` to `now`.
+    #[inline]
+    pub fn shift(c: &AtomicU64, was: u64, now: u64) {
+        if now >= was {
+            c.fetch_add(now - was, Relaxed);
+        } else {
+            c.fetch_sub(was - now, Relaxed);
+        }
+    }
 }
 
 /// Counters kept outside the thread counters by a feature that owns them
@@ -285,6 +305,15 @@ impl Tally {
         self.add(f, n);
     }
 
+    /// Moves a gauge of this tunnel and source, and the thread's, from
+    /// `was` to `now`.
+    #[inline]
+    pub fn shift_all(&self, all: &Counters, f: impl Fn(&Counters) -> &AtomicU64, was: u64, now: u64) {
+        Counters::shift(f(all), was, now);
+        Counters::shift(f(&self.tunnel), was, now);
+        Counters::shift(f(&self.source), was, now);
+    }
+
     /// [`Tally::inc_all`] for a gauge going down.
     #[inline]
     pub fn dec_all(&self, all: &Counters, f: impl Fn(&Counters) -> &AtomicU64) {
@@ -300,6 +329,9 @@ pub fn is_gauge(name: &str) -> bool {
             name,
             "udp_reply_sockets"
                 | "tcp_early_bytes"
+                | "tcp_held_bytes"
+                | "shape_rate_up"
+                | "shape_rate_down"
                 | "docker_label_routes"
                 | "pool_ready"
                 | "pool_size"

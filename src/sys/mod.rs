@@ -133,6 +133,17 @@ pub fn term_size(fd: BorrowedFd<'_>) -> io::Result<(u16, u16)> {
     Ok((ws.ws_col, ws.ws_row))
 }
 
+/// Bytes waiting to be read on the stream socket `fd` (SIOCINQ).
+pub fn unread_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: `fd` is open for the call; `n` is a valid, writable c_int, the
+    // argument FIONREAD (SIOCINQ on sockets) writes.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
 /// Asks the kernel to report each datagram's original destination
 /// (IP_RECVORIGDSTADDR, and IPV6_RECVORIGDSTADDR on an IPv6 socket).
 pub fn set_recv_orig_dst(fd: BorrowedFd<'_>, ipv6: bool) -> io::Result<()> {

@@ -29,6 +29,7 @@ use std::cmp::Reverse;
 use std::io;
 use std::mem;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -106,6 +107,9 @@ pub(super) struct Flow {
     /// wake asked), and whether its `Kind::Shape` timer is in the heap.
     shape_due: Option<Instant>,
     shape_armed: bool,
+    /// Bytes the kernel held for the directions stopped at their grant
+    /// when they stopped (SIOCINQ), as added to `tcp_held_bytes`.
+    held: u32,
 }
 
 /// Why a flow ends.
@@ -221,7 +225,8 @@ impl WorkerLoop {
             Counters::inc(&self.counters.tcp_pipelined);
         }
         let routes = &self.routes;
-        let shaped = self.shapers.open(client.ip(), &tunnel, || routes.view().class(client.ip()), self.now);
+        let shaped =
+            self.shapers.open(client.ip(), (&tunnel, &tc), || routes.view().class(client.ip()), self.now);
         // Accepted with SOCK_NONBLOCK by the front loop (mio's accept4).
         // Built in the slab's call: a flow is copied once.
         let (slot, generation) = self.flows.insert(Flow {
@@ -239,6 +244,7 @@ impl WorkerLoop {
             shaped,
             shape_due: None,
             shape_armed: false,
+            held: 0,
         });
         self.register_flow(slot, generation);
     }
@@ -487,8 +493,11 @@ impl WorkerLoop {
             release_early(&mut self.early_held, &self.counters, o.early.len());
         }
         f.tc.dec_all(&self.counters, |c| &c.tcp_flows_active);
+        if f.held > 0 {
+            f.tc.shift_all(&self.counters, |c| &c.tcp_held_bytes, f.held.into(), 0);
+        }
         if f.shaped {
-            self.shapers.close(f.client_addr.ip());
+            self.shapers.close(f.client_addr.ip(), &self.counters);
         }
         f.up.release(&mut self.relay.pipes);
         f.down.release(&mut self.relay.pipes);
@@ -708,24 +717,48 @@ fn pump_shaped(
     (up, down): (bool, bool),
     sh: &mut Shaper,
 ) -> Option<End> {
-    let mut wake = None;
+    let (mut wake_up, mut wake_down) = (None, None);
     let up = match up {
-        true => pump_within(&mut f.up, &mut f.client, &mut f.upstream, relay, (sh, Dir::Up, now), &mut wake),
+        true => {
+            pump_within(&mut f.up, &mut f.client, &mut f.upstream, relay, (sh, Dir::Up, now), &mut wake_up)
+        }
         false => Ok(f.up.state()),
     };
     let down = match down {
-        true => {
-            pump_within(&mut f.down, &mut f.upstream, &mut f.client, relay, (sh, Dir::Down, now), &mut wake)
-        }
+        true => pump_within(
+            &mut f.down,
+            &mut f.upstream,
+            &mut f.client,
+            relay,
+            (sh, Dir::Down, now),
+            &mut wake_down,
+        ),
         false => Ok(f.down.state()),
+    };
+    let wake = match (wake_up, wake_down) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     };
     if let Some(t) = wake {
         if f.shape_due.is_none() {
             f.tc.inc_all(counters, |c| &c.tcp_shaped_waits);
         }
         f.shape_due = Some(f.shape_due.map_or(t, |d| d.min(t)));
+        // What the stopped directions leave unread: held back.
+        let unread =
+            |on: bool, s: &TcpStream| if on { crate::sys::unread_bytes(s.as_fd()).unwrap_or(0) } else { 0 };
+        let held = unread(wake_up.is_some(), &f.client) + unread(wake_down.is_some(), &f.upstream);
+        set_held(f, counters, u32::try_from(held).unwrap_or(u32::MAX));
+    } else if f.shape_due.is_none() && f.held > 0 {
+        set_held(f, counters, 0);
     }
     settle(up, down)
+}
+
+/// A shaped flow's bytes held back are now `held`.
+fn set_held(f: &mut Flow, counters: &Counters, held: u32) {
+    f.tc.shift_all(counters, |c| &c.tcp_held_bytes, f.held.into(), held.into());
+    f.held = held;
 }
 
 /// One direction of a shaped flow: asks for a grant, moves at most that,

@@ -352,6 +352,7 @@ impl WorkerLoop {
             self.tick_pools();
             let forget = self.settings.control.forget_sources;
             self.tallies.end_turn(&self.registry, &self.counters, self.now, forget);
+            self.shapers.publish(&self.counters, self.now);
             if stop.load(Ordering::SeqCst) {
                 let since = *stopping_since.get_or_insert(self.now);
                 // Take what is still queued, so nothing handed over is lost.

@@ -10,6 +10,9 @@
 //!  UDP: a datagram the bucket cannot take whole is dropped (udp_drop_shaped)
 //!  reload ─► Shapers::apply: boards take the new tunnel rates, every shaper
 //!      is built again with its source's class now (open flows follow at once)
+//!  every second (Shapers::publish) ─► shape_rate_up/down gauges of the source:
+//!      the rate each shaped address is held to now (moved by the difference,
+//!      taken back when its last flow ends)
 //! ```
 //!
 //! Unused, it costs nothing: with no class and no tunnel `rate` in the
@@ -22,8 +25,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::config::{Settings, Tunnel};
-use crate::shape::{ClassLimits, Shaper, TunnelShare};
+use crate::shape::{ClassLimits, Dir, Shaper, TunnelShare};
+use crate::stats::{Counters, Tally};
 use crate::udp::FoldState;
+
+/// How often the rate gauges follow the shapers' rates.
+const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Bytes a pump asks its shaper for at a time: one scratch buffer.
 pub(super) const WANT: usize = super::SCRATCH;
@@ -62,6 +69,31 @@ struct Entry {
     /// Flows and sessions of the source in this worker that use it.
     users: u32,
     tunnel: Arc<Tunnel>,
+    /// The source's counters (the first user's tally), and the rates up
+    /// and down last added to their `shape_rate_*` gauges.
+    tally: Tally,
+    published: [u64; 2],
+}
+
+impl Entry {
+    /// The rates the shaper holds the source to now, as the gauges show them.
+    fn rates(&self) -> [u64; 2] {
+        [shown(&self.shaper, Dir::Up), shown(&self.shaper, Dir::Down)]
+    }
+
+    /// The gauges move from what was last added to `rates`.
+    fn publish(&mut self, all: &Counters, rates: [u64; 2]) {
+        let [up, down] = self.published;
+        self.tally.shift_all(all, |c| &c.shape_rate_up, up, rates[0]);
+        self.tally.shift_all(all, |c| &c.shape_rate_down, down, rates[1]);
+        self.published = rates;
+    }
+}
+
+/// The rate a gauge shows for a direction: 0 when it is not held (no
+/// lane, or an uncapped one left by a reload).
+fn shown(sh: &Shaper, dir: Dir) -> u64 {
+    sh.rate(dir).filter(|&r| r < UNCAPPED).unwrap_or(0)
 }
 
 /// A worker's shapers, by source address.
@@ -70,20 +102,21 @@ pub(super) struct Shapers {
     on: bool,
     boards: Arc<Boards>,
     map: HashMap<IpAddr, Entry, FoldState>,
+    next_publish: Instant,
 }
 
 impl Shapers {
     pub(super) fn new(s: &Settings, boards: Arc<Boards>) -> Shapers {
-        Shapers { on: in_use(s), boards, map: HashMap::default() }
+        Shapers { on: in_use(s), boards, map: HashMap::default(), next_publish: Instant::now() }
     }
 
-    /// A flow or session of `source` on `tunnel` starts: true when it is
-    /// shaped (it then holds the source's shaper until `close`). `class`
-    /// is asked only when shaping is in use.
+    /// A flow or session of `source` on `tunnel`, counting in `tally`,
+    /// starts: true when it is shaped (it then holds the source's shaper
+    /// until `close`). `class` is asked only when shaping is in use.
     pub(super) fn open(
         &mut self,
         source: IpAddr,
-        tunnel: &Arc<Tunnel>,
+        (tunnel, tally): (&Arc<Tunnel>, &Tally),
         class: impl FnOnce() -> Option<ClassLimits>,
         now: Instant,
     ) -> bool {
@@ -97,17 +130,34 @@ impl Shapers {
         let limits = class().unwrap_or(ClassLimits::NONE);
         let board = self.boards.of(tunnel, now);
         let Some(shaper) = Shaper::new(limits, board.as_ref(), now) else { return false };
-        self.map.insert(source, Entry { shaper, users: 1, tunnel: Arc::clone(tunnel) });
+        let e =
+            Entry { shaper, users: 1, tunnel: Arc::clone(tunnel), tally: tally.clone(), published: [0, 0] };
+        self.map.insert(source, e);
         true
     }
 
-    /// A shaped flow or session of `source` ended.
-    pub(super) fn close(&mut self, source: IpAddr) {
+    /// A shaped flow or session of `source` ended; the last one takes the
+    /// source's rates back from the gauges (`all`: the worker's counters).
+    pub(super) fn close(&mut self, source: IpAddr, all: &Counters) {
         if let Some(e) = self.map.get_mut(&source) {
             e.users = e.users.saturating_sub(1);
             if e.users == 0 {
+                e.publish(all, [0, 0]);
                 self.map.remove(&source);
             }
+        }
+    }
+
+    /// Once a second (at the end of a loop turn): the `shape_rate_*`
+    /// gauges follow the rates the shapers hold their sources to now.
+    pub(super) fn publish(&mut self, all: &Counters, now: Instant) {
+        if self.map.is_empty() || now < self.next_publish {
+            return;
+        }
+        self.next_publish = now + PUBLISH_EVERY;
+        for e in self.map.values_mut() {
+            let rates = e.rates();
+            e.publish(all, rates);
         }
     }
 
@@ -153,17 +203,24 @@ fn in_use(s: &Settings) -> bool {
     !s.classes.is_empty() || s.tunnels.iter().any(|t| t.rate.is_some())
 }
 
+/// The rate of a lane that holds nothing back.
+const UNCAPPED: u64 = u64::MAX / 4;
+
 /// A shaper that lets everything through (a source whose class was
 /// lifted by a reload, until its flows end).
 fn uncapped(now: Instant) -> Shaper {
-    let limits = ClassLimits { rate_up: Some(u64::MAX / 4), rate_down: Some(u64::MAX / 4), weight: 1 };
+    let limits = ClassLimits { rate_up: Some(UNCAPPED), rate_down: Some(UNCAPPED), weight: 1 };
     Shaper::new(limits, None, now).expect("a capped class has a shaper")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shape::Dir;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    fn tally() -> Tally {
+        Tally { tunnel: Arc::default(), source: Arc::default() }
+    }
 
     fn settings(text: &str) -> Settings {
         Settings::parse("t.ron", text).unwrap()
@@ -188,7 +245,7 @@ mod tests {
             looked.set(true);
             None
         };
-        assert!(!sh.open(ip("10.8.0.10"), &t, class, Instant::now()));
+        assert!(!sh.open(ip("10.8.0.10"), (&t, &tally()), class, Instant::now()));
         assert!(!looked.get(), "no class lookup when shaping is off");
         assert_eq!(sh.len(), 0);
     }
@@ -201,13 +258,22 @@ mod tests {
         let t = Arc::new(s.tunnels[0].clone());
         let now = Instant::now();
         // No class, but the tunnel's rate is shared: shaped.
-        assert!(sh.open(ip("10.8.0.10"), &t, || None, now));
-        assert!(sh.open(ip("10.8.0.10"), &t, || None, now));
+        let (tc, all) = (tally(), Counters::default());
+        assert!(sh.open(ip("10.8.0.10"), (&t, &tc), || None, now));
+        assert!(sh.open(ip("10.8.0.10"), (&t, &tc), || None, now));
         assert_eq!(sh.len(), 1);
-        sh.close(ip("10.8.0.10"));
+        // The gauges show the rate it is held to: alone, all of the tunnel's.
+        sh.publish(&all, now);
+        assert_eq!(tc.source.shape_rate_down.load(Relaxed), 5_000_000);
+        assert_eq!(all.shape_rate_up.load(Relaxed), 5_000_000);
+        sh.close(ip("10.8.0.10"), &all);
         assert_eq!(sh.len(), 1);
-        sh.close(ip("10.8.0.10"));
+        sh.close(ip("10.8.0.10"), &all);
         assert_eq!(sh.len(), 0);
+        // The last user gone, its rates leave the gauges.
+        assert_eq!(tc.source.shape_rate_down.load(Relaxed), 0);
+        assert_eq!(tc.tunnel.shape_rate_up.load(Relaxed), 0);
+        assert_eq!(all.shape_rate_up.load(Relaxed), 0);
         // Another worker's shapers share the same board.
         let other = Shapers::new(&s, Arc::clone(&boards));
         assert!(Arc::ptr_eq(&boards, &other.boards));
@@ -221,13 +287,24 @@ mod tests {
         let plain = Arc::new(settings(PLAIN).tunnels[0].clone());
         let now = Instant::now();
         let cap = |r: u64| Some(ClassLimits { rate_up: Some(r), rate_down: Some(r), weight: 1 });
-        assert!(sh.open(ip("10.8.0.10"), &plain, || cap(2_500_000), now));
+        let (tc, all) = (tally(), Counters::default());
+        assert!(sh.open(ip("10.8.0.10"), (&plain, &tc), || cap(2_500_000), now));
         assert_eq!(sh.get(ip("10.8.0.10")).unwrap().rate(Dir::Down), Some(2_500_000));
+        sh.publish(&all, now);
+        assert_eq!(tc.source.shape_rate_down.load(Relaxed), 2_500_000);
         sh.apply(&s, |_| cap(1_250_000), now);
         assert_eq!(sh.get(ip("10.8.0.10")).unwrap().rate(Dir::Down), Some(1_250_000));
-        // Lifted: lets everything through until the flows end.
+        // Published again a second later, not at once.
+        sh.publish(&all, now);
+        assert_eq!(tc.source.shape_rate_down.load(Relaxed), 2_500_000);
+        sh.publish(&all, now + PUBLISH_EVERY);
+        assert_eq!(tc.source.shape_rate_down.load(Relaxed), 1_250_000);
+        // Lifted: lets everything through until the flows end, and the
+        // gauge says it is not held.
         sh.apply(&s, |_| None, now);
         let g = sh.get(ip("10.8.0.10")).unwrap().allow(Dir::Up, 1 << 20, now);
         assert_eq!(g.bytes, 1 << 20);
+        sh.publish(&all, now + 2 * PUBLISH_EVERY);
+        assert_eq!(tc.source.shape_rate_down.load(Relaxed), 0);
     }
 }

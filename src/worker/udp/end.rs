@@ -102,7 +102,7 @@ impl WorkerLoop {
         }
         s.tc.dec_all(&self.counters, |c| &c.udp_sessions_active);
         if s.shaped {
-            self.shapers.close(s.client.ip());
+            self.shapers.close(s.client.ip(), &self.counters);
         }
         // A DNS-over-TCP session's connections are its source's, pooled
         // (`dns`): they outlive it, until idle or closed.

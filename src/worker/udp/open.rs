@@ -120,7 +120,7 @@ impl WorkerLoop {
         tc.inc_all(&self.counters, |c| &c.udp_sessions_active);
         let routes = &self.routes;
         let class = || routes.view().class(d.client.ip());
-        let shaped = self.shapers.open(d.client.ip(), d.tunnel, class, now);
+        let shaped = self.shapers.open(d.client.ip(), (d.tunnel, &tc), class, now);
         let tunnel = Arc::clone(d.tunnel);
         let session = Session { client: d.client, dns_alias: None, tunnel, tc, link, shaped };
         let (slot, generation) = self.udp.sessions.insert(session);

@@ -85,6 +85,7 @@ impl WorkerLoop {
         let Some(sh) = self.shapers.get(s.client.ip()) else { return true };
         if sh.allow(dir, len, self.now).bytes < len {
             s.tc.inc_all(&self.counters, |c| &c.udp_drop_shaped);
+            s.tc.add_all(&self.counters, |c| &c.udp_bytes_shaped, len as u64);
             return false;
         }
         sh.consume(dir, len, self.now);
