@@ -12,8 +12,9 @@
 # EGRESSD=path (default: the static build of scripts/build-static.sh if there
 # is one, else target/release/egressd, built if missing), NO_INSTALL=1,
 # IPT2SOCKS=path (an ipt2socks binary built by hand; adds it to both parts),
-# EGRESSD_BASE=path (adds egressd_base: that binary, interleaved with egressd,
-# for before/after), EGRESSD_THREADS=n (egressd's `threads`; default 0, one
+# EGRESSD_BASE=path (adds egressd_base: that binary, same config and topology,
+# interleaved with egressd in the opposite order every other repetition; the
+# table gets egressd/egressd_base per metric with the reps' spread), EGRESSD_THREADS=n (egressd's `threads`; default 0, one
 # front loop and one worker per core; EGRESSD_BASE_THREADS for egressd_base), PROBE=perf|record|strace|callgrind and PROXY_WRAP
 # (see perop_begin),
 # MEASURE="rss tcp wrk dns udp" (any subset: the other metrics are n/a,
@@ -41,7 +42,8 @@
 #         on lo: 203.0.113.10 (nginx :80 "/" and "/whoami"; iperf3 :5201;
 #         TCP holder :7000; UDP who-am-i :5000) and 203.0.113.53 (nsd, port 53).
 #
-# Implementations, interleaved A B C D A B C D ...:
+# Implementations, interleaved A B C D A B C D ... (egressd and egressd_base
+# change places on even repetitions):
 #   direct    kernel forwarding, policy routing by source in gw (from 10.8.0.10 ->
 #             table 200 -> via exit0), the exit NATs: the topology's limit;
 #   egressd   `egressd rules | sh -e` and `egressd run`, Socks5 tunnel to exit0;
@@ -999,9 +1001,21 @@ log "building the topology (namespaces ${EG_ID}-*)"
 topo_up
 start_services
 
+# rep_order REP — IMPLS, with egressd and egressd_base swapped on even
+# repetitions, so that neither always runs first (a drift favours neither).
+rep_order() {
+	local i swap=0
+	[ $(($1 % 2)) = 0 ] && [[ " $IMPLS " == *" egressd "* && " $IMPLS " == *" egressd_base "* ]] && swap=1
+	for i in $IMPLS; do
+		if [ $swap = 1 ]; then
+			case $i in egressd) i=egressd_base ;; egressd_base) i=egressd ;; esac
+		fi
+		echo "$i"
+	done
+}
 if [ "$LAT_ONLY" != 1 ]; then
 	for rep in $(seq 1 "$REPS"); do
-		for impl in $IMPLS; do
+		for impl in $(rep_order "$rep"); do
 			run_round "$impl" "$rep"
 		done
 	done

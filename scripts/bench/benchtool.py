@@ -23,7 +23,9 @@ Sub-commands:
       or its VmRSS in KiB from /proc/PID/status.
   report --samples TSV --out DIR --impls "A B ..." [--title T]
       Medians with min..max, ratios against direct and between egressd and
-      each peer, issue 5's targets, and the gnuplot script for the chart.
+      each peer, egressd against egressd_base (the same run's other build:
+      ratio, per-repetition ratios, within the spread or not), issue 5's
+      targets, and the gnuplot script for the chart.
       Writes DIR/table.txt, DIR/summary.tsv, DIR/chart.gp (+ data files).
 
 Clients have bounded timeouts; nothing here loops without a bound.
@@ -276,6 +278,7 @@ def fmt_ratio(r):
 def report(args):
     impls = args.impls.split()
     samples = {}   # (impl, metric) -> [values]
+    by_rep = {}    # (impl, metric) -> {rep: value}
     notes = {}     # (impl, metric) -> [notes of n/a samples]
     with open(args.samples) as f:
         header = f.readline()
@@ -284,7 +287,7 @@ def report(args):
             parts = line.rstrip("\n").split("\t")
             if len(parts) < 5:
                 continue
-            impl, metric, _rep, value = parts[0], parts[1], parts[2], parts[3]
+            impl, metric, rep, value = parts[0], parts[1], parts[2], parts[3]
             note = parts[5] if len(parts) > 5 else ""
             key = (impl, metric)
             samples.setdefault(key, [])
@@ -293,6 +296,7 @@ def report(args):
             else:
                 try:
                     samples[key].append(float(value))
+                    by_rep.setdefault(key, {})[rep] = float(value)
                 except ValueError:
                     notes.setdefault(key, []).append(f"unparsable value {value!r}")
 
@@ -332,6 +336,8 @@ def report(args):
         if impl != "direct" and "direct" in impls:
             rcols.append((impl, "direct"))
     if "egressd" in impls:
+        if "egressd_base" in impls:
+            rcols.append(("egressd", "egressd_base"))
         for p in PEERS:
             if p in impls:
                 rcols.append(("egressd", p))
@@ -346,6 +352,10 @@ def report(args):
         rows.append(row)
         ratio_rows.append(row)
     out += table(rows)
+
+    if "egressd" in impls and "egressd_base" in impls:
+        out.append("")
+        out += versus_base(samples, by_rep)
 
     # Reasons for n/a.
     reasons = []
@@ -379,6 +389,40 @@ def report(args):
                     f.write(f"{metric}\t{unit}\t{int(hib)}\t{impl}\tn/a\tn/a\tn/a\t0\t{len(nas)}\n")
 
     write_chart(args, med, impls)
+
+
+def versus_base(samples, by_rep, a="egressd", b="egressd_base"):
+    """a against b, interleaved in one run: is the difference of the medians
+    larger than the spread (max - min) of either's repetitions?"""
+    out = [f"{a} against {b} (same run, interleaved): ratio of medians, {a}/{b} per "
+           "repetition (median, min..max),",
+           f"the medians' difference and the larger min..max range of the two, both as % of {b}'s median;",
+           "within noise = the difference is no larger than that range."]
+    rows = [["metric", "", a, b, "ratio", "per rep", "diff", "range", "verdict"]]
+    for metric, _label, unit, hib in METRICS:
+        va, vb = samples.get((a, metric), []), samples.get((b, metric), [])
+        if not va or not vb:
+            continue
+        ma, mb = statistics.median(va), statistics.median(vb)
+        diff = ma - mb
+        spread = max(max(va) - min(va), max(vb) - min(vb))
+        ra, rb = by_rep.get((a, metric), {}), by_rep.get((b, metric), {})
+        paired = [ratio(ra[r], rb[r]) for r in ra if r in rb]
+        paired = [r for r in paired if r is not None and not math.isinf(r)]
+        per_rep = (f"{statistics.median(paired):.3f} ({min(paired):.3f}..{max(paired):.3f})"
+                   if paired else "n/a")
+
+        def rel(x):
+            return f"{100 * x / mb:+.1f}%" if mb else f"{fmt(x)} {unit}"
+        if min(len(va), len(vb)) < 2:
+            verdict = "one rep: no spread"
+        elif abs(diff) <= spread:
+            verdict = "within noise"
+        else:
+            verdict = f"{a} {'better' if (diff > 0) == hib else 'worse'}"
+        rows.append([metric, "^" if hib else "v", fmt(ma), fmt(mb), fmt_ratio(ratio(ma, mb)), per_rep,
+                     rel(diff), rel(spread).lstrip("+"), verdict])
+    return out + table(rows)
 
 
 def table(rows):
