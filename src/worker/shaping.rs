@@ -43,11 +43,12 @@ pub(super) const WANT: usize = super::SCRATCH;
 pub struct Boards(Mutex<HashMap<String, Arc<TunnelShare>>>);
 
 impl Boards {
-    /// The board of `tunnel` if it has a `rate` (made at the first ask).
-    fn of(&self, tunnel: &Tunnel, now: Instant) -> Option<Arc<TunnelShare>> {
-        let rate = tunnel.rate?;
+    /// The board of the tunnel `name` if it has a `rate` (made at the
+    /// first ask).
+    fn of(&self, name: &str, rate: Option<u64>, now: Instant) -> Option<Arc<TunnelShare>> {
+        let rate = rate?;
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let b = m.entry(tunnel.name.clone()).or_insert_with(|| Arc::new(TunnelShare::new(rate, now)));
+        let b = m.entry(name.to_string()).or_insert_with(|| Arc::new(TunnelShare::new(rate, now)));
         Some(Arc::clone(b))
     }
 
@@ -128,7 +129,7 @@ impl Shapers {
             return true;
         }
         let limits = class().unwrap_or(ClassLimits::NONE);
-        let board = self.boards.of(tunnel, now);
+        let board = self.boards.of(&tunnel.name, tunnel.rate, now);
         let Some(shaper) = Shaper::new(limits, board.as_ref(), now) else { return false };
         let e =
             Entry { shaper, users: 1, tunnel: Arc::clone(tunnel), tally: tally.clone(), published: [0, 0] };
@@ -173,8 +174,9 @@ impl Shapers {
     }
 
     /// Reloaded settings: the boards take the tunnels' new rates and every
-    /// shaper is built again with its source's class now (`class`), so a
-    /// changed rate applies to open flows. A source whose new class caps
+    /// shaper is built again with its source's class and tunnel rate now
+    /// (`class`), so a changed rate applies to open flows, a rate given to
+    /// a tunnel by the reload too. A source whose new class caps
     /// nothing keeps an uncapping shaper until its flows end.
     pub(super) fn apply(
         &mut self,
@@ -186,7 +188,9 @@ impl Shapers {
         self.boards.apply(s);
         for (ip, e) in &mut self.map {
             let limits = class(*ip).unwrap_or(ClassLimits::NONE);
-            let board = self.boards.of(&e.tunnel, now);
+            // The tunnel's rate now: one that gained a rate shares it at once.
+            let rate = s.tunnels.iter().find(|t| t.name == e.tunnel.name).and_then(|t| t.rate);
+            let board = self.boards.of(&e.tunnel.name, rate, now);
             e.shaper = Shaper::new(limits, board.as_ref(), now).unwrap_or_else(|| uncapped(now));
         }
     }
@@ -301,10 +305,17 @@ mod tests {
         assert_eq!(tc.source.shape_rate_down.load(Relaxed), 1_250_000);
         // Lifted: lets everything through until the flows end, and the
         // gauge says it is not held.
-        sh.apply(&s, |_| None, now);
+        sh.apply(&settings(PLAIN), |_| None, now);
         let g = sh.get(ip("10.8.0.10")).unwrap().allow(Dir::Up, 1 << 20, now);
         assert_eq!(g.bytes, 1 << 20);
         sh.publish(&all, now + 2 * PUBLISH_EVERY);
         assert_eq!(tc.source.shape_rate_down.load(Relaxed), 0);
+        // The flow's tunnel gains a rate by a reload: its open flow shares it.
+        let rated = settings(
+            r#"(listen: ["10.8.0.1:10900"], tunnels: { "a": Direct(rate: "8mbit") },
+            routes: [], default: Tunnel("a"))"#,
+        );
+        sh.apply(&rated, |_| None, now);
+        assert_eq!(sh.get(ip("10.8.0.10")).unwrap().rate(Dir::Down), Some(1_000_000));
     }
 }
