@@ -15,6 +15,13 @@
 #    classes: { "slow": (rate: "20mbit"), "fast": (rate: "200mbit") }
 #  exit1: danted; inet: iperf3 servers on 203.0.113.10:5201 and :5202.
 #
+# The lower bound (18) needs a machine that is not saturated by other work:
+# while an unrelated benchmark pushed Gbit/s through namespaces of its own
+# on the same 2 cores (load 8-9), the slow runs here measured 16.8 .. 18.7
+# Mbit/s (1 s intervals down to 12), with egressd at nice -10 or a 2 MB
+# receive window alike, and classes.sh's figures fell too; once it ended,
+# 19.99 .. 20.00. A FAIL line gives the 1 s intervals and the load average.
+#
 # iperf3 runs inside the containers (the host's /usr read-only; the image's
 # /lib and /lib64 point into it). Rates are iperf3's receiver figures
 # (Mbit/s, 10^6) over -t 5 less the first second (-O 1: slow start and the
@@ -230,7 +237,7 @@ verdict $? "1 w1 (labels exit1, slow; $A1): route list shows $r" "route '$r'"
 
 shaped_run w1 "$A1" w1-slow
 within "$RATE" 18 21
-verdict $? "2 w1's download at class slow (20mbit): iperf3 receiver $RATE Mbit/s" "got $RATE (intervals $(ivals "$EG_TMP/w1-slow.json"); load $(cut -d' ' -f1-3 /proc/loadavg); $(run_detail w1-slow))"
+verdict $? "2 w1's download at class slow (20mbit): iperf3 receiver $RATE Mbit/s" "got $RATE, want 18..21 (intervals $(ivals "$EG_TMP/w1-slow.json"); load $(cut -d' ' -f1-3 /proc/loadavg); $(run_detail w1-slow))"
 [ "$BYTES" -gt 0 ] && [ "$BYTES" -le "$BOUND" ]
 verdict $? "3 egressd moved $BYTES bytes down for w1 ($A1) in $MS ms <= rate x time + burst ($BOUND)" \
 	"$BYTES bytes, bound $BOUND"
@@ -259,7 +266,7 @@ verdict $? "5 w1 re-created (same name and labels) at $A2: $r; $A1's route gone"
 shaped_run w1 "$A2" w1-again
 within "$RATE" 18 21 && [ "$BYTES" -gt 0 ] && [ "$BYTES" -le "$BOUND" ]
 verdict $? "6 the re-created w1's download at class slow: $RATE Mbit/s; egressd moved $BYTES bytes in $MS ms <= $BOUND" \
-	"got $RATE Mbit/s (intervals $(ivals "$EG_TMP/w1-again.json"); load $(cut -d' ' -f1-3 /proc/loadavg)), $BYTES bytes (bound $BOUND) ($(run_detail w1-again))"
+	"got $RATE Mbit/s, want 18..21 (intervals $(ivals "$EG_TMP/w1-again.json"); load $(cut -d' ' -f1-3 /proc/loadavg)), $BYTES bytes (bound $BOUND) ($(run_detail w1-again))"
 
 # ------------------------------------------------------------------ 7 re-created in class fast
 dk rm -f w1 >/dev/null || die "docker rm w1"
