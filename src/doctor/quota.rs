@@ -82,7 +82,7 @@ pub(super) fn judge(dir: &Path, metered: bool, seen: &Seen) -> Option<Check> {
             ),
             None => Some(Check::ok(
                 NAME,
-                format!("{file}: {} identities counted{}", s.entries.len(), earlier(seen)),
+                format!("{file}: counters for {}{}", counted(s.entries.len()), earlier(seen)),
             )),
         },
     }
@@ -104,6 +104,10 @@ fn fresh(dir: &Path, metered: bool, seen: &Seen) -> Option<Check> {
         ));
     }
     Some(Check::ok(NAME, format!("no counters yet in {}{}", dir.display(), earlier(seen))))
+}
+
+fn counted(n: usize) -> String {
+    if n == 1 { "1 identity".into() } else { format!("{n} identities") }
 }
 
 /// A note on corrupt files kept aside earlier (the operator may delete them).
@@ -179,7 +183,7 @@ mod tests {
         let c = judged(true, &seen(Ok(Some("egressd-quota 1\nweb\t1\t1000\t0\n")))).unwrap();
         assert_eq!(
             (c.status, c.saw.as_str()),
-            (Status::Ok, "/var/lib/egressd/quota.state: 1 identities counted")
+            (Status::Ok, "/var/lib/egressd/quota.state: counters for 1 identity")
         );
         let mut s = seen(Ok(None));
         assert_eq!(judged(false, &s), None, "no quotas, no state: nothing to say");

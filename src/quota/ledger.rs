@@ -19,7 +19,9 @@
 //! the wall clock moved more than [`JUMP_MS`] differently from it since the
 //! last tick, the difference is a jump, period starts move with it, and no
 //! counter is reset by it. A changed `every_days` applies from the next
-//! boundary.
+//! boundary. (`Instant` is CLOCK_MONOTONIC, which stops while the host is
+//! suspended: a suspend longer than [`JUMP_MS`] looks like a forward jump,
+//! and the periods are lengthened by it rather than cut short.)
 //!
 //! Fail closed: after a corrupt state file ([`Ledger::closed`]), every
 //! metered identity is spent until it is [`reset`](Ledger::reset) (or all
