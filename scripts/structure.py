@@ -27,7 +27,7 @@ from pathlib import Path
 LAYERS = [
     ["bucket", "shape", "lograte", "sys", "wire", "route", "stats", "udp"],
     ["config"],
-    ["relay", "upstream", "pool", "rules"],
+    ["relay", "upstream", "pool", "rules", "quota"],
     ["snapshot"],
     ["worker"],
     ["docker"],

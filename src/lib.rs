@@ -13,12 +13,13 @@
 //! limits take tokens from a [`bucket`], bandwidth classes and a tunnel's
 //! shared rate from [`shape`]'s byte buckets; [`hostwatch`] watches the host
 //! while egressd runs; [`lograte`] keeps warnings about outside events to
-//! one a minute.
+//! one a minute. [`quota`] keeps each container's byte allowance across
+//! restarts.
 //!
 //! Each layer imports only the layers below it (`scripts/structure.py`
 //! checks it on every test run):
 //! `cli` → `control` `doctor` → `front` `hostwatch` → `docker` → `worker` →
-//! `snapshot` → `relay` `upstream` `pool` `rules` → `config` → `bucket`
+//! `snapshot` → `relay` `upstream` `pool` `rules` `quota` → `config` → `bucket`
 //! `shape` `lograte` `sys` `wire` `route` `stats` `udp`.
 #![deny(unsafe_code)]
 
@@ -32,6 +33,7 @@ pub mod front;
 pub mod hostwatch;
 pub mod lograte;
 pub mod pool;
+pub mod quota;
 pub mod relay;
 pub mod route;
 pub mod rules;

@@ -7,6 +7,7 @@
 pub mod rate;
 mod raw;
 mod resolve;
+pub mod size;
 mod validate;
 
 use std::fmt;
@@ -19,7 +20,7 @@ use ron::extensions::Extensions;
 use crate::route::{Cidr, RouteTable};
 use rate::BytesPerSec;
 use raw::RawConfig;
-pub use raw::{TcpIntercept, WEIGHT_MAX};
+pub use raw::{DAYS_MAX, DAYS_MIN_MS, STATE_DIR_DEFAULT, TcpIntercept, WEIGHT_MAX};
 use validate::validate;
 
 /// The demo topology's config (scripts/demo.sh, `egressd run` with no --config).
@@ -47,7 +48,7 @@ impl RouteTarget {
 }
 
 /// A bandwidth class (issue 26): what each source address it is given may
-/// use. Parsed and validated; not enforced yet (a later slice does that).
+/// use; with a quota (issue 27), how much per period.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Class {
     pub name: String,
@@ -58,6 +59,31 @@ pub struct Class {
     /// The source's share of a tunnel's `rate` among its busy sources:
     /// its weight over their sum. 1 to [`WEIGHT_MAX`]; 1 unless set.
     pub weight: u32,
+    /// Bytes per period, both directions, DNS included; `None`: unmetered.
+    pub quota: Option<Quota>,
+}
+
+/// A class's quota: `quota: (bytes: "200GiB", every_days: 30), on_quota: ...`.
+///
+/// Whose allowance it is: a labelled container's (by container name, so a
+/// re-created container keeps it), or a config route's prefix (shared by
+/// the addresses under it). See `crate::quota`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Bytes per period; never 0.
+    pub bytes: u64,
+    /// The period (`every_days`), whole milliseconds, 1 s to [`DAYS_MAX`] days.
+    pub every: Duration,
+    pub on: OnQuota,
+}
+
+/// What a spent quota does until its period ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnQuota {
+    /// Fail closed: new flows reset, datagrams dropped, open flows ended.
+    Reject,
+    /// Carry on at this rate (bytes per second, each direction).
+    Throttle(BytesPerSec),
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +108,8 @@ pub struct Settings {
     /// Distinct source addresses a prefix route (or the default route) may
     /// have at once, TCP and UDP together; host routes are not capped.
     pub max_sources_per_route: usize,
+    /// Where the quota counters are kept (absolute; `/var/lib/egressd` by default).
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -456,6 +484,11 @@ impl Settings {
 
     pub fn class(&self, id: ClassId) -> Option<&Class> {
         self.classes.get(usize::from(id))
+    }
+
+    /// Whether any class carries a quota (then the counters are kept).
+    pub fn metered(&self) -> bool {
+        self.classes.iter().any(|c| c.quota.is_some())
     }
 
     /// A route's target as `check`, `route list` and the log show it: the

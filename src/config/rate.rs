@@ -82,7 +82,7 @@ pub fn parse_rate(text: &str) -> Result<BytesPerSec, String> {
 
 /// `digits` or `digits.digits`: the two runs of digits (the second may be
 /// empty), `None` for anything else.
-fn split_number(number: &str) -> Option<(&str, &str)> {
+pub(super) fn split_number(number: &str) -> Option<(&str, &str)> {
     let (whole, decimals) = match number.split_once('.') {
         Some((_, "")) => return None,
         Some((w, d)) => (w, d),
@@ -93,7 +93,7 @@ fn split_number(number: &str) -> Option<(&str, &str)> {
 }
 
 /// The value of a run of ASCII digits ("" is 0); `None` past `u128`.
-fn digits(run: &str) -> Option<u128> {
+pub(super) fn digits(run: &str) -> Option<u128> {
     run.bytes().try_fold(0u128, |n, b| n.checked_mul(10)?.checked_add(u128::from(b - b'0')))
 }
 

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use super::rate::{BytesPerSec, parse_rate};
+use super::size::parse_size;
 use crate::route::Cidr;
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +48,9 @@ pub struct RawConfig {
     /// at once, TCP and UDP together; host routes are not capped.
     #[serde(default = "max_sources_default")]
     pub max_sources_per_route: Positive,
+    /// Where the quota counters are kept (an absolute directory).
+    #[serde(default)]
+    pub state_dir: StateDir,
 }
 
 /// Containers choose their tunnel by label, followed on the Engine API.
@@ -337,6 +341,60 @@ pub struct RawClass {
     pub rate_down: Option<RateField>,
     #[serde(default)]
     pub weight: Option<Weight>,
+    /// Bytes a source (a container, or a route's prefix) may move per period.
+    #[serde(default)]
+    pub quota: Option<RawQuota>,
+    /// What a spent quota does; `Reject` unless set (needs `quota`).
+    #[serde(default)]
+    pub on_quota: Option<RawOnQuota>,
+}
+
+/// `quota: (bytes: "200GiB", every_days: 30)`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[serde(rename = "quota")]
+pub struct RawQuota {
+    pub bytes: SizeField,
+    pub every_days: Days,
+}
+
+/// `on_quota: Reject` (fail closed) or `Throttle("1mbit")`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename = "on_quota")]
+pub enum RawOnQuota {
+    Reject,
+    Throttle(RateField),
+}
+
+/// A byte count (`"200GiB"`, `"1.5TB"`, or a bare integer of bytes),
+/// checked in place; never 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeField(pub u64);
+
+/// A quota period in days (fractions allowed), checked in place and kept
+/// in whole milliseconds: [`DAYS_MIN_MS`] to [`DAYS_MAX`] days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Days {
+    pub ms: u64,
+}
+
+/// The shortest quota period: one second (tests use a few seconds).
+pub const DAYS_MIN_MS: u64 = 1000;
+/// The longest quota period, in days: ten years.
+pub const DAYS_MAX: f64 = 3660.0;
+
+/// The quota counters' directory, absolute; `/var/lib/egressd` unless set
+/// (systemd's `StateDirectory=egressd`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateDir(pub String);
+
+/// The default `state_dir`.
+pub const STATE_DIR_DEFAULT: &str = "/var/lib/egressd";
+
+impl Default for StateDir {
+    fn default() -> Self {
+        StateDir(STATE_DIR_DEFAULT.into())
+    }
 }
 
 impl RawClass {
@@ -347,10 +405,19 @@ impl RawClass {
                 "class \"{name}\": rate sets both directions; give rate alone, or rate_up and/or rate_down"
             ));
         }
-        if self.rate.is_none() && self.rate_up.is_none() && self.rate_down.is_none() && self.weight.is_none()
+        if self.on_quota.is_some() && self.quota.is_none() {
+            return Some(format!(
+                "class \"{name}\": on_quota needs a quota, e.g. quota: (bytes: \"200GiB\", every_days: 30)"
+            ));
+        }
+        if self.rate.is_none()
+            && self.rate_up.is_none()
+            && self.rate_down.is_none()
+            && self.weight.is_none()
+            && self.quota.is_none()
         {
             return Some(format!(
-                "class \"{name}\" sets nothing: give rate, rate_up, rate_down and/or weight, e.g. (rate: \"20mbit\")"
+                "class \"{name}\" sets nothing: give rate, rate_up, rate_down, weight and/or quota, e.g. (rate: \"20mbit\")"
             ));
         }
         None
@@ -508,6 +575,78 @@ impl<'de> Deserialize<'de> for RateField {
             ))
         }
         d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for SizeField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = SizeField;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a byte count, e.g. \"200GiB\", \"1.5TB\" or 5000")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<SizeField, E> {
+                parse_size(s).map(SizeField).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<SizeField, E> {
+                parse_size(&n.to_string()).map(SizeField).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<SizeField, E> {
+                parse_size(&n.to_string()).map(SizeField).map_err(E::custom)
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<SizeField, E> {
+                Err(E::custom(format!(
+                    "size {n} is not a whole number of bytes; write it as a string with a unit, e.g. \"1.5GiB\""
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Days {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Days;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number of days, e.g. 30 or 0.5")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Days, E> {
+                days(n as f64)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Days, E> {
+                days(n as f64)
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Days, E> {
+                days(n)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `every_days` in whole milliseconds, if it is in range.
+fn days<E: de::Error>(n: f64) -> Result<Days, E> {
+    let ms = (n * 86_400_000.0).round();
+    if n.is_finite() && n <= DAYS_MAX && ms >= DAYS_MIN_MS as f64 {
+        return Ok(Days { ms: ms as u64 });
+    }
+    Err(E::custom(format!(
+        "every_days {n} is out of range: at least one second's worth (0.0000116) and at most {DAYS_MAX} days"
+    )))
+}
+
+impl<'de> Deserialize<'de> for StateDir {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if !s.starts_with('/') || s.contains('\0') || s.len() > 1024 {
+            return Err(de::Error::custom(format!(
+                "state_dir \"{s}\" must be an absolute directory, e.g. \"{STATE_DIR_DEFAULT}\""
+            )));
+        }
+        Ok(StateDir(s))
     }
 }
 

@@ -481,6 +481,7 @@ fn classes_parse_as_the_issue_writes_them() {
         rate_up,
         rate_down,
         weight,
+        quota: None,
     };
     assert_eq!(
         s.classes,
@@ -611,9 +612,9 @@ fn duplicate_or_bad_class_names_are_placed() {
     let e = err(&classes_with("\"live\": (weight", "\"li ve\": (weight"));
     assert_eq!(e.line, 7, "{e}");
     assert!(e.msg.contains("class name \"li ve\" must be 1-64 characters"), "{e}");
-    // Keys the later slices add are unknown here, and said so.
-    let e = err(&classes_with("(weight: 4)", "(weight: 4, quota: 5)"));
-    assert!(e.msg.contains("unknown key `quota` in class"), "{e}");
+    // A key no class has is said so, with the keys there are.
+    let e = err(&classes_with("(weight: 4)", "(weight: 4, quote: 5)"));
+    assert!(e.msg.contains("unknown key `quote` in class"), "{e}");
 }
 
 #[test]
@@ -647,4 +648,135 @@ fn class_label_default_and_override() {
     assert!(err(&with("udp:", "docker: (class_label: \"\"), udp:")).msg.contains("class_label"));
     let e = err(&with("udp:", "docker: (class_label: \"egressd.tunnel\"), udp:"));
     assert!(e.msg.contains("label and class_label are both \"egressd.tunnel\""), "{e}");
+}
+
+/// Issue 27's quotas: a class with a quota, one that throttles, one without.
+const QUOTAS: &str = r#"(
+    listen: ["10.8.0.1:10900"],
+    classes: {
+        "metered": (quota: (bytes: "200GiB", every_days: 30)),
+        "slowdown": (rate: "20mbit", quota: (bytes: "1.5TB", every_days: 0.0002), on_quota: Throttle("1mbit")),
+        "free": (weight: 2),
+    },
+    tunnels: { "hk0": Socks5(server: "100.64.0.2:1080") },
+    routes: [ (source: "10.8.0.0/24", tunnel: "hk0", class: "metered") ],
+)"#;
+
+fn quotas_with(replace: &str, by: &str) -> String {
+    assert!(QUOTAS.contains(replace), "fixture lacks {replace}");
+    QUOTAS.replacen(replace, by, 1)
+}
+
+#[test]
+fn quotas_parse_as_the_issue_writes_them() {
+    let s = parse(QUOTAS).unwrap();
+    let day = Duration::from_secs(86_400);
+    assert_eq!(
+        s.classes[0].quota,
+        Some(Quota { bytes: 200 << 30, every: 30 * day, on: OnQuota::Reject }),
+        "Reject unless on_quota says otherwise"
+    );
+    assert_eq!(
+        s.classes[1].quota,
+        Some(Quota {
+            bytes: 1_500_000_000_000,
+            every: Duration::from_millis(17_280),
+            on: OnQuota::Throttle(125_000)
+        })
+    );
+    assert_eq!(s.classes[1].rate_up, Some(2_500_000));
+    assert_eq!(s.classes[2].quota, None);
+    assert!(s.metered());
+    assert_eq!(s.state_dir, PathBuf::from("/var/lib/egressd"), "the default state_dir");
+    assert!(!parse(MINIMAL).unwrap().metered());
+    // Plain integer bytes, a whole number of days, on_quota: Reject spelled out.
+    let s = parse(&quotas_with(
+        r#"(bytes: "200GiB", every_days: 30))"#,
+        "(bytes: 5000, every_days: 1), on_quota: Reject)",
+    ))
+    .unwrap();
+    assert_eq!(s.classes[0].quota, Some(Quota { bytes: 5000, every: day, on: OnQuota::Reject }));
+    // Fractions of a day are kept to the millisecond; the bounds are in.
+    for (days, ms) in
+        [("0.5", 43_200_000), ("0.0000116", 1002), ("3660", 3660 * 86_400_000), ("3660.0", 3660 * 86_400_000)]
+    {
+        let s = parse(&quotas_with("every_days: 30", &format!("every_days: {days}"))).unwrap();
+        assert_eq!(s.classes[0].quota.unwrap().every, Duration::from_millis(ms), "{days}");
+    }
+}
+
+#[test]
+fn a_quota_alone_is_a_class() {
+    let s =
+        parse(&quotas_with(r#""free": (weight: 2)"#, r#""free": (quota: (bytes: "1GB", every_days: 7))"#))
+            .unwrap();
+    let c = &s.classes[2];
+    assert_eq!((c.rate_up, c.rate_down, c.weight), (None, None, 1));
+    assert_eq!(c.quota.map(|q| q.bytes), Some(1_000_000_000));
+}
+
+#[test]
+fn bad_quota_bytes_are_placed() {
+    for (bad, says, col) in [
+        (r#""200 GiBs""#, "unknown unit \"GiBs\"", 37),
+        (r#""0GiB""#, "less than 1 byte", 37),
+        ("0", "less than 1 byte", 36),
+        ("-5", "has a sign", 37),
+        ("1.5", "not a whole number of bytes", 36),
+        (r#""99999999999TiB""#, "too large", 37),
+    ] {
+        let e = err(&quotas_with(r#""200GiB""#, bad));
+        assert_eq!((e.line, e.col), (4, col), "{bad}: {e}");
+        assert!(e.msg.contains(says), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn every_days_out_of_range_is_placed() {
+    for bad in ["0", "-1", "0.00001", "3661", "1e9"] {
+        let e = err(&quotas_with("every_days: 30", &format!("every_days: {bad}")));
+        assert_eq!(e.line, 4, "{bad}: {e}");
+        assert!(e.msg.contains("every_days") && e.msg.contains("out of range"), "{bad}: {e}");
+    }
+    let e = err(&quotas_with("every_days: 30", "every_days: \"30\""));
+    assert!(e.msg.contains("a number of days"), "{e}");
+}
+
+#[test]
+fn quota_keys_are_required_and_known() {
+    let e = err(&quotas_with(", every_days: 30", ""));
+    assert!(e.msg.contains("missing key `every_days`"), "{e}");
+    let e = err(&quotas_with(r#"bytes: "200GiB", "#, ""));
+    assert!(e.msg.contains("missing key `bytes`"), "{e}");
+    let e = err(&quotas_with("every_days: 30", "every_days: 30, every_hours: 1"));
+    assert!(e.msg.contains("unknown key `every_hours` in quota"), "{e}");
+    assert_eq!(e.line, 4, "{e}");
+}
+
+#[test]
+fn on_quota_needs_a_quota_and_a_known_kind() {
+    let e = err(&quotas_with(r#""free": (weight: 2)"#, r#""free": (weight: 2, on_quota: Reject)"#));
+    assert!(e.msg.contains("class \"free\": on_quota needs a quota"), "{e}");
+    assert_eq!(e.line, 6, "{e}");
+    let e = err(&quotas_with("Throttle(\"1mbit\")", "Drop"));
+    assert!(e.msg.contains("unknown kind `Drop`") && e.msg.contains("Reject, Throttle"), "{e}");
+    assert_eq!(e.line, 5, "{e}");
+    let e = err(&quotas_with("Throttle(\"1mbit\")", "Throttle(\"1mb\")"));
+    assert!(e.msg.contains("unknown unit \"mb\""), "{e}");
+    assert_eq!(e.line, 5, "{e}");
+    let e = err(&quotas_with("Throttle(\"1mbit\")", "Throttle(1)"));
+    assert!(e.msg.contains("rate 1 has no unit"), "{e}");
+}
+
+#[test]
+fn state_dir_is_an_absolute_path() {
+    let s = parse(&with("udp:", "state_dir: \"/srv/egressd/state\", udp:")).unwrap();
+    assert_eq!(s.state_dir, PathBuf::from("/srv/egressd/state"));
+    for bad in ["\"var/lib/egressd\"", "\"\"", "\"./state\""] {
+        let e = err(&with("udp:", &format!("state_dir: {bad}, udp:")));
+        assert!(e.msg.contains("must be an absolute directory"), "{bad}: {e}");
+        assert_eq!((e.line, e.col), (11, 17), "{bad}: {e}");
+    }
+    let e = err(&with("udp:", "state_dir: 5, udp:"));
+    assert_eq!(e.line, 11, "{e}");
 }

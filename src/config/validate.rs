@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{
-    Addr, Classes, RawConfig, RawControl, RawDefault, RawDns, RawDocker, RawIntercept, RawRoute, RawTcp,
-    RawTunnel, RawUdp, Tunnels,
+    Addr, Classes, RawClass, RawConfig, RawControl, RawDefault, RawDns, RawDocker, RawIntercept, RawOnQuota,
+    RawRoute, RawTcp, RawTunnel, RawUdp, Tunnels,
 };
 use super::{
     Class, ClassId, ConfigError, ControlSettings, Credentials, DnsSettings, DockerSettings, IfacePattern,
-    Intercept, Locator, MAX_IDLE_SOURCES, RouteTarget, Server, Settings, TcpSettings, Tunnel, TunnelId,
-    TunnelKind, UdpSettings, WARM_MAX,
+    Intercept, Locator, MAX_IDLE_SOURCES, OnQuota, Quota, RouteTarget, Server, Settings, TcpSettings, Tunnel,
+    TunnelId, TunnelKind, UdpSettings, WARM_MAX,
 };
 use crate::route::RouteTable;
 
@@ -54,6 +54,7 @@ pub(super) fn validate(raw: RawConfig, loc: &Locator) -> Result<Settings, Config
         dns,
         docker,
         max_sources_per_route: raw.max_sources_per_route.0 as usize,
+        state_dir: PathBuf::from(raw.state_dir.0),
     })
 }
 
@@ -156,7 +157,8 @@ fn tunnel_kind(loc: &Locator, name: &str, t: RawTunnel) -> Result<TunnelKind, Co
 }
 
 /// The classes in file order; each was checked on its own where it was
-/// parsed (`raw::Classes`): `rate` is both directions, a weight 1 unless set.
+/// parsed (`raw::Classes`): `rate` is both directions, a weight 1 unless
+/// set, a quota `Reject`s unless `on_quota` says otherwise.
 fn validate_classes(loc: &Locator, raw: Classes) -> Result<Vec<Class>, ConfigError> {
     if raw.0.len() > usize::from(ClassId::MAX) {
         return Err(loc.err(format!("too many classes ({}); at most {}", raw.0.len(), ClassId::MAX)));
@@ -169,8 +171,18 @@ fn validate_classes(loc: &Locator, raw: Classes) -> Result<Vec<Class>, ConfigErr
             rate_up: c.rate.or(c.rate_up).map(|r| r.0),
             rate_down: c.rate.or(c.rate_down).map(|r| r.0),
             weight: c.weight.map_or(1, |w| w.0),
+            quota: quota(&c),
         })
         .collect())
+}
+
+fn quota(c: &RawClass) -> Option<Quota> {
+    let q = c.quota.as_ref()?;
+    let on = match c.on_quota {
+        None | Some(RawOnQuota::Reject) => OnQuota::Reject,
+        Some(RawOnQuota::Throttle(r)) => OnQuota::Throttle(r.0),
+    };
+    Some(Quota { bytes: q.bytes.0, every: Duration::from_millis(q.every_days.ms), on })
 }
 
 fn id_of(tunnels: &[Tunnel], name: &str) -> Option<TunnelId> {

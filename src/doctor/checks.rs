@@ -104,6 +104,7 @@ impl<'a> Host<'a> {
             v.extend(self.listener(l));
         }
         v.extend(self.metrics());
+        v.extend(super::quota::check(self.settings));
         for f in &self.fams {
             v.extend(self.bridge(f));
         }

@@ -8,6 +8,7 @@
 //!   ─ per interface and family: TCP, UDP and DNS intercept, kill switch (and what comes
 //!     first), published ports, stranger replies, forged sources ─ IPv6 left to the
 //!     kill switch ─ DNS path
+//!   ─ quota state (a kept-aside corrupt file: metered classes refused)
 //!   ─ UdpNoPorts over one second ─ each tunnel (TCP, SOCKS5 greeting/auth/ASSOCIATE, HTTP)
 //! ```
 //!
@@ -28,6 +29,7 @@ mod model;
 mod nft;
 mod parse;
 mod probe;
+mod quota;
 
 #[cfg(test)]
 mod tests;
