@@ -13,7 +13,7 @@
 # figures (Mbit/s, 10^6), over the run less its first second (-O 1: TCP's
 # slow start and the bucket's first burst left out).
 #
-# Checks (one PASS/FAIL line each; 12 on every path):
+# Checks (one PASS/FAIL line each; 13 on every path):
 #   1  (a) c0 down (-R): egressd's tcp_bytes_down for 10.8.0.10 over the
 #      run <= rate x wall time + burst (50 kB) + 64 kB, deterministic
 #   2  (a) c0 down: iperf3 receiver 18..21 Mbit/s
@@ -33,6 +33,10 @@
 #      so (a) cannot pass vacuously
 #  11  no busy loop: while c0 was held to 20mbit (check 1's run) egressd
 #      used < 25 % of one core (a starved direction waits on a timer)
+#  13  flows of one shaped source take turns: while c0's bulk download
+#      holds it at 20mbit, 6 small HTTP requests from c0 (0.3 s apart)
+#      each finish within 2 s (the flow whose timer sorted first used to
+#      take every chunk: the others waited for the bulk flow to end)
 #  12  visible during (b): the metrics say c0 is held to 2500000 bytes/s
 #      down (shape_rate_down) with bytes held back (tcp_held_bytes > 0 in
 #      one of 3 samples) and c1 to nothing; `egressd top --once` shows c0's
@@ -47,7 +51,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
-plan_checks 12
+plan_checks 13
 
 require_root_and_tools nft iptables ip6tables microsocks danted python3 iperf3 timeout awk
 eg_init
@@ -215,6 +219,26 @@ if printf '%s\n' "$ST" | grep -q '^10\.8\.0\.10/32 \[class c20\]' && [ "$held" =
 	pass "5 egressd stats: c0's row names class c20; held to their rate: $held"
 else
 	fail "5 egressd stats shows c0's class and its waits" "$(printf '%s\n' "$ST" | grep -E '^10\.8|^held|^  10' | tr '\n' '|')"
+fi
+
+# ---- flows of one shaped source take turns (13)
+ipf "${NS_C[0]}" 5201 "$EG_TMP/t-bulk.json" -t "$SECS" -R &
+tb=$!
+sleep 1
+slow=""
+for i in 1 2 3 4 5 6; do
+	t0=$(now_ns)
+	got=$(nsx "${NS_C[0]}" curl -sS --max-time 4 "http://$TARGET4/" 2>&1 | tr -d '\r' | tail -n 1)
+	ms=$((($(now_ns) - t0) / 1000000))
+	case $got in 198.51.100.*) [ "$ms" -le 2000 ] || slow="$slow #$i ${ms}ms" ;; *) slow="$slow #$i '$got' ${ms}ms" ;; esac
+	turns="${turns:-}$ms "
+	sleep 0.3
+done
+wait "$tb"
+if [ -z "$slow" ]; then
+	pass "13 c0's small requests beside its own 20mbit bulk flow: each done in ms: ${turns}"
+else
+	fail "13 c0's small requests within 2 s beside its bulk flow" "slow or failed:$slow (all: ${turns})"
 fi
 
 # ---- (c) weights 1 and 3 on a 40mbit tunnel, then one alone

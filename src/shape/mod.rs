@@ -50,7 +50,8 @@ pub enum Dir {
 }
 
 impl Dir {
-    fn index(self) -> usize {
+    /// 0 for up, 1 for down.
+    pub fn index(self) -> usize {
         match self {
             Dir::Up => 0,
             Dir::Down => 1,

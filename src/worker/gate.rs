@@ -24,12 +24,20 @@ use crate::shape::{ClassLimits, Dir, Grant, Shaper};
 /// How soon a refused direction's pump comes back (and finds its flow
 /// ended): a timer, never a busy loop.
 const REFUSED_WAKE: Duration = Duration::from_millis(10);
+/// How long a flow's turn is kept for it past the wake-up it was given
+/// (a turn not taken by then, its flow gone or idle, goes).
+const TURN_SLACK: Duration = Duration::from_millis(20);
 
 /// A source's shaping and metering (see the module doc).
 #[derive(Debug)]
 pub(super) struct Gate {
     shaper: Option<Shaper>,
     quota: Option<Metered>,
+    /// Per direction, the TCP flow (its client port) that last found the
+    /// bucket empty, and until when its turn is kept: the next chunk goes
+    /// to it, so flows woken at the same instant take turns (without
+    /// this, the one whose timer sorts first took every chunk).
+    turn: [Option<(u16, Instant)>; 2],
 }
 
 /// A metered source's quota.
@@ -55,7 +63,7 @@ impl Metered {
 impl Gate {
     /// A gate when something holds the source: a shaper, a quota, or both.
     pub(super) fn new(shaper: Option<Shaper>, quota: Option<Metered>) -> Option<Gate> {
-        (shaper.is_some() || quota.is_some()).then_some(Gate { shaper, quota })
+        (shaper.is_some() || quota.is_some()).then_some(Gate { shaper, quota, turn: [None, None] })
     }
 
     /// The quota is spent and says Reject: nothing moves, flows end.
@@ -95,6 +103,26 @@ impl Gate {
                 // The rest is refused: the flow ends at its next pump.
                 g = Grant { bytes: left, wake: Some(now + REFUSED_WAKE) };
             }
+        }
+        g
+    }
+
+    /// [`Gate::allow`] for the TCP flow of client port `who`, taking turns
+    /// with the source's other flows while the rate holds them back: a
+    /// flow that found nothing has the next chunk kept for it (see `turn`).
+    pub(super) fn allow_turn(&mut self, dir: Dir, want: usize, now: Instant, who: u16) -> Grant {
+        let g = self.allow(dir, want, now);
+        let turn = &mut self.turn[dir.index()];
+        if let Some((w, until)) = *turn {
+            if w == who || now > until {
+                *turn = None;
+            } else if let Some(wake) = g.wake {
+                // Held back, and another flow's turn: it comes after that one.
+                return Grant { bytes: 0, wake: Some(wake) };
+            }
+        }
+        if let (0, Some(wake), None) = (g.bytes, g.wake, *turn) {
+            *turn = Some((who, wake + TURN_SLACK));
         }
         g
     }
@@ -162,6 +190,47 @@ mod tests {
         let grant = g.allow(Dir::Down, 100, now);
         assert_eq!((grant.bytes, grant.wake), (0, Some(now + REFUSED_WAKE)), "a timer, not a busy loop");
         assert_eq!(g.rate(Dir::Up), None);
+    }
+
+    /// Two flows woken together on a held-back source take turns, and a
+    /// turn not taken in time goes.
+    #[test]
+    fn flows_held_back_take_turns() {
+        let now = Instant::now();
+        let limits = ClassLimits { rate_up: Some(125_000), rate_down: Some(125_000), weight: 1 };
+        let mut g = Gate::new(Shaper::new(limits, None, now), None).unwrap();
+        let want = 1 << 20;
+        let (a, b) = (40_001, 40_002);
+        // A drains the burst; B finds nothing and is owed the next chunk.
+        let ga = g.allow_turn(Dir::Down, want, now, a);
+        g.consume(Dir::Down, ga.bytes, now);
+        let gb = g.allow_turn(Dir::Down, want, now, b);
+        assert_eq!(gb.bytes, 0);
+        let t = gb.wake.unwrap();
+        // Both wake at t, A first: A yields to B, B takes the chunk.
+        let ga = g.allow_turn(Dir::Down, want, t, a);
+        assert_eq!(ga.bytes, 0, "B's turn");
+        assert!(ga.wake.unwrap() > t);
+        let gb = g.allow_turn(Dir::Down, want, t, b);
+        assert!(gb.bytes > 0);
+        g.consume(Dir::Down, gb.bytes, t);
+        // Next chunk, B's timer first this time: it takes the chunk, A
+        // finds nothing and has the turn after.
+        let t2 = ga.wake.unwrap();
+        let gb = g.allow_turn(Dir::Down, want, t2, b);
+        g.consume(Dir::Down, gb.bytes, t2);
+        let ga = g.allow_turn(Dir::Down, want, t2, a);
+        assert!(gb.bytes > 0 && ga.bytes == 0, "one chunk, one flow: {gb:?} {ga:?}");
+        let t3 = ga.wake.unwrap();
+        assert_eq!(g.allow_turn(Dir::Down, want, t3, b).bytes, 0, "A's turn");
+        assert!(g.allow_turn(Dir::Down, want, t3, a).bytes > 0);
+        // A turn nobody takes goes after the slack.
+        let mut g = Gate::new(Shaper::new(limits, None, now), None).unwrap();
+        let ga = g.allow_turn(Dir::Up, want, now, a);
+        g.consume(Dir::Up, ga.bytes, now);
+        let gb = g.allow_turn(Dir::Up, want, now, b);
+        let late = gb.wake.unwrap() + TURN_SLACK + Duration::from_millis(1);
+        assert!(g.allow_turn(Dir::Up, want, late, a).bytes > 0, "B never came back");
     }
 
     #[test]

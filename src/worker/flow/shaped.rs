@@ -31,10 +31,17 @@ pub(super) fn pump_shaped(
         return Some(End::Reset(Reset::Quota));
     }
     let (mut wake_up, mut wake_down) = (None, None);
+    // Within its source, a flow is its client port (they take turns).
+    let who = f.client_addr.port();
     let up = match up {
-        true => {
-            pump_within(&mut f.up, &mut f.client, &mut f.upstream, relay, (sh, Dir::Up, now), &mut wake_up)
-        }
+        true => pump_within(
+            &mut f.up,
+            &mut f.client,
+            &mut f.upstream,
+            relay,
+            (sh, Dir::Up, now, who),
+            &mut wake_up,
+        ),
         false => Ok(f.up.state()),
     };
     let down = match down {
@@ -43,7 +50,7 @@ pub(super) fn pump_shaped(
             &mut f.upstream,
             &mut f.client,
             relay,
-            (sh, Dir::Down, now),
+            (sh, Dir::Down, now, who),
             &mut wake_down,
         ),
         false => Ok(f.down.state()),
@@ -82,11 +89,11 @@ fn pump_within(
     src: &mut TcpStream,
     dst: &mut TcpStream,
     relay: &mut RelayCtx,
-    (sh, dir, now): (&mut Gate, Dir, Instant),
+    (sh, dir, now, who): (&mut Gate, Dir, Instant, u16),
     wake: &mut Option<Instant>,
 ) -> Result<Pumped, PumpError> {
     loop {
-        let g = sh.allow(dir, super::shaping::WANT, now);
+        let g = sh.allow_turn(dir, super::shaping::WANT, now, who);
         let mut left = g.bytes;
         let r = pump.pump_within(src, dst, relay, &mut left);
         sh.consume(dir, g.bytes - left, now);
