@@ -38,6 +38,7 @@ enum Command {
     Stats(StatsArgs),
     Top(TopArgs),
     Route(RouteArgs),
+    Quota(QuotaArgs),
 }
 
 /// Inspect this host (network namespace) and say what is wrong, check by check.
@@ -131,6 +132,47 @@ struct RouteDel {
     socket: Option<PathBuf>,
 }
 
+/// Show or reset the quota counters (per container name or route prefix).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "quota")]
+struct QuotaArgs {
+    #[argh(subcommand)]
+    cmd: QuotaCmd,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum QuotaCmd {
+    List(QuotaList),
+    Reset(QuotaReset),
+}
+
+/// List each identity's bytes used and left this period, and when it ends.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list")]
+struct QuotaList {
+    /// the control socket (default /run/egressd.sock)
+    #[argh(option)]
+    socket: Option<PathBuf>,
+}
+
+/// Start a new period with nothing used: for NAME (a container name or a
+/// route prefix as `quota list` shows it), or for all with --all (which also
+/// ends the fail-closed state after a corrupt state file).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "reset")]
+struct QuotaReset {
+    /// the identity to reset
+    #[argh(positional)]
+    name: Option<String>,
+    /// reset every identity
+    #[argh(switch)]
+    all: bool,
+    /// the control socket (default /run/egressd.sock)
+    #[argh(option)]
+    socket: Option<PathBuf>,
+}
+
 /// Run the daemon in the foreground (logs to stderr; RUST_LOG or -v).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "run")]
@@ -201,7 +243,9 @@ pub fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let Some(cmd) = args.cmd else {
-        return usage("a command is needed (run, check, rules, doctor, stats, top, route); or --version");
+        return usage(
+            "a command is needed (run, check, rules, doctor, stats, top, route, quota); or --version",
+        );
     };
     match cmd {
         Command::Doctor(a) => match load(a.config.as_deref()) {
@@ -227,6 +271,16 @@ pub fn main() -> ExitCode {
             RouteCmd::Del(a) => match a.source.parse() {
                 Ok(source) => ask(a.socket, Request::RouteDel { source, reset: a.reset_flows }),
                 Err(e) => usage(&format!("--source {}: {e}", a.source)),
+            },
+        },
+        Command::Quota(q) => match q.cmd {
+            QuotaCmd::List(a) => ask(a.socket, Request::QuotaList),
+            QuotaCmd::Reset(a) => match (a.name, a.all) {
+                (Some(n), false) if !n.is_empty() && !n.chars().any(char::is_whitespace) => {
+                    ask(a.socket, Request::QuotaReset(Some(n)))
+                }
+                (None, true) => ask(a.socket, Request::QuotaReset(None)),
+                _ => usage("quota reset: give one NAME (as `egressd quota list` shows it) or --all"),
             },
         },
         Command::Run(a) => run::run(a.config.as_deref(), a.verbose),

@@ -15,6 +15,7 @@ use crate::control::Control;
 use crate::docker::client::Docker;
 use crate::front::{self, FrontLoop};
 use crate::pool::Pools;
+use crate::quota::Keeper;
 use crate::snapshot::{Live, Routing, Shared};
 use crate::stats::Registry;
 use crate::sys;
@@ -69,12 +70,17 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     let pools = Arc::new(Pools::default());
     pools.apply(&settings.tunnels);
     registry.publish(pools.clone());
+    // Quota counters (issue 27): loaded before any flow can count.
+    let keeper = Arc::new(Keeper::start(settings.state_dir.clone(), settings.metered()));
+    keeper.configure(&settings);
+    let ledger = Arc::clone(&keeper.ledger);
     let common = Common {
         registry: Arc::clone(&registry),
         pools: Arc::clone(&pools),
         fail_log: Arc::new(FailLog::default()),
         limits,
         boards: Arc::default(),
+        ledger: Arc::clone(&ledger),
     };
     let live = Arc::new(Live::new(Shared::new(Arc::clone(&settings))));
     let stop = Arc::new(AtomicBool::new(false));
@@ -84,7 +90,7 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     let Some(fronts) = new_fronts(settings.threads, &live, &handles, &registry) else {
         return ExitCode::from(1);
     };
-    let own_socket = serve_control(&settings, &live, &handles, &common);
+    let own_socket = serve_control(&settings, &live, &handles, &common, &keeper);
 
     // The bridge sysctl can be set back to 1 while egressd runs (br_netfilter
     // loaded later): said within seconds, not only by `doctor`.
@@ -99,9 +105,10 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     let front_wakers: Vec<_> = fronts.iter().map(FrontLoop::waker).collect();
     let threads = spawn_loops(workers, fronts, &stop);
     info!(target: "egressd", "running");
-    wait_for_stop(config, &live, &handles, &pools, &mut docker);
+    wait_for_stop(config, &live, &handles, (&pools, &keeper), &mut docker);
     info!(target: "egressd", "stopping: no new connections; flows drain for up to {DRAIN:?}");
     let ok = stop_loops(&stop, &handles, &front_wakers, threads);
+    keeper.stop();
     if own_socket {
         let _ = std::fs::remove_file(&settings.control.socket);
     }
@@ -205,13 +212,20 @@ fn new_fronts(
 
 /// The control socket and the Prometheus listener. Whether the socket is
 /// ours to remove at exit: never a file we refused to touch.
-fn serve_control(settings: &Settings, live: &Arc<Live>, handles: &[WorkerHandle], common: &Common) -> bool {
+fn serve_control(
+    settings: &Settings,
+    live: &Arc<Live>,
+    handles: &[WorkerHandle],
+    common: &Common,
+    keeper: &Arc<Keeper>,
+) -> bool {
     let registry = &common.registry;
     let ctl = Control {
         live: Arc::clone(live),
         workers: handles.to_vec(),
         registry: Arc::clone(registry),
         pools: Arc::clone(&common.pools),
+        quota: Arc::clone(keeper),
     };
     let socket = &settings.control.socket;
     let own_socket = match ctl.spawn(socket) {
@@ -230,7 +244,7 @@ fn serve_control(settings: &Settings, live: &Arc<Live>, handles: &[WorkerHandle]
         warn!(target: "egressd", "{w}");
     }
     if let Some(addr) = settings.control.metrics_listen {
-        match crate::control::spawn_metrics(addr, Arc::clone(registry)) {
+        match crate::control::spawn_metrics(addr, Arc::clone(registry), Arc::clone(&keeper.ledger)) {
             Ok(_) => info!(target: "egressd", "Prometheus metrics on http://{addr}/metrics"),
             Err(e) => warn!(target: "egressd", "cannot serve metrics on {addr}: {e}"),
         }
@@ -270,13 +284,17 @@ fn wait_for_stop(
     config: Option<&Path>,
     live: &Live,
     handles: &[WorkerHandle],
-    pools: &Pools,
+    (pools, keeper): (&Pools, &Keeper),
     docker: &mut Docker,
 ) {
     loop {
         match sys::wait_signal() {
             Ok(sys::Signal::Stop) => break,
-            Ok(sys::Signal::Reload) => reload(config, live, handles, pools, docker),
+            Ok(sys::Signal::Reload) => {
+                if let Some(new) = reload(config, live, handles, pools, docker) {
+                    keeper.configure(&new);
+                }
+            }
             Err(e) => {
                 error!(target: "egressd", "waiting for signals: {e}");
                 break;
@@ -318,12 +336,19 @@ fn stop_loops(
 
 /// SIGHUP: new flows get the new routes, tunnels and timeouts; existing
 /// flows and sessions keep going; a bad config changes nothing.
-fn reload(config: Option<&Path>, live: &Live, workers: &[WorkerHandle], pools: &Pools, docker: &mut Docker) {
+/// The new settings, when they were taken.
+fn reload(
+    config: Option<&Path>,
+    live: &Live,
+    workers: &[WorkerHandle],
+    pools: &Pools,
+    docker: &mut Docker,
+) -> Option<Arc<Settings>> {
     let new: Settings = match super::load(config) {
         Ok(s) => s,
         Err(e) => {
             error!(target: "egressd", "reload failed, keeping the running config: {e}");
-            return;
+            return None;
         }
     };
     let new = Arc::new(new);
@@ -340,6 +365,9 @@ fn reload(config: Option<&Path>, live: &Live, workers: &[WorkerHandle], pools: &
     }
     if cur.settings.control.metrics_listen != new.control.metrics_listen {
         restart.push("control.metrics_listen");
+    }
+    if cur.settings.state_dir != new.state_dir {
+        restart.push("state_dir");
     }
     let _ = live.update(|cur| Ok::<_, ()>(cur.reloaded(Arc::clone(&new))));
     // A tunnel whose server or credentials changed has its pool drained here.
@@ -368,7 +396,8 @@ fn reload(config: Option<&Path>, live: &Live, workers: &[WorkerHandle], pools: &
         Ok(None) => {}
         Err(e) => warn!(target: "egressd", "reload: {e}; label routes are not followed"),
     }
+    Some(new)
 }
 
 /// What a reload cannot change (named in the log and in README "Operating").
-const RESTART_ONLY: &str = "listen, threads, control.socket and control.metrics_listen change";
+const RESTART_ONLY: &str = "listen, threads, control.socket, control.metrics_listen and state_dir change";

@@ -19,6 +19,7 @@ use log::warn;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
+use crate::quota::Ledger;
 use crate::stats::{self, Registry};
 
 /// The whole life of one scrape: request line in, answer out.
@@ -47,16 +48,27 @@ enum Step {
 }
 
 /// Serves `GET /metrics` (Prometheus text) on `addr` on a thread of its own.
-pub fn spawn_metrics(addr: SocketAddr, registry: Arc<Registry>) -> io::Result<std::thread::JoinHandle<()>> {
+pub fn spawn_metrics(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    ledger: Arc<Ledger>,
+) -> io::Result<std::thread::JoinHandle<()>> {
     let listener = TcpListener::bind(addr)?;
+    let data = Data { registry, ledger };
     std::thread::Builder::new().name("egressd-metrics".into()).spawn(move || {
-        if let Err(e) = serve(listener, &registry) {
+        if let Err(e) = serve(listener, &data) {
             warn!(target: "egressd::control", "metrics endpoint {addr} stopped: {e}");
         }
     })
 }
 
-fn serve(mut listener: TcpListener, registry: &Registry) -> io::Result<()> {
+/// What the metrics come from.
+struct Data {
+    registry: Arc<Registry>,
+    ledger: Arc<Ledger>,
+}
+
+fn serve(mut listener: TcpListener, registry: &Data) -> io::Result<()> {
     let mut poll = Poll::new()?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let mut conns: VecDeque<Conn> = VecDeque::new();
@@ -143,7 +155,7 @@ fn accept_all(
 }
 
 /// Reads the request line, then writes the answer, until either would block.
-fn step(c: &mut Conn, registry: &Registry) -> Step {
+fn step(c: &mut Conn, registry: &Data) -> Step {
     let mut buf = [0u8; 1024];
     while c.out.is_none() {
         match c.stream.read(&mut buf) {
@@ -175,9 +187,11 @@ fn step(c: &mut Conn, registry: &Registry) -> Step {
 }
 
 /// The HTTP answer to a request line.
-fn answer(line: &[u8], registry: &Registry) -> Vec<u8> {
+fn answer(line: &[u8], data: &Data) -> Vec<u8> {
     if line.starts_with(b"GET /metrics ") || line.starts_with(b"GET / ") {
-        let body = stats::prometheus(&registry.total(), &registry.per_tunnel(), &registry.per_source());
+        let r = &data.registry;
+        let mut body = stats::prometheus(&r.total(), &r.per_tunnel(), &r.per_source());
+        body.push_str(&super::quota::prometheus(&data.ledger));
         format!(
             "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
@@ -221,7 +235,7 @@ mod tests {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = probe.local_addr().unwrap();
         drop(probe);
-        let _t = spawn_metrics(addr, Arc::default()).unwrap();
+        let _t = spawn_metrics(addr, Arc::default(), Arc::default()).unwrap();
         // Three clients that connect and say nothing (before: 2 s each, in turn).
         let silent: Vec<_> = (0..3).map(|_| StdStream::connect(addr).unwrap()).collect();
         let t0 = Instant::now();

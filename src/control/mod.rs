@@ -17,12 +17,14 @@ use log::{debug, info, warn};
 
 use crate::config::RouteTarget;
 use crate::pool::Pools;
+use crate::quota::Keeper;
 use crate::route::Cidr;
 use crate::snapshot::{Live, Shared};
 use crate::stats::{self, Registry};
 use crate::worker::{Command, WorkerHandle};
 
 mod metrics;
+mod quota;
 pub use metrics::{exposure as metrics_exposure, spawn_metrics};
 
 /// How long a reset waits for room on a worker's command queue.
@@ -54,6 +56,10 @@ pub enum Request {
         source: Cidr,
         reset: bool,
     },
+    /// `quota list` (issue 27).
+    QuotaList,
+    /// `quota reset NAME`, or every identity for `None` (`--all`).
+    QuotaReset(Option<String>),
 }
 
 /// One request line, e.g. `route set 10.8.0.12/32 hk1 reset`.
@@ -74,6 +80,9 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
             Ok(Request::RouteSet { source: cidr(src)?, tunnel: tunnel.to_string(), reset: reset(rest)? })
         }
         ["route", "del", src, rest @ ..] => Ok(Request::RouteDel { source: cidr(src)?, reset: reset(rest)? }),
+        ["quota", "list"] => Ok(Request::QuotaList),
+        ["quota", "reset", "--all"] => Ok(Request::QuotaReset(None)),
+        ["quota", "reset", name] => Ok(Request::QuotaReset(Some(name.to_string()))),
         _ => Err(format!("unknown request `{}`", line.trim())),
     }
 }
@@ -90,6 +99,9 @@ pub fn encode_request(r: &Request) -> String {
             format!("route set {source} {tunnel}{}\n", reset(*r))
         }
         Request::RouteDel { source, reset: r } => format!("route del {source}{}\n", reset(*r)),
+        Request::QuotaList => "quota list\n".into(),
+        Request::QuotaReset(None) => "quota reset --all\n".into(),
+        Request::QuotaReset(Some(n)) => format!("quota reset {n}\n"),
     }
 }
 
@@ -99,6 +111,8 @@ pub struct Control {
     pub workers: Vec<WorkerHandle>,
     pub registry: Arc<Registry>,
     pub pools: Arc<Pools>,
+    /// The quota counters and their saver (issue 27).
+    pub quota: Arc<Keeper>,
 }
 
 impl Control {
@@ -110,14 +124,25 @@ impl Control {
                 let mut t = stats::table(&self.registry.total(), &self.registry.per_tunnel(), &sources);
                 t.push_str(&refusals(&sources));
                 t.push_str(&shaped(&sources));
+                t.push_str(&quota::section(&self.quota.ledger));
                 t.push_str(&self.pools.table());
                 Ok(t)
             }
-            Request::Metrics => Ok(stats::prometheus(
-                &self.registry.total(),
-                &self.registry.per_tunnel(),
-                &self.registry.per_source(),
-            )),
+            Request::Metrics => {
+                let mut m = stats::prometheus(
+                    &self.registry.total(),
+                    &self.registry.per_tunnel(),
+                    &self.registry.per_source(),
+                );
+                m.push_str(&quota::prometheus(&self.quota.ledger));
+                Ok(m)
+            }
+            Request::QuotaList => Ok(quota::list(&self.quota.ledger)),
+            Request::QuotaReset(name) => {
+                let body = quota::reset(&self.quota, name.as_deref())?;
+                info!(target: "egressd::control", "{}", body.trim_end());
+                Ok(body)
+            }
             Request::Top => Ok(top_rows(&self.live.load(), &self.registry.per_source())),
             Request::RouteList => Ok(route_list(&self.live.load())),
             Request::RouteSet { source, tunnel, reset } => {
@@ -464,6 +489,7 @@ mod tests {
             workers: Vec::new(),
             registry: Arc::default(),
             pools: Arc::default(),
+            quota: Arc::new(Keeper::detached()),
         };
         let dir = std::env::temp_dir().join(format!("egressd-ctl-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -489,7 +515,13 @@ mod tests {
         assert_eq!(live.load().route_id("10.8.0.11".parse().unwrap()), None);
         assert!(ask(&path, &Request::Stats).unwrap().contains("tunnel"));
         // A second daemon must not take over a live socket.
-        let ctl2 = Control { live, workers: Vec::new(), registry: Arc::default(), pools: Arc::default() };
+        let ctl2 = Control {
+            live,
+            workers: Vec::new(),
+            registry: Arc::default(),
+            pools: Arc::default(),
+            quota: Arc::new(Keeper::detached()),
+        };
         assert!(ctl2.spawn(&path).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -540,6 +572,7 @@ mod tests {
             workers: Vec::new(),
             registry: Arc::default(),
             pools: Arc::default(),
+            quota: Arc::new(Keeper::detached()),
         };
         let out = ctl
             .handle(Request::RouteSet { source: c("10.9.0.5/32"), tunnel: "a".into(), reset: false })
@@ -582,6 +615,7 @@ mod tests {
             workers: Vec::new(),
             registry: Arc::default(),
             pools: Arc::default(),
+            quota: Arc::new(Keeper::detached()),
         };
         let list = route_list(&ctl.live.load());
         assert_eq!(

@@ -70,6 +70,11 @@ impl Meter {
         self.used.load(Relaxed) >= self.gate.load(Relaxed)
     }
 
+    /// Bytes left before it is spent (0 once spent or failed closed).
+    pub fn left(&self) -> u64 {
+        self.gate.load(Relaxed).saturating_sub(self.used.load(Relaxed))
+    }
+
     /// Bytes counted this period.
     pub fn used(&self) -> u64 {
         self.used.load(Relaxed)

@@ -17,10 +17,12 @@
 //! [`state`] is the file format (pure), [`ledger`] the shared counters
 //! (pure: callers pass the clocks), [`store`] the thin file I/O.
 
+pub mod keeper;
 pub mod ledger;
 pub mod state;
 pub mod store;
 
+pub use keeper::Keeper;
 pub use ledger::{Ledger, Meter, Row, Tick};
 pub use state::{Entry, State, StateError};
 pub use store::Load;

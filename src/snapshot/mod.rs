@@ -13,7 +13,8 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::config::{RouteTarget, Settings, Tunnel};
+use crate::config::{Quota, RouteTarget, Settings, Tunnel};
+use crate::quota;
 use crate::route::Cidr;
 use crate::shape::ClassLimits;
 pub use labels::{LabelRoute, LabelVerdict, Labels, Rejection};
@@ -31,6 +32,11 @@ pub trait RouteView: Send + Sync {
     /// What the class of the client's route asks (issue 26); `None`: the
     /// route has no class (or the client none).
     fn class(&self, _client: IpAddr) -> Option<ClassLimits> {
+        None
+    }
+    /// The quota of the client's class and whose it is (issue 27): a
+    /// labelled container's name, else the route's prefix; `None`: no quota.
+    fn quota(&self, _client: IpAddr) -> Option<(String, Quota)> {
         None
     }
 }
@@ -198,6 +204,17 @@ impl RouteView for Shared {
         let id = self.target(client)?.1.class?;
         let c = self.settings.class(id)?;
         Some(ClassLimits { rate_up: c.rate_up, rate_down: c.rate_down, weight: c.weight })
+    }
+
+    fn quota(&self, client: IpAddr) -> Option<(String, Quota)> {
+        let (source, target) = self.target(client)?;
+        let quota = self.settings.class(target.class?)?.quota?;
+        let source = source?;
+        let identity = match self.labels.owner(&source) {
+            Some(r) => quota::container_identity(&r.name),
+            None => quota::route_identity(&source),
+        };
+        Some((identity, quota))
     }
 }
 

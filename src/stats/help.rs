@@ -5,6 +5,7 @@
 const HELP: &[(&str, &str)] = &[
     ("tcp_accepted", "TCP connections accepted from clients"),
     ("drop_no_route", "TCP connections reset: no route for the source and default is Reject"),
+    ("drop_quota", "TCP connections reset: the source's quota is spent (on_quota: Reject)"),
     ("drop_loop_guard", "TCP connections closed: the original destination was egressd's own listener"),
     ("drop_queue_full", "TCP connections reset: the worker's hand-off queue was full"),
     ("accept_paused", "Times accepting paused on EMFILE/ENFILE"),
@@ -29,6 +30,7 @@ const HELP: &[(&str, &str)] = &[
         "tcp_early_waits",
         "TCP flows whose client was left unread while opening: the worker's early-byte budget was spent",
     ),
+    ("tcp_quota_ended", "Open TCP flows ended: their source's quota was spent (on_quota: Reject)"),
     ("tcp_shaped_waits", "Times a shaped source's TCP flow waited for its rate (class cap or tunnel share)"),
     (
         "tcp_held_bytes",
@@ -72,6 +74,7 @@ const HELP: &[(&str, &str)] = &[
     ("udp_drop_frag", "UDP relay datagrams dropped: fragmented (FRAG != 0)"),
     ("udp_drop_bad_header", "UDP relay datagrams dropped: bad header"),
     ("udp_drop_send", "UDP datagrams dropped: sending failed"),
+    ("udp_drop_quota", "UDP datagrams dropped: the source's quota is spent (on_quota: Reject)"),
     ("udp_drop_shaped", "UDP datagrams dropped: over the source's rate (class cap or tunnel share)"),
     ("udp_bytes_shaped", "UDP payload bytes dropped: over the source's rate (class cap or tunnel share)"),
     ("udp_reply_bind_failed", "UDP replies not delivered: the reply socket could not bind"),

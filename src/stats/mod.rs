@@ -52,6 +52,8 @@ counters! {
     tcp_accepted,
     /// Reset: no route for the source and default is Reject.
     drop_no_route,
+    /// Reset: the source's quota is spent (`on_quota: Reject`).
+    drop_quota,
     /// Closed: the original destination was egressd's own listener.
     drop_loop_guard,
     /// Reset: the worker's hand-off queue was full.
@@ -91,6 +93,8 @@ counters! {
     /// Times a shaped source's TCP flow stopped at its class's or tunnel
     /// share's rate and waited for its bucket (issue 26).
     tcp_shaped_waits,
+    /// Open TCP flows ended: their source's quota was spent (issue 27).
+    tcp_quota_ended,
     /// Bytes waiting in the kernel for a shaped source's TCP flows while
     /// they wait for their rate, as of each flow's last wait (a gauge).
     tcp_held_bytes,
@@ -147,6 +151,8 @@ counters! {
     udp_drop_send,
     /// Dropped: over the source's class or tunnel share rate (UDP is policed).
     udp_drop_shaped,
+    /// Dropped: the source's quota is spent (`on_quota: Reject`).
+    udp_drop_quota,
     /// Their payload bytes.
     udp_bytes_shaped,
     /// Replies not delivered because the reply socket could not bind.

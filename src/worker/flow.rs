@@ -29,7 +29,6 @@ use std::cmp::Reverse;
 use std::io;
 use std::mem;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -40,19 +39,24 @@ use mio::net::TcpStream;
 use socket2::SockRef;
 
 use super::connect::{Connect, connect_result};
+use super::gate::Gate;
 use super::handshake::{
     Drive, auth_of, connect, connect_error, drive_handshake_then, handshake_error, read_early, write_early,
 };
+use super::limits::Refused;
 use super::limits::TcpLimits;
 use super::refuse::Refusal;
+use super::shaping;
 use super::slab::{self, Kind};
 use super::{TcpHandoff, WorkerLoop, keepalive, reset};
 use crate::config::{Tunnel, TunnelKind};
 use crate::relay::{Pump, PumpError, Pumped, RelayCtx};
-use crate::shape::{Dir, Shaper};
+use crate::shape::Dir;
 use crate::stats::{Counters, Tally};
 use crate::upstream::{self, Handshake, Socks5Handshake};
 use crate::wire::socks5::CMD_CONNECT;
+
+mod shaped;
 
 pub(super) enum Stage {
     /// Connecting and handshaking: boxed, so that a relaying flow (most
@@ -164,6 +168,8 @@ pub(super) enum Reset {
     WriteError,
     IdleTimeout,
     HalfCloseTimeout,
+    /// The source's quota is spent (`on_quota: Reject`).
+    Quota,
 }
 
 impl Reset {
@@ -175,6 +181,7 @@ impl Reset {
             Reset::WriteError => "write error",
             Reset::IdleTimeout => "idle timeout",
             Reset::HalfCloseTimeout => "half-close timeout",
+            Reset::Quota => "quota spent (on_quota: Reject; counted: tcp_quota_ended)",
         }
     }
 
@@ -209,7 +216,11 @@ impl WorkerLoop {
         let TcpHandoff { stream, client, orig_dst, tunnel, source, .. } = h;
         let tc = self.tally(&tunnel.name, source);
         tc.inc_all(&self.counters, |c| &c.tcp_flows_total);
-        // Before anything is opened for it: the source's limits and share.
+        // Before anything is opened for it: its quota, the source's limits and share.
+        let routes = &self.routes;
+        if self.shapers.refuses(client.ip(), || routes.view().quota(client.ip())) {
+            return self.refuse(&stream, client, orig_dst, &tunnel, &tc, Refusal::Source(Refused::Quota));
+        }
         let lim = TcpLimits::of(&self.settings);
         if let Err(why) = self.tcp_sources.open(client.ip(), source, &lim, &self.limits, self.now) {
             return self.refuse(&stream, client, orig_dst, &tunnel, &tc, Refusal::Source(why));
@@ -225,8 +236,12 @@ impl WorkerLoop {
             Counters::inc(&self.counters.tcp_pipelined);
         }
         let routes = &self.routes;
-        let shaped =
-            self.shapers.open(client.ip(), (&tunnel, &tc), || routes.view().class(client.ip()), self.now);
+        let shaped = self.shapers.open(
+            client.ip(),
+            (&tunnel, &tc),
+            || shaping::holds(routes.view(), client.ip()),
+            self.now,
+        );
         // Accepted with SOCK_NONBLOCK by the front loop (mio's accept4).
         // Built in the slab's call: a flow is copied once.
         let (slot, generation) = self.flows.insert(Flow {
@@ -365,6 +380,19 @@ impl WorkerLoop {
             self.end(slot, End::Reset(Reset::RouteChanged));
         }
         n
+    }
+
+    /// Ends the shaped TCP flows of sources whose quota now refuses (even
+    /// idle ones: a busy one ends at its next pump); the sweep once a
+    /// second, when any source was found refused.
+    pub(super) fn end_refused(&mut self, sources: &[IpAddr]) {
+        let slots = self.flows.slots_where(|f| f.shaped && sources.contains(&f.client_addr.ip()));
+        for slot in slots {
+            if let Some(f) = self.flows.get(slot) {
+                f.tc.inc_all(&self.counters, |c| &c.tcp_quota_ended);
+            }
+            self.end(slot, End::Reset(Reset::Quota));
+        }
     }
 
     /// Moves a flow on after an event; `Some` when the flow is over.
@@ -682,12 +710,12 @@ fn relay_some(
     counters: &Counters,
     now: Instant,
     (up, down): (bool, bool),
-    shaper: Option<&mut Shaper>,
+    shaper: Option<&mut Gate>,
 ) -> Option<End> {
     let (up0, down0) = (f.up.bytes, f.down.bytes);
     let r = match shaper {
         None => pump_some(f, relay, up, down),
-        Some(sh) => pump_shaped(f, relay, counters, now, (up, down), sh),
+        Some(sh) => shaped::pump_shaped(f, relay, counters, now, (up, down), sh),
     };
     if f.up.bytes != up0 || f.down.bytes != down0 {
         f.last_active = now;
@@ -704,88 +732,6 @@ fn pump_some(f: &mut Flow, relay: &mut RelayCtx, up: bool, down: bool) -> Option
     let up = if up { f.up.pump(&mut f.client, &mut f.upstream, relay) } else { Ok(f.up.state()) };
     let down = if down { f.down.pump(&mut f.upstream, &mut f.client, relay) } else { Ok(f.down.state()) };
     settle(up, down)
-}
-
-/// `pump_some` for a shaped source: each direction moves within its
-/// grants; one stopped by its grant (`Pumped::Shaped`) notes its wake-up
-/// in `shape_due` (counted in `tcp_shaped_waits` when it starts waiting).
-fn pump_shaped(
-    f: &mut Flow,
-    relay: &mut RelayCtx,
-    counters: &Counters,
-    now: Instant,
-    (up, down): (bool, bool),
-    sh: &mut Shaper,
-) -> Option<End> {
-    let (mut wake_up, mut wake_down) = (None, None);
-    let up = match up {
-        true => {
-            pump_within(&mut f.up, &mut f.client, &mut f.upstream, relay, (sh, Dir::Up, now), &mut wake_up)
-        }
-        false => Ok(f.up.state()),
-    };
-    let down = match down {
-        true => pump_within(
-            &mut f.down,
-            &mut f.upstream,
-            &mut f.client,
-            relay,
-            (sh, Dir::Down, now),
-            &mut wake_down,
-        ),
-        false => Ok(f.down.state()),
-    };
-    let wake = match (wake_up, wake_down) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    if let Some(t) = wake {
-        if f.shape_due.is_none() {
-            f.tc.inc_all(counters, |c| &c.tcp_shaped_waits);
-        }
-        f.shape_due = Some(f.shape_due.map_or(t, |d| d.min(t)));
-        // What the stopped directions leave unread: held back.
-        let unread =
-            |on: bool, s: &TcpStream| if on { crate::sys::unread_bytes(s.as_fd()).unwrap_or(0) } else { 0 };
-        let held = unread(wake_up.is_some(), &f.client) + unread(wake_down.is_some(), &f.upstream);
-        set_held(f, counters, u32::try_from(held).unwrap_or(u32::MAX));
-    } else if f.shape_due.is_none() && f.held > 0 {
-        set_held(f, counters, 0);
-    }
-    settle(up, down)
-}
-
-/// A shaped flow's bytes held back are now `held`.
-fn set_held(f: &mut Flow, counters: &Counters, held: u32) {
-    f.tc.shift_all(counters, |c| &c.tcp_held_bytes, f.held.into(), held.into());
-    f.held = held;
-}
-
-/// One direction of a shaped flow: asks for a grant, moves at most that,
-/// says what moved, again while whole grants go and the socket has more;
-/// stopped by a short grant, the wake-up goes to `wake`.
-fn pump_within(
-    pump: &mut Pump,
-    src: &mut TcpStream,
-    dst: &mut TcpStream,
-    relay: &mut RelayCtx,
-    (sh, dir, now): (&mut Shaper, Dir, Instant),
-    wake: &mut Option<Instant>,
-) -> Result<Pumped, PumpError> {
-    loop {
-        let g = sh.allow(dir, super::shaping::WANT, now);
-        let mut left = g.bytes;
-        let r = pump.pump_within(src, dst, relay, &mut left);
-        sh.consume(dir, g.bytes - left, now);
-        if !matches!(r, Ok(Pumped::Shaped)) {
-            return r;
-        }
-        // Else the whole ask went, and the socket may hold more.
-        if let Some(t) = g.wake {
-            *wake = Some(wake.map_or(t, |w| w.min(t)));
-            return r;
-        }
-    }
 }
 
 /// How both directions' pumps stopped: `Some` when the flow is over.

@@ -100,10 +100,13 @@ pub enum Refused {
     FdShare,
     SourceCap,
     Rate,
+    /// Its class's quota is spent (`on_quota: Reject`, issue 27).
+    Quota,
 }
 
 impl Refused {
-    pub const ALL: [Refused; 4] = [Refused::Flows, Refused::FdShare, Refused::SourceCap, Refused::Rate];
+    pub const ALL: [Refused; 5] =
+        [Refused::Flows, Refused::FdShare, Refused::SourceCap, Refused::Rate, Refused::Quota];
 
     pub fn counter(self, c: &Counters) -> &AtomicU64 {
         match self {
@@ -111,6 +114,7 @@ impl Refused {
             Refused::FdShare => &c.tcp_drop_fd_share,
             Refused::SourceCap => &c.tcp_drop_source_cap,
             Refused::Rate => &c.tcp_drop_source_rate,
+            Refused::Quota => &c.drop_quota,
         }
     }
 
@@ -129,6 +133,7 @@ impl Refused {
             Refused::Rate => {
                 "the source is over tcp.new_flows_per_source_per_sec (counted: tcp_drop_source_rate)"
             }
+            Refused::Quota => "its class's quota is spent (on_quota: Reject; counted: drop_quota)",
         }
     }
 

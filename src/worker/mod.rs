@@ -18,6 +18,7 @@
 mod connect;
 mod dns;
 mod flow;
+mod gate;
 mod handshake;
 mod limits;
 mod queue;
@@ -245,6 +246,8 @@ pub struct Common {
     pub limits: Arc<SharedLimits>,
     /// The tunnels' shaping boards (a tunnel's `rate` shared by weight).
     pub boards: Arc<Boards>,
+    /// The quota counters (issue 27).
+    pub ledger: Arc<crate::quota::Ledger>,
 }
 
 impl WorkerLoop {
@@ -255,7 +258,7 @@ impl WorkerLoop {
         routing: Arc<dyn Routing>,
         common: &Common,
     ) -> io::Result<(WorkerLoop, WorkerHandle)> {
-        let Common { registry, pools, fail_log, limits, boards } = common.clone();
+        let Common { registry, pools, fail_log, limits, boards, ledger } = common.clone();
         let counters = registry.thread();
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -297,7 +300,7 @@ impl WorkerLoop {
             limits,
             udp_cap: UdpCapHolds::default(),
             early_held: 0,
-            shapers: shaping::Shapers::new(&settings, boards),
+            shapers: shaping::Shapers::new(&settings, boards, ledger),
             fds_short_until: Instant::now(),
             refuse_log: Default::default(),
             udp_cap_log: Default::default(),
@@ -352,7 +355,7 @@ impl WorkerLoop {
             self.tick_pools();
             let forget = self.settings.control.forget_sources;
             self.tallies.end_turn(&self.registry, &self.counters, self.now, forget);
-            self.shapers.publish(&self.counters, self.now);
+            self.publish_shapers();
             if stop.load(Ordering::SeqCst) {
                 let since = *stopping_since.get_or_insert(self.now);
                 // Take what is still queued, so nothing handed over is lost.
@@ -429,8 +432,18 @@ impl WorkerLoop {
         // The routes' view may lag the settings by a turn: refreshed first.
         self.routes.refresh();
         let routes = &self.routes;
-        self.shapers.apply(&s, |ip| routes.view().class(ip), self.now);
+        self.shapers.apply(&s, |ip| shaping::holds(routes.view(), ip), self.now);
         self.settings = s;
+    }
+
+    /// Once a second: the shaping gauges, and the flows of sources whose
+    /// quota now refuses end.
+    fn publish_shapers(&mut self) {
+        let mut refused = Vec::new();
+        self.shapers.publish(&self.counters, self.now, &mut refused);
+        if !refused.is_empty() {
+            self.end_refused(&refused);
+        }
     }
 
     /// Moves a source to its new route: its TCP flows are reset and its UDP

@@ -24,10 +24,22 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::config::{Settings, Tunnel};
+use super::gate::{Gate, Metered};
+use crate::config::{Quota, Settings, Tunnel};
+use crate::quota::Ledger;
 use crate::shape::{ClassLimits, Dir, Shaper, TunnelShare};
+use crate::snapshot::RouteView;
 use crate::stats::{Counters, Tally};
 use crate::udp::FoldState;
+
+/// What the route view says of a source when its shaper is built: its
+/// class's limits, and its quota with whose it is (identity).
+pub(super) type Holds = (Option<ClassLimits>, Option<(String, Quota)>);
+
+/// [`Holds`] of `ip` in `view`.
+pub(super) fn holds(view: &dyn RouteView, ip: IpAddr) -> Holds {
+    (view.class(ip), view.quota(ip))
+}
 
 /// How often the rate gauges follow the shapers' rates.
 const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -64,9 +76,9 @@ impl Boards {
     }
 }
 
-/// A source's shaper and what built it.
+/// A source's gate (shaper and quota) and what built it.
 struct Entry {
-    shaper: Shaper,
+    gate: Gate,
     /// Flows and sessions of the source in this worker that use it.
     users: u32,
     tunnel: Arc<Tunnel>,
@@ -79,7 +91,7 @@ struct Entry {
 impl Entry {
     /// The rates the shaper holds the source to now, as the gauges show them.
     fn rates(&self) -> [u64; 2] {
-        [shown(&self.shaper, Dir::Up), shown(&self.shaper, Dir::Down)]
+        [shown(&self.gate, Dir::Up), shown(&self.gate, Dir::Down)]
     }
 
     /// The gauges move from what was last added to `rates`.
@@ -93,8 +105,8 @@ impl Entry {
 
 /// The rate a gauge shows for a direction: 0 when it is not held (no
 /// lane, or an uncapped one left by a reload).
-fn shown(sh: &Shaper, dir: Dir) -> u64 {
-    sh.rate(dir).filter(|&r| r < UNCAPPED).unwrap_or(0)
+fn shown(g: &Gate, dir: Dir) -> u64 {
+    g.rate(dir).filter(|&r| r < UNCAPPED).unwrap_or(0)
 }
 
 /// A worker's shapers, by source address.
@@ -102,23 +114,52 @@ pub(super) struct Shapers {
     /// The config has a class or a tunnel rate: without, nothing is shaped.
     on: bool,
     boards: Arc<Boards>,
+    /// The quota counters, shared by every worker (issue 27).
+    ledger: Arc<Ledger>,
     map: HashMap<IpAddr, Entry, FoldState>,
     next_publish: Instant,
 }
 
 impl Shapers {
-    pub(super) fn new(s: &Settings, boards: Arc<Boards>) -> Shapers {
-        Shapers { on: in_use(s), boards, map: HashMap::default(), next_publish: Instant::now() }
+    pub(super) fn new(s: &Settings, boards: Arc<Boards>, ledger: Arc<Ledger>) -> Shapers {
+        Shapers { on: in_use(s), boards, ledger, map: HashMap::default(), next_publish: Instant::now() }
+    }
+
+    /// Whether `source`'s quota is spent and rejects (a new flow or session
+    /// is refused before anything opens for it); `quota` is asked only
+    /// when the source has no gate here yet and shaping is in use.
+    pub(super) fn refuses(&self, source: IpAddr, quota: impl FnOnce() -> Option<(String, Quota)>) -> bool {
+        if !self.on {
+            return false;
+        }
+        if let Some(e) = self.map.get(&source) {
+            return e.gate.refused();
+        }
+        let Some((identity, q)) = quota() else { return false };
+        q.on == crate::config::OnQuota::Reject
+            && self.ledger.meter(&identity, &q, crate::quota::store::now_ms()).spent()
+    }
+
+    /// The gate of `source` from what its route says (`holds`).
+    fn build(&self, tunnel: (&str, Option<u64>), holds: Holds, now: Instant) -> Option<Gate> {
+        let (limits, quota) = holds;
+        let board = self.boards.of(tunnel.0, tunnel.1, now);
+        let shaper = Shaper::new(limits.unwrap_or(ClassLimits::NONE), board.as_ref(), now);
+        let metered = quota.map(|(identity, q)| {
+            Metered::new(self.ledger.meter(&identity, &q, crate::quota::store::now_ms()), q.on, now)
+        });
+        Gate::new(shaper, metered)
     }
 
     /// A flow or session of `source` on `tunnel`, counting in `tally`,
-    /// starts: true when it is shaped (it then holds the source's shaper
-    /// until `close`). `class` is asked only when shaping is in use.
+    /// starts: true when it is shaped or metered (it then holds the
+    /// source's gate until `close`). `holds` is asked only when shaping is
+    /// in use.
     pub(super) fn open(
         &mut self,
         source: IpAddr,
         (tunnel, tally): (&Arc<Tunnel>, &Tally),
-        class: impl FnOnce() -> Option<ClassLimits>,
+        holds: impl FnOnce() -> Holds,
         now: Instant,
     ) -> bool {
         if !self.on {
@@ -128,11 +169,8 @@ impl Shapers {
             e.users += 1;
             return true;
         }
-        let limits = class().unwrap_or(ClassLimits::NONE);
-        let board = self.boards.of(&tunnel.name, tunnel.rate, now);
-        let Some(shaper) = Shaper::new(limits, board.as_ref(), now) else { return false };
-        let e =
-            Entry { shaper, users: 1, tunnel: Arc::clone(tunnel), tally: tally.clone(), published: [0, 0] };
+        let Some(gate) = self.build((&tunnel.name, tunnel.rate), holds(), now) else { return false };
+        let e = Entry { gate, users: 1, tunnel: Arc::clone(tunnel), tally: tally.clone(), published: [0, 0] };
         self.map.insert(source, e);
         true
     }
@@ -150,15 +188,20 @@ impl Shapers {
     }
 
     /// Once a second (at the end of a loop turn): the `shape_rate_*`
-    /// gauges follow the rates the shapers hold their sources to now.
-    pub(super) fn publish(&mut self, all: &Counters, now: Instant) {
+    /// gauges follow the rates the shapers hold their sources to now; the
+    /// sources whose quota now refuses are pushed to `refused` (their open
+    /// flows end, even idle ones).
+    pub(super) fn publish(&mut self, all: &Counters, now: Instant, refused: &mut Vec<IpAddr>) {
         if self.map.is_empty() || now < self.next_publish {
             return;
         }
         self.next_publish = now + PUBLISH_EVERY;
-        for e in self.map.values_mut() {
+        for (ip, e) in &mut self.map {
             let rates = e.rates();
             e.publish(all, rates);
+            if e.gate.refused() {
+                refused.push(*ip);
+            }
         }
     }
 
@@ -168,9 +211,9 @@ impl Shapers {
         self.map.is_empty()
     }
 
-    /// The shaper of a shaped source.
-    pub(super) fn get(&mut self, source: IpAddr) -> Option<&mut Shaper> {
-        self.map.get_mut(&source).map(|e| &mut e.shaper)
+    /// The gate of a shaped or metered source.
+    pub(super) fn get(&mut self, source: IpAddr) -> Option<&mut Gate> {
+        self.map.get_mut(&source).map(|e| &mut e.gate)
     }
 
     /// Reloaded settings: the boards take the tunnels' new rates and every
@@ -178,20 +221,18 @@ impl Shapers {
     /// (`class`), so a changed rate applies to open flows, a rate given to
     /// a tunnel by the reload too. A source whose new class caps
     /// nothing keeps an uncapping shaper until its flows end.
-    pub(super) fn apply(
-        &mut self,
-        s: &Settings,
-        class: impl Fn(IpAddr) -> Option<ClassLimits>,
-        now: Instant,
-    ) {
+    pub(super) fn apply(&mut self, s: &Settings, holds: impl Fn(IpAddr) -> Holds, now: Instant) {
         self.on = in_use(s);
         self.boards.apply(s);
-        for (ip, e) in &mut self.map {
-            let limits = class(*ip).unwrap_or(ClassLimits::NONE);
+        let ips: Vec<IpAddr> = self.map.keys().copied().collect();
+        for ip in ips {
+            let Some(e) = self.map.get(&ip) else { continue };
             // The tunnel's rate now: one that gained a rate shares it at once.
             let rate = s.tunnels.iter().find(|t| t.name == e.tunnel.name).and_then(|t| t.rate);
-            let board = self.boards.of(&e.tunnel.name, rate, now);
-            e.shaper = Shaper::new(limits, board.as_ref(), now).unwrap_or_else(|| uncapped(now));
+            let gate = self.build((&e.tunnel.name, rate), holds(ip), now);
+            if let Some(e) = self.map.get_mut(&ip) {
+                e.gate = gate.unwrap_or_else(|| uncapped(now));
+            }
         }
     }
 
@@ -202,7 +243,8 @@ impl Shapers {
     }
 }
 
-/// Whether a config shapes anything: a class, or a tunnel with a rate.
+/// Whether a config shapes or meters anything: a class (a quota is a
+/// class's), or a tunnel with a rate.
 fn in_use(s: &Settings) -> bool {
     !s.classes.is_empty() || s.tunnels.iter().any(|t| t.rate.is_some())
 }
@@ -212,9 +254,9 @@ const UNCAPPED: u64 = u64::MAX / 4;
 
 /// A shaper that lets everything through (a source whose class was
 /// lifted by a reload, until its flows end).
-fn uncapped(now: Instant) -> Shaper {
+fn uncapped(now: Instant) -> Gate {
     let limits = ClassLimits { rate_up: Some(UNCAPPED), rate_down: Some(UNCAPPED), weight: 1 };
-    Shaper::new(limits, None, now).expect("a capped class has a shaper")
+    Gate::new(Shaper::new(limits, None, now), None).expect("a capped class has a shaper")
 }
 
 #[cfg(test)]
@@ -242,12 +284,12 @@ mod tests {
     #[test]
     fn without_classes_or_rates_nothing_is_shaped_nor_looked_up() {
         let s = settings(PLAIN);
-        let mut sh = Shapers::new(&s, Arc::default());
+        let mut sh = Shapers::new(&s, Arc::default(), Arc::default());
         let t = Arc::new(s.tunnels[0].clone());
         let looked = std::cell::Cell::new(false);
         let class = || {
             looked.set(true);
-            None
+            (None, None)
         };
         assert!(!sh.open(ip("10.8.0.10"), (&t, &tally()), class, Instant::now()));
         assert!(!looked.get(), "no class lookup when shaping is off");
@@ -258,16 +300,16 @@ mod tests {
     fn a_source_shares_one_shaper_until_its_last_user_ends() {
         let s = settings(RATED);
         let boards = Arc::new(Boards::default());
-        let mut sh = Shapers::new(&s, Arc::clone(&boards));
+        let mut sh = Shapers::new(&s, Arc::clone(&boards), Arc::default());
         let t = Arc::new(s.tunnels[0].clone());
         let now = Instant::now();
         // No class, but the tunnel's rate is shared: shaped.
         let (tc, all) = (tally(), Counters::default());
-        assert!(sh.open(ip("10.8.0.10"), (&t, &tc), || None, now));
-        assert!(sh.open(ip("10.8.0.10"), (&t, &tc), || None, now));
+        assert!(sh.open(ip("10.8.0.10"), (&t, &tc), || (None, None), now));
+        assert!(sh.open(ip("10.8.0.10"), (&t, &tc), || (None, None), now));
         assert_eq!(sh.len(), 1);
         // The gauges show the rate it is held to: alone, all of the tunnel's.
-        sh.publish(&all, now);
+        sh.publish(&all, now, &mut Vec::new());
         assert_eq!(tc.source.shape_rate_down.load(Relaxed), 5_000_000);
         assert_eq!(all.shape_rate_up.load(Relaxed), 5_000_000);
         sh.close(ip("10.8.0.10"), &all);
@@ -279,7 +321,7 @@ mod tests {
         assert_eq!(tc.tunnel.shape_rate_up.load(Relaxed), 0);
         assert_eq!(all.shape_rate_up.load(Relaxed), 0);
         // Another worker's shapers share the same board.
-        let other = Shapers::new(&s, Arc::clone(&boards));
+        let other = Shapers::new(&s, Arc::clone(&boards), Arc::default());
         assert!(Arc::ptr_eq(&boards, &other.boards));
         assert_eq!(boards.0.lock().unwrap().len(), 1);
     }
@@ -287,35 +329,35 @@ mod tests {
     #[test]
     fn a_reload_applies_the_new_class_rate_to_open_shapers() {
         let s = settings(RATED);
-        let mut sh = Shapers::new(&s, Arc::default());
+        let mut sh = Shapers::new(&s, Arc::default(), Arc::default());
         let plain = Arc::new(settings(PLAIN).tunnels[0].clone());
         let now = Instant::now();
         let cap = |r: u64| Some(ClassLimits { rate_up: Some(r), rate_down: Some(r), weight: 1 });
         let (tc, all) = (tally(), Counters::default());
-        assert!(sh.open(ip("10.8.0.10"), (&plain, &tc), || cap(2_500_000), now));
+        assert!(sh.open(ip("10.8.0.10"), (&plain, &tc), || (cap(2_500_000), None), now));
         assert_eq!(sh.get(ip("10.8.0.10")).unwrap().rate(Dir::Down), Some(2_500_000));
-        sh.publish(&all, now);
+        sh.publish(&all, now, &mut Vec::new());
         assert_eq!(tc.source.shape_rate_down.load(Relaxed), 2_500_000);
-        sh.apply(&s, |_| cap(1_250_000), now);
+        sh.apply(&s, |_| (cap(1_250_000), None), now);
         assert_eq!(sh.get(ip("10.8.0.10")).unwrap().rate(Dir::Down), Some(1_250_000));
         // Published again a second later, not at once.
-        sh.publish(&all, now);
+        sh.publish(&all, now, &mut Vec::new());
         assert_eq!(tc.source.shape_rate_down.load(Relaxed), 2_500_000);
-        sh.publish(&all, now + PUBLISH_EVERY);
+        sh.publish(&all, now + PUBLISH_EVERY, &mut Vec::new());
         assert_eq!(tc.source.shape_rate_down.load(Relaxed), 1_250_000);
         // Lifted: lets everything through until the flows end, and the
         // gauge says it is not held.
-        sh.apply(&settings(PLAIN), |_| None, now);
+        sh.apply(&settings(PLAIN), |_| (None, None), now);
         let g = sh.get(ip("10.8.0.10")).unwrap().allow(Dir::Up, 1 << 20, now);
         assert_eq!(g.bytes, 1 << 20);
-        sh.publish(&all, now + 2 * PUBLISH_EVERY);
+        sh.publish(&all, now + 2 * PUBLISH_EVERY, &mut Vec::new());
         assert_eq!(tc.source.shape_rate_down.load(Relaxed), 0);
         // The flow's tunnel gains a rate by a reload: its open flow shares it.
         let rated = settings(
             r#"(listen: ["10.8.0.1:10900"], tunnels: { "a": Direct(rate: "8mbit") },
             routes: [], default: Tunnel("a"))"#,
         );
-        sh.apply(&rated, |_| None, now);
+        sh.apply(&rated, |_| (None, None), now);
         assert_eq!(sh.get(ip("10.8.0.10")).unwrap().rate(Dir::Down), Some(1_000_000));
     }
 }

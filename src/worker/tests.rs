@@ -110,7 +110,13 @@ fn a_reset_survives_a_full_queue_or_says_it_did_not() {
         full += 1;
     }
     assert_eq!(full, QUEUE, "the hand-off queue is full");
-    let ctl = Control { live, workers: vec![h], registry: Arc::default(), pools: Arc::default() };
+    let ctl = Control {
+        live,
+        workers: vec![h],
+        registry: Arc::default(),
+        pools: Arc::default(),
+        quota: Arc::new(crate::quota::Keeper::detached()),
+    };
     let source: Cidr = "10.8.0.11/32".parse().unwrap();
     let set = Request::RouteSet { source, tunnel: "a".into(), reset: true };
     let body = ctl.handle(set.clone()).unwrap();

@@ -105,6 +105,12 @@ impl WorkerLoop {
                 d.client, d.orig_dst);
             return None;
         }
+        // A spent quota (Reject): nothing opens for it (issue 27).
+        let routes = &self.routes;
+        if self.shapers.refuses(d.client.ip(), || routes.view().quota(d.client.ip())) {
+            tc.inc_all(&self.counters, |c| &c.udp_drop_quota);
+            return None;
+        }
         // A source's first session: its route's cap on distinct sources (issue 23).
         let fresh = self.udp.table.source_len(&d.client.ip()) == 0;
         if fresh && !self.udp_source_first(d.client, d.source, &tc) {
@@ -119,8 +125,8 @@ impl WorkerLoop {
         tc.inc_all(&self.counters, |c| &c.udp_sessions_total);
         tc.inc_all(&self.counters, |c| &c.udp_sessions_active);
         let routes = &self.routes;
-        let class = || routes.view().class(d.client.ip());
-        let shaped = self.shapers.open(d.client.ip(), (d.tunnel, &tc), class, now);
+        let holds = || crate::worker::shaping::holds(routes.view(), d.client.ip());
+        let shaped = self.shapers.open(d.client.ip(), (d.tunnel, &tc), holds, now);
         let tunnel = Arc::clone(d.tunnel);
         let session = Session { client: d.client, dns_alias: None, tunnel, tc, link, shaped };
         let (slot, generation) = self.udp.sessions.insert(session);

@@ -76,19 +76,30 @@ impl WorkerLoop {
     /// shaped source's bucket must grant it whole (UDP has no backpressure
     /// to wait on, so it is policed), else it is dropped and counted in
     /// `udp_drop_shaped`. DNS carried over TCP (a tunnel without UDP) is
-    /// not shaped: a few small queries, and a dropped one costs a lookup.
+    /// not shaped (a few small queries, and a dropped one costs a lookup),
+    /// but counts against a quota. A spent quota (Reject) drops every
+    /// datagram (`udp_drop_quota`).
     pub(super) fn police(&mut self, slot: usize, dir: Dir, len: usize) -> bool {
         let Some(s) = self.udp.sessions.get(slot) else { return true };
-        if !s.shaped || matches!(s.link, Link::DnsOverTcp) {
+        if !s.shaped {
             return true;
         }
-        let Some(sh) = self.shapers.get(s.client.ip()) else { return true };
-        if sh.allow(dir, len, self.now).bytes < len {
+        let Some(g) = self.shapers.get(s.client.ip()) else { return true };
+        if g.refused() || g.over_quota(len) {
+            s.tc.inc_all(&self.counters, |c| &c.udp_drop_quota);
+            return false;
+        }
+        if matches!(s.link, Link::DnsOverTcp) {
+            // Counted against a quota, never shaped.
+            g.count(len);
+            return true;
+        }
+        if g.allow(dir, len, self.now).bytes < len {
             s.tc.inc_all(&self.counters, |c| &c.udp_drop_shaped);
             s.tc.add_all(&self.counters, |c| &c.udp_bytes_shaped, len as u64);
             return false;
         }
-        sh.consume(dir, len, self.now);
+        g.consume(dir, len, self.now);
         true
     }
 
