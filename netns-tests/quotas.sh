@@ -53,10 +53,12 @@
 #   9  Throttle("1mbit"): c3 spends its 300 kB in a 400 kB download that
 #      still completes (not refused), and is then held to about 1 Mbit/s: a
 #      500 kB download completes at 0.7..1.1 Mbit/s as the receiver counts
-#      it after its first second (as iperf3 -O 1 would; iperf3 itself is
-#      not used: at 1 Mbit/s its end-of-test exchange on the control
-#      connection waited behind the data connection's backlog for over
-#      25 s), drop_quota for c3 unchanged
+#      it after its first second (as iperf3 -O 1 would), drop_quota for c3
+#      unchanged. iperf3 itself is not used: at 1 Mbit/s the results on its
+#      control connection waited over 25 s behind the data connection, as
+#      a held source's flows are not served fairly among themselves (a
+#      short reply of a second flow may wait until a bulk flow of the same
+#      source ends; a class `rate: "1mbit"` does the same)
 #
 # egressd starting (each restart included) and its rules applying are
 # preconditions (die), not checks.
