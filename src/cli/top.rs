@@ -54,6 +54,75 @@ impl Row {
     }
 }
 
+/// One identity's quota, as the `top` answer gives it (issue 27).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaRow {
+    pub identity: String,
+    pub used: u64,
+    /// `None`: no quota known for it yet.
+    pub limit: Option<u64>,
+    /// Unix seconds.
+    pub period_end: u64,
+    pub state: String,
+}
+
+/// The `top` answer's quota rows (`quota` first); others are skipped.
+pub fn parse_quotas(body: &str) -> Vec<QuotaRow> {
+    body.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let ["quota", identity, used, limit, end, state] = f.as_slice() else { return None };
+            Some(QuotaRow {
+                identity: identity.to_string(),
+                used: used.parse().ok()?,
+                limit: if *limit == "-" { None } else { Some(limit.parse().ok()?) },
+                period_end: end.parse().ok()?,
+                state: state.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The quota lines under the source rows: used of limit, left, how long
+/// until the period ends (against `now`, unix seconds) and the state.
+pub fn render_quotas(quotas: &[QuotaRow], now: u64, width: usize) -> Vec<String> {
+    if quotas.is_empty() {
+        return Vec::new();
+    }
+    let mut out =
+        vec![String::new(), fit("QUOTA (IDENTITY)          USED   LIMIT    LEFT  ENDS IN  STATE", width)];
+    for q in quotas {
+        let (limit, left) = match q.limit {
+            Some(l) => (human(l as f64), human(l.saturating_sub(q.used) as f64)),
+            None => ("-".to_string(), "-".to_string()),
+        };
+        let ends = until(q.period_end.saturating_sub(now));
+        out.push(fit(
+            &format!(
+                "{:<24} {:>6} {:>7} {:>7} {:>8}  {}",
+                fit(&q.identity, 24),
+                human(q.used as f64),
+                limit,
+                left,
+                ends,
+                q.state
+            ),
+            width,
+        ));
+    }
+    out
+}
+
+/// A duration in one short unit: `45s`, `12m`, `5h`, `29d`.
+fn until(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
 /// The `top` answer's rows; malformed lines are skipped. A daemon from
 /// before issue 26 sends no shaping fields: read as not shaped.
 pub fn parse_rows(body: &str) -> Vec<Row> {
@@ -222,8 +291,14 @@ pub fn render(rows: &[Row], prev: Option<(&[Row], f64)>, width: usize, max_rows:
     out
 }
 
-fn sample(path: &Path) -> Result<Vec<Row>, String> {
-    control::ask(path, &Request::Top).map(|b| parse_rows(&b))
+/// One `top` answer: the source rows and the quota rows.
+fn sample(path: &Path) -> Result<(Vec<Row>, Vec<QuotaRow>), String> {
+    control::ask(path, &Request::Top).map(|b| (parse_rows(&b), parse_quotas(&b)))
+}
+
+/// The wall clock in unix seconds (for how long until a period ends).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The terminal's (columns, rows), or 80x24 when it cannot be read.
@@ -269,18 +344,21 @@ pub fn run(path: &Path, once: bool) -> ExitCode {
     };
     let mut out = std::io::stdout();
     if once || !out.is_terminal() {
-        let first = match sample(path) {
+        let (first, _) = match sample(path) {
             Ok(r) => r,
             Err(e) => return failed(e),
         };
         let t0 = Instant::now();
         std::thread::sleep(Duration::from_secs(1));
-        let rows = match sample(path) {
+        let (rows, quotas) = match sample(path) {
             Ok(r) => r,
             Err(e) => return failed(e),
         };
         let secs = t0.elapsed().as_secs_f64();
         for l in render(&rows, Some((&first, secs)), WIDTH, usize::MAX) {
+            println!("{l}");
+        }
+        for l in render_quotas(&quotas, unix_now(), WIDTH) {
             println!("{l}");
         }
         return ExitCode::SUCCESS;
@@ -297,7 +375,7 @@ pub fn run(path: &Path, once: bool) -> ExitCode {
     let mut prev: Option<(Vec<Row>, Instant)> = None;
     let _ = write!(out, "\x1b[?1049h\x1b[?25l\x1b[2J");
     let result = loop {
-        let rows = match sample(path) {
+        let (rows, quotas) = match sample(path) {
             Ok(r) => r,
             Err(e) => break Err(e),
         };
@@ -305,8 +383,12 @@ pub fn run(path: &Path, once: bool) -> ExitCode {
         let p = prev.as_ref().map(|(r, t)| (r.as_slice(), now.duration_since(*t).as_secs_f64()));
         let (width, height) = screen_size(&out);
         let mut screen = String::from("\x1b[H");
-        for l in render(&rows, p, width, height.saturating_sub(CHROME).max(1)) {
-            screen.push_str(&l);
+        // Quota lines (issue 27) take the screen's last lines, a few at most.
+        let q = render_quotas(&quotas, unix_now(), width);
+        let q = &q[..q.len().min(height / 3)];
+        let source_rows = height.saturating_sub(CHROME + q.len()).max(1);
+        for l in render(&rows, p, width, source_rows).iter().chain(q) {
+            screen.push_str(l);
             screen.push_str("\x1b[K\r\n");
         }
         screen.push_str("\x1b[J");
@@ -465,6 +547,36 @@ mod tests {
         assert_eq!(human(999.0), "999B");
         assert_eq!(human(1500.0), "1.5K");
         assert_eq!(human(2.5e9), "2.5G");
+    }
+
+    #[test]
+    fn quota_rows_show_used_left_and_when_the_period_ends() {
+        let body = "10.8.0.4/32\tw2\thk0\t1\t2\t300\t4000\t5\n\
+                    quota\t10.8.0.10/32\t400000\t1000000\t1000090\tok\n\
+                    quota\tweb\t0\t-\t1003600\tclosed\nquota\tbad\n";
+        assert_eq!(parse_rows(body).len(), 1, "quota lines are not source rows");
+        let q = parse_quotas(body);
+        assert_eq!(q.len(), 2);
+        assert_eq!(
+            q[1],
+            QuotaRow {
+                identity: "web".into(),
+                used: 0,
+                limit: None,
+                period_end: 1_003_600,
+                state: "closed".into()
+            }
+        );
+        let s = render_quotas(&q, 1_000_000, WIDTH);
+        assert_eq!(s.len(), 4, "{s:#?}");
+        assert!(s[1].starts_with("QUOTA (IDENTITY)"), "{s:#?}");
+        assert_eq!(s[2], "10.8.0.10/32             400.0K    1.0M  600.0K      90s  ok");
+        assert_eq!(s[3], "web                          0B       -       -      60m  closed");
+        assert!(render_quotas(&[], 0, WIDTH).is_empty());
+        assert_eq!(
+            (until(119), until(7199), until(172_799), until(2_592_000)),
+            ("119s".into(), "119m".into(), "47h".into(), "30d".into())
+        );
     }
 
     #[test]

@@ -143,7 +143,11 @@ impl Control {
                 info!(target: "egressd::control", "{}", body.trim_end());
                 Ok(body)
             }
-            Request::Top => Ok(top_rows(&self.live.load(), &self.registry.per_source())),
+            Request::Top => {
+                let mut rows = top_rows(&self.live.load(), &self.registry.per_source());
+                rows.push_str(&quota::top_rows(&self.quota.ledger));
+                Ok(rows)
+            }
             Request::RouteList => Ok(route_list(&self.live.load())),
             Request::RouteSet { source, tunnel, reset } => {
                 let mut uncovered = false;

@@ -49,6 +49,19 @@ pub(super) fn reset(keeper: &Keeper, name: Option<&str>) -> Result<String, Strin
         .map_err(|e| format!("{}but {e}", body.trim_end().to_string() + "; "))
 }
 
+/// `egressd top`'s quota rows, after its source rows: `quota`, identity,
+/// used, limit (`-`: not known yet), period end (unix seconds) and state,
+/// tab-separated.
+pub(super) fn top_rows(ledger: &Ledger) -> String {
+    let mut o = String::new();
+    for r in ledger.rows() {
+        let limit = r.limit.map_or("-".to_string(), |l| l.to_string());
+        let id: String = r.identity.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+        o.push_str(&format!("quota\t{id}\t{}\t{limit}\t{}\t{}\n", r.used, r.period_end, state(&r)));
+    }
+    o
+}
+
 /// `stats`' section on quotas; empty when there is none.
 pub(super) fn section(ledger: &Ledger) -> String {
     let rows = ledger.rows();
@@ -178,6 +191,10 @@ mod tests {
         assert!(p.contains("egressd_quota_period_end_seconds{identity=\"web\"} 1796609400\n"), "{p}");
         assert!(p.contains("egressd_quota_failed_closed 0\n"), "{p}");
         assert_eq!(section(&Ledger::new()), "");
+        assert_eq!(
+            top_rows(&ledger),
+            "quota\t10.8.0.10/32\t400\t1000\t1796609400\tok\nquota\tweb\t1000\t1000\t1796609400\tspent\n"
+        );
     }
 
     #[test]
