@@ -113,6 +113,8 @@ fn shown(g: &Gate, dir: Dir) -> u64 {
 pub(super) struct Shapers {
     /// The config has a class or a tunnel rate: without, nothing is shaped.
     on: bool,
+    /// A class has a quota: without, no flow asks for its quota.
+    metered: bool,
     boards: Arc<Boards>,
     /// The quota counters, shared by every worker (issue 27).
     ledger: Arc<Ledger>,
@@ -122,14 +124,15 @@ pub(super) struct Shapers {
 
 impl Shapers {
     pub(super) fn new(s: &Settings, boards: Arc<Boards>, ledger: Arc<Ledger>) -> Shapers {
-        Shapers { on: in_use(s), boards, ledger, map: HashMap::default(), next_publish: Instant::now() }
+        let (on, metered) = (in_use(s), s.metered());
+        Shapers { on, metered, boards, ledger, map: HashMap::default(), next_publish: Instant::now() }
     }
 
     /// Whether `source`'s quota is spent and rejects (a new flow or session
     /// is refused before anything opens for it); `quota` is asked only
     /// when the source has no gate here yet and shaping is in use.
     pub(super) fn refuses(&self, source: IpAddr, quota: impl FnOnce() -> Option<(String, Quota)>) -> bool {
-        if !self.on {
+        if !self.metered {
             return false;
         }
         if let Some(e) = self.map.get(&source) {
@@ -222,7 +225,7 @@ impl Shapers {
     /// a tunnel by the reload too. A source whose new class caps
     /// nothing keeps an uncapping shaper until its flows end.
     pub(super) fn apply(&mut self, s: &Settings, holds: impl Fn(IpAddr) -> Holds, now: Instant) {
-        self.on = in_use(s);
+        (self.on, self.metered) = (in_use(s), s.metered());
         self.boards.apply(s);
         let ips: Vec<IpAddr> = self.map.keys().copied().collect();
         for ip in ips {
