@@ -41,43 +41,57 @@ const ACCEPTED: &str = "write a number and one of the units kbit, mbit, gbit (10
 
 /// Parses a rate; the error says what was wrong and what to write.
 pub fn parse_rate(text: &str) -> Result<BytesPerSec, String> {
-    let s = text.trim();
-    if s.is_empty() {
-        return Err(format!("the rate is empty: {ACCEPTED}"));
-    }
-    if s.starts_with(['-', '+']) {
-        return Err(format!("rate \"{s}\" has a sign; a rate is a positive number: {ACCEPTED}"));
-    }
-    let number_len = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (number, unit) = s.split_at(number_len);
-    let unit = unit.trim_start();
-    let Some((whole, decimals)) = split_number(number) else {
-        return Err(format!("rate \"{s}\" does not start with a number: {ACCEPTED}"));
-    };
-    if decimals.len() > MAX_DECIMALS {
-        return Err(format!("rate \"{s}\" has more than {MAX_DECIMALS} digits after the point: {ACCEPTED}"));
-    }
+    let (s, (whole, decimals), unit) = quantity(text, "rate", ACCEPTED)?;
     if unit.is_empty() {
         return Err(format!("rate \"{s}\" has no unit: {ACCEPTED}"));
     }
     let Some(&(_, per_unit)) = UNITS.iter().find(|(u, _)| u.eq_ignore_ascii_case(unit)) else {
         return Err(format!("rate \"{s}\" has an unknown unit \"{unit}\": {ACCEPTED}"));
     };
-    let too_large = || format!("rate \"{s}\" is too large: at most {} bytes per second", u64::MAX);
-    // number × per_unit = (whole·10^k + decimals) × per_unit / 10^k, floored.
-    let scale = 10u128.pow(decimals.len() as u32);
-    let scaled = digits(whole)
-        .and_then(|w| w.checked_mul(scale))
-        .and_then(|w| w.checked_add(digits(decimals)?))
-        .and_then(|n| n.checked_mul(per_unit))
-        .ok_or_else(too_large)?;
-    let bytes = BytesPerSec::try_from(scaled / scale).map_err(|_| too_large())?;
+    let bytes = times((whole, decimals), per_unit)
+        .ok_or_else(|| format!("rate \"{s}\" is too large: at most {} bytes per second", u64::MAX))?;
     if bytes == 0 {
         return Err(format!(
             "rate \"{s}\" is less than 1 byte per second; leave the key out for no cap: {ACCEPTED}"
         ));
     }
     Ok(bytes)
+}
+
+/// A quantity as written (a rate, a size: `what`): trimmed, its number's
+/// whole and decimal digits, and its unit (maybe empty); the error says
+/// what was wrong, then `accepted`.
+pub(super) fn quantity<'a>(
+    text: &'a str,
+    what: &str,
+    accepted: &str,
+) -> Result<(&'a str, (&'a str, &'a str), &'a str), String> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err(format!("the {what} is empty: {accepted}"));
+    }
+    if s.starts_with(['-', '+']) {
+        return Err(format!("{what} \"{s}\" has a sign; it is a positive number: {accepted}"));
+    }
+    let number_len = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, unit) = s.split_at(number_len);
+    let Some((whole, decimals)) = split_number(number) else {
+        return Err(format!("{what} \"{s}\" does not start with a number: {accepted}"));
+    };
+    if decimals.len() > MAX_DECIMALS {
+        return Err(format!(
+            "{what} \"{s}\" has more than {MAX_DECIMALS} digits after the point: {accepted}"
+        ));
+    }
+    Ok((s, (whole, decimals), unit.trim_start()))
+}
+
+/// `whole.decimals × per_unit`, rounded down; `None` past `u64`.
+pub(super) fn times((whole, decimals): (&str, &str), per_unit: u128) -> Option<u64> {
+    // (whole·10^k + decimals) × per_unit / 10^k, floored.
+    let scale = 10u128.pow(decimals.len() as u32);
+    let scaled = digits(whole)?.checked_mul(scale)?.checked_add(digits(decimals)?)?.checked_mul(per_unit)?;
+    u64::try_from(scaled / scale).ok()
 }
 
 /// `digits` or `digits.digits`: the two runs of digits (the second may be

@@ -18,7 +18,7 @@
 //! Refused: a sign, an exponent, an unknown unit, 0 bytes (a quota of
 //! nothing would refuse everything), more than `u64::MAX`.
 
-use super::rate::{MAX_DECIMALS, digits, split_number};
+use super::rate::{quantity, times};
 
 const UNITS: [(&str, u128); 9] = [
     ("B", 1),
@@ -38,22 +38,7 @@ const ACCEPTED: &str = "write a number of bytes, optionally with one of the unit
 
 /// Parses a byte count; the error says what was wrong and what to write.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let s = text.trim();
-    if s.is_empty() {
-        return Err(format!("the size is empty: {ACCEPTED}"));
-    }
-    if s.starts_with(['-', '+']) {
-        return Err(format!("size \"{s}\" has a sign: {ACCEPTED}"));
-    }
-    let number_len = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (number, unit) = s.split_at(number_len);
-    let unit = unit.trim_start();
-    let Some((whole, decimals)) = split_number(number) else {
-        return Err(format!("size \"{s}\" does not start with a number: {ACCEPTED}"));
-    };
-    if decimals.len() > MAX_DECIMALS {
-        return Err(format!("size \"{s}\" has more than {MAX_DECIMALS} digits after the point: {ACCEPTED}"));
-    }
+    let (s, number, unit) = quantity(text, "size", ACCEPTED)?;
     let per_unit = match unit {
         "" => 1,
         _ => match UNITS.iter().find(|(u, _)| u.eq_ignore_ascii_case(unit)) {
@@ -61,14 +46,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             None => return Err(format!("size \"{s}\" has an unknown unit \"{unit}\": {ACCEPTED}")),
         },
     };
-    let too_large = || format!("size \"{s}\" is too large: at most {} bytes", u64::MAX);
-    let scale = 10u128.pow(decimals.len() as u32);
-    let scaled = digits(whole)
-        .and_then(|w| w.checked_mul(scale))
-        .and_then(|w| w.checked_add(digits(decimals)?))
-        .and_then(|n| n.checked_mul(per_unit))
-        .ok_or_else(too_large)?;
-    let bytes = u64::try_from(scaled / scale).map_err(|_| too_large())?;
+    let bytes = times(number, per_unit)
+        .ok_or_else(|| format!("size \"{s}\" is too large: at most {} bytes", u64::MAX))?;
     if bytes == 0 {
         return Err(format!("size \"{s}\" is less than 1 byte: {ACCEPTED}"));
     }
