@@ -459,6 +459,12 @@ impl WorkerLoop {
             if r.is_ok() {
                 tc.inc(|c| &c.udp_dgrams_down);
                 tc.add(|c| &c.udp_bytes_down, len as u64);
+                // An answer counts against the client's quota (never shaped).
+                if !self.shapers.none()
+                    && let Some(g) = self.shapers.get(client.ip())
+                {
+                    g.count(len);
+                }
             }
             self.count_reply(r, dst, client, len as u64);
             Counters::inc(&self.counters.dns_tcp_answers);
