@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # netns-tests/dockerclass.sh — a bandwidth class chosen by Docker label
-# (issue 26: "a label class follows the container across re-creation"), with
+# (issue 26: "a label class follows the container across re-creation") and a
+# quota class whose allowance follows the container's name (issue 27), with
 # a real dockerd (Debian's docker.io) and real containers, iperf3 through a
 # real SOCKS5 exit (danted).
 #
@@ -10,10 +11,16 @@
 #          then re-created at 10.8.0.21 with egressd.class=fast (200mbit)
 #    open  --label egressd.tunnel=exit1, no class label        10.8.0.30
 #    gold  --label egressd.tunnel=exit1 --label egressd.class=gold (no such class)
+#    qm1   --label egressd.tunnel=exit1 --label egressd.class=metered
+#          10.8.0.50, re-created as 10.8.0.51 (same name and labels)
+#    qm2   the same labels, at qm1's old address 10.8.0.50
 #  egressd in gw: routes: [] (every route comes from a label),
 #    docker: (socket: dockerd's, label: "egressd.tunnel", class_label: "egressd.class"),
-#    classes: { "slow": (rate: "20mbit"), "fast": (rate: "200mbit") }
-#  exit1: danted; inet: iperf3 servers on 203.0.113.10:5201 and :5202.
+#    classes: { "slow": (rate: "20mbit"), "fast": (rate: "200mbit"),
+#               "metered": (quota: (bytes: "2MB", every_days: 1)) }  (on_quota: Reject)
+#    state_dir: $EG_TMP/state
+#  exit1: danted; inet: iperf3 servers on 203.0.113.10:5201 and :5202, and
+#  egtool's services (9002: sends N bytes asked for with "N\n"; 80: who-am-i).
 #
 # The lower bound (18) needs a machine that is not saturated by other work:
 # while an unrelated benchmark pushed Gbit/s through namespaces of its own
@@ -29,7 +36,7 @@
 # control socket (`stats --prometheus`), which dies (the suite fails) when it
 # does not answer: an unreadable counter never reads as 0.
 #
-# Checks (one PASS/FAIL line each; 9 on every path):
+# Checks (one PASS/FAIL line each; 13 on every path):
 #   1  w1 (exit1, class slow, 10.8.0.20): `egressd route list` shows its
 #      label route "-> exit1, class slow"
 #   2  w1's download (-R) 18..21 Mbit/s
@@ -53,6 +60,21 @@
 #      through is reset, nothing reaches the leak detector
 #   9  logged once and counted once: docker_unknown_class 0 -> 1 in
 #      `egressd stats`
+#  10  qm1 (class metered: 2 MB a day, Reject) asks egtool's source for 5 MB:
+#      the transfer is cut short, and `egressd quota list` has a row for the
+#      identity qm1 (the container's name) with USED exactly 2000000 (a lone
+#      source stops at its quota: request and payload, both ways) and STATE
+#      spent
+#  11  a new TCP connect from qm1 is reset (or refused) in under 1 s, and
+#      `egressd stats`' drop_quota moved
+#  12  `docker rm -f qm1`, `docker run` again with the same name and labels
+#      at 10.8.0.51: its connect is still reset, quota list still says qm1
+#      spent with the same USED (the allowance follows the name, not the
+#      address); qm2 (same class) at qm1's old 10.8.0.50 has its own: a
+#      100 kB download works, its row shows 0 < USED < 2000000
+#  13  `egressd quota reset qm1` exits 0; qm1's USED reads 0, a 100 kB
+#      download works again and USED is then that download's bytes
+#      (100000 .. 200000)
 #
 # egressd starting and its rules applying are preconditions (die), not checks.
 #
@@ -63,7 +85,7 @@ set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
-plan_checks 9
+plan_checks 13
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
 # shellcheck source=tools/docker_lib.sh
@@ -104,14 +126,20 @@ cat >"$CONF" <<EOF
     tunnels: {
         "exit1": Socks5(warm: 0, warm_udp: 0, server: "100.64.1.2:1080"),
     },
-    classes: { "slow": (rate: "20mbit"), "fast": (rate: "200mbit") },
+    classes: {
+        "slow": (rate: "20mbit"),
+        "fast": (rate: "200mbit"),
+        "metered": (quota: (bytes: "2MB", every_days: 1)),
+    },
     routes: [],
     intercept: (interfaces: ["br-egress"]),
     dns: (upstream: "192.0.2.53:53"),
     control: (socket: "$SOCK"),
     docker: (socket: "$DK_SOCK", label: "egressd.tunnel", class_label: "egressd.class"),
+    state_dir: "$EG_TMP/state",
 )
 EOF
+mkdir -p "$EG_TMP/state"
 
 eg_spawn "$NS_GW" "$EGRESSD_LOG" env RUST_LOG=info "$(egressd_bin)" run --config "$CONF"
 EGRESSD_PID=$EG_LAST_PID
@@ -219,6 +247,24 @@ shaped_run() {
 }
 # run_detail TAG — the end of an iperf3 run's output, for a failure line.
 run_detail() { tail -c 300 "$EG_TMP/$1.json" | tr '\n' ' '; }
+# qrow NAME — NAME's row of `egressd quota list` less the name ("USED LIMIT
+# LEFT PERIOD_END STATE"), or "" when it has none; dies when the answer
+# lacks the header.
+qrow() {
+	local out
+	out=$(ctl_out quota list) || return 1
+	printf '%s\n' "$out" | grep -qx 'IDENTITY USED LIMIT LEFT PERIOD_END STATE' ||
+		die "egressd quota list: no header: $(printf '%s' "$out" | head -n 3 | tr '\n' ' ')"
+	printf '%s\n' "$out" | awk -v n="$1" '$1 == n { $1 = ""; sub(/^ /, ""); print; exit }'
+}
+# qused NAME / qstate NAME — one field of NAME's row ("" without a row).
+qused() { qrow "$1" | awk '{ print $1 }'; }
+qstate() { qrow "$1" | awk '{ print $5 }'; }
+# fetch NAME BYTES — egtool's download of BYTES from inet's source (9002)
+# inside container NAME; its one line (ok received ... | error: ...).
+fetch() { py "$1" /tools/egtool.py download "$TARGET4" 9002 "$2" 2>&1 | tail -n 1; }
+# quick S — what p_reset printed took under 1 s ("reset 0.01s").
+quick() { awk -v t="${1##* }" 'BEGIN { sub(/s$/, "", t); exit !(t != "" && t + 0 < 1) }'; }
 
 A1=10.8.0.20
 A2=10.8.0.21
@@ -295,5 +341,59 @@ u1=$(stat_total docker_unknown_class)
 n=$(grep -c 'label egressd.class="gold" names no class' "$EGRESSD_LOG")
 [ "$u0" = 0 ] && [ "$u1" = 1 ] && [ "$n" = 1 ]
 verdict $? "9 logged once and counted once: docker_unknown_class $u0 -> $u1" "counter $u0 -> $u1, log lines $n"
+dk rm -f gold >/dev/null
+
+# ------------------------------------------------------------------ 10-13 quota by container name
+Q1=10.8.0.50
+Q2=10.8.0.51
+QUOTA=2000000
+t10=$(date +%s)
+run_w qm1 "$Q1" --label egressd.tunnel=exit1 --label egressd.class=metered || die "container qm1"
+wait_until 15 route_is "$Q1" "exit1, class metered"
+d=$(fetch qm1 5000000)
+u=$(qused qm1)
+st=$(qstate qm1)
+log "qm1's 5 MB download: $d; quota row '$(qrow qm1)'"
+case $d in "ok received 5000000 "*) cut=no ;; *) cut=yes ;; esac
+[ "$cut" = yes ] && [ "$u" = "$QUOTA" ] && [ "$st" = spent ]
+verdict $? "10 qm1 (class metered, 2MB) asked for 5 MB: cut short ($d); quota list: qm1 used $u, $st" \
+	"download '$d', row qm1 '$(qrow qm1)' (want used $QUOTA, spent)"
+
+q0=$(stat_total drop_quota)
+r=$(p_reset qm1 "$TARGET4")
+q1=$(stat_total drop_quota)
+is_reset "$r" && quick "$r" && [ "$q1" -gt "$q0" ]
+verdict $? "11 qm1's new connect: $r; drop_quota $q0 -> $q1" "tcp '$r' (want a reset in < 1 s), drop_quota $q0 -> $q1"
+
+dk rm -f qm1 >/dev/null || die "docker rm qm1"
+run_w qm1 "$Q2" --label egressd.tunnel=exit1 --label egressd.class=metered || die "container qm1 (re-created)"
+wait_until 15 route_is "$Q2" "exit1, class metered"
+wait_until 15 no_route "$Q1"
+r=$(p_reset qm1 "$TARGET4")
+u2=$(qused qm1)
+st2=$(qstate qm1)
+run_w qm2 "$Q1" --label egressd.tunnel=exit1 --label egressd.class=metered || die "container qm2"
+wait_until 15 route_is "$Q1" "exit1, class metered"
+d2=$(fetch qm2 100000)
+v=$(qused qm2)
+log "re-created qm1 at $Q2: $r, row '$(qrow qm1)'; qm2 at $Q1: $d2, row '$(qrow qm2)'"
+is_reset "$r" && [ "$u2" = "$u" ] && [ "$st2" = spent ] &&
+	case $d2 in "ok received 100000 "*) true ;; *) false ;; esac &&
+	[ -n "$v" ] && [ "$v" -gt 0 ] && [ "$v" -lt "$QUOTA" ]
+verdict $? "12 qm1 re-created at $Q2 still refused ($r), quota list qm1 used $u2, $st2; qm2 at $Q1 has its own: 100 kB download ok, used $v" \
+	"qm1 tcp '$r', row '$(qrow qm1)' (want used $u, spent); qm2 download '$d2', row '$(qrow qm2)'"
+
+out=$(nsx "$NS_GW" timeout -k 2 20 "$(egressd_bin)" quota reset qm1 --socket "$SOCK" 2>&1)
+rc=$?
+u3=$(qused qm1)
+d3=$(fetch qm1 100000)
+u4=$(qused qm1)
+st4=$(qstate qm1)
+log "quota reset qm1: rc $rc '$out'; used $u3, after a 100 kB download: $d3, row '$(qrow qm1)'"
+[ "$rc" = 0 ] && [ "$u3" = 0 ] && case $d3 in "ok received 100000 "*) true ;; *) false ;; esac &&
+	[ -n "$u4" ] && [ "$u4" -ge 100000 ] && [ "$u4" -le 200000 ] && [ "$st4" = ok ]
+verdict $? "13 quota reset qm1: exit 0, used $u3; a 100 kB download works again, used $u4, $st4" \
+	"reset rc $rc '$out', used after it '$u3', download '$d3', row '$(qrow qm1)'"
+log "checks 10-13 took $(($(date +%s) - t10)) s"
 
 finish_suite dockerclass.sh
