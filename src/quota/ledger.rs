@@ -222,21 +222,32 @@ impl Ledger {
 
     /// Advances the periods to `now_ms` (unix ms) in whole periods; a wall
     /// clock jump since the last tick (measured against `now_mono`) moves
-    /// every period's start with it instead of ending or stretching it.
+    /// every period's start with it instead of ending or stretching it. A
+    /// counter that ends a whole period unused, with no flow holding its
+    /// meter, is forgotten.
     pub fn tick(&self, now_ms: u64, now_mono: Instant) -> Tick {
         let mut inner = self.lock();
         let jump = inner.clock.and_then(|(wall, mono)| jump_ms(wall, mono, now_ms, now_mono));
         let mut renewed = Vec::new();
-        for (name, slot) in &mut inner.slots {
+        inner.slots.retain(|name, slot| {
             if let Some(j) = jump.filter(|_| !slot.fresh) {
                 slot.start_ms =
                     (i128::from(slot.start_ms) + i128::from(j)).clamp(0, MAX_START_MS.into()) as u64;
             }
             slot.fresh = false;
-            if slot.advance(now_ms) {
-                renewed.push(name.clone());
+            let used = slot.meter.used();
+            if !slot.advance(now_ms) {
+                return true;
             }
-        }
+            // A whole period unused and held by no flow: forgotten (its next
+            // use starts a period with nothing used, as renewing would), so
+            // names of containers long gone do not pile up.
+            if used == 0 && slot.open && Arc::strong_count(&slot.meter) == 1 {
+                return false;
+            }
+            renewed.push(name.clone());
+            true
+        });
         inner.clock = Some((now_ms, now_mono));
         renewed.sort();
         Tick { jump_ms: jump, renewed }

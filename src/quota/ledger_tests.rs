@@ -251,3 +251,25 @@ fn concurrent_adds_sum_exactly() {
     let each: u64 = (1..=8).map(|t| t * 5_000).sum();
     assert_eq!(rows.iter().map(|r| r.used).collect::<Vec<_>>(), [each, each]);
 }
+
+/// An identity unused for a whole period and held by no flow is dropped
+/// (container names do not pile up); one in use, or used, is kept.
+#[test]
+fn idle_identities_are_forgotten_after_an_unused_period() {
+    let mut c = Clocks::new();
+    let l = Ledger::new();
+    c.tick(&l);
+    let gone = l.meter("gone", &quota(1000, DAY), c.wall);
+    gone.add(10);
+    drop(gone);
+    let held = l.meter("held", &quota(1000, DAY), c.wall);
+    // First boundary: "gone" was used, so it renews.
+    c.pass(DAY + 1);
+    assert_eq!(c.tick(&l).renewed, vec!["gone".to_string(), "held".to_string()]);
+    // A second, unused: "gone" is forgotten; "held" is held by a flow.
+    c.pass(DAY);
+    assert_eq!(c.tick(&l).renewed, vec!["held".to_string()]);
+    let names: Vec<String> = l.rows().into_iter().map(|r| r.identity).collect();
+    assert_eq!(names, vec!["held".to_string()]);
+    drop(held);
+}
