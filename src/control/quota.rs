@@ -106,13 +106,17 @@ pub fn prometheus(ledger: &Ledger) -> String {
         }),
     ];
     for (name, kind, help, value) in series {
+        // A metric is declared only with samples (promtool and the lint
+        // test hold every HELP line to a series).
+        let samples: Vec<(&Row, u64)> = rows.iter().filter_map(|r| Some((r, value(r)?))).collect();
+        if samples.is_empty() {
+            continue;
+        }
         o.push_str(&format!("# HELP {name} {help} (identity: a container name or a route prefix)\n"));
         o.push_str(&format!("# TYPE {name} {kind}\n"));
-        for r in &rows {
-            if let Some(v) = value(r) {
-                let id = r.identity.replace('\\', "\\\\").replace('"', "\\\"");
-                o.push_str(&format!("{name}{{identity=\"{id}\"}} {v}\n"));
-            }
+        for (r, v) in samples {
+            let id = r.identity.replace('\\', "\\\\").replace('"', "\\\"");
+            o.push_str(&format!("{name}{{identity=\"{id}\"}} {v}\n"));
         }
     }
     o.push_str("# HELP egressd_quota_failed_closed 1 while the quota state file was corrupt and not reset\n");
@@ -208,5 +212,9 @@ mod tests {
         ));
         assert!(l.ends_with(" closed\n"), "{l}");
         assert!(prometheus(&ledger).contains("egressd_quota_failed_closed 1\n"));
+        // No counters: only the fail-closed gauge, no series without samples.
+        let p = prometheus(&Ledger::new());
+        assert!(!p.contains("egressd_quota_used_bytes"), "{p}");
+        assert!(p.ends_with("egressd_quota_failed_closed 0\n"), "{p}");
     }
 }
