@@ -21,17 +21,21 @@ pub(super) fn confirm(
     inherited: Option<upgrade::Inherited>,
     taken: Option<&upgrade::Taken>,
     ledger: &Arc<Ledger>,
-) -> Vec<u32> {
+) -> (Vec<u32>, Option<std::thread::JoinHandle<()>>) {
     let (Some(i), Some(t)) = (inherited, taken) else {
         tell_systemd(&[State::Ready, State::Status("running".into())]);
-        return Vec::new();
+        return (Vec::new(), None);
     };
-    if let Err(e) = i.ready(t.old, Arc::clone(ledger)) {
-        error!(target: "egressd", "upgrade: cannot confirm to the old process {}: {e}", t.old);
-    }
+    let old = match i.ready(t.old, Arc::clone(ledger)) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            error!(target: "egressd", "upgrade: cannot confirm to the old process {}: {e}", t.old);
+            None
+        }
+    };
     info!(target: "egressd", "upgrade: serving on the sockets of process {}", t.old);
     tell_systemd(&[State::MainPid(std::process::id()), State::Ready, State::Status("running".into())]);
-    t.draining.clone()
+    (t.draining.clone(), old)
 }
 
 /// The new process of an upgrade takes the old one's `route set` routes

@@ -117,7 +117,7 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     let stops = Stops::default();
     let threads = spawn_loops(workers, fronts, &stops);
     info!(target: "egressd", "running");
-    let draining = super::handover::confirm(inherited, taken.as_ref(), &ledger);
+    let (draining, predecessor) = super::handover::confirm(inherited, taken.as_ref(), &ledger);
     let exe = std::env::current_exe().ok();
     let ended = loop {
         let new = wait_for_stop(config, &live, &handles, (&pools, &keeper), &mut docker);
@@ -135,8 +135,16 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
             break Some(h);
         }
     };
-    let running =
-        Running { stops, handles, front_wakers, threads, served, keeper, registry: Arc::clone(&registry) };
+    let running = Running {
+        stops,
+        handles,
+        front_wakers,
+        threads,
+        served,
+        keeper,
+        registry: Arc::clone(&registry),
+        predecessor,
+    };
     let ok = match ended {
         None => running.stop(&settings),
         Some((h, report)) => {
@@ -208,6 +216,8 @@ struct Running {
     served: Served,
     keeper: Arc<Keeper>,
     registry: Arc<Registry>,
+    /// The link to the process this one replaced, while it drains.
+    predecessor: Option<thread::JoinHandle<()>>,
 }
 
 impl Running {
@@ -258,6 +268,15 @@ impl Running {
         );
         let left = self.registry.total().tcp_flows_active;
         let handed_control = h.control;
+        // What an older process drains is counted here once it ends, then passed on.
+        if let Some(p) = self.predecessor.filter(|p| !p.is_finished()) {
+            say("waiting for the older process this one replaced to end, to pass its quota counts on".into());
+            while !p.is_finished() {
+                if let Ok(Some(sys::Signal::Stop)) = sys::wait_signal_timeout(Duration::from_millis(200)) {
+                    break;
+                }
+            }
+        }
         h.finish(&self.keeper.ledger);
         if self.served.own_socket && !handed_control {
             let _ = std::fs::remove_file(&settings.control.socket);

@@ -485,8 +485,11 @@ impl Inherited {
     }
 
     /// Serving: tells the old process, then (on a thread of its own) adds
-    /// what its draining flows count to `ledger` and logs its end.
-    pub fn ready(mut self, old: u32, ledger: Arc<Ledger>) -> Result<(), String> {
+    /// what its draining flows count to `ledger` and logs its end. The
+    /// thread ends with the old process: a process that is itself handed
+    /// over waits for it before it reports its own counts on (so bytes
+    /// drained by the oldest of several reach the one serving).
+    pub fn ready(mut self, old: u32, ledger: Arc<Ledger>) -> Result<std::thread::JoinHandle<()>, String> {
         self.link.send(&Msg::Ready { pid: std::process::id() }, &[])?;
         let started = Instant::now();
         std::thread::Builder::new()
@@ -511,7 +514,6 @@ impl Inherited {
                 }
                 info!(target: "egressd::upgrade", "old process {old} ended {:.1} s after the handover", started.elapsed().as_secs_f64());
             })
-            .map(|_| ())
             .map_err(|e| e.to_string())
     }
 }
