@@ -32,7 +32,7 @@ LAYERS = [
     ["worker"],
     ["docker"],
     ["front", "hostwatch"],
-    ["control", "doctor"],
+    ["control", "doctor", "upgrade"],
     ["cli"],
 ]
 MAX_FILE_LINES = 800

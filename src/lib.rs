@@ -14,13 +14,14 @@
 //! shared rate from [`shape`]'s byte buckets; [`hostwatch`] watches the host
 //! while egressd runs; [`lograte`] keeps warnings about outside events to
 //! one a minute. [`quota`] keeps each container's byte allowance across
-//! restarts.
+//! restarts. [`upgrade`] replaces the running binary without dropping
+//! flows, and tells systemd which process is the daemon.
 //!
 //! Each layer imports only the layers below it (`scripts/structure.py`
 //! checks it on every test run):
-//! `cli` → `control` `doctor` → `front` `hostwatch` → `docker` → `worker` →
-//! `snapshot` → `relay` `upstream` `pool` `rules` `quota` → `config` → `bucket`
-//! `shape` `lograte` `sys` `wire` `route` `stats` `udp`.
+//! `cli` → `control` `doctor` `upgrade` → `front` `hostwatch` → `docker` →
+//! `worker` → `snapshot` → `relay` `upstream` `pool` `rules` `quota` →
+//! `config` → `bucket` `shape` `lograte` `sys` `wire` `route` `stats` `udp`.
 #![deny(unsafe_code)]
 
 pub mod bucket;
@@ -42,6 +43,7 @@ pub mod snapshot;
 pub mod stats;
 pub mod sys;
 pub mod udp;
+pub mod upgrade;
 pub mod upstream;
 pub mod wire;
 pub mod worker;

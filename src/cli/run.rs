@@ -19,6 +19,7 @@ use crate::quota::Keeper;
 use crate::snapshot::{Live, Routing, Shared};
 use crate::stats::Registry;
 use crate::sys;
+use crate::upgrade::notify::{self, State};
 use crate::worker::{Command, Common, FailLog, SharedLimits, WorkerHandle, WorkerLoop};
 
 /// Stack of each loop thread: they keep their state on the heap, and a
@@ -105,8 +106,10 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     let front_wakers: Vec<_> = fronts.iter().map(FrontLoop::waker).collect();
     let threads = spawn_loops(workers, fronts, &stop);
     info!(target: "egressd", "running");
+    tell_systemd(&[State::Ready, State::Status("running".into())]);
     wait_for_stop(config, &live, &handles, (&pools, &keeper), &mut docker);
     info!(target: "egressd", "stopping: no new connections; flows drain for up to {DRAIN:?}");
+    tell_systemd(&[State::Stopping, State::Status(format!("draining flows for up to {DRAIN:?}"))]);
     let ok = stop_loops(&stop, &handles, &front_wakers, threads);
     keeper.stop();
     if own_socket {
@@ -119,6 +122,15 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
         s.tcp_flows_total, s.tcp_bytes_up, s.tcp_bytes_down, s.udp_sessions_total, s.udp_dgrams_up, s.udp_dgrams_down
     );
     if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+/// Tells systemd (`Type=notify` in contrib/egressd.service) what the daemon
+/// is doing: without `READY=1` a `Type=notify` start would time out. Nothing
+/// happens outside systemd; a failure is only worth a warning.
+fn tell_systemd(state: &[State]) {
+    if let Err(e) = notify::notify(state) {
+        warn!(target: "egressd", "cannot notify systemd: {e}");
+    }
 }
 
 /// Raises the open file limit and says what it allows; the TCP descriptor

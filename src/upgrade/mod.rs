@@ -1,0 +1,3 @@
+//! Zero-downtime upgrades (issue 28).
+
+pub mod notify;
