@@ -7,8 +7,10 @@
 #  c0 10.8.0.10 (class "qc": quota 1GB) ─┐                      ┌─ exit0 (microsocks) ─┐ 198.51.100.1
 #  c1 10.8.0.11 ─────────────────────────┤  gw: br0 10.8.0.1    ├─ exit1 (danted)     ─┤ 198.51.100.2
 #  c2 10.8.0.12 ─────────────────────────┼─ egressd :10900 ─────┴─ exit2 (danted)     ─┤ 198.51.100.3
-#  c3 10.8.0.13 (no config route:       ─┘  control socket                             │
-#               `route set` -> exit2)       $EG_TMP/egressd.sock, state_dir $EG_TMP/state
+#  c3 10.8.0.13 (no config route:       ─┤  control socket                             │
+#               `route set` -> exit2)    ─┤  $EG_TMP/egressd.sock, state_dir $EG_TMP/state │
+#  c4 10.8.0.14 (no config route: a     ─┘  tools/fake_docker.py (Engine API) on        │
+#               label, egressd.tunnel=exit1) $EG_TMP/docker.sock                         │
 #                                           uplink 198.51.100.200 (MASQUERADE) ───────┴─ inet:
 #      who-am-i TCP 203.0.113.10:80, source :9002, UDP who-am-i :5000 (echoes
 #      "<peer> <datagram>"), DNS 192.0.2.53 (TXT whoami.test = the asker),
@@ -33,7 +35,7 @@
 # slow download open too ("restart-dl": egressd drains it for up to 5 s
 # before it exits); and the same figures for the 3 upgrades ("upgrade").
 #
-# Checks (one PASS/FAIL line each; 11 on every path, plan_checks):
+# Checks (one PASS/FAIL line each; 12 on every path, plan_checks):
 #   0a three `egressd upgrade --no-wait` while the traffic runs: each exits
 #      0, prints `handed over:` and a new process PID that is alive in gw
 #   0b the old processes exit once their last flow (the download) has ended;
@@ -54,10 +56,13 @@
 #      the upgrades still routes c3 through exit2 after them
 #   8  quota: c0 downloads 2 MB before the upgrades; after them `egressd
 #      quota list` shows at least that much used
+#   9  label routes with a Docker API running (tools/fake_docker.py, as in
+#      hostile.sh; a real dockerd is labels.sh's): c4's label route (exit1)
+#      routes it after the upgrades too, and the new process follows the
+#      events: c4 relabelled to exit2 then leaves by exit2
 #  10  SIGUSR2 to the serving process upgrades it as `egressd upgrade` does:
 #      it exits, one new egressd serves c1 and c3 (the route set route too)
 #
-# (9, label routes with dockerd running, is not written yet: see labels.sh.)
 # egressd starting and its rules applying are preconditions (die), not checks.
 #
 # Usage: sudo netns-tests/upgrade.sh (EGRESSD=path to use another binary,
@@ -69,7 +74,9 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
-plan_checks 11
+plan_checks 12
+# c4, routed by a Docker label only (with NEXITS=3 it has no config route).
+NCONT=5
 
 require_root_and_tools nft iptables ip6tables microsocks danted python3 ss timeout ps dig awk curl install stat
 eg_init
@@ -103,11 +110,17 @@ topo_start_services
 eg_spawn "$NS_INET" "$EG_TMP/slowsrc.log" "$(python_bin)" -u "$EG_TOOLS/upgrade_tool.py" slowsrc \
 	"$TARGET4" "$SLOW_PORT" --ready "$EG_TMP/slowsrc.ready"
 wait_until 15 test -e "$EG_TMP/slowsrc.ready" || die "slowsrc did not start: $(tail -n 5 "$EG_TMP/slowsrc.log")"
+DSOCK=$EG_TMP/docker.sock
+DSTATE=$EG_TMP/docker.state
+echo "lab4 10.8.0.14 - egressd.tunnel=exit1" >"$DSTATE"
+eg_spawn "$NS_GW" "$EG_TMP/docker.log" "$(python_bin)" -u "$EG_TOOLS/fake_docker.py" serve \
+	"$DSOCK" "$DSTATE" --ready "$EG_TMP/docker.ready"
+wait_until 15 test -e "$EG_TMP/docker.ready" || die "fake_docker.py did not start: $(tail -n 5 "$EG_TMP/docker.log")"
 
 CONF=$EG_TMP/upgrade.ron
 mkdir -p "$EG_TMP/state"
 topo_write_config "$CONF" "$SOCK" \
-	"classes: { \"qc\": (quota: (bytes: \"1GB\", every_days: 30)) }, state_dir: \"$EG_TMP/state\","
+	"classes: { \"qc\": (quota: (bytes: \"1GB\", every_days: 30)) }, state_dir: \"$EG_TMP/state\", docker: (socket: \"$DSOCK\"),"
 sed -i 's/(source: "10.8.0.10", tunnel: "exit0")/(source: "10.8.0.10", tunnel: "exit0", class: "qc")/' "$CONF"
 grep -q 'class: "qc"' "$CONF" || die "could not give c0 the quota class in $CONF"
 EGRESSD_LOG=$EG_TMP/egressd.log
@@ -249,6 +262,9 @@ ctl route set --source 10.8.0.13 --tunnel exit2 >"$EG_TMP/routeset.out"
 RS_RC=$?
 RS_BEFORE=$(curl_whoami "${NS_C[3]}")
 dl=$(egtool "${NS_C[0]}" download "$TARGET4" 9002 "$QX")
+c4_is() { [ "$(curl_whoami "${NS_C[4]}")" = "$1" ]; }
+wait_until 15 c4_is "$EXIT1"
+LB_BEFORE=$(curl_whoami "${NS_C[4]}")
 U0=$(used_of "$ID0")
 
 # ================================================================== 3 upgrades under traffic
@@ -353,6 +369,19 @@ if [ "$dl_ok" -eq 1 ] && [ "$U0" -ge "$QX" ] && [ "$U1" -ge "$U0" ] && [ "$UPS_O
 else
 	fail "8 c0's quota counter must carry across the upgrades" \
 		"$(upgrades_note)download: $dl; USED before $U0 (want >= $QX), after $U1 (want >= before)"
+fi
+
+# ------------------------------------------------------------------ 9 label routes
+lb_after=$(curl_whoami "${NS_C[4]}")
+echo "lab4 10.8.0.14 - egressd.tunnel=exit2" >"$DSTATE.new"
+mv "$DSTATE.new" "$DSTATE"
+wait_until 15 c4_is "$EXIT2"
+lb_relabel=$(curl_whoami "${NS_C[4]}")
+if [ "$LB_BEFORE" = "$EXIT1" ] && [ "$lb_after" = "$EXIT1" ] && [ "$lb_relabel" = "$EXIT2" ] && [ "$UPS_OK" -ge 1 ]; then
+	pass "9 c4's label route (exit1) still routes it after $UPS_OK upgrades, and relabelled to exit2 it leaves by exit2"
+else
+	fail "9 label routes must survive the upgrades and follow Docker's events after them" \
+		"$(upgrades_note)c4 seen as: before '$LB_BEFORE' (want $EXIT1), after '$lb_after' (want $EXIT1), relabelled '$lb_relabel' (want $EXIT2)"
 fi
 
 # ------------------------------------------------------------------ 5, 6 refused upgrades
