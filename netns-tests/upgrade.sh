@@ -59,7 +59,8 @@
 #   9  label routes with a Docker API running (tools/fake_docker.py, as in
 #      hostile.sh; a real dockerd is labels.sh's): c4's label route (exit1)
 #      routes it after the upgrades too, and the new process follows the
-#      events: c4 relabelled to exit2 then leaves by exit2
+#      events: c4 re-created with the label exit2 (a new container, a new
+#      ID, the same address) then leaves by exit2
 #  10  SIGUSR2 to the serving process upgrades it as `egressd upgrade` does:
 #      it exits, one new egressd serves c1 and c3 (the route set route too)
 #
@@ -178,24 +179,42 @@ do_upgrade() {
 	return 1
 }
 
-# gens_start TAG — the generators (connloop, udpseq, digloop) until
-# $EG_TMP/TAG.stop exists (60 s at most); outputs $EG_TMP/TAG-*.out.
+# gen_bg TAG KIND NS ARGS... — one of upgrade_tool.py's clients in the
+# background: output $EG_TMP/TAG-KIND.out, "ready" in $EG_TMP/TAG-KIND.ready
+# once it is under way; its PID is added to GEN_PIDS.
+gen_bg() {
+	local tag=$1 kind=$2 ns=$3; shift 3
+	pytool_bg upgrade_tool "$ns" "$EG_TMP/$tag-$kind.out" "$@" --ready "$EG_TMP/$tag-$kind.ready"
+	GEN_PIDS+=("$EG_LAST_PID")
+	GEN_READY+=("$EG_TMP/$tag-$kind.ready")
+}
+# gens_start TAG [DL] — the generators (connloop, udpseq, digloop) until
+# $EG_TMP/TAG.stop exists (60 s at most), and with DL the slow download
+# (its PID in DL_PID); then waits (bounded) until each is under way.
 gens_start() {
-	local tag=$1
+	local tag=$1 f
 	GEN_STOP=$EG_TMP/$tag.stop
 	GEN_PIDS=()
+	GEN_READY=()
 	rm -f "$GEN_STOP"
-	pytool_bg upgrade_tool "${NS_C[2]}" "$EG_TMP/$tag-conn.out" connloop "$TARGET4" 80 "$EXIT2" "$GEN_STOP" 60 2000 50
-	GEN_PIDS+=("$EG_LAST_PID")
-	pytool_bg upgrade_tool "${NS_C[1]}" "$EG_TMP/$tag-udp.out" udpseq "$TARGET4" "$UDP_WHO_PORT" "$GEN_STOP" 60 200
-	GEN_PIDS+=("$EG_LAST_PID")
-	pytool_bg upgrade_tool "${NS_C[2]}" "$EG_TMP/$tag-dig.out" digloop "$PUBDNS4" "$EXIT2" "$GEN_STOP" 60 400 200
-	GEN_PIDS+=("$EG_LAST_PID")
+	gen_bg "$tag" conn "${NS_C[2]}" connloop "$TARGET4" 80 "$EXIT2" "$GEN_STOP" 60 2000 50
+	gen_bg "$tag" udp "${NS_C[1]}" udpseq "$TARGET4" "$UDP_WHO_PORT" "$GEN_STOP" 60 200
+	gen_bg "$tag" dig "${NS_C[2]}" digloop "$PUBDNS4" "$EXIT2" "$GEN_STOP" 60 400 200
+	DL_PID=""
+	if [ -n "${2:-}" ]; then
+		gen_bg "$tag" dl "${NS_C[1]}" slowget "$TARGET4" "$SLOW_PORT" "$DL_BYTES" "$DL_RATE"
+		DL_PID=$EG_LAST_PID
+	fi
+	for f in "${GEN_READY[@]}"; do
+		wait_until 30 test -e "$f" || log "$(basename "$f" .ready) not under way after 30 s"
+	done
+	sleep 1 # a second of steady traffic before the event
 }
 gens_stop() {
 	local p
 	touch "$GEN_STOP"
 	for p in "${GEN_PIDS[@]}"; do
+		[ "$p" = "$DL_PID" ] && continue
 		wait_until 20 pid_gone "$p"
 		stop_pid "$p"
 	done
@@ -212,11 +231,6 @@ measured() {
 }
 # peers_of UDPSEQ_LINE — the exit addresses the service saw ("ip:port" list).
 peers_of() { printf '%s\n' "$1" | sed -n 's/.* peers=\([^ ]*\).*/\1/p'; }
-# slowget_bg NS OUTFILE — start the slow download; its PID in DL_PID.
-slowget_bg() {
-	pytool_bg upgrade_tool "$1" "$2" slowget "$TARGET4" "$SLOW_PORT" "$DL_BYTES" "$DL_RATE"
-	DL_PID=$EG_LAST_PID
-}
 # used_of IDENTITY — USED in `quota list` (-1 when there is no such row).
 used_of() {
 	local u
@@ -234,9 +248,7 @@ log "egressd $("$EGRESSD" --version 2>&1 | head -n 1); upgrade command: $([ "$HA
 # up to 5 s), start it again; the figures as `# measured:` lines.
 measure_restart() {
 	local tag=$1 t term_ms down_ms
-	gens_start "$tag"
-	[ -n "${2:-}" ] && slowget_bg "${NS_C[1]}" "$EG_TMP/$tag-dl.out"
-	sleep 2
+	gens_start "$tag" "${2:-}"
 	t=$(now_ns)
 	kill -s TERM "$EGRESSD_PID"
 	wait_until 20 pid_gone "$EGRESSD_PID"
@@ -268,9 +280,7 @@ LB_BEFORE=$(curl_whoami "${NS_C[4]}")
 U0=$(used_of "$ID0")
 
 # ================================================================== 3 upgrades under traffic
-gens_start up
-slowget_bg "${NS_C[1]}" "$EG_TMP/up-dl.out"
-sleep 2
+gens_start up dl
 UPS_OK=0
 UPS_WHY=""
 UP_FIRST=""
@@ -286,7 +296,11 @@ for k in 1 2 3; do
 	UP_TIMES="$UP_TIMES ${UP_MS}ms"
 	sleep 2
 done
+# The download is still running (it takes 20 s): the process that accepted
+# it must still be there, draining it.
 if pid_gone "$DL_PID"; then DL_SPANNED=0; else DL_SPANNED=1; fi
+DRAINER=${OLD_PIDS[0]:-none}
+if [ "$DRAINER" != none ] && gw_alive "$DRAINER"; then DRAINING=1; else DRAINING=0; fi
 wait_until $((DL_BYTES / DL_RATE + 30)) pid_gone "$DL_PID"
 stop_pid "$DL_PID"
 DL_OUT=$(gen_out up dl)
@@ -307,11 +321,11 @@ if [ "$UPS_OK" -eq 3 ] && [ -z "$UPS_WHY" ]; then
 else
 	fail "0a three upgrades under traffic" "$UPS_OK of 3 succeeded:$UPS_WHY"
 fi
-if [ "$UPS_OK" -ge 1 ] && [ -z "$OLD_LEFT" ] && gw_alive "$CUR_PID"; then
-	pass "0b the old processes (${OLD_PIDS[*]}) exited once the download ended; $CUR_PID serves"
+if [ "$UPS_OK" -ge 1 ] && [ "$DL_SPANNED" -eq 1 ] && [ "$DRAINING" -eq 1 ] && [ -z "$OLD_LEFT" ] && gw_alive "$CUR_PID"; then
+	pass "0b $DRAINER drained the download after the 3 upgrades, and the old processes (${OLD_PIDS[*]}) exited once it ended; $CUR_PID serves"
 else
-	fail "0b the old processes must exit once their flows end, the newest keep serving" \
-		"upgrades done: $UPS_OK; still alive 20 s after the download:${OLD_LEFT:- none}; serving $CUR_PID alive: $(gw_alive "$CUR_PID" && echo yes || echo no)"
+	fail "0b the old process must drain its flows, then exit; the newest keep serving" \
+		"upgrades done: $UPS_OK; download still running after them: $DL_SPANNED, its process $DRAINER alive then: $DRAINING; still alive 20 s after the download:${OLD_LEFT:- none}; serving $CUR_PID alive: $(gw_alive "$CUR_PID" && echo yes || echo no)"
 fi
 
 # ------------------------------------------------------------------ 1-4 the traffic across the upgrades
@@ -373,7 +387,8 @@ fi
 
 # ------------------------------------------------------------------ 9 label routes
 lb_after=$(curl_whoami "${NS_C[4]}")
-echo "lab4 10.8.0.14 - egressd.tunnel=exit2" >"$DSTATE.new"
+# Relabelling is re-creating: a new container (a new ID) on the same address.
+echo "lab4b 10.8.0.14 - egressd.tunnel=exit2" >"$DSTATE.new"
 mv "$DSTATE.new" "$DSTATE"
 wait_until 15 c4_is "$EXIT2"
 lb_relabel=$(curl_whoami "${NS_C[4]}")

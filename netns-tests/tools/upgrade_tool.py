@@ -3,9 +3,14 @@
 netns-tests/upgrade.sh (egressd's zero-downtime upgrades, issue 28).
 Python 3 standard library only.
 
+Every command takes --ready FILE: "ready" is written there once it is
+under way (slowsrc: listening; slowget: the first bytes came; a generator:
+its first success), so a script can wait for the traffic to really run
+before it acts.
+
 Service (long-running; stop it with SIGTERM):
 
-  slowsrc ADDR PORT [--ready FILE]
+  slowsrc ADDR PORT
       reads "N RATE\\n", sends N bytes of the deterministic test stream
       (egtest.stream_chunks) at RATE bytes/s in 4 KiB pieces, then closes.
 
@@ -41,6 +46,7 @@ import time
 from egtest import dispatch, family, mark_ready, out, pop_opt, start_tcp, stream_chunks, stream_sha
 
 PIECE = 4096
+READY = None  # --ready FILE, for every command
 
 
 # ------------------------------------------------------------------ service
@@ -68,13 +74,10 @@ async def slow_source(reader, writer):
         writer.close()
 
 
-def cmd_slowsrc(*args):
-    ready, args = pop_opt(list(args), "--ready")
-    addr, port = args
-
+def cmd_slowsrc(addr, port):
     async def main():
         srv = await start_tcp(slow_source, addr, int(port))
-        mark_ready(ready)
+        mark_ready(READY)
         async with srv:
             await srv.serve_forever()
 
@@ -95,6 +98,8 @@ def cmd_slowget(host, port, nbytes, rate):
                 b = s.recv(65536)
                 if not b:
                     break
+                if not got:
+                    mark_ready(READY)
                 h.update(b)
                 got += len(b)
     except OSError as e:
@@ -129,6 +134,8 @@ class Loop:
     def success(self, now=None):
         now = time.monotonic() if now is None else now
         self.ok += 1
+        if self.ok == 1:
+            mark_ready(READY)
         if self.last_ok is not None:
             self.gap = max(self.gap, now - self.last_ok)
         self.last_ok = now
@@ -256,4 +263,5 @@ if __name__ == "__main__":
     if len(sys.argv) < 2:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
-    sys.exit(dispatch(COMMANDS, sys.argv[1], sys.argv[2:]))
+    READY, rest = pop_opt(sys.argv[2:], "--ready")
+    sys.exit(dispatch(COMMANDS, sys.argv[1], rest))
