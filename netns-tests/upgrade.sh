@@ -22,7 +22,8 @@
 # with EGRESSD_HANDOVER_VERSION=99, the test-only override).
 #
 # Traffic generators (tools/upgrade_tool.py), run across each event:
-#   c0: a slow download (slowget, 800 kB at 40 kB/s, sha256 checked; c0 is
+#   c0: a slow download (slowget, 2.4 MB at 40 kB/s, sha256 checked, the
+#       rest at full speed once the upgrades are done; c0 is
 #       metered, so its bytes count towards the quota of check 8); c1: a
 #       UDP stream (udpseq, "seq N" every 200 ms; the service's answer names
 #       the exit port it saw); c2: a connection loop (connloop, a new HTTP
@@ -32,8 +33,8 @@
 # Measured, not checked (`# measured:` lines, for the README): a plain
 # restart (SIGTERM, `egressd run` again) under the same generators — failed
 # connects, lost datagrams and lookups, the longest gap between two
-# successes — once with only short flows open ("restart") and once with the
-# slow download open too ("restart-dl": egressd drains it for up to 5 s
+# successes — 3 restarts with only short flows open ("restart") and one with
+# the slow download open too ("restart-dl": egressd drains it for up to 5 s
 # before it exits); and the same figures for the 3 upgrades ("upgrade").
 #
 # Checks (one PASS/FAIL line each; 12 on every path, plan_checks):
@@ -89,7 +90,8 @@ T0=$(date +%s)
 
 SLOW_PORT=9010
 DL_RATE=40000          # bytes/s of the slow download
-DL_BYTES=800000        # 20 s at DL_RATE: it spans the 3 upgrades
+DL_BYTES=2400000       # 60 s at DL_RATE; the rest goes at full speed once
+DL_FINISH=$EG_TMP/slow.finish # exists (after the 3 upgrades)
 QX=2000000             # c0's download before the upgrades (quota check)
 ID0=10.8.0.10/32
 SOCK=$EG_TMP/egressd.sock
@@ -112,7 +114,7 @@ chmod 0755 "$BIN/exit1" "$BIN/v99"
 topo_up
 topo_start_services
 eg_spawn "$NS_INET" "$EG_TMP/slowsrc.log" "$(python_bin)" -u "$EG_TOOLS/upgrade_tool.py" slowsrc \
-	"$TARGET4" "$SLOW_PORT" --ready "$EG_TMP/slowsrc.ready"
+	"$TARGET4" "$SLOW_PORT" --ready "$EG_TMP/slowsrc.ready" --finish "$DL_FINISH"
 wait_until 15 test -e "$EG_TMP/slowsrc.ready" || die "slowsrc did not start: $(tail -n 5 "$EG_TMP/slowsrc.log")"
 DSOCK=$EG_TMP/docker.sock
 DSTATE=$EG_TMP/docker.state
@@ -246,31 +248,35 @@ if ctl upgrade --help >/dev/null 2>&1; then HAVE_UPGRADE=1; else HAVE_UPGRADE=0;
 log "egressd $("$EGRESSD" --version 2>&1 | head -n 1); upgrade command: $([ "$HAVE_UPGRADE" = 1 ] && echo yes || echo no)"
 
 # ================================================================== plain restart (measured)
-# measure_restart TAG [DL] — SIGTERM egressd while the generators run (and,
-# with DL, the slow download), wait for it to exit (it drains its flows for
-# up to 5 s), start it again; the figures as `# measured:` lines.
+# measure_restart TAG N [DL] — N times, 1 s apart: SIGTERM egressd while the
+# generators run (and, with DL, the slow download), wait for it to exit (it
+# drains its flows for up to 5 s), start it again; the figures as
+# `# measured:` lines.
 measure_restart() {
-	local tag=$1 t term_ms down_ms
-	gens_start "$tag" "${2:-}"
-	t=$(now_ns)
-	kill -s TERM "$EGRESSD_PID"
-	wait_until 20 pid_gone "$EGRESSD_PID"
-	term_ms=$(ms_since "$t")
-	stop_pid "$EGRESSD_PID"
-	egressd_start --config "$CONF" || die "egressd did not come back after SIGTERM"
-	down_ms=$(ms_since "$t")
+	local tag=$1 n=$2 k t term="" down=""
+	gens_start "$tag" "${3:-}"
+	for k in $(seq 1 "$n"); do
+		t=$(now_ns)
+		kill -s TERM "$EGRESSD_PID"
+		wait_until 20 pid_gone "$EGRESSD_PID"
+		term="$term $(ms_since "$t")"
+		stop_pid "$EGRESSD_PID"
+		egressd_start --config "$CONF" || die "egressd did not come back after SIGTERM"
+		down="$down $(ms_since "$t")"
+		sleep 1
+	done
 	CUR_PID=$EGRESSD_PID
-	sleep 2
+	sleep 1
 	gens_stop
-	log "measured: $tag: SIGTERM to exit ${term_ms} ms, SIGTERM to listening again ${down_ms} ms"
+	log "measured: $tag: $n x SIGTERM to exit (ms):$term; SIGTERM to listening again (ms):$down"
 	measured "$tag" "$tag"
-	if [ -n "${2:-}" ]; then
+	if [ -n "${3:-}" ]; then
 		stop_pid "$DL_PID"
 		log "measured: $tag: a download running across it: $(gen_out "$tag" dl)"
 	fi
 }
-measure_restart restart
-measure_restart restart-dl dl
+measure_restart restart 3
+measure_restart restart-dl 1 dl
 
 # ================================================================== 7, 8 before the upgrades
 ctl route set --source 10.8.0.13 --tunnel exit2 >"$EG_TMP/routeset.out"
@@ -299,11 +305,12 @@ for k in 1 2 3; do
 	UP_TIMES="$UP_TIMES ${UP_MS}ms"
 	sleep 2
 done
-# The download is still running (it takes 20 s): the process that accepted
-# it must still be there, draining it.
+# The download is still running (paced, it takes 60 s): the process that
+# accepted it must still be there, draining it. Then it may end.
 if pid_gone "$DL_PID"; then DL_SPANNED=0; else DL_SPANNED=1; fi
 DRAINER=${OLD_PIDS[0]:-none}
 if [ "$DRAINER" != none ] && gw_alive "$DRAINER"; then DRAINING=1; else DRAINING=0; fi
+touch "$DL_FINISH"
 wait_until $((DL_BYTES / DL_RATE + 30)) pid_gone "$DL_PID"
 stop_pid "$DL_PID"
 DL_OUT=$(gen_out up dl)

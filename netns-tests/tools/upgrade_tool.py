@@ -10,9 +10,11 @@ before it acts.
 
 Service (long-running; stop it with SIGTERM):
 
-  slowsrc ADDR PORT
+  slowsrc ADDR PORT [--finish FILE]
       reads "N RATE\\n", sends N bytes of the deterministic test stream
-      (egtest.stream_chunks) at RATE bytes/s in 4 KiB pieces, then closes.
+      (egtest.stream_chunks) at RATE bytes/s in 4 KiB pieces, then closes;
+      once FILE exists, the rest goes at full speed (so a script ends a
+      download when it has seen what it wanted, not after a guessed time).
 
 Clients. Every generator runs until STOPFILE exists or MAXSECS have passed
 (and at most MAXN tries), then prints one line:
@@ -47,6 +49,7 @@ from egtest import dispatch, family, mark_ready, out, pop_opt, start_tcp, stream
 
 PIECE = 4096
 READY = None  # --ready FILE, for every command
+FINISH = None  # slowsrc --finish FILE
 
 
 # ------------------------------------------------------------------ service
@@ -63,7 +66,7 @@ async def slow_source(reader, writer):
                 piece = chunk[off : off + PIECE]
                 # Paced by the bytes sent so far: never ahead of RATE.
                 ahead = t0 + sent / rate - time.monotonic()
-                if ahead > 0:
+                if ahead > 0 and not (FINISH and os.path.exists(FINISH)):
                     await asyncio.sleep(ahead)
                 writer.write(piece)
                 await writer.drain()
@@ -264,4 +267,5 @@ if __name__ == "__main__":
         print(__doc__, file=sys.stderr)
         sys.exit(2)
     READY, rest = pop_opt(sys.argv[2:], "--ready")
+    FINISH, rest = pop_opt(rest, "--finish")
     sys.exit(dispatch(COMMANDS, sys.argv[1], rest))
