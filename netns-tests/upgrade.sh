@@ -37,7 +37,7 @@
 # the slow download open too ("restart-dl": egressd drains it for up to 5 s
 # before it exits); and the same figures for the 3 upgrades ("upgrade").
 #
-# Checks (one PASS/FAIL line each; 12 on every path, plan_checks):
+# Checks (one PASS/FAIL line each; 14 on every path, plan_checks):
 #   0a three `egressd upgrade --no-wait` while the traffic runs: each exits
 #      0, prints `handed over:` and a new process PID that is alive in gw
 #   0b the old processes exit once their last flow (the download) has ended;
@@ -65,6 +65,10 @@
 #      routes it after the upgrades too, and the new process follows the
 #      events: c4 re-created with the label exit2 (a new container, a new
 #      ID, the same address) then leaves by exit2
+#  0c  `egressd upgrade` (waiting, no flow open): exit 0, `handed over:`,
+#      then `old process PID ended after ...`, and that PID is gone
+#  11  the metrics listener (control.metrics_listen 127.0.0.1:9190 in gw)
+#      answers a scrape after the upgrades
 #  10  SIGUSR2 to the serving process upgrades it as `egressd upgrade` does:
 #      it exits, one new egressd serves c1 and c3 (the route set route too)
 #
@@ -79,7 +83,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
-plan_checks 12
+plan_checks 14
 # c4, routed by a Docker label only (with NEXITS=3 it has no config route).
 NCONT=5
 
@@ -128,7 +132,10 @@ mkdir -p "$EG_TMP/state"
 topo_write_config "$CONF" "$SOCK" \
 	"classes: { \"qc\": (quota: (bytes: \"1GB\", every_days: 30)) }, state_dir: \"$EG_TMP/state\", docker: (socket: \"$DSOCK\"),"
 sed -i 's/(source: "10.8.0.10", tunnel: "exit0")/(source: "10.8.0.10", tunnel: "exit0", class: "qc")/' "$CONF"
+METRICS=127.0.0.1:9190
+sed -i "s|control: (socket: \"$SOCK\")|control: (socket: \"$SOCK\", metrics_listen: \"$METRICS\")|" "$CONF"
 grep -q 'class: "qc"' "$CONF" || die "could not give c0 the quota class in $CONF"
+grep -q "metrics_listen: \"$METRICS\"" "$CONF" || die "could not set control.metrics_listen in $CONF"
 EGRESSD_LOG=$EG_TMP/egressd.log
 egressd_up_or_exit "$CONF"
 CUR_PID=$EGRESSD_PID # the process serving now (after an upgrade: not our child)
@@ -181,6 +188,8 @@ do_upgrade() {
 		CUR_PID=$UP_NEW
 		return 0
 	fi
+	# A failed upgrade may still have moved on (the old process gone, a new one serving).
+	gw_alive "$CUR_PID" || CUR_PID=$(gw_egressd | head -n 1)
 	return 1
 }
 
@@ -433,23 +442,52 @@ refused() {
 refused "5 upgrade to a binary that exits 1 fails and says why" "$BIN/exit1" 'upgrade (failed|refused): .*(exit|status)'
 refused "6 upgrade to a binary speaking handover version 99 is refused" "$BIN/v99" 'upgrade (failed|refused): .*99'
 
+# ------------------------------------------------------------------ 0c a waiting upgrade
+before=$CUR_PID
+if do_upgrade; then
+	case $UP_OUT in
+	*"handed over:"*"old process $before ended after"*)
+		if gw_gone "$before"; then
+			pass "0c \`egressd upgrade\` waited for $before: '$(printf '%s\n' "$UP_OUT" | grep -m1 "old process $before ended after")'"
+		else
+			fail "0c \`egressd upgrade\` said $before ended" "it is still alive"
+		fi
+		;;
+	*) fail "0c \`egressd upgrade\` must say 'handed over:' then 'old process $before ended after'" "$(oneline "$UP_OUT")" ;;
+	esac
+else
+	fail "0c \`egressd upgrade\` (waiting)" "exit $UP_RC, new PID '$UP_NEW': $(oneline "$UP_OUT" | cut -c1-600)"
+fi
+
+# ------------------------------------------------------------------ 11 metrics
+scrape=$(nsx "$NS_GW" curl -sS --max-time 5 "http://$METRICS/metrics" 2>&1)
+case $scrape in
+*"egressd_tcp_flows_total "*)
+	if [ "$UPS_OK" -ge 1 ]; then
+		pass "11 the metrics listener $METRICS answers after the upgrades (egressd_tcp_flows_total $(metric "$scrape" egressd_tcp_flows_total))"
+	else
+		fail "11 the metrics listener must answer after the upgrades" "$(upgrades_note)it answers"
+	fi
+	;;
+*) fail "11 the metrics listener must answer after the upgrades" "$(upgrades_note)curl http://$METRICS/metrics: $(printf '%s' "$scrape" | head -n 3 | oneline)" ;;
+esac
+
 # ------------------------------------------------------------------ 10 SIGUSR2
 before=$CUR_PID
-kill -s USR2 "$before" 2>/dev/null
 new=""
-if wait_until 20 gw_gone "$before"; then
+if [ -n "$before" ] && gw_alive "$before" && kill -s USR2 "$before" 2>/dev/null && wait_until 20 gw_gone "$before"; then
 	wait_until 10 test -n "$(gw_egressd)"
 	new=$(gw_egressd | tr '\n' ' ')
 	new=${new% }
 fi
 seen1=$(curl_whoami "${NS_C[1]}")
 seen3=$(curl_whoami "${NS_C[3]}")
-if [ -n "$new" ] && [ "${new#* }" = "$new" ] && [ "$seen1" = "$EXIT1" ] && [ "$seen3" = "$EXIT2" ]; then
+if [ -n "$new" ] && [ "${new#* }" = "$new" ] && [ "$new" != "$before" ] && [ "$seen1" = "$EXIT1" ] && [ "$seen3" = "$EXIT2" ]; then
 	pass "10 SIGUSR2: $before handed over to $new and exited; c1 -> $seen1, c3 (route set) -> $seen3"
 	CUR_PID=$new
 else
 	fail "10 SIGUSR2 must upgrade like \`egressd upgrade\`" \
-		"$before gone: $(gw_gone "$before" && echo yes || echo no); egressd in gw now: '${new:-$(gw_egressd | tr '\n' ' ')}'; c1 saw '$seen1' (want $EXIT1), c3 '$seen3' (want $EXIT2)"
+		"signalled '$before'; gone: $(gw_gone "$before" && echo yes || echo no); egressd in gw now: '${new:-$(gw_egressd | tr '\n' ' ')}'; c1 saw '$seen1' (want $EXIT1), c3 '$seen3' (want $EXIT2)"
 	gw_alive "$CUR_PID" || CUR_PID=$(gw_egressd | head -n 1)
 fi
 
