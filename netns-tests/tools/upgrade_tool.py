@@ -32,7 +32,7 @@ nothing failed), and exits 0 iff nothing failed.
       answers "<peer> seq N"), then waits 3 s for late replies; adds
       "lost=<first missing seqs> peers=<every peer the service saw>"
   digloop SERVER WANT STOPFILE MAXSECS MAXN INTERVAL_MS
-      `dig +short +tries=1 +time=2 TXT whoami.test @SERVER` per try; a
+      `dig +short +tries=1 +time=4 TXT whoami.test @SERVER` per try; a
       success is the answer WANT
 """
 
@@ -237,7 +237,7 @@ def cmd_udpseq(host, port, stopfile, maxsecs, interval_ms):
 
 def cmd_digloop(server, want, stopfile, maxsecs, maxn, interval_ms):
     lp, interval = Loop(stopfile, maxsecs, maxn), int(interval_ms) / 1000
-    argv = ["dig", "+short", "+tries=1", "+time=2", "TXT", "whoami.test", "@" + server]
+    argv = ["dig", "+short", "+tries=1", "+time=4", "TXT", "whoami.test", "@" + server]
     while lp.going():
         t = time.monotonic()
         lp.tries += 1
