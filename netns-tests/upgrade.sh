@@ -27,8 +27,8 @@
 #       metered, so its bytes count towards the quota of check 8); c1: a
 #       UDP stream (udpseq, "seq N" every 200 ms; the service's answer names
 #       the exit port it saw); c2: a connection loop (connloop, a new HTTP
-#       connection every 50 ms) and dig loop (digloop, `dig +tries=1 +time=4` every
-#       200 ms).
+#       connection every 50 ms) and a dig loop (digloop, `dig +tries=1
+#       +time=4` every 200 ms).
 #
 # Measured, not checked (`# measured:` lines, for the README): a plain
 # restart (SIGTERM, `egressd run` again) under the same generators — failed
