@@ -40,8 +40,9 @@
 # Checks (one PASS/FAIL line each; 14 on every path, plan_checks):
 #   0a three `egressd upgrade --no-wait` while the traffic runs: each exits
 #      0, prints `handed over:` and a new process PID that is alive in gw
-#   0b the old processes exit once their last flow (the download) has ended;
-#      the newest one keeps serving
+#   0b after the 3 upgrades the process that accepted the download is still
+#      there, draining it; the old processes exit once it has ended (the
+#      download is paced until then); the newest one keeps serving
 #   1  the slow download started before the first upgrade, still running
 #      after the third, completes intact (byte count and sha256)
 #   2  the connection loop saw 0 failures across the 3 upgrades
