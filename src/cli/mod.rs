@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 ok, 1 bad config or failed check, 2 usage.
 
+mod handover;
 mod run;
 mod top;
 
@@ -39,6 +40,26 @@ enum Command {
     Top(TopArgs),
     Route(RouteArgs),
     Quota(QuotaArgs),
+    Upgrade(UpgradeArgs),
+}
+
+/// Replace the running daemon with a new binary without dropping a
+/// connection or a UDP session: it hands over its sockets and state, then
+/// drains its flows (tcp.drain_timeout_secs) and exits.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "upgrade")]
+struct UpgradeArgs {
+    /// the control socket (default /run/egressd.sock)
+    #[argh(option)]
+    socket: Option<PathBuf>,
+    /// the new binary (default: the file now at the path the daemon was
+    /// started from); must be owned by root, not writable by others
+    #[argh(option)]
+    binary: Option<PathBuf>,
+    /// return once the new process serves, without waiting for the old
+    /// one to finish draining
+    #[argh(switch)]
+    no_wait: bool,
 }
 
 /// Inspect this host (network namespace) and say what is wrong, check by check.
@@ -244,7 +265,7 @@ pub fn main() -> ExitCode {
     }
     let Some(cmd) = args.cmd else {
         return usage(
-            "a command is needed (run, check, rules, doctor, stats, top, route, quota); or --version",
+            "a command is needed (run, check, rules, doctor, stats, top, route, quota, upgrade); or --version",
         );
     };
     match cmd {
@@ -283,6 +304,19 @@ pub fn main() -> ExitCode {
                 _ => usage("quota reset: give one NAME (as `egressd quota list` shows it) or --all"),
             },
         },
+        Command::Upgrade(a) => {
+            let path = a.socket.unwrap_or_else(crate::control::default_socket);
+            // A relative --binary is the caller's: the daemon's directory is another.
+            let binary = a.binary.map(|b| std::path::absolute(&b).unwrap_or(b));
+            let req = Request::Upgrade { binary, wait: !a.no_wait };
+            match crate::control::ask_lines(&path, &req, &mut |l| println!("{l}")) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("egressd: upgrade failed: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Run(a) => run::run(a.config.as_deref(), a.verbose),
         Command::Check(a) => check(a.config.as_deref()),
         Command::Rules(a) => {

@@ -1,30 +1,40 @@
 //! `egressd run`: start the front loops and workers, then wait for signals:
-//! SIGHUP reloads the config, SIGTERM/SIGINT drain and stop.
+//! SIGHUP reloads the config, SIGTERM/SIGINT drain and stop, SIGUSR2 (or
+//! `egressd upgrade`) hands everything to a new binary, then drains.
 
+use std::net::TcpListener;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
 use crate::config::{Settings, UdpSettings};
 use crate::control::Control;
 use crate::docker::client::Docker;
-use crate::front::{self, FrontLoop};
+use crate::front::{self, FrontLoop, FrontSockets};
 use crate::pool::Pools;
 use crate::quota::Keeper;
+
+use super::handover::tell_systemd;
 use crate::snapshot::{Live, Routing, Shared};
 use crate::stats::Registry;
 use crate::sys;
-use crate::upgrade::notify::{self, State};
-use crate::worker::{Command, Common, FailLog, SharedLimits, WorkerHandle, WorkerLoop};
+use crate::upgrade::notify::State;
+use crate::upgrade::{self, Report};
+use crate::worker::{Command, Common, FailLog, SharedLimits, Stop, WorkerHandle, WorkerLoop};
 
 /// Stack of each loop thread: they keep their state on the heap, and a
 /// small stack keeps the resident set small.
 const STACK: usize = 256 * 1024;
+
+/// How long a report line waits for the control thread to take it.
+pub(super) const REPORT_WAIT: Duration = Duration::from_secs(2);
 
 /// How long flows may drain after SIGTERM/SIGINT.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -41,25 +51,9 @@ fn init_logging(verbose: u8) {
 
 pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     init_logging(verbose);
-    let settings = match super::load(config) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            error!(target: "egressd", "config error: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    if config.is_none() {
-        info!(target: "egressd", "no --config given: running the embedded demo config");
-    }
-    if let Some(w) = config.and_then(|p| super::secrets_exposed(p, &settings)) {
-        warn!(target: "egressd", "{w}");
-    }
-    let limits = Arc::new(raise_fd_limit(&settings));
-    // Before any thread starts, so that every thread inherits the mask.
-    if let Err(e) = sys::block_signals() {
-        error!(target: "egressd", "cannot block signals: {e}");
+    let Some((settings, limits, inherited, mut taken)) = prepare(config) else {
         return ExitCode::from(1);
-    }
+    };
     front::log_summary(&settings);
 
     let registry = Arc::new(Registry::default());
@@ -71,7 +65,8 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     let pools = Arc::new(Pools::default());
     pools.apply(&settings.tunnels);
     registry.publish(pools.clone());
-    // Quota counters (issue 27): loaded before any flow can count.
+    // Quota counters (issue 27): loaded before any flow can count (after an
+    // upgrade, from the file the old process saved last).
     let keeper = Arc::new(Keeper::start(settings.state_dir.clone(), settings.metered()));
     keeper.configure(&settings);
     let ledger = Arc::clone(&keeper.ledger);
@@ -84,14 +79,29 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
         ledger: Arc::clone(&ledger),
     };
     let live = Arc::new(Live::new(Shared::new(Arc::clone(&settings))));
-    let stop = Arc::new(AtomicBool::new(false));
+    if let Some(t) = &taken {
+        super::handover::adopt_state(&live, &t.state);
+    }
     let Some((workers, handles)) = new_workers(&settings, &live, &common) else {
         return ExitCode::from(1);
     };
-    let Some(fronts) = new_fronts(settings.threads, &live, &handles, &registry) else {
+    let sockets = match taken.as_mut().map(|t| std::mem::take(&mut t.fronts)) {
+        Some(s) => s,
+        None => match open_fronts(&settings) {
+            Some(s) => s,
+            None => return ExitCode::from(1),
+        },
+    };
+    let front_fds: Vec<Vec<OwnedFd>> = sockets.iter().filter_map(|s| s.fds().ok()).collect();
+    let Some(fronts) = new_fronts(sockets, &live, &handles, &registry) else {
         return ExitCode::from(1);
     };
-    let own_socket = serve_control(&settings, &live, &handles, &common, &keeper);
+    let served = serve_control(
+        &settings,
+        (&live, &handles, &common, &keeper),
+        taken.as_mut().map(|t| (t.control.take(), t.metrics.take())),
+    );
+    let upgrades = Arc::clone(&served.upgrades);
 
     // The bridge sysctl can be set back to 1 while egressd runs (br_netfilter
     // loaded later): said within seconds, not only by `doctor`.
@@ -104,17 +114,35 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     }
 
     let front_wakers: Vec<_> = fronts.iter().map(FrontLoop::waker).collect();
-    let threads = spawn_loops(workers, fronts, &stop);
+    let stops = Stops::default();
+    let threads = spawn_loops(workers, fronts, &stops);
     info!(target: "egressd", "running");
-    tell_systemd(&[State::Ready, State::Status("running".into())]);
-    wait_for_stop(config, &live, &handles, (&pools, &keeper), &mut docker);
-    info!(target: "egressd", "stopping: no new connections; flows drain for up to {DRAIN:?}");
-    tell_systemd(&[State::Stopping, State::Status(format!("draining flows for up to {DRAIN:?}"))]);
-    let ok = stop_loops(&stop, &handles, &front_wakers, threads);
-    keeper.stop();
-    if own_socket {
-        let _ = std::fs::remove_file(&settings.control.socket);
-    }
+    let draining = super::handover::confirm(inherited, taken.as_ref(), &ledger);
+    let exe = std::env::current_exe().ok();
+    let ended = loop {
+        let new = wait_for_stop(config, &live, &handles, (&pools, &keeper), &mut docker);
+        if !new {
+            break None;
+        }
+        let ctx = super::handover::Serving {
+            live: &live,
+            front_fds: &front_fds,
+            served: &served,
+            keeper: &keeper,
+            draining: &draining,
+        };
+        if let Some(h) = super::handover::try_upgrade(&ctx, upgrades.take(), exe.as_deref()) {
+            break Some(h);
+        }
+    };
+    let running =
+        Running { stops, handles, front_wakers, threads, served, keeper, registry: Arc::clone(&registry) };
+    let ok = match ended {
+        None => running.stop(&settings),
+        Some((h, report)) => {
+            running.drain(&settings, live.load().settings.tcp.drain_timeout, h, report.as_ref())
+        }
+    };
     let s = registry.total();
     info!(
         target: "egressd",
@@ -124,12 +152,130 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
-/// Tells systemd (`Type=notify` in contrib/egressd.service) what the daemon
-/// is doing: without `READY=1` a `Type=notify` start would time out. Nothing
-/// happens outside systemd; a failure is only worth a warning.
-fn tell_systemd(state: &[State]) {
-    if let Err(e) = notify::notify(state) {
-        warn!(target: "egressd", "cannot notify systemd: {e}");
+/// The settings and the file limit; started by an upgrade, the link to
+/// the old process and what it handed over. `None`: said in the log.
+type Prepared = (Arc<Settings>, Arc<SharedLimits>, Option<upgrade::Inherited>, Option<upgrade::Taken>);
+
+fn prepare(config: Option<&Path>) -> Option<Prepared> {
+    // Started by an upgrade: the link to the process this one replaces.
+    let mut inherited = match upgrade::Inherited::from_env() {
+        None => None,
+        Some(Ok(i)) => Some(i),
+        Some(Err(e)) => {
+            error!(target: "egressd", "upgrade: {e}");
+            return None;
+        }
+    };
+    let settings = match super::load(config) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            error!(target: "egressd", "config error: {e}");
+            if let Some(i) = &inherited {
+                i.refuse(&format!("config error: {e}"));
+            }
+            return None;
+        }
+    };
+    if config.is_none() {
+        info!(target: "egressd", "no --config given: running the embedded demo config");
+    }
+    if let Some(w) = config.and_then(|p| super::secrets_exposed(p, &settings)) {
+        warn!(target: "egressd", "{w}");
+    }
+    let limits = Arc::new(raise_fd_limit(&settings));
+    // Before any thread starts, so that every thread inherits the mask.
+    if let Err(e) = sys::block_signals() {
+        error!(target: "egressd", "cannot block signals: {e}");
+        return None;
+    }
+    let taken = match inherited.as_mut().map(|i| i.receive(&settings)) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            error!(target: "egressd", "upgrade: {e}");
+            return None;
+        }
+    };
+    Some((settings, limits, inherited, taken))
+}
+
+/// The loops and servers of a running daemon, for its end.
+struct Running {
+    stops: Stops,
+    handles: Vec<WorkerHandle>,
+    front_wakers: Vec<Arc<mio::Waker>>,
+    threads: Vec<LoopThread>,
+    served: Served,
+    keeper: Arc<Keeper>,
+    registry: Arc<Registry>,
+}
+
+impl Running {
+    /// SIGTERM/SIGINT: flows drain for [`DRAIN`], the quota state is saved.
+    fn stop(self, settings: &Settings) -> bool {
+        info!(target: "egressd", "stopping: no new connections; flows drain for up to {DRAIN:?}");
+        tell_systemd(&[State::Stopping, State::Status(format!("draining flows for up to {DRAIN:?}"))]);
+        self.stops.workers.set(DRAIN, Duration::ZERO);
+        let ok = stop_loops(&self.stops, &self.handles, &self.front_wakers, self.threads, None);
+        self.keeper.stop();
+        if self.served.own_socket {
+            let _ = std::fs::remove_file(&settings.control.socket);
+        }
+        ok
+    }
+
+    /// Handed over: stops accepting, relays the open flows until they end
+    /// or `drain` passes, tells the new process what they counted.
+    fn drain(
+        self,
+        settings: &Settings,
+        drain: Duration,
+        h: upgrade::Handed,
+        report: Option<&crossbeam_channel::Sender<Report>>,
+    ) -> bool {
+        self.served.stop();
+        let open = self.registry.total().tcp_flows_active;
+        let say = |l: String| {
+            info!(target: "egressd::upgrade", "{l}");
+            if let Some(r) = report {
+                let _ = r.send_timeout(Report::Line(l), REPORT_WAIT);
+            }
+        };
+        let me = std::process::id();
+        say(format!(
+            "old process {me} stopped accepting; it relays its {open} open TCP flows until they end, for up to \
+             {}s (tcp.drain_timeout_secs)",
+            drain.as_secs()
+        ));
+        let t0 = Instant::now();
+        self.stops.workers.set(drain, upgrade::LINGER);
+        let ok = stop_loops(
+            &self.stops,
+            &self.handles,
+            &self.front_wakers,
+            self.threads,
+            Some(&self.stops.workers),
+        );
+        let left = self.registry.total().tcp_flows_active;
+        let handed_control = h.control;
+        h.finish(&self.keeper.ledger);
+        if self.served.own_socket && !handed_control {
+            let _ = std::fs::remove_file(&settings.control.socket);
+        }
+        let cut = if t0.elapsed() >= drain && left > 0 {
+            format!("; {left} flows were still open at the deadline and were reset")
+        } else {
+            String::new()
+        };
+        say(format!(
+            "old process {me} ended after {:.1}s: {open} TCP flows drained{cut}",
+            t0.elapsed().as_secs_f64()
+        ));
+        if let Some(r) = report {
+            let _ = r.send_timeout(Report::End(Ok(())), REPORT_WAIT);
+            let _ = r.send_timeout(Report::Sync, REPORT_WAIT);
+        }
+        ok
     }
 }
 
@@ -192,18 +338,13 @@ fn new_workers(
     Some((workers, handles))
 }
 
-/// `n` front loops, each with its own listeners; `None` (said in the log,
-/// with a hint for the usual causes) when one cannot listen.
-fn new_fronts(
-    n: usize,
-    live: &Arc<Live>,
-    handles: &[WorkerHandle],
-    registry: &Registry,
-) -> Option<Vec<FrontLoop>> {
-    let mut fronts = Vec::new();
-    for i in 0..n {
-        match FrontLoop::new(i, Arc::clone(live), handles.to_vec(), registry.thread()) {
-            Ok(f) => fronts.push(f),
+/// Opens every front loop's sockets; `None` (said in the log, with a
+/// hint for the usual causes) when one cannot listen.
+fn open_fronts(settings: &Settings) -> Option<Vec<FrontSockets>> {
+    let mut out = Vec::new();
+    for _ in 0..settings.threads {
+        match FrontSockets::open(&settings.listen, settings.threads) {
+            Ok(s) => out.push(s),
             Err(e) => {
                 let hint = match e.kind() {
                     std::io::ErrorKind::AddrNotAvailable => {
@@ -219,68 +360,140 @@ fn new_fronts(
             }
         }
     }
+    Some(out)
+}
+
+/// A front loop on each set of sockets; `None` (said in the log) when one
+/// cannot start.
+fn new_fronts(
+    sockets: Vec<FrontSockets>,
+    live: &Arc<Live>,
+    handles: &[WorkerHandle],
+    registry: &Registry,
+) -> Option<Vec<FrontLoop>> {
+    let mut fronts = Vec::new();
+    for (i, s) in sockets.into_iter().enumerate() {
+        match FrontLoop::new(i, Arc::clone(live), handles.to_vec(), registry.thread(), s) {
+            Ok(f) => fronts.push(f),
+            Err(e) => {
+                error!(target: "egressd", "front loop {i}: {e}");
+                return None;
+            }
+        }
+    }
     Some(fronts)
 }
 
-/// The control socket and the Prometheus listener. Whether the socket is
-/// ours to remove at exit: never a file we refused to touch.
+/// The control socket and the Prometheus listener as served: copies of
+/// their descriptors (for an upgrade) and what stops them.
+pub(super) struct Served {
+    /// Whether the socket file is ours to remove at exit: never a file we
+    /// refused to touch.
+    own_socket: bool,
+    pub(super) control: Option<OwnedFd>,
+    pub(super) metrics: Option<OwnedFd>,
+    stoppers: Vec<crate::control::Stopper>,
+    upgrades: Arc<upgrade::Desk>,
+}
+
+impl Served {
+    /// Stops accepting on both (after a handover).
+    pub(super) fn stop(&self) {
+        for s in &self.stoppers {
+            s.stop();
+        }
+    }
+}
+
+/// Serves the control socket and the Prometheus listener: opened here, or
+/// (after an upgrade) those received, when the config names the same.
 fn serve_control(
     settings: &Settings,
-    live: &Arc<Live>,
-    handles: &[WorkerHandle],
-    common: &Common,
-    keeper: &Arc<Keeper>,
-) -> bool {
+    (live, handles, common, keeper): (&Arc<Live>, &[WorkerHandle], &Common, &Arc<Keeper>),
+    taken: Option<(Option<UnixListener>, Option<TcpListener>)>,
+) -> Served {
     let registry = &common.registry;
+    let upgrades = Arc::new(upgrade::Desk::default());
+    let (taken_control, taken_metrics) = taken.unwrap_or((None, None));
     let ctl = Control {
         live: Arc::clone(live),
         workers: handles.to_vec(),
         registry: Arc::clone(registry),
         pools: Arc::clone(&common.pools),
         quota: Arc::clone(keeper),
+        upgrades: Arc::clone(&upgrades),
     };
+    let mut served =
+        Served { own_socket: false, control: None, metrics: None, stoppers: Vec::new(), upgrades };
     let socket = &settings.control.socket;
-    let own_socket = match ctl.spawn(socket) {
-        Ok(_) => {
+    let listener = match taken_control {
+        Some(l) => Ok(l),
+        None => crate::control::bind_unix(socket),
+    };
+    match listener
+        .and_then(|l| Ok((l.try_clone()?, l)))
+        .and_then(|(copy, l)| Ok((copy, ctl.spawn(l, socket)?)))
+    {
+        Ok((copy, stopper)) => {
             info!(target: "egressd", "control socket {}", socket.display());
-            true
+            served.own_socket = true;
+            served.control = Some(copy.into());
+            served.stoppers.push(stopper);
         }
         Err(e) => {
             warn!(target: "egressd", "no control socket at {}: {e} (stats and route changes unavailable)", socket.display());
-            false
         }
-    };
+    }
     if let Some(w) =
         settings.control.metrics_listen.and_then(|m| crate::control::metrics_exposure(m, settings))
     {
         warn!(target: "egressd", "{w}");
     }
     if let Some(addr) = settings.control.metrics_listen {
-        match crate::control::spawn_metrics(addr, Arc::clone(registry), Arc::clone(&keeper.ledger)) {
-            Ok(_) => info!(target: "egressd", "Prometheus metrics on http://{addr}/metrics"),
+        let listener = match taken_metrics {
+            Some(l) => Ok(l),
+            None => TcpListener::bind(addr),
+        };
+        let spawned = listener.and_then(|l| Ok((l.try_clone()?, l))).and_then(|(copy, l)| {
+            Ok((copy, crate::control::spawn_metrics(l, Arc::clone(registry), Arc::clone(&keeper.ledger))?))
+        });
+        match spawned {
+            Ok((copy, stopper)) => {
+                info!(target: "egressd", "Prometheus metrics on http://{addr}/metrics");
+                served.metrics = Some(copy.into());
+                served.stoppers.push(stopper);
+            }
             Err(e) => warn!(target: "egressd", "cannot serve metrics on {addr}: {e}"),
         }
     }
-    own_socket
+    served
 }
 
 /// A loop's thread: the error that kept it from starting, or its handle.
 type LoopThread = std::io::Result<thread::JoinHandle<std::io::Result<()>>>;
 
+/// How the loops stop: front loops first (at a handover they stop while
+/// the workers drain), workers with a grace.
+#[derive(Default)]
+struct Stops {
+    fronts: Arc<AtomicBool>,
+    workers: Arc<Stop>,
+}
+
 /// Starts the workers' threads, then the front loops'.
-fn spawn_loops(workers: Vec<WorkerLoop>, fronts: Vec<FrontLoop>, stop: &Arc<AtomicBool>) -> Vec<LoopThread> {
+fn spawn_loops(workers: Vec<WorkerLoop>, fronts: Vec<FrontLoop>, stops: &Stops) -> Vec<LoopThread> {
     let mut threads = Vec::new();
     for (i, w) in workers.into_iter().enumerate() {
-        let stop = Arc::clone(stop);
+        let stop = Arc::clone(&stops.workers);
         threads.push(
             thread::Builder::new()
                 .name(format!("egressd-w{i}"))
                 .stack_size(STACK)
-                .spawn(move || w.run(&stop, DRAIN)),
+                .spawn(move || w.run(&stop)),
         );
     }
     for (i, f) in fronts.into_iter().enumerate() {
-        let stop = Arc::clone(stop);
+        let stop = Arc::clone(&stops.fronts);
         threads.push(
             thread::Builder::new()
                 .name(format!("egressd-f{i}"))
@@ -291,17 +504,19 @@ fn spawn_loops(workers: Vec<WorkerLoop>, fronts: Vec<FrontLoop>, stop: &Arc<Atom
     threads
 }
 
-/// Reloads on SIGHUP until SIGTERM/SIGINT (or a failure to wait).
+/// Reloads on SIGHUP until SIGTERM/SIGINT (false) or SIGUSR2 (true: an
+/// upgrade is asked), or a failure to wait (false).
 fn wait_for_stop(
     config: Option<&Path>,
     live: &Live,
     handles: &[WorkerHandle],
     (pools, keeper): (&Pools, &Keeper),
     docker: &mut Docker,
-) {
+) -> bool {
     loop {
         match sys::wait_signal() {
-            Ok(sys::Signal::Stop) => break,
+            Ok(sys::Signal::Stop) => return false,
+            Ok(sys::Signal::Upgrade) => return true,
             Ok(sys::Signal::Reload) => {
                 if let Some(new) = reload(config, live, handles, pools, docker) {
                     keeper.configure(&new);
@@ -309,28 +524,46 @@ fn wait_for_stop(
             }
             Err(e) => {
                 error!(target: "egressd", "waiting for signals: {e}");
-                break;
+                return false;
             }
         }
     }
 }
 
-/// Tells every loop to stop, wakes the workers and waits for all of them;
-/// whether every one ended well.
-/// Sets the stop flag and wakes every loop to see it (they sleep until an
-/// event otherwise), then waits for them; false if one failed.
+/// Stops the front loops, then the workers (they drain as `stops.workers`
+/// says; the caller set it), and waits for all of them; whether every one
+/// ended well. While draining after an upgrade (`drain`), SIGTERM/SIGINT
+/// cut the drain short.
 fn stop_loops(
-    stop: &AtomicBool,
+    stops: &Stops,
     handles: &[WorkerHandle],
     fronts: &[Arc<mio::Waker>],
     threads: Vec<LoopThread>,
+    drain: Option<&Stop>,
 ) -> bool {
-    stop.store(true, Ordering::SeqCst);
+    stops.fronts.store(true, Ordering::SeqCst);
     for f in fronts {
         let _ = f.wake();
     }
     for h in handles {
         h.wake_now();
+    }
+    if let Some(stop) = drain {
+        while threads.iter().any(|t| t.as_ref().is_ok_and(|h| !h.is_finished())) {
+            match sys::wait_signal_timeout(Duration::from_millis(200)) {
+                Ok(Some(sys::Signal::Stop)) => {
+                    warn!(target: "egressd::upgrade", "told to stop while draining: the open flows are reset now");
+                    stop.set(Duration::ZERO, Duration::ZERO);
+                    for h in handles {
+                        h.wake_now();
+                    }
+                }
+                Ok(Some(_)) => {
+                    warn!(target: "egressd::upgrade", "this process is draining after an upgrade: ask the new one")
+                }
+                Ok(None) | Err(_) => {}
+            }
+        }
     }
     let mut ok = true;
     for t in threads {

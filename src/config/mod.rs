@@ -361,6 +361,9 @@ pub struct TcpSettings {
     /// Client bytes held while tunnels open, per worker; past it a client
     /// is not read until its tunnel is open.
     pub early_bytes_per_worker: usize,
+    /// After `egressd upgrade`, how long the old process keeps relaying the
+    /// flows it has open before it resets them and exits (issue 28).
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -210,6 +210,8 @@ pub struct RawTcp {
     pub fd_share: bool,
     /// Client bytes held while tunnels open, per worker (then clients wait).
     pub early_bytes_per_worker: usize,
+    /// After an upgrade, how long the old process relays its open flows.
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for RawTcp {
@@ -224,6 +226,7 @@ impl Default for RawTcp {
             new_flows_per_source_burst: Positive(10000),
             fd_share: true,
             early_bytes_per_worker: 4 << 20,
+            drain_timeout_secs: 600,
         }
     }
 }

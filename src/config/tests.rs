@@ -780,3 +780,12 @@ fn state_dir_is_an_absolute_path() {
     let e = err(&with("udp:", "state_dir: 5, udp:"));
     assert_eq!(e.line, 11, "{e}");
 }
+
+#[test]
+fn drain_timeout_defaults_to_ten_minutes_and_is_bounded() {
+    assert_eq!(parse(MINIMAL).unwrap().tcp.drain_timeout, Duration::from_secs(600));
+    let s = parse(&with("udp:", "tcp: (drain_timeout_secs: 30), udp:")).unwrap();
+    assert_eq!(s.tcp.drain_timeout, Duration::from_secs(30));
+    let e = err(&with("udp:", "tcp: (drain_timeout_secs: 0), udp:"));
+    assert!(e.msg.contains("tcp.drain_timeout_secs must be between 1 and"), "{e}");
+}

@@ -397,6 +397,7 @@ fn tcp_settings(loc: &Locator, t: &RawTcp) -> Result<TcpSettings, ConfigError> {
         new_flows_per_source_burst: t.new_flows_per_source_burst.0,
         fd_share: t.fd_share,
         early_bytes_per_worker: t.early_bytes_per_worker,
+        drain_timeout: secs(loc, "tcp.drain_timeout_secs", t.drain_timeout_secs)?,
     })
 }
 

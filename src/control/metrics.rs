@@ -29,6 +29,8 @@ const MAX_CONNS: usize = 64;
 /// Longest request head read.
 const MAX_HEAD: usize = 8192;
 const LISTENER: Token = Token(usize::MAX);
+/// The stop wake-up (connection tokens stay below it).
+const WAKER: Token = Token(usize::MAX - 1);
 /// How soon a failed accept (EMFILE) is tried again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
@@ -49,17 +51,22 @@ enum Step {
 
 /// Serves `GET /metrics` (Prometheus text) on `addr` on a thread of its own.
 pub fn spawn_metrics(
-    addr: SocketAddr,
+    listener: std::net::TcpListener,
     registry: Arc<Registry>,
     ledger: Arc<Ledger>,
-) -> io::Result<std::thread::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr)?;
+) -> io::Result<super::Stopper> {
+    let addr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    let poll = Poll::new()?;
+    let stopper = super::Stopper::new(&poll, WAKER)?;
+    let stop = stopper.clone();
     let data = Data { registry, ledger };
     std::thread::Builder::new().name("egressd-metrics".into()).spawn(move || {
-        if let Err(e) = serve(listener, &data) {
+        if let Err(e) = serve(poll, TcpListener::from_std(listener), &data, &stop) {
             warn!(target: "egressd::control", "metrics endpoint {addr} stopped: {e}");
         }
-    })
+    })?;
+    Ok(stopper)
 }
 
 /// What the metrics come from.
@@ -68,8 +75,12 @@ struct Data {
     ledger: Arc<Ledger>,
 }
 
-fn serve(mut listener: TcpListener, registry: &Data) -> io::Result<()> {
-    let mut poll = Poll::new()?;
+fn serve(
+    mut poll: Poll,
+    mut listener: TcpListener,
+    registry: &Data,
+    stop: &super::Stopper,
+) -> io::Result<()> {
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let mut conns: VecDeque<Conn> = VecDeque::new();
     let mut next = 0usize;
@@ -87,6 +98,9 @@ fn serve(mut listener: TcpListener, registry: &Data) -> io::Result<()> {
             && e.kind() != ErrorKind::Interrupted
         {
             return Err(e);
+        }
+        if stop.stopped() {
+            return Ok(());
         }
         let now = Instant::now();
         if retry {
@@ -232,10 +246,9 @@ mod tests {
 
     #[test]
     fn a_silent_client_does_not_hold_up_a_scrape() {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = probe.local_addr().unwrap();
-        drop(probe);
-        let _t = spawn_metrics(addr, Arc::default(), Arc::default()).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _t = spawn_metrics(listener, Arc::default(), Arc::default()).unwrap();
         // Three clients that connect and say nothing (before: 2 s each, in turn).
         let silent: Vec<_> = (0..3).map(|_| StdStream::connect(addr).unwrap()).collect();
         let t0 = Instant::now();

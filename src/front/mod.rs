@@ -24,7 +24,7 @@ mod udp;
 
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -100,26 +100,27 @@ pub fn tcp_listener(addr: SocketAddr, fronts: usize) -> io::Result<TcpListener> 
     Ok(TcpListener::from_std(s.into()))
 }
 
-impl FrontLoop {
-    pub fn new(
-        id: usize,
-        live: Arc<Live>,
-        workers: Vec<WorkerHandle>,
-        counters: Arc<Counters>,
-    ) -> io::Result<FrontLoop> {
-        let seen = live.generation();
-        let shared = live.load();
-        let poll = Poll::new()?;
-        let mut listeners = Vec::new();
-        for (i, addr) in shared.settings.listen.iter().enumerate() {
-            let mut l = tcp_listener(*addr, workers.len())
+/// One front loop's sockets: a TCP listener and a UDP socket per listen
+/// address, in the config's order. Opened here, or received from the
+/// process an upgrade replaces (the same sockets: nothing queued is lost).
+pub struct FrontSockets {
+    tcp: Vec<(TcpListener, SocketAddr)>,
+    udp: Vec<(mio::net::UdpSocket, SocketAddr)>,
+}
+
+impl FrontSockets {
+    /// Opens front loop sockets for `listen` (`fronts` loops share them by
+    /// SO_REUSEPORT); errors name the address and the usual fix.
+    pub fn open(listen: &[SocketAddr], fronts: usize) -> io::Result<FrontSockets> {
+        let mut tcp = Vec::new();
+        for addr in listen {
+            let l = tcp_listener(*addr, fronts)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} (TCP): {e}")))?;
-            poll.registry().register(&mut l, Token(i), Interest::READABLE)?;
-            listeners.push((l, *addr));
+            tcp.push((l, *addr));
         }
         let mut udp = Vec::new();
-        for (i, addr) in shared.settings.listen.iter().enumerate() {
-            let mut u = udp::udp_socket(*addr).map_err(|e| {
+        for addr in listen {
+            let u = udp::udp_socket(*addr).map_err(|e| {
                 let why = if e.kind() == ErrorKind::PermissionDenied {
                     "IP_TRANSPARENT needs CAP_NET_ADMIN: run as root or grant it (systemd \
                      AmbientCapabilities=CAP_NET_ADMIN, or setcap cap_net_admin+ep on the binary)"
@@ -129,8 +130,72 @@ impl FrontLoop {
                 };
                 io::Error::new(e.kind(), format!("cannot listen on {addr} (UDP, TPROXY): {why}"))
             })?;
-            poll.registry().register(&mut u, Token(UDP_TOKEN + i), Interest::READABLE)?;
             udp.push((u, *addr));
+        }
+        Ok(FrontSockets { tcp, udp })
+    }
+
+    /// Copies of the descriptors, TCP listeners first, for an upgrade.
+    pub fn fds(&self) -> io::Result<Vec<OwnedFd>> {
+        let tcp = self.tcp.iter().map(|(l, _)| l.as_fd().try_clone_to_owned());
+        let udp = self.udp.iter().map(|(u, _)| u.as_fd().try_clone_to_owned());
+        tcp.chain(udp).collect()
+    }
+
+    /// The sockets [`FrontSockets::fds`] gave, received by the new process
+    /// of an upgrade; each must be bound to its `listen` address (else the
+    /// config is not the one they were opened for).
+    pub fn from_fds(fds: Vec<OwnedFd>, listen: &[SocketAddr]) -> io::Result<FrontSockets> {
+        if fds.len() != 2 * listen.len() {
+            return Err(io::Error::other(format!(
+                "{} sockets for {} listen addresses",
+                fds.len(),
+                listen.len()
+            )));
+        }
+        let mut fds = fds.into_iter();
+        let mut tcp = Vec::new();
+        let mut udp = Vec::new();
+        let check = |got: io::Result<SocketAddr>, want: SocketAddr, what: &str| match got {
+            Ok(a) if a == want => Ok(()),
+            Ok(a) => {
+                Err(io::Error::other(format!("the {what} socket handed over for {want} is bound to {a}")))
+            }
+            Err(e) => Err(io::Error::other(format!("the {what} socket handed over for {want}: {e}"))),
+        };
+        for addr in listen {
+            let l = std::net::TcpListener::from(fds.next().expect("counted above"));
+            check(l.local_addr(), *addr, "TCP")?;
+            l.set_nonblocking(true)?;
+            tcp.push((TcpListener::from_std(l), *addr));
+        }
+        for addr in listen {
+            let u = std::net::UdpSocket::from(fds.next().expect("counted above"));
+            check(u.local_addr(), *addr, "UDP")?;
+            u.set_nonblocking(true)?;
+            udp.push((mio::net::UdpSocket::from_std(u), *addr));
+        }
+        Ok(FrontSockets { tcp, udp })
+    }
+}
+
+impl FrontLoop {
+    pub fn new(
+        id: usize,
+        live: Arc<Live>,
+        workers: Vec<WorkerHandle>,
+        counters: Arc<Counters>,
+        sockets: FrontSockets,
+    ) -> io::Result<FrontLoop> {
+        let seen = live.generation();
+        let shared = live.load();
+        let poll = Poll::new()?;
+        let FrontSockets { tcp: mut listeners, mut udp } = sockets;
+        for (i, (l, _)) in listeners.iter_mut().enumerate() {
+            poll.registry().register(l, Token(i), Interest::READABLE)?;
+        }
+        for (i, (u, _)) in udp.iter_mut().enumerate() {
+            poll.registry().register(u, Token(UDP_TOKEN + i), Interest::READABLE)?;
         }
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
         Ok(FrontLoop {

@@ -40,6 +40,8 @@ struct Shared {
     metered: AtomicBool,
     /// The text last saved, so an unchanged ledger is not written again.
     saved: Mutex<String>,
+    /// Handed over to the new process of an upgrade: never written again.
+    handed: AtomicBool,
 }
 
 impl Keeper {
@@ -60,8 +62,12 @@ impl Keeper {
         }
         let ledger = Arc::new(ledger_for(load));
         ledger.tick(now_ms(), Instant::now());
-        let shared =
-            Arc::new(Shared { dir, metered: AtomicBool::new(metered), saved: Mutex::new(String::new()) });
+        let shared = Arc::new(Shared {
+            dir,
+            metered: AtomicBool::new(metered),
+            saved: Mutex::new(String::new()),
+            handed: AtomicBool::new(false),
+        });
         let (tx, rx) = crossbeam_channel::bounded(1);
         let (l, s) = (Arc::clone(&ledger), Arc::clone(&shared));
         let thread = std::thread::Builder::new()
@@ -79,6 +85,7 @@ impl Keeper {
             dir: PathBuf::new(),
             metered: AtomicBool::new(false),
             saved: Mutex::default(),
+            handed: AtomicBool::new(false),
         });
         Keeper { ledger: Arc::default(), shared, stop: Mutex::new(None), thread: Mutex::new(None) }
     }
@@ -97,27 +104,60 @@ impl Keeper {
         }
     }
 
-    /// The state directory.
-    pub fn dir(&self) -> &std::path::Path {
-        &self.shared.dir
-    }
-
     /// Saves now (after `quota reset`); the error, said.
     pub fn save_now(&self) -> Result<(), String> {
         save(&self.ledger, &self.shared, true)
     }
 
     /// Stops the saver and saves a last time (at exit, after the workers
-    /// stopped counting).
+    /// stopped counting). Nothing after [`Keeper::hand_over`].
     pub fn stop(&self) {
-        drop(self.stop.lock().unwrap_or_else(|e| e.into_inner()).take());
-        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = t.join();
+        if self.shared.handed.load(Ordering::SeqCst) {
+            return;
         }
+        self.stop_saver();
         self.ledger.tick(now_ms(), Instant::now());
         if let Err(e) = save(&self.ledger, &self.shared, false) {
             error!(target: "egressd::quota", "{e}");
         }
+    }
+
+    fn stop_saver(&self) {
+        drop(self.stop.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+
+    /// An upgrade: saves a last time, then writes no more (the new process
+    /// loads the file and is `state_dir`'s one writer from now on). The
+    /// counters as saved, so that what draining flows add can be sent on.
+    pub fn hand_over(&self) -> Result<Vec<(String, u64)>, String> {
+        self.stop_saver();
+        self.ledger.tick(now_ms(), Instant::now());
+        save(&self.ledger, &self.shared, true)?;
+        self.shared.handed.store(true, Ordering::SeqCst);
+        Ok(self.ledger.used_by())
+    }
+
+    /// Whether [`Keeper::hand_over`] ran (and no resume since).
+    pub fn handed(&self) -> bool {
+        self.shared.handed.load(Ordering::SeqCst)
+    }
+
+    /// A handover that failed after [`Keeper::hand_over`]: this process
+    /// writes again.
+    pub fn resume(self: &Arc<Self>) {
+        self.shared.handed.store(false, Ordering::SeqCst);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (l, s) = (Arc::clone(&self.ledger), Arc::clone(&self.shared));
+        let thread = std::thread::Builder::new()
+            .name("egressd-quota".into())
+            .spawn(move || saver(&l, &s, &rx))
+            .map_err(|e| warn!(target: "egressd::quota", "cannot start the quota saver: {e}"))
+            .ok();
+        *self.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = thread;
     }
 }
 

@@ -305,6 +305,21 @@ impl Ledger {
         inner.slots.len()
     }
 
+    /// Bytes used per identity now (an upgrade's old process reports what
+    /// its draining flows add after the handover).
+    pub fn used_by(&self) -> Vec<(String, u64)> {
+        self.lock().slots.iter().map(|(n, s)| (n.clone(), s.meter.used())).collect()
+    }
+
+    /// Adds `n` bytes to a known identity's counter (what the old process
+    /// of an upgrade counted after the handover); false if unknown.
+    pub fn credit(&self, identity: &str, n: u64) -> bool {
+        let inner = self.lock();
+        let Some(slot) = inner.slots.get(identity) else { return false };
+        slot.meter.add(n);
+        true
+    }
+
     /// The kept-aside state file, while failed closed.
     pub fn closed(&self) -> Option<String> {
         self.lock().closed.clone()

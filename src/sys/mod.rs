@@ -25,11 +25,23 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
-/// The signals egressd handles itself: stop (TERM, INT) and reload (HUP).
+/// The signals egressd handles itself: stop (TERM, INT), reload (HUP)
+/// and upgrade (USR2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
     Stop,
     Reload,
+    Upgrade,
+}
+
+impl Signal {
+    fn of(sig: libc::c_int) -> Signal {
+        match sig {
+            libc::SIGHUP => Signal::Reload,
+            libc::SIGUSR2 => Signal::Upgrade,
+            _ => Signal::Stop,
+        }
+    }
 }
 
 fn handled_set() -> libc::sigset_t {
@@ -37,14 +49,14 @@ fn handled_set() -> libc::sigset_t {
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid, writable sigset_t.
     unsafe { libc::sigemptyset(&mut set) };
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR2] {
         // SAFETY: `set` is initialised; the signal numbers are valid.
         unsafe { libc::sigaddset(&mut set, sig) };
     }
     set
 }
 
-/// Blocks TERM, INT and HUP in the calling thread and every thread it
+/// Blocks TERM, INT, HUP and USR2 in the calling thread and every thread it
 /// spawns afterwards, so that only [`wait_signal`] receives them.
 pub fn block_signals() -> io::Result<()> {
     let set = handled_set();
@@ -65,7 +77,7 @@ pub fn wait_signal() -> io::Result<Signal> {
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(rc));
     }
-    Ok(if sig == libc::SIGHUP { Signal::Reload } else { Signal::Stop })
+    Ok(Signal::of(sig))
 }
 
 /// Waits up to `timeout` for one of the blocked signals: `None` when none
@@ -85,7 +97,7 @@ pub fn wait_signal_timeout(timeout: std::time::Duration) -> io::Result<Option<Si
             _ => Err(e),
         };
     }
-    Ok(Some(if sig == libc::SIGHUP { Signal::Reload } else { Signal::Stop }))
+    Ok(Some(Signal::of(sig)))
 }
 
 /// A terminal's settings as they were before [`term_keys_mode`] changed them.
@@ -385,6 +397,139 @@ pub fn recv_mmsg(
         };
     }
     Ok(got)
+}
+
+/// Sends SIGUSR2 to this process: the control thread asks the main thread
+/// (waiting in [`wait_signal`]) for an upgrade the way a service manager does.
+pub fn raise_upgrade() -> io::Result<()> {
+    // SAFETY: kill(2) with our own pid and a valid signal number reads no memory.
+    if unsafe { libc::kill(libc::getpid(), libc::SIGUSR2) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Lets `fd` survive exec (clears FD_CLOEXEC), or not: how the new process
+/// of an upgrade inherits its end of the handover socket.
+pub fn set_inheritable(fd: BorrowedFd<'_>, inherit: bool) -> io::Result<()> {
+    let flag = if inherit { 0 } else { libc::FD_CLOEXEC };
+    // SAFETY: `fd` is a live descriptor; F_SETFD takes an int argument.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flag) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Most descriptors one message carries (the kernel's SCM_MAX_FD is 253).
+pub const MAX_FDS_PER_MSG: usize = 250;
+
+/// Control-message space for [`MAX_FDS_PER_MSG`] descriptors, aligned as
+/// `cmsghdr` requires.
+#[repr(C, align(8))]
+struct FdCmsg([u8; 1024 + 64]);
+
+/// Sends one message (a SOCK_SEQPACKET record) with `fds` attached
+/// (SCM_RIGHTS): at most [`MAX_FDS_PER_MSG`] of them.
+// msg_controllen is size_t on glibc, socklen_t on musl: the casts are needed on one of them.
+#[allow(clippy::unnecessary_cast)]
+pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    if fds.len() > MAX_FDS_PER_MSG {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors for one message"));
+    }
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    let mut ctrl = FdCmsg([0; 1024 + 64]);
+    let raw: Vec<libc::c_int> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let payload = std::mem::size_of_val(raw.as_slice()) as libc::c_uint;
+    // SAFETY: msghdr is plain data; every field we rely on is set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !raw.is_empty() {
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+        msg.msg_control = ctrl.0.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: msg_control points at `ctrl`, large enough for one header
+        // and MAX_FDS_PER_MSG ints (checked above), so the first header is valid.
+        let cmsg = unsafe { &mut *libc::CMSG_FIRSTHDR(&msg) };
+        cmsg.cmsg_level = libc::SOL_SOCKET;
+        cmsg.cmsg_type = libc::SCM_RIGHTS;
+        // SAFETY: CMSG_LEN only computes a size.
+        cmsg.cmsg_len = unsafe { libc::CMSG_LEN(payload) } as _;
+        // SAFETY: CMSG_DATA points inside `ctrl` with room for `payload`
+        // bytes (space computed above); `raw` holds exactly that many.
+        unsafe {
+            std::ptr::copy_nonoverlapping(raw.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), payload as usize)
+        };
+    }
+    // SAFETY: `sock` is a live socket; `msg` points at `iov` (valid for
+    // `data.len()` bytes, only read) and `ctrl`, both alive for the call.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Receives one message (a SOCK_SEQPACKET record) and the descriptors
+/// attached to it, which arrive close-on-exec and owned by the caller.
+/// Blocks as the socket does; `(0, [])` at the peer's end.
+#[allow(clippy::unnecessary_cast)]
+pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut ctrl = FdCmsg([0; 1024 + 64]);
+    // SAFETY: msghdr is plain data; every field we rely on is set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctrl.0.as_mut_ptr().cast();
+    msg.msg_controllen = ctrl.0.len() as _;
+    // SAFETY: `sock` is a live socket; `msg` points at `iov` and `ctrl`,
+    // valid and writable for their stated lengths for the whole call.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    // SAFETY: `msg` was filled by recvmsg; CMSG_FIRSTHDR/NXTHDR stay within
+    // msg_control/msg_controllen, which the kernel set.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !c.is_null() {
+        // SAFETY: `c` is a non-null header within the control buffer.
+        let h = unsafe { &*c };
+        if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN(0) only computes a size.
+            let head = unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = (h.cmsg_len as usize).saturating_sub(head) / std::mem::size_of::<libc::c_int>();
+            // SAFETY: CMSG_DATA of a valid header points at its payload.
+            let data = unsafe { libc::CMSG_DATA(c) };
+            for i in 0..count {
+                // SAFETY: `count` ints fit the payload the kernel wrote; read unaligned.
+                let fd = unsafe { std::ptr::read_unaligned(data.cast::<libc::c_int>().add(i)) };
+                // SAFETY: SCM_RIGHTS hands us new descriptors that nothing else owns.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+        // SAFETY: `msg` and `c` are valid as above.
+        c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "descriptors truncated (MSG_CTRUNC)"));
+    }
+    Ok(((n as usize).min(buf.len()), fds))
+}
+
+/// Takes ownership of descriptor `fd`, inherited across exec and named in
+/// the environment (the handover socket of an upgrade); the caller checked
+/// that it is open, and nothing else in the process owns it.
+pub fn adopt_fd(fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is open (checked above) and, inherited at exec and
+    // named only by the environment, owned by no other object here.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

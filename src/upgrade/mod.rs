@@ -1,3 +1,557 @@
-//! Zero-downtime upgrades (issue 28).
+//! Zero-downtime upgrades (issue 28): the running egressd starts the new
+//! binary with its own arguments and hands it, over a private socket pair
+//! (SOCK_SEQPACKET, descriptors by SCM_RIGHTS), the very sockets it serves
+//! on and the live state a restart would lose; then it stops accepting and
+//! drains. The record format and the exchange are in [`wire`].
+//!
+//! ```text
+//!  egressd upgrade / SIGUSR2 ─► old: check binary ─ spawn(new, same args, EGRESSD_HANDOVER_FD)
+//!     old ─ Hello ─► new: config check ─ Ask ─► old: restart-only keys equal?
+//!     old ─ Sockets + fds ─► ─ (quota saved, saver stopped) ─ State ─►
+//!     new: serves on the same sockets ─ Ready ─► old: stops accepting, drains
+//!     (any failure before Ready: the new one is killed, the old serves on)
+//! ```
+//!
+//! The handover socket is inherited, not the public control socket: no
+//! other process can ask for the listeners. The kill switch and the
+//! intercept rules are never touched: at every moment a socket egressd
+//! owns is open, and what no process reads waits in its queue.
 
 pub mod notify;
+pub mod wire;
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use log::{info, warn};
+use socket2::{Domain, Socket, Type};
+
+use crate::config::Settings;
+use crate::front::FrontSockets;
+use crate::quota::{Keeper, Ledger};
+use crate::sys;
+use wire::{Ask, Msg, WireError};
+
+/// The environment variable naming the new process's end of the handover socket.
+pub const HANDOVER_FD_ENV: &str = "EGRESSD_HANDOVER_FD";
+/// Overrides the handover version this binary speaks: for testing that
+/// an upgrade between two versions is refused, never for production.
+pub const VERSION_ENV: &str = "EGRESSD_HANDOVER_VERSION";
+/// How long the new process has to load its config, take the sockets and
+/// say it serves.
+pub const CONFIRM: Duration = Duration::from_secs(30);
+/// Old processes that may be draining at once: each holds its open flows
+/// and their memory until they end or `tcp.drain_timeout_secs`; a further
+/// upgrade is refused until one has ended.
+pub const MAX_DRAINING: usize = 4;
+/// How long a drained worker stays for UDP replies and DNS answers still
+/// on their way to the sessions it served.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// The handover version this process speaks.
+pub fn version() -> u32 {
+    std::env::var(VERSION_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(wire::VERSION)
+}
+
+/// What an upgrade tells the one who asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    Line(String),
+    /// The last word: done, or why not.
+    End(Result<(), String>),
+    /// Returns once the control thread wrote the last word (the channel
+    /// has no room: a send waits for the receiver), before the process ends.
+    Sync,
+}
+
+/// An upgrade asked over the control socket.
+pub struct Request {
+    pub binary: Option<PathBuf>,
+    /// Report until the old process ends (else until the handover).
+    pub wait: bool,
+    pub report: Sender<Report>,
+}
+
+/// Where the control thread leaves an upgrade request for the main thread
+/// (which it then wakes with SIGUSR2, as a service manager would).
+#[derive(Default)]
+pub struct Desk(Mutex<Option<Request>>);
+
+impl Desk {
+    pub fn put(&self, r: Request) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+    }
+
+    pub fn take(&self) -> Option<Request> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Refuses a binary that anyone but root could have written: it would run
+/// with egressd's privileges and get every listener.
+pub fn check_binary(path: &Path) -> Result<(), String> {
+    let m = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !m.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    if m.uid() != 0 {
+        return Err(format!("{} is owned by uid {}, not root", path.display(), m.uid()));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is writable by group or others (mode {:o}): chmod go-w it",
+            path.display(),
+            m.mode() & 0o7777
+        ));
+    }
+    if m.mode() & 0o111 == 0 {
+        return Err(format!("{} is not executable", path.display()));
+    }
+    Ok(())
+}
+
+/// Whether a process still runs (a zombie does not).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(s) => s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+/// One end of the handover socket: records in and out, with descriptors.
+pub struct Link {
+    sock: Socket,
+    version: u32,
+    buf: Vec<u8>,
+}
+
+impl Link {
+    fn new(sock: Socket) -> Link {
+        Link { sock, version: version(), buf: vec![0; wire::MAX_RECORD + 1] }
+    }
+
+    pub fn send(&self, msg: &Msg, fds: &[BorrowedFd<'_>]) -> Result<(), String> {
+        let rec = wire::encode(self.version, msg);
+        sys::send_with_fds(self.sock.as_fd(), &rec, fds)
+            .map(|_| ())
+            .map_err(|e| format!("handover socket: {e}"))
+    }
+
+    /// The next message and its descriptors, waiting until `deadline`;
+    /// `Ok(None)` when the other side closed.
+    pub fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<(Msg, Vec<OwnedFd>)>, String> {
+        let wait =
+            deadline.map(|d| d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
+        self.sock.set_read_timeout(wait).map_err(|e| e.to_string())?;
+        let (n, fds) = match sys::recv_with_fds(self.sock.as_fd(), &mut self.buf) {
+            Ok(r) => r,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return Err("timed out".into());
+            }
+            Err(e) => return Err(format!("handover socket: {e}")),
+        };
+        if n == 0 && fds.is_empty() {
+            return Ok(None);
+        }
+        let theirs = wire::version_of(&self.buf[..n]);
+        match wire::decode(&self.buf[..n], self.version) {
+            // A refusal from a process of another version: the versions are the reason.
+            Ok(Msg::Refuse { .. }) if theirs.is_some_and(|v| v != self.version) => {
+                Err(WireError::Version(theirs.unwrap_or(0), self.version).to_string())
+            }
+            Ok(m) => Ok(Some((m, fds))),
+            Err(e @ WireError::Version(..)) => {
+                let _ = self.send(&Msg::Refuse { reason: e.to_string() }, &[]);
+                Err(e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// What the old process hands over.
+pub struct Handing<'a> {
+    pub settings: &'a Settings,
+    /// Per front loop: its TCP listeners, then its UDP sockets.
+    pub fronts: Vec<Vec<OwnedFd>>,
+    pub control: Option<BorrowedFd<'a>>,
+    pub metrics: Option<BorrowedFd<'a>>,
+    pub state: wire::State,
+    pub keeper: &'a Arc<Keeper>,
+    /// Older processes still draining.
+    pub draining: Vec<u32>,
+}
+
+/// A handover the new process confirmed.
+pub struct Handed {
+    pub pid: u32,
+    /// The new process now serves the control socket (so the old one
+    /// leaves its file alone at exit).
+    pub control: bool,
+    link: Link,
+    /// The quota counters as saved at the handover.
+    base: Vec<(String, u64)>,
+}
+
+impl Handed {
+    /// As the old process ends: sends what its draining flows added to
+    /// the quota counters since the handover.
+    pub fn finish(self, ledger: &Ledger) {
+        let base: std::collections::HashMap<_, _> = self.base.into_iter().collect();
+        let bytes: Vec<(String, u64)> = ledger
+            .used_by()
+            .into_iter()
+            .filter_map(|(name, now)| {
+                let before = base.get(&name).copied().unwrap_or(0);
+                // A period renewed meanwhile: all of it is new.
+                let d = if now >= before { now - before } else { now };
+                (d > 0).then_some((name, d))
+            })
+            .collect();
+        if let Err(e) = self.link.send(&Msg::Spent { bytes }, &[]) {
+            warn!(target: "egressd::upgrade", "cannot tell the new process what draining flows counted: {e}");
+        }
+    }
+}
+
+/// The old side: starts `binary` and hands over; `say` gets progress lines.
+/// On any failure the new process is stopped and this one serves on.
+pub fn hand_over(h: &Handing<'_>, binary: &Path, say: &mut dyn FnMut(String)) -> Result<Handed, String> {
+    let still: Vec<u32> = h.draining.iter().copied().filter(|&p| alive(p)).collect();
+    if still.len() >= MAX_DRAINING {
+        return Err(format!(
+            "{} older processes still drain their flows (PIDs {still:?}; at most {MAX_DRAINING}): wait for one \
+             to end (tcp.drain_timeout_secs) or stop one with kill",
+            still.len()
+        ));
+    }
+    check_binary(binary)?;
+    let (mine, theirs) = Socket::pair(Domain::UNIX, Type::SEQPACKET.cloexec(), None)
+        .map_err(|e| format!("cannot make the handover socket: {e}"))?;
+    let mut child = spawn(binary, &theirs)?;
+    drop(theirs);
+    let pid = child.id();
+    say(format!("started {} as PID {pid}", binary.display()));
+    let mut link = Link::new(mine);
+    match exchange(h, &mut link, pid, &still, say) {
+        Ok(base) => Ok(Handed { pid, control: h.control.is_some(), link, base }),
+        Err(why) => {
+            let why = match ended(&mut child) {
+                // It ended on its own, before or without saying why: its status is the news.
+                Some(status) if why.starts_with("handover socket") || why.contains("ended before") => {
+                    format!(
+                        "the new process (PID {pid}) exited with {} before the handover (see its log)",
+                        code(status)
+                    )
+                }
+                Some(status) => format!("{why}; the new process (PID {pid}) exited with {}", code(status)),
+                None => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    format!("{why}; the new process (PID {pid}) was stopped")
+                }
+            };
+            if h.keeper.handed() {
+                h.keeper.resume();
+            }
+            Err(why)
+        }
+    }
+}
+
+/// An exit status in words.
+fn code(s: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("status {c}"),
+        (None, Some(sig)) => format!("signal {sig}"),
+        _ => s.to_string(),
+    }
+}
+
+/// The child's exit status, if it ends within a moment.
+fn ended(child: &mut Child) -> Option<std::process::ExitStatus> {
+    let until = Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts the new binary with this process's arguments and its end of the
+/// handover socket (inherited: the only descriptor that is).
+fn spawn(binary: &Path, theirs: &Socket) -> Result<Child, String> {
+    sys::set_inheritable(theirs.as_fd(), true).map_err(|e| format!("handover socket: {e}"))?;
+    let child = Command::new(binary)
+        .args(std::env::args_os().skip(1))
+        .env(HANDOVER_FD_ENV, theirs.as_raw_fd().to_string())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", binary.display()));
+    let _ = sys::set_inheritable(theirs.as_fd(), false);
+    child
+}
+
+/// The old side's part of the exchange, up to Ready; the quota counters as
+/// handed over.
+fn exchange(
+    h: &Handing<'_>,
+    link: &mut Link,
+    pid: u32,
+    still: &[u32],
+    say: &mut dyn FnMut(String),
+) -> Result<Vec<(String, u64)>, String> {
+    let deadline = Some(Instant::now() + CONFIRM);
+    link.send(&Msg::Hello { pid: std::process::id(), draining: still.to_vec() }, &[])?;
+    let ask = match expect(link, deadline, "its config check")? {
+        Msg::Ask(a) => a,
+        other => return Err(format!("unexpected {}", name(&other))),
+    };
+    if let Err(why) = restart_only(h.settings, &ask) {
+        let _ = link.send(&Msg::Refuse { reason: why.clone() }, &[]);
+        return Err(why);
+    }
+    let control = h.control.filter(|_| ask.control_socket == h.settings.control.socket.display().to_string());
+    let metrics = h.metrics.filter(|_| ask.metrics_listen == h.settings.control.metrics_listen);
+    let mut fds: Vec<BorrowedFd<'_>> = h.fronts.iter().flatten().map(|f| f.as_fd()).collect();
+    fds.extend(control);
+    fds.extend(metrics);
+    if fds.len() > sys::MAX_FDS_PER_MSG {
+        let why = format!("{} sockets to hand over, more than {} at once", fds.len(), sys::MAX_FDS_PER_MSG);
+        let _ = link.send(&Msg::Refuse { reason: why.clone() }, &[]);
+        return Err(why);
+    }
+    let per_front = h.fronts.first().map_or(0, Vec::len);
+    let sockets = Msg::Sockets {
+        fronts: h.fronts.len(),
+        per_front,
+        control: control.is_some(),
+        metrics: metrics.is_some(),
+    };
+    link.send(&sockets, &fds)?;
+    // From here the new process may load the quota state: this one's last save.
+    let base = h.keeper.hand_over()?;
+    link.send(&Msg::State(h.state.clone()), &[])?;
+    match expect(link, deadline, "its confirmation")? {
+        Msg::Ready { pid: p } if p == pid => {}
+        other => return Err(format!("unexpected {}", name(&other))),
+    }
+    say(format!(
+        "handed over: {} TCP listeners, {} UDP sockets{}{}, {} route set routes, {} label routes, quota counters \
+         ({}) to new process {pid}",
+        h.fronts.len() * per_front / 2,
+        h.fronts.len() * per_front / 2,
+        if control.is_some() { ", the control socket" } else { "" },
+        if metrics.is_some() { ", the metrics listener" } else { "" },
+        h.state.routes.len(),
+        h.state.labels.len(),
+        base.len(),
+    ));
+    Ok(base)
+}
+
+/// The next message, a refusal or the end turned into the reason.
+fn expect(link: &mut Link, deadline: Option<Instant>, what: &str) -> Result<Msg, String> {
+    match link.recv(deadline) {
+        Ok(Some((Msg::Refuse { reason }, _))) => Err(format!("the new process refused: {reason}")),
+        Ok(Some((m, _))) => Ok(m),
+        Ok(None) => Err(format!("the new process ended before {what}")),
+        Err(e) if e == "timed out" => {
+            Err(format!("no answer from the new process within {CONFIRM:?} ({what})"))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn name(m: &Msg) -> &'static str {
+    match m {
+        Msg::Hello { .. } => "Hello",
+        Msg::Ask(_) => "Ask",
+        Msg::Refuse { .. } => "Refuse",
+        Msg::Sockets { .. } => "Sockets",
+        Msg::State(_) => "State",
+        Msg::Ready { .. } => "Ready",
+        Msg::Spent { .. } => "Spent",
+    }
+}
+
+/// The keys only a restart changes that an upgrade cannot either: the
+/// listeners are handed over as they are (so `listen` and `threads`, which
+/// shape the SO_REUSEPORT groups, stay), and one `state_dir` keeps its
+/// one writer. A new `control.socket` or `metrics_listen` is applied: the
+/// new process opens it and the old one's is closed.
+pub fn restart_only(cur: &Settings, ask: &Ask) -> Result<(), String> {
+    let mut changed = Vec::new();
+    if cur.listen != ask.listen {
+        changed.push("listen");
+    }
+    if cur.threads != ask.threads {
+        changed.push("threads");
+    }
+    if cur.state_dir.display().to_string() != ask.state_dir {
+        changed.push("state_dir");
+    }
+    if changed.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{} changed in the config: an upgrade hands over the running listeners and state as they are; apply \
+         this with a restart",
+        changed.join(", ")
+    ))
+}
+
+/// What the new process received.
+pub struct Taken {
+    pub fronts: Vec<FrontSockets>,
+    pub control: Option<std::os::unix::net::UnixListener>,
+    pub metrics: Option<std::net::TcpListener>,
+    pub state: wire::State,
+    /// The process it replaces, and those still draining before it.
+    pub old: u32,
+    pub draining: Vec<u32>,
+}
+
+/// The new side: the link to the process being replaced.
+pub struct Inherited {
+    link: Link,
+}
+
+impl Inherited {
+    /// The handover socket named by [`HANDOVER_FD_ENV`], when this process
+    /// was started by an upgrade.
+    pub fn from_env() -> Option<Result<Inherited, String>> {
+        let v = std::env::var(HANDOVER_FD_ENV).ok()?;
+        Some(take_fd(&v).map(|sock| Inherited { link: Link::new(sock) }))
+    }
+
+    /// Tells the old process why this one will not serve.
+    pub fn refuse(&self, reason: &str) {
+        let _ = self.link.send(&Msg::Refuse { reason: reason.to_string() }, &[]);
+    }
+
+    /// Everything up to serving: the sockets and state, checked against
+    /// `settings`.
+    pub fn receive(&mut self, settings: &Settings) -> Result<Taken, String> {
+        let deadline = Some(Instant::now() + CONFIRM);
+        let (old, draining) = match self.next(deadline)? {
+            (Msg::Hello { pid, draining }, _) => (pid, draining),
+            (other, _) => return Err(format!("unexpected {} from the old process", name(&other))),
+        };
+        let ask = Ask {
+            pid: std::process::id(),
+            listen: settings.listen.clone(),
+            threads: settings.threads,
+            state_dir: settings.state_dir.display().to_string(),
+            control_socket: settings.control.socket.display().to_string(),
+            metrics_listen: settings.control.metrics_listen,
+        };
+        self.link.send(&Msg::Ask(ask), &[])?;
+        let (fronts, per_front, control, metrics, fds) = match self.next(deadline)? {
+            (Msg::Sockets { fronts, per_front, control, metrics }, fds) => {
+                (fronts, per_front, control, metrics, fds)
+            }
+            (other, _) => return Err(format!("unexpected {} from the old process", name(&other))),
+        };
+        let taken =
+            split(fds, (fronts, per_front, control, metrics), settings).inspect_err(|e| self.refuse(e))?;
+        let state = match self.next(deadline)? {
+            (Msg::State(s), _) => s,
+            (other, _) => return Err(format!("unexpected {} from the old process", name(&other))),
+        };
+        let mut draining: Vec<u32> = draining.into_iter().filter(|&p| alive(p)).collect();
+        draining.push(old);
+        Ok(Taken { state, old, draining, ..taken })
+    }
+
+    fn next(&mut self, deadline: Option<Instant>) -> Result<(Msg, Vec<OwnedFd>), String> {
+        match self.link.recv(deadline) {
+            Ok(Some((Msg::Refuse { reason }, _))) => Err(format!("the old process refused: {reason}")),
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err("the old process closed the handover".into()),
+            Err(e) => Err(format!("handover: {e}")),
+        }
+    }
+
+    /// Serving: tells the old process, then (on a thread of its own) adds
+    /// what its draining flows count to `ledger` and logs its end.
+    pub fn ready(mut self, old: u32, ledger: Arc<Ledger>) -> Result<(), String> {
+        self.link.send(&Msg::Ready { pid: std::process::id() }, &[])?;
+        let started = Instant::now();
+        std::thread::Builder::new()
+            .name("egressd-handover".into())
+            .spawn(move || {
+                loop {
+                    match self.link.recv(None) {
+                        Ok(Some((Msg::Spent { bytes }, _))) => {
+                            let n: u64 = bytes.iter().map(|(_, b)| b).sum();
+                            for (name, b) in &bytes {
+                                if !ledger.credit(name, *b) {
+                                    warn!(target: "egressd::upgrade", "old process counted {b} bytes for unknown quota identity {name}");
+                                }
+                            }
+                            if n > 0 {
+                                info!(target: "egressd::upgrade", "old process {old}: its draining flows counted {n} more quota bytes, added");
+                            }
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                info!(target: "egressd::upgrade", "old process {old} ended {:.1} s after the handover", started.elapsed().as_secs_f64());
+            })
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The descriptor number in `v`, taken over (checked to be a socket of ours).
+fn take_fd(v: &str) -> Result<Socket, String> {
+    let fd: i32 = v.parse().map_err(|_| format!("{HANDOVER_FD_ENV}={v:?} is not a descriptor number"))?;
+    if fd < 3 || !Path::new(&format!("/proc/self/fd/{fd}")).exists() {
+        return Err(format!("{HANDOVER_FD_ENV}={fd} is not an open descriptor"));
+    }
+    let owned = sys::adopt_fd(fd).map_err(|e| format!("{HANDOVER_FD_ENV}={fd}: {e}"))?;
+    let _ = sys::set_inheritable(owned.as_fd(), false);
+    Ok(Socket::from(owned))
+}
+
+/// The received descriptors in their places.
+fn split(
+    fds: Vec<OwnedFd>,
+    (fronts, per_front, control, metrics): (usize, usize, bool, bool),
+    settings: &Settings,
+) -> Result<Taken, String> {
+    let want = fronts * per_front + usize::from(control) + usize::from(metrics);
+    if fds.len() != want || fronts != settings.threads || per_front != 2 * settings.listen.len() {
+        return Err(format!(
+            "{} descriptors received for {fronts} fronts of {per_front}{}{}: not what this config serves",
+            fds.len(),
+            if control { " and the control socket" } else { "" },
+            if metrics { " and the metrics listener" } else { "" }
+        ));
+    }
+    let mut it = fds.into_iter();
+    let mut out = Vec::new();
+    for _ in 0..fronts {
+        let mine: Vec<OwnedFd> = it.by_ref().take(per_front).collect();
+        out.push(FrontSockets::from_fds(mine, &settings.listen).map_err(|e| e.to_string())?);
+    }
+    let control = control.then(|| std::os::unix::net::UnixListener::from(it.next().expect("counted")));
+    let metrics = metrics.then(|| std::net::TcpListener::from(it.next().expect("counted")));
+    Ok(Taken { fronts: out, control, metrics, state: wire::State::default(), old: 0, draining: Vec::new() })
+}
+
+#[cfg(test)]
+mod tests;

@@ -37,7 +37,7 @@ use std::collections::BinaryHeap;
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -109,6 +109,31 @@ pub enum Command {
     Settings(Arc<Settings>),
     /// Reset every TCP flow and end every UDP session of these sources.
     ResetSource(crate::route::Cidr),
+}
+
+/// How workers stop: the flag, how long their TCP flows may still drain
+/// (cut short by setting it to zero, then waking them), and how long a
+/// worker without flows stays for the UDP replies and DNS answers still
+/// on their way (after an upgrade; zero on a plain stop).
+#[derive(Debug, Default)]
+pub struct Stop {
+    pub now: AtomicBool,
+    pub grace_ms: AtomicU64,
+    pub linger_ms: AtomicU64,
+}
+
+impl Stop {
+    /// Stops with this grace and linger.
+    pub fn set(&self, grace: Duration, linger: Duration) {
+        self.grace_ms.store(grace.as_millis() as u64, Ordering::SeqCst);
+        self.linger_ms.store(linger.as_millis() as u64, Ordering::SeqCst);
+        self.now.store(true, Ordering::SeqCst);
+    }
+
+    fn times(&self) -> (Duration, Duration) {
+        let ms = |a: &AtomicU64| Duration::from_millis(a.load(Ordering::SeqCst));
+        (ms(&self.grace_ms), ms(&self.linger_ms))
+    }
 }
 
 /// Commands queued per worker; senders wait (bounded) when it is full.
@@ -312,10 +337,11 @@ impl WorkerLoop {
     }
 
     /// Runs until `stop` is set and every flow has ended (or `grace` passed).
-    pub fn run(mut self, stop: &AtomicBool, grace: Duration) -> io::Result<()> {
+    pub fn run(mut self, stop: &Stop) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_PER_TURN);
         let mut stopping_since: Option<Instant> = None;
         loop {
+            let (grace, linger) = stop.times();
             // Sleep until the next deadline, however far: with nothing due
             // (no flow, no session, no pool to look at) the loop costs nothing.
             let next = [
@@ -324,6 +350,7 @@ impl WorkerLoop {
                 self.next_pool_tick,
                 self.tallies.next_due(),
                 stopping_since.map(|t| t + grace),
+                stopping_since.filter(|_| self.flows.is_empty()).map(|t| t + linger),
             ]
             .into_iter()
             .flatten()
@@ -352,15 +379,20 @@ impl WorkerLoop {
             self.take_handoffs(HANDOFFS_PER_TURN);
             self.expire();
             self.expire_udp_idle();
-            self.tick_pools();
+            // A stopping worker (draining after an upgrade) fills no pool.
+            if stopping_since.is_none() {
+                self.tick_pools();
+            }
             let forget = self.settings.control.forget_sources;
             self.tallies.end_turn(&self.registry, &self.counters, self.now, forget);
             self.publish_shapers();
-            if stop.load(Ordering::SeqCst) {
+            if stop.now.load(Ordering::SeqCst) {
                 let since = *stopping_since.get_or_insert(self.now);
                 // Take what is still queued, so nothing handed over is lost.
                 self.take_handoffs(usize::MAX);
-                if self.flows.is_empty() || self.now.duration_since(since) >= grace {
+                let waited = self.now.duration_since(since);
+                let (grace, linger) = stop.times();
+                if (self.flows.is_empty() && waited >= linger) || waited >= grace {
                     debug!(target: "egressd::worker", "worker {} stopping with {} flows", self.id, self.flows.len());
                     return Ok(());
                 }

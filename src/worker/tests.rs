@@ -116,6 +116,7 @@ fn a_reset_survives_a_full_queue_or_says_it_did_not() {
         registry: Arc::default(),
         pools: Arc::default(),
         quota: Arc::new(crate::quota::Keeper::detached()),
+        upgrades: Arc::default(),
     };
     let source: Cidr = "10.8.0.11/32".parse().unwrap();
     let set = Request::RouteSet { source, tunnel: "a".into(), reset: true };

@@ -1,0 +1,179 @@
+//! The daemon's side of an upgrade (issue 28): what `run` hands over when
+//! asked, and what the new process takes over (see [`crate::upgrade`]).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use log::{error, info, warn};
+
+use super::run::{REPORT_WAIT, Served};
+use crate::config::RouteTarget;
+use crate::quota::{Keeper, Ledger};
+use crate::route::Cidr;
+use crate::snapshot::{LabelRoute, Labels, Live};
+use crate::upgrade::notify::{self, State};
+use crate::upgrade::{self, Report};
+
+/// Serving: tells the old process of an upgrade (if any) and systemd; the
+/// older processes still draining.
+pub(super) fn confirm(
+    inherited: Option<upgrade::Inherited>,
+    taken: Option<&upgrade::Taken>,
+    ledger: &Arc<Ledger>,
+) -> Vec<u32> {
+    let (Some(i), Some(t)) = (inherited, taken) else {
+        tell_systemd(&[State::Ready, State::Status("running".into())]);
+        return Vec::new();
+    };
+    if let Err(e) = i.ready(t.old, Arc::clone(ledger)) {
+        error!(target: "egressd", "upgrade: cannot confirm to the old process {}: {e}", t.old);
+    }
+    info!(target: "egressd", "upgrade: serving on the sockets of process {}", t.old);
+    tell_systemd(&[State::MainPid(std::process::id()), State::Ready, State::Status("running".into())]);
+    t.draining.clone()
+}
+
+/// The new process of an upgrade takes the old one's `route set` routes
+/// (onto its own config's) and label routes (until its follower syncs).
+pub(super) fn adopt_state(live: &Live, state: &upgrade::wire::State) {
+    let _ = live.update(|cur| {
+        let mut s = (*cur.settings).clone();
+        let mut manual = Vec::new();
+        for (cidr, tunnel) in &state.routes {
+            match (cidr.parse::<Cidr>(), s.tunnel_id(tunnel)) {
+                (Ok(c), Some(id)) => {
+                    s.routes.insert(c, RouteTarget::tunnel(id));
+                    manual.push(c);
+                }
+                _ => warn!(target: "egressd::upgrade", "route set {cidr} -> {tunnel} not kept: no such tunnel here"),
+            }
+        }
+        let labels: Vec<LabelRoute> = state
+            .labels
+            .iter()
+            .map(|l| LabelRoute {
+                addr: l.addr,
+                id: l.id.clone(),
+                name: l.name.clone(),
+                tunnel: l.tunnel.clone(),
+                class: l.class.clone(),
+            })
+            .collect();
+        let mut next = cur.with_settings(s);
+        for c in manual {
+            next = next.with_manual(c, true);
+        }
+        let labels = Labels::new(labels, &next.settings);
+        Ok::<_, ()>(next.with_labels(labels))
+    });
+    info!(
+        target: "egressd::upgrade",
+        "taken over: {} route set routes, {} label routes",
+        state.routes.len(),
+        state.labels.len()
+    );
+}
+
+/// What a running daemon hands over.
+pub(super) struct Serving<'a> {
+    pub live: &'a Live,
+    pub front_fds: &'a [Vec<OwnedFd>],
+    pub served: &'a Served,
+    pub keeper: &'a Arc<Keeper>,
+    pub draining: &'a [u32],
+}
+
+/// An upgrade, asked over the control socket or by SIGUSR2. `Some` once
+/// the new process serves: this one then drains and ends.
+pub(super) fn try_upgrade(
+    ctx: &Serving<'_>,
+    req: Option<upgrade::Request>,
+    exe: Option<&Path>,
+) -> Option<(upgrade::Handed, Option<crossbeam_channel::Sender<Report>>)> {
+    let (binary, wait, report) = match req {
+        Some(r) => (r.binary, r.wait, Some(r.report)),
+        None => (None, true, None),
+    };
+    let tell = |l: String| {
+        info!(target: "egressd::upgrade", "{l}");
+        if let Some(r) = &report {
+            let _ = r.send_timeout(Report::Line(l), REPORT_WAIT);
+        }
+    };
+    let Some(binary) = binary.or_else(|| exe.map(Path::to_path_buf)) else {
+        let why = "the path this process was started from is unknown: give --binary".to_string();
+        error!(target: "egressd::upgrade", "upgrade failed: {why}");
+        if let Some(r) = &report {
+            let _ = r.send_timeout(Report::End(Err(why)), REPORT_WAIT);
+        }
+        return None;
+    };
+    let shared = ctx.live.load();
+    let routes = shared
+        .settings
+        .routes
+        .iter()
+        .filter(|(c, _)| shared.manual.contains(c))
+        .map(|(c, t)| (c.to_string(), shared.settings.tunnels[usize::from(t.tunnel)].name.clone()))
+        .collect();
+    let labels = shared
+        .labels
+        .routes()
+        .map(|r| upgrade::wire::Label {
+            addr: r.addr,
+            id: r.id.clone(),
+            name: r.name.clone(),
+            tunnel: r.tunnel.clone(),
+            class: r.class.clone(),
+        })
+        .collect();
+    let fronts =
+        ctx.front_fds.iter().map(|f| f.iter().filter_map(|d| d.try_clone().ok()).collect()).collect();
+    let handing = upgrade::Handing {
+        settings: &shared.settings,
+        fronts,
+        control: ctx.served.control.as_ref().map(AsFd::as_fd),
+        metrics: ctx.served.metrics.as_ref().map(AsFd::as_fd),
+        state: upgrade::wire::State { routes, labels },
+        keeper: ctx.keeper,
+        draining: ctx.draining.to_vec(),
+    };
+    let mut say = |l: String| tell(l);
+    match upgrade::hand_over(&handing, &binary, &mut say) {
+        Ok(h) => {
+            // Before the client hears of it: no request reaches this process any more.
+            ctx.served.stop();
+            tell_systemd(&[
+                State::MainPid(h.pid),
+                State::Status(format!("handed over to {}; draining", h.pid)),
+            ]);
+            let report = if wait {
+                report
+            } else {
+                if let Some(r) = report {
+                    let _ = r.send_timeout(Report::End(Ok(())), REPORT_WAIT);
+                }
+                None
+            };
+            Some((h, report))
+        }
+        Err(why) => {
+            let why = format!("{why}; still serving (PID {})", std::process::id());
+            error!(target: "egressd::upgrade", "upgrade failed: {why}");
+            if let Some(r) = &report {
+                let _ = r.send_timeout(Report::End(Err(why)), REPORT_WAIT);
+            }
+            None
+        }
+    }
+}
+
+/// Tells systemd (`Type=notify` in contrib/egressd.service) what the daemon
+/// is doing: without `READY=1` a `Type=notify` start would time out. Nothing
+/// happens outside systemd; a failure is only worth a warning.
+pub(super) fn tell_systemd(state: &[State]) {
+    if let Err(e) = notify::notify(state) {
+        warn!(target: "egressd", "cannot notify systemd: {e}");
+    }
+}

@@ -1,0 +1,105 @@
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+
+use super::*;
+
+fn settings() -> Settings {
+    let text = r#"(listen: ["10.8.0.1:10900"], tunnels: { "a": Direct() }, routes: [(source: "10.8.0.10", tunnel: "a")])"#;
+    Settings::parse("t.ron", text).unwrap()
+}
+
+fn ask_of(s: &Settings) -> Ask {
+    Ask {
+        pid: 1,
+        listen: s.listen.clone(),
+        threads: s.threads,
+        state_dir: s.state_dir.display().to_string(),
+        control_socket: s.control.socket.display().to_string(),
+        metrics_listen: s.control.metrics_listen,
+    }
+}
+
+#[test]
+fn restart_only_keys_that_cannot_be_handed_over_refuse_the_upgrade() {
+    let s = settings();
+    assert_eq!(restart_only(&s, &ask_of(&s)), Ok(()));
+    let mut a = ask_of(&s);
+    a.control_socket = "/run/other.sock".into();
+    a.metrics_listen = Some("127.0.0.1:9100".parse().unwrap());
+    assert_eq!(restart_only(&s, &a), Ok(()), "applied by the new process, not refused");
+    let mut a = ask_of(&s);
+    a.listen.push("10.9.0.1:10900".parse().unwrap());
+    a.threads += 1;
+    a.state_dir = "/srv/x".into();
+    let e = restart_only(&s, &a).unwrap_err();
+    assert!(e.starts_with("listen, threads, state_dir changed"), "{e}");
+}
+
+#[test]
+fn only_a_root_owned_binary_nobody_else_can_write_is_started() {
+    let dir = std::env::temp_dir().join(format!("eg-upgrade-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("egressd");
+    std::fs::write(&bin, "#!/bin/sh\nexit 0\n").unwrap();
+    let mode = |m| std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(m)).unwrap();
+    let root = std::fs::metadata(&bin).map(|m| m.uid() == 0).unwrap();
+    mode(0o755);
+    if root {
+        assert_eq!(check_binary(&bin), Ok(()));
+    } else {
+        assert!(check_binary(&bin).unwrap_err().contains("not root"));
+    }
+    mode(0o775);
+    assert!(check_binary(&bin).unwrap_err().contains(if root { "writable by group" } else { "not root" }));
+    mode(0o644);
+    if root {
+        assert!(check_binary(&bin).unwrap_err().contains("not executable"));
+    }
+    assert!(check_binary(&dir).unwrap_err().contains("not a regular file"));
+    assert!(check_binary(&dir.join("missing")).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn this_process_is_alive_and_a_free_pid_is_not() {
+    assert!(alive(std::process::id()));
+    assert!(!alive(u32::MAX - 1));
+}
+
+#[test]
+fn records_carry_descriptors_and_a_version_mismatch_is_answered_with_a_refusal() {
+    let (a, b) = Socket::pair(Domain::UNIX, Type::SEQPACKET.cloexec(), None).unwrap();
+    let (mut a, mut b) = (Link::new(a), Link::new(b));
+    let file = std::fs::File::open("/proc/self/stat").unwrap();
+    a.send(&Msg::Ready { pid: 5 }, &[file.as_fd()]).unwrap();
+    let deadline = Some(Instant::now() + Duration::from_secs(5));
+    let (m, fds) = b.recv(deadline).unwrap().unwrap();
+    assert_eq!(m, Msg::Ready { pid: 5 });
+    assert_eq!(fds.len(), 1);
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(fds.into_iter().next().unwrap()), &mut text)
+        .unwrap();
+    assert!(text.starts_with(&std::process::id().to_string()), "the same file came across: {text}");
+    // The other side speaks version 99: its record is refused, and told why.
+    b.version = 99;
+    b.send(&Msg::Hello { pid: 1, draining: vec![] }, &[]).unwrap();
+    let e = a.recv(deadline).unwrap_err();
+    assert!(
+        e.starts_with(&format!("the other process speaks handover version 99, this one {}", wire::VERSION))
+    );
+    // ... and the refusal, of version 1, is the same news seen from 99.
+    let e = b.recv(deadline).unwrap_err();
+    assert!(
+        e.starts_with(&format!("the other process speaks handover version {}, this one 99", wire::VERSION))
+    );
+    drop(a);
+    assert!(b.recv(deadline).unwrap().is_none(), "end of stream");
+}
+
+#[test]
+fn a_silent_peer_times_out() {
+    let (a, _b) = Socket::pair(Domain::UNIX, Type::SEQPACKET.cloexec(), None).unwrap();
+    let mut a = Link::new(a);
+    let e = a.recv(Some(Instant::now() + Duration::from_millis(50))).unwrap_err();
+    assert_eq!(e, "timed out");
+}

@@ -1,0 +1,228 @@
+//! The handover format: what the running egressd and the new binary of an
+//! upgrade say to each other, one SOCK_SEQPACKET record per message.
+//!
+//! ```text
+//!   egressd-handover <version>\n      ← every record; another version: refused
+//!   {"Hello":{...}}                    ← one message, JSON
+//! ```
+//!
+//! Descriptors (SCM_RIGHTS) ride with the record that lists them. Pure:
+//! [`decode`] takes any bytes (the fuzz target `handover` feeds it).
+//!
+//! ```text
+//!   old                                   new (started with EGRESSD_HANDOVER_FD)
+//!    │ Hello {pid, draining}          ─►   │ loads and checks its config
+//!    │                                ◄─   Ask {what its config serves} | Refuse
+//!    │ (restart-only keys compared)        │
+//!    │ Sockets {...} + listeners      ─►   │
+//!    │ (quota saver paused, saved)         │
+//!    │ State {routes, labels}         ─►   │ starts serving on the same sockets
+//!    │                                ◄─   Ready {pid}
+//!    │ stops accepting, drains ...         │
+//!    │ Spent {bytes per identity}     ─►   │ added to its quota counters
+//!    ╳ exits (end of stream)               │ logs the old process's end
+//! ```
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+/// The version this binary speaks. Bumped on any change to [`Msg`] a peer
+/// of the previous version could misread: between two versions the
+/// upgrade is refused, in either direction (a rollback too).
+pub const VERSION: u32 = 1;
+
+/// A record's first line, up to the version.
+const MAGIC: &str = "egressd-handover ";
+
+/// The longest record (a `State` of many routes and labels; larger ones
+/// are refused as malformed rather than read in part).
+pub const MAX_RECORD: usize = 4 << 20;
+
+/// One message of the handover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    /// Old → new, first: who hands over, and the older processes still
+    /// draining (so the new one knows how many there are).
+    Hello { pid: u32, draining: Vec<u32> },
+    /// New → old: what the new config would serve, to compare the keys
+    /// that only a restart changes.
+    Ask(Ask),
+    /// Either way: the upgrade stops here, and why.
+    Refuse { reason: String },
+    /// Old → new: the listening sockets, attached in this order: for each
+    /// front loop its TCP listeners then its UDP sockets (one per listen
+    /// address each), then the control socket and the metrics listener
+    /// when present.
+    Sockets { fronts: usize, per_front: usize, control: bool, metrics: bool },
+    /// Old → new: the live routing state.
+    State(State),
+    /// New → old: serving; the old one may stop accepting.
+    Ready { pid: u32 },
+    /// Old → new, as the old one ends: bytes its draining flows counted
+    /// after the handover, per quota identity.
+    Spent { bytes: Vec<(String, u64)> },
+}
+
+/// What the new process's config would serve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ask {
+    pub pid: u32,
+    pub listen: Vec<SocketAddr>,
+    pub threads: usize,
+    pub state_dir: String,
+    pub control_socket: String,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// The routing state a restart would lose.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// `route set` routes: source CIDR and tunnel name.
+    pub routes: Vec<(String, String)>,
+    /// Docker label routes, as the follower last saw them.
+    pub labels: Vec<Label>,
+}
+
+/// One Docker label route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Label {
+    pub addr: IpAddr,
+    pub id: String,
+    pub name: String,
+    pub tunnel: String,
+    pub class: Option<String>,
+}
+
+/// Why a record was not understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireError {
+    /// Not a handover record at all (or cut short).
+    Malformed(String),
+    /// A record of another version (theirs, ours): the upgrade must be refused.
+    Version(u32, u32),
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::Malformed(why) => write!(f, "malformed handover record: {why}"),
+            WireError::Version(theirs, ours) => write!(
+                f,
+                "the other process speaks handover version {theirs}, this one {ours}: an upgrade between them \
+                 (or a rollback) is refused; restart instead"
+            ),
+        }
+    }
+}
+
+/// The record for `msg` in `version` (always [`VERSION`], but for tests of
+/// a refusal and the `EGRESSD_HANDOVER_VERSION` override).
+pub fn encode(version: u32, msg: &Msg) -> Vec<u8> {
+    let mut out = format!("{MAGIC}{version}\n").into_bytes();
+    // A Msg holds strings, numbers and addresses only: serializing cannot fail.
+    out.extend(serde_json::to_vec(msg).unwrap_or_default());
+    out
+}
+
+/// The version of a record, when its first line says one.
+pub fn version_of(record: &[u8]) -> Option<u32> {
+    let nl = record.iter().position(|&b| b == b'\n')?;
+    std::str::from_utf8(&record[..nl]).ok()?.strip_prefix(MAGIC)?.parse().ok()
+}
+
+/// The message of a record of version `want`.
+pub fn decode(record: &[u8], want: u32) -> Result<Msg, WireError> {
+    if record.len() > MAX_RECORD {
+        return Err(WireError::Malformed(format!("{} bytes, more than {MAX_RECORD}", record.len())));
+    }
+    let Some(version) = version_of(record) else {
+        return Err(WireError::Malformed("no `egressd-handover VERSION` line".into()));
+    };
+    let body = &record[record.iter().position(|&b| b == b'\n').unwrap_or(0) + 1..];
+    match serde_json::from_slice::<Msg>(body) {
+        Ok(m) if version == want => Ok(m),
+        // A refusal is read whatever its version: it says why in words.
+        Ok(m @ Msg::Refuse { .. }) => Ok(m),
+        _ if version != want => Err(WireError::Version(version, want)),
+        Err(e) => Err(WireError::Malformed(e.to_string())),
+        Ok(_) => unreachable!("version == want handled above"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<Msg> {
+        vec![
+            Msg::Hello { pid: 7, draining: vec![3, 5] },
+            Msg::Ask(Ask {
+                pid: 8,
+                listen: vec!["10.8.0.1:10900".parse().unwrap(), "[fd08::1]:10900".parse().unwrap()],
+                threads: 2,
+                state_dir: "/var/lib/egressd".into(),
+                control_socket: "/run/egressd.sock".into(),
+                metrics_listen: None,
+            }),
+            Msg::Refuse { reason: "listen changed".into() },
+            Msg::Sockets { fronts: 2, per_front: 2, control: true, metrics: false },
+            Msg::State(State {
+                routes: vec![("10.8.0.12/32".into(), "hk1".into())],
+                labels: vec![Label {
+                    addr: "10.8.0.20".parse().unwrap(),
+                    id: "abc".into(),
+                    name: "web\n\"1\"".into(),
+                    tunnel: "a".into(),
+                    class: Some("gold".into()),
+                }],
+            }),
+            Msg::Ready { pid: 8 },
+            Msg::Spent { bytes: vec![("web".into(), 1 << 40)] },
+        ]
+    }
+
+    #[test]
+    fn every_message_comes_back_as_it_was_sent() {
+        for m in all() {
+            let rec = encode(VERSION, &m);
+            assert!(rec.starts_with(b"egressd-handover 1\n"), "{:?}", String::from_utf8_lossy(&rec));
+            assert_eq!(decode(&rec, VERSION), Ok(m));
+        }
+    }
+
+    #[test]
+    fn another_version_is_refused_but_its_refusal_is_read() {
+        let rec = encode(2, &Msg::Hello { pid: 1, draining: vec![] });
+        assert_eq!(decode(&rec, VERSION), Err(WireError::Version(2, VERSION)));
+        assert!(
+            WireError::Version(2, 1)
+                .to_string()
+                .starts_with("the other process speaks handover version 2, this one 1")
+        );
+        let why = Msg::Refuse { reason: "handover version 1, this binary speaks 2".into() };
+        assert_eq!(decode(&encode(2, &why), VERSION), Ok(why));
+        // A later version's new message is still a version error, not "malformed".
+        let mut later = b"egressd-handover 3\n".to_vec();
+        later.extend(br#"{"Resume":{"x":1}}"#);
+        assert_eq!(decode(&later, VERSION), Err(WireError::Version(3, VERSION)));
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        for bad in [
+            &b""[..],
+            b"egressd-handover\n{}",
+            b"egressd-handover x\n{}",
+            b"egressd-handover 1\n",
+            b"egressd-handover 1\n{\"Hello\":{\"pid\":-1,\"draining\":[]}}",
+            b"hello 1\n{}",
+            b"egressd-handover 1{}",
+        ] {
+            assert!(matches!(decode(bad, VERSION), Err(WireError::Malformed(_))), "{bad:?}");
+        }
+        let huge = vec![b' '; MAX_RECORD + 1];
+        assert!(matches!(decode(&huge, VERSION), Err(WireError::Malformed(_))));
+    }
+}
