@@ -135,9 +135,15 @@ impl Keeper {
     pub fn hand_over(&self) -> Result<Vec<(String, u64)>, String> {
         self.stop_saver();
         self.ledger.tick(now_ms(), Instant::now());
-        save(&self.ledger, &self.shared, true)?;
+        // The counts as written, not as they are after the write: what
+        // flows add meanwhile is the old process's to report.
+        let snap = self.ledger.snapshot();
+        if self.shared.metered.load(Ordering::Relaxed) || !snap.entries.is_empty() || snap.closed.is_some() {
+            store::save(&self.shared.dir, &snap)
+                .map_err(|e| format!("cannot save the quota state in {}: {e}", self.shared.dir.display()))?;
+        }
         self.shared.handed.store(true, Ordering::SeqCst);
-        Ok(self.ledger.used_by())
+        Ok(snap.entries.into_iter().map(|e| (e.identity, e.used)).collect())
     }
 
     /// Whether [`Keeper::hand_over`] ran (and no resume since).
