@@ -49,6 +49,10 @@
 #   D  dockerd stopped: egressd notices (its log) and keeps its label routes;
 #      restarted (a container without restart policy is gone, one is added
 #      after): the label routes match `docker ps` again
+#   UP `egressd upgrade` with dockerd running: the new process serves the
+#      label routes it took over (they match `docker ps`, a labelled
+#      container leaves by its exit, the old process ended) and follows the
+#      events (a container started after leaves by its exit)
 #   M  100 labelled containers started (at least 90 must really run: a
 #      `docker run` failing on a loaded machine is Docker's, and is reported),
 #      each opening a DNS session through exit1; every running container's
@@ -67,7 +71,7 @@ set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
-plan_checks 24
+plan_checks 26
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
 # shellcheck source=tools/docker_lib.sh
@@ -417,10 +421,31 @@ wait_until 10 has_route "$(addr4 after)" exit1 && s=$(p_whoami after)
 [ "$s" = "$E1" ]
 verdict $? "D3 a container started after the reconnect leaves via its exit ($s)" "saw '$s'"
 
+# ------------------------------------------------------------------ UP an upgrade with dockerd running
+# `egressd upgrade` (waiting for the old process's end): the new process
+# takes the label routes over as they are and keeps following the events.
+up_out=$(nsx "$NS_GW" timeout -k 2 60 "$(egressd_bin)" upgrade --binary "$(egressd_bin)" --socket "$SOCK" 2>&1)
+up_rc=$?
+new_pid=$(printf '%s\n' "$up_out" | sed -n 's/.*to new process \([0-9]*\).*/\1/p' | head -n 1)
+s=""
+# The new process is the old one's child, not ours: kill -0, not pid_alive.
+[ "$up_rc" = 0 ] && [ -n "$new_pid" ] && kill -0 "$new_pid" 2>/dev/null && s=$(p_whoami after)
+old_gone=0
+wait_until 5 pid_gone "$EGRESSD_PID" && old_gone=1
+[ "$s" = "$E1" ] && routes_match && [ "$old_gone" = 1 ]
+verdict $? "UP1 egressd upgrade with dockerd running: $EGRESSD_PID -> ${new_pid:-?}, the label routes match docker ps and 'after' leaves via exit1 ($s)" \
+	"rc=$up_rc old gone=$old_gone new=${new_pid:-none} saw '$s'; want [$(printf '%s' "$want" | tr '\n' ' ')] have [$(routes_now | tr '\n' ' ')]; $(printf '%s' "$up_out" | tr '\n' ' ' | cut -c1-400)"
+[ -n "$new_pid" ] && EGRESSD_PID=$new_pid
+run_lab post --label egressd.tunnel=exit2 || die "container post"
+s=""
+wait_until 10 has_route "$(addr4 post)" exit2 && s=$(p_whoami post)
+[ "$s" = "$E2" ]
+verdict $? "UP2 after the upgrade the new process follows Docker: a container started now leaves via its exit2 ($s)" "saw '$s'"
+
 # ------------------------------------------------------------------ M many containers
 M_N=100  # containers asked for
 M_MIN=90 # of which at least this many must really run
-dk rm -f early w1 w2 stays after gone >/dev/null 2>&1
+dk rm -f early w1 w2 stays after gone post >/dev/null 2>&1
 routes_are() { [ "$(label_routes)" = "$1" ]; }
 at_least_routes() { [ "$(label_routes)" -ge "$1" ]; }
 sessions_are() { [ "$(stat_total udp_sessions_active)" = "$1" ]; }
@@ -463,8 +488,8 @@ left_sess=$(stat_total udp_sessions_active)
 	[ "$left_routes" = 0 ] && [ "$left_sess" = "$s0" ] && [ "$fd1" -le $((fd0 + 2)) ]
 verdict $? "M1 $started of $M_N labelled containers ran (at least $M_MIN must; started in $((t1 - t0)) s, removed after $((t2 - t0)) s): peak $peak label routes and $sess UDP (DNS) sessions open ($tot made), then 0 routes, sessions back to $s0; fds less the pools' $fd0 -> $fd1 (all: $fd0_raw -> $fd1_raw)" \
 	"ran $started (min $M_MIN), peak routes $peak (want $((started * 2))), sessions open $sess (want >= $started, made $tot), routes now $left_routes, sessions now $left_sess (was $s0), fds less the pools' $fd0 -> $fd1 (want <= +2; all: $fd0_raw -> $fd1_raw)"
-if pid_alive "$EGRESSD_PID"; then
-	pass "M2 egressd still running after all of it"
+if kill -0 "$EGRESSD_PID" 2>/dev/null; then
+	pass "M2 egressd (the process the upgrade started) still running after all of it"
 else
 	fail "M2 egressd should still run" "$(tail -n 5 "$EGRESSD_LOG" | tr '\n' ' ')"
 fi

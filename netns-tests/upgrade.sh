@@ -46,9 +46,8 @@
 #   1  the slow download started before the first upgrade, still running
 #      after the third, completes intact (byte count and sha256)
 #   2  the connection loop saw 0 failures across the 3 upgrades
-#   3  the UDP stream: every sequence number answered (its exit ports are
-#      measured: UDP sessions are not handed over yet, each upgrade moves
-#      the stream to a new exit port)
+#   3  the UDP stream: every sequence number answered, and the service saw
+#      one exit port throughout (the UDP session was handed over)
 #   4  the dig loop: every lookup answered
 #   5  `upgrade --binary exit1` (a binary that exits 1): non-zero exit,
 #      `upgrade failed:`/`upgrade refused:` with the reason; the old process
@@ -374,13 +373,15 @@ else
 fi
 out=$(gen_out up udp)
 peers=$(peers_of "$out")
-# UDP sessions are not handed over yet (issue 28 open): each upgrade moves
-# the stream to a new exit port, measured here, not checked.
-log "measured: upgrade: the UDP stream's exit ports: $peers"
-if gen_ok "$out" && [ "$UPS_OK" -eq 3 ]; then
-	pass "3 UDP stream across the 3 upgrades: no sequence number lost ($out)"
+case $peers in
+"$EXIT1:"*x*) one_peer=1 ;;
+*) one_peer=0 ;;
+esac
+case $peers in *,*) one_peer=0 ;; esac
+if gen_ok "$out" && [ "$one_peer" -eq 1 ] && [ "$UPS_OK" -eq 3 ]; then
+	pass "3 UDP stream across the 3 upgrades: no sequence number lost, one exit port throughout ($out)"
 else
-	fail "3 the UDP stream must lose nothing across the 3 upgrades" "$(upgrades_note)$out"
+	fail "3 the UDP stream must lose nothing and keep its exit port across the 3 upgrades" "$(upgrades_note)$out"
 fi
 out=$(gen_out up dig)
 if gen_ok "$out" && [ "$UPS_OK" -eq 3 ]; then

@@ -4,28 +4,36 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use log::{error, info, warn};
 
 use super::run::{REPORT_WAIT, Served};
 use crate::config::RouteTarget;
+use crate::front::{UdpHold, worker_for};
 use crate::quota::{Keeper, Ledger};
 use crate::route::Cidr;
 use crate::snapshot::{LabelRoute, Labels, Live};
 use crate::upgrade::notify::{self, State};
 use crate::upgrade::{self, Report};
+use crate::worker::{Command, Moved, WorkerHandle};
 
-/// Serving: tells the old process of an upgrade (if any) and systemd; the
-/// older processes still draining.
+/// Serving: takes in the old process's UDP sessions, tells it (if any)
+/// and systemd; the older processes still draining, and the link to the
+/// one replaced.
 pub(super) fn confirm(
     inherited: Option<upgrade::Inherited>,
-    taken: Option<&upgrade::Taken>,
+    taken: Option<&mut upgrade::Taken>,
     ledger: &Arc<Ledger>,
+    (workers, hold, fronts): (&[WorkerHandle], &UdpHold, &[Arc<mio::Waker>]),
 ) -> (Vec<u32>, Option<std::thread::JoinHandle<()>>) {
     let (Some(i), Some(t)) = (inherited, taken) else {
         tell_systemd(&[State::Ready, State::Status("running".into())]);
         return (Vec::new(), None);
     };
+    // The old sessions in, then UDP is read (what queued meanwhile first).
+    adopt_sessions(std::mem::take(&mut t.sessions), workers);
+    hold.release(fronts);
     let old = match i.ready(t.old, Arc::clone(ledger)) {
         Ok(h) => Some(h),
         Err(e) => {
@@ -86,6 +94,65 @@ pub(super) struct Serving<'a> {
     pub served: &'a Served,
     pub keeper: &'a Arc<Keeper>,
     pub draining: &'a [u32],
+    pub udp: &'a UdpOut<'a>,
+}
+
+/// How long the fronts and workers have to stop reading and hand out
+/// their sessions.
+const UDP_WAIT: Duration = Duration::from_secs(2);
+
+/// The old process's UDP sessions leaving (see [`upgrade::UdpMove`]).
+pub(super) struct UdpOut<'a> {
+    pub hold: &'a Arc<UdpHold>,
+    pub wakers: &'a [Arc<mio::Waker>],
+    pub workers: &'a [WorkerHandle],
+}
+
+impl upgrade::UdpMove for UdpOut<'_> {
+    fn export(&self) -> Result<Vec<Moved>, String> {
+        if !self.hold.hold(self.wakers, UDP_WAIT) {
+            return Err(format!("the front loops did not stop reading UDP within {UDP_WAIT:?}"));
+        }
+        let mut out = Vec::new();
+        for (i, w) in self.workers.iter().enumerate() {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if !w.command(Command::ExportUdp(tx), UDP_WAIT) {
+                return Err(format!("worker {i} did not take the session export within {UDP_WAIT:?}"));
+            }
+            match rx.recv_timeout(UDP_WAIT) {
+                Ok(m) => out.extend(m),
+                Err(_) => {
+                    return Err(format!("worker {i} did not hand out its UDP sessions within {UDP_WAIT:?}"));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn release(&self) {
+        self.hold.release(self.wakers);
+    }
+}
+
+/// The new process of an upgrade: each moved session to the worker its
+/// client's datagrams go to.
+fn adopt_sessions(moved: Vec<Moved>, workers: &[WorkerHandle]) {
+    let n = moved.len();
+    let mut per: Vec<Vec<Moved>> = workers.iter().map(|_| Vec::new()).collect();
+    for m in moved {
+        per[worker_for(m.client.ip(), workers.len())].push(m);
+    }
+    let mut taken = 0;
+    for (w, moved) in workers.iter().zip(per) {
+        if moved.is_empty() {
+            continue;
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if w.command(Command::AdoptUdp(moved, tx), UDP_WAIT) {
+            taken += rx.recv_timeout(UDP_WAIT).unwrap_or(0);
+        }
+    }
+    info!(target: "egressd::upgrade", "taken over: {taken} of {n} UDP sessions (same associations, same exit ports)");
 }
 
 /// An upgrade, asked over the control socket or by SIGUSR2. `Some` once
@@ -142,6 +209,7 @@ pub(super) fn try_upgrade(
         state: upgrade::wire::State { routes, labels },
         keeper: ctx.keeper,
         draining: ctx.draining.to_vec(),
+        udp: ctx.udp,
     };
     let mut say = |l: String| tell(l);
     match upgrade::hand_over(&handing, &binary, &mut say) {

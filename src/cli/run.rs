@@ -17,7 +17,7 @@ use log::{error, info, warn};
 use crate::config::{Settings, UdpSettings};
 use crate::control::Control;
 use crate::docker::client::Docker;
-use crate::front::{self, FrontLoop, FrontSockets};
+use crate::front::{self, FrontLoop, FrontSockets, UdpHold};
 use crate::pool::Pools;
 use crate::quota::Keeper;
 
@@ -85,15 +85,15 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     let Some((workers, handles)) = new_workers(&settings, &live, &common) else {
         return ExitCode::from(1);
     };
-    let sockets = match taken.as_mut().map(|t| std::mem::take(&mut t.fronts)) {
-        Some(s) => s,
-        None => match open_fronts(&settings) {
-            Some(s) => s,
-            None => return ExitCode::from(1),
-        },
+    let Some(sockets) =
+        taken.as_mut().map(|t| std::mem::take(&mut t.fronts)).or_else(|| open_fronts(&settings))
+    else {
+        return ExitCode::from(1);
     };
     let front_fds: Vec<Vec<OwnedFd>> = sockets.iter().filter_map(|s| s.fds().ok()).collect();
-    let Some(fronts) = new_fronts(sockets, &live, &handles, &registry) else {
+    // After an upgrade the fronts read no UDP until the old sessions are in.
+    let hold = Arc::new(if taken.is_some() { UdpHold::held() } else { UdpHold::default() });
+    let Some(fronts) = new_fronts(sockets, (&live, &handles, &registry), &hold) else {
         return ExitCode::from(1);
     };
     let served = serve_control(
@@ -117,11 +117,12 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     let stops = Stops::default();
     let threads = spawn_loops(workers, fronts, &stops);
     info!(target: "egressd", "running");
-    let (draining, predecessor) = super::handover::confirm(inherited, taken.as_ref(), &ledger);
+    let (draining, predecessor) =
+        super::handover::confirm(inherited, taken.as_mut(), &ledger, (&handles, &hold, &front_wakers));
+    let udp = super::handover::UdpOut { hold: &hold, wakers: &front_wakers, workers: &handles };
     let exe = std::env::current_exe().ok();
     let ended = loop {
-        let new = wait_for_stop(config, &live, &handles, (&pools, &keeper), &mut docker);
-        if !new {
+        if !wait_for_stop(config, &live, &handles, (&pools, &keeper), &mut docker) {
             break None;
         }
         let ctx = super::handover::Serving {
@@ -130,6 +131,7 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
             served: &served,
             keeper: &keeper,
             draining: &draining,
+            udp: &udp,
         };
         if let Some(h) = super::handover::try_upgrade(&ctx, upgrades.take(), exe.as_deref()) {
             break Some(h);
@@ -386,13 +388,12 @@ fn open_fronts(settings: &Settings) -> Option<Vec<FrontSockets>> {
 /// cannot start.
 fn new_fronts(
     sockets: Vec<FrontSockets>,
-    live: &Arc<Live>,
-    handles: &[WorkerHandle],
-    registry: &Registry,
+    (live, handles, registry): (&Arc<Live>, &[WorkerHandle], &Registry),
+    hold: &Arc<UdpHold>,
 ) -> Option<Vec<FrontLoop>> {
     let mut fronts = Vec::new();
     for (i, s) in sockets.into_iter().enumerate() {
-        match FrontLoop::new(i, Arc::clone(live), handles.to_vec(), registry.thread(), s) {
+        match FrontLoop::new(i, Arc::clone(live), handles.to_vec(), registry.thread(), s, Arc::clone(hold)) {
             Ok(f) => fronts.push(f),
             Err(e) => {
                 error!(target: "egressd", "front loop {i}: {e}");

@@ -47,8 +47,53 @@ const UDP_TOKEN: usize = 1 << 16;
 /// The stop wake-up (a front loop sleeps until an event, however long).
 const WAKER: Token = Token(usize::MAX);
 
+/// Holds every front loop's UDP reading (an upgrade: while sessions move
+/// between processes nobody reads, and datagrams wait in the sockets'
+/// queues). Each front says when it has seen the hold.
+#[derive(Debug, Default)]
+pub struct UdpHold {
+    on: AtomicBool,
+    seen: std::sync::atomic::AtomicUsize,
+}
+
+impl UdpHold {
+    /// Holds from the start (the new process of an upgrade).
+    pub fn held() -> UdpHold {
+        UdpHold { on: AtomicBool::new(true), seen: Default::default() }
+    }
+
+    /// Holds, wakes the fronts and waits (up to `wait`) until all `n` have
+    /// finished what they were reading; whether they all did.
+    pub fn hold(&self, wakers: &[Arc<mio::Waker>], wait: Duration) -> bool {
+        self.seen.store(0, Ordering::SeqCst);
+        self.on.store(true, Ordering::SeqCst);
+        for w in wakers {
+            let _ = w.wake();
+        }
+        let until = Instant::now() + wait;
+        while self.seen.load(Ordering::SeqCst) < wakers.len() {
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// Reading again: what queued meanwhile is read at once.
+    pub fn release(&self, wakers: &[Arc<mio::Waker>]) {
+        self.on.store(false, Ordering::SeqCst);
+        for w in wakers {
+            let _ = w.wake();
+        }
+    }
+}
+
 pub struct FrontLoop {
     id: usize,
+    /// UDP reading held (see [`UdpHold`]), and whether this loop holds now.
+    hold: Arc<UdpHold>,
+    holding: bool,
     poll: Poll,
     listeners: Vec<(TcpListener, SocketAddr)>,
     udp: Vec<(mio::net::UdpSocket, SocketAddr)>,
@@ -186,6 +231,7 @@ impl FrontLoop {
         workers: Vec<WorkerHandle>,
         counters: Arc<Counters>,
         sockets: FrontSockets,
+        hold: Arc<UdpHold>,
     ) -> io::Result<FrontLoop> {
         let seen = live.generation();
         let shared = live.load();
@@ -201,6 +247,8 @@ impl FrontLoop {
         Ok(FrontLoop {
             waker,
             id,
+            hold,
+            holding: false,
             poll,
             listeners,
             udp,
@@ -233,6 +281,19 @@ impl FrontLoop {
             {
                 return Err(e);
             }
+            let held = self.hold.on.load(Ordering::SeqCst);
+            if held != self.holding {
+                self.holding = held;
+                if held {
+                    // Between two turns: nothing half read, every batch handed over.
+                    self.hold.seen.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    // Edge-triggered: what queued while held raised its event then.
+                    for i in 0..self.udp.len() {
+                        self.recv_all(i);
+                    }
+                }
+            }
             let generation = self.live.generation();
             if generation != self.seen {
                 self.seen = generation;
@@ -244,7 +305,7 @@ impl FrontLoop {
             // leave the queue unread until the next datagram.
             for ev in events.iter() {
                 let t = ev.token().0;
-                if t >= UDP_TOKEN && ev.token() != WAKER {
+                if t >= UDP_TOKEN && ev.token() != WAKER && !self.holding {
                     self.recv_all(t - UDP_TOKEN);
                 }
             }

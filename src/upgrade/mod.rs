@@ -36,6 +36,7 @@ use crate::config::Settings;
 use crate::front::FrontSockets;
 use crate::quota::{Keeper, Ledger};
 use crate::sys;
+use crate::worker::Moved;
 use wire::{Ask, Msg, WireError};
 
 /// The environment variable naming the new process's end of the handover socket.
@@ -187,6 +188,19 @@ pub struct Handing<'a> {
     pub keeper: &'a Arc<Keeper>,
     /// Older processes still draining.
     pub draining: Vec<u32>,
+    /// Stops this process's UDP reading and takes its relaying sessions
+    /// out (see [`UdpMove`]).
+    pub udp: &'a dyn UdpMove,
+}
+
+/// How the old process's UDP sessions leave it.
+pub trait UdpMove {
+    /// Holds the fronts' UDP reading, then takes every relaying session out
+    /// of the workers.
+    fn export(&self) -> Result<Vec<Moved>, String>;
+    /// A handover that failed: reading again (the sessions taken out are
+    /// gone: their clients' next datagrams open new ones).
+    fn release(&self);
 }
 
 /// A handover the new process confirmed.
@@ -261,6 +275,7 @@ pub fn hand_over(h: &Handing<'_>, binary: &Path, say: &mut dyn FnMut(String)) ->
             if h.keeper.handed() {
                 h.keeper.resume();
             }
+            h.udp.release();
             Err(why)
         }
     }
@@ -343,13 +358,14 @@ fn exchange(
     // From here the new process may load the quota state: this one's last save.
     let base = h.keeper.hand_over()?;
     link.send(&Msg::State(h.state.clone()), &[])?;
+    let moved = send_sessions(link, h.udp.export()?)?;
     match expect(link, deadline, "its confirmation")? {
         Msg::Ready { pid: p } if p == pid => {}
         other => return Err(format!("unexpected {}", name(&other))),
     }
     say(format!(
-        "handed over: {} TCP listeners, {} UDP sockets{}{}, {} route set routes, {} label routes, quota counters \
-         ({}) to new process {pid}",
+        "handed over: {} TCP listeners, {} UDP sockets{}{}, {moved} UDP sessions, {} route set routes, {} label \
+         routes, quota counters ({}) to new process {pid}",
         h.fronts.len() * per_front / 2,
         h.fronts.len() * per_front / 2,
         if control.is_some() { ", the control socket" } else { "" },
@@ -359,6 +375,37 @@ fn exchange(
         base.len(),
     ));
     Ok(base)
+}
+
+/// Most sessions per record: two descriptors each, within SCM_MAX_FD.
+const SESSIONS_PER_RECORD: usize = sys::MAX_FDS_PER_MSG / 2;
+
+/// Sends the sessions in records of [`SESSIONS_PER_RECORD`], the last one
+/// marked (an empty one when there are none); how many.
+fn send_sessions(link: &Link, moved: Vec<Moved>) -> Result<usize, String> {
+    let n = moved.len();
+    let mut chunks = moved.chunks(SESSIONS_PER_RECORD).peekable();
+    if chunks.peek().is_none() {
+        return link.send(&Msg::Sessions { sessions: Vec::new(), last: true }, &[]).map(|()| 0);
+    }
+    while let Some(chunk) = chunks.next() {
+        let sessions = chunk
+            .iter()
+            .map(|m| wire::Session {
+                client: m.client,
+                dns_only: m.dns_only,
+                tunnel: m.tunnel.clone(),
+                relay: m.ctrl.is_some(),
+            })
+            .collect();
+        let fds: Vec<BorrowedFd<'_>> = chunk
+            .iter()
+            .flat_map(|m| m.ctrl.iter().chain(std::iter::once(&m.data)))
+            .map(AsFd::as_fd)
+            .collect();
+        link.send(&Msg::Sessions { sessions, last: chunks.peek().is_none() }, &fds)?;
+    }
+    Ok(n)
 }
 
 /// The next message, a refusal or the end turned into the reason.
@@ -383,6 +430,7 @@ fn name(m: &Msg) -> &'static str {
         Msg::State(_) => "State",
         Msg::Ready { .. } => "Ready",
         Msg::Spent { .. } => "Spent",
+        Msg::Sessions { .. } => "Sessions",
     }
 }
 
@@ -418,6 +466,8 @@ pub struct Taken {
     pub control: Option<std::os::unix::net::UnixListener>,
     pub metrics: Option<std::net::TcpListener>,
     pub state: wire::State,
+    /// The old process's relaying UDP sessions.
+    pub sessions: Vec<Moved>,
     /// The process it replaces, and those still draining before it.
     pub old: u32,
     pub draining: Vec<u32>,
@@ -470,9 +520,30 @@ impl Inherited {
             (Msg::State(s), _) => s,
             (other, _) => return Err(format!("unexpected {} from the old process", name(&other))),
         };
+        let mut sessions = Vec::new();
+        loop {
+            let (rows, last, fds) = match self.next(deadline)? {
+                (Msg::Sessions { sessions, last }, fds) => (sessions, last, fds),
+                (other, _) => return Err(format!("unexpected {} from the old process", name(&other))),
+            };
+            if fds.len() != rows.iter().map(wire::Session::fds).sum::<usize>() {
+                let why = format!("{} descriptors for {} UDP sessions", fds.len(), rows.len());
+                self.refuse(&why);
+                return Err(why);
+            }
+            let mut fds = fds.into_iter();
+            for r in rows {
+                let ctrl = if r.relay { fds.next() } else { None };
+                let Some(data) = fds.next() else { break };
+                sessions.push(Moved { client: r.client, dns_only: r.dns_only, tunnel: r.tunnel, ctrl, data });
+            }
+            if last {
+                break;
+            }
+        }
         let mut draining: Vec<u32> = draining.into_iter().filter(|&p| alive(p)).collect();
         draining.push(old);
-        Ok(Taken { state, old, draining, ..taken })
+        Ok(Taken { state, old, draining, sessions, ..taken })
     }
 
     fn next(&mut self, deadline: Option<Instant>) -> Result<(Msg, Vec<OwnedFd>), String> {
@@ -552,7 +623,15 @@ fn split(
     }
     let control = control.then(|| std::os::unix::net::UnixListener::from(it.next().expect("counted")));
     let metrics = metrics.then(|| std::net::TcpListener::from(it.next().expect("counted")));
-    Ok(Taken { fronts: out, control, metrics, state: wire::State::default(), old: 0, draining: Vec::new() })
+    Ok(Taken {
+        fronts: out,
+        control,
+        metrics,
+        state: wire::State::default(),
+        sessions: Vec::new(),
+        old: 0,
+        draining: Vec::new(),
+    })
 }
 
 #[cfg(test)]

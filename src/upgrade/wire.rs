@@ -16,7 +16,9 @@
 //!    │ (restart-only keys compared)        │
 //!    │ Sockets {...} + listeners      ─►   │
 //!    │ (quota saver paused, saved)         │
-//!    │ State {routes, labels}         ─►   │ starts serving on the same sockets
+//!    │ State {routes, labels}         ─►   │ serves on the same sockets (UDP held)
+//!    │ (its fronts stop reading UDP)       │
+//!    │ Sessions {...} + fds, ..., last ─►  │ takes the UDP sessions, reads UDP
 //!    │                                ◄─   Ready {pid}
 //!    │ stops accepting, drains ...         │
 //!    │ Spent {bytes per identity}     ─►   │ added to its quota counters
@@ -58,6 +60,10 @@ pub enum Msg {
     Sockets { fronts: usize, per_front: usize, control: bool, metrics: bool },
     /// Old → new: the live routing state.
     State(State),
+    /// Old → new, after `State`: relaying UDP sessions, their descriptors
+    /// attached in order (a relayed one's control connection, then its
+    /// relay socket; a Direct one's socket); `last` ends them.
+    Sessions { sessions: Vec<Session>, last: bool },
     /// New → old: serving; the old one may stop accepting.
     Ready { pid: u32 },
     /// Old → new, as the old one ends: bytes its draining flows counted
@@ -93,6 +99,23 @@ pub struct Label {
     pub name: String,
     pub tunnel: String,
     pub class: Option<String>,
+}
+
+/// One UDP session on its way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub client: SocketAddr,
+    pub dns_only: bool,
+    pub tunnel: String,
+    /// Through a SOCKS5 relay (two descriptors), else Direct (one).
+    pub relay: bool,
+}
+
+impl Session {
+    /// Descriptors it carries.
+    pub fn fds(&self) -> usize {
+        if self.relay { 2 } else { 1 }
+    }
 }
 
 /// Why a record was not understood.
@@ -178,6 +201,15 @@ mod tests {
                     class: Some("gold".into()),
                 }],
             }),
+            Msg::Sessions {
+                sessions: vec![Session {
+                    client: "10.8.0.11:40000".parse().unwrap(),
+                    dns_only: false,
+                    tunnel: "exit1".into(),
+                    relay: true,
+                }],
+                last: true,
+            },
             Msg::Ready { pid: 8 },
             Msg::Spent { bytes: vec![("web".into(), 1 << 40)] },
         ]

@@ -62,7 +62,7 @@ use handshake::{Drive, auth_of, connect, drive_handshake};
 use limits::{Refused, TcpSources, UdpCapHolds};
 use slab::{Kind, Slab};
 use std::collections::HashMap;
-pub use udp::{UdpBatch, UdpItem};
+pub use udp::{Moved, UdpBatch, UdpItem};
 
 const WAKER: Token = Token(usize::MAX);
 /// Scratch buffer shared by every flow of a worker. Large enough that the
@@ -103,12 +103,19 @@ pub enum Handoff {
 /// An order from the daemon (reload, control socket) to a worker. It has a
 /// queue of its own, which the data path never fills: a flood of
 /// connections cannot make a worker miss a reload or a reset.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Command {
     /// Reloaded settings (see `WorkerLoop::apply`).
     Settings(Arc<Settings>),
     /// Reset every TCP flow and end every UDP session of these sources.
     ResetSource(crate::route::Cidr),
+    /// An upgrade: every relaying UDP session, taken out for the new
+    /// process (after the hand-offs already queued: the fronts have
+    /// stopped reading).
+    ExportUdp(Sender<Vec<Moved>>),
+    /// The new process of an upgrade: the old one's sessions of this
+    /// worker's clients; how many were taken.
+    AdoptUdp(Vec<Moved>, Sender<usize>),
 }
 
 /// How workers stop: the flag, how long their TCP flows may still drain
@@ -413,6 +420,13 @@ impl WorkerLoop {
                     // change and hands over later is routed again.
                     self.routes.on_reset();
                     self.reset_source(c)
+                }
+                Command::ExportUdp(tx) => {
+                    self.take_handoffs(usize::MAX);
+                    let _ = tx.send(self.export_sessions());
+                }
+                Command::AdoptUdp(moved, tx) => {
+                    let _ = tx.send(self.adopt_sessions(moved));
                 }
             }
         }

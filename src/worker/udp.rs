@@ -55,12 +55,14 @@ mod batch;
 mod end;
 mod heavy;
 mod inbound;
+mod moved;
 mod open;
 mod outbound;
 mod reply;
 use associate::unspecified;
 pub(super) use associate::{associate_handshake, relay_addr, relay_socket};
 pub use batch::{UdpBatch, UdpItem};
+pub use moved::Moved;
 use reply::{ReplyPool, SourceCheck};
 
 /// What a queued datagram costs beyond its payload (its box and queue

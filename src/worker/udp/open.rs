@@ -144,7 +144,7 @@ impl WorkerLoop {
 
     /// Closes the session the table let go to take a new one in, and
     /// counts why.
-    fn made_room(&mut self, r: Insert<usize>) {
+    pub(super) fn made_room(&mut self, r: Insert<usize>) {
         match r {
             Insert::Added => {}
             Insert::Evicted(client, old) => {
@@ -225,7 +225,7 @@ impl WorkerLoop {
         }
     }
 
-    fn register_session(&mut self, slot: usize, generation: u32) -> bool {
+    pub(super) fn register_session(&mut self, slot: usize, generation: u32) -> bool {
         let reg = self.poll.registry();
         let Some(s) = self.udp.sessions.get_mut(slot) else { return false };
         let control = slab::token(slot, generation, Kind::UdpControl);
