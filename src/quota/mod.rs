@@ -31,8 +31,26 @@ use crate::route::Cidr;
 
 /// The identity of a labelled container's quota: its name (without
 /// Docker's leading `/`), so a re-created container keeps its allowance.
+/// A name the state file cannot hold (longer than [`state::MAX_NAME`]
+/// bytes, or empty) is shortened to its head and a stable hash of the
+/// whole (FNV-1a, the same in every run): saved as it is, it would make the
+/// next start read the file as corrupt and fail every quota closed.
 pub fn container_identity(name: &str) -> String {
-    name.trim_start_matches('/').to_string()
+    let name = name.trim_start_matches('/');
+    if name.is_empty() {
+        return "(unnamed)".into();
+    }
+    if name.len() <= state::MAX_NAME {
+        return name.to_string();
+    }
+    let hash = name
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let mut cut = state::MAX_NAME - 17;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}~{hash:016x}", &name[..cut])
 }
 
 /// The identity of a config route's quota: its prefix (`10.8.0.0/24`).
@@ -57,6 +75,19 @@ mod tests {
     fn identities() {
         assert_eq!(container_identity("/web"), "web");
         assert_eq!(container_identity("web"), "web");
+        assert_eq!(container_identity("/"), "(unnamed)");
+    }
+
+    #[test]
+    fn a_name_too_long_for_the_state_file_is_shortened_and_still_saves() {
+        let long = format!("/{}", "é".repeat(700));
+        let id = container_identity(&long);
+        assert!(id.len() <= state::MAX_NAME, "{}", id.len());
+        assert_eq!(id, container_identity(&long), "stable");
+        assert_ne!(id, container_identity(&format!("{long}x")), "another name, another identity");
+        let st =
+            State { closed: None, entries: vec![Entry { identity: id, start_ms: 1, len_ms: 1000, used: 5 }] };
+        assert_eq!(state::parse(&state::encode(&st)), Ok(st), "the file reads back");
         assert_eq!(route_identity(&"10.8.0.0/24".parse().unwrap()), "10.8.0.0/24");
         assert_eq!(route_identity(&"10.8.0.10".parse().unwrap()), "10.8.0.10/32");
         assert_eq!(route_identity(&"fd08::/64".parse().unwrap()), "fd08::/64");
