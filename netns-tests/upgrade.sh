@@ -55,6 +55,8 @@
 #      other egressd is left in gw
 #   6  `upgrade --binary v99` (handover version 99): refused, naming the
 #      version; the old process still serves, no other egressd left
+#   5b the config file broken (an unknown key) before `upgrade`: refused
+#      with the new process's config error; the old process still serves
 #   7  a `route set` route (c3 -> exit2, c3 has no config route) made before
 #      the upgrades still routes c3 through exit2 after them
 #   8  quota (`egressd quota list`, c0's USED): c0 downloads 2 MB before
@@ -88,7 +90,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
-plan_checks 15
+plan_checks 16
 # c4, routed by a Docker label only (with NEXITS=3 it has no config route).
 NCONT=5
 
@@ -456,6 +458,12 @@ refused() {
 }
 refused "5 upgrade to a binary that exits 1 fails and says why" "$BIN/exit1" 'upgrade (failed|refused): .*(exit|status)'
 refused "6 upgrade to a binary speaking handover version 99 is refused" "$BIN/v99" 'upgrade (failed|refused): .*99'
+# The config the new process would load is broken: its error is the reason.
+cp "$CONF" "$CONF.good"
+printf '(listen: ["10.8.0.1:10900"], typo_key: 1)\n' >"$CONF"
+refused "5b upgrade whose new process fails its config check is refused with the config error" "$EGRESSD" \
+	'upgrade failed: the new process refused: config error: .*typo_key'
+mv "$CONF.good" "$CONF"
 
 # ------------------------------------------------------------------ 0c a waiting upgrade
 before=$CUR_PID

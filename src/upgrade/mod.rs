@@ -151,7 +151,13 @@ impl Link {
         let wait =
             deadline.map(|d| d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
         self.sock.set_read_timeout(wait).map_err(|e| e.to_string())?;
-        let (n, fds) = match sys::recv_with_fds(self.sock.as_fd(), &mut self.buf) {
+        let mut got = sys::recv_with_fds(self.sock.as_fd(), &mut self.buf);
+        // A peer that exits with our record unread resets the socket; the
+        // error is said once, and what it sent before (its refusal) is still queued.
+        if matches!(&got, Err(e) if e.kind() == io::ErrorKind::ConnectionReset) {
+            got = sys::recv_with_fds(self.sock.as_fd(), &mut self.buf);
+        }
+        let (n, fds) = match got {
             Ok(r) => r,
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 return Err("timed out".into());
@@ -328,7 +334,13 @@ fn exchange(
     say: &mut dyn FnMut(String),
 ) -> Result<Vec<(String, u64)>, String> {
     let deadline = Some(Instant::now() + CONFIRM);
-    link.send(&Msg::Hello { pid: std::process::id(), draining: still.to_vec() }, &[])?;
+    if let Err(e) = link.send(&Msg::Hello { pid: std::process::id(), draining: still.to_vec() }, &[]) {
+        // It may have said why before it went (a bad config): that is the news.
+        return Err(match link.recv(Some(Instant::now() + Duration::from_millis(200))) {
+            Ok(Some((Msg::Refuse { reason }, _))) => format!("the new process refused: {reason}"),
+            _ => e,
+        });
+    }
     let ask = match expect(link, deadline, "its config check")? {
         Msg::Ask(a) => a,
         other => return Err(format!("unexpected {}", name(&other))),
