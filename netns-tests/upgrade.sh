@@ -260,7 +260,7 @@ used_of() {
 }
 
 # Does this egressd have the upgrade command at all?
-if ctl upgrade --help >/dev/null 2>&1; then HAVE_UPGRADE=1; else HAVE_UPGRADE=0; fi
+if "$EGRESSD" upgrade --help >/dev/null 2>&1; then HAVE_UPGRADE=1; else HAVE_UPGRADE=0; fi
 log "egressd $("$EGRESSD" --version 2>&1 | head -n 1); upgrade command: $([ "$HAVE_UPGRADE" = 1 ] && echo yes || echo no)"
 
 # ================================================================== plain restart (measured)

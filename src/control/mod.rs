@@ -269,6 +269,11 @@ impl Control {
         std::thread::Builder::new().name("egressd-ctl".into()).spawn(move || {
             let mut poll = poll;
             let mut events = mio::Events::with_capacity(4);
+            // A descriptor kept for the control socket alone: when the data
+            // path has taken every other one (a flood past the limit with
+            // tcp.fd_share off), it is given up for the one accept, so
+            // `stats` still answers.
+            let mut spare = spare_fd();
             while !stop.stopped() {
                 if let Err(e) = poll.poll(&mut events, None)
                     && e.kind() != io::ErrorKind::Interrupted
@@ -283,13 +288,23 @@ impl Control {
                             let c = UnixStream::from(std::os::fd::OwnedFd::from(c));
                             let _ = c.set_nonblocking(false);
                             self.serve(c);
+                            if spare.is_none() {
+                                spare = spare_fd();
+                            }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        // EMFILE would fail again at once: no busy loop.
+                        Err(e) if e.raw_os_error() == Some(libc::EMFILE) && spare.is_some() => {
+                            debug!(target: "egressd::control", "control socket {}: {e}; using the spare descriptor", path.display());
+                            spare = None;
+                        }
+                        // Would fail again at once: no busy loop.
                         Err(e) => {
                             debug!(target: "egressd::control", "control socket {}: {e}", path.display());
                             std::thread::sleep(Duration::from_millis(100));
+                            if spare.is_none() {
+                                spare = spare_fd();
+                            }
                         }
                     }
                 }
@@ -334,6 +349,11 @@ impl Control {
             };
         }
     }
+}
+
+/// A descriptor held in reserve (see `Control::spawn`).
+fn spare_fd() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
 }
 
 /// The control thread's tokens.
