@@ -245,7 +245,6 @@ impl Running {
         h: upgrade::Handed,
         report: Option<&crossbeam_channel::Sender<Report>>,
     ) -> bool {
-        self.served.stop();
         let open = self.registry.total().tcp_flows_active;
         let say = |l: String| {
             info!(target: "egressd::upgrade", "{l}");
