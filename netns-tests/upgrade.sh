@@ -37,7 +37,7 @@
 # the slow download open too ("restart-dl": egressd drains it for up to 5 s
 # before it exits); and the same figures for the 3 upgrades ("upgrade").
 #
-# Checks (one PASS/FAIL line each; 15 on every path, plan_checks):
+# Checks (one PASS/FAIL line each; 17 on every path, plan_checks):
 #   0a three `egressd upgrade --no-wait` while the traffic runs: each exits
 #      0, prints `handed over:` and a new process PID that is alive in gw
 #   0b after the 3 upgrades the process that accepted the download is still
@@ -67,6 +67,11 @@
 #      8b the bytes the old process relayed while draining reach the
 #         serving process's counter (also when the process it handed over
 #         to has itself been upgraded meanwhile)
+#  12  stats counters (`stats --prometheus`) go on: c0's per-source
+#      tcp_bytes_down after the drain ended is at least its value before
+#      the upgrades plus the slow download (relayed by the old process,
+#      counted there, handed on at its end); tcp_flows_total and c1's
+#      udp_dgrams_up are higher than before (no counter reset)
 #   9  label routes with a Docker API running (tools/fake_docker.py, as in
 #      hostile.sh; a real dockerd is labels.sh's): c4's label route (exit1)
 #      routes it after the upgrades too, and the new process follows the
@@ -90,7 +95,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
-plan_checks 16
+plan_checks 17
 # c4, routed by a Docker label only (with NEXITS=3 it has no config route).
 NCONT=5
 
@@ -303,6 +308,7 @@ c4_is() { [ "$(curl_whoami "${NS_C[4]}")" = "$1" ]; }
 wait_until 15 c4_is "$EXIT1"
 LB_BEFORE=$(curl_whoami "${NS_C[4]}")
 U0=$(used_of "$ID0")
+P0=$(prom_or_die)
 
 # ================================================================== 3 upgrades under traffic
 gens_start up dl
@@ -403,6 +409,7 @@ fi
 
 # ------------------------------------------------------------------ 8 quota counter
 U1=$(used_of "$ID0")
+P1=$(prom_or_die) # for 12, before c0's next download
 dl2=$(egtool "${NS_C[0]}" download "$TARGET4" 9002 "$QX")
 U2=$(used_of "$ID0")
 case "$dl $dl2" in "ok"*" ok"*) dl_ok=1 ;; *) dl_ok=0 ;; esac
@@ -423,6 +430,20 @@ case $DL_OUT in
 	;;
 *) fail "8b the bytes an old process drains must reach the serving process's quota counter" "$(upgrades_note)the download did not complete: $DL_OUT" ;;
 esac
+
+# ------------------------------------------------------------------ 12 stats counters
+C0='source="10.8.0.10/32"'
+C1='source="10.8.0.11/32"'
+S0=$(metric "$P0" egressd_tcp_bytes_down_total "$C0") S1=$(metric "$P1" egressd_tcp_bytes_down_total "$C0")
+F0=$(metric "$P0" egressd_tcp_flows_total) F1=$(metric "$P1" egressd_tcp_flows_total)
+G0=$(metric "$P0" egressd_udp_dgrams_up_total "$C1") G1=$(metric "$P1" egressd_udp_dgrams_up_total "$C1")
+if [ "$S0" -ge "$QX" ] && [ "$S1" -ge $((S0 + DL_BYTES)) ] && [ "$F1" -gt "$F0" ] && [ "$G1" -gt "$G0" ] &&
+	[ "$UPS_OK" -eq 3 ] && [ "$DL_SPANNED" -eq 1 ]; then
+	pass "12 the counters went on across the upgrades: c0's tcp_bytes_down $S0 -> $S1 (the drained download's $DL_BYTES included), tcp_flows_total $F0 -> $F1, c1's udp_dgrams_up $G0 -> $G1"
+else
+	fail "12 stats counters must go on across the upgrades (carried over, the drain's added at its end)" \
+		"$(upgrades_note)c0's tcp_bytes_down $S0 -> $S1 (want >= $QX, then >= +$DL_BYTES), tcp_flows_total $F0 -> $F1, c1's udp_dgrams_up $G0 -> $G1 (want both up)"
+fi
 
 # ------------------------------------------------------------------ 9 label routes
 lb_after=$(curl_whoami "${NS_C[4]}")

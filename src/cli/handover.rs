@@ -11,12 +11,13 @@ use log::{error, info, warn};
 use super::run::{REPORT_WAIT, Served};
 use crate::config::RouteTarget;
 use crate::front::{UdpHold, worker_for};
-use crate::quota::{Keeper, Ledger};
+use crate::quota::Keeper;
 use crate::route::Cidr;
 use crate::snapshot::{LabelRoute, Labels, Live};
+use crate::stats::Registry;
 use crate::upgrade::notify::{self, State};
 use crate::upgrade::{self, Report};
-use crate::worker::{Command, Moved, WorkerHandle};
+use crate::worker::{Command, Common, Moved, WorkerHandle};
 
 /// Serving: takes in the old process's UDP sessions, tells it (if any)
 /// and systemd; the older processes still draining, and the link to the
@@ -24,7 +25,7 @@ use crate::worker::{Command, Moved, WorkerHandle};
 pub(super) fn confirm(
     inherited: Option<upgrade::Inherited>,
     taken: Option<&mut upgrade::Taken>,
-    ledger: &Arc<Ledger>,
+    (common, keep): (&Common, Duration),
     (workers, hold, fronts): (&[WorkerHandle], &UdpHold, &[Arc<mio::Waker>]),
 ) -> (Vec<u32>, Option<std::thread::JoinHandle<()>>) {
     let (Some(i), Some(t)) = (inherited, taken) else {
@@ -34,7 +35,7 @@ pub(super) fn confirm(
     // The old sessions in, then UDP is read (what queued meanwhile first).
     adopt_sessions(std::mem::take(&mut t.sessions), workers);
     hold.release(fronts);
-    let old = match i.ready(t.old, Arc::clone(ledger)) {
+    let old = match i.ready(t.old, Arc::clone(&common.ledger), (Arc::clone(&common.registry), keep)) {
         Ok(h) => Some(h),
         Err(e) => {
             error!(target: "egressd", "upgrade: cannot confirm to the old process {}: {e}", t.old);
@@ -48,7 +49,11 @@ pub(super) fn confirm(
 
 /// The new process of an upgrade takes the old one's `route set` routes
 /// (onto its own config's) and label routes (until its follower syncs).
-pub(super) fn adopt_state(live: &Live, state: &upgrade::wire::State) {
+pub(super) fn adopt_state(live: &Live, registry: &Registry, state: &upgrade::wire::State) {
+    // Counters go on from where they were (a carried source no flow here
+    // counts into goes when a worker would have forgotten it).
+    let keep = live.load().settings.control.forget_sources;
+    registry.carry(&state.counts.counted(), std::time::Instant::now() + keep);
     let _ = live.update(|cur| {
         let mut s = (*cur.settings).clone();
         let mut manual = Vec::new();
@@ -95,6 +100,7 @@ pub(super) struct Serving<'a> {
     pub keeper: &'a Arc<Keeper>,
     pub draining: &'a [u32],
     pub udp: &'a UdpOut<'a>,
+    pub registry: &'a Registry,
 }
 
 /// How long the fronts and workers have to stop reading and hand out
@@ -199,6 +205,7 @@ pub(super) fn try_upgrade(
             class: r.class.clone(),
         })
         .collect();
+    let counted = ctx.registry.counted();
     let fronts =
         ctx.front_fds.iter().map(|f| f.iter().filter_map(|d| d.try_clone().ok()).collect()).collect();
     let handing = upgrade::Handing {
@@ -206,7 +213,8 @@ pub(super) fn try_upgrade(
         fronts,
         control: ctx.served.control.as_ref().map(AsFd::as_fd),
         metrics: ctx.served.metrics.as_ref().map(AsFd::as_fd),
-        state: upgrade::wire::State { routes, labels },
+        state: upgrade::wire::State { routes, labels, counts: upgrade::wire::Counts::of(&counted) },
+        counted,
         keeper: ctx.keeper,
         draining: ctx.draining.to_vec(),
         udp: ctx.udp,

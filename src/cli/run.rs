@@ -56,15 +56,7 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     };
     front::log_summary(&settings);
 
-    let registry = Arc::new(Registry::default());
-    // Every tunnel has its series from the start, not from its first flow.
-    for t in &settings.tunnels {
-        registry.tunnel(&t.name);
-    }
-    // Warm pools (filled by the workers) and the pipelining probes.
-    let pools = Arc::new(Pools::default());
-    pools.apply(&settings.tunnels);
-    registry.publish(pools.clone());
+    let (registry, pools) = counters_and_pools(&settings);
     // Quota counters (issue 27): loaded before any flow can count (after an
     // upgrade, from the file the old process saved last).
     let keeper = Arc::new(Keeper::start(settings.state_dir.clone(), settings.metered()));
@@ -80,7 +72,7 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     };
     let live = Arc::new(Live::new(Shared::new(Arc::clone(&settings))));
     if let Some(t) = &taken {
-        super::handover::adopt_state(&live, &t.state);
+        super::handover::adopt_state(&live, &registry, &t.state);
     }
     let Some((workers, handles)) = new_workers(&settings, &live, &common) else {
         return ExitCode::from(1);
@@ -117,8 +109,12 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
     let stops = Stops::default();
     let threads = spawn_loops(workers, fronts, &stops);
     info!(target: "egressd", "running");
-    let (draining, predecessor) =
-        super::handover::confirm(inherited, taken.as_mut(), &ledger, (&handles, &hold, &front_wakers));
+    let (draining, predecessor) = super::handover::confirm(
+        inherited,
+        taken.as_mut(),
+        (&common, settings.control.forget_sources),
+        (&handles, &hold, &front_wakers),
+    );
     let udp = super::handover::UdpOut { hold: &hold, wakers: &front_wakers, workers: &handles };
     let exe = std::env::current_exe().ok();
     let ended = loop {
@@ -132,6 +128,7 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
             keeper: &keeper,
             draining: &draining,
             udp: &udp,
+            registry: &registry,
         };
         if let Some(h) = super::handover::try_upgrade(&ctx, upgrades.take(), exe.as_deref()) {
             break Some(h);
@@ -160,6 +157,20 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
         s.tcp_flows_total, s.tcp_bytes_up, s.tcp_bytes_down, s.udp_sessions_total, s.udp_dgrams_up, s.udp_dgrams_down
     );
     if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+/// The counters, every tunnel with its series from the start (not from
+/// its first flow), and the warm pools (filled by the workers) with the
+/// pipelining probes, whose gauges the counters show.
+fn counters_and_pools(settings: &Settings) -> (Arc<Registry>, Arc<Pools>) {
+    let registry = Arc::new(Registry::default());
+    for t in &settings.tunnels {
+        registry.tunnel(&t.name);
+    }
+    let pools = Arc::new(Pools::default());
+    pools.apply(&settings.tunnels);
+    registry.publish(pools.clone());
+    (registry, pools)
 }
 
 /// The settings and the file limit; started by an upgrade, the link to
@@ -278,7 +289,7 @@ impl Running {
                 }
             }
         }
-        h.finish(&self.keeper.ledger);
+        h.finish(&self.keeper.ledger, &self.registry);
         if self.served.own_socket && !handed_control {
             let _ = std::fs::remove_file(&settings.control.socket);
         }

@@ -4,7 +4,7 @@
 mod help;
 mod registry;
 
-pub use registry::Registry;
+pub use registry::{Counted, Registry};
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -28,6 +28,11 @@ macro_rules! counters {
             pub fn absorb(&self, from: &Counters) {
                 $(self.$name.fetch_add(from.$name.load(Relaxed), Relaxed);)*
             }
+
+            /// Adds `s`'s values to these.
+            pub fn add_snapshot(&self, s: &Snapshot) {
+                $(self.$name.fetch_add(s.$name, Relaxed);)*
+            }
         }
 
         impl Snapshot {
@@ -42,6 +47,16 @@ macro_rules! counters {
             /// (name, value) pairs, in declaration order.
             pub fn fields(&self) -> Vec<(&'static str, u64)> {
                 vec![$((stringify!($name), self.$name),)*]
+            }
+
+            /// Adds `v` to the counter `name`; false for a name this
+            /// build does not have.
+            fn add_named(&mut self, name: &str, v: u64) -> bool {
+                match name {
+                    $(stringify!($name) => self.$name = self.$name.saturating_add(v),)*
+                    _ => return false,
+                }
+                true
             }
         }
     };
@@ -325,6 +340,44 @@ impl Tally {
     pub fn dec_all(&self, all: &Counters, f: impl Fn(&Counters) -> &AtomicU64) {
         Counters::dec(f(all));
         self.dec(f);
+    }
+}
+
+impl Snapshot {
+    /// The totals (gauges left out) that are not 0, by name: what an
+    /// upgrade carries to the new process (names, so that a build with
+    /// other counters takes the ones it knows).
+    pub fn totals(&self) -> Vec<(String, u64)> {
+        self.fields()
+            .into_iter()
+            .filter(|&(n, v)| v > 0 && !is_gauge(n))
+            .map(|(n, v)| (n.to_string(), v))
+            .collect()
+    }
+
+    /// Totals by name, as [`Snapshot::totals`] gives them: gauges and
+    /// names this build does not know are left out.
+    pub fn from_totals(totals: &[(String, u64)]) -> Snapshot {
+        let mut s = Snapshot::default();
+        for (n, v) in totals {
+            if !is_gauge(n) {
+                s.add_named(n, *v);
+            }
+        }
+        s
+    }
+
+    /// What was counted since `then` (an earlier read of the same
+    /// counters), totals only; a counter that went down (a source forgotten
+    /// and back) counts from 0.
+    pub fn since(&self, then: &Snapshot) -> Snapshot {
+        let mut d = Snapshot::default();
+        for ((n, now), (_, was)) in self.fields().into_iter().zip(then.fields()) {
+            if !is_gauge(n) {
+                d.add_named(n, if now >= was { now - was } else { now });
+            }
+        }
+        d
     }
 }
 

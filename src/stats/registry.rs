@@ -35,6 +35,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use super::{Counters, Gauges, Snapshot, snapshot};
 
@@ -95,6 +96,7 @@ impl Registry {
             named.release(&label, c);
         }
         named.settle();
+        named.expire(Instant::now());
     }
 
     /// Per route source, summed over workers, sorted by label.
@@ -102,9 +104,26 @@ impl Registry {
         let parts = {
             let mut named = lock(&self.sources);
             named.settle();
+            named.expire(Instant::now());
             named.parts()
         };
         sum_by_name(&parts)
+    }
+
+    /// Everything counted so far: what an upgrade hands to the new process.
+    pub fn counted(&self) -> Counted {
+        Counted { total: self.total(), tunnels: self.per_tunnel(), sources: self.per_source() }
+    }
+
+    /// Adds the counts of another process (the one this one took over from
+    /// in an upgrade, then what its drain counted) to the totals, tunnels
+    /// and sources here, gauges left out. A carried source no worker here
+    /// has counted into by `until` is let go then, as its own worker would
+    /// have forgotten it; one a worker took up lives and goes as any other.
+    pub fn carry(&self, c: &Counted, until: Instant) {
+        self.thread().add_snapshot(&c.total.since(&Snapshot::default()));
+        lock(&self.tunnels).carry(&c.tunnels, None);
+        lock(&self.sources).carry(&c.sources, Some(until));
     }
 
     /// The sum over all threads.
@@ -126,12 +145,44 @@ impl Registry {
     }
 }
 
+/// The counts of a process, as an upgrade hands them over.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counted {
+    pub total: Snapshot,
+    pub tunnels: Vec<(String, Snapshot)>,
+    pub sources: Vec<(String, Snapshot)>,
+}
+
+impl Counted {
+    /// What was counted since `then`, totals only (see [`Snapshot::since`]).
+    pub fn since(&self, then: &Counted) -> Counted {
+        let diff = |now: &[(String, Snapshot)], was: &[(String, Snapshot)]| -> Vec<(String, Snapshot)> {
+            let was: std::collections::HashMap<&str, &Snapshot> =
+                was.iter().map(|(n, s)| (n.as_str(), s)).collect();
+            now.iter()
+                .map(|(n, s)| {
+                    (n.clone(), s.since(was.get(n.as_str()).copied().unwrap_or(&Snapshot::default())))
+                })
+                .filter(|(_, d)| *d != Snapshot::default())
+                .collect()
+        };
+        Counted {
+            total: self.total.since(&then.total),
+            tunnels: diff(&self.tunnels, &then.tunnels),
+            sources: diff(&self.sources, &then.sources),
+        }
+    }
+}
+
 /// Counters by name: one entry per tunnel or route source.
 #[derive(Debug, Default)]
 struct Named {
     entries: BTreeMap<Arc<str>, Entry>,
     /// Names whose `released` is not empty, to look at again.
     lingering: Vec<Arc<str>>,
+    /// Names carried from another process that no worker here had taken
+    /// up when carried, and when to let them go if none has by then.
+    carried: Vec<(Arc<str>, Instant)>,
 }
 
 /// The counters of one name.
@@ -201,6 +252,44 @@ impl Named {
                 self.entries.remove(&name);
             } else if !e.released.is_empty() {
                 self.lingering.push(name);
+            }
+        }
+    }
+
+    /// Adds another process's counts (totals only) to each name's retired
+    /// counters; a name no worker holds is let go after `until` (never
+    /// for `None`) unless a worker takes it up before.
+    fn carry(&mut self, counts: &[(String, Snapshot)], until: Option<Instant>) {
+        for (name, s) in counts {
+            let totals = s.since(&Snapshot::default());
+            if totals == Snapshot::default() {
+                continue;
+            }
+            let key: Arc<str> = match self.entries.get_key_value(name.as_str()) {
+                Some((k, _)) => Arc::clone(k),
+                None => Arc::from(name.as_str()),
+            };
+            let e = self.entries.entry(Arc::clone(&key)).or_default();
+            e.retired.get_or_insert_with(Arc::default).add_snapshot(&totals);
+            if let Some(until) = until
+                && e.is_gone()
+            {
+                self.carried.push((key, until));
+            }
+        }
+    }
+
+    /// Lets go of the carried names past their time that no worker took up.
+    fn expire(&mut self, now: Instant) {
+        if self.carried.first().is_none_or(|(_, until)| now < *until) {
+            return;
+        }
+        let (due, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.carried).into_iter().partition(|(_, u)| now >= *u);
+        self.carried = kept;
+        for (name, _) in due {
+            if self.entries.get(&name).is_some_and(Entry::is_gone) {
+                self.entries.remove(&name);
             }
         }
     }

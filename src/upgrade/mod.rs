@@ -35,6 +35,7 @@ use socket2::{Domain, Socket, Type};
 use crate::config::Settings;
 use crate::front::FrontSockets;
 use crate::quota::{Keeper, Ledger};
+use crate::stats::{Counted, Registry};
 use crate::sys;
 use crate::worker::Moved;
 use wire::{Ask, Msg, WireError};
@@ -191,6 +192,9 @@ pub struct Handing<'a> {
     pub control: Option<BorrowedFd<'a>>,
     pub metrics: Option<BorrowedFd<'a>>,
     pub state: wire::State,
+    /// The counters as handed over (in `state.counts`), to tell the new
+    /// process at the end what the drain added.
+    pub counted: Counted,
     pub keeper: &'a Arc<Keeper>,
     /// Older processes still draining.
     pub draining: Vec<u32>,
@@ -218,12 +222,15 @@ pub struct Handed {
     link: Link,
     /// The quota counters as saved at the handover.
     base: Vec<(String, u64)>,
+    /// The counters as handed over.
+    counted: Counted,
 }
 
 impl Handed {
     /// As the old process ends: sends what its draining flows added to
-    /// the quota counters since the handover.
-    pub fn finish(self, ledger: &Ledger) {
+    /// the quota counters and to the stats counters since the handover.
+    pub fn finish(self, ledger: &Ledger, registry: &Registry) {
+        let counts = wire::Counts::of(&registry.counted().since(&self.counted));
         let base: std::collections::HashMap<_, _> = self.base.into_iter().collect();
         let bytes: Vec<(String, u64)> = ledger
             .used_by()
@@ -235,7 +242,7 @@ impl Handed {
                 (d > 0).then_some((name, d))
             })
             .collect();
-        if let Err(e) = self.link.send(&Msg::Spent { bytes }, &[]) {
+        if let Err(e) = self.link.send(&Msg::Spent { bytes, counts }, &[]) {
             warn!(target: "egressd::upgrade", "cannot tell the new process what draining flows counted: {e}");
         }
     }
@@ -261,7 +268,7 @@ pub fn hand_over(h: &Handing<'_>, binary: &Path, say: &mut dyn FnMut(String)) ->
     say(format!("started {} as PID {pid}", binary.display()));
     let mut link = Link::new(mine);
     match exchange(h, &mut link, pid, &still, say) {
-        Ok(base) => Ok(Handed { pid, control: h.control.is_some(), link, base }),
+        Ok(base) => Ok(Handed { pid, control: h.control.is_some(), link, base, counted: h.counted.clone() }),
         Err(why) => {
             let why = match ended(&mut child) {
                 // It ended on its own, before or without saying why: its status is the news.
@@ -572,7 +579,12 @@ impl Inherited {
     /// thread ends with the old process: a process that is itself handed
     /// over waits for it before it reports its own counts on (so bytes
     /// drained by the oldest of several reach the one serving).
-    pub fn ready(mut self, old: u32, ledger: Arc<Ledger>) -> Result<std::thread::JoinHandle<()>, String> {
+    pub fn ready(
+        mut self,
+        old: u32,
+        ledger: Arc<Ledger>,
+        (registry, keep): (Arc<Registry>, Duration),
+    ) -> Result<std::thread::JoinHandle<()>, String> {
         self.link.send(&Msg::Ready { pid: std::process::id() }, &[])?;
         let started = Instant::now();
         std::thread::Builder::new()
@@ -580,7 +592,8 @@ impl Inherited {
             .spawn(move || {
                 loop {
                     match self.link.recv(None) {
-                        Ok(Some((Msg::Spent { bytes }, _))) => {
+                        Ok(Some((Msg::Spent { bytes, counts }, _))) => {
+                            registry.carry(&counts.counted(), Instant::now() + keep);
                             let n: u64 = bytes.iter().map(|(_, b)| b).sum();
                             for (name, b) in &bytes {
                                 if !ledger.credit(name, *b) {

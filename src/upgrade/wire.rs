@@ -16,12 +16,12 @@
 //!    │ (restart-only keys compared)        │
 //!    │ Sockets {...} + listeners      ─►   │
 //!    │ (quota saver paused, saved)         │
-//!    │ State {routes, labels}         ─►   │ serves on the same sockets (UDP held)
+//!    │ State {routes, labels, counts} ─►   │ serves on the same sockets (UDP held)
 //!    │ (its fronts stop reading UDP)       │
 //!    │ Sessions {...} + fds, ..., last ─►  │ takes the UDP sessions, reads UDP
 //!    │                                ◄─   Ready {pid}
 //!    │ stops accepting, drains ...         │
-//!    │ Spent {bytes per identity}     ─►   │ added to its quota counters
+//!    │ Spent {bytes, counts}          ─►   │ added to its quota counters and stats
 //!    ╳ exits (end of stream)               │ logs the old process's end
 //! ```
 
@@ -29,6 +29,8 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
+
+use crate::stats::{Counted, Snapshot};
 
 /// The version this binary speaks. Bumped on any change to [`Msg`] a peer
 /// of the previous version could misread: between two versions the
@@ -67,8 +69,13 @@ pub enum Msg {
     /// New → old: serving; the old one may stop accepting.
     Ready { pid: u32 },
     /// Old → new, as the old one ends: bytes its draining flows counted
-    /// after the handover, per quota identity.
-    Spent { bytes: Vec<(String, u64)> },
+    /// after the handover, per quota identity, and what they added to its
+    /// counters (absent from a peer that predates it).
+    Spent {
+        bytes: Vec<(String, u64)>,
+        #[serde(default)]
+        counts: Counts,
+    },
 }
 
 /// What the new process's config would serve.
@@ -89,6 +96,40 @@ pub struct State {
     pub routes: Vec<(String, String)>,
     /// Docker label routes, as the follower last saw them.
     pub labels: Vec<Label>,
+    /// The counters' totals (stats, top, Prometheus), so that they go on
+    /// from where they were; absent from a peer that predates them.
+    #[serde(default)]
+    pub counts: Counts,
+}
+
+/// Counter totals by name (gauges left out: they are each process's own):
+/// all of egressd, per tunnel, per route source.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub total: Vec<(String, u64)>,
+    pub tunnels: Vec<(String, Vec<(String, u64)>)>,
+    pub sources: Vec<(String, Vec<(String, u64)>)>,
+}
+
+impl Counts {
+    pub fn of(c: &Counted) -> Counts {
+        let rows = |v: &[(String, Snapshot)]| -> Vec<(String, Vec<(String, u64)>)> {
+            v.iter().map(|(n, s)| (n.clone(), s.totals())).filter(|(_, t)| !t.is_empty()).collect()
+        };
+        Counts { total: c.total.totals(), tunnels: rows(&c.tunnels), sources: rows(&c.sources) }
+    }
+
+    /// The counts this build knows (names it does not have are left out).
+    pub fn counted(&self) -> Counted {
+        let rows = |v: &[(String, Vec<(String, u64)>)]| -> Vec<(String, Snapshot)> {
+            v.iter().map(|(n, t)| (n.clone(), Snapshot::from_totals(t))).collect()
+        };
+        Counted {
+            total: Snapshot::from_totals(&self.total),
+            tunnels: rows(&self.tunnels),
+            sources: rows(&self.sources),
+        }
+    }
 }
 
 /// One Docker label route.
@@ -200,6 +241,11 @@ mod tests {
                     tunnel: "a".into(),
                     class: Some("gold".into()),
                 }],
+                counts: Counts {
+                    total: vec![("tcp_bytes_up".into(), 7)],
+                    tunnels: vec![("hk1".into(), vec![("tcp_bytes_up".into(), 7)])],
+                    sources: vec![("10.8.0.12/32".into(), vec![("tcp_bytes_up".into(), 7)])],
+                },
             }),
             Msg::Sessions {
                 sessions: vec![Session {
@@ -211,8 +257,48 @@ mod tests {
                 last: true,
             },
             Msg::Ready { pid: 8 },
-            Msg::Spent { bytes: vec![("web".into(), 1 << 40)] },
+            Msg::Spent { bytes: vec![("web".into(), 1 << 40)], counts: Counts::default() },
         ]
+    }
+
+    #[test]
+    fn a_peer_without_counts_is_understood_both_ways() {
+        // A State and a Spent as the build before the counts wrote them.
+        let old_state =
+            b"egressd-handover 1\n{\"State\":{\"routes\":[[\"10.8.0.12/32\",\"hk1\"]],\"labels\":[]}}";
+        match decode(old_state, VERSION) {
+            Ok(Msg::State(s)) => assert_eq!((s.routes.len(), s.counts), (1, Counts::default())),
+            other => panic!("{other:?}"),
+        }
+        let old_spent = b"egressd-handover 1\n{\"Spent\":{\"bytes\":[[\"web\",5]]}}";
+        assert!(
+            matches!(decode(old_spent, VERSION), Ok(Msg::Spent { counts, .. }) if counts == Counts::default())
+        );
+        // The older build ignores the field it does not know (serde's
+        // default for structs): checked on the JSON it would read.
+        #[derive(serde::Deserialize)]
+        struct OldState {
+            routes: Vec<(String, String)>,
+        }
+        let now = encode(VERSION, &all()[4]);
+        let json = &now[now.iter().position(|&b| b == b'\n').unwrap() + 1..];
+        let v: std::collections::HashMap<String, OldState> = serde_json::from_slice(json).unwrap();
+        assert_eq!(v["State"].routes.len(), 1);
+    }
+
+    #[test]
+    fn counts_travel_by_name_and_unknown_names_are_left_out() {
+        let mut c = Counted::default();
+        c.total.tcp_bytes_up = 5;
+        c.total.tcp_flows_active = 2;
+        c.sources.push(("10.8.0.10/32".into(), c.total));
+        let w = Counts::of(&c);
+        assert_eq!(w.total, vec![("tcp_bytes_up".to_string(), 5)], "no gauge travels");
+        let back = w.counted();
+        assert_eq!((back.total.tcp_bytes_up, back.total.tcp_flows_active), (5, 0));
+        let mut odd = w.clone();
+        odd.total.push(("counter_of_a_later_build".into(), 9));
+        assert_eq!(odd.counted(), back);
     }
 
     #[test]

@@ -196,3 +196,73 @@ fn the_longest_turn_is_the_longest_over_workers() {
         "{text}"
     );
 }
+
+#[test]
+fn carried_counts_add_to_totals_tunnels_and_sources_but_not_gauges() {
+    use std::time::{Duration, Instant};
+    // The old process of an upgrade.
+    let old = Registry::default();
+    let t = old.thread();
+    Counters::add(&t.tcp_bytes_up, 700);
+    Counters::add(&t.tcp_flows_active, 3);
+    let tun = old.tunnel("exit1");
+    Counters::add(&tun.tcp_bytes_up, 700);
+    let src = old.source("10.8.0.10/32");
+    Counters::add(&src.tcp_bytes_up, 700);
+    Counters::add(&src.tcp_flows_active, 3);
+    let handed = old.counted();
+    // Only totals travel, by name.
+    let names = handed.total.totals();
+    assert_eq!(names, vec![("tcp_bytes_up".to_string(), 700)]);
+    assert_eq!(Snapshot::from_totals(&names).tcp_bytes_up, 700);
+    assert_eq!(
+        Snapshot::from_totals(&[("no_such_counter".into(), 5), ("tcp_flows_active".into(), 9)]),
+        Snapshot::default()
+    );
+
+    let new = Registry::default();
+    new.tunnel("exit1");
+    let later = Instant::now() + Duration::from_secs(600);
+    new.carry(&handed, later);
+    assert_eq!(new.total().tcp_bytes_up, 700);
+    assert_eq!(new.total().tcp_flows_active, 0, "gauges are the new process's own");
+    assert_eq!(
+        new.per_tunnel(),
+        vec![("exit1".to_string(), Snapshot { tcp_bytes_up: 700, ..Snapshot::default() })]
+    );
+    assert_eq!(source(&new, "10.8.0.10/32").map(|s| (s.tcp_bytes_up, s.tcp_flows_active)), Some((700, 0)));
+    // The new process counts on top; the drain's counts come at the end.
+    let w = new.source("10.8.0.10/32");
+    Counters::add(&w.tcp_bytes_up, 5);
+    Counters::add(&src.tcp_bytes_up, 40);
+    let drained = old.counted().since(&handed);
+    assert_eq!(
+        drained.sources,
+        vec![("10.8.0.10/32".to_string(), Snapshot { tcp_bytes_up: 40, ..Snapshot::default() })]
+    );
+    new.carry(&drained, later);
+    assert_eq!(source(&new, "10.8.0.10/32").unwrap().tcp_bytes_up, 745);
+}
+
+#[test]
+fn a_carried_source_no_worker_takes_up_goes_in_time() {
+    use std::time::{Duration, Instant};
+    let counted = |label: &str| super::Counted {
+        sources: vec![(label.to_string(), Snapshot { udp_dgrams_up: 9, ..Snapshot::default() })],
+        ..super::Counted::default()
+    };
+    let r = Registry::default();
+    // Due already: let go at the next read.
+    r.carry(&counted("10.8.0.20/32"), Instant::now() - Duration::from_millis(1));
+    // A worker takes this one up before its time: it stays.
+    r.carry(&counted("10.8.0.21/32"), Instant::now() - Duration::from_millis(1));
+    let w = r.source("10.8.0.21/32");
+    // Not due: stays.
+    r.carry(&counted("10.8.0.22/32"), Instant::now() + Duration::from_secs(600));
+    let left: Vec<String> = r.per_source().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(left, vec!["10.8.0.21/32".to_string(), "10.8.0.22/32".to_string()]);
+    assert_eq!(source(&r, "10.8.0.21/32").unwrap().udp_dgrams_up, 9);
+    // Forgotten by its worker, it goes as any source does.
+    r.forget_sources(vec![("10.8.0.21/32".to_string(), w)]);
+    assert!(source(&r, "10.8.0.21/32").is_none());
+}
