@@ -37,7 +37,7 @@
 # the slow download open too ("restart-dl": egressd drains it for up to 5 s
 # before it exits); and the same figures for the 3 upgrades ("upgrade").
 #
-# Checks (one PASS/FAIL line each; 17 on every path, plan_checks):
+# Checks (one PASS/FAIL line each; 19 on every path, plan_checks):
 #   0a three `egressd upgrade --no-wait` while the traffic runs: each exits
 #      0, prints `handed over:` and a new process PID that is alive in gw
 #   0b after the 3 upgrades the process that accepted the download is still
@@ -79,6 +79,16 @@
 #      ID, the same address) then leaves by exit2
 #  0c  `egressd upgrade` (waiting, no flow open): exit 0, `handed over:`,
 #      then `old process PID ended after ...`, and that PID is gone
+#  13  per-source limiter state goes over: c3 spends its new-flow bucket
+#      (tcp.new_flows_per_source_per_sec 30, burst 60; the old process
+#      refuses some), then asks for 60 connections at once right after an
+#      upgrade: at least 20 are refused (the handed-over bucket holds only
+#      what refilled meanwhile; a fresh one would take all 60)
+#  14  one class rate over both processes: c1 (class rc, 16mbit) downloads
+#      16 MB; an upgrade 1 s in; c1 downloads 16 MB more through the new
+#      process while the old one drains the first: the two take at least
+#      80% of the 16 s they need at one shared 2 MB/s (each process holding
+#      its own flows alone would finish in ~9 s); both intact
 #  11  the metrics listener (control.metrics_listen 127.0.0.1:9190 in gw)
 #      answers a scrape after the upgrades
 #  10  SIGUSR2 to the serving process upgrades it as `egressd upgrade` does:
@@ -95,7 +105,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 # shellcheck source=topology.sh
 . "$HERE/topology.sh"
-plan_checks 17
+plan_checks 19
 # c4, routed by a Docker label only (with NEXITS=3 it has no config route).
 NCONT=5
 
@@ -111,6 +121,8 @@ DL_FINISH=$EG_TMP/slow.finish # exists (after the 3 upgrades)
 QX=2000000             # c0's download before the upgrades (quota check)
 ID0=10.8.0.10/32
 SOCK=$EG_TMP/egressd.sock
+FLOW_RATE=30  # new TCP flows per source and second (the connection loop makes 20)
+FLOW_BURST=60 # ... and the burst (check 13)
 EXIT1=$(exit_egress4 1)
 EXIT2=$(exit_egress4 2)
 
@@ -142,8 +154,10 @@ wait_until 15 test -e "$EG_TMP/docker.ready" || die "fake_docker.py did not star
 CONF=$EG_TMP/upgrade.ron
 mkdir -p "$EG_TMP/state"
 topo_write_config "$CONF" "$SOCK" \
-	"classes: { \"qc\": (quota: (bytes: \"1GB\", every_days: 30)) }, state_dir: \"$EG_TMP/state\", docker: (socket: \"$DSOCK\"),"
+	"classes: { \"qc\": (quota: (bytes: \"1GB\", every_days: 30)), \"rc\": (rate: \"16mbit\") }, state_dir: \"$EG_TMP/state\", docker: (socket: \"$DSOCK\"), tcp: (new_flows_per_source_per_sec: $FLOW_RATE, new_flows_per_source_burst: $FLOW_BURST),"
 sed -i 's/(source: "10.8.0.10", tunnel: "exit0")/(source: "10.8.0.10", tunnel: "exit0", class: "qc")/' "$CONF"
+sed -i 's/(source: "10.8.0.11", tunnel: "exit1")/(source: "10.8.0.11", tunnel: "exit1", class: "rc")/' "$CONF"
+grep -q 'class: "rc"' "$CONF" || die "could not give c1 the rate class in $CONF"
 METRICS=127.0.0.1:9190
 sed -i "s|control: (socket: \"$SOCK\")|control: (socket: \"$SOCK\", metrics_listen: \"$METRICS\")|" "$CONF"
 grep -q 'class: "qc"' "$CONF" || die "could not give c0 the quota class in $CONF"
@@ -485,6 +499,66 @@ printf '(listen: ["10.8.0.1:10900"], typo_key: 1)\n' >"$CONF"
 refused "5b upgrade whose new process fails its config check is refused with the config error" "$EGRESSD" \
 	'upgrade failed: the new process refused: config error: .*typo_key'
 mv "$CONF.good" "$CONF"
+
+# ------------------------------------------------------------------ 13 new-flow buckets
+# c3 spends its new-flow bucket (the old process refuses some: proof it is
+# empty), then right after an upgrade asks for $FLOW_BURST more at once.
+# Handed over, the bucket holds what refilled meanwhile (30/s); a fresh one
+# would take all of them.
+burst13() { pytool upgrade_tool "${NS_C[3]}" burst "$TARGET4" 80 "$1" 2>&1 | tail -n 1; }
+drops13() { metric "$(prom_or_die)" egressd_tcp_drop_source_rate_total; }
+R0=$(drops13)
+b1=$(burst13 $((FLOW_BURST + 10)))
+wait_until 5 eval '[ "$(drops13)" -gt "$R0" ]'
+R1=$(drops13)
+t13=$(now_ns)
+if do_upgrade --no-wait; then up13=1; else up13=0; fi
+b2=$(burst13 "$FLOW_BURST")
+gap13=$(ms_since "$t13")
+wait_until 5 eval '[ "$(drops13)" -ge $((R1 + FLOW_BURST / 3)) ]'
+R2=$(drops13)
+if [ "$up13" -eq 1 ] && [ "$R1" -gt "$R0" ] && [ $((R2 - R1)) -ge $((FLOW_BURST / 3)) ]; then
+	pass "13 no fresh burst from an upgrade: c3 spent its new-flow bucket ($b1; $((R1 - R0)) refused), then $FLOW_BURST connects right after the upgrade: $((R2 - R1)) refused ($b2, ${gap13} ms after the upgrade began)"
+else
+	fail "13 the new process must keep a source's spent new-flow bucket (want >= $((FLOW_BURST / 3)) of $FLOW_BURST refused)" \
+		"upgrade ok: $up13; before: $b1, refused $((R1 - R0)); after the upgrade: $b2, refused $((R2 - R1)) (${gap13} ms)"
+fi
+sleep 3 # c3's bucket refills for check 10
+
+# ------------------------------------------------------------------ 14 one class rate over both processes
+# c1 (class rc, 16mbit = 2 MB/s) downloads 16 MB; 1 s in, an upgrade, and
+# c1 downloads 16 MB more through the new process while the old one still
+# relays the first. Held to one rate between them, the 32 MB take about
+# 16 s; each process on its own would let both run at 2 MB/s (done in ~9 s).
+RATE14=2000000
+N14=16000000
+t14=$(now_ns)
+egtool_bg "${NS_C[1]}" "$EG_TMP/d14a.out" download "$TARGET4" 9002 "$N14"
+pa=$EG_LAST_PID
+sleep 1
+if do_upgrade --no-wait; then up14=1; else up14=0; fi
+egtool_bg "${NS_C[1]}" "$EG_TMP/d14b.out" download "$TARGET4" 9002 "$N14"
+pb=$EG_LAST_PID
+wait_until 60 pid_gone "$pa"
+wait_until 60 pid_gone "$pb"
+el14=$(ms_since "$t14")
+stop_pid "$pa"
+stop_pid "$pb"
+d14a=$(tail -n 1 "$EG_TMP/d14a.out" 2>/dev/null)
+d14b=$(tail -n 1 "$EG_TMP/d14b.out" 2>/dev/null)
+min14=$((2 * N14 * 1000 / RATE14 * 8 / 10)) # ms: 80% of the shared time
+case "$d14a $d14b" in
+"ok "*" ok "*)
+	if [ "$up14" -eq 1 ] && [ "$el14" -ge "$min14" ]; then
+		pass "14 one class rate over both processes while the old one drains: 2 x $N14 bytes at 16mbit took ${el14} ms (>= $min14; each process alone: ~9000)"
+	else
+		fail "14 c1's class rate must hold over the old and the new process together" \
+			"upgrade ok: $up14; 2 x $N14 bytes took ${el14} ms, want >= $min14 (at 2 MB/s shared: ~16000)"
+	fi
+	;;
+*) fail "14 c1's class rate must hold over the old and the new process together" "upgrade ok: $up14; downloads: '$d14a' '$d14b'" ;;
+esac
+wait_until 20 all_gone "${OLD_PIDS[@]}"
 
 # ------------------------------------------------------------------ 0c a waiting upgrade
 before=$CUR_PID

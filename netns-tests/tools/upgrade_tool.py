@@ -31,6 +31,9 @@ nothing failed), and exits 0 iff nothing failed.
       one socket sends "seq N" every INTERVAL_MS to the UDP who-am-i (which
       answers "<peer> seq N"), then waits 3 s for late replies; adds
       "lost=<first missing seqs> peers=<every peer the service saw>"
+  burst HOST PORT N
+      N TCP connections one after the other, as fast as they connect (each
+      closed at once, 2 s connect timeout): "connected C of N in T ms"
   digloop SERVER WANT STOPFILE MAXSECS MAXN INTERVAL_MS
       `dig +short +tries=1 +time=4 TXT whoami.test @SERVER` per try; a
       success is the answer WANT
@@ -254,7 +257,20 @@ def cmd_digloop(server, want, stopfile, maxsecs, maxn, interval_ms):
     return lp.report()
 
 
+def cmd_burst(host, port, n):
+    t0, ok = time.monotonic(), 0
+    for _ in range(int(n)):
+        try:
+            socket.create_connection((host, int(port)), timeout=2).close()
+            ok += 1
+        except OSError:
+            pass
+    out(f"connected {ok} of {n} in {(time.monotonic() - t0) * 1000:.0f} ms")
+    return 0
+
+
 COMMANDS = {
+    "burst": cmd_burst,
     "slowsrc": cmd_slowsrc,
     "slowget": cmd_slowget,
     "connloop": cmd_connloop,

@@ -11,13 +11,13 @@ use log::{error, info, warn};
 use super::run::{REPORT_WAIT, Served};
 use crate::config::RouteTarget;
 use crate::front::{UdpHold, worker_for};
-use crate::quota::Keeper;
+use crate::quota::{Keeper, Ledger};
 use crate::route::Cidr;
 use crate::snapshot::{LabelRoute, Labels, Live};
 use crate::stats::Registry;
 use crate::upgrade::notify::{self, State};
 use crate::upgrade::{self, Report};
-use crate::worker::{Command, Common, Moved, WorkerHandle};
+use crate::worker::{Command, Common, Levels, Moved, Used, WorkerHandle};
 
 /// Serving: takes in the old process's UDP sessions, tells it (if any)
 /// and systemd; the older processes still draining, and the link to the
@@ -32,10 +32,11 @@ pub(super) fn confirm(
         tell_systemd(&[State::Ready, State::Status("running".into())]);
         return (Vec::new(), None);
     };
-    // The old sessions in, then UDP is read (what queued meanwhile first).
+    // The old sessions and buckets in, then UDP is read (what queued meanwhile first).
+    adopt_buckets(&t.state.buckets, workers);
     adopt_sessions(std::mem::take(&mut t.sessions), workers);
     hold.release(fronts);
-    let old = match i.ready(t.old, Arc::clone(&common.ledger), (Arc::clone(&common.registry), keep)) {
+    let old = match i.ready(t.old, t.meters, sink(common, keep, workers)) {
         Ok(h) => Some(h),
         Err(e) => {
             error!(target: "egressd", "upgrade: cannot confirm to the old process {}: {e}", t.old);
@@ -45,6 +46,46 @@ pub(super) fn confirm(
     info!(target: "egressd", "upgrade: serving on the sockets of process {}", t.old);
     tell_systemd(&[State::MainPid(std::process::id()), State::Ready, State::Status("running".into())]);
     (t.draining.clone(), old)
+}
+
+/// What this process does with what another one of an upgrade tells it.
+pub(super) fn sink(common: &Common, keep: Duration, workers: &[WorkerHandle]) -> upgrade::Sink {
+    upgrade::Sink {
+        ledger: Arc::clone(&common.ledger),
+        registry: Arc::clone(&common.registry),
+        keep,
+        meters: Arc::clone(&common.meters),
+        apply: Arc::new(Shared { workers: workers.to_vec(), ledger: Arc::clone(&common.ledger) }),
+    }
+}
+
+/// Another process's report applied here: each source's bytes to the
+/// worker its flows live in (its gate's buckets take them), each quota
+/// identity's to the ledger.
+struct Shared {
+    workers: Vec<WorkerHandle>,
+    ledger: Arc<Ledger>,
+}
+
+/// How long a report waits for a worker's command queue.
+const DEBIT_WAIT: Duration = Duration::from_millis(20);
+
+impl upgrade::Apply for Shared {
+    fn apply(&self, used: &Used) {
+        let mut per: Vec<Vec<_>> = self.workers.iter().map(|_| Vec::new()).collect();
+        for &(ip, b) in &used.rates {
+            per[worker_for(ip, self.workers.len())].push((ip, b));
+        }
+        for (w, rates) in self.workers.iter().zip(per) {
+            if !rates.is_empty() && !w.command(Command::Debit(rates), DEBIT_WAIT) {
+                warn!(target: "egressd::upgrade", "a worker's command queue is full: a rate report from the other process is dropped");
+            }
+        }
+        for (id, n) in &used.quota {
+            // An identity unknown here has no flow here to hold back.
+            self.ledger.credit(id, *n);
+        }
+    }
 }
 
 /// The new process of an upgrade takes the old one's `route set` routes
@@ -138,6 +179,43 @@ impl upgrade::UdpMove for UdpOut<'_> {
     fn release(&self) {
         self.hold.release(self.wakers);
     }
+
+    fn buckets(&self) -> upgrade::wire::Buckets {
+        let mut b = upgrade::wire::Buckets::default();
+        for w in self.workers {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if w.command(Command::ExportLevels(tx), UDP_WAIT)
+                && let Ok(l) = rx.recv_timeout(UDP_WAIT)
+            {
+                b.tcp.extend(l.tcp);
+                b.udp.extend(l.udp);
+            }
+        }
+        b
+    }
+}
+
+/// The new process of an upgrade: each source's buckets to the worker its
+/// flows and datagrams go to.
+fn adopt_buckets(b: &upgrade::wire::Buckets, workers: &[WorkerHandle]) {
+    let mut per: Vec<Levels> = workers.iter().map(|_| Levels::default()).collect();
+    for &(ip, milli) in &b.tcp {
+        per[worker_for(ip, workers.len())].tcp.push((ip, milli));
+    }
+    for &(ip, milli) in &b.udp {
+        per[worker_for(ip, workers.len())].udp.push((ip, milli));
+    }
+    for (w, l) in workers.iter().zip(per) {
+        if l != Levels::default() {
+            let _ = w.command(Command::AdoptLevels(l), UDP_WAIT);
+        }
+    }
+    info!(
+        target: "egressd::upgrade",
+        "taken over: the new-flow buckets of {} sources and the new-session buckets of {} (spent ones stay spent)",
+        b.tcp.len(),
+        b.udp.len()
+    );
 }
 
 /// The new process of an upgrade: each moved session to the worker its
@@ -213,7 +291,12 @@ pub(super) fn try_upgrade(
         fronts,
         control: ctx.served.control.as_ref().map(AsFd::as_fd),
         metrics: ctx.served.metrics.as_ref().map(AsFd::as_fd),
-        state: upgrade::wire::State { routes, labels, counts: upgrade::wire::Counts::of(&counted) },
+        state: upgrade::wire::State {
+            routes,
+            labels,
+            counts: upgrade::wire::Counts::of(&counted),
+            buckets: upgrade::wire::Buckets::default(),
+        },
         counted,
         keeper: ctx.keeper,
         draining: ctx.draining.to_vec(),

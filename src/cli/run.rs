@@ -69,6 +69,7 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
         limits,
         boards: Arc::default(),
         ledger: Arc::clone(&ledger),
+        meters: Arc::default(),
     };
     let live = Arc::new(Live::new(Shared::new(Arc::clone(&settings))));
     if let Some(t) = &taken {
@@ -134,16 +135,7 @@ pub fn run(config: Option<&Path>, verbose: u8) -> ExitCode {
             break Some(h);
         }
     };
-    let running = Running {
-        stops,
-        handles,
-        front_wakers,
-        threads,
-        served,
-        keeper,
-        registry: Arc::clone(&registry),
-        predecessor,
-    };
+    let running = Running { stops, handles, front_wakers, threads, served, keeper, common, predecessor };
     let ok = match ended {
         None => running.stop(&settings),
         Some((h, report)) => {
@@ -228,7 +220,7 @@ struct Running {
     threads: Vec<LoopThread>,
     served: Served,
     keeper: Arc<Keeper>,
-    registry: Arc<Registry>,
+    common: Common,
     /// The link to the process this one replaced, while it drains.
     predecessor: Option<thread::JoinHandle<()>>,
 }
@@ -253,10 +245,13 @@ impl Running {
         self,
         settings: &Settings,
         drain: Duration,
-        h: upgrade::Handed,
+        mut h: upgrade::Handed,
         report: Option<&crossbeam_channel::Sender<Report>>,
     ) -> bool {
-        let open = self.registry.total().tcp_flows_active;
+        // While this process drains, it and the new one hold each source
+        // to one class rate and one quota between them.
+        h.share(super::handover::sink(&self.common, settings.control.forget_sources, &self.handles));
+        let open = self.common.registry.total().tcp_flows_active;
         let say = |l: String| {
             info!(target: "egressd::upgrade", "{l}");
             if let Some(r) = report {
@@ -278,7 +273,7 @@ impl Running {
             self.threads,
             Some(&self.stops.workers),
         );
-        let left = self.registry.total().tcp_flows_active;
+        let left = self.common.registry.total().tcp_flows_active;
         let handed_control = h.control;
         // What an older process drains is counted here once it ends, then passed on.
         if let Some(p) = self.predecessor.filter(|p| !p.is_finished()) {
@@ -289,7 +284,7 @@ impl Running {
                 }
             }
         }
-        h.finish(&self.keeper.ledger, &self.registry);
+        h.finish(&self.keeper.ledger, &self.common.registry);
         if self.served.own_socket && !handed_control {
             let _ = std::fs::remove_file(&settings.control.socket);
         }

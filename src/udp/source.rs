@@ -147,6 +147,41 @@ impl Sources {
         }
     }
 
+    /// The sources whose bucket is not full at `now`, with the thousandths
+    /// of a token each holds (for the new process of an upgrade).
+    pub(super) fn levels(&mut self, rate: u32, burst: u32, now: Instant) -> Vec<(IpAddr, u64)> {
+        let full = u64::from(burst) * 1000;
+        let mut out = Vec::new();
+        for (&ip, &s) in &self.index {
+            if let Some(n) = self.arena.node_mut(s) {
+                let l = n.value.bucket.level(rate, burst, now);
+                if l < full {
+                    out.push((ip, l));
+                }
+            }
+        }
+        out
+    }
+
+    /// `ip`'s bucket holds no more than `milli` (its level in the process
+    /// this one took over from); an unknown source is kept as idle.
+    pub(super) fn adopt(&mut self, ip: IpAddr, milli: u64, burst: u32, now: Instant) {
+        match self.find(&ip) {
+            Some(s) => {
+                if let Some(n) = self.arena.node_mut(s) {
+                    n.value.bucket.lower_to(milli);
+                }
+            }
+            None => {
+                let s = self.alloc(ip, burst, now);
+                if let Some(n) = self.arena.node_mut(s) {
+                    n.value.bucket = Bucket::with_level(milli, burst, now);
+                }
+                self.make_idle(s);
+            }
+        }
+    }
+
     /// A new bound for the idle list (a reload); applies at once.
     pub(super) fn set_max_idle(&mut self, max_idle: usize) {
         self.max_idle = max_idle;

@@ -255,6 +255,19 @@ impl<V> SessionTable<V> {
         if self.sources.admit(source, rate, burst, now) { Admit::Yes } else { Admit::OverRate }
     }
 
+    /// The sources whose new-session bucket is not full at `now`, and
+    /// the thousandths of a token each holds (for an upgrade's new process).
+    pub fn bucket_levels(&mut self, now: Instant) -> Vec<(IpAddr, u64)> {
+        let (rate, burst) = (self.limits.new_per_source_per_sec, self.limits.new_per_source_burst);
+        self.sources.levels(rate, burst, now)
+    }
+
+    /// `source`'s new-session bucket holds no more than `milli` thousandths
+    /// of a token (its level in the process this one took over from).
+    pub fn adopt_bucket(&mut self, source: IpAddr, milli: u64, now: Instant) {
+        self.sources.adopt(source, milli, self.limits.new_per_source_burst, now);
+    }
+
     /// Sessions `source` holds.
     pub fn source_len(&self, source: &IpAddr) -> usize {
         self.sources.find(source).map_or(0, |s| self.sources.len_of(s))

@@ -373,3 +373,30 @@ fn an_idle_source_is_small() {
     eprintln!("idle source: node {node} + index {entry} bytes");
     assert!(node + 8 + entry <= 128, "{node} + {entry}");
 }
+
+#[test]
+fn a_new_session_bucket_handed_over_gives_no_fresh_burst() {
+    let t0 = Instant::now();
+    let limits = Limits { new_per_source_per_sec: 10, new_per_source_burst: 5, ..Limits::default() };
+    let mut old: SessionTable<u32> = SessionTable::with_hasher(limits, FoldState::with_seeds(3, 5));
+    let (a, b) = (src_addr(10, 0).ip(), src_addr(20, 0).ip());
+    for p in 0..5u16 {
+        assert_eq!(old.admit(a, t0), Admit::Yes);
+        let _ = old.insert(src_addr(10, p), 53, 0, t0);
+    }
+    assert_eq!(old.admit(a, t0), Admit::OverRate);
+    // b spent one of its 5 then (a source's first admit): not full at t0,
+    // full again a second later and then not worth handing over.
+    assert_eq!(old.admit(b, t0), Admit::Yes);
+    let levels = old.bucket_levels(t0);
+    assert!(levels.contains(&(a, 0)) && levels.contains(&(b, 4000)), "{levels:?}");
+    let later = old.bucket_levels(t0 + S);
+    assert!(later.is_empty(), "{later:?}");
+    let mut new: SessionTable<u32> = SessionTable::with_hasher(limits, FoldState::with_seeds(7, 9));
+    for &(ip, milli) in &levels {
+        new.adopt_bucket(ip, milli, t0);
+    }
+    assert_eq!(new.admit(a, t0), Admit::OverRate, "spent stays spent in the new process");
+    assert_eq!(new.admit(a, t0 + Duration::from_millis(100)), Admit::Yes, "and refills from there");
+    assert_eq!(new.idle_sources_len(), 2, "kept as idle sources until a session joins");
+}

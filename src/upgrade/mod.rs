@@ -17,6 +17,7 @@
 //! intercept rules are never touched: at every moment a socket egressd
 //! owns is open, and what no process reads waits in its queue.
 
+mod exchange;
 pub mod notify;
 pub mod wire;
 
@@ -29,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use log::{info, warn};
+use log::warn;
 use socket2::{Domain, Socket, Type};
 
 use crate::config::Settings;
@@ -39,6 +40,9 @@ use crate::stats::{Counted, Registry};
 use crate::sys;
 use crate::worker::Moved;
 use wire::{Ask, Msg, WireError};
+
+use exchange::Received;
+pub use exchange::{Apply, Sink};
 
 /// The environment variable naming the new process's end of the handover socket.
 pub const HANDOVER_FD_ENV: &str = "EGRESSD_HANDOVER_FD";
@@ -149,9 +153,21 @@ impl Link {
     /// The next message and its descriptors, waiting until `deadline`;
     /// `Ok(None)` when the other side closed.
     pub fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<(Msg, Vec<OwnedFd>)>, String> {
+        match self.got(deadline) {
+            Got::Msg(m, fds) => Ok(Some((m, fds))),
+            Got::Closed => Ok(None),
+            Got::TimedOut => Err("timed out".into()),
+            Got::Failed(e) => Err(e),
+        }
+    }
+
+    /// [`Link::recv`], a timeout told apart.
+    fn got(&mut self, deadline: Option<Instant>) -> Got {
         let wait =
             deadline.map(|d| d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
-        self.sock.set_read_timeout(wait).map_err(|e| e.to_string())?;
+        if let Err(e) = self.sock.set_read_timeout(wait) {
+            return Got::Failed(e.to_string());
+        }
         let mut got = sys::recv_with_fds(self.sock.as_fd(), &mut self.buf);
         // A peer that exits with our record unread resets the socket; the
         // error is said once, and what it sent before (its refusal) is still queued.
@@ -161,27 +177,36 @@ impl Link {
         let (n, fds) = match got {
             Ok(r) => r,
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                return Err("timed out".into());
+                return Got::TimedOut;
             }
-            Err(e) => return Err(format!("handover socket: {e}")),
+            Err(e) => return Got::Failed(format!("handover socket: {e}")),
         };
         if n == 0 && fds.is_empty() {
-            return Ok(None);
+            return Got::Closed;
         }
         let theirs = wire::version_of(&self.buf[..n]);
         match wire::decode(&self.buf[..n], self.version) {
             // A refusal from a process of another version: the versions are the reason.
             Ok(Msg::Refuse { .. }) if theirs.is_some_and(|v| v != self.version) => {
-                Err(WireError::Version(theirs.unwrap_or(0), self.version).to_string())
+                Got::Failed(WireError::Version(theirs.unwrap_or(0), self.version).to_string())
             }
-            Ok(m) => Ok(Some((m, fds))),
+            Ok(m) => Got::Msg(m, fds),
             Err(e @ WireError::Version(..)) => {
                 let _ = self.send(&Msg::Refuse { reason: e.to_string() }, &[]);
-                Err(e.to_string())
+                Got::Failed(e.to_string())
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Got::Failed(e.to_string()),
         }
     }
+}
+
+/// What [`Link::got`] got.
+enum Got {
+    Msg(Msg, Vec<OwnedFd>),
+    /// The other side closed the link.
+    Closed,
+    TimedOut,
+    Failed(String),
 }
 
 /// What the old process hands over.
@@ -211,6 +236,8 @@ pub trait UdpMove {
     /// A handover that failed: reading again (the sessions taken out are
     /// gone: their clients' next datagrams open new ones).
     fn release(&self);
+    /// The workers' per-source buckets that are not full, as they are now.
+    fn buckets(&self) -> wire::Buckets;
 }
 
 /// A handover the new process confirmed.
@@ -219,17 +246,45 @@ pub struct Handed {
     /// The new process now serves the control socket (so the old one
     /// leaves its file alone at exit).
     pub control: bool,
-    link: Link,
+    link: Option<Link>,
     /// The quota counters as saved at the handover.
     base: Vec<(String, u64)>,
     /// The counters as handed over.
     counted: Counted,
+    /// The new process speaks the meter exchange, and the thread that
+    /// runs it while this one drains.
+    meters: bool,
+    sharing: Option<exchange::Sharing>,
 }
 
 impl Handed {
     /// As the old process ends: sends what its draining flows added to
     /// the quota counters and to the stats counters since the handover.
-    pub fn finish(self, ledger: &Ledger, registry: &Registry) {
+    /// The quota bytes are all of them (the meter exchange's reports
+    /// were provisional: the new process takes what it was told off).
+    pub fn share(&mut self, sink: Sink) {
+        let Some(link) = self.link.take().filter(|_| self.meters) else { return };
+        match exchange::Sharing::start(link, sink) {
+            Ok(s) => self.sharing = Some(s),
+            Err((link, e)) => {
+                warn!(target: "egressd::upgrade", "cannot share rates and quotas with the new process while draining: {e}");
+                self.link = Some(link);
+                self.meters = false;
+            }
+        }
+    }
+
+    pub fn finish(mut self, ledger: &Ledger, registry: &Registry) {
+        // Quota bytes the new process reported: in this ledger, not this
+        // process's to pass on.
+        let mut received = Received::new();
+        if let Some(s) = self.sharing.take() {
+            (self.link, received) = s.stop();
+        }
+        let Some(link) = self.link else {
+            warn!(target: "egressd::upgrade", "the link to the new process is gone: what the drain counted is not passed on");
+            return;
+        };
         let counts = wire::Counts::of(&registry.counted().since(&self.counted));
         let base: std::collections::HashMap<_, _> = self.base.into_iter().collect();
         let bytes: Vec<(String, u64)> = ledger
@@ -239,10 +294,11 @@ impl Handed {
                 let before = base.get(&name).copied().unwrap_or(0);
                 // A period renewed meanwhile: all of it is new.
                 let d = if now >= before { now - before } else { now };
+                let d = d.saturating_sub(received.get(&name).copied().unwrap_or(0));
                 (d > 0).then_some((name, d))
             })
             .collect();
-        if let Err(e) = self.link.send(&Msg::Spent { bytes, counts }, &[]) {
+        if let Err(e) = link.send(&Msg::Spent { bytes, counts }, &[]) {
             warn!(target: "egressd::upgrade", "cannot tell the new process what draining flows counted: {e}");
         }
     }
@@ -268,7 +324,15 @@ pub fn hand_over(h: &Handing<'_>, binary: &Path, say: &mut dyn FnMut(String)) ->
     say(format!("started {} as PID {pid}", binary.display()));
     let mut link = Link::new(mine);
     match exchange(h, &mut link, pid, &still, say) {
-        Ok(base) => Ok(Handed { pid, control: h.control.is_some(), link, base, counted: h.counted.clone() }),
+        Ok((base, meters)) => Ok(Handed {
+            pid,
+            control: h.control.is_some(),
+            link: Some(link),
+            base,
+            counted: h.counted.clone(),
+            meters,
+            sharing: None,
+        }),
         Err(why) => {
             let why = match ended(&mut child) {
                 // It ended on its own, before or without saying why: its status is the news.
@@ -339,9 +403,10 @@ fn exchange(
     pid: u32,
     still: &[u32],
     say: &mut dyn FnMut(String),
-) -> Result<Vec<(String, u64)>, String> {
+) -> Result<(Vec<(String, u64)>, bool), String> {
     let deadline = Some(Instant::now() + CONFIRM);
-    if let Err(e) = link.send(&Msg::Hello { pid: std::process::id(), draining: still.to_vec() }, &[]) {
+    let hello = Msg::Hello { pid: std::process::id(), draining: still.to_vec(), meters: true };
+    if let Err(e) = link.send(&hello, &[]) {
         // It may have said why before it went (a bad config): that is the news.
         return Err(match link.recv(Some(Instant::now() + Duration::from_millis(200))) {
             Ok(Some((Msg::Refuse { reason }, _))) => format!("the new process refused: {reason}"),
@@ -376,7 +441,8 @@ fn exchange(
     link.send(&sockets, &fds)?;
     // From here the new process may load the quota state: this one's last save.
     let base = h.keeper.hand_over()?;
-    link.send(&Msg::State(h.state.clone()), &[])?;
+    let state = wire::State { buckets: h.udp.buckets(), ..h.state.clone() };
+    link.send(&Msg::State(state), &[])?;
     let moved = send_sessions(link, h.udp.export()?)?;
     match expect(link, deadline, "its confirmation")? {
         Msg::Ready { pid: p } if p == pid => {}
@@ -393,7 +459,7 @@ fn exchange(
         h.state.labels.len(),
         base.len(),
     ));
-    Ok(base)
+    Ok((base, ask.meters))
 }
 
 /// Most sessions per record: two descriptors each, within SCM_MAX_FD.
@@ -449,6 +515,7 @@ fn name(m: &Msg) -> &'static str {
         Msg::State(_) => "State",
         Msg::Ready { .. } => "Ready",
         Msg::Spent { .. } => "Spent",
+        Msg::Used(_) => "Used",
         Msg::Sessions { .. } => "Sessions",
     }
 }
@@ -490,6 +557,8 @@ pub struct Taken {
     /// The process it replaces, and those still draining before it.
     pub old: u32,
     pub draining: Vec<u32>,
+    /// Both speak the meter exchange.
+    pub meters: bool,
 }
 
 /// The new side: the link to the process being replaced.
@@ -514,8 +583,8 @@ impl Inherited {
     /// `settings`.
     pub fn receive(&mut self, settings: &Settings) -> Result<Taken, String> {
         let deadline = Some(Instant::now() + CONFIRM);
-        let (old, draining) = match self.next(deadline)? {
-            (Msg::Hello { pid, draining }, _) => (pid, draining),
+        let (old, draining, meters) = match self.next(deadline)? {
+            (Msg::Hello { pid, draining, meters }, _) => (pid, draining, meters),
             (other, _) => return Err(format!("unexpected {} from the old process", name(&other))),
         };
         let ask = Ask {
@@ -525,6 +594,7 @@ impl Inherited {
             state_dir: settings.state_dir.display().to_string(),
             control_socket: settings.control.socket.display().to_string(),
             metrics_listen: settings.control.metrics_listen,
+            meters,
         };
         self.link.send(&Msg::Ask(ask), &[])?;
         let (fronts, per_front, control, metrics, fds) = match self.next(deadline)? {
@@ -562,7 +632,7 @@ impl Inherited {
         }
         let mut draining: Vec<u32> = draining.into_iter().filter(|&p| alive(p)).collect();
         draining.push(old);
-        Ok(Taken { state, old, draining, sessions, ..taken })
+        Ok(Taken { state, old, draining, sessions, meters, ..taken })
     }
 
     fn next(&mut self, deadline: Option<Instant>) -> Result<(Msg, Vec<OwnedFd>), String> {
@@ -574,43 +644,15 @@ impl Inherited {
         }
     }
 
-    /// Serving: tells the old process, then (on a thread of its own) adds
-    /// what its draining flows count to `ledger` and logs its end. The
-    /// thread ends with the old process: a process that is itself handed
-    /// over waits for it before it reports its own counts on (so bytes
-    /// drained by the oldest of several reach the one serving).
-    pub fn ready(
-        mut self,
-        old: u32,
-        ledger: Arc<Ledger>,
-        (registry, keep): (Arc<Registry>, Duration),
-    ) -> Result<std::thread::JoinHandle<()>, String> {
+    /// Serving: tells the old process, then (on a thread of its own)
+    /// shares rates and quotas with it while it drains (`meters`: both
+    /// speak it), adds what its drain counted to `sink` and logs its end.
+    /// The thread ends with the old process: a process that is itself
+    /// handed over waits for it before it reports its own counts on (so
+    /// bytes drained by the oldest of several reach the one serving).
+    pub fn ready(self, old: u32, meters: bool, sink: Sink) -> Result<std::thread::JoinHandle<()>, String> {
         self.link.send(&Msg::Ready { pid: std::process::id() }, &[])?;
-        let started = Instant::now();
-        std::thread::Builder::new()
-            .name("egressd-handover".into())
-            .spawn(move || {
-                loop {
-                    match self.link.recv(None) {
-                        Ok(Some((Msg::Spent { bytes, counts }, _))) => {
-                            registry.carry(&counts.counted(), Instant::now() + keep);
-                            let n: u64 = bytes.iter().map(|(_, b)| b).sum();
-                            for (name, b) in &bytes {
-                                if !ledger.credit(name, *b) {
-                                    warn!(target: "egressd::upgrade", "old process counted {b} bytes for unknown quota identity {name}");
-                                }
-                            }
-                            if n > 0 {
-                                info!(target: "egressd::upgrade", "old process {old}: its draining flows counted {n} more quota bytes, added");
-                            }
-                        }
-                        Ok(Some(_)) => {}
-                        Ok(None) | Err(_) => break,
-                    }
-                }
-                info!(target: "egressd::upgrade", "old process {old} ended {:.1} s after the handover", started.elapsed().as_secs_f64());
-            })
-            .map_err(|e| e.to_string())
+        exchange::successor(self.link, old, meters, sink)
     }
 }
 
@@ -656,6 +698,7 @@ fn split(
         sessions: Vec::new(),
         old: 0,
         draining: Vec::new(),
+        meters: false,
     })
 }
 

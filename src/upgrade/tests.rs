@@ -16,6 +16,7 @@ fn ask_of(s: &Settings) -> Ask {
         state_dir: s.state_dir.display().to_string(),
         control_socket: s.control.socket.display().to_string(),
         metrics_listen: s.control.metrics_listen,
+        meters: true,
     }
 }
 
@@ -82,7 +83,7 @@ fn records_carry_descriptors_and_a_version_mismatch_is_answered_with_a_refusal()
     assert!(text.starts_with(&std::process::id().to_string()), "the same file came across: {text}");
     // The other side speaks version 99: its record is refused, and told why.
     b.version = 99;
-    b.send(&Msg::Hello { pid: 1, draining: vec![] }, &[]).unwrap();
+    b.send(&Msg::Hello { pid: 1, draining: vec![], meters: false }, &[]).unwrap();
     let e = a.recv(deadline).unwrap_err();
     assert!(
         e.starts_with(&format!("the other process speaks handover version 99, this one {}", wire::VERSION))
@@ -102,4 +103,79 @@ fn a_silent_peer_times_out() {
     let mut a = Link::new(a);
     let e = a.recv(Some(Instant::now() + Duration::from_millis(50))).unwrap_err();
     assert_eq!(e, "timed out");
+}
+
+/// Records what another process's reports would do here.
+#[derive(Default)]
+struct Seen(Mutex<Vec<crate::worker::Used>>);
+
+impl Apply for Seen {
+    fn apply(&self, used: &crate::worker::Used) {
+        self.0.lock().unwrap().push(used.clone());
+    }
+}
+
+fn sink(seen: &Arc<Seen>) -> Sink {
+    Sink {
+        ledger: Arc::default(),
+        registry: Arc::default(),
+        keep: Duration::from_secs(600),
+        meters: Arc::default(),
+        apply: Arc::clone(seen) as Arc<dyn Apply>,
+    }
+}
+
+fn wait_for(what: &str, f: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(5), "waited 5 s for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn while_the_old_process_drains_both_share_their_reports_then_it_says_what_it_counted() {
+    use crate::worker::Used;
+    let (a, b) = Socket::pair(Domain::UNIX, Type::SEQPACKET.cloexec(), None).unwrap();
+    let (old_seen, new_seen) = (Arc::new(Seen::default()), Arc::new(Seen::default()));
+    let (old_sink, new_sink) = (sink(&old_seen), sink(&new_seen));
+    // The new process also has a successor of its own (a third process):
+    // what the old one reports is passed on to it.
+    let (_, third) = new_sink.meters.link();
+    let newer = exchange::successor(Link::new(b), 1, true, new_sink.clone()).unwrap();
+    let sharing = exchange::Sharing::start(Link::new(a), old_sink.clone()).map_err(|(_, e)| e).unwrap();
+    wait_for("both links", || old_sink.meters.on() && new_sink.meters.on());
+    let from_old =
+        Used { rates: vec![("10.8.0.10".parse().unwrap(), [5, 6])], quota: vec![("web".into(), 11)] };
+    old_sink.meters.send(None, &from_old);
+    wait_for("the old process's report", || !new_seen.0.lock().unwrap().is_empty());
+    assert_eq!(new_seen.0.lock().unwrap()[0], from_old);
+    assert_eq!(third.try_recv().unwrap(), from_old, "passed on to the third");
+    let from_new = Used { rates: vec![("10.8.0.10".parse().unwrap(), [1, 2])], quota: vec![] };
+    new_sink.meters.send(None, &from_new);
+    wait_for("the new process's report", || !old_seen.0.lock().unwrap().is_empty());
+    assert_eq!(old_seen.0.lock().unwrap()[0], from_new);
+    assert!(third.try_recv().is_ok(), "its own report goes to the third too");
+    // The old process ends: a last report, then what its drain counted.
+    old_sink.meters.send(None, &from_old);
+    let (link, received) = sharing.stop();
+    let link = link.expect("the link back");
+    assert!(received.is_empty(), "the new process reported no quota bytes");
+    assert!(!old_sink.meters.on(), "unlinked");
+    let mut counts = wire::Counts::default();
+    counts.total.push(("tcp_bytes_down".into(), 42));
+    // Its drain counted 30 quota bytes for "web" in all; its reports said
+    // 22 of them (applied as they came): the rest is added now.
+    let q = crate::config::Quota {
+        bytes: 1 << 30,
+        every: Duration::from_secs(3600),
+        on: crate::config::OnQuota::Reject,
+    };
+    let web = new_sink.ledger.meter("web", &q, 1_000);
+    link.send(&Msg::Spent { bytes: vec![("web".into(), 30)], counts }, &[]).unwrap();
+    drop(link);
+    newer.join().unwrap();
+    assert_eq!(web.used(), 8);
+    assert_eq!(new_seen.0.lock().unwrap().len(), 2, "the last report came before the end");
+    assert_eq!(new_sink.registry.total().tcp_bytes_down, 42);
 }

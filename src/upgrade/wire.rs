@@ -21,6 +21,7 @@
 //!    │ Sessions {...} + fds, ..., last ─►  │ takes the UDP sessions, reads UDP
 //!    │                                ◄─   Ready {pid}
 //!    │ stops accepting, drains ...         │
+//!    │ Used {per source, per identity} ◄─► │ every 100 ms both ways (meters)
 //!    │ Spent {bytes, counts}          ─►   │ added to its quota counters and stats
 //!    ╳ exits (end of stream)               │ logs the old process's end
 //! ```
@@ -31,6 +32,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::stats::{Counted, Snapshot};
+use crate::worker::Used;
 
 /// The version this binary speaks. Bumped on any change to [`Msg`] a peer
 /// of the previous version could misread: between two versions the
@@ -49,7 +51,14 @@ pub const MAX_RECORD: usize = 4 << 20;
 pub enum Msg {
     /// Old → new, first: who hands over, and the older processes still
     /// draining (so the new one knows how many there are).
-    Hello { pid: u32, draining: Vec<u32> },
+    Hello {
+        pid: u32,
+        draining: Vec<u32>,
+        /// It speaks the meter exchange (`Used`) while it drains; absent
+        /// from a peer that predates it.
+        #[serde(default)]
+        meters: bool,
+    },
     /// New → old: what the new config would serve, to compare the keys
     /// that only a restart changes.
     Ask(Ask),
@@ -68,6 +77,10 @@ pub enum Msg {
     Sessions { sessions: Vec<Session>, last: bool },
     /// New → old: serving; the old one may stop accepting.
     Ready { pid: u32 },
+    /// Either way after `Ready`, about ten times a second while the old
+    /// one drains, when both said `meters`: what the sender's shaped and
+    /// metered flows moved (and what it passes on from a third process).
+    Used(Used),
     /// Old → new, as the old one ends: bytes its draining flows counted
     /// after the handover, per quota identity, and what they added to its
     /// counters (absent from a peer that predates it).
@@ -87,6 +100,9 @@ pub struct Ask {
     pub state_dir: String,
     pub control_socket: String,
     pub metrics_listen: Option<SocketAddr>,
+    /// It speaks the meter exchange too (only when the Hello said so).
+    #[serde(default)]
+    pub meters: bool,
 }
 
 /// The routing state a restart would lose.
@@ -100,6 +116,19 @@ pub struct State {
     /// from where they were; absent from a peer that predates them.
     #[serde(default)]
     pub counts: Counts,
+    /// The per-source new-flow and new-session buckets that are not full,
+    /// so that a source gets no fresh burst from an upgrade.
+    #[serde(default)]
+    pub buckets: Buckets,
+}
+
+/// Token buckets by source, in thousandths of a token held.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Buckets {
+    /// New TCP flows (`tcp.new_flows_per_source_per_sec`).
+    pub tcp: Vec<(IpAddr, u64)>,
+    /// New UDP sessions (`udp.new_sessions_per_source_per_sec`).
+    pub udp: Vec<(IpAddr, u64)>,
 }
 
 /// Counter totals by name (gauges left out: they are each process's own):
@@ -221,7 +250,7 @@ mod tests {
 
     fn all() -> Vec<Msg> {
         vec![
-            Msg::Hello { pid: 7, draining: vec![3, 5] },
+            Msg::Hello { pid: 7, draining: vec![3, 5], meters: true },
             Msg::Ask(Ask {
                 pid: 8,
                 listen: vec!["10.8.0.1:10900".parse().unwrap(), "[fd08::1]:10900".parse().unwrap()],
@@ -229,6 +258,7 @@ mod tests {
                 state_dir: "/var/lib/egressd".into(),
                 control_socket: "/run/egressd.sock".into(),
                 metrics_listen: None,
+                meters: true,
             }),
             Msg::Refuse { reason: "listen changed".into() },
             Msg::Sockets { fronts: 2, per_front: 2, control: true, metrics: false },
@@ -246,6 +276,10 @@ mod tests {
                     tunnels: vec![("hk1".into(), vec![("tcp_bytes_up".into(), 7)])],
                     sources: vec![("10.8.0.12/32".into(), vec![("tcp_bytes_up".into(), 7)])],
                 },
+                buckets: Buckets {
+                    tcp: vec![("10.8.0.12".parse().unwrap(), 0)],
+                    udp: vec![("fd00::5".parse().unwrap(), 999)],
+                },
             }),
             Msg::Sessions {
                 sessions: vec![Session {
@@ -258,6 +292,10 @@ mod tests {
             },
             Msg::Ready { pid: 8 },
             Msg::Spent { bytes: vec![("web".into(), 1 << 40)], counts: Counts::default() },
+            Msg::Used(Used {
+                rates: vec![("10.8.0.10".parse().unwrap(), [1, u64::MAX])],
+                quota: vec![("web".into(), 5)],
+            }),
         ]
     }
 
@@ -312,7 +350,7 @@ mod tests {
 
     #[test]
     fn another_version_is_refused_but_its_refusal_is_read() {
-        let rec = encode(2, &Msg::Hello { pid: 1, draining: vec![] });
+        let rec = encode(2, &Msg::Hello { pid: 1, draining: vec![], meters: false });
         assert_eq!(decode(&rec, VERSION), Err(WireError::Version(2, VERSION)));
         assert!(
             WireError::Version(2, 1)

@@ -38,6 +38,10 @@ pub(super) struct Gate {
     /// to it, so flows woken at the same instant take turns (without
     /// this, the one whose timer sorts first took every chunk).
     turn: [Option<(u16, Instant)>; 2],
+    /// Bytes that moved up and down, and bytes counted against the quota
+    /// alone, since [`Gate::take_used`] (the meter exchange of an upgrade).
+    used: [u64; 2],
+    counted: u64,
 }
 
 /// A metered source's quota.
@@ -63,7 +67,13 @@ impl Metered {
 impl Gate {
     /// A gate when something holds the source: a shaper, a quota, or both.
     pub(super) fn new(shaper: Option<Shaper>, quota: Option<Metered>) -> Option<Gate> {
-        (shaper.is_some() || quota.is_some()).then_some(Gate { shaper, quota, turn: [None, None] })
+        (shaper.is_some() || quota.is_some()).then_some(Gate {
+            shaper,
+            quota,
+            turn: [None, None],
+            used: [0, 0],
+            counted: 0,
+        })
     }
 
     /// The quota is spent and says Reject: nothing moves, flows end.
@@ -130,6 +140,8 @@ impl Gate {
     /// Counts `n` payload bytes that moved in `dir`: the meter, and the
     /// buckets in use (see `Shaper::consume`).
     pub(super) fn consume(&mut self, dir: Dir, n: usize, now: Instant) -> u64 {
+        let u = &mut self.used[dir.index()];
+        *u = u.saturating_add(n as u64);
         if let Some(q) = &self.quota {
             q.meter.add(u64::try_from(n).unwrap_or(u64::MAX));
         }
@@ -141,9 +153,40 @@ impl Gate {
 
     /// Counts `n` bytes against the quota only (DNS carried over TCP:
     /// metered, never shaped).
-    pub(super) fn count(&self, n: usize) {
+    pub(super) fn count(&mut self, n: usize) {
         if let Some(q) = &self.quota {
             q.meter.add(u64::try_from(n).unwrap_or(u64::MAX));
+            self.counted = self.counted.saturating_add(n as u64);
+        }
+    }
+
+    /// What moved through the gate since the last call: bytes up and down,
+    /// and the bytes its quota counted (0 when it has none).
+    pub(super) fn take_used(&mut self) -> ([u64; 2], u64) {
+        let used = std::mem::take(&mut self.used);
+        let counted = std::mem::take(&mut self.counted);
+        let metered =
+            if self.quota.is_some() { used[0].saturating_add(used[1]).saturating_add(counted) } else { 0 };
+        (used, metered)
+    }
+
+    /// Puts back what [`Gate::take_used`] took (a gate rebuilt by a reload).
+    pub(super) fn restore_used(&mut self, used: [u64; 2], metered: u64) {
+        self.used[0] = self.used[0].saturating_add(used[0]);
+        self.used[1] = self.used[1].saturating_add(used[1]);
+        // Metered bytes beyond up and down were counted alone.
+        self.counted = self.counted.saturating_add(metered.saturating_sub(used[0].saturating_add(used[1])));
+    }
+
+    /// `n` bytes another process moved for the same source in `dir`: its
+    /// buckets take them (not its meter: the ledger is told apart).
+    pub(super) fn debit(&mut self, dir: Dir, n: u64, now: Instant) {
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        if let Some(t) = self.throttling() {
+            t.consume(dir, n, now);
+        }
+        if let Some(s) = self.shaper.as_mut() {
+            s.consume(dir, n, now);
         }
     }
 

@@ -395,6 +395,46 @@ impl TcpSources {
         }
     }
 
+    /// The sources whose new-flow bucket is not full at `now`, and the
+    /// thousandths of a token each holds (for an upgrade's new process).
+    pub fn levels(&mut self, lim: &TcpLimits, now: Instant) -> Vec<(IpAddr, u64)> {
+        let full = u64::from(lim.burst) * 1000;
+        let mut out = Vec::new();
+        for (ip, e) in &mut self.entries {
+            let l = e.bucket.level(lim.rate, lim.burst, now);
+            if l < full {
+                out.push((*ip, l));
+            }
+        }
+        out
+    }
+
+    /// `ip`'s bucket holds no more than `milli` (its level in the process
+    /// this one took over from). An unknown source is kept as idle, in the
+    /// source cap of `route` like any other (not kept when that is full).
+    pub fn adopt(
+        &mut self,
+        (ip, milli): (IpAddr, u64),
+        route: Option<Cidr>,
+        lim: &TcpLimits,
+        shared: &SharedLimits,
+        now: Instant,
+    ) {
+        if let Some(e) = self.entries.get_mut(&ip) {
+            e.bucket.lower_to(milli);
+            return;
+        }
+        let counted = match shared.cap.admit(ip, route, lim.max_sources) {
+            Cap::Counted => true,
+            Cap::Uncapped => false,
+            Cap::Full => return,
+        };
+        let bucket = Bucket::with_level(milli, lim.burst, now);
+        self.entries.insert(ip, Entry { flows: 0, bucket, counted });
+        self.idle.insert(ip, now);
+        self.forget_idle(lim, shared, now);
+    }
+
     /// Flows `ip` has open in this worker.
     #[cfg(test)]
     fn flows_of(&self, ip: &IpAddr) -> u32 {
@@ -582,6 +622,43 @@ mod tests {
         t.open(ip("10.8.0.11"), None, &l, &shared, t0 + Duration::from_secs(3)).unwrap();
         assert_eq!(t.len(), 1);
         assert_eq!(t.flows_of(&a), 0);
+    }
+
+    #[test]
+    fn a_bucket_handed_over_gives_no_fresh_burst() {
+        let (l, shared) = (lim(10, 1, 3, 100), SharedLimits::default());
+        let t0 = Instant::now();
+        let mut old = TcpSources::default();
+        for _ in 0..3 {
+            let r = old.open(ip("10.8.0.10"), None, &l, &shared, t0);
+            assert!(r.is_ok(), "{r:?}");
+        }
+        assert_eq!(old.open(ip("10.8.0.10"), None, &l, &shared, t0), Err(Refused::Rate));
+        // A source with a full bucket is not worth handing over.
+        assert!(old.open(ip("10.8.0.11"), None, &l, &shared, t0 - Duration::from_secs(10)).is_ok());
+        let levels = old.levels(&l, t0);
+        assert_eq!(levels, vec![(ip("10.8.0.10"), 0)]);
+        let (mut new, shared2) = (TcpSources::default(), SharedLimits::default());
+        // One flow slipped in before the levels came: the lower level wins.
+        assert!(new.open(ip("10.8.0.10"), None, &l, &shared2, t0).is_ok());
+        for lv in levels {
+            new.adopt(lv, None, &l, &shared2, t0);
+        }
+        assert_eq!(new.open(ip("10.8.0.10"), None, &l, &shared2, t0), Err(Refused::Rate));
+        assert!(
+            new.open(ip("10.8.0.10"), None, &l, &shared2, t0 + Duration::from_secs(1)).is_ok(),
+            "refills on"
+        );
+        // An unknown source is adopted idle, in its route's cap.
+        let capped = lim(10, 1, 3, 1);
+        let c = cidr("10.8.0.0/24");
+        let mut other = TcpSources::default();
+        other.adopt((ip("10.8.0.20"), 0), c, &capped, &shared2, t0);
+        assert_eq!(shared2.cap.sources(c), 1);
+        assert_eq!(other.open(ip("10.8.0.20"), c, &capped, &shared2, t0), Err(Refused::Rate));
+        // The cap full: not kept (a newcomer would be refused anyway).
+        other.adopt((ip("10.8.0.21"), 0), c, &capped, &shared2, t0);
+        assert_eq!(other.len(), 1);
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod flow;
 mod gate;
 mod handshake;
 mod limits;
+mod meters;
 mod queue;
 mod refuse;
 mod routing;
@@ -35,7 +36,7 @@ mod warm;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{self, ErrorKind};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -55,11 +56,12 @@ use crate::stats::{Counters, Registry, Tally};
 use crate::udp::FoldState;
 use flow::{End, Flow};
 pub use limits::SharedLimits;
-pub use shaping::Boards;
+pub use meters::{Meters, Used};
+pub use shaping::{Boards, REPORT_EVERY};
 // For the session, DNS and pool files beside the flow's.
 use flow::may_read;
 use handshake::{Drive, auth_of, connect, drive_handshake};
-use limits::{Refused, TcpSources, UdpCapHolds};
+use limits::{Refused, TcpLimits, TcpSources, UdpCapHolds};
 use slab::{Kind, Slab};
 use std::collections::HashMap;
 pub use udp::{Moved, UdpBatch, UdpItem};
@@ -116,6 +118,23 @@ pub enum Command {
     /// The new process of an upgrade: the old one's sessions of this
     /// worker's clients; how many were taken.
     AdoptUdp(Vec<Moved>, Sender<usize>),
+    /// What another process of an upgrade moved for these sources: their
+    /// buckets here take it (see `meters`).
+    Debit(Vec<(IpAddr, [u64; 2])>),
+    /// An upgrade: the per-source new-flow and new-session buckets that
+    /// are not full, for the new process.
+    ExportLevels(Sender<Levels>),
+    /// The new process of an upgrade: the old one's buckets of this
+    /// worker's sources (no fresh burst for a source that spent its own).
+    AdoptLevels(Levels),
+}
+
+/// Per-source token buckets by level (thousandths of a token): the TCP
+/// new-flow and the UDP new-session ones.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Levels {
+    pub tcp: Vec<(IpAddr, u64)>,
+    pub udp: Vec<(IpAddr, u64)>,
 }
 
 /// How workers stop: the flag, how long their TCP flows may still drain
@@ -280,6 +299,8 @@ pub struct Common {
     pub boards: Arc<Boards>,
     /// The quota counters (issue 27).
     pub ledger: Arc<crate::quota::Ledger>,
+    /// The meter exchange with the other processes of an upgrade.
+    pub meters: Arc<Meters>,
 }
 
 impl WorkerLoop {
@@ -290,7 +311,7 @@ impl WorkerLoop {
         routing: Arc<dyn Routing>,
         common: &Common,
     ) -> io::Result<(WorkerLoop, WorkerHandle)> {
-        let Common { registry, pools, fail_log, limits, boards, ledger } = common.clone();
+        let Common { registry, pools, fail_log, limits, boards, ledger, meters } = common.clone();
         let counters = registry.thread();
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -332,7 +353,7 @@ impl WorkerLoop {
             limits,
             udp_cap: UdpCapHolds::default(),
             early_held: 0,
-            shapers: shaping::Shapers::new(&settings, boards, ledger),
+            shapers: shaping::Shapers::new(&settings, boards, ledger, meters),
             fds_short_until: Instant::now(),
             refuse_log: Default::default(),
             udp_cap_log: Default::default(),
@@ -358,6 +379,7 @@ impl WorkerLoop {
                 self.tallies.next_due(),
                 stopping_since.map(|t| t + grace),
                 stopping_since.filter(|_| self.flows.is_empty()).map(|t| t + linger),
+                self.shapers.next_report(),
             ]
             .into_iter()
             .flatten()
@@ -401,9 +423,23 @@ impl WorkerLoop {
                 let (grace, linger) = stop.times();
                 if (self.flows.is_empty() && waited >= linger) || waited >= grace {
                     debug!(target: "egressd::worker", "worker {} stopping with {} flows", self.id, self.flows.len());
+                    self.shapers.report(self.now, true);
                     return Ok(());
                 }
             }
+        }
+    }
+
+    fn adopt_levels(&mut self, l: Levels) {
+        let lim = TcpLimits::of(&self.settings);
+        for (ip, milli) in l.tcp {
+            // A source routed nowhere now opens nothing: nothing to keep.
+            if let Some((route, _)) = self.routes.route(ip) {
+                self.tcp_sources.adopt((ip, milli), route, &lim, &self.limits, self.now);
+            }
+        }
+        for (ip, milli) in l.udp {
+            self.udp.table.adopt_bucket(ip, milli, self.now);
         }
     }
 
@@ -428,6 +464,13 @@ impl WorkerLoop {
                 Command::AdoptUdp(moved, tx) => {
                     let _ = tx.send(self.adopt_sessions(moved));
                 }
+                Command::ExportLevels(tx) => {
+                    let lim = TcpLimits::of(&self.settings);
+                    let tcp = self.tcp_sources.levels(&lim, self.now);
+                    let _ = tx.send(Levels { tcp, udp: self.udp.table.bucket_levels(self.now) });
+                }
+                Command::AdoptLevels(l) => self.adopt_levels(l),
+                Command::Debit(rates) => self.shapers.debit(&rates, self.now),
             }
         }
         for _ in 0..limit {
@@ -485,6 +528,7 @@ impl WorkerLoop {
     /// Once a second: the shaping gauges, and the flows of sources whose
     /// quota now refuses end.
     fn publish_shapers(&mut self) {
+        self.shapers.report(self.now, false);
         let mut refused = Vec::new();
         self.shapers.publish(&self.counters, self.now, &mut refused);
         if !refused.is_empty() {

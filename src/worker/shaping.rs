@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::gate::{Gate, Metered};
+use super::meters::{Meters, Used};
 use crate::config::{Quota, Settings, Tunnel};
 use crate::quota::Ledger;
 use crate::shape::{ClassLimits, Dir, Shaper, TunnelShare};
@@ -86,6 +87,8 @@ struct Entry {
     /// and down last added to their `shape_rate_*` gauges.
     tally: Tally,
     published: [u64; 2],
+    /// Its quota identity, when metered (for the meter exchange).
+    identity: Option<String>,
 }
 
 impl Entry {
@@ -120,12 +123,40 @@ pub(super) struct Shapers {
     ledger: Arc<Ledger>,
     map: HashMap<IpAddr, Entry, FoldState>,
     next_publish: Instant,
+    /// The meter exchange of an upgrade (see `meters`): while it is on,
+    /// what the gates moved is reported every [`REPORT_EVERY`]; `pending`
+    /// holds what gates dropped since the last report moved.
+    meters: Arc<Meters>,
+    reporting: bool,
+    pending: Vec<Used>,
+    next_report: Instant,
 }
 
+/// How often a worker reports what its gates moved while an upgrade's
+/// processes share the sources' rates and quotas.
+pub const REPORT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl Shapers {
-    pub(super) fn new(s: &Settings, boards: Arc<Boards>, ledger: Arc<Ledger>) -> Shapers {
+    pub(super) fn new(
+        s: &Settings,
+        boards: Arc<Boards>,
+        ledger: Arc<Ledger>,
+        meters: Arc<Meters>,
+    ) -> Shapers {
         let (on, metered) = (in_use(s), s.metered());
-        Shapers { on, metered, boards, ledger, map: HashMap::default(), next_publish: Instant::now() }
+        let now = Instant::now();
+        Shapers {
+            on,
+            metered,
+            boards,
+            ledger,
+            map: HashMap::default(),
+            next_publish: now,
+            meters,
+            reporting: false,
+            pending: Vec::new(),
+            next_report: now,
+        }
     }
 
     /// Whether `source`'s quota is spent and rejects (a new flow or session
@@ -172,8 +203,17 @@ impl Shapers {
             e.users += 1;
             return true;
         }
-        let Some(gate) = self.build((&tunnel.name, tunnel.rate), holds(), now) else { return false };
-        let e = Entry { gate, users: 1, tunnel: Arc::clone(tunnel), tally: tally.clone(), published: [0, 0] };
+        let holds = holds();
+        let identity = holds.1.as_ref().map(|(id, _)| id.clone());
+        let Some(gate) = self.build((&tunnel.name, tunnel.rate), holds, now) else { return false };
+        let e = Entry {
+            gate,
+            users: 1,
+            tunnel: Arc::clone(tunnel),
+            tally: tally.clone(),
+            published: [0, 0],
+            identity,
+        };
         self.map.insert(source, e);
         true
     }
@@ -185,7 +225,15 @@ impl Shapers {
             e.users = e.users.saturating_sub(1);
             if e.users == 0 {
                 e.publish(all, [0, 0]);
-                self.map.remove(&source);
+                if let Some(mut e) = self.map.remove(&source)
+                    && self.reporting
+                {
+                    let mut u = Used::default();
+                    add_used(&mut u, source, &mut e);
+                    if !u.is_empty() {
+                        self.pending.push(u);
+                    }
+                }
             }
         }
     }
@@ -204,6 +252,50 @@ impl Shapers {
             e.publish(all, rates);
             if e.gate.refused() {
                 refused.push(*ip);
+            }
+        }
+    }
+
+    /// Every [`REPORT_EVERY`] while the meter exchange is on (and once
+    /// more with `last`, as the worker ends): what the gates moved goes to
+    /// the processes linked to this one. Turned on, it starts from 0.
+    pub(super) fn report(&mut self, now: Instant, last: bool) {
+        let on = self.meters.on();
+        if on != self.reporting {
+            self.reporting = on;
+            // What moved before the exchange began is no one's business.
+            self.pending.clear();
+            for e in self.map.values_mut() {
+                e.gate.take_used();
+            }
+            self.next_report = now + REPORT_EVERY;
+            return;
+        }
+        if !on || (now < self.next_report && !last) {
+            return;
+        }
+        self.next_report = now + REPORT_EVERY;
+        let mut u = Used::default();
+        for (ip, e) in &mut self.map {
+            add_used(&mut u, *ip, e);
+        }
+        let parts = std::mem::take(&mut self.pending);
+        let u = if parts.is_empty() { u } else { Used::sum(parts.into_iter().chain([u])) };
+        self.meters.send(None, &u);
+    }
+
+    /// When the next report is due (for the worker's poll timeout).
+    pub(super) fn next_report(&self) -> Option<Instant> {
+        (self.reporting && !(self.map.is_empty() && self.pending.is_empty())).then_some(self.next_report)
+    }
+
+    /// What another process's flows of these sources moved: their gates'
+    /// buckets here take it (sources without a gate here move nothing).
+    pub(super) fn debit(&mut self, rates: &[(IpAddr, [u64; 2])], now: Instant) {
+        for (ip, [up, down]) in rates {
+            if let Some(e) = self.map.get_mut(ip) {
+                e.gate.debit(Dir::Up, *up, now);
+                e.gate.debit(Dir::Down, *down, now);
             }
         }
     }
@@ -232,9 +324,15 @@ impl Shapers {
             let Some(e) = self.map.get(&ip) else { continue };
             // The tunnel's rate now: one that gained a rate shares it at once.
             let rate = s.tunnels.iter().find(|t| t.name == e.tunnel.name).and_then(|t| t.rate);
-            let gate = self.build((&e.tunnel.name, rate), holds(ip), now);
+            let holds = holds(ip);
+            let identity = holds.1.as_ref().map(|(id, _)| id.clone());
+            let gate = self.build((&e.tunnel.name, rate), holds, now);
             if let Some(e) = self.map.get_mut(&ip) {
+                // What the old gate moved is still to be reported.
+                let (used, metered) = e.gate.take_used();
                 e.gate = gate.unwrap_or_else(|| uncapped(now));
+                e.gate.restore_used(used, metered);
+                e.identity = identity.or(e.identity.take());
             }
         }
     }
@@ -243,6 +341,17 @@ impl Shapers {
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.map.len()
+    }
+}
+
+/// Adds what `e`'s gate moved since its last report to `u`.
+fn add_used(u: &mut Used, ip: IpAddr, e: &mut Entry) {
+    let (used, metered) = e.gate.take_used();
+    if used != [0, 0] {
+        u.rates.push((ip, used));
+    }
+    if let (Some(id), true) = (&e.identity, metered > 0) {
+        u.quota.push((id.clone(), metered));
     }
 }
 
@@ -287,7 +396,7 @@ mod tests {
     #[test]
     fn without_classes_or_rates_nothing_is_shaped_nor_looked_up() {
         let s = settings(PLAIN);
-        let mut sh = Shapers::new(&s, Arc::default(), Arc::default());
+        let mut sh = Shapers::new(&s, Arc::default(), Arc::default(), Arc::default());
         let t = Arc::new(s.tunnels[0].clone());
         let looked = std::cell::Cell::new(false);
         let class = || {
@@ -303,7 +412,7 @@ mod tests {
     fn a_source_shares_one_shaper_until_its_last_user_ends() {
         let s = settings(RATED);
         let boards = Arc::new(Boards::default());
-        let mut sh = Shapers::new(&s, Arc::clone(&boards), Arc::default());
+        let mut sh = Shapers::new(&s, Arc::clone(&boards), Arc::default(), Arc::default());
         let t = Arc::new(s.tunnels[0].clone());
         let now = Instant::now();
         // No class, but the tunnel's rate is shared: shaped.
@@ -324,7 +433,7 @@ mod tests {
         assert_eq!(tc.tunnel.shape_rate_up.load(Relaxed), 0);
         assert_eq!(all.shape_rate_up.load(Relaxed), 0);
         // Another worker's shapers share the same board.
-        let other = Shapers::new(&s, Arc::clone(&boards), Arc::default());
+        let other = Shapers::new(&s, Arc::clone(&boards), Arc::default(), Arc::default());
         assert!(Arc::ptr_eq(&boards, &other.boards));
         assert_eq!(boards.0.lock().unwrap().len(), 1);
     }
@@ -332,7 +441,7 @@ mod tests {
     #[test]
     fn a_reload_applies_the_new_class_rate_to_open_shapers() {
         let s = settings(RATED);
-        let mut sh = Shapers::new(&s, Arc::default(), Arc::default());
+        let mut sh = Shapers::new(&s, Arc::default(), Arc::default(), Arc::default());
         let plain = Arc::new(settings(PLAIN).tunnels[0].clone());
         let now = Instant::now();
         let cap = |r: u64| Some(ClassLimits { rate_up: Some(r), rate_down: Some(r), weight: 1 });
@@ -362,5 +471,63 @@ mod tests {
         );
         sh.apply(&rated, |_| (None, None), now);
         assert_eq!(sh.get(ip("10.8.0.10")).unwrap().rate(Dir::Down), Some(1_000_000));
+    }
+
+    #[test]
+    fn with_the_meter_exchange_on_gates_report_and_take_the_other_process_bytes() {
+        let s = settings(RATED);
+        let meters = Arc::new(Meters::default());
+        let mut sh = Shapers::new(&s, Arc::default(), Arc::default(), Arc::clone(&meters));
+        let plain = Arc::new(settings(PLAIN).tunnels[0].clone());
+        let now = Instant::now();
+        let cap = Some(ClassLimits { rate_up: Some(1_000_000), rate_down: Some(1_000_000), weight: 1 });
+        let (a, tc, all) = (ip("10.8.0.10"), tally(), Counters::default());
+        assert!(sh.open(a, (&plain, &tc), || (cap, None), now));
+        // Before any link: bytes move, nothing is reported.
+        sh.get(a).unwrap().consume(Dir::Down, 5000, now);
+        sh.report(now, false);
+        assert_eq!(sh.next_report(), None);
+        let (_, rx) = meters.link();
+        // Turned on: it starts from 0.
+        sh.report(now, false);
+        sh.get(a).unwrap().consume(Dir::Down, 700, now);
+        sh.get(a).unwrap().consume(Dir::Up, 30, now);
+        assert_eq!(sh.next_report(), Some(now + REPORT_EVERY));
+        sh.report(now + REPORT_EVERY / 2, false);
+        assert!(rx.is_empty(), "not due yet");
+        sh.report(now + REPORT_EVERY, false);
+        assert_eq!(rx.try_recv().unwrap(), Used { rates: vec![(a, [30, 700])], quota: vec![] });
+        // A gate closing says what it moved at the next report.
+        sh.get(a).unwrap().consume(Dir::Down, 11, now);
+        sh.close(a, &all);
+        sh.report(now, true);
+        assert_eq!(rx.try_recv().unwrap(), Used { rates: vec![(a, [0, 11])], quota: vec![] });
+        // The other process's bytes: this gate's bucket takes them, and
+        // holds its own flows back.
+        assert!(sh.open(a, (&plain, &tc), || (cap, None), now));
+        assert!(sh.get(a).unwrap().allow(Dir::Down, 1 << 16, now).bytes > 0);
+        sh.debit(&[(a, [0, 200_000])], now);
+        let g = sh.get(a).unwrap().allow(Dir::Down, 1 << 16, now);
+        assert_eq!(g.bytes, 0, "in debt: {g:?}");
+        assert!(g.wake.is_some());
+        // An address without a gate here is not affected (nothing to hold).
+        sh.debit(&[(ip("10.8.0.99"), [1, 1])], now);
+        assert_eq!(sh.len(), 1);
+        // A metered source reports its quota bytes by identity, DNS over
+        // TCP (counted, not shaped) included.
+        let q = Quota {
+            bytes: 1 << 30,
+            every: std::time::Duration::from_secs(3600),
+            on: crate::config::OnQuota::Reject,
+        };
+        let b = ip("10.8.0.11");
+        assert!(sh.open(b, (&plain, &tc), || (None, Some(("web".to_string(), q))), now));
+        sh.get(b).unwrap().consume(Dir::Up, 100, now);
+        sh.get(b).unwrap().count(23);
+        let _ = rx.try_iter().count();
+        sh.report(now + 3 * REPORT_EVERY, false);
+        let u = rx.try_recv().unwrap();
+        assert_eq!(u.quota, vec![("web".to_string(), 123)]);
+        assert!(u.rates.contains(&(b, [100, 0])), "{u:?}");
     }
 }
