@@ -127,9 +127,11 @@ pub(super) fn run(
 /// Sends what this process's workers (and the other links) queued for
 /// this link in one report; false when the link is gone.
 fn flush(link: &Link, mine: &Receiver<Used>) -> bool {
-    let u = Used::sum(mine.try_iter());
-    u.is_empty() || link.send(&Msg::Used(u), &[]).is_ok()
+    Used::sum(mine.try_iter()).chunks(ROWS).into_iter().all(|u| link.send(&Msg::Used(u), &[]).is_ok())
 }
+
+/// Rows of a report per record: well within [`super::wire::MAX_RECORD`].
+const ROWS: usize = 16 * 1024;
 
 /// The new process's side, on a thread of its own: reports both ways
 /// while the old process drains, then its `Spent`, until it ends.

@@ -298,6 +298,12 @@ impl Handed {
                 (d > 0).then_some((name, d))
             })
             .collect();
+        let mut counts = counts;
+        // Within a record: the per-source counts give way (the quietest first).
+        let size = |c: &wire::Counts| {
+            wire::encode(link.version, &Msg::Spent { bytes: bytes.clone(), counts: c.clone() }).len()
+        };
+        counts.trim(|c| size(c) <= wire::MAX_RECORD);
         if let Err(e) = link.send(&Msg::Spent { bytes, counts }, &[]) {
             warn!(target: "egressd::upgrade", "cannot tell the new process what draining flows counted: {e}");
         }
@@ -441,7 +447,10 @@ fn exchange(
     link.send(&sockets, &fds)?;
     // From here the new process may load the quota state: this one's last save.
     let base = h.keeper.hand_over()?;
-    let state = wire::State { buckets: h.udp.buckets(), ..h.state.clone() };
+    let mut state = wire::State { buckets: h.udp.buckets(), ..h.state.clone() };
+    if let Some(left_out) = state.fit(link.version) {
+        warn!(target: "egressd::upgrade", "{left_out}");
+    }
     link.send(&Msg::State(state), &[])?;
     let moved = send_sessions(link, h.udp.export()?)?;
     match expect(link, deadline, "its confirmation")? {

@@ -122,6 +122,33 @@ pub struct State {
     pub buckets: Buckets,
 }
 
+impl State {
+    /// Makes the record fit [`MAX_RECORD`]: the counters of the quietest
+    /// sources, then buckets, are left out until it does (routes and
+    /// labels never: without them the upgrade is refused). Says what was
+    /// left out, if anything.
+    pub fn fit(&mut self, version: u32) -> Option<String> {
+        let size = |s: &State| encode(version, &Msg::State(s.clone())).len();
+        if size(self) <= MAX_RECORD {
+            return None;
+        }
+        let (sources, tcp, udp) = (self.counts.sources.len(), self.buckets.tcp.len(), self.buckets.udp.len());
+        let rest = State { counts: Counts::default(), ..self.clone() };
+        self.counts.trim(|c| size(&State { counts: c.clone(), ..rest.clone() }) <= MAX_RECORD);
+        while size(self) > MAX_RECORD && !(self.buckets.tcp.is_empty() && self.buckets.udp.is_empty()) {
+            self.buckets.tcp.truncate(self.buckets.tcp.len() / 2);
+            self.buckets.udp.truncate(self.buckets.udp.len() / 2);
+        }
+        Some(format!(
+            "the state record was too large: handed over the counters of {} of {sources} sources, the buckets of {} of \
+             {tcp} (TCP) and {} of {udp} (UDP) sources",
+            self.counts.sources.len(),
+            self.buckets.tcp.len(),
+            self.buckets.udp.len()
+        ))
+    }
+}
+
 /// Token buckets by source, in thousandths of a token held.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Buckets {
@@ -146,6 +173,24 @@ impl Counts {
             v.iter().map(|(n, s)| (n.clone(), s.totals())).filter(|(_, t)| !t.is_empty()).collect()
         };
         Counts { total: c.total.totals(), tunnels: rows(&c.tunnels), sources: rows(&c.sources) }
+    }
+
+    /// Leaves out the counts of the quietest sources (fewest bytes moved)
+    /// until `fits` says the record they go in fits.
+    pub fn trim(&mut self, fits: impl Fn(&Counts) -> bool) {
+        if fits(self) {
+            return;
+        }
+        let moved = |c: &[(String, u64)]| -> u64 {
+            c.iter()
+                .filter(|(n, _)| n.ends_with("_bytes_up") || n.ends_with("_bytes_down"))
+                .map(|(_, v)| *v)
+                .sum()
+        };
+        self.sources.sort_by_key(|(_, c)| std::cmp::Reverse(moved(c)));
+        while !fits(self) && !self.sources.is_empty() {
+            self.sources.truncate(self.sources.len() / 2);
+        }
     }
 
     /// The counts this build knows (names it does not have are left out).
@@ -322,6 +367,30 @@ mod tests {
         let json = &now[now.iter().position(|&b| b == b'\n').unwrap() + 1..];
         let v: std::collections::HashMap<String, OldState> = serde_json::from_slice(json).unwrap();
         assert_eq!(v["State"].routes.len(), 1);
+    }
+
+    #[test]
+    fn a_state_too_large_for_a_record_keeps_its_routes_and_the_busiest_sources() {
+        let mut s = State { routes: vec![("10.8.0.12/32".into(), "hk1".into())], ..State::default() };
+        let row = |i: u64| -> Vec<(String, u64)> {
+            let mut v: Vec<(String, u64)> = (0..20).map(|k| (format!("some_counter_{k}"), i)).collect();
+            v.push(("tcp_bytes_down".into(), i));
+            v
+        };
+        for i in 0..40_000u64 {
+            s.counts.sources.push((format!("10.{}.{}.{}/32", i >> 16, (i >> 8) & 255, i & 255), row(i)));
+        }
+        for i in 0..100_000u32 {
+            s.buckets.tcp.push((IpAddr::from(i.to_be_bytes()), 0));
+        }
+        let why = s.fit(VERSION).expect("too large at first");
+        assert!(encode(VERSION, &Msg::State(s.clone())).len() <= MAX_RECORD, "{why}");
+        assert_eq!(s.routes.len(), 1);
+        assert!(!s.counts.sources.is_empty() && s.counts.sources.len() < 40_000, "{why}");
+        assert_eq!(s.counts.sources[0].1.last().unwrap().1, 39_999, "the busiest first");
+        // One that fits is left as it is.
+        let mut small = State::default();
+        assert_eq!(small.fit(VERSION), None);
     }
 
     #[test]

@@ -65,6 +65,22 @@ impl Used {
     }
 }
 
+impl Used {
+    /// In records of at most `rows` rows each (a report never exceeds a record).
+    pub fn chunks(self, rows: usize) -> Vec<Used> {
+        let rows = rows.max(1);
+        let mut out = Vec::new();
+        let (mut rates, mut quota) = (self.rates.into_iter().peekable(), self.quota.into_iter().peekable());
+        while rates.peek().is_some() || quota.peek().is_some() {
+            out.push(Used {
+                rates: rates.by_ref().take(rows).collect(),
+                quota: quota.by_ref().take(rows).collect(),
+            });
+        }
+        out
+    }
+}
+
 /// A process's links to the others of an upgrade (see the module doc).
 #[derive(Debug, Default)]
 pub struct Meters {
@@ -170,5 +186,17 @@ mod tests {
             vec![("10.8.0.10".parse().unwrap(), [8, 0]), ("10.8.0.11".parse().unwrap(), [1, 0])]
         );
         assert_eq!(u.quota, vec![("a".to_string(), 7), ("b".to_string(), 1)]);
+    }
+
+    #[test]
+    fn a_report_goes_in_records_of_bounded_rows() {
+        let u = Used {
+            rates: (0..5u32).map(|i| (IpAddr::from(i.to_be_bytes()), [1, 1])).collect(),
+            quota: vec![("a".into(), 1)],
+        };
+        let parts = u.clone().chunks(2);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(Used::sum(parts), Used::sum([u]));
+        assert!(Used::default().chunks(2).is_empty());
     }
 }
