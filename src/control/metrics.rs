@@ -85,6 +85,7 @@ fn serve(
     let mut conns: VecDeque<Conn> = VecDeque::new();
     let mut next = 0usize;
     let mut events = Events::with_capacity(64);
+    let mut spare = super::Spare::new();
     // Set when accept failed for want of fds: the backlog raises no new
     // event (edge-triggered), so look again shortly.
     let mut retry = false;
@@ -104,11 +105,11 @@ fn serve(
         }
         let now = Instant::now();
         if retry {
-            retry = !accept_all(&listener, &poll, &mut conns, &mut next, now);
+            retry = !accept_all(&listener, &poll, (&mut conns, &mut spare), &mut next, now);
         }
         for ev in events.iter() {
             if ev.token() == LISTENER {
-                retry = !accept_all(&listener, &poll, &mut conns, &mut next, now);
+                retry = !accept_all(&listener, &poll, (&mut conns, &mut spare), &mut next, now);
                 continue;
             }
             let Some(i) = conns.iter().position(|c| c.token == ev.token()) else { continue };
@@ -132,13 +133,14 @@ fn serve(
 fn accept_all(
     l: &TcpListener,
     poll: &Poll,
-    conns: &mut VecDeque<Conn>,
+    (conns, spare): (&mut VecDeque<Conn>, &mut super::Spare),
     next: &mut usize,
     now: Instant,
 ) -> bool {
     loop {
         match l.accept() {
             Ok((mut stream, _)) => {
+                spare.refill();
                 if conns.len() >= MAX_CONNS
                     && let Some(mut old) = conns.pop_front()
                 {
@@ -162,8 +164,13 @@ fn accept_all(
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // Out of descriptors: the spare goes to this scrape.
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) && spare.give_up() => {}
             // EMFILE and friends: try again a little later.
-            Err(_) => return false,
+            Err(_) => {
+                spare.refill();
+                return false;
+            }
         }
     }
 }

@@ -269,11 +269,7 @@ impl Control {
         std::thread::Builder::new().name("egressd-ctl".into()).spawn(move || {
             let mut poll = poll;
             let mut events = mio::Events::with_capacity(4);
-            // A descriptor kept for the control socket alone: when the data
-            // path has taken every other one (a flood past the limit with
-            // tcp.fd_share off), it is given up for the one accept, so
-            // `stats` still answers.
-            let mut spare = spare_fd();
+            let mut spare = Spare::new();
             while !stop.stopped() {
                 if let Err(e) = poll.poll(&mut events, None)
                     && e.kind() != io::ErrorKind::Interrupted
@@ -288,23 +284,18 @@ impl Control {
                             let c = UnixStream::from(std::os::fd::OwnedFd::from(c));
                             let _ = c.set_nonblocking(false);
                             self.serve(c);
-                            if spare.is_none() {
-                                spare = spare_fd();
-                            }
+                            spare.refill();
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) if e.raw_os_error() == Some(libc::EMFILE) && spare.is_some() => {
+                        Err(e) if e.raw_os_error() == Some(libc::EMFILE) && spare.give_up() => {
                             debug!(target: "egressd::control", "control socket {}: {e}; using the spare descriptor", path.display());
-                            spare = None;
                         }
                         // Would fail again at once: no busy loop.
                         Err(e) => {
                             debug!(target: "egressd::control", "control socket {}: {e}", path.display());
                             std::thread::sleep(Duration::from_millis(100));
-                            if spare.is_none() {
-                                spare = spare_fd();
-                            }
+                            spare.refill();
                         }
                     }
                 }
@@ -351,9 +342,28 @@ impl Control {
     }
 }
 
-/// A descriptor held in reserve (see `Control::spawn`).
-fn spare_fd() -> Option<std::fs::File> {
-    std::fs::File::open("/dev/null").ok()
+/// A descriptor kept for one listener alone: when the data path has taken
+/// every other one (a flood past the limit with tcp.fd_share off), it is
+/// given up for the one accept, so `stats` and a scrape still answer.
+struct Spare(Option<std::fs::File>);
+
+impl Spare {
+    fn new() -> Spare {
+        Spare(std::fs::File::open("/dev/null").ok())
+    }
+
+    /// An accept failed for want of descriptors: gives the spare up so the
+    /// next accept gets it; false when there was none to give.
+    fn give_up(&mut self) -> bool {
+        self.0.take().is_some()
+    }
+
+    /// Takes a spare again if none is held (after an accept, or a pause).
+    fn refill(&mut self) {
+        if self.0.is_none() {
+            *self = Spare::new();
+        }
+    }
 }
 
 /// The control thread's tokens.

@@ -235,3 +235,50 @@ fn top_rows_name_the_tunnel_and_sum_drops() {
     assert!(!text.contains("10.8.0.5/32"), "{text}");
     assert_eq!(refusals(&[]), "");
 }
+
+/// Set in the child process of the test below.
+const OUT_OF_FDS: &str = "EGRESSD_TEST_OUT_OF_FDS";
+
+fn scrape(c: &mut std::net::TcpStream) -> String {
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    let _ = c.read_to_string(&mut body);
+    body
+}
+
+/// With every descriptor taken (a flood with tcp.fd_share off), a scrape
+/// still gets its answer: the metrics thread gives up its spare for it.
+/// Runs in a process of its own (the descriptor limit is the process's).
+#[test]
+fn a_scrape_is_answered_when_descriptors_run_out() {
+    if std::env::var_os(OUT_OF_FDS).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "control::tests::a_scrape_is_answered_when_descriptors_run_out", "--nocapture"])
+            .env(OUT_OF_FDS, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+        return;
+    }
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let _stop = spawn_metrics(l, Arc::default(), Arc::default()).unwrap();
+    // Served while descriptors are there (the thread and its spare are up).
+    let mut first = std::net::TcpStream::connect(addr).unwrap();
+    assert!(scrape(&mut first).contains("egressd_tcp_flows_total"));
+    // The client's socket first, then every descriptor taken.
+    let client = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    crate::sys::set_fd_limit(256).unwrap();
+    let mut fill = Vec::new();
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        fill.push(f);
+    }
+    assert!(std::fs::File::open("/dev/null").is_err(), "the table is full");
+    client.connect(&addr.into()).unwrap();
+    let mut c: std::net::TcpStream = client.into();
+    let body = scrape(&mut c);
+    drop(fill);
+    assert!(body.contains("egressd_tcp_flows_total"), "no answer with the table full: {body:?}");
+}

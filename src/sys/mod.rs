@@ -25,6 +25,23 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// Sets the soft limit on open files (tests that run out of descriptors
+/// on purpose, in a process of their own).
+#[cfg(test)]
+pub fn set_fd_limit(soft: u64) -> io::Result<()> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let want = libc::rlimit { rlim_cur: soft.min(lim.rlim_max), rlim_max: lim.rlim_max };
+    // SAFETY: `want` is a valid rlimit read by the kernel during the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The signals egressd handles itself: stop (TERM, INT), reload (HUP)
 /// and upgrade (USR2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
