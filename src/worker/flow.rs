@@ -216,14 +216,17 @@ impl WorkerLoop {
         let TcpHandoff { stream, client, orig_dst, tunnel, source, .. } = h;
         let tc = self.tally(&tunnel.name, source);
         tc.inc_all(&self.counters, |c| &c.tcp_flows_total);
-        // Before anything is opened for it: its quota, the source's limits and share.
-        let routes = &self.routes;
-        if self.shapers.refuses(client.ip(), || routes.view().quota(client.ip())) {
-            return self.refuse(&stream, client, orig_dst, &tunnel, &tc, Refusal::Source(Refused::Quota));
-        }
+        // Before anything is opened for it: the source's limits and share,
+        // then its quota (the limits first: they cost a map lookup, the
+        // quota a ledger lock, and a spent source's flood meets its rate).
         let lim = TcpLimits::of(&self.settings);
         if let Err(why) = self.tcp_sources.open(client.ip(), source, &lim, &self.limits, self.now) {
             return self.refuse(&stream, client, orig_dst, &tunnel, &tc, Refusal::Source(why));
+        }
+        let routes = &self.routes;
+        if self.shapers.refuses(client.ip(), || routes.view().quota(client.ip())) {
+            self.tcp_sources.close(client.ip(), &lim, &self.limits, self.now);
+            return self.refuse(&stream, client, orig_dst, &tunnel, &tc, Refusal::Source(Refused::Quota));
         }
         // DNS over TCP to a resolver no exit can reach goes to `dns.upstream`.
         let dest = self.settings.dns.target(orig_dst);

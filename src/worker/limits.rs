@@ -18,6 +18,8 @@
 //!                   ─► S's descriptor share spent?      ─► yes: Refused::FdShare  (tcp_drop_fd_share)
 //!                   ─► S new, its route's cap full?     ─► yes: Refused::SourceCap (tcp_drop_source_cap)
 //!                   ─► S's bucket empty?                ─► yes: Refused::Rate     (tcp_drop_source_rate)
+//!                   ─► S's quota spent (Reject)?        ─► yes: Refused::Quota    (drop_quota; its
+//!                                                              descriptors and flow given back)
 //!                   ─► open (2 descriptors taken)
 //! ```
 //!
