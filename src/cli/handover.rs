@@ -55,7 +55,11 @@ pub(super) fn sink(common: &Common, keep: Duration, workers: &[WorkerHandle]) ->
         registry: Arc::clone(&common.registry),
         keep,
         meters: Arc::clone(&common.meters),
-        apply: Arc::new(Shared { workers: workers.to_vec(), ledger: Arc::clone(&common.ledger) }),
+        apply: Arc::new(Shared {
+            workers: workers.to_vec(),
+            ledger: Arc::clone(&common.ledger),
+            dropped: Default::default(),
+        }),
     }
 }
 
@@ -65,6 +69,10 @@ pub(super) fn sink(common: &Common, keep: Duration, workers: &[WorkerHandle]) ->
 struct Shared {
     workers: Vec<WorkerHandle>,
     ledger: Arc<Ledger>,
+    /// Reports a worker could not take (its queue full), warned once a
+    /// minute. A worker that has ended (this process drained) takes none,
+    /// and needs none.
+    dropped: std::sync::Mutex<crate::lograte::Every>,
 }
 
 /// How long a report waits for a worker's command queue.
@@ -77,8 +85,11 @@ impl upgrade::Apply for Shared {
             per[worker_for(ip, self.workers.len())].push((ip, b));
         }
         for (w, rates) in self.workers.iter().zip(per) {
-            if !rates.is_empty() && !w.command(Command::Debit(rates), DEBIT_WAIT) {
-                warn!(target: "egressd::upgrade", "a worker's command queue is full: a rate report from the other process is dropped");
+            if !rates.is_empty() && w.command_or_why(Command::Debit(rates), DEBIT_WAIT) == Err(false) {
+                let mut every = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(n) = every.due(std::time::Instant::now()) {
+                    warn!(target: "egressd::upgrade", "a worker's command queue is full: a rate report from the other process is dropped{}", crate::lograte::more(n));
+                }
             }
         }
         for (id, n) in &used.quota {

@@ -188,10 +188,20 @@ impl WorkerHandle {
     /// Queues a command and wakes the worker; waits at most `wait` for room.
     /// False when it could not be delivered (the worker is stuck or gone).
     pub fn command(&self, c: Command, wait: Duration) -> bool {
-        let ok = self.commands.send_timeout(c, wait).is_ok();
+        self.command_or_why(c, wait).is_ok()
+    }
+
+    /// [`WorkerHandle::command`], saying why it was not taken: `Err(true)`
+    /// when the worker has ended, `Err(false)` when its queue stayed full.
+    pub fn command_or_why(&self, c: Command, wait: Duration) -> Result<(), bool> {
+        let sent = self.commands.send_timeout(c, wait);
         // Unconditionally: a command must not wait for the next hand-off.
         let _ = self.waker.wake();
-        ok
+        match sent {
+            Ok(()) => Ok(()),
+            Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => Err(true),
+            Err(crossbeam_channel::SendTimeoutError::Timeout(_)) => Err(false),
+        }
     }
 
     /// Wakes the worker whether or not it sleeps: it looks at the stop flag
