@@ -451,6 +451,7 @@ fn exchange(
     if let Some(left_out) = state.fit(link.version) {
         warn!(target: "egressd::upgrade", "{left_out}");
     }
+    let carried = (state.counts.sources.len(), state.buckets.tcp.len() + state.buckets.udp.len());
     link.send(&Msg::State(state), &[])?;
     let moved = send_sessions(link, h.udp.export()?)?;
     match expect(link, deadline, "its confirmation")? {
@@ -459,7 +460,7 @@ fn exchange(
     }
     say(format!(
         "handed over: {} TCP listeners, {} UDP sockets{}{}, {moved} UDP sessions, {} route set routes, {} label \
-         routes, quota counters ({}) to new process {pid}",
+         routes, quota counters ({}), stats counters ({} sources), spent token buckets ({}) to new process {pid}{}",
         h.fronts.len() * per_front / 2,
         h.fronts.len() * per_front / 2,
         if control.is_some() { ", the control socket" } else { "" },
@@ -467,6 +468,9 @@ fn exchange(
         h.state.routes.len(),
         h.state.labels.len(),
         base.len(),
+        carried.0,
+        carried.1,
+        if ask.meters { "; the two share rates and quotas while this one drains" } else { "" },
     ));
     Ok((base, ask.meters))
 }
