@@ -89,6 +89,9 @@ struct Entry {
     published: [u64; 2],
     /// Its quota identity, when metered (for the meter exchange).
     identity: Option<String>,
+    /// Said refused once since its last new user: its flows were ended
+    /// then, and a refused source opens no new one (no sweep every second).
+    swept: bool,
 }
 
 impl Entry {
@@ -201,6 +204,7 @@ impl Shapers {
         }
         if let Some(e) = self.map.get_mut(&source) {
             e.users += 1;
+            e.swept = false;
             return true;
         }
         let holds = holds();
@@ -213,6 +217,7 @@ impl Shapers {
             tally: tally.clone(),
             published: [0, 0],
             identity,
+            swept: false,
         };
         self.map.insert(source, e);
         true
@@ -241,7 +246,7 @@ impl Shapers {
     /// Once a second (at the end of a loop turn): the `shape_rate_*`
     /// gauges follow the rates the shapers hold their sources to now; the
     /// sources whose quota now refuses are pushed to `refused` (their open
-    /// flows end, even idle ones).
+    /// flows end, even idle ones), once until a new flow or session joins.
     pub(super) fn publish(&mut self, all: &Counters, now: Instant, refused: &mut Vec<IpAddr>) {
         if self.map.is_empty() || now < self.next_publish {
             return;
@@ -250,7 +255,8 @@ impl Shapers {
         for (ip, e) in &mut self.map {
             let rates = e.rates();
             e.publish(all, rates);
-            if e.gate.refused() {
+            if e.gate.refused() && !e.swept {
+                e.swept = true;
                 refused.push(*ip);
             }
         }
@@ -529,5 +535,33 @@ mod tests {
         let u = rx.try_recv().unwrap();
         assert_eq!(u.quota, vec![("web".to_string(), 123)]);
         assert!(u.rates.contains(&(b, [100, 0])), "{u:?}");
+    }
+
+    #[test]
+    fn a_refused_source_is_swept_once_until_something_joins_it() {
+        let s = settings(RATED);
+        let ledger = Arc::new(Ledger::new());
+        let mut sh = Shapers::new(&s, Arc::default(), Arc::clone(&ledger), Arc::default());
+        let plain = Arc::new(settings(PLAIN).tunnels[0].clone());
+        let now = Instant::now();
+        let q = Quota {
+            bytes: 100,
+            every: std::time::Duration::from_secs(3600),
+            on: crate::config::OnQuota::Reject,
+        };
+        let (a, tc, all) = (ip("10.8.0.10"), tally(), Counters::default());
+        let holds = || (None, Some(("web".to_string(), q)));
+        assert!(sh.open(a, (&plain, &tc), holds, now));
+        sh.get(a).unwrap().consume(Dir::Down, 100, now);
+        let sweep = |sh: &mut Shapers, at| {
+            let mut refused = Vec::new();
+            sh.publish(&all, at, &mut refused);
+            refused
+        };
+        assert_eq!(sweep(&mut sh, now), vec![a], "spent: its flows end");
+        assert!(sweep(&mut sh, now + PUBLISH_EVERY).is_empty(), "not again every second");
+        // A session joins (it sends nothing: over quota): swept again.
+        assert!(sh.open(a, (&plain, &tc), holds, now));
+        assert_eq!(sweep(&mut sh, now + 2 * PUBLISH_EVERY), vec![a]);
     }
 }
