@@ -43,10 +43,10 @@ pub(super) fn reset(keeper: &Keeper, name: Option<&str>) -> Result<String, Strin
             format!("{n} quota counters reset: new periods from now, nothing used; no longer failed closed\n")
         }
     };
-    keeper
-        .save_now()
-        .map(|()| body.clone())
-        .map_err(|e| format!("{}but {e}", body.trim_end().to_string() + "; "))
+    match keeper.save_now() {
+        Ok(()) => Ok(body),
+        Err(e) => Err(format!("{}; but {e}", body.trim_end())),
+    }
 }
 
 /// `egressd top`'s quota rows, after its source rows: `quota`, identity,
