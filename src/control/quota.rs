@@ -122,6 +122,12 @@ pub fn prometheus(ledger: &Ledger) -> String {
     o.push_str("# HELP egressd_quota_failed_closed 1 while the quota state file was corrupt and not reset\n");
     o.push_str("# TYPE egressd_quota_failed_closed gauge\n");
     o.push_str(&format!("egressd_quota_failed_closed {}\n", u8::from(ledger.closed().is_some())));
+    o.push_str(
+        "# HELP egressd_quota_identities_dropped_total Quota identities no flow held, dropped to keep the ledger \
+         bounded\n",
+    );
+    o.push_str("# TYPE egressd_quota_identities_dropped_total counter\n");
+    o.push_str(&format!("egressd_quota_identities_dropped_total {}\n", ledger.dropped()));
     o
 }
 
@@ -212,9 +218,11 @@ mod tests {
         ));
         assert!(l.ends_with(" closed\n"), "{l}");
         assert!(prometheus(&ledger).contains("egressd_quota_failed_closed 1\n"));
-        // No counters: only the fail-closed gauge, no series without samples.
+        // No counters: only the fail-closed gauge and the dropped count, no
+        // series without samples.
         let p = prometheus(&Ledger::new());
         assert!(!p.contains("egressd_quota_used_bytes"), "{p}");
-        assert!(p.ends_with("egressd_quota_failed_closed 0\n"), "{p}");
+        assert!(p.contains("egressd_quota_failed_closed 0\n"), "{p}");
+        assert!(p.ends_with("egressd_quota_identities_dropped_total 0\n"), "{p}");
     }
 }

@@ -46,6 +46,13 @@ pub const JUMP_MS: i64 = 60_000;
 /// (2^62 bytes is four exbibytes).
 const USED_CAP: u64 = 1 << 62;
 
+/// Identities kept at most: past this, a new one takes the place of one
+/// no flow holds (the one that used least), so that a host churning
+/// container names within a period does not grow the ledger (and the state
+/// file saved every few seconds) without bound. Identities all held by
+/// flows are never dropped: then there are as many as live containers.
+pub const MAX_IDENTITIES: usize = 65_536;
+
 /// One identity's counter, shared by the threads that move its bytes.
 #[derive(Debug)]
 pub struct Meter {
@@ -162,6 +169,10 @@ pub struct Tick {
 #[derive(Debug, Default)]
 struct Inner {
     slots: HashMap<String, Slot>,
+    /// Identities dropped for a new one past [`MAX_IDENTITIES`], and the
+    /// warning about it (once a minute).
+    dropped: u64,
+    dropped_log: crate::lograte::Every,
     /// The kept-aside corrupt file, while failed closed.
     closed: Option<String>,
     /// The clocks at the last tick.
@@ -174,7 +185,34 @@ pub struct Ledger {
     inner: Mutex<Inner>,
 }
 
+impl Inner {
+    /// Drops the unheld identity that used least, for `identity`.
+    fn make_room(&mut self, identity: &str) {
+        let victim = self
+            .slots
+            .iter()
+            .filter(|(_, s)| Arc::strong_count(&s.meter) == 1)
+            .min_by_key(|(_, s)| s.meter.used())
+            .map(|(n, _)| n.clone());
+        let Some(victim) = victim else { return };
+        let used = self.slots.remove(&victim).map_or(0, |s| s.meter.used());
+        self.dropped += 1;
+        if let Some(n) = self.dropped_log.due(Instant::now()) {
+            log::warn!(
+                target: "egressd::quota",
+                "{MAX_IDENTITIES} quota identities kept: {victim} (no flow, {used} bytes used) dropped for {identity}{}",
+                crate::lograte::more(n)
+            );
+        }
+    }
+}
+
 impl Ledger {
+    /// Identities dropped to keep at most [`MAX_IDENTITIES`].
+    pub fn dropped(&self) -> u64 {
+        self.lock().dropped
+    }
+
     /// No counters yet (no state file).
     pub fn new() -> Ledger {
         Ledger::default()
@@ -183,7 +221,7 @@ impl Ledger {
     /// The counters a state file held (closed if it says so).
     pub fn restore(state: State) -> Ledger {
         let slots = state.entries.into_iter().map(|e| (e.identity.clone(), restored(e))).collect();
-        Ledger { inner: Mutex::new(Inner { slots, closed: state.closed, clock: None }) }
+        Ledger { inner: Mutex::new(Inner { slots, closed: state.closed, ..Inner::default() }) }
     }
 
     /// Failed closed: the state file was corrupt and kept aside at
@@ -204,6 +242,9 @@ impl Ledger {
     pub fn meter(&self, identity: &str, quota: &Quota, now_ms: u64) -> Arc<Meter> {
         let len = period_ms(quota);
         let mut inner = self.lock();
+        if inner.slots.len() >= MAX_IDENTITIES && !inner.slots.contains_key(identity) {
+            inner.make_room(identity);
+        }
         let open = inner.closed.is_none();
         let slot = inner.slots.entry(identity.to_string()).or_insert_with(|| Slot {
             meter: Arc::new(Meter::new(0, 0)),

@@ -273,3 +273,28 @@ fn idle_identities_are_forgotten_after_an_unused_period() {
     assert_eq!(names, vec!["held".to_string()]);
     drop(held);
 }
+
+#[test]
+fn identities_are_bounded_by_dropping_the_least_used_one_no_flow_holds() {
+    let l = Ledger::new();
+    let q = quota(1 << 30, 3_600_000);
+    // The first two are held by flows; the rest used 1 byte or more each.
+    let held_idle = l.meter("held-idle", &q, 1_000);
+    let held = l.meter("held", &q, 1_000);
+    held.add(5);
+    for i in 0..MAX_IDENTITIES - 2 {
+        l.meter(&format!("c{i}"), &q, 1_000).add(10 + i as u64);
+    }
+    assert_eq!(l.used_by().len(), MAX_IDENTITIES);
+    // A new one: the least used unheld one (c0) makes room.
+    l.meter("newcomer", &q, 1_000);
+    let names: std::collections::HashSet<String> = l.used_by().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names.len(), MAX_IDENTITIES);
+    assert!(names.contains("newcomer") && !names.contains("c0"));
+    assert!(names.contains("held-idle") && names.contains("held"), "held ones stay, used or not");
+    assert_eq!(l.dropped(), 1);
+    // A known one makes no room.
+    l.meter("c1", &q, 1_000);
+    assert_eq!(l.dropped(), 1);
+    drop((held_idle, held));
+}
