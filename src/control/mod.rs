@@ -22,7 +22,7 @@ use crate::quota::Keeper;
 use crate::route::Cidr;
 use crate::snapshot::{Live, Shared};
 use crate::stats::{self, Registry};
-use crate::worker::{Command, WorkerHandle};
+use crate::worker::{WorkerHandle, reset_everywhere};
 
 mod metrics;
 mod quota;
@@ -242,16 +242,17 @@ impl Control {
     }
 
     /// Orders every worker to reset the source's flows, on the command
-    /// queue the data path never fills; `Err` names how many it missed.
+    /// queue the data path never fills, and returns once each has done it
+    /// (so a flow after `route set` returns is on the new route); `Err`
+    /// names how many did not.
     fn reset(&self, source: Cidr) -> Result<(), String> {
-        let missed =
-            self.workers.iter().filter(|w| !w.command(Command::ResetSource(source), RESET_WAIT)).count();
+        let missed = reset_everywhere(&self.workers, source, RESET_WAIT);
         if missed == 0 {
             return Ok(());
         }
-        warn!(target: "egressd::control", "reset of {source} not delivered to {missed} workers");
+        warn!(target: "egressd::control", "reset of {source} not confirmed by {missed} workers");
         Err(format!(
-            "the reset did not reach {missed} of {} workers within {RESET_WAIT:?} (stuck?): flows of \
+            "the reset was not done by {missed} of {} workers within {RESET_WAIT:?} (stuck?): flows of \
              {source} there keep their old tunnel; retry `--reset-flows`",
             self.workers.len()
         ))

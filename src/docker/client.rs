@@ -69,7 +69,7 @@ use crate::config::{DockerSettings, Settings};
 use crate::route::Cidr;
 use crate::snapshot::{Labels, Live};
 use crate::stats::{Counters, Registry};
-use crate::worker::{Command, WorkerHandle};
+use crate::worker::{WorkerHandle, reset_everywhere};
 
 /// The follower's clocks.
 #[derive(Debug, Clone, Copy)]
@@ -457,13 +457,13 @@ impl Sink for LiveSink {
 }
 
 /// Ends the address's flows on every worker, on their command queues
-/// (never dropped behind a full hand-off queue): a later owner of the
-/// address must never inherit them.
+/// (never dropped behind a full hand-off queue), and returns once each has
+/// done it: a later owner of the address must never inherit them.
 fn reset(workers: &[WorkerHandle], addr: IpAddr) {
     let source = Cidr::host(addr);
-    let missed = workers.iter().filter(|w| !w.command(Command::ResetSource(source), RESET_WAIT)).count();
+    let missed = reset_everywhere(workers, source, RESET_WAIT);
     if missed > 0 {
-        warn!(target: "egressd::docker", "route {addr}: {missed} worker(s) did not take the reset within {RESET_WAIT:?}");
+        warn!(target: "egressd::docker", "route {addr}: {missed} worker(s) did not do the reset within {RESET_WAIT:?}");
     }
 }
 

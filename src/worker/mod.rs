@@ -109,8 +109,9 @@ pub enum Handoff {
 pub enum Command {
     /// Reloaded settings (see `WorkerLoop::apply`).
     Settings(Arc<Settings>),
-    /// Reset every TCP flow and end every UDP session of these sources.
-    ResetSource(crate::route::Cidr),
+    /// Reset every TCP flow and end every UDP session of these sources,
+    /// then say so on the sender (see [`reset_everywhere`]).
+    ResetSource(crate::route::Cidr, Sender<()>),
     /// An upgrade: every relaying UDP session, taken out for the new
     /// process (after the hand-offs already queued: the fronts have
     /// stopped reading).
@@ -164,6 +165,29 @@ impl Stop {
 
 /// Commands queued per worker; senders wait (bounded) when it is full.
 const COMMANDS: usize = 64;
+
+/// Orders every worker to reset `source`'s flows (its TCP flows reset, its
+/// UDP sessions ended) and waits, `wait` in all, until each has done it;
+/// how many did not confirm (stuck, gone, or their command queue full).
+///
+/// Done, not merely queued: a worker behind on its loop (a loaded host)
+/// would otherwise still relay the source's old flows, and serve its old
+/// UDP sessions on the old tunnel, for a while after `route set
+/// --reset-flows` returned (hostile.sh D1 saw 3 UDP flows leave by the old
+/// exit after the switch, with other suites loading the machine).
+pub fn reset_everywhere(workers: &[WorkerHandle], source: Cidr, wait: Duration) -> usize {
+    let deadline = Instant::now() + wait;
+    let (tx, rx) = crossbeam_channel::bounded(workers.len());
+    let mut queued = 0;
+    for w in workers {
+        let left = deadline.saturating_duration_since(Instant::now());
+        queued += usize::from(w.command(Command::ResetSource(source, tx.clone()), left));
+    }
+    drop(tx);
+    // Every sender gone before its answer (a worker ended) ends this early.
+    let done = (0..queued).take_while(|_| rx.recv_deadline(deadline).is_ok()).count();
+    workers.len() - done
+}
 
 /// The sending side of a worker, held by every front loop.
 #[derive(Clone)]
@@ -461,11 +485,12 @@ impl WorkerLoop {
         while let Ok(c) = self.commands.try_recv() {
             match c {
                 Command::Settings(s) => self.apply(s),
-                Command::ResetSource(c) => {
+                Command::ResetSource(c, done) => {
                     // Before the flows end: what a front routed before the
                     // change and hands over later is routed again.
                     self.routes.on_reset();
-                    self.reset_source(c)
+                    self.reset_source(c);
+                    let _ = done.send(());
                 }
                 Command::ExportUdp(tx) => {
                     self.take_handoffs(usize::MAX);

@@ -120,12 +120,32 @@ fn a_reset_survives_a_full_queue_or_says_it_did_not() {
     };
     let source: Cidr = "10.8.0.11/32".parse().unwrap();
     let set = Request::RouteSet { source, tunnel: "a".into(), reset: true };
+    // The answer waits until the worker has done the reset: here a thread
+    // stands in for the worker's loop, and says when it has.
+    let commands = w.commands.clone();
+    let did = std::thread::spawn(move || match commands.recv_timeout(Duration::from_secs(10)) {
+        Ok(Command::ResetSource(c, done)) => {
+            std::thread::sleep(Duration::from_millis(200));
+            let at = Instant::now();
+            done.send(()).unwrap();
+            (c, at)
+        }
+        other => panic!("not a reset: {other:?}"),
+    });
     let body = ctl.handle(set.clone()).unwrap();
+    let answered = Instant::now();
+    let (c, done_at) = did.join().unwrap();
+    assert_eq!(c, source);
+    assert!(answered >= done_at, "route set answered before the worker had reset the flows");
     assert!(body.contains("its flows were reset"), "{body}");
-    assert!(matches!(w.commands.try_recv(), Ok(Command::ResetSource(c)) if c == source));
-    // A worker that never takes its commands: the answer says so.
-    while ctl.workers[0].command(Command::ResetSource(source), Duration::ZERO) {}
+    // A worker that takes the order but never does it: the answer says so.
+    let e = ctl.handle(set.clone()).unwrap_err();
+    assert!(e.contains("was not done by 1 of 1 workers"), "{e}");
+    assert!(matches!(w.commands.try_recv(), Ok(Command::ResetSource(c, _)) if c == source));
+    // A worker that never takes its commands (its queue full): so too.
+    let (tx, _rx) = crossbeam_channel::bounded(1);
+    while ctl.workers[0].command(Command::ResetSource(source, tx.clone()), Duration::ZERO) {}
     let e = ctl.handle(set).unwrap_err();
-    assert!(e.contains("did not reach 1 of 1 workers"), "{e}");
+    assert!(e.contains("was not done by 1 of 1 workers"), "{e}");
     assert!(e.contains("(set)"), "{e}");
 }
