@@ -7,6 +7,10 @@
 #   scripts/fuzz.sh                 all targets, 5 minutes each
 #   FUZZ_SECONDS=20 scripts/fuzz.sh all targets briefly (scripts/test.sh does this)
 #   scripts/fuzz.sh config          one target
+#
+# FUZZ_JOBS targets (default 2, one a core on the 2-core CI machine) run at
+# the same time, each still for FUZZ_SECONDS; each one's result line is
+# printed when it ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${FUZZ_SECONDS:-300}
@@ -31,28 +35,48 @@ if [ $# -eq 0 ]; then
 fi
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-fails=0
-for t in "${targets[@]}"; do
+# fuzz_one T — fuzz target T for $secs; its verdict (and, on failure, the
+# end of its log) goes to $scratch/T.verdict; exits non-zero on failure.
+fuzz_one() {
+    local t=$1 out="$scratch/$1.log" v="$scratch/$1.verdict" runs n
     mkdir -p "$scratch/$t" "fuzz/corpus/$t"
-    out="$scratch/$t.log"
     if cargo +nightly fuzz run "$t" "$scratch/$t" "fuzz/corpus/$t" -- \
         -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 >"$out" 2>&1; then
         # libFuzzer ends a run that reached its time with "Done N runs in S
         # second(s)"; without that line (or with 0 runs) nothing was fuzzed.
-        runs=$(grep -oE 'Done [0-9]+ runs in [0-9]+ second' "$out" | tail -n 1)
+        runs=$(grep -oE 'Done [0-9]+ runs in [0-9]+ second' "$out" | tail -n 1) || true
         n=$(printf '%s' "$runs" | grep -oE '[0-9]+' | head -n 1)
         if [ -z "$runs" ] || [ "${n:-0}" -eq 0 ]; then
-            echo "fuzz $t: FAILED (no 'Done N runs' line with N > 0: the target did not fuzz)"
-            tail -n 20 "$out"
-            fails=$((fails + 1))
-        else
-            echo "fuzz $t: ok ($runs)"
+            { echo "fuzz $t: FAILED (no 'Done N runs' line with N > 0: the target did not fuzz)"
+              tail -n 20 "$out"; } >"$v"
+            return 1
         fi
+        echo "fuzz $t: ok ($runs)" >"$v"
     else
-        echo "fuzz $t: FAILED"
-        tail -n 40 "$out"
-        fails=$((fails + 1))
+        { echo "fuzz $t: FAILED"; tail -n 40 "$out"; } >"$v"
+        return 1
     fi
+}
+jobs_max=${FUZZ_JOBS:-2}
+case $jobs_max in '' | *[!0-9]* | 0) jobs_max=1 ;; esac
+fails=0
+declare -A running=()
+next=0
+while [ "$next" -lt ${#targets[@]} ] || [ ${#running[@]} -gt 0 ]; do
+    if [ "$next" -lt ${#targets[@]} ] && [ ${#running[@]} -lt "$jobs_max" ]; then
+        fuzz_one "${targets[next]}" &
+        running[$!]=${targets[next]}
+        next=$((next + 1))
+        continue
+    fi
+    done_pid=""
+    rc=0
+    wait -n -p done_pid "${!running[@]}" || rc=$?
+    [ -n "$done_pid" ] || continue
+    t=${running[$done_pid]}
+    unset "running[$done_pid]"
+    if [ -s "$scratch/$t.verdict" ]; then cat "$scratch/$t.verdict"; else echo "fuzz $t: FAILED (no verdict, exit $rc)"; rc=1; fi
+    [ "$rc" -eq 0 ] || fails=$((fails + 1))
 done
 echo "fuzz: ${#targets[@]} targets run, $fails failed"
 [ "$fails" -eq 0 ]
