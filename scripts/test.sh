@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README): installs what a fresh Debian 12 machine lacks,
 # then runs the structure, format and lint checks, the unit and loopback
-# tests, the fuzz targets briefly, and the network-namespace end-to-end tests.
+# tests, the fuzz targets briefly, and the network-namespace end-to-end tests
+# (those that mostly wait beside the fuzz and static builds, see step 3).
 #
 #   scripts/test.sh            everything (root needed for the netns tests)
 #   QUICK=1 scripts/test.sh    skip the slow netns checks (long idle waits)
@@ -76,22 +77,51 @@ if [ "$ci" -eq 1 ] && [ "$unit_ignored" -gt 0 ]; then
 fi
 rm -f "$unit_log"
 
-# --- 3. Fuzz targets, briefly (scripts/fuzz.sh runs them for longer) ----------
-if [ -x scripts/fuzz.sh ]; then
-    stage "fuzz (brief)" env FUZZ_SECONDS="${FUZZ_SECONDS:-4}" scripts/fuzz.sh
-fi
-
-# --- 4. The static binary, then the network-namespace end-to-end tests ---------
-stage "static musl build" scripts/build-static.sh
+# --- 3. The release binary; the netns tests start beside what follows -------
+# Most suites mostly wait (timeouts, idle sessions, dockerd): run-all.sh runs
+# those in lanes while fuzz and the static build below use the CPU at nice 10
+# (nothing those two check depends on speed). The suites that measure rates,
+# gaps, memory, CPU or descriptors (run-all.sh's SOLO list) wait for
+# $netns_gate, opened when those stages are done, and then run alone. The
+# netns output is shown whole after the other stages.
 stage "cargo build --release" cargo build --release --locked
 # Run also when not root: every suite then skips, and its declared checks
 # count as skipped in the total instead of vanishing.
 netns_passed=0 netns_failed=0 netns_skipped=0
 [ "$(id -u)" -eq 0 ] || echo "netns tests need root (network namespaces, iptables): they will all skip"
-netns_log=$(mktemp)
+work=$(mktemp -d)
+netns_log=$work/netns.log
+netns_gate=$work/quiet
+EG_SOLO_GATE="$netns_gate" EGRESSD="$repo/target/release/egressd" \
+    bash netns-tests/run-all.sh >"$netns_log" 2>&1 </dev/null &
+netns_pid=$!
+# Interrupted meanwhile: stop them by PID (run-all.sh stops its suites, and
+# each removes its namespaces).
+# shellcheck disable=SC2317
+on_exit() {
+    if [ -n "$netns_pid" ] && kill -0 "$netns_pid" 2>/dev/null; then
+        kill -s TERM "$netns_pid" 2>/dev/null
+        wait "$netns_pid" 2>/dev/null
+    fi
+    rm -rf "$work"
+}
+trap on_exit EXIT
+echo "(netns tests started in the background; their output follows the other stages)"
+
+# --- 4. Fuzz targets briefly (scripts/fuzz.sh runs them for longer), and the
+# static binary
+if [ -x scripts/fuzz.sh ]; then
+    stage "fuzz (brief)" nice -n 10 env FUZZ_SECONDS="${FUZZ_SECONDS:-4}" scripts/fuzz.sh
+fi
+stage "static musl build" nice -n 10 scripts/build-static.sh
+
+# --- 5. The netns tests: the solo suites now run on a quiet machine ----------
+touch "$netns_gate"
 log "netns tests"
-EGRESSD="$repo/target/release/egressd" bash netns-tests/run-all.sh 2>&1 | tee "$netns_log"
-rc=${PIPESTATUS[0]}
+tail -n +1 -f --pid="$netns_pid" "$netns_log"
+wait "$netns_pid"
+rc=$?
+netns_pid=""
 line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$netns_log" | tail -n 1)
 netns_passed=$(echo "$line" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' || echo 0)
 netns_failed=$(echo "$line" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+' || echo 0)
@@ -102,7 +132,6 @@ if [ "$rc" -ne 0 ] || [ -z "$line" ]; then
 fi
 while IFS= read -r l; do ci_skipped+=("netns ${l#FAIL: }"); done \
     < <(grep -E '^FAIL: .*(skipped, not allowed in CI)' "$netns_log")
-rm -f "$netns_log"
 
 echo
 echo "unit tests: ${unit_passed} passed, ${unit_failed} failed, ${unit_ignored} skipped (ignored)"
