@@ -357,7 +357,9 @@ impl Ledger {
     pub fn credit(&self, identity: &str, n: u64) -> bool {
         let inner = self.lock();
         let Some(slot) = inner.slots.get(identity) else { return false };
-        slot.meter.add(n);
+        // Another process's number: capped as a restored one is, so that
+        // no report can wrap the counter (and un-spend a quota).
+        let _ = slot.meter.used.fetch_update(Relaxed, Relaxed, |u| Some(u.saturating_add(n).min(USED_CAP)));
         true
     }
 

@@ -190,6 +190,21 @@ fn restored_counters_carry_on_and_expired_periods_renew() {
 }
 
 #[test]
+fn another_process_credit_cannot_wrap_a_counter() {
+    let l = Ledger::new();
+    let m = l.meter("web", &quota(1000, DAY), T0);
+    m.add(1000);
+    assert!(m.spent());
+    // What an upgrade's other process reports, however large, never wraps
+    // the counter back under the quota.
+    assert!(l.credit("web", u64::MAX));
+    assert!(l.credit("web", u64::MAX));
+    assert!(m.spent(), "used {}", m.used());
+    assert_eq!(m.used(), 1 << 62);
+    assert!(!l.credit("nobody", 1), "an unknown identity is not made");
+}
+
+#[test]
 fn failed_closed_until_reset() {
     let l = Ledger::failed_closed("/var/lib/egressd/quota.state.corrupt-9".into());
     let web = l.meter("web", &quota(1000, DAY), T0);

@@ -20,7 +20,7 @@ macro_rules! counters {
 
         impl Counters {
             fn add_each(&self, s: &mut Snapshot) {
-                $(s.$name += self.$name.load(Relaxed);)*
+                $(s.$name = s.$name.saturating_add(self.$name.load(Relaxed));)*
             }
 
             /// Adds `from`'s counts to these (a worker's counters that
@@ -31,7 +31,8 @@ macro_rules! counters {
 
             /// Adds `s`'s values to these.
             pub fn add_snapshot(&self, s: &Snapshot) {
-                $(self.$name.fetch_add(s.$name, Relaxed);)*
+                // Saturating: these are counts another process handed over.
+                $(let _ = self.$name.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_add(s.$name)));)*
             }
         }
 
@@ -61,6 +62,17 @@ macro_rules! counters {
         }
     };
 }
+
+/// What a counter grew by since it read `was`; one that went down (reset,
+/// forgotten and back, a quota period renewed) counts from 0.
+pub fn growth(was: u64, now: u64) -> u64 {
+    if now >= was { now - was } else { now }
+}
+
+/// A carried count (another process's number) is capped here, so that
+/// adding it to this process's counters and summing them cannot overflow:
+/// 2^62 bytes is four exbibytes.
+pub const MAX_CARRIED: u64 = 1 << 62;
 
 counters! {
     /// TCP connections accepted from clients.
@@ -361,7 +373,7 @@ impl Snapshot {
         let mut s = Snapshot::default();
         for (n, v) in totals {
             if !is_gauge(n) {
-                s.add_named(n, *v);
+                s.add_named(n, (*v).min(MAX_CARRIED));
             }
         }
         s
@@ -374,7 +386,7 @@ impl Snapshot {
         let mut d = Snapshot::default();
         for ((n, now), (_, was)) in self.fields().into_iter().zip(then.fields()) {
             if !is_gauge(n) {
-                d.add_named(n, if now >= was { now - was } else { now });
+                d.add_named(n, growth(was, now));
             }
         }
         d

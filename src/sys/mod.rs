@@ -9,32 +9,33 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 /// Raises the soft limit on open files to the hard limit, so that a default
 /// install can hold tens of thousands of flows. Returns the new soft limit.
 pub fn raise_fd_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let lim = fd_limits()?;
     if lim.rlim_cur < lim.rlim_max {
-        let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
-        // SAFETY: `want` is a valid rlimit read by the kernel during the call.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        lim.rlim_cur = lim.rlim_max;
+        set_fd_soft(lim.rlim_max, lim.rlim_max)?;
     }
-    Ok(lim.rlim_cur)
+    Ok(lim.rlim_max.max(lim.rlim_cur))
 }
 
 /// Sets the soft limit on open files (tests that run out of descriptors
 /// on purpose, in a process of their own).
 #[cfg(test)]
 pub fn set_fd_limit(soft: u64) -> io::Result<()> {
+    let lim = fd_limits()?;
+    set_fd_soft(soft.min(lim.rlim_max), lim.rlim_max)
+}
+
+/// The soft and hard limits on open files.
+fn fd_limits() -> io::Result<libc::rlimit> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let want = libc::rlimit { rlim_cur: soft.min(lim.rlim_max), rlim_max: lim.rlim_max };
+    Ok(lim)
+}
+
+fn set_fd_soft(soft: u64, hard: u64) -> io::Result<()> {
+    let want = libc::rlimit { rlim_cur: soft, rlim_max: hard };
     // SAFETY: `want` is a valid rlimit read by the kernel during the call.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
         return Err(io::Error::last_os_error());
@@ -182,6 +183,13 @@ pub fn set_recv_orig_dst(fd: BorrowedFd<'_>, ipv6: bool) -> io::Result<()> {
         (libc::SOL_IP, libc::IP_RECVORIGDSTADDR)
     };
     set_option(fd, level, name, &(1 as libc::c_int))
+}
+
+/// Sets a socket's send buffer past `net.core.wmem_max` (SO_SNDBUFFORCE,
+/// which needs CAP_NET_ADMIN, as egressd has).
+pub fn force_send_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    set_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &v)
 }
 
 /// setsockopt(2) with a value of type `T` (an option socket2 does not offer).

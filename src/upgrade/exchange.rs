@@ -51,7 +51,7 @@ impl Sink {
     /// The old process's end: what its drain counted.
     fn spent(&self, old: u32, bytes: &[(String, u64)], counts: &super::wire::Counts) {
         self.registry.carry(&counts.counted(), Instant::now() + self.keep);
-        let n: u64 = bytes.iter().map(|(_, b)| b).sum();
+        let n = bytes.iter().fold(0u64, |a, (_, b)| a.saturating_add(*b));
         for (name, b) in bytes {
             if !self.ledger.credit(name, *b) {
                 warn!(target: "egressd::upgrade", "old process counted {b} bytes for unknown quota identity {name}");
@@ -115,7 +115,11 @@ pub(super) fn run(
             }
             Got::Msg(m, _) => other(m, received),
             Got::TimedOut => {}
-            Got::Closed | Got::Failed(_) => break Ended::Closed,
+            Got::Closed => break Ended::Closed,
+            Got::Failed(e) => {
+                warn!(target: "egressd::upgrade", "the link to the other process failed ({e}): no more rate and quota reports");
+                break Ended::Closed;
+            }
         }
     };
     if meters {
@@ -127,10 +131,23 @@ pub(super) fn run(
 /// Sends what this process's workers (and the other links) queued for
 /// this link in one report; false when the link is gone.
 fn flush(link: &Link, mine: &Receiver<Used>) -> bool {
-    Used::sum(mine.try_iter()).chunks(ROWS).into_iter().all(|u| link.send(&Msg::Used(u), &[]).is_ok())
+    Used::sum(mine.try_iter()).chunks(ROWS).into_iter().all(|u| send_used(link, u))
 }
 
-/// Rows of a report per record: well within [`super::wire::MAX_RECORD`].
+/// Sends a report, in halves until each fits a record of the link.
+fn send_used(link: &Link, u: Used) -> bool {
+    let rows = u.rates.len().max(u.quota.len());
+    let msg = Msg::Used(u);
+    match msg {
+        Msg::Used(u) if rows > 1 && !link.fits(&msg) => {
+            u.chunks(rows.div_ceil(2)).into_iter().all(|half| send_used(link, half))
+        }
+        _ => link.send(&msg, &[]).is_ok(),
+    }
+}
+
+/// Rows of a report per record (a record holds more, [`send_used`]
+/// splits one that does not fit).
 const ROWS: usize = 16 * 1024;
 
 /// The new process's side, on a thread of its own: reports both ways

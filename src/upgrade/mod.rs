@@ -131,23 +131,60 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// The handover socket pair. A SEQPACKET record cannot be larger than its
+/// sender's socket buffer (less 32 bytes), 208 KiB by default
+/// (`net.core.wmem_default`): a thousand sources' counters are more. So
+/// each end's buffer is made to hold a whole record (past `wmem_max`, as
+/// CAP_NET_ADMIN allows; else as far as `wmem_max` lets it).
+fn link_pair() -> io::Result<(Socket, Socket)> {
+    let (a, b) = Socket::pair(Domain::UNIX, Type::SEQPACKET.cloexec(), None)?;
+    for s in [&a, &b] {
+        let want = wire::MAX_RECORD + (64 << 10);
+        if sys::force_send_buffer(s.as_fd(), want).is_err() {
+            s.set_send_buffer_size(want)?;
+        }
+    }
+    Ok((a, b))
+}
+
+/// How long a send may wait for the other side to read: a peer that stops
+/// reading (hung) must not hold this process for ever.
+const SEND_WAIT: Duration = Duration::from_secs(10);
+
 /// One end of the handover socket: records in and out, with descriptors.
 pub struct Link {
     sock: Socket,
     version: u32,
     buf: Vec<u8>,
+    /// The largest record this end can send (see [`link_pair`]).
+    max: usize,
 }
 
 impl Link {
     fn new(sock: Socket) -> Link {
-        Link { sock, version: version(), buf: vec![0; wire::MAX_RECORD + 1] }
+        let sndbuf = sock.send_buffer_size().unwrap_or(0);
+        let max = wire::MAX_RECORD.min(sndbuf.saturating_sub(1024));
+        let _ = sock.set_write_timeout(Some(SEND_WAIT));
+        Link { sock, version: version(), buf: vec![0; wire::MAX_RECORD + 1], max }
     }
 
     pub fn send(&self, msg: &Msg, fds: &[BorrowedFd<'_>]) -> Result<(), String> {
         let rec = wire::encode(self.version, msg);
+        if rec.len() > self.max {
+            return Err(format!(
+                "handover socket: a record of {} bytes, more than it takes ({} bytes)",
+                rec.len(),
+                self.max
+            ));
+        }
         sys::send_with_fds(self.sock.as_fd(), &rec, fds)
             .map(|_| ())
             .map_err(|e| format!("handover socket: {e}"))
+    }
+
+    /// Whether `msg` fits one record on this end.
+    pub(super) fn fits(&self, msg: &Msg) -> bool {
+        wire::encode(self.version, msg).len() <= self.max
     }
 
     /// The next message and its descriptors, waiting until `deadline`;
@@ -293,17 +330,14 @@ impl Handed {
             .filter_map(|(name, now)| {
                 let before = base.get(&name).copied().unwrap_or(0);
                 // A period renewed meanwhile: all of it is new.
-                let d = if now >= before { now - before } else { now };
+                let d = crate::stats::growth(before, now);
                 let d = d.saturating_sub(received.get(&name).copied().unwrap_or(0));
                 (d > 0).then_some((name, d))
             })
             .collect();
         let mut counts = counts;
         // Within a record: the per-source counts give way (the quietest first).
-        let size = |c: &wire::Counts| {
-            wire::encode(link.version, &Msg::Spent { bytes: bytes.clone(), counts: c.clone() }).len()
-        };
-        counts.trim(|c| size(c) <= wire::MAX_RECORD);
+        counts.trim(|c| link.fits(&Msg::Spent { bytes: bytes.clone(), counts: c.clone() }));
         if let Err(e) = link.send(&Msg::Spent { bytes, counts }, &[]) {
             warn!(target: "egressd::upgrade", "cannot tell the new process what draining flows counted: {e}");
         }
@@ -322,8 +356,7 @@ pub fn hand_over(h: &Handing<'_>, binary: &Path, say: &mut dyn FnMut(String)) ->
         ));
     }
     check_binary(binary)?;
-    let (mine, theirs) = Socket::pair(Domain::UNIX, Type::SEQPACKET.cloexec(), None)
-        .map_err(|e| format!("cannot make the handover socket: {e}"))?;
+    let (mine, theirs) = link_pair().map_err(|e| format!("cannot make the handover socket: {e}"))?;
     let mut child = spawn(binary, &theirs)?;
     drop(theirs);
     let pid = child.id();
@@ -448,7 +481,7 @@ fn exchange(
     // From here the new process may load the quota state: this one's last save.
     let base = h.keeper.hand_over()?;
     let mut state = wire::State { buckets: h.udp.buckets(), ..h.state.clone() };
-    if let Some(left_out) = state.fit(link.version) {
+    if let Some(left_out) = state.fit(|s| link.fits(&Msg::State(s.clone()))) {
         warn!(target: "egressd::upgrade", "{left_out}");
     }
     let carried = (state.counts.sources.len(), state.buckets.tcp.len() + state.buckets.udp.len());

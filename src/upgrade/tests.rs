@@ -69,7 +69,7 @@ fn this_process_is_alive_and_a_free_pid_is_not() {
 
 #[test]
 fn records_carry_descriptors_and_a_version_mismatch_is_answered_with_a_refusal() {
-    let (a, b) = Socket::pair(Domain::UNIX, Type::SEQPACKET.cloexec(), None).unwrap();
+    let (a, b) = link_pair().unwrap();
     let (mut a, mut b) = (Link::new(a), Link::new(b));
     let file = std::fs::File::open("/proc/self/stat").unwrap();
     a.send(&Msg::Ready { pid: 5 }, &[file.as_fd()]).unwrap();
@@ -95,6 +95,38 @@ fn records_carry_descriptors_and_a_version_mismatch_is_answered_with_a_refusal()
     );
     drop(a);
     assert!(b.recv(deadline).unwrap().is_none(), "end of stream");
+}
+
+#[test]
+#[ignore = "needs root: SO_SNDBUFFORCE needs CAP_NET_ADMIN, as egressd has (cargo test -- --include-ignored)"]
+fn a_record_past_the_default_socket_buffer_goes_whole() {
+    let (a, b) = link_pair().unwrap();
+    let (a, mut b) = (Link::new(a), Link::new(b));
+    // About 1 MiB of counters (a few thousand sources): five times what a
+    // SEQPACKET socket takes at net.core.wmem_default (208 KiB).
+    let mut s = wire::State::default();
+    for i in 0..4000u32 {
+        let row = (0..12).map(|k| (format!("tcp_counter_{k}"), u64::from(i) << 20)).collect();
+        s.counts.sources.push((format!("10.9.{}.{}/32", i >> 8, i & 255), row));
+    }
+    let msg = Msg::State(s);
+    let n = wire::encode(a.version, &msg).len();
+    assert!(n > 512 << 10 && n <= wire::MAX_RECORD, "{n} bytes");
+    // Control: a pair left at the default buffer refuses it (EMSGSIZE).
+    let default: usize =
+        std::fs::read_to_string("/proc/sys/net/core/wmem_default").unwrap().trim().parse().unwrap();
+    if default < n {
+        let (c, _d) = Socket::pair(Domain::UNIX, Type::SEQPACKET.cloexec(), None).unwrap();
+        let e = sys::send_with_fds(c.as_fd(), &wire::encode(a.version, &msg), &[]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EMSGSIZE), "{e}");
+    }
+    a.send(&msg, &[]).unwrap();
+    let (got, _) = b.recv(Some(Instant::now() + Duration::from_secs(5))).unwrap().unwrap();
+    assert_eq!(got, msg);
+    // Past what the link takes: a clear error, not EMSGSIZE.
+    let too_big = Msg::Refuse { reason: "x".repeat(a.max + 1) };
+    let e = a.send(&too_big, &[]).unwrap_err();
+    assert!(e.contains("more than it takes"), "{e}");
 }
 
 #[test]
@@ -150,7 +182,8 @@ fn while_the_old_process_drains_both_share_their_reports_then_it_says_what_it_co
     old_sink.meters.send(None, &from_old);
     wait_for("the old process's report", || !new_seen.0.lock().unwrap().is_empty());
     assert_eq!(new_seen.0.lock().unwrap()[0], from_old);
-    assert_eq!(third.try_recv().unwrap(), from_old, "passed on to the third");
+    // Applied here first, then passed on: waited for.
+    assert_eq!(third.recv_timeout(Duration::from_secs(5)).unwrap(), from_old, "passed on to the third");
     let from_new = Used { rates: vec![("10.8.0.10".parse().unwrap(), [1, 2])], quota: vec![] };
     new_sink.meters.send(None, &from_new);
     wait_for("the new process's report", || !old_seen.0.lock().unwrap().is_empty());

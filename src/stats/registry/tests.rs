@@ -245,6 +245,29 @@ fn carried_counts_add_to_totals_tunnels_and_sources_but_not_gauges() {
 }
 
 #[test]
+fn a_carried_count_cannot_overflow_the_sums() {
+    use std::time::{Duration, Instant};
+    // Another process's numbers, however large: capped as they come in, so
+    // reading the sums (which check for overflow in tests) never wraps.
+    let big = Snapshot::from_totals(&[("tcp_bytes_up".into(), u64::MAX)]);
+    assert_eq!(big.tcp_bytes_up, super::super::MAX_CARRIED);
+    let huge =
+        super::Counted { total: big, tunnels: Vec::new(), sources: vec![("10.8.0.10/32".into(), big)] };
+    let r = Registry::default();
+    let later = Instant::now() + Duration::from_secs(600);
+    for _ in 0..3 {
+        r.carry(&huge, later);
+    }
+    Counters::add(&r.thread().tcp_bytes_up, u64::MAX >> 2);
+    assert_eq!(r.total().tcp_bytes_up, u64::MAX);
+    assert_eq!(source(&r, "10.8.0.10/32").unwrap().tcp_bytes_up, 3 * super::super::MAX_CARRIED);
+    // One more: the counts saturate, they do not wrap.
+    r.carry(&huge, later);
+    assert_eq!(r.total().tcp_bytes_up, u64::MAX);
+    assert_eq!(source(&r, "10.8.0.10/32").unwrap().tcp_bytes_up, u64::MAX);
+}
+
+#[test]
 fn a_carried_source_no_worker_takes_up_goes_in_time() {
     use std::time::{Duration, Instant};
     let counted = |label: &str| super::Counted {
