@@ -1,6 +1,7 @@
 //! The daemon's side of an upgrade (issue 28): what `run` hands over when
 //! asked, and what the new process takes over (see [`crate::upgrade`]).
 
+use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
@@ -80,10 +81,7 @@ const DEBIT_WAIT: Duration = Duration::from_millis(20);
 
 impl upgrade::Apply for Shared {
     fn apply(&self, used: &Used) {
-        let mut per: Vec<Vec<_>> = self.workers.iter().map(|_| Vec::new()).collect();
-        for &(ip, b) in &used.rates {
-            per[worker_for(ip, self.workers.len())].push((ip, b));
-        }
+        let per = per_worker(used.rates.iter().copied(), |r| r.0, self.workers.len());
         for (w, rates) in self.workers.iter().zip(per) {
             if !rates.is_empty() && w.command_or_why(Command::Debit(rates), DEBIT_WAIT) == Err(false) {
                 let mut every = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
@@ -209,14 +207,10 @@ impl upgrade::UdpMove for UdpOut<'_> {
 /// The new process of an upgrade: each source's buckets to the worker its
 /// flows and datagrams go to.
 fn adopt_buckets(b: &upgrade::wire::Buckets, workers: &[WorkerHandle]) {
-    let mut per: Vec<Levels> = workers.iter().map(|_| Levels::default()).collect();
-    for &(ip, milli) in &b.tcp {
-        per[worker_for(ip, workers.len())].tcp.push((ip, milli));
-    }
-    for &(ip, milli) in &b.udp {
-        per[worker_for(ip, workers.len())].udp.push((ip, milli));
-    }
-    for (w, l) in workers.iter().zip(per) {
+    let tcp = per_worker(b.tcp.iter().copied(), |r| r.0, workers.len());
+    let udp = per_worker(b.udp.iter().copied(), |r| r.0, workers.len());
+    for ((w, tcp), udp) in workers.iter().zip(tcp).zip(udp) {
+        let l = Levels { tcp, udp };
         if l != Levels::default() {
             let _ = w.command(Command::AdoptLevels(l), UDP_WAIT);
         }
@@ -229,14 +223,24 @@ fn adopt_buckets(b: &upgrade::wire::Buckets, workers: &[WorkerHandle]) {
     );
 }
 
+/// Rows split by the worker their address belongs to (`worker_for`).
+fn per_worker<T>(
+    rows: impl IntoIterator<Item = T>,
+    ip: impl Fn(&T) -> IpAddr,
+    workers: usize,
+) -> Vec<Vec<T>> {
+    let mut per: Vec<Vec<T>> = (0..workers).map(|_| Vec::new()).collect();
+    for r in rows {
+        per[worker_for(ip(&r), workers)].push(r);
+    }
+    per
+}
+
 /// The new process of an upgrade: each moved session to the worker its
 /// client's datagrams go to.
 fn adopt_sessions(moved: Vec<Moved>, workers: &[WorkerHandle]) {
     let n = moved.len();
-    let mut per: Vec<Vec<Moved>> = workers.iter().map(|_| Vec::new()).collect();
-    for m in moved {
-        per[worker_for(m.client.ip(), workers.len())].push(m);
-    }
+    let per = per_worker(moved, |m| m.client.ip(), workers.len());
     let mut taken = 0;
     for (w, moved) in workers.iter().zip(per) {
         if moved.is_empty() {

@@ -83,6 +83,16 @@ impl Shaper {
         }
     }
 
+    /// Takes `n` bytes another process of an upgrade moved in `dir` for the
+    /// same source off the bucket: not counted in this process's tunnel
+    /// share, and no short grant of this process's own is settled by it.
+    pub fn debit(&mut self, dir: Dir, n: usize, now: Instant) {
+        if let Some(l) = self.lane(dir) {
+            l.roll(now);
+            l.bucket.consume(n, now);
+        }
+    }
+
     /// The rate `dir` is held to now, bytes per second; `None`: not shaped.
     pub fn rate(&self, dir: Dir) -> Option<u64> {
         let lane = match dir {

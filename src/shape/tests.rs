@@ -311,3 +311,21 @@ fn tiny_and_huge_rates_neither_overflow_nor_divide_by_zero() {
         }
     }
 }
+
+#[test]
+fn another_process_bytes_come_off_the_bucket() {
+    // An upgrade's other process moved a burst for the same source: this
+    // process's bucket has none of it left to grant.
+    let t0 = Instant::now();
+    let class = ClassLimits { rate_up: Some(MBIT), rate_down: Some(MBIT), weight: 1 };
+    let mut here = Shaper::new(class, None, t0).unwrap();
+    let mut there = Shaper::new(class, None, t0).unwrap();
+    let burst = there.allow(Dir::Down, usize::MAX, t0).bytes;
+    assert!(burst > 0);
+    here.debit(Dir::Down, burst, t0);
+    let g = here.allow(Dir::Down, usize::MAX, t0);
+    assert_eq!(g.bytes, 0, "the burst went in the other process");
+    assert!(g.wake.is_some());
+    // The other direction is its own.
+    assert_eq!(here.allow(Dir::Up, usize::MAX, t0).bytes, burst);
+}

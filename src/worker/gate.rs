@@ -183,10 +183,10 @@ impl Gate {
     pub(super) fn debit(&mut self, dir: Dir, n: u64, now: Instant) {
         let n = usize::try_from(n).unwrap_or(usize::MAX);
         if let Some(t) = self.throttling() {
-            t.consume(dir, n, now);
+            t.debit(dir, n, now);
         }
         if let Some(s) = self.shaper.as_mut() {
-            s.consume(dir, n, now);
+            s.debit(dir, n, now);
         }
     }
 

@@ -490,7 +490,7 @@ impl WorkerLoop {
                     // change and hands over later is routed again.
                     self.routes.on_reset();
                     self.reset_source(c);
-                    let _ = done.send(());
+                    let _ = done.try_send(());
                 }
                 Command::ExportUdp(tx) => {
                     self.take_handoffs(usize::MAX);

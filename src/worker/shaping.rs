@@ -131,7 +131,7 @@ pub(super) struct Shapers {
     /// holds what gates dropped since the last report moved.
     meters: Arc<Meters>,
     reporting: bool,
-    pending: Vec<Used>,
+    pending: Used,
     next_report: Instant,
 }
 
@@ -157,7 +157,7 @@ impl Shapers {
             next_publish: now,
             meters,
             reporting: false,
-            pending: Vec::new(),
+            pending: Used::default(),
             next_report: now,
         }
     }
@@ -233,11 +233,7 @@ impl Shapers {
                 if let Some(mut e) = self.map.remove(&source)
                     && self.reporting
                 {
-                    let mut u = Used::default();
-                    add_used(&mut u, source, &mut e);
-                    if !u.is_empty() {
-                        self.pending.push(u);
-                    }
+                    add_used(&mut self.pending, source, &mut e);
                 }
             }
         }
@@ -270,7 +266,7 @@ impl Shapers {
         if on != self.reporting {
             self.reporting = on;
             // What moved before the exchange began is no one's business.
-            self.pending.clear();
+            self.pending = Used::default();
             for e in self.map.values_mut() {
                 e.gate.take_used();
             }
@@ -281,13 +277,12 @@ impl Shapers {
             return;
         }
         self.next_report = now + REPORT_EVERY;
-        let mut u = Used::default();
         for (ip, e) in &mut self.map {
-            add_used(&mut u, *ip, e);
+            add_used(&mut self.pending, *ip, e);
         }
-        let parts = std::mem::take(&mut self.pending);
-        let u = if parts.is_empty() { u } else { Used::sum(parts.into_iter().chain([u])) };
-        self.meters.send(None, &u);
+        // A source may have two rows (one from a closed gate): the link's
+        // sender sums what it sends.
+        self.meters.send(None, &std::mem::take(&mut self.pending));
     }
 
     /// When the next report is due (for the worker's poll timeout).
